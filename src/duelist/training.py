@@ -1,0 +1,198 @@
+"""``train(cfg, run_dir)``: one training run, CPU or GPU, from a composed config.
+
+Writes into ``run_dir``: ``config.yaml`` (resolved), ``checkpoint/`` (best by
+``optimized_metric``), ``oof.parquet`` (validation predictions of that checkpoint),
+``metrics.json`` and two charts. Returns the optimised metric (what an Optuna sweep reads).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import random
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+from omegaconf import DictConfig, OmegaConf
+from tqdm.auto import tqdm
+
+from duelist import plots
+from duelist.batching import pad, train_batches
+from duelist.data import augment, load_train_valid
+from duelist.errors import DuelistError
+from duelist.files import write_json, write_parquet, write_text
+from duelist.formatting import PairEncoder
+from duelist.inference import autocast_dtype, predict_p_a
+from duelist.metrics import compute_metrics, is_better
+from duelist.modeling import Built, build_model, head_and_body_parameters, pick_device, save_checkpoint
+from duelist.tracking import make_tracker
+
+log = logging.getLogger(__name__)
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def soft_cross_entropy(logits: torch.Tensor, p_a: torch.Tensor) -> torch.Tensor:
+    """Cross-entropy over the two classes (A wins, B wins) against targets ``[p_a, 1 - p_a]``."""
+    target = torch.stack([p_a, 1.0 - p_a], dim=-1)
+    return -(target * torch.log_softmax(logits.float(), dim=-1)).sum(-1).mean()
+
+
+def check_train_config(cfg: DictConfig) -> None:
+    t = cfg.trainer
+    metric = cfg.optimized_metric
+    if metric not in ("val/accuracy", "val/log_loss"):
+        raise DuelistError(f"optimized_metric={metric!r}: use val/accuracy (maximised) or val/log_loss (minimised)")
+    if t.batch_size < 1 or t.grad_accum < 1 or t.eval_batch_size < 1:
+        raise DuelistError("trainer.batch_size, trainer.grad_accum and trainer.eval_batch_size must be >= 1")
+    if cfg.augment.same_batch and not cfg.augment.swap:
+        raise DuelistError("augment.same_batch=true needs augment.swap=true")
+    if cfg.augment.same_batch and t.batch_size < 2:
+        raise DuelistError("augment.same_batch=true needs trainer.batch_size >= 2 (a pair and its swap)")
+    if t.precision not in ("auto", "fp32", "bf16", "fp16"):
+        raise DuelistError(f"trainer.precision={t.precision!r}: use auto, fp32, bf16 or fp16")
+
+
+class Trainer:
+    """The loop: AdamW (separate head lr), warmup + cosine, grad accumulation, evals, best checkpoint."""
+
+    def __init__(self, cfg: DictConfig, run_dir: Path):
+        self.cfg = cfg
+        self.run_dir = run_dir
+        self.t = cfg.trainer
+        self.metric = cfg.optimized_metric
+        self.device = pick_device(self.t.device)
+        self.amp = autocast_dtype(self.t.precision, self.device)
+        self.train_curve: list[tuple[int, float]] = []
+        self.evals: list[tuple[int, dict[str, Any]]] = []
+        self.best: dict[str, Any] | None = None
+
+    def fit(self, built: Built, train_rows: pd.DataFrame, train_ids: list[list[int]], valid: pd.DataFrame, valid_ids: list[list[int]], tracker: Any) -> None:
+        t, model = self.t, built.model
+        pad_id = built.tokenizer.pad_token_id
+        rng = np.random.default_rng(t.seed)
+        lengths = [len(s) for s in train_ids]
+        units = train_rows["pair"].to_numpy() if self.cfg.augment.same_batch else np.arange(len(train_rows))
+        steps_per_epoch = math.ceil(len(train_batches(lengths, units, t.batch_size, False, np.random.default_rng(0))) / t.grad_accum)
+        total = t.max_steps if t.max_steps > 0 else max(1, math.ceil(steps_per_epoch * t.epochs))
+        head, body = head_and_body_parameters(model)
+        groups = [g for g in ({"params": body, "lr": t.lr}, {"params": head, "lr": t.head_lr}) if g["params"]]
+        opt = torch.optim.AdamW(groups, weight_decay=t.weight_decay)
+        from transformers import get_cosine_schedule_with_warmup
+
+        sched = get_cosine_schedule_with_warmup(opt, int(t.warmup_ratio * total), total)
+        targets = torch.tensor(train_rows["p_a"].to_numpy(), dtype=torch.float32)
+        log.info("training %d rows (%d optimizer steps, %d per epoch) on %s", len(train_rows), total, steps_per_epoch, self.device)
+
+        model.train()
+        step, micro, running, tokens, start = 0, 0, [], 0, time.perf_counter()
+        bar = tqdm(total=total, desc="train", unit="step")
+        epoch = 0
+        while step < total:
+            for idx in train_batches(lengths, units, t.batch_size, t.group_by_length, rng):
+                ids, mask = pad([train_ids[i] for i in idx], pad_id)
+                with torch.autocast(self.device.type, dtype=self.amp, enabled=self.amp is not None):
+                    logits = model(input_ids=ids.to(self.device), attention_mask=mask.to(self.device)).logits
+                loss = soft_cross_entropy(logits, targets[idx].to(self.device))
+                if not torch.isfinite(loss):
+                    raise FloatingPointError(f"loss is {loss.item()} at step {step}; lower trainer.lr or check the data")
+                (loss / t.grad_accum).backward()
+                running.append(loss.item())
+                tokens += int(mask.sum())
+                micro += 1
+                if micro % t.grad_accum:
+                    continue
+                torch.nn.utils.clip_grad_norm_([p for g in groups for p in g["params"]], t.max_grad_norm)
+                opt.step()
+                sched.step()
+                opt.zero_grad(set_to_none=True)
+                step += 1
+                mean_loss = float(np.mean(running))
+                running = []
+                self.train_curve.append((step, mean_loss))
+                elapsed = time.perf_counter() - start
+                tracker.log({"train/loss": mean_loss, "train/lr": sched.get_last_lr()[0], "train/tokens_per_s": tokens / elapsed, "train/epoch": epoch}, step)
+                bar.update(1)
+                bar.set_postfix(loss=f"{mean_loss:.4f}", tok_s=f"{tokens / elapsed:.0f}")
+                if (t.eval_every > 0 and step % t.eval_every == 0 and step < total) or step == total:
+                    self.evaluate(built, valid, valid_ids, step, tracker, tokens / elapsed)
+                if step >= total:
+                    break
+            epoch += 1
+        bar.close()
+
+    def evaluate(self, built: Built, valid: pd.DataFrame, valid_ids: list[list[int]], step: int, tracker: Any, tokens_per_s: float) -> None:
+        p_a = predict_p_a(built.model, valid_ids, built.tokenizer.pad_token_id, self.t.eval_batch_size, self.device, self.amp, desc="validate")
+        metrics = compute_metrics(valid, p_a)
+        self.evals.append((step, metrics))
+        tracker.log(metrics, step)
+        log.info("step %d: val/accuracy=%.4f val/log_loss=%.4f", step, metrics["val/accuracy"], metrics["val/log_loss"])
+        if is_better(metrics[self.metric], None if self.best is None else self.best["metrics"][self.metric], self.metric):
+            self.best = {"step": step, "metrics": metrics, "p_a": p_a, "train/tokens_per_s": tokens_per_s}
+            save_checkpoint(built, self.cfg, self.run_dir / "checkpoint")
+
+
+def train(cfg: DictConfig, run_dir: str | Path) -> float:
+    """Train one model as configured; returns ``cfg.optimized_metric`` of the best checkpoint."""
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    check_train_config(cfg)
+    write_text(run_dir / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
+    seed_everything(cfg.trainer.seed)
+    started = time.perf_counter()
+
+    train_df, valid = load_train_valid(cfg.data)
+    trainer = Trainer(cfg, run_dir)
+    built = build_model(cfg.model, cfg.lora, trainer.device, cfg.trainer.seed, cfg.trainer.gradient_checkpointing)
+    encoder = PairEncoder(built.tokenizer, cfg.model.template, cfg.model.max_length, cfg.model.prompt_max_tokens)
+    train_rows = augment(train_df, cfg.augment.swap, cfg.augment.same_batch)
+    train_ids = encoder.encode(train_rows, cfg.cache_dir, desc="tokenize train")
+    valid_ids = encoder.encode(valid, cfg.cache_dir, desc="tokenize valid")
+    n_trainable = sum(p.numel() for p in built.model.parameters() if p.requires_grad)
+    log.info("train %d rows (%d after augmentation), valid %d rows; %d trainable parameters", len(train_df), len(train_rows), len(valid), n_trainable)
+
+    config = OmegaConf.to_container(cfg, resolve=True)
+    tracker = make_tracker(cfg.logger, str(run_dir), config, name=run_dir.name)
+    try:
+        trainer.fit(built, train_rows, train_ids, valid, valid_ids, tracker)
+        best = trainer.best
+        assert best is not None  # fit always evaluates at the last step
+        metrics = {
+            **best["metrics"],
+            "best_step": best["step"],
+            "optimized_metric": cfg.optimized_metric,
+            "train/rows": len(train_rows),
+            "train/trainable_parameters": n_trainable,
+            "train/tokens_per_s": best["train/tokens_per_s"],
+            "runtime_s": time.perf_counter() - started,
+            "device": str(trainer.device),
+        }
+        oof = valid[["id", "winner", "language", "source", "fold"]].assign(p_a=best["p_a"], target=valid["p_a"].to_numpy())
+        oof = oof[["id", "p_a", "winner", "language", "fold", "source", "target"]]
+        write_parquet(run_dir / "oof.parquet", oof)
+        plots.training_curves(run_dir / "curves.png", trainer.train_curve, trainer.evals, cfg.optimized_metric)
+        counts = valid["language"].value_counts().to_dict()
+        plots.accuracy_bars(run_dir / "accuracy_by_language.png", metrics["val/accuracy_by_language"], counts, "validation accuracy by language")
+        tracker.summary(metrics)
+        tracker.bar("val/accuracy_by_language", metrics["val/accuracy_by_language"], "language", "accuracy")
+        tracker.image("curves", str(run_dir / "curves.png"))
+        worst = oof.assign(error=(oof["p_a"] - oof["target"]).abs()).nlargest(cfg.logger.log_predictions, "error")
+        worst = worst.merge(valid[["id", "prompt", "response_a", "response_b"]], on="id")
+        tracker.table("val/worst_predictions", worst)
+        write_json(run_dir / "metrics.json", metrics)  # last: its presence marks a finished run
+    except BaseException:
+        tracker.finish(exit_code=1)
+        raise
+    tracker.finish(exit_code=0)
+    value = float(metrics[cfg.optimized_metric])
+    print(f"{cfg.optimized_metric}={value:.4f} (val/accuracy={metrics['val/accuracy']:.4f}, "
+          f"longer-wins baseline={metrics['val/baseline_longer_wins']:.4f}, val/log_loss={metrics['val/log_loss']:.4f}); run dir: {run_dir}")
+    return value

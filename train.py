@@ -1,0 +1,21 @@
+"""Train one preference model: ``python train.py [group=option ...] [key=value ...]`` (``-m`` for sweeps)."""
+
+import hydra
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import DictConfig
+
+from duelist.config import register_configs
+from duelist.errors import exit_cleanly_on_user_error
+from duelist.training import train
+
+register_configs()
+
+
+@hydra.main(version_base="1.3", config_path="conf", config_name="train")
+@exit_cleanly_on_user_error
+def main(cfg: DictConfig) -> float:
+    return train(cfg, HydraConfig.get().runtime.output_dir)
+
+
+if __name__ == "__main__":
+    main()
