@@ -1,0 +1,59 @@
+"""Shared helpers: compose configs like train.py does, run the CLIs as a user would."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from hydra import compose, initialize_config_dir
+
+from duelist.config import register_configs
+
+ROOT = Path(__file__).resolve().parents[1]
+CONF = ROOT / "conf"
+DATA = Path(__file__).parent / "data"
+WSDM_EXAMPLE = DATA / "wsdm_test_example.parquet"
+
+register_configs()
+
+# fast settings for a tiny model on a slice of the bundled sample data
+TINY = ["model=tiny_gemma2", "logger=none", "data.max_rows=200", "trainer.max_steps=6", "trainer.batch_size=8", "trainer.eval_batch_size=32"]
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="needs a CUDA GPU")
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(skip)
+
+
+@pytest.fixture(autouse=True)
+def _isolated_env(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("DUELIST_CACHE_DIR", str(tmp_path_factory.getbasetemp() / "cache"))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    monkeypatch.delenv("HYDRA_FULL_ERROR", raising=False)
+
+
+def compose_train(overrides: list[str]):
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        return compose(config_name="train", overrides=overrides)
+
+
+def compose_infer(overrides: list[str]):
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        return compose(config_name="infer", overrides=overrides)
+
+
+def run_cli(script: str, args: list[str], cwd: Path | None = None, timeout: int = 600) -> subprocess.CompletedProcess:
+    """Run ``python train.py ...`` / ``python infer.py ...`` in a fresh process."""
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    return subprocess.run(
+        [sys.executable, str(ROOT / script), *args], cwd=cwd or ROOT, env=env, capture_output=True, text=True, timeout=timeout
+    )
