@@ -107,6 +107,11 @@ def check_model_config(model_cfg: Any, lora_cfg: Any, device: torch.device) -> N
         raise DuelistError(f"model.arch={model_cfg.arch!r}: unknown; known: {', '.join(ARCHITECTURES)}")
     if model_cfg.init not in ("pretrained", "random"):
         raise DuelistError(f"model.init={model_cfg.init!r}: use pretrained or random")
+    if not lora_cfg.enabled and (lora_cfg.r or lora_cfg.alpha):
+        raise DuelistError(
+            f"lora.r={lora_cfg.r} / lora.alpha={lora_cfg.alpha} have no effect: adapters are off (lora=none, full fine-tuning; "
+            f"model=minilm picks it). Add lora=default to train LoRA adapters"
+        )
     if lora_cfg.enabled and lora_cfg.qlora:
         # bitsandbytes loads and runs 4-bit layers on a CPU without complaint, so we refuse ourselves.
         if device.type != "cuda":
@@ -243,7 +248,7 @@ def load_checkpoint(run_dir: str | Path, device: torch.device, dtype_name: str =
     else:
         from transformers import AutoModelForSequenceClassification
 
-        model = AutoModelForSequenceClassification.from_pretrained(str(ckpt / "model"), dtype=dtype)
+        model = AutoModelForSequenceClassification.from_pretrained(str(ckpt / "model"), dtype=dtype, attn_implementation=cfg.model.attn_implementation)
     if not (cfg.lora.enabled and cfg.lora.qlora):
         model.to(device)
     model.eval()

@@ -22,7 +22,12 @@ def _save(fig: plt.Figure, path: str | Path) -> None:
 def training_curves(path: str | Path, train: Sequence[tuple[int, float]], evals: Sequence[tuple[int, dict]], metric: str) -> None:
     fig, (left, right) = plt.subplots(1, 2, figsize=(10, 3.6))
     if train:
-        left.plot(*zip(*train), lw=1)
+        steps, losses = zip(*train)
+        left.plot(steps, losses, lw=0.6, alpha=0.4, label="per step")
+        window = max(1, len(losses) // 20)
+        smooth = [sum(losses[max(0, i - window + 1) : i + 1]) / len(losses[max(0, i - window + 1) : i + 1]) for i in range(len(losses))]
+        left.plot(steps, smooth, lw=1.5, label=f"mean of {window}")
+        left.legend(loc="best", fontsize=8)
     left.set(title="training loss", xlabel="optimizer step", ylabel="loss")
     if evals:
         steps = [s for s, _ in evals]

@@ -90,6 +90,8 @@ class Trainer:
 
         sched = get_cosine_schedule_with_warmup(opt, int(t.warmup_ratio * total), total)
         targets = torch.tensor(train_rows["p_a"].to_numpy(), dtype=torch.float32)
+        # fp16 (GPUs without bf16, e.g. T4) needs loss scaling; bf16 and fp32 do not
+        scaler = torch.amp.GradScaler(self.device.type, enabled=self.amp == torch.float16)
         log.info("training %d rows (%d optimizer steps, %d per epoch) on %s", len(train_rows), total, steps_per_epoch, self.device)
 
         model.train()
@@ -104,14 +106,16 @@ class Trainer:
                 loss = soft_cross_entropy(logits, targets[idx].to(self.device))
                 if not torch.isfinite(loss):
                     raise FloatingPointError(f"loss is {loss.item()} at step {step}; lower trainer.lr or check the data")
-                (loss / t.grad_accum).backward()
+                scaler.scale(loss / t.grad_accum).backward()
                 running.append(loss.item())
                 tokens += int(mask.sum())
                 micro += 1
                 if micro % t.grad_accum:
                     continue
+                scaler.unscale_(opt)
                 torch.nn.utils.clip_grad_norm_([p for g in groups for p in g["params"]], t.max_grad_norm)
-                opt.step()
+                scaler.step(opt)
+                scaler.update()
                 sched.step()
                 opt.zero_grad(set_to_none=True)
                 step += 1
@@ -145,7 +149,6 @@ def train(cfg: DictConfig, run_dir: str | Path) -> float:
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     check_train_config(cfg)
-    write_text(run_dir / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
     seed_everything(cfg.trainer.seed)
     started = time.perf_counter()
 
@@ -160,6 +163,7 @@ def train(cfg: DictConfig, run_dir: str | Path) -> float:
     log.info("train %d rows (%d after augmentation), valid %d rows; %d trainable parameters", len(train_df), len(train_rows), len(valid), n_trainable)
 
     config = OmegaConf.to_container(cfg, resolve=True)
+    write_text(run_dir / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
     tracker = make_tracker(cfg.logger, str(run_dir), config, name=run_dir.name)
     try:
         trainer.fit(built, train_rows, train_ids, valid, valid_ids, tracker)

@@ -1,0 +1,168 @@
+"""Bad input: one clear line naming the file and the problem, exit code 2, no traceback, nothing written."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from conftest import TINY, WSDM_EXAMPLE, compose_train, run_cli
+from duelist.data import load_pairs, load_test
+from duelist.errors import DuelistError
+from duelist.training import train
+
+
+def good_rows(n: int = 6) -> pd.DataFrame:
+    return pd.DataFrame(
+        {
+            "id": [f"r{i}" for i in range(n)],
+            "prompt": [f"prompt {i}" for i in range(n)],
+            "response_a": [f"answer a {i}" for i in range(n)],
+            "response_b": [f"answer b {i}" for i in range(n)],
+            "winner": ["model_a", "model_b"] * (n // 2),
+        }
+    )
+
+
+def assert_one_line_error(res, *needles: str) -> None:
+    assert res.returncode == 2, (res.returncode, res.stderr[-2000:])
+    assert "Traceback" not in res.stderr and "Traceback" not in res.stdout
+    errors = [line for line in res.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1, res.stderr[-2000:]
+    for needle in needles:
+        assert needle in errors[0], errors[0]
+
+
+def no_outputs(run_dir: Path) -> None:
+    for name in ("metrics.json", "oof.parquet", "checkpoint"):
+        assert not (run_dir / name).exists(), name
+
+
+def test_train_cli_missing_file(tmp_path) -> None:
+    run = tmp_path / "run"
+    res = run_cli("train.py", [*TINY, "data=files", f"data.train={tmp_path / 'nope.parquet'}", f"hydra.run.dir={run}"])
+    assert_one_line_error(res, "nope.parquet", "file not found")
+    no_outputs(run)
+
+
+def test_train_cli_corrupt_parquet_shows_traceback_only_with_full_error(tmp_path) -> None:
+    bad = tmp_path / "train.parquet"
+    bad.write_bytes(b"PAR1 this is not really parquet")
+    run = tmp_path / "run"
+    res = run_cli("train.py", [*TINY, "data=files", f"data.train={bad}", f"hydra.run.dir={run}"])
+    assert_one_line_error(res, "train.parquet", "cannot read as parquet")
+    no_outputs(run)
+    import os
+
+    os.environ["HYDRA_FULL_ERROR"] = "1"
+    try:
+        res = run_cli("train.py", [*TINY, "data=files", f"data.train={bad}", f"hydra.run.dir={run}"])
+    finally:
+        del os.environ["HYDRA_FULL_ERROR"]
+    assert res.returncode != 0 and "Traceback" in res.stderr
+
+
+def test_train_cli_typo_in_config_key() -> None:
+    res = run_cli("train.py", ["lora.rnak=8"])
+    assert res.returncode != 0 and "rnak" in res.stderr and "Traceback" not in res.stderr
+
+
+def test_train_cli_qlora_without_cuda_stops_before_loading(tmp_path) -> None:
+    run = tmp_path / "run"
+    res = run_cli("train.py", [*TINY, "lora=qlora", f"hydra.run.dir={run}"])
+    assert_one_line_error(res, "lora.qlora=true needs a CUDA GPU")
+    no_outputs(run)
+
+
+def test_train_cli_hub_id_without_network_says_how_to_point_at_a_local_copy(tmp_path) -> None:
+    res = run_cli("train.py", [*TINY, "model=gemma2_9b", "lora.qlora=false", "model.name_or_path=google/gemma-2-9b-it", f"hydra.run.dir={tmp_path}"])
+    assert_one_line_error(res, "google/gemma-2-9b-it", "model.name_or_path=DIR")
+
+
+def test_infer_cli_empty_test_file_writes_nothing(tmp_path) -> None:
+    empty = tmp_path / "test.parquet"
+    pd.read_parquet(WSDM_EXAMPLE).iloc[:0].to_parquet(empty)
+    run = tmp_path / "run"
+    train(compose_train([*TINY, "trainer.max_steps=1"]), run)
+    out = tmp_path / "submission.csv"
+    res = run_cli("infer.py", [f"runs=[{run}]", f"data.test={empty}", f"output={out}"])
+    assert_one_line_error(res, "test.parquet", "no rows")
+    assert not out.exists() and not out.with_suffix(".parquet").exists()
+    assert not list(tmp_path.glob(".submission*"))  # no temporary file left behind
+
+
+def test_infer_cli_run_dir_without_checkpoint(tmp_path) -> None:
+    out = tmp_path / "submission.csv"
+    res = run_cli("infer.py", [f"runs=[{tmp_path}]", f"data.test={WSDM_EXAMPLE}", f"output={out}"])
+    assert_one_line_error(res, str(tmp_path), "checkpoint/config.yaml")
+    assert not out.exists()
+
+
+# the remaining cases through the same functions the CLIs call (each raises the one-line DuelistError)
+
+
+@pytest.mark.parametrize(
+    "mutate,needle",
+    [
+        (lambda df: df.drop(columns=["response_b"]), "missing column(s) response_b"),
+        (lambda df: df.assign(response_a=[None] + list(df["response_a"][1:])), "row 0 (id=r0): column response_a is null"),
+        (lambda df: df.assign(response_b=list(df["response_b"][:2]) + ["  "] + list(df["response_b"][3:])), "row 2 (id=r2): column response_b is empty"),
+        (lambda df: df.assign(prompt=[1.5] + list(df["prompt"][1:])), "column prompt is not a string (float)"),
+        (lambda df: df.assign(winner=["model_c"] + list(df["winner"][1:])), "winner='model_c' is not one of model_a, model_b, tie"),
+        (lambda df: df.assign(id=["r0"] * 2 + list(df["id"][2:])), "duplicate id r0 (rows 0 and 1)"),
+    ],
+)
+def test_bad_rows_fail_with_file_row_and_column(tmp_path, mutate, needle: str) -> None:
+    path = tmp_path / "train.parquet"
+    mutate(good_rows()).to_parquet(path)
+    with pytest.raises(DuelistError) as err:
+        load_pairs(str(path))
+    assert str(path) in str(err.value) and needle in str(err.value)
+    assert "\n" not in str(err.value)
+
+
+def test_bad_rows_dropped_by_policy_with_count(tmp_path, caplog) -> None:
+    df = good_rows()
+    df.loc[1, "response_a"] = None
+    df.loc[3, "winner"] = "nobody"
+    df.to_csv(tmp_path / "train.csv", index=False)
+    out = load_pairs(str(tmp_path / "train.csv"), on_bad_rows="drop")
+    assert list(out["id"]) == ["r0", "r2", "r4", "r5"]
+    assert "dropped 2 of 6 rows" in caplog.text
+
+
+def test_no_rows_left_after_filtering(tmp_path) -> None:
+    df = good_rows().assign(winner="tie")
+    df.to_parquet(tmp_path / "ties.parquet")
+    with pytest.raises(DuelistError, match="no rows left after filtering"):
+        load_pairs(str(tmp_path / "ties.parquet"), ties="drop")
+
+
+def test_labels_required_for_training_but_not_for_test(tmp_path) -> None:
+    good_rows().drop(columns=["winner"]).to_parquet(tmp_path / "t.parquet")
+    with pytest.raises(DuelistError, match="no labels"):
+        load_pairs(str(tmp_path / "t.parquet"))
+    assert len(load_test(str(tmp_path / "t.parquet"))) == 6
+
+
+def test_unsupported_extension_and_directory(tmp_path) -> None:
+    (tmp_path / "x.txt").write_text("hi")
+    with pytest.raises(DuelistError, match="unsupported file type"):
+        load_pairs(str(tmp_path / "x.txt"))
+    with pytest.raises(DuelistError, match="is a directory"):
+        load_pairs(str(tmp_path))
+
+
+def test_max_length_too_small_stops_before_training(tmp_path) -> None:
+    with pytest.raises(DuelistError, match="model.max_length=24 is too small"):
+        train(compose_train([*TINY, "model.max_length=24"]), tmp_path)
+    no_outputs(tmp_path)
+
+
+def test_lmsys_bad_one_hot_is_a_bad_label(tmp_path) -> None:
+    row = {"id": 1, "prompt": json.dumps(["q"]), "response_a": json.dumps(["a"]), "response_b": json.dumps(["b"]), "winner_model_a": 1, "winner_model_b": 1, "winner_tie": 0}
+    pd.DataFrame([row]).to_csv(tmp_path / "l.csv", index=False)
+    with pytest.raises(DuelistError, match="invalid one-hot"):
+        load_pairs(str(tmp_path / "l.csv"))

@@ -1,0 +1,59 @@
+"""Batching invariants (hypothesis): every row exactly once, units kept together, order restored."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from duelist.batching import pad, sorted_batches, train_batches
+from duelist.inference import predict_p_a
+
+
+@settings(max_examples=200, deadline=None)
+@given(lengths=st.lists(st.integers(1, 500), min_size=1, max_size=300), batch_size=st.integers(2, 33), group=st.booleans(), paired=st.booleans(), seed=st.integers(0, 10))
+def test_train_batches_cover_every_row_once(lengths, batch_size, group, paired, seed) -> None:
+    n = len(lengths)
+    units = np.arange(n) // 2 if paired else np.arange(n)
+    batches = train_batches(lengths, units, batch_size, group, np.random.default_rng(seed))
+    flat = np.concatenate(batches)
+    assert sorted(flat.tolist()) == list(range(n))
+    assert all(len(b) <= batch_size for b in batches)
+    if paired:
+        for b in batches:  # a pair and its swap share a batch
+            assert all((units[b] == u).sum() == (units == u).sum() for u in set(units[b].tolist()))
+
+
+@settings(max_examples=200, deadline=None)
+@given(lengths=st.lists(st.integers(1, 500), min_size=1, max_size=300), batch_size=st.integers(1, 64))
+def test_sorted_batches_cover_every_row_once_longest_first(lengths, batch_size) -> None:
+    batches = sorted_batches(lengths, batch_size)
+    flat = np.concatenate(batches)
+    assert sorted(flat.tolist()) == list(range(len(lengths)))
+    assert [lengths[i] for i in flat] == sorted(lengths, reverse=True)
+
+
+class LastTokenModel(torch.nn.Module):
+    """p_a is a function of the last real token, so any mix-up of rows shows."""
+
+    class Out:
+        def __init__(self, logits):
+            self.logits = logits
+
+    def forward(self, input_ids, attention_mask):
+        last = input_ids.gather(1, (attention_mask.sum(1, keepdim=True) - 1)).float()
+        return self.Out(torch.cat([last / 100.0, torch.zeros_like(last)], dim=1))
+
+
+@settings(max_examples=100, deadline=None)
+@given(seqs=st.lists(st.lists(st.integers(1, 200), min_size=1, max_size=40), min_size=1, max_size=80), batch_size=st.integers(1, 16))
+def test_predictions_come_back_in_input_order(seqs, batch_size) -> None:
+    p = predict_p_a(LastTokenModel(), seqs, pad_id=0, batch_size=batch_size, device=torch.device("cpu"))
+    expected = torch.sigmoid(torch.tensor([s[-1] / 100.0 for s in seqs], dtype=torch.float64)).numpy()
+    np.testing.assert_allclose(p, expected, rtol=1e-5)
+
+
+def test_pad_right_with_mask() -> None:
+    ids, mask = pad([[5, 6, 7], [8]], pad_id=0)
+    assert ids.tolist() == [[5, 6, 7], [8, 0, 0]] and mask.tolist() == [[1, 1, 1], [1, 0, 0]]

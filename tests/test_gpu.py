@@ -1,0 +1,38 @@
+"""GPU paths: bf16 autocast training and 4-bit QLoRA. Skipped without CUDA (CI has none)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from conftest import TINY, compose_train
+from duelist.modeling import build_model, load_checkpoint
+from duelist.training import train
+
+pytestmark = pytest.mark.gpu
+
+
+def test_bf16_training_on_gpu(tmp_path) -> None:
+    cfg = compose_train([*TINY, "trainer.device=cuda"])
+    train(cfg, tmp_path)
+    metrics = json.loads((tmp_path / "metrics.json").read_text())
+    assert metrics["device"].startswith("cuda")
+    built, _ = load_checkpoint(tmp_path, torch.device("cuda"))
+    assert next(built.model.parameters()).is_cuda
+
+
+def test_qlora_loads_4bit_and_trains(tmp_path) -> None:
+    pytest.importorskip("bitsandbytes")
+    # save a tiny random Gemma-2 as a "pretrained" folder, then load it through the QLoRA path
+    cfg = compose_train([*TINY, "lora=none"])
+    built = build_model(cfg.model, cfg.lora, torch.device("cpu"), seed=0)
+    built.model.save_pretrained(tmp_path / "base")
+    built.tokenizer.save_pretrained(tmp_path / "base")
+    cfg = compose_train([*TINY, "lora=qlora", "lora.r=8", "model.init=pretrained", f"model.name_or_path={tmp_path / 'base'}", "trainer.device=cuda"])
+    train(cfg, tmp_path / "run")
+    built, _ = load_checkpoint(tmp_path / "run", torch.device("cuda"))
+    import bitsandbytes as bnb
+
+    assert any(isinstance(m, bnb.nn.Linear4bit) for m in built.model.modules())

@@ -1,0 +1,32 @@
+"""The default model end to end on a small slice of the bundled real data (real pretrained weights)."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from conftest import WSDM_EXAMPLE, run_cli
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.mark.parametrize("lora", ["default", "none"])
+def test_minilm_train_then_infer(tmp_path, lora: str) -> None:
+    run = tmp_path / "run"
+    res = run_cli("train.py", ["model=minilm", f"lora={lora}", "logger=none", "data.max_rows=240", "trainer.max_steps=6",
+                               "model.max_length=128", "trainer.eval_every=3", f"hydra.run.dir={run}"])
+    assert res.returncode == 0, res.stderr[-3000:]
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert 0.0 <= metrics["val/accuracy"] <= 1.0 and metrics["val/rows"] == 48
+    assert (run / ("checkpoint/adapter" if lora == "default" else "checkpoint/model")).is_dir()
+    out = tmp_path / "submission.csv"
+    res = run_cli("infer.py", [f"runs=[{run}]", f"data.test={WSDM_EXAMPLE}", f"output={out}", "tta=swap"])
+    assert res.returncode == 0, res.stderr[-3000:]
+    sub = pd.read_csv(out, dtype={"id": str})
+    assert list(sub["id"]) == [str(i) for i in pd.read_parquet(WSDM_EXAMPLE)["id"]]
+    probs = pd.read_parquet(out.with_suffix(".parquet"))
+    assert np.all((probs["p_a"] > 0) & (probs["p_a"] < 1))
+    assert list(sub["winner"]) == list(np.where(probs["p_a"] >= 0.5, "model_a", "model_b"))
