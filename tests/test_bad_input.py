@@ -115,8 +115,8 @@ def test_infer_cli_run_dir_without_checkpoint(tmp_path) -> None:
     ],
 )
 def test_bad_rows_fail_with_file_row_and_column(tmp_path, mutate, needle: str) -> None:
-    path = tmp_path / "train.parquet"
-    mutate(good_rows()).to_parquet(path)
+    path = tmp_path / "train.jsonl"  # jsonl keeps mixed types (a float among strings) as written
+    mutate(good_rows()).to_json(path, orient="records", lines=True)
     with pytest.raises(DuelistError) as err:
         load_pairs(str(path))
     assert str(path) in str(err.value) and needle in str(err.value)
@@ -166,3 +166,12 @@ def test_lmsys_bad_one_hot_is_a_bad_label(tmp_path) -> None:
     pd.DataFrame([row]).to_csv(tmp_path / "l.csv", index=False)
     with pytest.raises(DuelistError, match="invalid one-hot"):
         load_pairs(str(tmp_path / "l.csv"))
+
+
+def test_lora_rank_without_adapters_is_refused() -> None:
+    from duelist.modeling import check_model_config
+    import torch
+
+    cfg = compose_train(["lora.r=8"])  # minilm picks lora=none
+    with pytest.raises(DuelistError, match="Add lora=default"):
+        check_model_config(cfg.model, cfg.lora, torch.device("cpu"))

@@ -29,8 +29,12 @@ def test_every_option_composes(group: str, option: str) -> None:
 def test_default_job_is_minilm_on_sample() -> None:
     cfg = compose_train([])
     assert cfg.model.name == "minilm" and cfg.data.name == "sample"
-    assert cfg.lora.r == 64 and cfg.lora.alpha == 16 and cfg.lora.target_modules == "all-linear"
+    assert cfg.lora.enabled is False  # minilm is fully fine-tuned
     assert cfg.logger.name == "wandb" and cfg.logger.mode == "offline"
+    lora = compose_train(["lora=default"]).lora
+    assert lora.enabled and lora.r == 64 and lora.alpha == 16 and lora.target_modules == "all-linear"
+    assert compose_train(["model=tiny_gemma2"]).lora.r == 64  # LLM-style models get LoRA r=64/alpha=16 by default
+    assert compose_train(["trainer.lr=1e-4"]).trainer.lr == 1e-4  # the command line beats the model file
 
 
 def test_gemma_experiment_is_the_plan() -> None:

@@ -91,7 +91,7 @@ def test_tta_swap_averages_both_orders(tmp_path) -> None:
 
 @pytest.mark.parametrize("model,lora", [("tiny_gemma2", "default"), ("tiny_qwen2", "none"), ("tiny_llama", "default")])
 def test_checkpoint_reload_gives_identical_logits(tmp_path, model: str, lora: str) -> None:
-    cfg = compose_train([*TINY, f"model={model}", f"lora={lora}", "lora.r=4"])
+    cfg = compose_train([*TINY, f"model={model}", f"lora={lora}", *(["lora.r=4"] if lora != "none" else [])])
     built = build_model(cfg.model, cfg.lora, torch.device("cpu"), seed=0)
     torch.manual_seed(1)
     with torch.no_grad():  # stand-in for training: move every trainable weight (adapters, head) off its init
