@@ -182,3 +182,32 @@ def test_gradient_checkpointing_trains_the_same_model(tmp_path) -> None:
     train(compose_train([*base, "trainer.gradient_checkpointing=true"]), tmp_path / "ckpt")
     a, b = (pd.read_parquet(tmp_path / r / "oof.parquet") for r in ("plain", "ckpt"))
     np.testing.assert_allclose(a["p_a"], b["p_a"], atol=1e-5)
+
+
+def test_gemma2_softcapping_switch_and_reward_model_head(tmp_path) -> None:
+    cfg = compose_train([*TINY, "lora=none"])
+    built = build_model(cfg.model, cfg.lora, torch.device("cpu"), seed=0)
+    assert built.model.config.attn_logit_softcapping is None and built.model.config.final_logit_softcapping is None
+    on = compose_train([*TINY, "lora=none", "model.softcapping=true"])
+    assert build_model(on.model, on.lora, torch.device("cpu"), seed=0).model.config.attn_logit_softcapping == 50.0
+
+    # a "reward model" checkpoint with a 1-output head loads with a fresh 2-label head (model=gemma2_9b_rm path)
+    from transformers import AutoModelForSequenceClassification
+
+    rm_config = built.model.config.__class__(**{**built.model.config.to_dict(), "num_labels": 1})
+    AutoModelForSequenceClassification.from_config(rm_config).save_pretrained(tmp_path / "rm")
+    built.tokenizer.save_pretrained(tmp_path / "rm")
+    rm = compose_train([*TINY, "lora=default", "lora.r=4", "model.init=pretrained", f"model.name_or_path={tmp_path / 'rm'}"])
+    model = build_model(rm.model, rm.lora, torch.device("cpu"), seed=0).model
+    assert model(input_ids=torch.tensor([[5, 6, 7]])).logits.shape == (1, 2)
+
+
+def test_head_has_its_own_learning_rate() -> None:
+    from duelist.modeling import head_and_body_parameters
+
+    cfg = compose_train([*TINY, "lora.r=4"])
+    model = build_model(cfg.model, cfg.lora, torch.device("cpu"), seed=0).model
+    head, body = head_and_body_parameters(model)
+    names = {id(p): n for n, p in model.named_parameters()}
+    assert head and all("score" in names[id(p)] for p in head)
+    assert body and all("lora_" in names[id(p)] for p in body)  # only adapters train besides the head

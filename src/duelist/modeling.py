@@ -149,6 +149,8 @@ def build_base(model_cfg: Any, lora_cfg: Any, tokenizer: Any, dtype: torch.dtype
             model = AutoModelForSequenceClassification.from_pretrained(
                 source, dtype=dtype, attn_implementation=model_cfg.attn_implementation,
                 quantization_config=quant, device_map={"": torch.cuda.current_device()} if quant else None,
+                # a reward model's 1-output head (or any other head shape) is replaced by a fresh 2-label head
+                ignore_mismatched_sizes=weights is None,
                 **common, **({} if weights else extra),
             )
         except Exception as err:
