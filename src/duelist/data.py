@@ -16,7 +16,7 @@ import logging
 import math
 import os
 from pathlib import Path
-from typing import Any, Callable, Iterable, Sequence
+from typing import Any, Callable, Iterable
 
 import numpy as np
 import pandas as pd
@@ -318,6 +318,3 @@ def augment(df: pd.DataFrame, swap: bool, same_batch: bool) -> pd.DataFrame:
         both = both.sort_values("pair", kind="stable").reset_index(drop=True)
     return both
 
-
-def sample_paths(names: Sequence[str]) -> list[str]:
-    return [f"pkg:duelist/assets/sample/{n}.parquet" for n in names]
