@@ -211,3 +211,21 @@ def test_head_has_its_own_learning_rate() -> None:
     names = {id(p): n for n, p in model.named_parameters()}
     assert head and all("score" in names[id(p)] for p in head)
     assert body and all("lora_" in names[id(p)] for p in body)  # only adapters train besides the head
+
+
+def test_cli_with_a_list_of_train_files_and_a_fixed_validation_file(tmp_path) -> None:
+    from conftest import ROOT
+
+    raw = pd.read_parquet(ROOT / SAMPLE[1]).query("winner != 'tie'")
+    raw = raw[raw["response_a"].str.strip().ne("") & raw["response_b"].str.strip().ne("")]
+    raw.iloc[:80].to_csv(tmp_path / "a.csv", index=False)
+    raw.iloc[80:160].to_parquet(tmp_path / "b.parquet")
+    raw.iloc[160:200].to_json(tmp_path / "valid.jsonl", orient="records", lines=True)
+    run = tmp_path / "run"
+    res = run_cli("train.py", ["data=files", f"data.train=[{tmp_path / 'a.csv'},{tmp_path / 'b.parquet'}]", f"data.valid={tmp_path / 'valid.jsonl'}",
+                               "model=tiny_llama", "logger=none", "trainer.max_steps=3", f"hydra.run.dir={run}"])
+    assert res.returncode == 0, res.stderr[-3000:]
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert metrics["train/rows"] == 160 and metrics["val/rows"] == 40
+    oof = pd.read_parquet(run / "oof.parquet")
+    assert sorted(oof["id"]) == sorted(raw.iloc[160:200]["id"]) and (oof["fold"] == -1).all()

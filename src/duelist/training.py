@@ -28,7 +28,7 @@ from duelist.files import write_json, write_parquet, write_text
 from duelist.formatting import PairEncoder
 from duelist.inference import autocast_dtype, predict_p_a
 from duelist.metrics import compute_metrics, is_better
-from duelist.modeling import Built, build_model, head_and_body_parameters, pick_device, save_checkpoint
+from duelist.modeling import Built, build_model, check_model_config, head_and_body_parameters, pick_device, save_checkpoint
 from duelist.tracking import make_tracker
 
 log = logging.getLogger(__name__)
@@ -152,8 +152,9 @@ def train(cfg: DictConfig, run_dir: str | Path) -> float:
     seed_everything(cfg.trainer.seed)
     started = time.perf_counter()
 
-    train_df, valid = load_train_valid(cfg.data)
     trainer = Trainer(cfg, run_dir)
+    check_model_config(cfg.model, cfg.lora, trainer.device)  # before any data is read
+    train_df, valid = load_train_valid(cfg.data)
     built = build_model(cfg.model, cfg.lora, trainer.device, cfg.trainer.seed, cfg.trainer.gradient_checkpointing)
     encoder = PairEncoder(built.tokenizer, cfg.model.template, cfg.model.max_length, cfg.model.prompt_max_tokens)
     train_rows = augment(train_df, cfg.augment.swap, cfg.augment.same_batch)
