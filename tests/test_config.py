@@ -58,6 +58,13 @@ def test_infer_config_composes() -> None:
         compose_infer(["data.tst=t.parquet"])
 
 
+@pytest.mark.parametrize("option", options("ensemble"))
+def test_every_ensemble_option_composes(option: str) -> None:
+    cfg = compose_infer([f"ensemble={option}", "data.test=t.parquet"])
+    assert cfg.ensemble.name == option and cfg.ensemble.weights in ("equal", "oof")
+    OmegaConf.to_container(cfg, resolve=True, throw_on_missing=True)
+
+
 def test_every_yaml_key_has_a_comment() -> None:
     key_line = re.compile(r"^\s*[A-Za-z_][\w.]*:")
     missing = []

@@ -117,8 +117,22 @@ class TestDataConfig:
 
 
 @dataclass
+class EnsembleConfig:
+    name: str = "mean"
+    members: List[str] = field(default_factory=list)  # model names; the best run of each is picked
+    roots: List[str] = field(default_factory=lambda: ["outputs", "multirun"])
+    select_by: str = "val/accuracy"
+    weights: str = "equal"  # equal | oof
+    combine: str = "prob"  # prob | logit
+    per_language: bool = False
+    min_language_rows: int = 200
+    grid_step: float = 0.05
+
+
+@dataclass
 class InferConfig:
     runs: List[str] = MISSING
+    ensemble: EnsembleConfig = MISSING
     data: TestDataConfig = field(default_factory=TestDataConfig)
     output: str = MISSING
     tta: str = "none"  # none | swap
@@ -136,6 +150,7 @@ GROUPS = {
     "trainer": TrainerConfig,
     "logger": LoggerConfig,
     "pseudolabel": PseudolabelConfig,
+    "ensemble": EnsembleConfig,
 }
 
 

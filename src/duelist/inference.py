@@ -2,7 +2,8 @@
 
 ``python infer.py runs=[RUN_DIR,...] data.test=test.parquet output=submission.csv [tta=swap]``
 writes ``submission.csv`` (``id,winner``: every test id once, in input order) and, next to it,
-``submission.parquet`` with ``p_a`` per run and averaged.
+``submission.parquet`` with ``p_a`` per run and combined, and ``submission.ensemble.json`` with the
+weights used (``ensemble=mean``: equal; ``weighted``/``two_model``: tuned on the runs' OOF rows).
 """
 
 from __future__ import annotations
@@ -18,12 +19,14 @@ import torch
 from tqdm.auto import tqdm
 
 from duelist.batching import pad, sorted_batches
+from duelist import ensemble
 from duelist.data import load_test, swap_pairs
 from duelist.errors import DuelistError
-from duelist.files import write_csv, write_parquet
+from duelist.files import write_csv, write_json, write_parquet
 from duelist.formatting import PairEncoder
 from duelist.metrics import predicted_winner
 from duelist.modeling import load_checkpoint, pick_device
+from duelist.runs import best_run
 
 log = logging.getLogger(__name__)
 
@@ -88,24 +91,53 @@ def score_run(run_dir: Path, test: pd.DataFrame, cfg: Any, device: torch.device,
     return p_a
 
 
+def pick_runs(cfg: Any) -> list[Path]:
+    """Explicit ``runs=[...]``, else the best finished run of each model named in ``ensemble.members``."""
+    if cfg.runs:
+        return _check_runs(cfg.runs)
+    if not cfg.ensemble.members:
+        raise DuelistError("no runs: pass runs=[RUN_DIR,...] or use an ensemble that names members (ensemble=two_model)")
+    picked = [best_run(m, cfg.ensemble.roots, cfg.ensemble.select_by) for m in cfg.ensemble.members]
+    for model, run in zip(cfg.ensemble.members, picked):
+        log.info("ensemble member %s: best run by %s is %s", model, cfg.ensemble.select_by, run)
+    return _check_runs(picked)
+
+
+def ensemble_weights(cfg: Any, runs: list[Path]) -> dict[str, Any]:
+    ens = cfg.ensemble
+    if ens.weights == "equal" or len(runs) == 1:
+        return {"runs": [str(r) for r in runs], "combine": ens.combine, "weights": ensemble.equal_weights(len(runs))}
+    if ens.weights != "oof":
+        raise DuelistError(f"ensemble.weights={ens.weights!r}: use equal or oof")
+    report = ensemble.fit(runs, ens.combine, ens.grid_step, ens.per_language, ens.min_language_rows)
+    acc, loss = report["oof/accuracy"], report["oof/log_loss"]
+    print(f"ensemble weights (tuned on {report['shared_oof_rows']} shared OOF rows, {ens.combine}): {report['weights']}")
+    for name in acc:
+        print(f"  OOF {name:>9}: accuracy {acc[name]:.4f}  log loss {loss[name]:.4f}")
+    return report
+
+
 def infer(cfg: Any) -> pd.DataFrame:
-    """Score ``cfg.data.test`` with every run in ``cfg.runs`` (mean of p_a) and write the submission."""
+    """Score ``cfg.data.test`` with the chosen runs, combine them as configured and write the submission."""
     if cfg.tta not in TTA:
         raise DuelistError(f"tta={cfg.tta!r}: use none or swap")
     output = Path(cfg.output)
     if output.suffix.lower() != ".csv":
         raise DuelistError(f"output={cfg.output}: the submission must be a .csv file")
-    runs = _check_runs(cfg.runs)
+    runs = pick_runs(cfg)
     test = load_test(cfg.data.test, cfg.data.on_bad_rows)
+    report = ensemble_weights(cfg, runs)
     device = pick_device(cfg.device)
     log.info("scoring %d test rows with %d run(s) on %s, tta=%s", len(test), len(runs), device, cfg.tta)
     probs = pd.DataFrame({"id": test["id"]})
     for i, run in enumerate(runs):
         probs[f"p_a_run{i}"] = score_run(run, test, cfg, device, cfg.cache_dir)
-    probs["p_a"] = probs[[f"p_a_run{i}" for i in range(len(runs))]].mean(axis=1)
+    members = probs[[f"p_a_run{i}" for i in range(len(runs))]].to_numpy()
+    probs["p_a"] = ensemble.apply(members, test["language"].to_numpy(), report["weights"], report["combine"])
     submission = pd.DataFrame({"id": test["id"], "winner": predicted_winner(probs["p_a"].to_numpy())})
+    write_json(output.with_suffix(".ensemble.json"), {**report, "tta": cfg.tta})
     write_parquet(output.with_suffix(".parquet"), probs)
     write_csv(output, submission)
-    log.info("wrote %s (%d rows) and %s", output, len(submission), output.with_suffix(".parquet"))
+    log.info("wrote %s (%d rows), %s and %s", output, len(submission), output.with_suffix(".parquet"), output.with_suffix(".ensemble.json"))
     print(f"submission: {output} ({len(submission)} rows; model_a {float((submission['winner'] == 'model_a').mean()):.3f})")
     return submission

@@ -1,0 +1,112 @@
+"""Run registry and ensembling: ordering, filters, weights on synthetic OOF, end to end with two model families."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pandas as pd
+import pytest
+from omegaconf import OmegaConf
+
+from conftest import TINY, WSDM_EXAMPLE, compose_train, run_cli
+from duelist import ensemble
+from duelist.errors import DuelistError
+from duelist.runs import best_run, find_runs
+from duelist.training import train
+
+
+def fake_run(root, name: str, model: str, acc: float, loss: float, study: str | None = None, finished: bool = True):
+    run = root / name
+    run.mkdir(parents=True)
+    cfg = compose_train([f"model={model}", "logger=none", f"logger.group={study}" if study else "logger.group=null"])
+    OmegaConf.save(cfg, run / "config.yaml")
+    if finished:
+        (run / "metrics.json").write_text(json.dumps({"val/accuracy": acc, "val/log_loss": loss, "best_step": 1}))
+    return run
+
+
+def test_registry_sorts_and_filters(tmp_path) -> None:
+    fake_run(tmp_path, "a", "tiny_gemma2", 0.61, 0.66, study="s1")
+    fake_run(tmp_path, "b", "tiny_gemma2", 0.65, 0.64, study="s2")
+    fake_run(tmp_path, "deep/c", "tiny_llama", 0.70, 0.69)
+    fake_run(tmp_path, "d", "tiny_llama", 0.99, 0.10, finished=False)  # no metrics.json: not finished
+    runs = find_runs([str(tmp_path)])
+    assert [r.split("/")[-1] for r in runs["run_dir"]] == ["c", "b", "a"]
+    by_loss = find_runs([str(tmp_path)], sort="val/log_loss")
+    assert list(by_loss["val/log_loss"]) == [0.64, 0.66, 0.69]
+    assert list(find_runs([str(tmp_path)], model="tiny_gemma2")["val/accuracy"]) == [0.65, 0.61]
+    assert list(find_runs([str(tmp_path)], study="s1")["val/accuracy"]) == [0.61]
+    assert best_run("tiny_llama", [str(tmp_path)]).endswith("deep/c")
+    with pytest.raises(DuelistError, match="no finished run of model minilm"):
+        best_run("minilm", [str(tmp_path)])
+    out = subprocess.run([sys.executable, "-m", "duelist.runs", "--root", str(tmp_path), "--sort", "val/log_loss", "--model", "tiny_gemma2"],
+                         capture_output=True, text=True, check=True).stdout
+    assert out.index(str(tmp_path / "b")) < out.index(str(tmp_path / "a")) and "deep" not in out
+
+
+def write_oof(run, ids, p_a, winner, language) -> None:
+    run.mkdir(parents=True, exist_ok=True)
+    target = np.where(np.asarray(winner) == "model_a", 1.0, 0.0)
+    pd.DataFrame({"id": ids, "p_a": p_a, "winner": winner, "language": language, "fold": 0, "target": target}).to_parquet(run / "oof.parquet")
+
+
+def test_weights_recover_the_better_member_and_accuracy_checks_out(tmp_path) -> None:
+    rng = np.random.default_rng(0)
+    n = 2000
+    winner = rng.choice(["model_a", "model_b"], n)
+    truth = (winner == "model_a").astype(float)
+    good = np.clip(0.5 + (truth - 0.5) * 0.5 + rng.normal(0, 0.2, n), 0.01, 0.99)  # informative
+    noise = rng.uniform(0.05, 0.95, n)  # useless
+    ids = [f"x{i}" for i in range(n)]
+    write_oof(tmp_path / "noise", ids, noise, winner, "en")
+    write_oof(tmp_path / "good", ids[::-1], good[::-1], winner[::-1], "en")  # another row order: joined on id
+    report = ensemble.fit([tmp_path / "noise", tmp_path / "good"], "prob", 0.05, False, 200)
+    w = report["weights"]["*"]
+    assert w[1] >= 0.8 and abs(sum(w) - 1) < 1e-9
+    # the ensemble's OOF accuracy, recomputed here from the weights
+    p = w[0] * noise + w[1] * good
+    assert report["oof/accuracy"]["ensemble"] == pytest.approx(float(np.mean(np.where(p >= 0.5, "model_a", "model_b") == winner)))
+    assert report["oof/accuracy"]["member1"] == pytest.approx(float(np.mean(np.where(good >= 0.5, "model_a", "model_b") == winner)))
+
+
+def test_per_language_weights(tmp_path) -> None:
+    rng = np.random.default_rng(1)
+    n = 1200
+    winner = rng.choice(["model_a", "model_b"], n)
+    truth = (winner == "model_a").astype(float)
+    lang = np.where(np.arange(n) < 600, "en", "ru")
+    sharp = np.clip(0.5 + (truth - 0.5) * 0.6 + rng.normal(0, 0.15, n), 0.01, 0.99)
+    flat = rng.uniform(0.05, 0.95, n)
+    m0 = np.where(lang == "en", sharp, flat)  # member 0 knows English
+    m1 = np.where(lang == "ru", sharp, flat)  # member 1 knows Russian
+    ids = [f"y{i}" for i in range(n)]
+    write_oof(tmp_path / "m0", ids, m0, winner, lang)
+    write_oof(tmp_path / "m1", ids, m1, winner, lang)
+    report = ensemble.fit([tmp_path / "m0", tmp_path / "m1"], "logit", 0.05, True, 200)
+    assert report["weights"]["en"][0] >= 0.8 and report["weights"]["ru"][1] >= 0.8
+    assert report["oof/accuracy"]["ensemble"] > max(report["oof/accuracy"]["member0"], report["oof/accuracy"]["member1"]) + 0.1
+
+
+def test_two_model_ensemble_end_to_end(tmp_path) -> None:
+    root = tmp_path / "runs"
+    for model in ("tiny_gemma2", "tiny_llama"):
+        train(compose_train([*TINY, f"model={model}"]), root / model)
+    out = tmp_path / "submission.csv"
+    res = run_cli("infer.py", ["ensemble=two_model", "ensemble.members=[tiny_gemma2,tiny_llama]", f"ensemble.roots=[{root}]",
+                               f"data.test={WSDM_EXAMPLE}", f"output={out}"])
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert "OOF  ensemble" in res.stdout and "OOF   member0" in res.stdout
+    report = json.loads(out.with_suffix(".ensemble.json").read_text())
+    assert report["runs"] == [str(root / "tiny_gemma2"), str(root / "tiny_llama")]
+    w = report["weights"]["*"]
+    probs = pd.read_parquet(out.with_suffix(".parquet"))
+    np.testing.assert_allclose(probs["p_a"], w[0] * probs["p_a_run0"] + w[1] * probs["p_a_run1"], atol=1e-12)
+    sub = pd.read_csv(out, dtype={"id": str})
+    assert list(sub["winner"]) == list(np.where(probs["p_a"] >= 0.5, "model_a", "model_b"))
+
+    res = run_cli("infer.py", ["ensemble=two_model", "ensemble.members=[tiny_gemma2,minilm]", f"ensemble.roots=[{root}]",
+                               f"data.test={WSDM_EXAMPLE}", f"output={tmp_path / 'other.csv'}"])
+    assert res.returncode == 2 and "no finished run of model minilm" in res.stderr and not (tmp_path / "other.csv").exists()
