@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional
 
 from hydra.core.config_store import ConfigStore
-from omegaconf import MISSING
+from omegaconf import MISSING, OmegaConf
 
 
 @dataclass
@@ -155,7 +155,11 @@ GROUPS = {
 
 
 def register_configs() -> None:
-    """Register the schemas so every ``conf/<group>/*.yaml`` is checked against its type."""
+    """Register the schemas so every ``conf/<group>/*.yaml`` is checked against its type, and our resolvers."""
+    from duelist.sweeps import direction
+
+    if not OmegaConf.has_resolver("duelist_direction"):
+        OmegaConf.register_new_resolver("duelist_direction", direction)
     cs = ConfigStore.instance()
     cs.store(name="train_schema", node=TrainConfig)
     cs.store(name="infer_schema", node=InferConfig)

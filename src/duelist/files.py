@@ -21,6 +21,16 @@ from duelist.errors import DuelistError
 PKG_PREFIX = "pkg:"
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+FILE_MODE = 0o666 & ~_umask()  # what a plain open() would give (mkstemp makes 0600 files)
+DIR_MODE = 0o777 & ~_umask()
+
+
 def resolve_path(path: str) -> str:
     """Expand ``~`` and ``pkg:<package>/<sub/path>`` (a file shipped inside an installed package)."""
     if not path.startswith(PKG_PREFIX):
@@ -42,6 +52,7 @@ def atomic_path(final: str | Path, suffix: str = "") -> Iterator[Path]:
     tmp_path = Path(tmp)
     try:
         yield tmp_path
+        os.chmod(tmp_path, FILE_MODE)
         os.replace(tmp_path, final)
     finally:
         if tmp_path.exists():
@@ -56,6 +67,7 @@ def atomic_dir(final: str | Path) -> Iterator[Path]:
     tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", suffix=".tmp", dir=final.parent))
     try:
         yield tmp
+        os.chmod(tmp, DIR_MODE)
         if final.exists():
             old = final.with_name(f".{final.name}.old")
             shutil.rmtree(old, ignore_errors=True)

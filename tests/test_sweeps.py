@@ -1,0 +1,55 @@
+"""Optuna sweeps through train.py: persisted SQLite study, failed trials recorded, resume adds trials, summary page."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+from hydra import compose, initialize_config_dir
+from omegaconf import OmegaConf
+
+from conftest import CONF, TINY, run_cli
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.mark.parametrize("name", ["lora", "optim", "data"])
+@pytest.mark.parametrize("metric,direction", [("val/accuracy", "maximize"), ("val/log_loss", "minimize")])
+def test_sweep_configs_compose_with_direction_from_metric(name: str, metric: str, direction: str) -> None:
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        cfg = compose(config_name="train", overrides=[f"sweep={name}", f"optimized_metric={metric}", "model=tiny_gemma2"], return_hydra_config=True)
+    assert cfg.hydra.sweeper.direction == direction
+    assert cfg.hydra.sweeper.study_name == name and cfg.hydra.sweeper.max_failure_rate == 1.0
+    assert OmegaConf.select(cfg, "hydra.sweeper.params") and "sqlite" in cfg.hydra.sweeper.storage
+
+
+def test_study_persists_records_failures_and_resumes(tmp_path) -> None:
+    import optuna
+
+    storage = f"sqlite:///{tmp_path / 'study.db'}"
+    common = ["-m", "sweep=optim", *TINY, "trainer.max_steps=3", "hydra.sweeper.study_name=t", f"hydra.sweeper.storage={storage}"]
+    # a grid of two trials; lr=1e12 blows the loss up to NaN: that trial fails, the study goes on
+    space = "hydra.sweeper.params={trainer.lr: 'choice(3e-4, 1e12)', trainer.head_lr: 'choice(1e-3)', trainer.epochs: 'choice(1)', trainer.grad_accum: 'choice(1)'}"
+    res = run_cli("train.py", [*common, space, "hydra/sweeper/sampler=grid", "hydra.sweeper.n_trials=2", f"hydra.sweep.dir={tmp_path / 'm1'}"], cwd=tmp_path)
+    assert res.returncode == 0, res.stderr[-3000:]
+    study = optuna.load_study(study_name="t", storage=storage)
+    states = sorted(t.state.name for t in study.trials)
+    assert states == ["COMPLETE", "FAIL"]
+    assert [t.params["trainer.lr"] for t in study.trials if t.state.name == "COMPLETE"] == [3e-4]
+    summary = tmp_path / "sweeps" / "t.html"
+    assert summary.is_file() and "FAIL" in summary.read_text() and "Best run dir" in summary.read_text()
+    run_cfg = OmegaConf.load(next((tmp_path / "m1").glob("*/config.yaml")))
+    assert run_cfg.logger.group == "t"  # W&B group = study name
+
+    # the same study again (same search space, default TPE sampler) resumes it and adds trials
+    res = run_cli("train.py", [*common, space, "hydra.sweeper.n_trials=1", f"hydra.sweep.dir={tmp_path / 'm2'}"], cwd=tmp_path)
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert len(optuna.load_study(study_name="t", storage=storage).trials) == 3
+
+    out = subprocess.run([sys.executable, "-m", "duelist.sweeps", "--study", "t", "--storage", storage, "--out", str(tmp_path / "again")],
+                         capture_output=True, text=True, cwd=tmp_path)
+    assert out.returncode == 0, out.stderr
+    assert (tmp_path / "again" / "t.html").is_file()
+    missing = subprocess.run([sys.executable, "-m", "duelist.sweeps", "--study", "nope", "--storage", storage], capture_output=True, text=True, cwd=tmp_path)
+    assert missing.returncode == 2 and "study 'nope' not found" in missing.stderr
