@@ -24,6 +24,14 @@ def test_sweep_configs_compose_with_direction_from_metric(name: str, metric: str
     assert OmegaConf.select(cfg, "hydra.sweeper.params") and "sqlite" in cfg.hydra.sweeper.storage
 
 
+def test_slurm_launcher_composes() -> None:
+    pytest.importorskip("hydra_plugins.hydra_submitit_launcher")
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        cfg = compose(config_name="train", overrides=["sweep=lora", "hydra/launcher=slurm", "hydra.launcher.partition=gpu", "model=tiny_gemma2"], return_hydra_config=True)
+    assert cfg.hydra.launcher._target_.endswith("SlurmLauncher")
+    assert cfg.hydra.launcher.partition == "gpu" and cfg.hydra.launcher.gpus_per_node == 1 and cfg.hydra.launcher.timeout_min == 720
+
+
 def test_study_persists_records_failures_and_resumes(tmp_path) -> None:
     import optuna
 
