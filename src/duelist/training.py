@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 import random
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -29,9 +31,38 @@ from duelist.formatting import PairEncoder
 from duelist.inference import autocast_dtype, predict_p_a
 from duelist.metrics import compute_metrics, is_better
 from duelist.modeling import Built, build_model, check_model_config, head_and_body_parameters, pick_device, save_checkpoint
-from duelist.tracking import make_tracker
+from duelist.tracking import NullTracker, make_tracker
 
 log = logging.getLogger(__name__)
+
+
+@dataclass
+class Distributed:
+    """This process's place in a multi-process run (``accelerate launch`` / ``torchrun`` set the env)."""
+
+    rank: int = 0
+    world: int = 1
+    local_rank: int = 0
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+
+def init_distributed(device_name: str) -> tuple[Distributed, torch.device]:
+    """One process: the configured device. Several (WORLD_SIZE > 1): one GPU each (NCCL), or CPU with gloo."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world <= 1:
+        return Distributed(), pick_device(device_name)
+    import torch.distributed as dist
+
+    rank, local = int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", "0"))
+    cuda = torch.cuda.is_available() and device_name != "cpu"
+    if cuda:
+        torch.cuda.set_device(local)
+    if not dist.is_initialized():
+        dist.init_process_group("nccl" if cuda else "gloo")
+    return Distributed(rank, world, local), torch.device("cuda", local) if cuda else torch.device("cpu")
 
 
 def seed_everything(seed: int) -> None:
@@ -69,7 +100,7 @@ class Trainer:
         self.run_dir = run_dir
         self.t = cfg.trainer
         self.metric = cfg.optimized_metric
-        self.device = pick_device(self.t.device)
+        self.dist, self.device = init_distributed(self.t.device)
         self.amp = autocast_dtype(self.t.precision, self.device)
         self.train_curve: list[tuple[int, float]] = []
         self.evals: list[tuple[int, dict[str, Any]]] = []
@@ -81,7 +112,9 @@ class Trainer:
         rng = np.random.default_rng(t.seed)
         lengths = [len(s) for s in train_ids]
         units = train_rows["pair"].to_numpy() if self.cfg.augment.same_batch else np.arange(len(train_rows))
-        steps_per_epoch = math.ceil(len(train_batches(lengths, units, t.batch_size, False, np.random.default_rng(0))) / t.grad_accum)
+        world, rank = self.dist.world, self.dist.rank
+        n_batches = len(train_batches(lengths, units, t.batch_size, False, np.random.default_rng(0))) // world  # per process
+        steps_per_epoch = max(1, math.ceil(n_batches / t.grad_accum))
         total = t.max_steps if t.max_steps > 0 else max(1, math.ceil(steps_per_epoch * t.epochs))
         head, body = head_and_body_parameters(model)
         groups = [g for g in ({"params": body, "lr": t.lr}, {"params": head, "lr": t.head_lr}) if g["params"]]
@@ -94,15 +127,21 @@ class Trainer:
         scaler = torch.amp.GradScaler(self.device.type, enabled=self.amp == torch.float16)
         log.info("training %d rows (%d optimizer steps, %d per epoch) on %s", len(train_rows), total, steps_per_epoch, self.device)
 
+        forward = model
+        if world > 1:  # gradients are averaged over processes; each process sees its share of every step's batches
+            from torch.nn.parallel import DistributedDataParallel
+
+            forward = DistributedDataParallel(model, device_ids=[self.dist.local_rank] if self.device.type == "cuda" else None)
         model.train()
         step, micro, running, tokens, start = 0, 0, [], 0, time.perf_counter()
         bar = tqdm(total=total, desc="train", unit="step")
         epoch = 0
         while step < total:
-            for idx in train_batches(lengths, units, t.batch_size, t.group_by_length, rng):
+            batches = train_batches(lengths, units, t.batch_size, t.group_by_length, rng)  # the same list on every process
+            for idx in batches[rank : len(batches) // world * world : world]:
                 ids, mask = pad([train_ids[i] for i in idx], pad_id)
                 with torch.autocast(self.device.type, dtype=self.amp, enabled=self.amp is not None):
-                    logits = model(input_ids=ids.to(self.device), attention_mask=mask.to(self.device)).logits
+                    logits = forward(input_ids=ids.to(self.device), attention_mask=mask.to(self.device)).logits
                 loss = soft_cross_entropy(logits, targets[idx].to(self.device))
                 if not torch.isfinite(loss):
                     raise FloatingPointError(f"loss is {loss.item()} at step {step}; lower trainer.lr or check the data")
@@ -127,7 +166,12 @@ class Trainer:
                 bar.update(1)
                 bar.set_postfix(loss=f"{mean_loss:.4f}", tok_s=f"{tokens / elapsed:.0f}")
                 if (t.eval_every > 0 and step % t.eval_every == 0 and step < total) or step == total:
-                    self.evaluate(built, valid, valid_ids, step, tracker, tokens / elapsed)
+                    if self.dist.main:  # validation, metrics and checkpoints happen once, on rank 0
+                        self.evaluate(built, valid, valid_ids, step, tracker, tokens / elapsed)
+                    if world > 1:
+                        import torch.distributed as dist
+
+                        dist.barrier()
                 if step >= total:
                     break
             epoch += 1
@@ -163,6 +207,9 @@ def train(cfg: DictConfig, run_dir: str | Path) -> float:
     n_trainable = sum(p.numel() for p in built.model.parameters() if p.requires_grad)
     log.info("train %d rows (%d after augmentation), valid %d rows; %d trainable parameters", len(train_df), len(train_rows), len(valid), n_trainable)
 
+    if not trainer.dist.main:
+        trainer.fit(built, train_rows, train_ids, valid, valid_ids, NullTracker())
+        return float("nan")  # rank 0 writes the run dir and reports the metric
     config = OmegaConf.to_container(cfg, resolve=True)
     write_text(run_dir / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
     tracker = make_tracker(cfg.logger, str(run_dir), config, name=run_dir.name)
@@ -179,6 +226,7 @@ def train(cfg: DictConfig, run_dir: str | Path) -> float:
             "train/tokens_per_s": best["train/tokens_per_s"],
             "runtime_s": time.perf_counter() - started,
             "device": str(trainer.device),
+            "processes": trainer.dist.world,
         }
         oof = valid[["id", "winner", "language", "source", "fold"]].assign(p_a=best["p_a"], target=valid["p_a"].to_numpy())
         oof = oof[["id", "p_a", "winner", "language", "fold", "source", "target"]]
