@@ -62,3 +62,23 @@ def test_study_persists_records_failures_and_resumes(tmp_path) -> None:
     assert (tmp_path / "again" / "t.html").is_file()
     missing = subprocess.run([sys.executable, "-m", "duelist.sweeps", "--study", "nope", "--storage", storage], capture_output=True, text=True, cwd=tmp_path)
     assert missing.returncode == 2 and "study 'nope' not found" in missing.stderr
+
+
+def test_study_summary_callback_writes_html_and_logs_to_wandb(tmp_path, monkeypatch) -> None:
+    import optuna
+
+    from duelist.sweeps import StudySummaryCallback
+
+    storage = f"sqlite:///{tmp_path / 's.db'}"
+    study = optuna.create_study(study_name="cb", storage=storage, direction="maximize")
+    space = {"lora.r": optuna.distributions.CategoricalDistribution([16, 32, 64]), "lora.dropout": optuna.distributions.UniformDistribution(0.0, 0.1)}
+    for r, d, v in ((16, 0.01, 0.61), (32, 0.05, 0.64), (64, 0.09, 0.62)):
+        study.add_trial(optuna.trial.create_trial(params={"lora.r": r, "lora.dropout": d}, distributions=space, value=v))
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        cfg = compose(config_name="train", overrides=["sweep=lora", "model=tiny_gemma2", "logger=wandb", "hydra.sweeper.study_name=cb",
+                                                     f"hydra.sweeper.storage={storage}", f"hydra.sweep.dir={tmp_path / 'multirun'}"], return_hydra_config=True)
+    monkeypatch.chdir(tmp_path)
+    StudySummaryCallback().on_multirun_end(cfg)
+    page = (tmp_path / "sweeps" / "cb.html").read_text()
+    assert "Parameter importance" in page and "Parallel coordinates" in page and page.count("<td>COMPLETE</td>") == 3
+    assert list((tmp_path / "multirun" / "wandb").glob("offline-run-*/run-*.wandb"))
