@@ -26,8 +26,6 @@ from duelist.errors import DuelistError
 from duelist.files import write_parquet
 
 log = logging.getLogger(__name__)
-# we tokenise whole parts before cutting them to budget; the "longer than the model maximum" warning is expected
-logging.getLogger("transformers.tokenization_utils_base").setLevel(logging.ERROR)
 
 CUT_MARKER = " [...] "
 SLOTS = ("\x00PROMPT\x00", "\x00RESPONSE_A\x00", "\x00RESPONSE_B\x00")

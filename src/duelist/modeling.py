@@ -26,6 +26,8 @@ from duelist.errors import DuelistError
 from duelist.files import atomic_dir, resolve_path
 
 log = logging.getLogger(__name__)
+# texts are tokenised whole before they are cut to budget; the "longer than the model maximum" warning is expected
+logging.getLogger("transformers.tokenization_utils_base").setLevel(logging.ERROR)
 
 HEAD_NAMES = ("classifier", "score")  # names of the sequence-classification heads in HF models
 

@@ -1,0 +1,50 @@
+"""EDA numbers against independent pandas computations on a real file."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pandas as pd
+
+import subprocess
+import sys
+
+from conftest import ROOT
+from duelist.modeling import load_tokenizer
+
+PANDALM = ROOT / "src/duelist/assets/sample/pandalm_test.parquet"
+
+
+def test_eda_report_matches_pandas(tmp_path) -> None:
+    raw = pd.read_parquet(PANDALM)
+    valid = raw.iloc[:50].assign(id=lambda d: "v" + d["id"])  # a validation file sharing 50 prompts
+    valid.to_parquet(tmp_path / "valid.parquet")
+    out = tmp_path / "eda"
+    res = subprocess.run([sys.executable, "-m", "duelist.eda", "data=files", f"data.train={PANDALM}", f"data.valid={tmp_path / 'valid.parquet'}",
+                          "model=tiny_llama", "model.max_length=256", "logger=none", f"hydra.run.dir={out}"], capture_output=True, text=True, cwd=tmp_path)
+    assert res.returncode == 0, res.stderr[-3000:]
+    eda = json.loads((out / "eda.json").read_text())
+    assert "<img src='data:image/png;base64," in (out / "eda.html").read_text()
+
+    q = eda["quality"]
+    assert q["rows_read"] == len(raw)
+    assert q["empty"]["response_a"] == int((raw["response_a"].str.strip() == "").sum())
+    assert q["identical_responses"] == int((raw["response_a"] == raw["response_b"]).sum())
+    assert q["duplicate_prompts"] == int(raw["prompt"].duplicated().sum())
+    assert q["exact_duplicates"] == int(raw[["prompt", "response_a", "response_b"]].duplicated().sum())
+
+    ok = raw[(raw["response_a"].str.strip() != "") & (raw["response_b"].str.strip() != "")]
+    assert eda["rows"] == len(ok)
+    assert eda["winner_share"]["tie"] == float((ok["winner"] == "tie").mean())
+    hard = ok[ok["winner"] != "tie"]
+    longer = np.where(hard["response_a"].str.len() >= hard["response_b"].str.len(), "model_a", "model_b")
+    assert eda["longer_wins"] == float(np.mean(longer == hard["winner"]))
+    assert eda["position_bias_a_wins"] == float((hard["winner"] == "model_a").mean())
+    bloom = pd.concat([hard.loc[hard["model_a"] == "bloom-7b", "winner"] == "model_a", hard.loc[hard["model_b"] == "bloom-7b", "winner"] == "model_b"])
+    assert eda["win_rate_by_model"]["bloom-7b"]["win_rate"] == float(bloom.mean())
+    assert eda["prompt_overlap_train_valid"]["prompts"] == valid["prompt"].nunique()
+
+    tok = load_tokenizer("pkg:duelist/assets/tiny_tokenizer")
+    total = [sum(len(tok(r[c], add_special_tokens=False)["input_ids"]) for c in ("prompt", "response_a", "response_b")) for _, r in ok.iterrows()]
+    assert eda["truncation"]["share_truncated"] == float(np.mean(np.array(total) > 256))
