@@ -57,3 +57,27 @@ def test_predictions_come_back_in_input_order(seqs, batch_size) -> None:
 def test_pad_right_with_mask() -> None:
     ids, mask = pad([[5, 6, 7], [8]], pad_id=0)
     assert ids.tolist() == [[5, 6, 7], [8, 0, 0]] and mask.tolist() == [[1, 1, 1], [1, 0, 0]]
+
+
+@settings(max_examples=300, deadline=None)
+@given(lengths=st.lists(st.integers(1, 4000), min_size=1, max_size=300), batch_size=st.integers(1, 64), max_tokens=st.integers(1, 20000))
+def test_token_budget_batches(lengths, batch_size, max_tokens) -> None:
+    batches = sorted_batches(lengths, batch_size, max_tokens)
+    flat = np.concatenate(batches)
+    assert sorted(flat.tolist()) == list(range(len(lengths)))  # every row exactly once
+    for b in batches:
+        padded = len(b) * max(lengths[i] for i in b)
+        assert len(b) <= batch_size
+        assert padded <= max_tokens or len(b) == 1  # only a single over-long row may exceed the budget
+    # greedy: a batch stops only when the next row would break a limit
+    for b, nxt in zip(batches, batches[1:]):
+        width = max(lengths[i] for i in b)
+        assert len(b) == batch_size or (len(b) + 1) * width > max_tokens
+
+
+@settings(max_examples=60, deadline=None)
+@given(seqs=st.lists(st.lists(st.integers(1, 200), min_size=1, max_size=40), min_size=1, max_size=80), max_tokens=st.integers(1, 400))
+def test_token_budget_predictions_come_back_in_input_order(seqs, max_tokens) -> None:
+    p = predict_p_a(LastTokenModel(), seqs, pad_id=0, batch_size=64, device=torch.device("cpu"), max_tokens=max_tokens)
+    expected = torch.sigmoid(torch.tensor([s[-1] / 100.0 for s in seqs], dtype=torch.float64)).numpy()
+    np.testing.assert_allclose(p, expected, rtol=1e-5)

@@ -78,6 +78,9 @@ def test_tta_swap_averages_both_orders(tmp_path) -> None:
         assert res.returncode == 0, res.stderr[-2000:]
     plain = pd.read_parquet(tmp_path / "none.parquet")
     swap = pd.read_parquet(tmp_path / "swap.parquet")
+    res = run_cli("infer.py", [f"runs=[{tmp_path / 'run'}]", f"data.test={WSDM_EXAMPLE}", f"output={tmp_path / 'budget'}.csv", "max_batch_tokens=400"])
+    assert res.returncode == 0, res.stderr[-2000:]
+    np.testing.assert_allclose(pd.read_parquet(tmp_path / "budget.parquet")["p_a"], plain["p_a_run0"], atol=1e-5)  # token budget: same answers
     assert list(plain["id"]) == [str(i) for i in pd.read_parquet(WSDM_EXAMPLE)["id"]]
     np.testing.assert_allclose(plain["p_a_run0"], plain["p_a_run1"])  # two runs averaged
     # independent swap score: reload the checkpoint and score B-vs-A directly

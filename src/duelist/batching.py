@@ -19,10 +19,21 @@ def pad(seqs: Sequence[Sequence[int]], pad_id: int) -> tuple[torch.Tensor, torch
     return ids, mask
 
 
-def sorted_batches(lengths: Sequence[int], batch_size: int) -> list[np.ndarray]:
-    """Rows sorted longest first, cut into batches; every row appears exactly once."""
-    order = np.argsort(-np.asarray(lengths), kind="stable")
-    return [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
+def sorted_batches(lengths: Sequence[int], batch_size: int, max_tokens: int | None = None) -> list[np.ndarray]:
+    """Rows sorted longest first and cut into batches of at most ``batch_size`` rows and, with
+    ``max_tokens``, at most ``max_tokens`` padded tokens (rows x longest row); every row appears
+    exactly once. A single row longer than ``max_tokens`` forms a batch of its own."""
+    lengths = np.asarray(lengths)
+    order = np.argsort(-lengths, kind="stable")
+    if not max_tokens:
+        return [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
+    batches, start = [], 0
+    while start < len(order):
+        width = int(lengths[order[start]])  # the longest row of the batch comes first
+        rows = max(1, min(batch_size, max_tokens // max(width, 1)))
+        batches.append(order[start : start + rows])
+        start += rows
+    return batches
 
 
 def train_batches(

@@ -137,6 +137,7 @@ class InferConfig:
     output: str = MISSING
     tta: str = "none"  # none | swap
     batch_size: int = 32
+    max_batch_tokens: Optional[int] = None
     device: str = "auto"
     precision: str = "auto"
     cache_dir: str = MISSING

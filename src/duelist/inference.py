@@ -45,16 +45,17 @@ def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
 @torch.no_grad()
 def predict_p_a(
     model: torch.nn.Module, seqs: Sequence[Sequence[int]], pad_id: int, batch_size: int, device: torch.device,
-    amp: torch.dtype | None = None, desc: str = "predict",
+    amp: torch.dtype | None = None, desc: str = "predict", max_tokens: int | None = None,
 ) -> np.ndarray:
-    """P(A wins) for each sequence, in input order; batches are sorted by length to cut padding."""
+    """P(A wins) for each sequence, in input order; batches are sorted by length to cut padding and
+    hold at most ``batch_size`` rows and (when given) ``max_tokens`` padded tokens."""
     was_training = model.training
     model.eval()
     out = np.zeros(len(seqs), dtype=np.float64)
     tokens = 0
     start = time.perf_counter()
     with tqdm(total=len(seqs), desc=desc, unit="rows", leave=False) as bar:
-        for idx in sorted_batches([len(s) for s in seqs], batch_size):
+        for idx in sorted_batches([len(s) for s in seqs], batch_size, max_tokens):
             ids, mask = pad([seqs[i] for i in idx], pad_id)
             with torch.autocast(device.type, dtype=amp, enabled=amp is not None):
                 logits = model(input_ids=ids.to(device), attention_mask=mask.to(device)).logits
@@ -83,9 +84,9 @@ def score_run(run_dir: Path, test: pd.DataFrame, cfg: Any, device: torch.device,
     encoder = PairEncoder(built.tokenizer, run_cfg.model.template, run_cfg.model.max_length, run_cfg.model.prompt_max_tokens)
     amp = autocast_dtype(cfg.precision, device)
     pad_id = built.tokenizer.pad_token_id
-    p_a = predict_p_a(built.model, encoder.encode(test, cache_dir), pad_id, cfg.batch_size, device, amp, desc=f"{run_dir.name}")
+    p_a = predict_p_a(built.model, encoder.encode(test, cache_dir), pad_id, cfg.batch_size, device, amp, f"{run_dir.name}", cfg.max_batch_tokens)
     if cfg.tta == "swap":
-        swapped = predict_p_a(built.model, encoder.encode(swap_pairs(test), cache_dir), pad_id, cfg.batch_size, device, amp, desc=f"{run_dir.name} swap")
+        swapped = predict_p_a(built.model, encoder.encode(swap_pairs(test), cache_dir), pad_id, cfg.batch_size, device, amp, f"{run_dir.name} swap", cfg.max_batch_tokens)
         p_a = (p_a + (1.0 - swapped)) / 2.0
     del built
     return p_a
