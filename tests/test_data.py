@@ -99,7 +99,7 @@ def test_kfold_split_holds_out_one_fold_and_folds_cover_all_rows() -> None:
 
 
 def test_fixed_validation_file(tmp_path) -> None:
-    rows = pd.DataFrame({"id": ["a", "b", "c"], "prompt": ["p"] * 3, "response_a": ["x"] * 3, "response_b": ["y"] * 3, "winner": ["model_a", "model_b", "model_a"]})
+    rows = pd.DataFrame({"id": ["a", "b", "c"], "prompt": ["p1", "p2", "p3"], "response_a": ["x"] * 3, "response_b": ["y"] * 3, "winner": ["model_a", "model_b", "model_a"]})
     rows.iloc[:2].to_parquet(tmp_path / "train.parquet")
     rows.iloc[2:].to_parquet(tmp_path / "valid.parquet")
     cfg = compose_train(["data=files", f"data.train={tmp_path / 'train.parquet'}", f"data.valid={tmp_path / 'valid.parquet'}"])
@@ -127,3 +127,22 @@ def test_swap_flips_label_and_responses() -> None:
     assert (sw["prompt"] == df["prompt"]).all()
     both = augment(df, swap=True, same_batch=True)
     assert len(both) == 40 and (both["pair"].to_numpy()[::2] == both["pair"].to_numpy()[1::2]).all()
+
+
+def test_folds_group_rows_of_one_prompt() -> None:
+    cfg = compose_train(["data.max_rows=null"])  # OASST has several ranked pairs per prompt
+    train, valid = load_train_valid(cfg.data)
+    norm = lambda s: s.str.lower().str.split().str.join(" ")  # noqa: E731
+    assert set(norm(train["prompt"])).isdisjoint(set(norm(valid["prompt"])))
+    counts = pd.concat([train, valid])["fold"].value_counts()
+    assert counts.min() > 0.8 * counts.max()  # still roughly even folds
+
+
+def test_leakage_guard_with_a_fixed_validation_file(tmp_path, caplog) -> None:
+    rows = pd.DataFrame({"id": list("abcd"), "prompt": ["Same prompt", "other", "x", "  same   PROMPT "], "response_a": ["1"] * 4,
+                         "response_b": ["2"] * 4, "winner": ["model_a", "model_b", "model_a", "model_b"]})
+    rows.iloc[:3].to_parquet(tmp_path / "train.parquet")
+    rows.iloc[3:].to_parquet(tmp_path / "valid.parquet")
+    cfg = compose_train(["data=files", f"data.train={tmp_path / 'train.parquet'}", f"data.valid={tmp_path / 'valid.parquet'}"])
+    train, valid = load_train_valid(cfg.data)
+    assert list(train["id"]) == ["b", "c"] and "dropped 1 training rows" in caplog.text

@@ -121,7 +121,7 @@ def test_same_seed_same_metrics_and_predictions(tmp_path) -> None:
     m1, m2 = (json.loads((tmp_path / r / "metrics.json").read_text()) for r in "ab")
     assert m1["val/log_loss"] == m2["val/log_loss"] and m1["val/accuracy"] == m2["val/accuracy"]
     pd.testing.assert_frame_equal(pd.read_parquet(tmp_path / "a/oof.parquet"), pd.read_parquet(tmp_path / "b/oof.parquet"))
-    assert m1["train/rows"] == 2 * 160  # swap doubles the training rows
+    assert m1["train/rows"] == 2 * (200 - m1["val/rows"])  # swap doubles the training rows
 
 
 def test_tiny_model_learns_a_learnable_rule(tmp_path) -> None:
@@ -133,7 +133,7 @@ def test_tiny_model_learns_a_learnable_rule(tmp_path) -> None:
         good, bad = (" ".join(rng.choice(words, 12)) for _ in range(2))
         good, bad = good + " good", bad + " poor"  # same length: the longer-wins rule is no help
         a_wins = bool(rng.integers(2))
-        rows.append({"id": f"r{i}", "prompt": "Which is better?", "response_a": good if a_wins else bad, "response_b": bad if a_wins else good, "winner": "model_a" if a_wins else "model_b"})
+        rows.append({"id": f"r{i}", "prompt": f"Which is better, {i}?", "response_a": good if a_wins else bad, "response_b": bad if a_wins else good, "winner": "model_a" if a_wins else "model_b"})
     pd.DataFrame(rows).to_parquet(tmp_path / "rule.parquet")
     cfg = compose_train(["model=tiny_llama", "lora=none", "logger=none", "data=files", f"data.train={tmp_path / 'rule.parquet'}",
                          "trainer.max_steps=120", "trainer.batch_size=16", "trainer.lr=3e-3", "trainer.head_lr=3e-3", "trainer.warmup_ratio=0.1", "model.max_length=96"])
@@ -229,6 +229,8 @@ def test_cli_with_a_list_of_train_files_and_a_fixed_validation_file(tmp_path) ->
                                "model=tiny_llama", "logger=none", "trainer.max_steps=3", f"hydra.run.dir={run}"])
     assert res.returncode == 0, res.stderr[-3000:]
     metrics = json.loads((run / "metrics.json").read_text())
-    assert metrics["train/rows"] == 160 and metrics["val/rows"] == 40
+    norm = lambda s: s.str.lower().str.split().str.join(" ")  # noqa: E731
+    kept = ~norm(raw.iloc[:160]["prompt"]).isin(set(norm(raw.iloc[160:200]["prompt"])))  # leakage guard
+    assert metrics["train/rows"] == int(kept.sum()) and metrics["val/rows"] == 40
     oof = pd.read_parquet(run / "oof.parquet")
     assert sorted(oof["id"]) == sorted(raw.iloc[160:200]["id"]) and (oof["fold"] == -1).all()

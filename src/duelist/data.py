@@ -244,17 +244,29 @@ def load_test(path: str, on_bad_rows: str = "fail") -> pd.DataFrame:
 # ----------------------------------------------------------------------------- splits
 
 
-def assign_folds(df: pd.DataFrame, n_folds: int, seed: int) -> np.ndarray:
-    """Stratified k-fold by label and language: each (label, language) stratum is spread evenly."""
+def normalized(text: pd.Series) -> pd.Series:
+    """Lower-case, whitespace-collapsed text: the key for prompt overlap."""
+    return text.astype(str).str.lower().str.split().str.join(" ")
+
+
+def assign_folds(df: pd.DataFrame, n_folds: int, seed: int, groups: np.ndarray | None = None) -> np.ndarray:
+    """Stratified k-fold by label and language: each (label, language) stratum is spread evenly.
+
+    With ``groups`` (e.g. the normalised prompt), all rows of a group share a fold and the group is
+    stratified by its first row, so no prompt is in both a training and a validation fold.
+    """
     rng = np.random.default_rng(seed)
-    folds = np.zeros(len(df), dtype=np.int64)
-    strata = df["p_a"].round(3).astype(str) + "|" + df["language"].astype(str)
+    codes = pd.factorize(pd.Series(groups if groups is not None else np.arange(len(df))))[0]
+    first = pd.Series(np.arange(len(df))).groupby(codes).first().to_numpy()  # representative row per group
+    rep = df.iloc[first]
+    strata = (rep["p_a"].round(3).astype(str) + "|" + rep["language"].astype(str)).reset_index(drop=True)
+    group_folds = np.zeros(len(first), dtype=np.int64)
     offset = 0
     for _, idx in sorted(strata.groupby(strata).groups.items()):
         idx = rng.permutation(np.asarray(idx))
-        folds[idx] = (np.arange(len(idx)) + offset) % n_folds
+        group_folds[idx] = (np.arange(len(idx)) + offset) % n_folds
         offset += len(idx)  # rotate so that small strata don't all start at fold 0
-    return folds
+    return group_folds[codes]
 
 
 def stratified_sample(df: pd.DataFrame, n: int, seed: int) -> pd.DataFrame:
@@ -268,8 +280,9 @@ def stratified_sample(df: pd.DataFrame, n: int, seed: int) -> pd.DataFrame:
 def load_train_valid(data_cfg: Any) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Train and validation rows, each with a ``fold`` column.
 
-    With ``data.valid`` set, the validation file is fold -1 and all train rows are fold 0...;
-    otherwise rows get stratified folds and fold ``data.fold`` is held out.
+    With ``data.valid`` set, the validation file is fold -1 and train rows are fold 0 (train rows
+    whose prompt is in the validation file are dropped); otherwise rows get stratified folds grouped
+    by prompt and fold ``data.fold`` is held out.
     """
     train = load_pairs(data_cfg.train, labelled=True, ties=data_cfg.ties, on_bad_rows=data_cfg.on_bad_rows)
     if data_cfg.languages:
@@ -284,6 +297,12 @@ def load_train_valid(data_cfg: Any) -> tuple[pd.DataFrame, pd.DataFrame]:
         overlap = set(valid["id"]) & set(train["id"])
         if overlap:
             raise DuelistError(f"data.valid: id {sorted(overlap)[0]} is also in data.train; validation rows must not be trained on")
+        leak = normalized(train["prompt"]).isin(set(normalized(valid["prompt"])))
+        if leak.any():  # leakage guard: a validation prompt is never trained on
+            log.warning("dropped %d training rows whose prompt is also in data.valid", int(leak.sum()))
+            train = train[~leak].reset_index(drop=True)
+            if len(train) == 0:
+                raise DuelistError("data.train: no rows left after removing prompts that are in data.valid")
         train = train.assign(fold=0)
         valid = valid.assign(fold=-1)
         return train, valid
@@ -291,8 +310,15 @@ def load_train_valid(data_cfg: Any) -> tuple[pd.DataFrame, pd.DataFrame]:
         raise DuelistError(f"data.n_folds={data_cfg.n_folds}: needs 2 <= n_folds <= number of rows ({len(train)})")
     if not 0 <= data_cfg.fold < data_cfg.n_folds:
         raise DuelistError(f"data.fold={data_cfg.fold}: must be in 0..{data_cfg.n_folds - 1}")
-    train = train.assign(fold=assign_folds(train, data_cfg.n_folds, data_cfg.split_seed))
+    prompts = normalized(train["prompt"]).to_numpy()  # folds are grouped by prompt: no prompt in two folds
+    train = train.assign(fold=assign_folds(train, data_cfg.n_folds, data_cfg.split_seed, groups=prompts))
     is_valid = train["fold"] == data_cfg.fold
+    if is_valid.all() or not is_valid.any():
+        raise DuelistError(
+            f"data.fold={data_cfg.fold}: the split leaves no {'training' if is_valid.all() else 'validation'} rows "
+            f"(folds are grouped by prompt and there are too few distinct prompts for data.n_folds={data_cfg.n_folds}); "
+            "lower data.n_folds or give data.valid=FILE"
+        )
     return train[~is_valid].reset_index(drop=True), train[is_valid].reset_index(drop=True)
 
 
