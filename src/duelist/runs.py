@@ -17,7 +17,7 @@ from typing import Iterable, Optional
 import pandas as pd
 from omegaconf import OmegaConf
 
-from duelist.errors import DuelistError
+from duelist.errors import DuelistError, exit_cleanly_on_user_error
 from duelist.metrics import LOWER_IS_BETTER
 
 DEFAULT_ROOTS = ("outputs", "multirun")
@@ -76,6 +76,7 @@ def best_run(model: str, roots: Iterable[str] = DEFAULT_ROOTS, sort: str = "val/
     return str(runs.iloc[0]["run_dir"])
 
 
+@exit_cleanly_on_user_error
 def main(argv: Optional[list[str]] = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m duelist.runs", description="List finished duelist runs.")
     parser.add_argument("--root", action="append", help="folder to search (repeatable; default: outputs and multirun)")
@@ -85,11 +86,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     parser.add_argument("--data", help="only runs on this data config (data.name)")
     parser.add_argument("--top", type=int, default=20, help="show at most this many runs")
     args = parser.parse_args(argv)
-    try:
-        runs = find_runs(args.root or DEFAULT_ROOTS, model=args.model, study=args.study, data=args.data, sort=args.sort)
-    except DuelistError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+    runs = find_runs(args.root or DEFAULT_ROOTS, model=args.model, study=args.study, data=args.data, sort=args.sort)
     if runs.empty:
         print("no finished runs found")
         return 0

@@ -21,9 +21,10 @@ from typing import Any, Iterable, Optional
 
 import pandas as pd
 
-from duelist.errors import DuelistError
+from duelist.errors import DuelistError, exit_cleanly_on_user_error
 from duelist.files import write_text
 from duelist.metrics import LOWER_IS_BETTER
+from duelist.runs import DEFAULT_ROOTS, find_runs
 
 log = logging.getLogger(__name__)
 
@@ -86,12 +87,10 @@ def summary_html(study: Any, storage: str, best_run_dir: Optional[str]) -> str:
     )
 
 
-def write_summary(study_name: str, storage: str, out_dir: str | Path = "sweeps", roots: Iterable[str] = ("multirun", "outputs"),
+def write_summary(study_name: str, storage: str, out_dir: str | Path = "sweeps", roots: Iterable[str] = DEFAULT_ROOTS,
                   metric: str = "val/accuracy") -> Path:
     """Write ``<out_dir>/<study>.html``; returns its path."""
     import optuna
-
-    from duelist.runs import find_runs
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     try:
@@ -124,19 +123,16 @@ class StudySummaryCallback:
             run.finish()
 
 
+@exit_cleanly_on_user_error
 def main(argv: Optional[list[str]] = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m duelist.sweeps", description="Write the one-page summary of an Optuna study.")
     parser.add_argument("--study", required=True, help="study name (hydra.sweeper.study_name)")
     parser.add_argument("--storage", default=os.environ.get("OPTUNA_STORAGE", DEFAULT_STORAGE), help="Optuna storage URL")
     parser.add_argument("--out", default="sweeps", help="folder for <study>.html")
-    parser.add_argument("--root", action="append", help="folders with the trials' run dirs (default: multirun, outputs)")
+    parser.add_argument("--root", action="append", help="folders with the trials' run dirs (default: outputs, multirun)")
     parser.add_argument("--metric", default="val/accuracy", help="metric that picks the best run dir")
     args = parser.parse_args(argv)
-    try:
-        path = write_summary(args.study, args.storage, args.out, args.root or ("multirun", "outputs"), args.metric)
-    except DuelistError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+    path = write_summary(args.study, args.storage, args.out, args.root or DEFAULT_ROOTS, args.metric)
     print(f"study summary: {path}")
     return 0
 
