@@ -14,7 +14,7 @@ from duelist.data import load_pairs
 from duelist.formatting import PairEncoder
 from duelist.inference import predict_p_a
 from duelist.modeling import build_model, load_checkpoint, save_checkpoint
-from duelist.training import soft_cross_entropy, train
+from duelist.training import pair_losses, train
 
 SAMPLE = [
     "src/duelist/assets/sample/hh_rlhf_harmless_test.parquet",
@@ -147,8 +147,21 @@ def test_soft_cross_entropy_matches_hand_computation() -> None:
     logits = torch.tensor([[2.0, 0.0], [0.5, 1.5]])
     p_a = torch.tensor([0.8, 0.3])
     q = torch.softmax(logits, -1)
-    by_hand = -((0.8 * np.log(q[0, 0]) + 0.2 * np.log(q[0, 1])) + (0.3 * np.log(q[1, 0]) + 0.7 * np.log(q[1, 1]))) / 2
-    assert soft_cross_entropy(logits, p_a).item() == pytest.approx(float(by_hand), rel=1e-6)
+    by_hand = [-(0.8 * np.log(q[0, 0]) + 0.2 * np.log(q[0, 1])), -(0.3 * np.log(q[1, 0]) + 0.7 * np.log(q[1, 1]))]
+    np.testing.assert_allclose(pair_losses(logits, p_a).numpy(), by_hand, rtol=1e-6)
+
+
+def test_kl_distillation_loss_matches_hand_computation() -> None:
+    logits = torch.tensor([[1.0, -0.5], [0.2, 0.4]])
+    p_a = torch.tensor([0.9, 0.3])
+    kl = torch.tensor([True, False])  # row 0 is a pseudo-label learnt by KL at T=2, row 1 plain cross-entropy
+    # row 0 by hand: teacher softened = 0.9^(1/2) / (0.9^(1/2) + 0.1^(1/2)); student = softmax([1.0, -0.5] / 2)
+    t_a = 0.9**0.5 / (0.9**0.5 + 0.1**0.5)
+    s_a = 1 / (1 + np.exp(-(1.0 - (-0.5)) / 2))
+    kl_by_hand = 4 * (t_a * np.log(t_a / s_a) + (1 - t_a) * np.log((1 - t_a) / (1 - s_a)))
+    s2 = 1 / (1 + np.exp(-(0.2 - 0.4)))
+    ce_by_hand = -(0.3 * np.log(s2) + 0.7 * np.log(1 - s2))
+    np.testing.assert_allclose(pair_losses(logits, p_a, kl, temperature=2.0).numpy(), [kl_by_hand, ce_by_hand], rtol=1e-5)
 
 
 def test_plain_multirun(tmp_path) -> None:
@@ -230,7 +243,11 @@ def test_cli_with_a_list_of_train_files_and_a_fixed_validation_file(tmp_path) ->
     assert res.returncode == 0, res.stderr[-3000:]
     metrics = json.loads((run / "metrics.json").read_text())
     norm = lambda s: s.str.lower().str.split().str.join(" ")  # noqa: E731
-    kept = ~norm(raw.iloc[:160]["prompt"]).isin(set(norm(raw.iloc[160:200]["prompt"])))  # leakage guard
+    train = raw.iloc[:160]
+    a, b = norm(train["response_a"]), norm(train["response_b"])
+    pair = norm(train["prompt"]) + "|" + a.where(a <= b, b) + "|" + b.where(a <= b, a)
+    kept = ~pair.duplicated()  # dedup: PandaLM repeats some pairs
+    kept &= ~norm(train["prompt"]).isin(set(norm(raw.iloc[160:200]["prompt"])))  # leakage guard
     assert metrics["train/rows"] == int(kept.sum()) and metrics["val/rows"] == 40
     oof = pd.read_parquet(run / "oof.parquet")
     assert sorted(oof["id"]) == sorted(raw.iloc[160:200]["id"]) and (oof["fold"] == -1).all()

@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from duelist.data import LAYOUTS, TEXT_COLUMNS, as_list, detect_layout, load_pairs, read_table
+from duelist.data import LAYOUTS, TEXT_COLUMNS, detect_layout, load_pairs, parse_sources, read_table
 from duelist.files import write_json, write_text
 
 log = logging.getLogger(__name__)
@@ -34,7 +34,7 @@ def quality(paths: list[str]) -> dict[str, Any]:
     frames = []
     for path in paths:
         raw = read_table(path)
-        frames.append(LAYOUTS[detect_layout(raw.columns, path)][1](raw))
+        frames.append(LAYOUTS[detect_layout(raw.columns, path)][1](raw, 0))
     df = pd.concat(frames, ignore_index=True)
     texts = df[list(TEXT_COLUMNS)]
     non_string = {c: int((~texts[c].map(lambda v: isinstance(v, str))).sum()) for c in TEXT_COLUMNS}
@@ -137,7 +137,7 @@ def run_eda(cfg: Any, out_dir: str | Path) -> dict[str, Any]:
     from duelist.tracking import make_tracker
 
     out_dir = Path(out_dir)
-    files = as_list(cfg.data.train)
+    files = [source.path for source in parse_sources(cfg.data.train)]
     numbers = {"files": files, "quality": quality(files)}
     df = load_pairs(files, ties="soft", on_bad_rows="drop")  # ties kept here: their share is reported
     valid = load_pairs(cfg.data.valid, ties="soft", on_bad_rows="drop") if cfg.data.valid else None

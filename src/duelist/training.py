@@ -71,10 +71,20 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def soft_cross_entropy(logits: torch.Tensor, p_a: torch.Tensor) -> torch.Tensor:
-    """Cross-entropy over the two classes (A wins, B wins) against targets ``[p_a, 1 - p_a]``."""
+def pair_losses(logits: torch.Tensor, p_a: torch.Tensor, kl: torch.Tensor | None = None, temperature: float = 1.0) -> torch.Tensor:
+    """Per-row loss: cross-entropy with (soft) targets ``[p_a, 1 - p_a]``; rows where ``kl`` is true use
+    distillation instead: ``T^2 * KL(teacher_T || student_T)`` with both distributions softened by
+    ``temperature`` (the teacher's two-class logits are ``log p_a, log(1 - p_a)``)."""
+    logits = logits.float()
     target = torch.stack([p_a, 1.0 - p_a], dim=-1)
-    return -(target * torch.log_softmax(logits.float(), dim=-1)).sum(-1).mean()
+    losses = -(target * torch.log_softmax(logits, dim=-1)).sum(-1)
+    if kl is None or not bool(kl.any()):
+        return losses
+    t = float(temperature)
+    teacher = torch.log_softmax(torch.log(target.clamp(1e-6, 1.0)) / t, dim=-1)
+    student = torch.log_softmax(logits / t, dim=-1)
+    distill = (teacher.exp() * (teacher - student)).sum(-1) * t * t
+    return torch.where(kl, distill, losses)
 
 
 def check_train_config(cfg: DictConfig) -> None:
@@ -90,6 +100,10 @@ def check_train_config(cfg: DictConfig) -> None:
         raise DuelistError("augment.same_batch=true needs trainer.batch_size >= 2 (a pair and its swap)")
     if t.precision not in ("auto", "fp32", "bf16", "fp16"):
         raise DuelistError(f"trainer.precision={t.precision!r}: use auto, fp32, bf16 or fp16")
+    if cfg.pseudolabel.loss not in ("ce", "kl"):
+        raise DuelistError(f"pseudolabel.loss={cfg.pseudolabel.loss!r}: use ce (soft-target cross-entropy) or kl (distillation at pseudolabel.temperature)")
+    if not cfg.pseudolabel.temperature > 0:
+        raise DuelistError(f"pseudolabel.temperature={cfg.pseudolabel.temperature}: must be > 0")
 
 
 class Trainer:
@@ -123,6 +137,9 @@ class Trainer:
 
         sched = get_cosine_schedule_with_warmup(opt, int(t.warmup_ratio * total), total)
         targets = torch.tensor(train_rows["p_a"].to_numpy(), dtype=torch.float32)
+        weights = torch.tensor(train_rows["weight"].to_numpy(), dtype=torch.float32)  # per-source loss weights
+        # pseudo-labelled rows are learnt with pseudolabel.loss (kl: distillation at a temperature)
+        distill = torch.tensor(train_rows["pseudo_label"].to_numpy(dtype=bool) & (self.cfg.pseudolabel.loss == "kl"))
         # fp16 (GPUs without bf16, e.g. T4) needs loss scaling; bf16 and fp32 do not
         scaler = torch.amp.GradScaler(self.device.type, enabled=self.amp == torch.float16)
         log.info("training %d rows (%d optimizer steps, %d per epoch) on %s", len(train_rows), total, steps_per_epoch, self.device)
@@ -142,7 +159,8 @@ class Trainer:
                 ids, mask = pad([train_ids[i] for i in idx], pad_id)
                 with torch.autocast(self.device.type, dtype=self.amp, enabled=self.amp is not None):
                     logits = forward(input_ids=ids.to(self.device), attention_mask=mask.to(self.device)).logits
-                loss = soft_cross_entropy(logits, targets[idx].to(self.device))
+                per_row = pair_losses(logits, targets[idx].to(self.device), distill[idx].to(self.device), self.cfg.pseudolabel.temperature)
+                loss = (per_row * weights[idx].to(self.device)).mean()
                 if not torch.isfinite(loss):
                     raise FloatingPointError(f"loss is {loss.item()} at step {step}; lower trainer.lr or check the data")
                 scaler.scale(loss / t.grad_accum).backward()
