@@ -73,3 +73,13 @@ def test_every_yaml_key_has_a_comment() -> None:
             if key_line.match(line) and "#" not in line and not line.strip().startswith("defaults:") and line.strip() not in ("hydra:", "job:", "run:", "trainer:", "data:"):
                 missing.append(f"{path.relative_to(CONF)}:{n}: {line.strip()}")
     assert not missing, "YAML keys without a comment:\n" + "\n".join(missing)
+
+
+@pytest.mark.parametrize("group,option", [(g, o) for g in ("pseudolabel", "generate") for o in options(g)])
+def test_every_infer_task_option_composes(group: str, option: str) -> None:
+    task = "pseudolabel" if group == "pseudolabel" else "generate"
+    cfg = compose_infer([f"task={task}", f"{group}={option}", "data.test=t.parquet", "output=o.parquet"])
+    assert cfg[group].name == option
+    OmegaConf.to_container(cfg, resolve=True, throw_on_missing=True)
+    with pytest.raises(ConfigCompositionException):
+        compose_infer([f"{group}={option}", f"{group}.min_confidenc=0.1", "data.test=t.parquet"])

@@ -51,6 +51,8 @@ class DataConfig:
     ties: str = "drop"  # drop | soft
     on_bad_rows: str = "fail"  # fail | drop
     languages: Optional[List[str]] = None
+    language_quota: Dict[str, int] = field(default_factory=dict)
+    dedup: bool = True
 
 
 @dataclass
@@ -94,7 +96,18 @@ class LoggerConfig:
 @dataclass
 class PseudolabelConfig:
     name: str = "none"
-    enabled: bool = False
+    # labelling: python infer.py task=pseudolabel
+    teachers: List[str] = field(default_factory=list)  # model names; the best run of each (runs=[...] overrides)
+    tta: str = "swap"  # none | swap
+    combine: str = "prob"  # prob | logit: how teachers are averaged
+    min_confidence: float = 0.0  # keep rows with |p - 0.5| >= this
+    require_agreement: bool = False
+    top_k_per_language: Optional[int] = None
+    labels: str = "soft"  # soft | hard
+    round: int = 1
+    # learning: python train.py (rows with pseudo_label=True)
+    loss: str = "ce"  # ce | kl
+    temperature: float = 1.0
 
 
 @dataclass
@@ -130,9 +143,39 @@ class EnsembleConfig:
 
 
 @dataclass
+class GeneratorConfig:
+    name: str = MISSING  # written to model_a/model_b
+    name_or_path: str = MISSING
+    init: str = "pretrained"  # pretrained | random
+    arch: Optional[str] = None  # random init: Hugging Face model_type
+    config_overrides: Dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class GenerateConfig:
+    name: str = "hf"
+    backend: str = "hf"  # hf | vllm
+    generators: List[GeneratorConfig] = field(default_factory=list)
+    max_prompts: Optional[int] = None
+    language_quota: Dict[str, int] = field(default_factory=dict)
+    max_prompt_tokens: int = 1024
+    max_new_tokens: int = 512
+    temperature: float = 0.8
+    top_p: float = 0.95
+    seed: int = 42
+    batch_size: int = 16
+    shard_size: int = 1000
+    dtype: str = "auto"
+    gpu_memory_utilization: float = 0.9
+
+
+@dataclass
 class InferConfig:
+    task: str = "submit"  # submit | pseudolabel | generate
     runs: List[str] = MISSING
     ensemble: EnsembleConfig = MISSING
+    pseudolabel: PseudolabelConfig = MISSING
+    generate: GenerateConfig = MISSING
     data: TestDataConfig = field(default_factory=TestDataConfig)
     output: str = MISSING
     tta: str = "none"  # none | swap
@@ -152,6 +195,7 @@ GROUPS = {
     "logger": LoggerConfig,
     "pseudolabel": PseudolabelConfig,
     "ensemble": EnsembleConfig,
+    "generate": GenerateConfig,
 }
 
 

@@ -79,28 +79,32 @@ def _check_runs(runs: Sequence[str]) -> list[Path]:
     return dirs
 
 
-def score_run(run_dir: Path, test: pd.DataFrame, cfg: Any, device: torch.device, cache_dir: str | None) -> np.ndarray:
+def score_run(run_dir: Path, test: pd.DataFrame, cfg: Any, device: torch.device, cache_dir: str | None, tta: str | None = None) -> np.ndarray:
+    """P(A wins) of one run for every test row (``tta``: none | swap, default ``cfg.tta``)."""
+    tta = cfg.tta if tta is None else tta
     built, run_cfg = load_checkpoint(run_dir, device)
     encoder = PairEncoder(built.tokenizer, run_cfg.model.template, run_cfg.model.max_length, run_cfg.model.prompt_max_tokens)
     amp = autocast_dtype(cfg.precision, device)
     pad_id = built.tokenizer.pad_token_id
     p_a = predict_p_a(built.model, encoder.encode(test, cache_dir), pad_id, cfg.batch_size, device, amp, f"{run_dir.name}", cfg.max_batch_tokens)
-    if cfg.tta == "swap":
+    if tta == "swap":
         swapped = predict_p_a(built.model, encoder.encode(swap_pairs(test), cache_dir), pad_id, cfg.batch_size, device, amp, f"{run_dir.name} swap", cfg.max_batch_tokens)
         p_a = (p_a + (1.0 - swapped)) / 2.0
     del built
     return p_a
 
 
-def pick_runs(cfg: Any) -> list[Path]:
-    """Explicit ``runs=[...]``, else the best finished run of each model named in ``ensemble.members``."""
+def pick_runs(cfg: Any, members: list[str] | None = None, what: str = "ensemble.members") -> list[Path]:
+    """Explicit ``runs=[...]``, else the best finished run of each model named in ``members``
+    (default ``ensemble.members``; ``pseudolabel.teachers`` for task=pseudolabel)."""
     if cfg.runs:
         return _check_runs(cfg.runs)
-    if not cfg.ensemble.members:
-        raise DuelistError("no runs: pass runs=[RUN_DIR,...] or use an ensemble that names members (ensemble=two_model)")
-    picked = [best_run(m, cfg.ensemble.roots, cfg.ensemble.select_by) for m in cfg.ensemble.members]
-    for model, run in zip(cfg.ensemble.members, picked):
-        log.info("ensemble member %s: best run by %s is %s", model, cfg.ensemble.select_by, run)
+    members = list(cfg.ensemble.members) if members is None else members
+    if not members:
+        raise DuelistError(f"no runs: pass runs=[RUN_DIR,...] or name model families in {what} (e.g. ensemble=two_model)")
+    picked = [best_run(m, cfg.ensemble.roots, cfg.ensemble.select_by) for m in members]
+    for model, run in zip(members, picked):
+        log.info("%s %s: best run by %s is %s", what, model, cfg.ensemble.select_by, run)
     return _check_runs(picked)
 
 
@@ -118,7 +122,25 @@ def ensemble_weights(cfg: Any, runs: list[Path]) -> dict[str, Any]:
     return report
 
 
+TASKS = ("submit", "pseudolabel", "generate")
+
+
 def infer(cfg: Any) -> pd.DataFrame:
+    """``cfg.task``: submit (score, ensemble, write the submission), pseudolabel or generate."""
+    if cfg.task == "pseudolabel":
+        from duelist.pseudolabel import pseudolabel
+
+        return pseudolabel(cfg)
+    if cfg.task == "generate":
+        from duelist.generation import generate
+
+        return generate(cfg)
+    if cfg.task != "submit":
+        raise DuelistError(f"task={cfg.task!r}: use {', '.join(TASKS)}")
+    return submit(cfg)
+
+
+def submit(cfg: Any) -> pd.DataFrame:
     """Score ``cfg.data.test`` with the chosen runs, combine them as configured and write the submission."""
     if cfg.tta not in TTA:
         raise DuelistError(f"tta={cfg.tta!r}: use none or swap")
