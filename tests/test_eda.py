@@ -48,3 +48,22 @@ def test_eda_report_matches_pandas(tmp_path) -> None:
     tok = load_tokenizer("pkg:duelist/assets/tiny_tokenizer")
     total = [sum(len(tok(r[c], add_special_tokens=False)["input_ids"]) for c in ("prompt", "response_a", "response_b")) for _, r in ok.iterrows()]
     assert eda["truncation"]["share_truncated"] == float(np.mean(np.array(total) > 256))
+
+
+def test_eda_prompt_overlap_between_sources(tmp_path) -> None:
+    raw = pd.read_parquet(PANDALM)
+    raw = raw[(raw["response_a"].str.strip() != "") & (raw["response_b"].str.strip() != "")]
+    main = raw.iloc[:200]
+    extra = raw.iloc[150:260].assign(id=lambda d: "x" + d["id"], prompt=lambda d: d["prompt"].str.upper())  # overlaps main in case only
+    valid = raw.iloc[240:300].assign(id=lambda d: "v" + d["id"])
+    for name, df in (("main", main), ("extra", extra), ("valid", valid)):
+        df.to_parquet(tmp_path / f"{name}.parquet")
+    out = tmp_path / "eda"
+    res = subprocess.run([sys.executable, "-m", "duelist.eda", "data=files", f"data.train=[{tmp_path / 'main.parquet'},{{path:{tmp_path / 'extra.parquet'},validate:false}}]",
+                          f"data.valid={tmp_path / 'valid.parquet'}", "model=tiny_llama", "logger=none", f"hydra.run.dir={out}"], capture_output=True, text=True, cwd=tmp_path)
+    assert res.returncode == 0, res.stderr[-3000:]
+    overlap = json.loads((out / "eda.json").read_text())["prompt_overlap_between_sources"]
+    norm = lambda s: set(s.str.lower().str.split().str.join(" "))  # noqa: E731
+    assert overlap["extra"]["main"] == overlap["main"]["extra"] == len(norm(main["prompt"]) & norm(extra["prompt"])) > 0
+    assert overlap["valid"]["extra"] == len(norm(valid["prompt"]) & norm(extra["prompt"])) > 0
+    assert overlap["valid"]["main"] == len(norm(valid["prompt"]) & norm(main["prompt"]))

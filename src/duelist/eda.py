@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from duelist.data import LAYOUTS, TEXT_COLUMNS, detect_layout, load_pairs, parse_sources, read_table
+from duelist.data import LAYOUTS, TEXT_COLUMNS, detect_layout, load_pairs, normalized, parse_sources, read_table
 from duelist.files import write_json, write_text
 
 log = logging.getLogger(__name__)
@@ -91,6 +91,13 @@ def report(df: pd.DataFrame, tokenizer: Any, max_length: int, valid: pd.DataFram
     if valid is not None:
         shared = set(df["prompt"]) & set(valid["prompt"])
         out["prompt_overlap_train_valid"] = {"prompts": len(shared), "valid_rows": int(valid["prompt"].isin(shared).sum())}
+    # distinct normalised prompts shared by each pair of source files (and with the validation file): extra data
+    # that repeats competition prompts is dropped from training by the leakage guard, so it is worth knowing
+    groups = {str(k): set(normalized(g["prompt"])) for k, g in df.groupby("file" if "file" in df else "source")}
+    if valid is not None:
+        groups["valid"] = set(normalized(valid["prompt"]))
+    names = sorted(groups)
+    out["prompt_overlap_between_sources"] = {a: {b: len(groups[a] & groups[b]) for b in names if b != a} for a in names}
     return out
 
 
@@ -139,7 +146,8 @@ def run_eda(cfg: Any, out_dir: str | Path) -> dict[str, Any]:
     out_dir = Path(out_dir)
     files = [source.path for source in parse_sources(cfg.data.train)]
     numbers = {"files": files, "quality": quality(files)}
-    df = load_pairs(files, ties="soft", on_bad_rows="drop")  # ties kept here: their share is reported
+    # ties kept here: their share is reported; `file` names the source file (for prompt overlap between sources)
+    df = pd.concat([load_pairs(f, ties="soft", on_bad_rows="drop").assign(file=Path(f).stem) for f in files], ignore_index=True)
     valid = load_pairs(cfg.data.valid, ties="soft", on_bad_rows="drop") if cfg.data.valid else None
     tokenizer = load_tokenizer(cfg.model.name_or_path)
     numbers.update(report(df, tokenizer, cfg.model.max_length, valid))
