@@ -1,4 +1,4 @@
-"""Data-parallel training with `accelerate launch`: 2 CPU processes (gloo) match 1 process."""
+"""Multi-process training with `accelerate launch`: 2 CPU processes (gloo) match 1 process, for DDP and FSDP."""
 
 from __future__ import annotations
 
@@ -21,12 +21,16 @@ pytestmark = pytest.mark.slow
 COMMON = ["model=tiny_gemma2", "logger=none", "data.max_rows=200", "trainer.max_steps=6", "trainer.group_by_length=false", "lora.dropout=0.0"]
 
 
-def test_two_processes_match_one_within_tolerance(tmp_path) -> None:
+def launch(mode: str, args: list[str], cwd: Path) -> subprocess.CompletedProcess:
+    """``accelerate launch --multi_gpu|--use_fsdp --num_processes 2 train.py ARGS`` (gloo on a CPU)."""
     accelerate = shutil.which("accelerate") or str(Path(sys.executable).parent / "accelerate")
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    two = subprocess.run([accelerate, "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1", "--mixed_precision", "no",
-                          "--dynamo_backend", "no", str(ROOT / "train.py"), *COMMON, "trainer.batch_size=4", f"hydra.run.dir={tmp_path / 'two'}"],
-                         capture_output=True, text=True, env=env, cwd=tmp_path, timeout=600)
+    return subprocess.run([accelerate, "launch", mode, "--num_processes", "2", "--num_machines", "1", "--mixed_precision", "no",
+                           "--dynamo_backend", "no", str(ROOT / "train.py"), *args], capture_output=True, text=True, env=env, cwd=cwd, timeout=600)
+
+
+def test_two_processes_match_one_within_tolerance(tmp_path) -> None:
+    two = launch("--multi_gpu", [*COMMON, "trainer.batch_size=4", f"hydra.run.dir={tmp_path / 'two'}"], tmp_path)
     assert two.returncode == 0, two.stderr[-3000:]
     one = run_cli("train.py", [*COMMON, "trainer.batch_size=8", f"hydra.run.dir={tmp_path / 'one'}"])
     assert one.returncode == 0, one.stderr[-3000:]
@@ -39,3 +43,27 @@ def test_two_processes_match_one_within_tolerance(tmp_path) -> None:
     p1, p2 = (pd.read_parquet(tmp_path / r / "oof.parquet") for r in ("one", "two"))
     np.testing.assert_allclose(p2["p_a"], p1["p_a"], atol=1e-5)
     assert (tmp_path / "two" / "checkpoint" / "adapter" / "adapter_model.safetensors").is_file()  # written once, by rank 0
+
+
+def test_fsdp_full_fine_tuning_matches_one_process(tmp_path) -> None:
+    """`accelerate launch --use_fsdp`: parameters sharded per decoder layer (FSDP2), full fine-tuning."""
+    full = [*COMMON, "lora=none", "trainer.lr=1e-4"]
+    two = launch("--use_fsdp", [*full, "trainer.batch_size=4", f"hydra.run.dir={tmp_path / 'two'}"], tmp_path)
+    assert two.returncode == 0, two.stderr[-3000:]
+    one = run_cli("train.py", [*full, "trainer.batch_size=8", f"hydra.run.dir={tmp_path / 'one'}"])
+    assert one.returncode == 0, one.stderr[-3000:]
+
+    m1, m2 = (json.loads((tmp_path / r / "metrics.json").read_text()) for r in ("one", "two"))
+    assert (m2["processes"], m2["strategy"]) == (2, "fsdp") and m2["train/trainable_parameters"] == m1["train/trainable_parameters"]
+    assert m2["val/accuracy"] == m1["val/accuracy"]
+    assert abs(m2["val/log_loss"] - m1["val/log_loss"]) < 1e-5  # stated tolerance: float summation order only
+    p1, p2 = (pd.read_parquet(tmp_path / r / "oof.parquet") for r in ("one", "two"))
+    np.testing.assert_allclose(p2["p_a"], p1["p_a"], atol=1e-5)
+    # the full (gathered) weights were saved once: infer.py rebuilds the model from them alone and gets the OOF probabilities back
+    valid = tmp_path / "valid.parquet"
+    ids = set(p2["id"])
+    pd.concat(pd.read_parquet(ROOT / "src/duelist/assets/sample" / f) for f in ("hh_rlhf_harmless_test.parquet", "pandalm_test.parquet", "oasst1_zh_rank.parquet")).query("id in @ids").to_parquet(valid)
+    res = run_cli("infer.py", [f"runs=[{tmp_path / 'two'}]", f"data.test={valid}", f"output={tmp_path / 'sub.csv'}", f"hydra.run.dir={tmp_path / 'h'}"])
+    assert res.returncode == 0, res.stderr[-3000:]
+    scored = pd.read_parquet(tmp_path / "sub.parquet").set_index("id")["p_a"]
+    np.testing.assert_allclose(scored.loc[p2["id"]].to_numpy(), p2["p_a"].to_numpy(), atol=1e-5)

@@ -79,7 +79,7 @@ class TrainerConfig:
     gradient_checkpointing: bool = False
     group_by_length: bool = True
     device: str = "auto"  # auto | cpu | cuda
-    loss: str = "ce"  # ce (hard or soft targets)
+    strategy: str = "auto"  # auto | ddp | fsdp (several processes only)
 
 
 @dataclass

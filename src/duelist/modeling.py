@@ -208,14 +208,15 @@ def head_and_body_parameters(model: torch.nn.Module) -> tuple[list[torch.nn.Para
     return head, body
 
 
-def save_checkpoint(built: Built, run_config: DictConfig, target: str | Path) -> None:
-    """Write ``target`` atomically: it appears complete or not at all."""
+def save_checkpoint(built: Built, run_config: DictConfig, target: str | Path, state_dict: Optional[dict[str, torch.Tensor]] = None) -> None:
+    """Write ``target`` atomically: it appears complete or not at all. ``state_dict``: the full weights
+    when the model itself is sharded (FSDP), else the model's own are saved."""
     with atomic_dir(target) as tmp:
         OmegaConf.save(run_config, tmp / "config.yaml", resolve=True)
         built.tokenizer.save_pretrained(tmp / "tokenizer")
         model = built.model
         if hasattr(model, "peft_config"):
-            model.save_pretrained(tmp / "adapter", safe_serialization=True)
+            model.save_pretrained(tmp / "adapter", safe_serialization=True, state_dict=state_dict)
             if built.init_state is not None:
                 base = model.get_base_model()
                 base.config.save_pretrained(tmp / "base")
@@ -223,7 +224,7 @@ def save_checkpoint(built: Built, run_config: DictConfig, target: str | Path) ->
 
                 save_file({k: v.contiguous() for k, v in built.init_state.items()}, str(tmp / "base" / "model.safetensors"))
         else:
-            model.save_pretrained(tmp / "model", safe_serialization=True)
+            model.save_pretrained(tmp / "model", safe_serialization=True, state_dict=state_dict)
 
 
 def load_checkpoint(run_dir: str | Path, device: torch.device, dtype_name: str = "auto") -> tuple[Built, DictConfig]:

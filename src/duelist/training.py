@@ -9,10 +9,8 @@ from __future__ import annotations
 
 import logging
 import math
-import os
 import random
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -25,44 +23,16 @@ from tqdm.auto import tqdm
 from duelist import plots
 from duelist.batching import pad, train_batches
 from duelist.data import augment, load_train_valid
+from duelist.distributed import barrier, broadcast, full_state_dict, init_distributed, wrap
 from duelist.errors import DuelistError
 from duelist.files import write_json, write_parquet, write_text
 from duelist.formatting import PairEncoder
 from duelist.inference import autocast_dtype, predict_p_a
 from duelist.metrics import compute_metrics, is_better
-from duelist.modeling import Built, build_model, check_model_config, head_and_body_parameters, pick_device, save_checkpoint
+from duelist.modeling import Built, build_model, check_model_config, head_and_body_parameters, save_checkpoint
 from duelist.tracking import NullTracker, make_tracker
 
 log = logging.getLogger(__name__)
-
-
-@dataclass
-class Distributed:
-    """This process's place in a multi-process run (``accelerate launch`` / ``torchrun`` set the env)."""
-
-    rank: int = 0
-    world: int = 1
-    local_rank: int = 0
-
-    @property
-    def main(self) -> bool:
-        return self.rank == 0
-
-
-def init_distributed(device_name: str) -> tuple[Distributed, torch.device]:
-    """One process: the configured device. Several (WORLD_SIZE > 1): one GPU each (NCCL), or CPU with gloo."""
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    if world <= 1:
-        return Distributed(), pick_device(device_name)
-    import torch.distributed as dist
-
-    rank, local = int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", "0"))
-    cuda = torch.cuda.is_available() and device_name != "cpu"
-    if cuda:
-        torch.cuda.set_device(local)
-    if not dist.is_initialized():
-        dist.init_process_group("nccl" if cuda else "gloo")
-    return Distributed(rank, world, local), torch.device("cuda", local) if cuda else torch.device("cpu")
 
 
 def seed_everything(seed: int) -> None:
@@ -114,7 +84,7 @@ class Trainer:
         self.run_dir = run_dir
         self.t = cfg.trainer
         self.metric = cfg.optimized_metric
-        self.dist, self.device = init_distributed(self.t.device)
+        self.dist, self.device = init_distributed(self.t.device, self.t.strategy)
         self.amp = autocast_dtype(self.t.precision, self.device)
         self.train_curve: list[tuple[int, float]] = []
         self.evals: list[tuple[int, dict[str, Any]]] = []
@@ -130,6 +100,8 @@ class Trainer:
         n_batches = len(train_batches(lengths, units, t.batch_size, False, np.random.default_rng(0))) // world  # per process
         steps_per_epoch = max(1, math.ceil(n_batches / t.grad_accum))
         total = t.max_steps if t.max_steps > 0 else max(1, math.ceil(steps_per_epoch * t.epochs))
+        # several processes: DDP replicas, or FSDP2 shards (in place, so the optimizer is built after it)
+        forward = wrap(model, self.dist, self.device)
         head, body = head_and_body_parameters(model)
         groups = [g for g in ({"params": body, "lr": t.lr}, {"params": head, "lr": t.head_lr}) if g["params"]]
         opt = torch.optim.AdamW(groups, weight_decay=t.weight_decay)
@@ -144,14 +116,9 @@ class Trainer:
         scaler = torch.amp.GradScaler(self.device.type, enabled=self.amp == torch.float16)
         log.info("training %d rows (%d optimizer steps, %d per epoch) on %s", len(train_rows), total, steps_per_epoch, self.device)
 
-        forward = model
-        if world > 1:  # gradients are averaged over processes; each process sees its share of every step's batches
-            from torch.nn.parallel import DistributedDataParallel
-
-            forward = DistributedDataParallel(model, device_ids=[self.dist.local_rank] if self.device.type == "cuda" else None)
         model.train()
         step, micro, running, tokens, start = 0, 0, [], 0, time.perf_counter()
-        bar = tqdm(total=total, desc="train", unit="step")
+        bar = tqdm(total=total, desc="train", unit="step", disable=not self.dist.main)  # one bar, not one per process
         epoch = 0
         while step < total:
             batches = train_batches(lengths, units, t.batch_size, t.group_by_length, rng)  # the same list on every process
@@ -184,12 +151,11 @@ class Trainer:
                 bar.update(1)
                 bar.set_postfix(loss=f"{mean_loss:.4f}", tok_s=f"{tokens / elapsed:.0f}")
                 if (t.eval_every > 0 and step % t.eval_every == 0 and step < total) or step == total:
-                    if self.dist.main:  # validation, metrics and checkpoints happen once, on rank 0
+                    # validation and checkpoints: rank 0 alone (one process, DDP), or every process with FSDP
+                    # (its forward pass gathers the sharded parameters); rank 0 alone writes
+                    if self.dist.main or self.dist.sharded:
                         self.evaluate(built, valid, valid_ids, step, tracker, tokens / elapsed)
-                    if world > 1:
-                        import torch.distributed as dist
-
-                        dist.barrier()
+                    barrier(self.dist)
                 if step >= total:
                     break
             epoch += 1
@@ -201,9 +167,14 @@ class Trainer:
         self.evals.append((step, metrics))
         tracker.log(metrics, step)
         log.info("step %d: val/accuracy=%.4f val/log_loss=%.4f", step, metrics["val/accuracy"], metrics["val/log_loss"])
-        if is_better(metrics[self.metric], None if self.best is None else self.best["metrics"][self.metric], self.metric):
+        better = is_better(metrics[self.metric], None if self.best is None else self.best["metrics"][self.metric], self.metric)
+        if self.dist.sharded:  # every process evaluates: all follow rank 0's decision, so all join the gather below
+            better = broadcast(better, self.dist)
+        if better:
             self.best = {"step": step, "metrics": metrics, "p_a": p_a, "train/tokens_per_s": tokens_per_s}
-            save_checkpoint(built, self.cfg, self.run_dir / "checkpoint")
+            state = full_state_dict(built.model) if self.dist.sharded else None  # collective: every process takes part
+            if self.dist.main:
+                save_checkpoint(built, self.cfg, self.run_dir / "checkpoint", state)
 
 
 def train(cfg: DictConfig, run_dir: str | Path) -> float:
@@ -215,6 +186,8 @@ def train(cfg: DictConfig, run_dir: str | Path) -> float:
     started = time.perf_counter()
 
     trainer = Trainer(cfg, run_dir)
+    if trainer.dist.sharded and cfg.lora.enabled and cfg.lora.qlora:
+        raise DuelistError("trainer.strategy=fsdp cannot shard 4-bit QLoRA weights: launch with --multi_gpu (DDP) or use lora=default / lora=none")
     check_model_config(cfg.model, cfg.lora, trainer.device)  # before any data is read
     train_df, valid = load_train_valid(cfg.data)
     built = build_model(cfg.model, cfg.lora, trainer.device, cfg.trainer.seed, cfg.trainer.gradient_checkpointing)
@@ -245,6 +218,7 @@ def train(cfg: DictConfig, run_dir: str | Path) -> float:
             "runtime_s": time.perf_counter() - started,
             "device": str(trainer.device),
             "processes": trainer.dist.world,
+            "strategy": trainer.dist.strategy,
         }
         oof = valid[["id", "winner", "language", "source", "fold"]].assign(p_a=best["p_a"], target=valid["p_a"].to_numpy())
         oof = oof[["id", "p_a", "winner", "language", "fold", "source", "target"]]
