@@ -158,7 +158,7 @@ def build_base(model_cfg: Any, lora_cfg: Any, tokenizer: Any, dtype: torch.dtype
         except Exception as err:
             raise _load_error("name_or_path", model_cfg.name_or_path, err) from err
     else:
-        config = AutoConfig.for_model(model_cfg.arch, vocab_size=len(tokenizer), **common, **extra)
+        config = AutoConfig.for_model(model_cfg.arch, **{"vocab_size": len(tokenizer), **common, **extra})  # overrides may set a real vocab size
         config._attn_implementation = model_cfg.attn_implementation
         torch.manual_seed(seed)
         model = AutoModelForSequenceClassification.from_config(config, dtype=dtype)
