@@ -181,6 +181,7 @@ class InferConfig:
     tta: str = "none"  # none | swap
     batch_size: int = 32
     max_batch_tokens: Optional[int] = None
+    time_budget_min: Optional[float] = None
     device: str = "auto"
     precision: str = "auto"
     cache_dir: str = MISSING

@@ -1,0 +1,120 @@
+"""infer.time_budget_min with a fake clock: the model's forward passes advance the clock by their padded tokens."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from conftest import TINY, compose_infer, compose_train
+from duelist import inference
+from duelist.data import load_pairs
+from duelist.inference import Deadline
+from duelist.modeling import Built, build_model
+
+COST = 1e-3  # fake seconds per padded token
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.t = 1000.0
+
+    def __call__(self) -> float:
+        return self.t
+
+
+class Timed(torch.nn.Module):
+    """The real tiny model; every forward pass costs COST fake seconds per padded token."""
+
+    def __init__(self, model: torch.nn.Module, clock: FakeClock):
+        super().__init__()
+        self.model, self.clock, self.tokens = model, clock, 0
+
+    def forward(self, input_ids, attention_mask):
+        self.clock.t += COST * input_ids.numel()
+        self.tokens += input_ids.numel()
+        return self.model(input_ids=input_ids, attention_mask=attention_mask)
+
+
+def test_deadline_learns_throughput_and_never_starts_what_does_not_fit() -> None:
+    clock = FakeClock()
+    d = Deadline(10.0, clock)
+    assert d.fits(10**9)  # nothing measured yet: the first batch runs
+    clock.t += 2.0
+    d.record(1000, 2.0)  # 2 ms per token
+    assert d.fits(4000) and not d.fits(4001)  # 8 s left
+    child = d.share(2)  # half of the 8 s, starting from the measured rate
+    assert child.remaining() == pytest.approx(4.0) and child.fits(2000) and not child.fits(2001)
+    child.record(500, 1.0)
+    assert d.tokens == 1500  # what a child measures counts for its parent
+
+
+@pytest.fixture()
+def setup(tmp_path, monkeypatch):
+    clock = FakeClock()
+    cfg = compose_train(TINY)
+    built = build_model(cfg.model, cfg.lora, torch.device("cpu"), seed=0)
+    timed = Timed(built.model, clock)
+    monkeypatch.setattr(inference, "load_checkpoint", lambda run_dir, device: (Built(timed, built.tokenizer), cfg))
+    monkeypatch.setattr(inference, "clock", clock)
+    rows = load_pairs("pkg:duelist/assets/sample/pandalm_test.parquet", on_bad_rows="drop").iloc[:120].reset_index(drop=True)
+    rows[["id", "prompt", "response_a", "response_b"]].to_parquet(tmp_path / "test.parquet")
+    (tmp_path / "run" / "checkpoint").mkdir(parents=True)
+    (tmp_path / "run" / "checkpoint" / "config.yaml").write_text("model: {}\n")
+    return clock, timed, rows, tmp_path
+
+
+def infer_cfg(tmp_path, *extra):
+    return compose_infer([f"runs=[{tmp_path / 'run'}]", f"data.test={tmp_path / 'test.parquet'}", f"output={tmp_path / 'sub.csv'}",
+                          "batch_size=8", "device=cpu", *extra])
+
+
+def test_leftover_time_goes_to_tta_for_the_least_confident_rows(setup) -> None:
+    clock, timed, rows, tmp_path = setup
+
+    run = Path(tmp_path / "run")
+    cfg = infer_cfg(tmp_path, "tta=swap")
+    plain = inference.score_run(run, rows, cfg, torch.device("cpu"), None, tta="none")
+    first_pass_tokens = timed.tokens
+    full_tta = inference.score_run(run, rows, cfg, torch.device("cpu"), None, tta="swap")
+
+    budget = 1.5 * first_pass_tokens * COST  # the first pass and about half of the swapped pass
+    start = clock.t
+    p = inference.score_run(run, rows, cfg, torch.device("cpu"), None, tta="swap", deadline=Deadline(budget, clock))
+    assert clock.t - start <= budget  # never over the budget
+    assert not np.isnan(p).any()  # every row scored once
+    tta_rows = np.flatnonzero(~np.isclose(p, plain, atol=1e-9))
+    np.testing.assert_allclose(p[tta_rows], full_tta[tta_rows], atol=1e-6)  # those rows got the full swap-TTA value
+    assert 0.2 * len(rows) < len(tta_rows) < 0.8 * len(rows)
+    order = np.argsort(np.abs(plain - 0.5), kind="stable")  # least confident first
+    chunk = 64
+    done_chunks = len(tta_rows) // chunk
+    assert set(order[: done_chunks * chunk]) <= set(tta_rows)  # whole chunks of the least confident rows first
+    assert set(tta_rows) <= set(order[: (done_chunks + 1) * chunk])  # nothing beyond the chunk being worked on
+
+
+def test_a_budget_too_small_still_writes_a_complete_submission(setup) -> None:
+    clock, timed, rows, tmp_path = setup
+
+    inference.score_run(Path(tmp_path / "run"), rows, infer_cfg(tmp_path), torch.device("cpu"), None, tta="none")
+    first_pass_s = timed.tokens * COST
+    minutes = 0.4 * first_pass_s / 60  # less than half of one pass
+    start = clock.t
+    inference.infer(infer_cfg(tmp_path, "tta=swap", f"time_budget_min={minutes}"))
+    assert clock.t - start <= 60 * minutes
+    sub = pd.read_csv(tmp_path / "sub.csv", dtype={"id": str})
+    assert list(sub["id"]) == list(rows["id"]) and sub["winner"].isin(["model_a", "model_b"]).all()
+    report = json.loads((tmp_path / "sub.ensemble.json").read_text())["time_budget"]
+    unscored = report["rows_without_a_model_score"]
+    assert 0 < report["rows_scored_per_run"][0] < len(rows) and unscored == len(rows) - report["rows_scored_per_run"][0]
+    probs = pd.read_parquet(tmp_path / "sub.parquet")
+    fallback = probs["p_a_run0"].isna().to_numpy()
+    assert fallback.sum() == unscored
+    longer_a = (rows["response_a"].str.len() > rows["response_b"].str.len()).to_numpy()
+    longer_b = (rows["response_a"].str.len() < rows["response_b"].str.len()).to_numpy()
+    expected = np.where(longer_a, 0.55, np.where(longer_b, 0.45, 0.5))  # the longer-answer rule, computed here
+    np.testing.assert_allclose(probs["p_a"].to_numpy()[fallback], expected[fallback])
