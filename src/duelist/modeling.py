@@ -227,8 +227,9 @@ def save_checkpoint(built: Built, run_config: DictConfig, target: str | Path, st
             model.save_pretrained(tmp / "model", safe_serialization=True, state_dict=state_dict)
 
 
-def load_checkpoint(run_dir: str | Path, device: torch.device, dtype_name: str = "auto") -> tuple[Built, DictConfig]:
-    """Rebuild the trained model from a run dir alone (``RUN/checkpoint``)."""
+def load_checkpoint(run_dir: str | Path, device: torch.device, dtype_name: str = "auto", dequantize: bool = False) -> tuple[Built, DictConfig]:
+    """Rebuild the trained model from a run dir alone (``RUN/checkpoint``); ``dequantize`` loads a QLoRA
+    run's base in 16/32 bit instead of 4 bit (to merge the adapters)."""
     ckpt = Path(run_dir) / "checkpoint"
     config_file = ckpt / "config.yaml"
     if not config_file.is_file():
@@ -239,6 +240,8 @@ def load_checkpoint(run_dir: str | Path, device: torch.device, dtype_name: str =
     has_adapter, has_full = (ckpt / "adapter").is_dir(), (ckpt / "model").is_dir()
     if not (has_adapter or has_full) or not (ckpt / "tokenizer").is_dir():
         raise DuelistError(f"{ckpt}: incomplete checkpoint (needs tokenizer/ and adapter/ or model/)")
+    if dequantize:
+        cfg.lora.qlora = False
     check_model_config(cfg.model, cfg.lora, device)
     tokenizer = load_tokenizer(str(ckpt / "tokenizer"), what="tokenizer")
     dtype = pick_dtype(dtype_name if dtype_name != "auto" else cfg.model.dtype, device)
@@ -258,3 +261,30 @@ def load_checkpoint(run_dir: str | Path, device: torch.device, dtype_name: str =
         model.to(device)
     model.eval()
     return Built(model, tokenizer), cfg
+
+
+def merge_checkpoint(run_dir: str | Path, out_dir: str | Path, dtype_name: str = "auto") -> Path:
+    """Write ``out_dir`` as a run dir whose checkpoint is the full model with the LoRA adapters merged into
+    the weights (``checkpoint/model/``): inference then runs without adapter overhead. A QLoRA run is merged
+    into a 16-bit base (merging into 4-bit weights would round the adapters away). ``metrics.json`` and
+    ``oof.parquet`` are copied so ensembles can still weight the run."""
+    import shutil
+
+    run_dir, out_dir = Path(run_dir), Path(out_dir)
+    if not (run_dir / "checkpoint" / "adapter").is_dir():
+        raise DuelistError(f"{run_dir}: no checkpoint/adapter/ to merge (pass the run dir of a LoRA run; full fine-tuning runs need no merge)")
+    if out_dir.resolve() == run_dir.resolve():
+        raise DuelistError(f"--out {out_dir}: must differ from the run dir")
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    built, cfg = load_checkpoint(run_dir, device, dtype_name, dequantize=True)
+    merged = built.model.merge_and_unload()
+    merged.config.pad_token_id = built.tokenizer.pad_token_id
+    cfg.lora.enabled, cfg.lora.qlora, cfg.lora.r, cfg.lora.alpha = False, False, 0, 0
+    cfg.model.init = "pretrained"  # every weight is in checkpoint/model now
+    with atomic_dir(out_dir) as tmp:
+        save_checkpoint(Built(merged, built.tokenizer), cfg, tmp / "checkpoint")
+        OmegaConf.save(cfg, tmp / "config.yaml", resolve=True)
+        for name in ("metrics.json", "oof.parquet"):
+            if (run_dir / name).is_file():
+                shutil.copy2(run_dir / name, tmp / name)
+    return out_dir
