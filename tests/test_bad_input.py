@@ -76,6 +76,13 @@ def test_train_cli_qlora_without_cuda_stops_before_loading(tmp_path) -> None:
     no_outputs(run)
 
 
+def test_train_cli_8bit_optimizer_without_cuda(tmp_path) -> None:
+    run = tmp_path / "run"
+    res = run_cli("train.py", [*TINY, "trainer.optimizer=adamw_8bit", f"hydra.run.dir={run}"])
+    assert_one_line_error(res, "trainer.optimizer=adamw_8bit needs a CUDA GPU")
+    no_outputs(run)
+
+
 def test_train_cli_hub_id_without_network_says_how_to_point_at_a_local_copy(tmp_path) -> None:
     res = run_cli("train.py", [*TINY, "model=gemma2_9b", "lora.qlora=false", "model.name_or_path=google/gemma-2-9b-it", f"hydra.run.dir={tmp_path}"])
     assert_one_line_error(res, "google/gemma-2-9b-it", "model.name_or_path=DIR")

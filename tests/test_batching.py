@@ -81,3 +81,16 @@ def test_token_budget_predictions_come_back_in_input_order(seqs, max_tokens) -> 
     p = predict_p_a(LastTokenModel(), seqs, pad_id=0, batch_size=64, device=torch.device("cpu"), max_tokens=max_tokens)
     expected = torch.sigmoid(torch.tensor([s[-1] / 100.0 for s in seqs], dtype=torch.float64)).numpy()
     np.testing.assert_allclose(p, expected, rtol=1e-5)
+
+
+def test_precision_is_bf16_where_supported_else_fp16(monkeypatch) -> None:
+    """T4 (no bf16) gets fp16, Ampere/Hopper get bf16, CPU stays fp32; explicit choices are kept."""
+    from duelist.inference import autocast_dtype
+    from duelist.modeling import pick_dtype
+
+    gpu, cpu = torch.device("cuda"), torch.device("cpu")
+    for supported, expected in ((True, torch.bfloat16), (False, torch.float16)):
+        monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda including_emulation=True, s=supported: s)
+        assert autocast_dtype("auto", gpu) is expected and pick_dtype("auto", gpu) is expected
+    assert autocast_dtype("auto", cpu) is None and pick_dtype("auto", cpu) is torch.float32
+    assert autocast_dtype("fp16", gpu) is torch.float16 and autocast_dtype("fp32", gpu) is None

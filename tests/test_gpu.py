@@ -18,7 +18,7 @@ def test_bf16_training_on_gpu(tmp_path) -> None:
     cfg = compose_train([*TINY, "trainer.device=cuda"])
     train(cfg, tmp_path)
     metrics = json.loads((tmp_path / "metrics.json").read_text())
-    assert metrics["device"].startswith("cuda")
+    assert metrics["device"].startswith("cuda") and metrics["train/peak_gpu_memory_gb"] > 0
     built, _ = load_checkpoint(tmp_path, torch.device("cuda"))
     assert next(built.model.parameters()).is_cuda
 
@@ -36,3 +36,10 @@ def test_qlora_loads_4bit_and_trains(tmp_path) -> None:
     import bitsandbytes as bnb
 
     assert any(isinstance(m, bnb.nn.Linear4bit) for m in built.model.modules())
+
+
+def test_8bit_adamw_trains(tmp_path) -> None:
+    pytest.importorskip("bitsandbytes")
+    cfg = compose_train([*TINY, "trainer.device=cuda", "trainer.optimizer=adamw_8bit", "lora=none"])
+    train(cfg, tmp_path)
+    assert json.loads((tmp_path / "metrics.json").read_text())["val/log_loss"] < 5

@@ -40,6 +40,7 @@ def test_train_then_infer_cli_and_accuracy_checked_independently(tmp_path) -> No
         assert (run / name).is_file(), name
     assert not list(run.rglob("*.bin")) and not list(run.rglob("*.pt")) and not list(run.rglob("*.pkl"))
     metrics = json.loads((run / "metrics.json").read_text())
+    assert metrics["train/tokens_per_s"] > 0 and metrics["peak_rss_gb"] > 0.1 and metrics["train/peak_gpu_memory_gb"] is None  # CPU run
     oof = pd.read_parquet(run / "oof.parquet")
     assert set(oof.columns) >= {"id", "p_a", "winner", "language", "fold"}
 

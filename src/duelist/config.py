@@ -80,6 +80,7 @@ class TrainerConfig:
     group_by_length: bool = True
     device: str = "auto"  # auto | cpu | cuda
     strategy: str = "auto"  # auto | ddp | fsdp (several processes only)
+    optimizer: str = "adamw"  # adamw | adamw_8bit
 
 
 @dataclass
