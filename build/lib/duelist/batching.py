@@ -1,0 +1,62 @@
+"""Batches of token sequences: length-grouped for training, length-sorted for prediction."""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import numpy as np
+import torch
+
+
+def pad(seqs: Sequence[Sequence[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Right-pad to the longest sequence; returns input_ids and attention_mask."""
+    width = max(len(s) for s in seqs)
+    ids = torch.full((len(seqs), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(seqs), width), dtype=torch.long)
+    for i, s in enumerate(seqs):
+        ids[i, : len(s)] = torch.as_tensor(s, dtype=torch.long)
+        mask[i, : len(s)] = 1
+    return ids, mask
+
+
+def sorted_batches(lengths: Sequence[int], batch_size: int, max_tokens: int | None = None) -> list[np.ndarray]:
+    """Rows sorted longest first and cut into batches of at most ``batch_size`` rows and, with
+    ``max_tokens``, at most ``max_tokens`` padded tokens (rows x longest row); every row appears
+    exactly once. A single row longer than ``max_tokens`` forms a batch of its own."""
+    lengths = np.asarray(lengths)
+    order = np.argsort(-lengths, kind="stable")
+    if not max_tokens:
+        return [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
+    batches, start = [], 0
+    while start < len(order):
+        width = int(lengths[order[start]])  # the longest row of the batch comes first
+        rows = max(1, min(batch_size, max_tokens // max(width, 1)))
+        batches.append(order[start : start + rows])
+        start += rows
+    return batches
+
+
+def train_batches(
+    lengths: Sequence[int], units: Sequence[int], batch_size: int, group_by_length: bool, rng: np.random.Generator
+) -> list[np.ndarray]:
+    """One epoch of training batches.
+
+    ``units[i]`` names the unit row i belongs to; rows of one unit (a pair and its swap, with
+    ``augment.same_batch``) always land in the same batch. With ``group_by_length``, units are
+    shuffled, grouped into mega-batches of 50 batches, sorted by length inside each, so a batch
+    holds sequences of similar length (less padding) while the order stays random.
+    """
+    units = np.asarray(units)
+    lengths = np.asarray(lengths)
+    by_unit = np.argsort(units, kind="stable")
+    members = np.split(by_unit, np.flatnonzero(np.diff(units[by_unit])) + 1)
+    per_unit = max(1, batch_size // max(len(m) for m in members))
+    order = rng.permutation(len(members))
+    if group_by_length:
+        unit_len = np.array([lengths[m].max() for m in members])
+        mega = per_unit * 50
+        order = np.concatenate([chunk[np.argsort(-unit_len[chunk], kind="stable")] for chunk in np.array_split(order, max(1, int(np.ceil(len(order) / mega))))])
+    batches = [np.concatenate([members[j] for j in order[i : i + per_unit]]) for i in range(0, len(order), per_unit)]
+    if group_by_length:
+        batches = [batches[i] for i in rng.permutation(len(batches))]
+    return batches

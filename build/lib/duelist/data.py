@@ -1,0 +1,503 @@
+"""Read preference pairs from any supported layout into one canonical table, check them, split them.
+
+Canonical columns: ``id, prompt, response_a, response_b, winner, model_a, model_b, language,
+source, p_a``. ``winner`` is ``model_a``/``model_b``/``tie`` (None on test rows); ``p_a`` is the
+probability that A wins (1, 0, 0.5 for a kept tie, or a soft label given in the file).
+
+The layout of a file is chosen by the columns it has, never by its name:
+- ``lmsys``: LMSYS arena 55k CSV (JSON-encoded turn lists, one-hot winner_model_a/b/tie);
+- ``arena_conversations``: lmsys/chatbot_arena_conversations (``conversation_a/b`` lists of
+  ``{role, content}``, ``winner`` model_a/model_b/tie/"tie (bothbad)");
+- ``chosen_rejected``: preference pairs ``prompt, chosen, rejected`` (texts or message lists, as in
+  UltraFeedback-binarized); the chosen response is placed as A or B at random (seeded);
+- ``pairs``: WSDM Cup train/test parquet and any file with the canonical columns.
+
+Training data is a list of *sources* (``data.train``): each a path, or a mapping
+``{path, weight, max_rows, validate}`` that sets the loss weight of its rows, caps its rows, and
+says whether its rows may be held out for validation (pseudo-labelled files never are).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import hashlib
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Iterable
+
+import numpy as np
+import pandas as pd
+
+from duelist.errors import DuelistError
+from duelist.files import resolve_path
+
+log = logging.getLogger(__name__)
+
+TEXT_COLUMNS = ("prompt", "response_a", "response_b")
+CANONICAL_COLUMNS = ["id", "prompt", "response_a", "response_b", "winner", "model_a", "model_b", "language", "source", "p_a", "pseudo_label"]
+WINNERS = {"model_a": 1.0, "model_b": 0.0, "tie": 0.5}
+ARENA_WINNERS = {"model_a": "model_a", "model_b": "model_b", "tie": "tie", "tie (bothbad)": "tie"}
+LMSYS_LABELS = ("winner_model_a", "winner_model_b", "winner_tie")
+
+
+# ----------------------------------------------------------------------------- reading files
+
+
+def read_table(path: str) -> pd.DataFrame:
+    """Read a parquet, csv or jsonl file; any failure is one clear line naming the file."""
+    real = resolve_path(path)
+    if not os.path.exists(real):
+        raise DuelistError(f"{path}: file not found (check the path; relative paths are from the directory you run in)")
+    if os.path.isdir(real):
+        raise DuelistError(f"{path}: is a directory, expected a .parquet, .csv or .jsonl file")
+    suffix = Path(real).suffix.lower()
+    try:
+        if suffix == ".parquet":
+            df = pd.read_parquet(real)
+        elif suffix == ".csv":
+            df = pd.read_csv(real, keep_default_na=False, na_values=[""], dtype={"id": str})
+        elif suffix in (".jsonl", ".json"):
+            df = pd.read_json(real, lines=suffix == ".jsonl", dtype={"id": str})
+        else:
+            raise DuelistError(f"{path}: unsupported file type '{suffix}' (use .parquet, .csv or .jsonl)")
+    except DuelistError:
+        raise
+    except Exception as err:  # pyarrow/pandas raise many types for corrupt files
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise DuelistError(f"{path}: cannot read as {suffix.lstrip('.')} ({first}); is the file complete and in that format?") from err
+    return df
+
+
+def _render_turns(value: Any) -> Any:
+    """LMSYS cells are JSON lists of turns (a turn may be null); render them as one text.
+
+    One turn is its text; several turns are joined with ``[Turn i]`` markers. Returns None
+    (a bad row) when the cell is not a JSON list.
+    """
+    if not isinstance(value, str):
+        return None
+    try:
+        turns = json.loads(value)
+    except ValueError:
+        return None
+    if not isinstance(turns, list):
+        return None
+    return _join_turns(["" if t is None else str(t) for t in turns])
+
+
+def _join_turns(texts: list[str]) -> str:
+    if len(texts) == 1:
+        return texts[0]
+    return "\n\n".join(f"[Turn {i + 1}]\n{t}" for i, t in enumerate(texts))
+
+
+def _messages(value: Any, role: str) -> Any:
+    """Texts of one role in a chat (a list of ``{role, content}``, or its JSON), joined; None if not a chat."""
+    if isinstance(value, str):
+        try:
+            value = json.loads(value)
+        except ValueError:
+            return None
+    if isinstance(value, np.ndarray):
+        value = list(value)
+    if not isinstance(value, list) or not all(isinstance(m, dict) and "role" in m for m in value):
+        return None
+    texts = ["" if m.get("content") is None else str(m.get("content")) for m in value if m["role"] == role]
+    return _join_turns(texts) if texts else None
+
+
+def _from_lmsys(df: pd.DataFrame, seed: int) -> pd.DataFrame:
+    out = pd.DataFrame({"id": df["id"] if "id" in df else range(len(df))})
+    for col in TEXT_COLUMNS:
+        out[col] = [_render_turns(v) for v in df[col]]
+    labels = df[list(LMSYS_LABELS)].to_numpy()
+    winner = []
+    for row in labels:
+        hits = [name for name, flag in zip(("model_a", "model_b", "tie"), row) if str(flag).strip() in ("1", "1.0", "True", "true")]
+        winner.append(hits[0] if len(hits) == 1 else f"invalid one-hot {list(row)}")
+    out["winner"] = winner
+    for col in ("model_a", "model_b", "language", "source"):
+        if col in df:
+            out[col] = df[col].to_numpy()
+    return out
+
+
+def _from_arena_conversations(df: pd.DataFrame, seed: int) -> pd.DataFrame:
+    out = pd.DataFrame({"id": df["question_id"] if "question_id" in df else (df["id"] if "id" in df else range(len(df)))})
+    out["prompt"] = [_messages(c, "user") for c in df["conversation_a"]]
+    out["response_a"] = [_messages(c, "assistant") for c in df["conversation_a"]]
+    out["response_b"] = [_messages(c, "assistant") for c in df["conversation_b"]]
+    if "winner" in df:
+        out["winner"] = [ARENA_WINNERS.get(w, w) if isinstance(w, str) else w for w in df["winner"]]
+    for col in ("model_a", "model_b", "language", "source"):
+        if col in df:
+            out[col] = df[col].to_numpy()
+    return out
+
+
+def _from_chosen_rejected(df: pd.DataFrame, seed: int) -> pd.DataFrame:
+    def response(value: Any) -> Any:  # a chat's assistant turns, else the value itself (plain text)
+        text = _messages(value, "assistant")
+        return value if text is None else text
+
+    chosen = [response(c) for c in df["chosen"]]
+    rejected = [response(r) for r in df["rejected"]]
+    if "prompt" in df:
+        prompt = list(df["prompt"])
+    else:  # the prompt is the user turns of the chosen chat
+        prompt = [_messages(c, "user") for c in df["chosen"]]
+    a_is_chosen = np.random.default_rng(seed).random(len(df)) < 0.5  # seeded: the same file always gives the same pairs
+    out = pd.DataFrame({"id": df["id"] if "id" in df else range(len(df)), "prompt": prompt})
+    out["response_a"] = np.where(a_is_chosen, np.asarray(chosen, dtype=object), np.asarray(rejected, dtype=object))
+    out["response_b"] = np.where(a_is_chosen, np.asarray(rejected, dtype=object), np.asarray(chosen, dtype=object))
+    out["winner"] = np.where(a_is_chosen, "model_a", "model_b")
+    for col in ("language", "source"):
+        if col in df:
+            out[col] = df[col].to_numpy()
+    return out
+
+
+def _from_pairs(df: pd.DataFrame, seed: int) -> pd.DataFrame:
+    return df.copy()
+
+
+# layout name -> (columns that identify it, converter to canonical); the first match wins
+LAYOUTS: dict[str, tuple[tuple[str, ...], Callable[[pd.DataFrame, int], pd.DataFrame]]] = {
+    "lmsys": (TEXT_COLUMNS + LMSYS_LABELS, _from_lmsys),
+    "arena_conversations": (("conversation_a", "conversation_b"), _from_arena_conversations),
+    "chosen_rejected": (("chosen", "rejected"), _from_chosen_rejected),
+    "pairs": (TEXT_COLUMNS, _from_pairs),
+}
+
+
+def detect_layout(columns: Iterable[str], path: str) -> str:
+    cols = set(columns)
+    for name, (required, _) in LAYOUTS.items():
+        if set(required) <= cols:
+            return name
+    missing = sorted(set(TEXT_COLUMNS) - cols)
+    raise DuelistError(
+        f"{path}: missing column(s) {', '.join(missing)}; expected the WSDM/canonical layout "
+        f"(id, prompt, response_a, response_b[, winner, ...]), the LMSYS layout (+ winner_model_a/winner_model_b/winner_tie), "
+        "chatbot-arena-conversations (conversation_a, conversation_b, winner) or preference pairs (prompt, chosen, rejected)"
+    )
+
+
+# ----------------------------------------------------------------------------- checking rows
+
+
+def _is_text(value: Any) -> bool:
+    return isinstance(value, str) and value.strip() != ""
+
+
+def _describe(value: Any) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "null"
+    if isinstance(value, str):
+        return "empty"
+    return f"not a string ({type(value).__name__})"
+
+
+def canonicalize(raw: pd.DataFrame, path: str, *, labelled: bool, ties: str, on_bad_rows: str, seed: int = 42) -> pd.DataFrame:
+    """Convert one file's rows to the canonical table and apply the bad-row policy."""
+    if len(raw) == 0:
+        raise DuelistError(f"{path}: the file has no rows")
+    layout = detect_layout(raw.columns, path)
+    df = LAYOUTS[layout][1](raw, seed).reset_index(drop=True)
+    if "id" not in df:
+        df["id"] = [f"{Path(path).stem}-{i}" for i in range(len(df))]
+    df["id"] = df["id"].astype(str)
+    if "source" not in df:
+        df["source"] = Path(path).stem
+    if "language" not in df:
+        df["language"] = "unknown"
+    df["language"] = df["language"].fillna("unknown").astype(str)
+    for col in ("model_a", "model_b"):
+        if col not in df:
+            df[col] = None
+    # rows written by `infer.py task=pseudolabel` carry pseudo_label=True: they train but never validate
+    df["pseudo_label"] = df["pseudo_label"].fillna(False).astype(bool) if "pseudo_label" in df else False
+
+    bad: list[tuple[int, str]] = []
+    for col in TEXT_COLUMNS:
+        for i, value in enumerate(df[col]):
+            if not _is_text(value):
+                bad.append((i, f"column {col} is {_describe(value)}"))
+
+    if labelled:
+        if "winner" not in df and "p_a" not in df:
+            raise DuelistError(f"{path}: no labels: expected a 'winner' column (model_a/model_b/tie) or a soft label 'p_a'")
+        if "winner" not in df:
+            df["winner"] = None
+        p_a = []
+        for i, (winner, soft) in enumerate(zip(df["winner"], df["p_a"] if "p_a" in df else [None] * len(df))):
+            if soft is not None and not (isinstance(soft, float) and math.isnan(soft)):
+                if not isinstance(soft, (int, float, np.number)) or not 0.0 <= float(soft) <= 1.0:
+                    bad.append((i, f"p_a={soft!r} is not a probability in [0, 1]"))
+                    p_a.append(math.nan)
+                else:
+                    p_a.append(float(soft))
+            elif isinstance(winner, str) and winner in WINNERS:
+                p_a.append(WINNERS[winner])
+            else:
+                bad.append((i, f"winner={winner!r} is not one of model_a, model_b, tie"))
+                p_a.append(math.nan)
+        df["p_a"] = p_a
+        df["winner"] = [w if isinstance(w, str) and w in WINNERS else None for w in df["winner"]]
+    else:
+        df["winner"] = None
+        df["p_a"] = math.nan
+
+    dup = df["id"].duplicated(keep=False)
+    if dup.any():
+        first = df.loc[dup, "id"].iloc[0]
+        rows = list(np.flatnonzero(df["id"].to_numpy() == first)[:2])
+        raise DuelistError(f"{path}: duplicate id {first} (rows {rows[0]} and {rows[1]}); ids must be unique")
+
+    if bad:
+        if on_bad_rows == "fail":
+            i, what = bad[0]
+            raise DuelistError(
+                f"{path}: row {i} (id={df['id'].iloc[i]}): {what}; {len(bad)} bad value(s) in all "
+                f"(fix the file or set on_bad_rows=drop to skip such rows)"
+            )
+        drop = sorted({i for i, _ in bad})
+        log.warning("%s: dropped %d of %d rows with bad values (first: row %d, %s)", path, len(drop), len(df), bad[0][0], bad[0][1])
+        df = df.drop(index=drop).reset_index(drop=True)
+
+    if labelled and ties == "drop":
+        n_ties = int((df["p_a"] == 0.5).sum())
+        if n_ties:
+            log.info("%s: dropped %d tie rows (data.ties=drop; data.ties=soft keeps them as p_a=0.5)", path, n_ties)
+        df = df[df["p_a"] != 0.5].reset_index(drop=True)
+    if len(df) == 0:
+        raise DuelistError(f"{path}: no rows left after filtering (bad rows and ties removed); check the file and data.ties/on_bad_rows")
+    return df[CANONICAL_COLUMNS]
+
+
+def as_list(paths: Any) -> list[str]:
+    if paths is None:
+        return []
+    if isinstance(paths, str):
+        return [paths]
+    return [str(p) for p in paths]
+
+
+def load_pairs(paths: Any, *, labelled: bool = True, ties: str = "drop", on_bad_rows: str = "fail", seed: int = 42) -> pd.DataFrame:
+    """Read one or several files into one canonical table (ids must be unique across files)."""
+    files = as_list(paths)
+    if not files:
+        raise DuelistError("no data file given (set data.train=PATH, or data.test=PATH for infer.py)")
+    if ties not in ("drop", "soft"):
+        raise DuelistError(f"data.ties={ties!r}: use drop or soft")
+    if on_bad_rows not in ("fail", "drop"):
+        raise DuelistError(f"on_bad_rows={on_bad_rows!r}: use fail or drop")
+    frames = [canonicalize(read_table(p), p, labelled=labelled, ties=ties, on_bad_rows=on_bad_rows, seed=seed) for p in files]
+    df = pd.concat(frames, ignore_index=True)
+    dup = df["id"].duplicated()
+    if dup.any():
+        raise DuelistError(f"{', '.join(files)}: id {df.loc[dup, 'id'].iloc[0]} appears in more than one file; ids must be unique")
+    return df
+
+
+def load_test(path: str, on_bad_rows: str = "fail") -> pd.DataFrame:
+    """Test rows keep their input order; they need no winner."""
+    if not path:
+        raise DuelistError("data.test is not set: give the file to score, e.g. data.test=test.parquet")
+    return load_pairs(path, labelled=False, on_bad_rows=on_bad_rows)
+
+
+# ----------------------------------------------------------------------------- splits
+
+
+def normalized(text: pd.Series) -> pd.Series:
+    """Lower-case, whitespace-collapsed text: the key for prompt overlap."""
+    return text.astype(str).str.lower().str.split().str.join(" ")
+
+
+def assign_folds(df: pd.DataFrame, n_folds: int, seed: int, groups: np.ndarray | None = None) -> np.ndarray:
+    """Stratified k-fold by label and language: each (label, language) stratum is spread evenly.
+
+    With ``groups`` (e.g. the normalised prompt), all rows of a group share a fold and the group is
+    stratified by its first row, so no prompt is in both a training and a validation fold.
+    """
+    rng = np.random.default_rng(seed)
+    codes = pd.factorize(pd.Series(groups if groups is not None else np.arange(len(df))))[0]
+    first = pd.Series(np.arange(len(df))).groupby(codes).first().to_numpy()  # representative row per group
+    rep = df.iloc[first]
+    strata = (rep["p_a"].round(3).astype(str) + "|" + rep["language"].astype(str)).reset_index(drop=True)
+    group_folds = np.zeros(len(first), dtype=np.int64)
+    offset = 0
+    for _, idx in sorted(strata.groupby(strata).groups.items()):
+        idx = rng.permutation(np.asarray(idx))
+        group_folds[idx] = (np.arange(len(idx)) + offset) % n_folds
+        offset += len(idx)  # rotate so that small strata don't all start at fold 0
+    return group_folds[codes]
+
+
+def stratified_sample(df: pd.DataFrame, n: int, seed: int) -> pd.DataFrame:
+    """Keep ``n`` rows, proportionally from every (label, language) stratum."""
+    if n >= len(df):
+        return df
+    order = np.argsort(assign_folds(df, max(2, len(df) // max(1, n)), seed), kind="stable")
+    return df.iloc[np.sort(order[:n])].reset_index(drop=True)
+
+
+SOURCE_KEYS = ("path", "weight", "max_rows", "validate")
+
+
+@dataclass
+class Source:
+    """One training file and how it enters the mix."""
+
+    path: str
+    weight: float = 1.0  # loss weight of its rows
+    max_rows: int | None = None  # keep at most this many rows (stratified, seeded)
+    validate: bool | None = None  # may its rows be held out for validation? None: yes, unless pseudo-labelled
+
+
+def parse_sources(value: Any) -> list[Source]:
+    """``data.train``: a path, or a list whose entries are paths or ``{path, weight, max_rows, validate}``."""
+    if value is None or isinstance(value, str):
+        value = [] if value is None else [value]
+    sources = []
+    for i, entry in enumerate(value):
+        if isinstance(entry, str):
+            sources.append(Source(entry))
+            continue
+        entry = dict(entry)
+        unknown = sorted(set(entry) - set(SOURCE_KEYS))
+        if unknown or "path" not in entry:
+            what = f"unknown key {unknown[0]!r}" if unknown else "no 'path'"
+            raise DuelistError(f"data.train[{i}]: {what}; a source is a path or {{path: FILE, weight: 1.0, max_rows: null, validate: null}}")
+        source = Source(**entry)
+        if not source.weight >= 0:
+            raise DuelistError(f"data.train[{i}] ({source.path}): weight={source.weight} must be >= 0")
+        sources.append(source)
+    if not sources:
+        raise DuelistError("data.train is empty: give one or more files, e.g. data.train=[train.parquet]")
+    return sources
+
+
+def pair_keys(df: pd.DataFrame) -> pd.Series:
+    """Hash of the normalised prompt and the unordered pair of normalised responses (A/B swapped = same pair)."""
+    p, a, b = (normalized(df[c]) for c in TEXT_COLUMNS)
+    lo, hi = np.where(a <= b, a, b), np.where(a <= b, b, a)
+    return pd.Series([hashlib.sha1(f"{x}\x00{y}\x00{z}".encode()).hexdigest() for x, y, z in zip(p, lo, hi)], index=df.index)
+
+
+def dedup(df: pd.DataFrame) -> pd.DataFrame:
+    """Drop repeated pairs across and within sources; the first source listed keeps its copy."""
+    dup = pair_keys(df).duplicated()
+    if dup.any():
+        counts = df.loc[dup, "source"].value_counts().to_dict()
+        log.info("dropped %d duplicate pairs (same prompt and responses), per source: %s", int(dup.sum()), counts)
+    return df[~dup].reset_index(drop=True)
+
+
+def load_sources(data_cfg: Any) -> pd.DataFrame:
+    """All training sources in one table with ``weight`` and ``validate`` columns, capped and deduplicated."""
+    frames = []
+    for source in parse_sources(data_cfg.train):
+        df = load_pairs(source.path, labelled=True, ties=data_cfg.ties, on_bad_rows=data_cfg.on_bad_rows, seed=data_cfg.split_seed)
+        if source.max_rows is not None and source.max_rows < len(df):
+            df = stratified_sample(df, int(source.max_rows), data_cfg.split_seed)
+        validate = ~df["pseudo_label"] if source.validate is None else pd.Series(bool(source.validate), index=df.index)
+        frames.append(df.assign(weight=float(source.weight), validate=validate.to_numpy()))
+    df = pd.concat(frames, ignore_index=True)
+    dup = df["id"].duplicated()
+    if dup.any():
+        raise DuelistError(f"data.train: id {df.loc[dup, 'id'].iloc[0]} appears in more than one source; ids must be unique")
+    return dedup(df) if data_cfg.dedup else df
+
+
+def language_quota(df: pd.DataFrame, quota: Any, seed: int) -> pd.DataFrame:
+    """Keep at most ``quota[language]`` rows of each listed language (stratified by label, seeded)."""
+    if not quota:
+        return df
+    parts = []
+    for language, rows in df.groupby("language", sort=False):
+        cap = quota.get(language)
+        parts.append(rows if cap is None else stratified_sample(rows.reset_index(drop=True), int(cap), seed))
+    return pd.concat(parts, ignore_index=True)
+
+
+def load_train_valid(data_cfg: Any) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Train and validation rows, each with ``fold``, ``weight`` and ``validate`` columns.
+
+    With ``data.valid`` set, the validation file is fold -1 and train rows are fold 0; otherwise rows
+    that may validate get stratified folds grouped by prompt and fold ``data.fold`` is held out
+    (rows that may not validate, e.g. pseudo-labels, are fold -2 and always train). Leakage guard:
+    no training row has a prompt that is also a validation prompt. The language quota applies to
+    training rows only, so validation keeps the real language mix.
+    """
+    train = load_sources(data_cfg)
+    if data_cfg.languages:
+        keep = set(data_cfg.languages)
+        train = train[train["language"].isin(keep)].reset_index(drop=True)
+        if len(train) == 0:
+            raise DuelistError(f"data.languages={sorted(keep)}: no training rows in these languages")
+    if data_cfg.max_rows:
+        train = stratified_sample(train, int(data_cfg.max_rows), data_cfg.split_seed)
+    if data_cfg.valid:
+        valid = load_pairs(data_cfg.valid, labelled=True, ties=data_cfg.ties, on_bad_rows=data_cfg.on_bad_rows, seed=data_cfg.split_seed)
+        overlap = set(valid["id"]) & set(train["id"])
+        if overlap:
+            raise DuelistError(f"data.valid: id {sorted(overlap)[0]} is also in data.train; validation rows must not be trained on")
+        train = train.assign(fold=0)
+        valid = valid.assign(fold=-1, weight=1.0, validate=True)
+    else:
+        if not 0 <= data_cfg.fold < data_cfg.n_folds:
+            raise DuelistError(f"data.fold={data_cfg.fold}: must be in 0..{data_cfg.n_folds - 1}")
+        can = train["validate"].to_numpy(dtype=bool)
+        if not 2 <= data_cfg.n_folds <= int(can.sum()):
+            raise DuelistError(f"data.n_folds={data_cfg.n_folds}: needs 2 <= n_folds <= number of rows that may validate ({int(can.sum())})")
+        folds = np.full(len(train), -2, dtype=np.int64)
+        pool = train[can]
+        prompts = normalized(pool["prompt"]).to_numpy()  # folds are grouped by prompt: no prompt in two folds
+        folds[can] = assign_folds(pool, data_cfg.n_folds, data_cfg.split_seed, groups=prompts)
+        train = train.assign(fold=folds)
+        is_valid = train["fold"] == data_cfg.fold
+        if is_valid.all() or not is_valid.any():
+            raise DuelistError(
+                f"data.fold={data_cfg.fold}: the split leaves no {'training' if is_valid.all() else 'validation'} rows "
+                f"(folds are grouped by prompt and there are too few distinct prompts for data.n_folds={data_cfg.n_folds}); "
+                "lower data.n_folds or give data.valid=FILE"
+            )
+        train, valid = train[~is_valid].reset_index(drop=True), train[is_valid].reset_index(drop=True)
+    leak = normalized(train["prompt"]).isin(set(normalized(valid["prompt"])))
+    if leak.any():  # leakage guard: a validation prompt is never trained on
+        counts = train.loc[leak, "source"].value_counts().to_dict()
+        log.warning("dropped %d training rows whose prompt is a validation prompt (per source: %s)", int(leak.sum()), counts)
+        train = train[~leak].reset_index(drop=True)
+        if len(train) == 0:
+            raise DuelistError("data.train: no rows left after removing prompts that are validation prompts")
+    train = language_quota(train, data_cfg.language_quota, data_cfg.split_seed)
+    return train, valid
+
+
+def swap_pairs(df: pd.DataFrame) -> pd.DataFrame:
+    """The same pairs with A and B exchanged and the label flipped (``id`` gets a ``#swap`` suffix)."""
+    out = df.copy()
+    out["response_a"], out["response_b"] = df["response_b"].to_numpy(), df["response_a"].to_numpy()
+    out["model_a"], out["model_b"] = df["model_b"].to_numpy(), df["model_a"].to_numpy()
+    out["p_a"] = 1.0 - df["p_a"]
+    flip = {"model_a": "model_b", "model_b": "model_a", "tie": "tie"}
+    out["winner"] = [flip.get(w) if isinstance(w, str) else None for w in df["winner"]]
+    out["id"] = df["id"].astype(str) + "#swap"
+    return out
+
+
+def augment(df: pd.DataFrame, swap: bool, same_batch: bool) -> pd.DataFrame:
+    """Training rows after augmentation; with ``same_batch`` a pair and its swap stay adjacent (``pair`` column)."""
+    df = df.assign(pair=np.arange(len(df)))
+    if not swap:
+        return df
+    both = pd.concat([df, swap_pairs(df)], ignore_index=True)
+    if same_batch:
+        both = both.sort_values("pair", kind="stable").reset_index(drop=True)
+    return both
+

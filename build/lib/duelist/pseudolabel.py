@@ -1,0 +1,122 @@
+"""Label unlabelled pairs with trained teachers and keep the rows worth learning from.
+
+``python infer.py task=pseudolabel pseudolabel=confident runs=[TEACHER,...] data.test=pairs.parquet
+output=pl.parquet`` writes ``pl.parquet`` (canonical columns with ``p_a`` and ``winner`` set,
+``pseudo_label=True``, ``teacher_agreement``, each teacher's ``p_a_teacher{i}``, ``round``),
+``pl.summary.json`` (rows kept per language, label balance) and ``pl.png`` (the teachers' combined
+probabilities with the kept rows marked). Add ``pl.parquet`` to ``data.train`` to train a student:
+its rows train but never validate.
+
+Selection, in order: confidence ``|p_a - 0.5| >= min_confidence``; ``require_agreement`` (every
+teacher on the same side of 0.5); ``top_k_per_language`` (the most confident k per language).
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from omegaconf import OmegaConf
+
+from duelist import ensemble
+from duelist.data import load_test
+from duelist.errors import DuelistError
+from duelist.files import write_json, write_parquet
+
+log = logging.getLogger(__name__)
+
+
+def agreement(members: np.ndarray, combined: np.ndarray) -> np.ndarray:
+    """Share of teachers (columns of ``members``) on the same side of 0.5 as the combined probability."""
+    return ((members >= 0.5) == (combined >= 0.5)[:, None]).mean(axis=1)
+
+
+def select(combined: np.ndarray, members: np.ndarray, languages: np.ndarray, min_confidence: float,
+           require_agreement: bool, top_k_per_language: int | None) -> np.ndarray:
+    """Boolean mask of the rows to keep (see the module docstring for the rules)."""
+    confidence = np.abs(combined - 0.5)
+    keep = confidence >= min_confidence
+    if require_agreement:
+        keep &= agreement(members, combined) == 1.0
+    if top_k_per_language is not None:
+        ranked = pd.DataFrame({"language": languages, "confidence": np.where(keep, confidence, -1.0)})
+        rank = ranked.groupby("language")["confidence"].rank(method="first", ascending=False)
+        keep &= rank.to_numpy() <= top_k_per_language
+    return keep
+
+
+def summary(rows_in: pd.DataFrame, kept: pd.DataFrame) -> dict[str, Any]:
+    per_language = {}
+    for language, n_in in rows_in["language"].value_counts().items():
+        part = kept[kept["language"] == language]
+        per_language[str(language)] = {"rows": int(n_in), "kept": len(part), "share_model_a": float((part["p_a"] >= 0.5).mean()) if len(part) else None}
+    return {
+        "rows": len(rows_in),
+        "kept": len(kept),
+        "share_model_a": float((kept["p_a"] >= 0.5).mean()) if len(kept) else None,
+        "mean_p_a": float(kept["p_a"].mean()) if len(kept) else None,
+        "per_language": per_language,
+    }
+
+
+def _histogram(path: Path, combined: np.ndarray, keep: np.ndarray, min_confidence: float) -> None:
+    from duelist.plots import _save, plt
+
+    fig, ax = plt.subplots(figsize=(7, 3))
+    bins = np.linspace(0, 1, 41)
+    ax.hist(combined, bins=bins, color="lightgrey", label="all rows")
+    ax.hist(combined[keep], bins=bins, color="tab:blue", label="kept")
+    for x in (0.5 - min_confidence, 0.5 + min_confidence):
+        ax.axvline(x, color="black", ls=":")
+    ax.set(title="teachers' combined P(A wins)", xlabel="p_a", ylabel="rows")
+    ax.legend(fontsize=8)
+    _save(fig, path)
+
+
+def pseudolabel(cfg: Any) -> pd.DataFrame:
+    """Score ``cfg.data.test`` with the teachers and write the selected, labelled rows to ``cfg.output``."""
+    from duelist.inference import pick_runs, score_run
+    from duelist.modeling import pick_device
+
+    pl = cfg.pseudolabel
+    output = Path(cfg.output)
+    if output.suffix.lower() != ".parquet":
+        raise DuelistError(f"output={cfg.output}: task=pseudolabel writes a .parquet file (canonical columns + p_a)")
+    if pl.labels not in ("soft", "hard"):
+        raise DuelistError(f"pseudolabel.labels={pl.labels!r}: use soft or hard")
+    if pl.tta not in ("none", "swap"):
+        raise DuelistError(f"pseudolabel.tta={pl.tta!r}: use none or swap")
+    if not 0.0 <= pl.min_confidence <= 0.5:
+        raise DuelistError(f"pseudolabel.min_confidence={pl.min_confidence}: must be in [0, 0.5]")
+    teachers = pick_runs(cfg, members=list(pl.teachers), what="teachers")
+    rows = load_test(cfg.data.test, cfg.data.on_bad_rows)
+    device = pick_device(cfg.device)
+    log.info("pseudo-labelling %d rows with %d teacher(s) on %s, tta=%s", len(rows), len(teachers), device, pl.tta)
+    members = np.column_stack([score_run(run, rows, cfg, device, cfg.cache_dir, tta=pl.tta) for run in teachers])
+    combined = ensemble.combine(members, ensemble.equal_weights(len(teachers))[ensemble.GLOBAL], pl.combine)
+    keep = select(combined, members, rows["language"].to_numpy(), pl.min_confidence, pl.require_agreement, pl.top_k_per_language)
+
+    out = rows.assign(p_a=combined, teacher_agreement=agreement(members, combined), pseudo_label=True, round=int(pl.round), pseudolabel=pl.name)
+    for i in range(members.shape[1]):
+        out[f"p_a_teacher{i}"] = members[:, i]
+    out["winner"] = np.where(combined >= 0.5, "model_a", "model_b")
+    if pl.labels == "hard":
+        out["p_a"] = (combined >= 0.5).astype(np.float64)
+    kept = out[keep].reset_index(drop=True)
+    if len(kept) == 0:
+        raise DuelistError(
+            f"{cfg.data.test}: no row passes the selection (min_confidence={pl.min_confidence}, require_agreement={pl.require_agreement}); "
+            "lower pseudolabel.min_confidence"
+        )
+    report = {**summary(rows, kept), "teachers": [str(t) for t in teachers], "pseudolabel": OmegaConf.to_container(pl, resolve=True)}
+    _histogram(output.with_suffix(".png"), combined, keep, pl.min_confidence)
+    write_json(output.with_suffix(".summary.json"), report)
+    write_parquet(output, kept)  # last: the labelled file appears only when everything else is written
+    print(f"pseudo-labels: kept {len(kept)} of {len(rows)} rows ({pl.labels} labels, share model_a {report['share_model_a']:.3f}) -> {output}")
+    for language, part in report["per_language"].items():
+        print(f"  {language:>12}: kept {part['kept']:>6} of {part['rows']:>6}")
+    return kept
+

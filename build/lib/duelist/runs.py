@@ -1,0 +1,100 @@
+"""The run registry: finished runs found from their run dirs, sorted and filtered.
+
+A finished run is a folder with ``metrics.json`` (written last by ``train()``) and the resolved
+``config.yaml`` next to it. ``infer.py`` picks ensemble members with the same code.
+
+    python -m duelist.runs --sort val/accuracy --model gemma2_9b [--root outputs --root multirun]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Iterable, Optional
+
+import pandas as pd
+from omegaconf import OmegaConf
+
+from duelist.errors import DuelistError, exit_cleanly_on_user_error
+from duelist.metrics import LOWER_IS_BETTER
+
+DEFAULT_ROOTS = ("outputs", "multirun")
+COLUMNS = ["run_dir", "model", "data", "study", "lora_r", "augment_swap", "val/accuracy", "val/log_loss", "best_step", "finished"]
+
+
+def _row(metrics_file: Path) -> Optional[dict]:
+    run = metrics_file.parent
+    config_file = run / "config.yaml"
+    if not config_file.is_file():
+        return None
+    try:
+        metrics = json.loads(metrics_file.read_text())
+        cfg = OmegaConf.load(config_file)
+    except (OSError, ValueError):
+        return None
+    flat = {k: v for k, v in metrics.items() if isinstance(v, (int, float, str))}
+    return {
+        **flat,
+        "run_dir": str(run),
+        "model": cfg.model.name,
+        "data": cfg.data.name,
+        "study": cfg.logger.get("group"),
+        "lora_r": cfg.lora.r if cfg.lora.enabled else None,
+        "augment_swap": bool(cfg.augment.swap),
+        "finished": pd.Timestamp(metrics_file.stat().st_mtime, unit="s"),
+    }
+
+
+def find_runs(
+    roots: Iterable[str] = DEFAULT_ROOTS, *, model: Optional[str] = None, study: Optional[str] = None,
+    data: Optional[str] = None, sort: str = "val/accuracy",
+) -> pd.DataFrame:
+    """Finished runs under ``roots``, best first by ``sort`` (lower first for log loss)."""
+    rows = []
+    for root in roots:
+        base = Path(root)
+        if base.is_dir():
+            rows.extend(r for r in (_row(f) for f in base.rglob("metrics.json")) if r is not None)
+    df = pd.DataFrame(rows)
+    if df.empty:
+        return pd.DataFrame(columns=COLUMNS)
+    for key, value in (("model", model), ("study", study), ("data", data)):
+        if value is not None:
+            df = df[df[key] == value]
+    if sort not in df.columns:
+        raise DuelistError(f"--sort {sort}: no run has this metric; known: {', '.join(c for c in df.columns if '/' in c)}")
+    df = df.sort_values(sort, ascending=sort in LOWER_IS_BETTER, kind="stable", na_position="last")
+    return df[[c for c in COLUMNS if c in df.columns] + [c for c in df.columns if c not in COLUMNS]].reset_index(drop=True)
+
+
+def best_run(model: str, roots: Iterable[str] = DEFAULT_ROOTS, sort: str = "val/accuracy") -> str:
+    runs = find_runs(roots, model=model, sort=sort)
+    if runs.empty:
+        raise DuelistError(f"no finished run of model {model} under {', '.join(roots)}; train one or pass runs=[DIR,...]")
+    return str(runs.iloc[0]["run_dir"])
+
+
+@exit_cleanly_on_user_error
+def main(argv: Optional[list[str]] = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m duelist.runs", description="List finished duelist runs.")
+    parser.add_argument("--root", action="append", help="folder to search (repeatable; default: outputs and multirun)")
+    parser.add_argument("--sort", default="val/accuracy", help="metric to sort by (val/log_loss sorts ascending)")
+    parser.add_argument("--model", help="only runs of this model (model.name)")
+    parser.add_argument("--study", help="only runs of this study (logger.group)")
+    parser.add_argument("--data", help="only runs on this data config (data.name)")
+    parser.add_argument("--top", type=int, default=20, help="show at most this many runs")
+    args = parser.parse_args(argv)
+    runs = find_runs(args.root or DEFAULT_ROOTS, model=args.model, study=args.study, data=args.data, sort=args.sort)
+    if runs.empty:
+        print("no finished runs found")
+        return 0
+    shown = runs.head(args.top)[[c for c in COLUMNS if c in runs.columns] + ([args.sort] if args.sort not in COLUMNS else [])]
+    with pd.option_context("display.max_colwidth", 80, "display.width", 200, "display.float_format", "{:.4f}".format):
+        print(shown.to_string(index=False))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

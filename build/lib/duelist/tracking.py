@@ -1,0 +1,94 @@
+"""Experiment tracking: Weights & Biases (offline by default) or nothing.
+
+Offline W&B needs no account or network; ``wandb sync RUN_DIR/wandb/offline-run-*`` uploads
+later. Offline runs write no ``wandb-summary.json``: ``metrics.json`` in the run dir is ours.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import pandas as pd
+
+log = logging.getLogger(__name__)
+
+
+class NullTracker:
+    """``logger=none``: logs nothing."""
+
+    def log(self, values: dict[str, Any], step: int) -> None:
+        pass
+
+    def summary(self, values: dict[str, Any]) -> None:
+        pass
+
+    def table(self, key: str, df: pd.DataFrame) -> None:
+        pass
+
+    def bar(self, key: str, values: dict[str, float], label: str, value: str) -> None:
+        pass
+
+    def image(self, key: str, path: str) -> None:
+        pass
+
+    def finish(self, exit_code: int = 0) -> None:
+        pass
+
+
+class WandbTracker(NullTracker):
+    def __init__(self, logger_cfg: Any, run_dir: str, config: dict[str, Any], name: str):
+        import wandb
+
+        self.wandb = wandb
+        self.run = wandb.init(
+            project=logger_cfg.project, entity=logger_cfg.entity, mode=logger_cfg.mode, group=logger_cfg.group,
+            tags=list(logger_cfg.tags), dir=run_dir, config=config, name=name, reinit="finish_previous",
+        )
+        self.run.define_metric("val/*", step_metric="train/step")
+        self.run.define_metric("train/*", step_metric="train/step")
+
+    def log(self, values: dict[str, Any], step: int) -> None:
+        flat = {k: v for k, v in values.items() if isinstance(v, (int, float))}
+        self.run.log({**flat, "train/step": step})
+
+    def summary(self, values: dict[str, Any]) -> None:
+        for key, value in _flatten(values).items():
+            self.run.summary[key] = value
+
+    def table(self, key: str, df: pd.DataFrame) -> None:
+        self.run.log({key: self.wandb.Table(dataframe=df.reset_index(drop=True))})
+
+    def bar(self, key: str, values: dict[str, float], label: str, value: str) -> None:
+        table = self.wandb.Table(data=[[k, v] for k, v in values.items()], columns=[label, value])
+        self.run.log({key: self.wandb.plot.bar(table, label, value, title=key)})
+
+    def image(self, key: str, path: str) -> None:
+        self.run.log({key: self.wandb.Image(path)})
+
+    def finish(self, exit_code: int = 0) -> None:
+        self.run.finish(exit_code=exit_code)
+
+
+def _flatten(values: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in values.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict):
+            out.update(_flatten(value, f"{name}/"))
+        else:
+            out[name] = value
+    return out
+
+
+TRACKERS = {"wandb": WandbTracker, "none": NullTracker}
+
+
+def make_tracker(logger_cfg: Any, run_dir: str, config: dict[str, Any], name: str) -> NullTracker:
+    if logger_cfg.name not in TRACKERS:
+        from duelist.errors import DuelistError
+
+        raise DuelistError(f"logger.name={logger_cfg.name!r}: use one of {', '.join(TRACKERS)}")
+    if logger_cfg.name == "none" or logger_cfg.mode == "disabled":
+        return NullTracker()
+    return WandbTracker(logger_cfg, run_dir, config, name)

@@ -1,0 +1,266 @@
+"""``train(cfg, run_dir)``: one training run, CPU or GPU, from a composed config.
+
+Writes into ``run_dir``: ``config.yaml`` (resolved), ``checkpoint/`` (best by
+``optimized_metric``), ``oof.parquet`` (validation predictions of that checkpoint),
+``metrics.json`` and two charts. Returns the optimised metric (what an Optuna sweep reads).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import random
+import resource
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+from omegaconf import DictConfig, OmegaConf
+from tqdm.auto import tqdm
+
+from duelist import plots
+from duelist.batching import pad, train_batches
+from duelist.data import augment, load_train_valid
+from duelist.distributed import barrier, broadcast, full_state_dict, init_distributed, wrap
+from duelist.errors import DuelistError
+from duelist.files import write_json, write_parquet, write_text
+from duelist.formatting import PairEncoder
+from duelist.inference import autocast_dtype, predict_p_a
+from duelist.metrics import compute_metrics, is_better
+from duelist.modeling import Built, build_model, check_model_config, head_and_body_parameters, save_checkpoint
+from duelist.tracking import NullTracker, make_tracker
+
+log = logging.getLogger(__name__)
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def pair_losses(logits: torch.Tensor, p_a: torch.Tensor, kl: torch.Tensor | None = None, temperature: float = 1.0) -> torch.Tensor:
+    """Per-row loss: cross-entropy with (soft) targets ``[p_a, 1 - p_a]``; rows where ``kl`` is true use
+    distillation instead: ``T^2 * KL(teacher_T || student_T)`` with both distributions softened by
+    ``temperature`` (the teacher's two-class logits are ``log p_a, log(1 - p_a)``)."""
+    logits = logits.float()
+    target = torch.stack([p_a, 1.0 - p_a], dim=-1)
+    losses = -(target * torch.log_softmax(logits, dim=-1)).sum(-1)
+    if kl is None or not bool(kl.any()):
+        return losses
+    t = float(temperature)
+    teacher = torch.log_softmax(torch.log(target.clamp(1e-6, 1.0)) / t, dim=-1)
+    student = torch.log_softmax(logits / t, dim=-1)
+    distill = (teacher.exp() * (teacher - student)).sum(-1) * t * t
+    return torch.where(kl, distill, losses)
+
+
+def check_train_config(cfg: DictConfig) -> None:
+    t = cfg.trainer
+    metric = cfg.optimized_metric
+    if metric not in ("val/accuracy", "val/log_loss"):
+        raise DuelistError(f"optimized_metric={metric!r}: use val/accuracy (maximised) or val/log_loss (minimised)")
+    if t.batch_size < 1 or t.grad_accum < 1 or t.eval_batch_size < 1:
+        raise DuelistError("trainer.batch_size, trainer.grad_accum and trainer.eval_batch_size must be >= 1")
+    if cfg.augment.same_batch and not cfg.augment.swap:
+        raise DuelistError("augment.same_batch=true needs augment.swap=true")
+    if cfg.augment.same_batch and t.batch_size < 2:
+        raise DuelistError("augment.same_batch=true needs trainer.batch_size >= 2 (a pair and its swap)")
+    if t.optimizer not in ("adamw", "adamw_8bit"):
+        raise DuelistError(f"trainer.optimizer={t.optimizer!r}: use adamw or adamw_8bit")
+    if t.optimizer == "adamw_8bit":
+        if not torch.cuda.is_available() or t.device == "cpu":
+            raise DuelistError("trainer.optimizer=adamw_8bit needs a CUDA GPU (bitsandbytes); on this machine use trainer.optimizer=adamw")
+        try:
+            import bitsandbytes  # noqa: F401
+        except ImportError as err:
+            raise DuelistError("trainer.optimizer=adamw_8bit needs bitsandbytes: pip install 'duelist[qlora]'") from err
+    if t.precision not in ("auto", "fp32", "bf16", "fp16"):
+        raise DuelistError(f"trainer.precision={t.precision!r}: use auto, fp32, bf16 or fp16")
+    if cfg.pseudolabel.loss not in ("ce", "kl"):
+        raise DuelistError(f"pseudolabel.loss={cfg.pseudolabel.loss!r}: use ce (soft-target cross-entropy) or kl (distillation at pseudolabel.temperature)")
+    if not cfg.pseudolabel.temperature > 0:
+        raise DuelistError(f"pseudolabel.temperature={cfg.pseudolabel.temperature}: must be > 0")
+
+
+def make_optimizer(name: str, groups: list[dict[str, Any]], weight_decay: float) -> torch.optim.Optimizer:
+    """``adamw`` (torch) or ``adamw_8bit`` (bitsandbytes: optimizer state in 8 bit, about 75% less of it; CUDA only)."""
+    if name == "adamw":
+        return torch.optim.AdamW(groups, weight_decay=weight_decay)
+    if name == "adamw_8bit":
+        import bitsandbytes as bnb
+
+        return bnb.optim.AdamW8bit(groups, weight_decay=weight_decay)
+    raise DuelistError(f"trainer.optimizer={name!r}: use adamw or adamw_8bit")
+
+
+class Trainer:
+    """The loop: AdamW (separate head lr), warmup + cosine, grad accumulation, evals, best checkpoint."""
+
+    def __init__(self, cfg: DictConfig, run_dir: Path):
+        self.cfg = cfg
+        self.run_dir = run_dir
+        self.t = cfg.trainer
+        self.metric = cfg.optimized_metric
+        self.dist, self.device = init_distributed(self.t.device, self.t.strategy)
+        self.amp = autocast_dtype(self.t.precision, self.device)
+        self.train_curve: list[tuple[int, float]] = []
+        self.evals: list[tuple[int, dict[str, Any]]] = []
+        self.best: dict[str, Any] | None = None
+
+    def fit(self, built: Built, train_rows: pd.DataFrame, train_ids: list[list[int]], valid: pd.DataFrame, valid_ids: list[list[int]], tracker: Any) -> None:
+        t, model = self.t, built.model
+        pad_id = built.tokenizer.pad_token_id
+        rng = np.random.default_rng(t.seed)
+        lengths = [len(s) for s in train_ids]
+        units = train_rows["pair"].to_numpy() if self.cfg.augment.same_batch else np.arange(len(train_rows))
+        world, rank = self.dist.world, self.dist.rank
+        n_batches = len(train_batches(lengths, units, t.batch_size, False, np.random.default_rng(0))) // world  # per process
+        steps_per_epoch = max(1, math.ceil(n_batches / t.grad_accum))
+        total = t.max_steps if t.max_steps > 0 else max(1, math.ceil(steps_per_epoch * t.epochs))
+        # several processes: DDP replicas, or FSDP2 shards (in place, so the optimizer is built after it)
+        forward = wrap(model, self.dist, self.device)
+        head, body = head_and_body_parameters(model)
+        groups = [g for g in ({"params": body, "lr": t.lr}, {"params": head, "lr": t.head_lr}) if g["params"]]
+        opt = make_optimizer(t.optimizer, groups, t.weight_decay)
+        from transformers import get_cosine_schedule_with_warmup
+
+        sched = get_cosine_schedule_with_warmup(opt, int(t.warmup_ratio * total), total)
+        targets = torch.tensor(train_rows["p_a"].to_numpy(), dtype=torch.float32)
+        weights = torch.tensor(train_rows["weight"].to_numpy(), dtype=torch.float32)  # per-source loss weights
+        # pseudo-labelled rows are learnt with pseudolabel.loss (kl: distillation at a temperature)
+        distill = torch.tensor(train_rows["pseudo_label"].to_numpy(dtype=bool) & (self.cfg.pseudolabel.loss == "kl"))
+        # fp16 (GPUs without bf16, e.g. T4) needs loss scaling; bf16 and fp32 do not
+        scaler = torch.amp.GradScaler(self.device.type, enabled=self.amp == torch.float16)
+        log.info("training %d rows (%d optimizer steps, %d per epoch) on %s", len(train_rows), total, steps_per_epoch, self.device)
+
+        model.train()
+        step, micro, running, tokens, start = 0, 0, [], 0, time.perf_counter()
+        bar = tqdm(total=total, desc="train", unit="step", disable=not self.dist.main)  # one bar, not one per process
+        epoch = 0
+        while step < total:
+            batches = train_batches(lengths, units, t.batch_size, t.group_by_length, rng)  # the same list on every process
+            for idx in batches[rank : len(batches) // world * world : world]:
+                ids, mask = pad([train_ids[i] for i in idx], pad_id)
+                with torch.autocast(self.device.type, dtype=self.amp, enabled=self.amp is not None):
+                    logits = forward(input_ids=ids.to(self.device), attention_mask=mask.to(self.device)).logits
+                per_row = pair_losses(logits, targets[idx].to(self.device), distill[idx].to(self.device), self.cfg.pseudolabel.temperature)
+                loss = (per_row * weights[idx].to(self.device)).mean()
+                if not torch.isfinite(loss):
+                    raise FloatingPointError(f"loss is {loss.item()} at step {step}; lower trainer.lr or check the data")
+                scaler.scale(loss / t.grad_accum).backward()
+                running.append(loss.item())
+                tokens += int(mask.sum())
+                micro += 1
+                if micro % t.grad_accum:
+                    continue
+                scaler.unscale_(opt)
+                torch.nn.utils.clip_grad_norm_([p for g in groups for p in g["params"]], t.max_grad_norm)
+                scaler.step(opt)
+                scaler.update()
+                sched.step()
+                opt.zero_grad(set_to_none=True)
+                step += 1
+                mean_loss = float(np.mean(running))
+                running = []
+                self.train_curve.append((step, mean_loss))
+                elapsed = time.perf_counter() - start
+                tracker.log({"train/loss": mean_loss, "train/lr": sched.get_last_lr()[0], "train/tokens_per_s": tokens / elapsed, "train/epoch": epoch}, step)
+                bar.update(1)
+                bar.set_postfix(loss=f"{mean_loss:.4f}", tok_s=f"{tokens / elapsed:.0f}")
+                if (t.eval_every > 0 and step % t.eval_every == 0 and step < total) or step == total:
+                    # validation and checkpoints: rank 0 alone (one process, DDP), or every process with FSDP
+                    # (its forward pass gathers the sharded parameters); rank 0 alone writes
+                    if self.dist.main or self.dist.sharded:
+                        self.evaluate(built, valid, valid_ids, step, tracker, tokens / elapsed)
+                    barrier(self.dist)
+                if step >= total:
+                    break
+            epoch += 1
+        bar.close()
+
+    def evaluate(self, built: Built, valid: pd.DataFrame, valid_ids: list[list[int]], step: int, tracker: Any, tokens_per_s: float) -> None:
+        p_a = predict_p_a(built.model, valid_ids, built.tokenizer.pad_token_id, self.t.eval_batch_size, self.device, self.amp, desc="validate")
+        metrics = compute_metrics(valid, p_a)
+        self.evals.append((step, metrics))
+        tracker.log(metrics, step)
+        log.info("step %d: val/accuracy=%.4f val/log_loss=%.4f", step, metrics["val/accuracy"], metrics["val/log_loss"])
+        better = is_better(metrics[self.metric], None if self.best is None else self.best["metrics"][self.metric], self.metric)
+        if self.dist.sharded:  # every process evaluates: all follow rank 0's decision, so all join the gather below
+            better = broadcast(better, self.dist)
+        if better:
+            self.best = {"step": step, "metrics": metrics, "p_a": p_a, "train/tokens_per_s": tokens_per_s}
+            state = full_state_dict(built.model) if self.dist.sharded else None  # collective: every process takes part
+            if self.dist.main:
+                save_checkpoint(built, self.cfg, self.run_dir / "checkpoint", state)
+
+
+def train(cfg: DictConfig, run_dir: str | Path) -> float:
+    """Train one model as configured; returns ``cfg.optimized_metric`` of the best checkpoint."""
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    check_train_config(cfg)
+    seed_everything(cfg.trainer.seed)
+    started = time.perf_counter()
+
+    trainer = Trainer(cfg, run_dir)
+    if trainer.dist.sharded and cfg.lora.enabled and cfg.lora.qlora:
+        raise DuelistError("trainer.strategy=fsdp cannot shard 4-bit QLoRA weights: launch with --multi_gpu (DDP) or use lora=default / lora=none")
+    check_model_config(cfg.model, cfg.lora, trainer.device)  # before any data is read
+    train_df, valid = load_train_valid(cfg.data)
+    built = build_model(cfg.model, cfg.lora, trainer.device, cfg.trainer.seed, cfg.trainer.gradient_checkpointing)
+    encoder = PairEncoder(built.tokenizer, cfg.model.template, cfg.model.max_length, cfg.model.prompt_max_tokens)
+    train_rows = augment(train_df, cfg.augment.swap, cfg.augment.same_batch)
+    train_ids = encoder.encode(train_rows, cfg.cache_dir, desc="tokenize train")
+    valid_ids = encoder.encode(valid, cfg.cache_dir, desc="tokenize valid")
+    n_trainable = sum(p.numel() for p in built.model.parameters() if p.requires_grad)
+    log.info("train %d rows (%d after augmentation), valid %d rows; %d trainable parameters", len(train_df), len(train_rows), len(valid), n_trainable)
+
+    if not trainer.dist.main:
+        trainer.fit(built, train_rows, train_ids, valid, valid_ids, NullTracker())
+        return float("nan")  # rank 0 writes the run dir and reports the metric
+    config = OmegaConf.to_container(cfg, resolve=True)
+    write_text(run_dir / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
+    tracker = make_tracker(cfg.logger, str(run_dir), config, name=run_dir.name)
+    try:
+        trainer.fit(built, train_rows, train_ids, valid, valid_ids, tracker)
+        best = trainer.best
+        assert best is not None  # fit always evaluates at the last step
+        metrics = {
+            **best["metrics"],
+            "best_step": best["step"],
+            "optimized_metric": cfg.optimized_metric,
+            "train/rows": len(train_rows),
+            "train/trainable_parameters": n_trainable,
+            "train/tokens_per_s": best["train/tokens_per_s"],
+            "train/peak_gpu_memory_gb": torch.cuda.max_memory_allocated(trainer.device) / 1e9 if trainer.device.type == "cuda" else None,
+            "peak_rss_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6,  # Linux reports KiB
+            "runtime_s": time.perf_counter() - started,
+            "device": str(trainer.device),
+            "processes": trainer.dist.world,
+            "strategy": trainer.dist.strategy,
+        }
+        oof = valid[["id", "winner", "language", "source", "fold"]].assign(p_a=best["p_a"], target=valid["p_a"].to_numpy())
+        oof = oof[["id", "p_a", "winner", "language", "fold", "source", "target"]]
+        write_parquet(run_dir / "oof.parquet", oof)
+        plots.training_curves(run_dir / "curves.png", trainer.train_curve, trainer.evals, cfg.optimized_metric)
+        counts = valid["language"].value_counts().to_dict()
+        plots.accuracy_bars(run_dir / "accuracy_by_language.png", metrics["val/accuracy_by_language"], counts, "validation accuracy by language")
+        tracker.summary(metrics)
+        tracker.bar("val/accuracy_by_language", metrics["val/accuracy_by_language"], "language", "accuracy")
+        tracker.image("curves", str(run_dir / "curves.png"))
+        worst = oof.assign(error=(oof["p_a"] - oof["target"]).abs()).nlargest(cfg.logger.log_predictions, "error")
+        worst = worst.merge(valid[["id", "prompt", "response_a", "response_b"]], on="id")
+        tracker.table("val/worst_predictions", worst)
+        write_json(run_dir / "metrics.json", metrics)  # last: its presence marks a finished run
+    except BaseException:
+        tracker.finish(exit_code=1)
+        raise
+    tracker.finish(exit_code=0)
+    value = float(metrics[cfg.optimized_metric])
+    print(f"{cfg.optimized_metric}={value:.4f} (val/accuracy={metrics['val/accuracy']:.4f}, "
+          f"longer-wins baseline={metrics['val/baseline_longer_wins']:.4f}, val/log_loss={metrics['val/log_loss']:.4f}); run dir: {run_dir}")
+    return value

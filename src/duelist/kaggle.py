@@ -1,0 +1,118 @@
+"""Everything ``infer.py`` needs on Kaggle, offline, in one folder to upload as a dataset.
+
+    python -m duelist.kaggle --run RUN_A --run RUN_B --out kaggle/duelist-pkg [--merge]
+
+writes::
+
+    wheels/        duelist and every package it needs, at the versions installed here (torch excepted:
+                   Kaggle's image has a CUDA build); sdists are built into wheels
+    runs/r0, r1    the run dirs (checkpoint/, oof.parquet, metrics.json, config.yaml); --merge folds LoRA
+                   adapters into the weights first (no adapter overhead at inference)
+    infer.py conf/ the entry point and its configs
+    run.sh         the ready command lines (install offline, then score test.parquet)
+
+On Kaggle: attach the dataset, then ``bash /kaggle/input/<dataset>/run.sh /kaggle/input/<competition>/test.parquet``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import subprocess
+import sys
+from importlib import metadata
+from pathlib import Path
+from typing import Sequence
+
+from packaging.requirements import Requirement
+
+from duelist.errors import DuelistError, exit_cleanly_on_user_error
+from duelist.files import atomic_dir
+from duelist.modeling import merge_checkpoint
+
+ROOT = Path(__file__).resolve().parents[2]
+PREINSTALLED = {"torch", "triton"}  # Kaggle images ship a CUDA torch; a CPU wheel would replace it
+
+
+def _key(name: str) -> str:
+    return name.lower().replace("_", "-").replace(".", "-")
+
+
+def requirements(root: str = "duelist", skip: set[str] = PREINSTALLED) -> dict[str, str]:
+    """``name -> installed version`` for everything ``root`` needs (transitively, this platform's markers)."""
+    pins: dict[str, str] = {}
+    todo = [root]
+    while todo:
+        name = todo.pop()
+        try:
+            dist = metadata.distribution(name)
+        except metadata.PackageNotFoundError as err:
+            raise DuelistError(f"{name} is required but not installed here; install duelist first (pip install -e .)") from err
+        for line in dist.requires or []:
+            req = Requirement(line)
+            if req.marker is not None and not req.marker.evaluate({"extra": ""}):
+                continue  # an optional extra or another platform
+            key = _key(req.name)
+            if key in pins or key in skip or key.startswith("nvidia-"):
+                continue
+            pins[key] = metadata.version(req.name)
+            todo.append(req.name)
+    return pins
+
+
+def build(runs: Sequence[str], out: str | Path, merge: bool) -> Path:
+    out = Path(out)
+    if not (ROOT / "infer.py").is_file() or not (ROOT / "conf").is_dir():
+        raise DuelistError(f"{ROOT}: no infer.py/conf here; run from a clone of duelist installed with pip install -e .")
+    for run in runs:
+        if not (Path(run) / "checkpoint" / "config.yaml").is_file():
+            raise DuelistError(f"{run}: not a finished run dir (no checkpoint/config.yaml)")
+    pins = requirements()
+    with atomic_dir(out) as tmp:
+        (tmp / "wheels").mkdir()
+        reqs = tmp / "requirements.txt"
+        reqs.write_text("".join(f"{name}=={version}\n" for name, version in sorted(pins.items())))
+        for args in (["--no-deps", "-r", str(reqs)], ["--no-deps", str(ROOT)]):
+            res = subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "-w", str(tmp / "wheels"), *args], capture_output=True, text=True)
+            if res.returncode != 0:
+                last = (res.stderr.strip().splitlines() or ["pip failed"])[-1]
+                raise DuelistError(f"pip wheel {' '.join(args[-1:])}: {last} (this step needs the package index)")
+        names = []
+        for i, run in enumerate(runs):
+            target = tmp / "runs" / f"r{i}"
+            target.parent.mkdir(exist_ok=True)
+            if merge and (Path(run) / "checkpoint" / "adapter").is_dir():
+                merge_checkpoint(run, target)
+            else:
+                shutil.copytree(run, target, ignore=shutil.ignore_patterns("wandb", ".hydra", "*.png", "train.log"))
+            names.append(f"r{i}")
+        shutil.copy2(ROOT / "infer.py", tmp / "infer.py")
+        shutil.copytree(ROOT / "conf", tmp / "conf")
+        run_list = ",".join(f'$HERE/runs/{n}' for n in names)
+        (tmp / "run.sh").write_text(
+            "#!/usr/bin/env bash\n"
+            "# usage: bash run.sh TEST_FILE [OUTPUT_CSV] [more infer.py overrides, e.g. tta=swap time_budget_min=690]\n"
+            "set -euo pipefail\n"
+            'HERE="$(cd "$(dirname "$0")" && pwd)"\n'
+            'TEST="$1"; OUT="${2:-submission.csv}"; shift $(( $# < 2 ? $# : 2 ))\n'
+            'pip install --no-index --find-links "$HERE/wheels" duelist\n'
+            f'HF_HUB_OFFLINE=1 WANDB_MODE=disabled python "$HERE/infer.py" "runs=[{run_list}]" "data.test=$TEST" "output=$OUT" '
+            '"hydra.run.dir=${TMPDIR:-/tmp}/duelist-infer" "$@"\n'
+        )
+    n_wheels = len(list((out / "wheels").glob("*.whl")))
+    print(f"Kaggle package: {out} ({n_wheels} wheels, {len(runs)} run(s)); on Kaggle: bash {out.name}/run.sh TEST.parquet submission.csv")
+    return out
+
+
+@exit_cleanly_on_user_error
+def main(argv: Sequence[str] | None = None) -> Path:
+    parser = argparse.ArgumentParser(prog="python -m duelist.kaggle", description=__doc__.splitlines()[0])
+    parser.add_argument("--run", action="append", required=True, help="run dir to include (repeat for an ensemble; order = runs=[...] order)")
+    parser.add_argument("--out", required=True, help="folder to write (replaced atomically)")
+    parser.add_argument("--merge", action="store_true", help="merge LoRA adapters into the weights (python -m duelist.export)")
+    args = parser.parse_args(argv)
+    return build(args.run, args.out, args.merge)
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
