@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+import torch
 
 from conftest import TINY, WSDM_EXAMPLE, compose_train, run_cli
 from duelist.data import load_pairs, load_test
@@ -105,6 +106,15 @@ def test_infer_cli_run_dir_without_checkpoint(tmp_path) -> None:
     res = run_cli("infer.py", [f"runs=[{tmp_path}]", f"data.test={WSDM_EXAMPLE}", f"output={out}"])
     assert_one_line_error(res, str(tmp_path), "checkpoint/config.yaml")
     assert not out.exists()
+
+
+def test_quantized_inference_without_cuda(tmp_path) -> None:
+    from duelist.modeling import check_quantization
+
+    with pytest.raises(DuelistError, match="quantization=int8 needs a CUDA GPU"):
+        check_quantization("int8", torch.device("cpu"))
+    with pytest.raises(DuelistError, match="quantization='int4': use none, int8, nf4"):
+        check_quantization("int4", torch.device("cpu"))
 
 
 # the remaining cases through the same functions the CLIs call (each raises the one-line DuelistError)

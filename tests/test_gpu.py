@@ -43,3 +43,27 @@ def test_8bit_adamw_trains(tmp_path) -> None:
     cfg = compose_train([*TINY, "trainer.device=cuda", "trainer.optimizer=adamw_8bit", "lora=none"])
     train(cfg, tmp_path)
     assert json.loads((tmp_path / "metrics.json").read_text())["val/log_loss"] < 5
+
+
+@pytest.mark.parametrize("kind", ["int8", "nf4"])
+def test_quantized_inference_close_to_16_bit(tmp_path, kind: str) -> None:
+    pytest.importorskip("bitsandbytes")
+    from duelist.modeling import merge_checkpoint
+    from duelist.inference import predict_p_a
+    from duelist.formatting import PairEncoder
+    from duelist.data import load_test
+    from conftest import WSDM_EXAMPLE
+
+    train(compose_train([*TINY, "trainer.device=cuda"]), tmp_path / "run")
+    merge_checkpoint(tmp_path / "run", tmp_path / "merged")
+    gpu = torch.device("cuda")
+    rows = load_test(str(WSDM_EXAMPLE))
+    out = {}
+    for q in ("none", kind):
+        built, cfg = load_checkpoint(tmp_path / "merged", gpu, quantization=q)
+        ids = PairEncoder(built.tokenizer, cfg.model.template, cfg.model.max_length, cfg.model.prompt_max_tokens).encode(rows, None)
+        out[q] = predict_p_a(built.model, ids, built.tokenizer.pad_token_id, 8, gpu, torch.float16)
+    import bitsandbytes as bnb
+
+    assert any(isinstance(m, (bnb.nn.Linear8bitLt, bnb.nn.Linear4bit)) for m in built.model.modules())
+    assert abs(out[kind] - out["none"]).max() < 0.05

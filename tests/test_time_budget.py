@@ -59,7 +59,7 @@ def setup(tmp_path, monkeypatch):
     cfg = compose_train(TINY)
     built = build_model(cfg.model, cfg.lora, torch.device("cpu"), seed=0)
     timed = Timed(built.model, clock)
-    monkeypatch.setattr(inference, "load_checkpoint", lambda run_dir, device: (Built(timed, built.tokenizer), cfg))
+    monkeypatch.setattr(inference, "load_checkpoint", lambda run_dir, device, **kw: (Built(timed, built.tokenizer), cfg))
     monkeypatch.setattr(inference, "clock", clock)
     rows = load_pairs("pkg:duelist/assets/sample/pandalm_test.parquet", on_bad_rows="drop").iloc[:120].reset_index(drop=True)
     rows[["id", "prompt", "response_a", "response_b"]].to_parquet(tmp_path / "test.parquet")

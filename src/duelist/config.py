@@ -183,6 +183,7 @@ class InferConfig:
     batch_size: int = 32
     max_batch_tokens: Optional[int] = None
     time_budget_min: Optional[float] = None
+    quantization: str = "none"  # none | int8 | nf4
     device: str = "auto"
     precision: str = "auto"
     cache_dir: str = MISSING

@@ -124,20 +124,44 @@ def check_model_config(model_cfg: Any, lora_cfg: Any, device: torch.device) -> N
             raise DuelistError("lora.qlora=true needs bitsandbytes: pip install 'duelist[qlora]'") from err
 
 
-def _quantization(lora_cfg: Any) -> Any:
-    if not (lora_cfg.enabled and lora_cfg.qlora):
+QUANTIZATIONS = ("none", "int8", "nf4")
+
+
+def _quantization(lora_cfg: Any, inference: str = "none") -> Any:
+    """bitsandbytes settings: nf4 for QLoRA training; ``inference`` int8 (LLM.int8) or nf4 when scoring."""
+    kind = inference if inference != "none" else ("nf4" if lora_cfg.enabled and lora_cfg.qlora else "none")
+    if kind == "none":
         return None
     from transformers import BitsAndBytesConfig
 
+    keep = list(HEAD_NAMES)  # the 2-output head stays in full precision
+    if kind == "int8":
+        return BitsAndBytesConfig(load_in_8bit=True, llm_int8_skip_modules=keep)
+    compute = torch.bfloat16 if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else torch.float16
     return BitsAndBytesConfig(
-        load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True, bnb_4bit_compute_dtype=torch.bfloat16
+        load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True, bnb_4bit_compute_dtype=compute, llm_int8_skip_modules=keep
     )
 
 
-def build_base(model_cfg: Any, lora_cfg: Any, tokenizer: Any, dtype: torch.dtype, seed: int, weights: Optional[str] = None) -> torch.nn.Module:
+def check_quantization(kind: str, device: torch.device) -> None:
+    if kind not in QUANTIZATIONS:
+        raise DuelistError(f"quantization={kind!r}: use {', '.join(QUANTIZATIONS)}")
+    if kind == "none":
+        return
+    if device.type != "cuda":
+        raise DuelistError(f"quantization={kind} needs a CUDA GPU (bitsandbytes); on this machine use quantization=none")
+    try:
+        import bitsandbytes  # noqa: F401
+    except ImportError as err:
+        raise DuelistError(f"quantization={kind} needs bitsandbytes: pip install 'duelist[qlora]'") from err
+
+
+def build_base(model_cfg: Any, lora_cfg: Any, tokenizer: Any, dtype: torch.dtype, seed: int, weights: Optional[str] = None,
+               quantization: str = "none") -> torch.nn.Module:
     """The sequence-classification model (2 labels) without adapters.
 
-    ``weights``: a folder of saved base weights (used when reloading a random-init checkpoint).
+    ``weights``: a folder of saved base weights (used when reloading a random-init checkpoint);
+    ``quantization``: int8 | nf4 loading for inference.
     """
     from transformers import AutoConfig, AutoModelForSequenceClassification
 
@@ -146,7 +170,7 @@ def build_base(model_cfg: Any, lora_cfg: Any, tokenizer: Any, dtype: torch.dtype
     common = dict(num_labels=2, pad_token_id=tokenizer.pad_token_id)
     if weights is not None or model_cfg.init == "pretrained":
         source = weights or resolve_path(model_cfg.name_or_path)
-        quant = _quantization(lora_cfg)
+        quant = _quantization(lora_cfg, quantization)
         try:
             model = AutoModelForSequenceClassification.from_pretrained(
                 source, dtype=dtype, attn_implementation=model_cfg.attn_implementation,
@@ -227,9 +251,12 @@ def save_checkpoint(built: Built, run_config: DictConfig, target: str | Path, st
             model.save_pretrained(tmp / "model", safe_serialization=True, state_dict=state_dict)
 
 
-def load_checkpoint(run_dir: str | Path, device: torch.device, dtype_name: str = "auto", dequantize: bool = False) -> tuple[Built, DictConfig]:
+def load_checkpoint(run_dir: str | Path, device: torch.device, dtype_name: str = "auto", dequantize: bool = False,
+                    quantization: str = "none") -> tuple[Built, DictConfig]:
     """Rebuild the trained model from a run dir alone (``RUN/checkpoint``); ``dequantize`` loads a QLoRA
-    run's base in 16/32 bit instead of 4 bit (to merge the adapters)."""
+    run's base in 16/32 bit instead of 4 bit (to merge the adapters); ``quantization`` (int8 | nf4) loads
+    the weights quantized for inference (CUDA)."""
+    check_quantization(quantization, device)
     ckpt = Path(run_dir) / "checkpoint"
     config_file = ckpt / "config.yaml"
     if not config_file.is_file():
@@ -251,14 +278,18 @@ def load_checkpoint(run_dir: str | Path, device: torch.device, dtype_name: str =
         if cfg.model.init == "random" and not (ckpt / "base").is_dir():
             raise DuelistError(f"{ckpt}: random-init model without base/ weights; cannot rebuild")
         weights = str(ckpt / "base") if cfg.model.init == "random" else None
-        base = build_base(cfg.model, cfg.lora, tokenizer, dtype, seed=0, weights=weights)
+        base = build_base(cfg.model, cfg.lora, tokenizer, dtype, seed=0, weights=weights, quantization=quantization)
         model = PeftModel.from_pretrained(base, str(ckpt / "adapter"))
     else:
         from transformers import AutoModelForSequenceClassification
 
-        model = AutoModelForSequenceClassification.from_pretrained(str(ckpt / "model"), dtype=dtype, attn_implementation=cfg.model.attn_implementation)
-    if not (cfg.lora.enabled and cfg.lora.qlora):
-        model.to(device)
+        quant = _quantization(cfg.lora, quantization)
+        model = AutoModelForSequenceClassification.from_pretrained(
+            str(ckpt / "model"), dtype=dtype, attn_implementation=cfg.model.attn_implementation,
+            quantization_config=quant, device_map={"": torch.cuda.current_device()} if quant else None,
+        )
+    if not (cfg.lora.enabled and cfg.lora.qlora) and quantization == "none":
+        model.to(device)  # quantized weights were placed on the GPU as they loaded
     model.eval()
     return Built(model, tokenizer), cfg
 
