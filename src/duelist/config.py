@@ -184,6 +184,7 @@ class InferConfig:
     max_batch_tokens: Optional[int] = None
     time_budget_min: Optional[float] = None
     quantization: str = "none"  # none | int8 | nf4
+    devices: List[str] = field(default_factory=list)
     device: str = "auto"
     precision: str = "auto"
     cache_dir: str = MISSING

@@ -157,6 +157,42 @@ def score_run(run_dir: Path, test: pd.DataFrame, cfg: Any, device: torch.device,
     return p_a
 
 
+def split_by_length(lengths: Sequence[int], parts: int) -> list[np.ndarray]:
+    """Row indices for ``parts`` workers: rows sorted by length and dealt round-robin, so every worker gets
+    the same mix of long and short rows and they finish together. Every row is in exactly one part."""
+    order = np.argsort(-np.asarray(lengths), kind="stable")
+    return [np.sort(order[k::parts]) for k in range(parts)]
+
+
+def _score_share(run_dir: str, rows: pd.DataFrame, cfg_dict: dict, device: str, cache_dir: str | None, seconds: float | None) -> np.ndarray:
+    """One worker process of data-parallel scoring (module level: it is started with ``spawn``)."""
+    from omegaconf import OmegaConf
+
+    torch.set_num_threads(max(1, torch.get_num_threads()))
+    deadline = Deadline(seconds) if seconds is not None else None
+    return score_run(Path(run_dir), rows, OmegaConf.create(cfg_dict), torch.device(device), cache_dir, deadline=deadline)
+
+
+def score_run_parallel(run_dir: Path, test: pd.DataFrame, cfg: Any, devices: Sequence[str], deadline: Deadline | None) -> np.ndarray:
+    """``score_run`` with one process per device (e.g. Kaggle's two T4s), rows split by :func:`split_by_length`."""
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    from omegaconf import OmegaConf
+
+    lengths = (test["prompt"].str.len() + test["response_a"].str.len() + test["response_b"].str.len()).to_numpy()
+    parts = split_by_length(lengths, len(devices))
+    cfg_dict = OmegaConf.to_container(cfg, resolve=True)
+    seconds = deadline.remaining() if deadline is not None else None
+    out = np.full(len(test), np.nan)
+    with ProcessPoolExecutor(len(devices), mp_context=multiprocessing.get_context("spawn")) as pool:
+        jobs = [pool.submit(_score_share, str(run_dir), test.iloc[idx].reset_index(drop=True), cfg_dict, dev, cfg.cache_dir, seconds)
+                for idx, dev in zip(parts, devices)]
+        for idx, job in zip(parts, jobs):
+            out[idx] = job.result()
+    return out
+
+
 def fill_unscored(members: np.ndarray, test: pd.DataFrame) -> tuple[np.ndarray, int]:
     """Members' NaN (not reached in the time budget) take the mean of the row's other members; rows no member
     scored get the longer-answer rule (p_a 0.55 / 0.45, 0.5 for equal lengths). Returns the filled matrix and that row count."""
@@ -236,10 +272,19 @@ def submit(cfg: Any) -> pd.DataFrame:
     test = load_test(cfg.data.test, cfg.data.on_bad_rows)
     report = ensemble_weights(cfg, runs)
     device = pick_device(cfg.device)
+    for name in cfg.devices:
+        pick_device(name.split(":")[0])  # cuda:1 without a GPU fails here, with one line
     log.info("scoring %d test rows with %d run(s) on %s, tta=%s", len(test), len(runs), device, cfg.tta)
     probs = pd.DataFrame({"id": test["id"]})
+    devices = list(cfg.devices)
+    if len(devices) > 1:
+        log.info("data parallel over %s: rows dealt by length so the processes finish together", ", ".join(devices))
     for i, run in enumerate(runs):  # with a budget each run gets an equal share of the time still left
-        probs[f"p_a_run{i}"] = score_run(run, test, cfg, device, cfg.cache_dir, deadline=deadline.share(len(runs) - i) if deadline else None)
+        share = deadline.share(len(runs) - i) if deadline else None
+        if len(devices) > 1:
+            probs[f"p_a_run{i}"] = score_run_parallel(run, test, cfg, devices, share)
+        else:
+            probs[f"p_a_run{i}"] = score_run(run, test, cfg, device, cfg.cache_dir, deadline=share)
     members = probs[[f"p_a_run{i}" for i in range(len(runs))]].to_numpy()
     if deadline is not None:
         report["time_budget"] = {"minutes": cfg.time_budget_min, "used_s": clock() - started,
