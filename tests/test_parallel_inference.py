@@ -22,18 +22,19 @@ def test_split_by_length_deals_every_row_once_and_balances_tokens(lengths: list[
     assert max(len(s) for s in shares) - min(len(s) for s in shares) <= 1
 
 
-def test_two_cpu_workers_give_the_same_submission(tmp_path) -> None:
+def test_two_cpu_workers_and_device_map_give_the_same_submission(tmp_path) -> None:
     run = tmp_path / "run"
     res = run_cli("train.py", [*TINY, f"hydra.run.dir={run}"])
     assert res.returncode == 0, res.stderr[-2000:]
     rows = pd.read_parquet("src/duelist/assets/sample/pandalm_test.parquet").iloc[:60]
     rows = rows[rows["response_a"].str.strip().ne("") & rows["response_b"].str.strip().ne("")]
     rows[["id", "prompt", "response_a", "response_b"]].to_parquet(tmp_path / "test.parquet")
-    for name, extra in (("one", []), ("two", ["devices=[cpu,cpu]"])):
+    for name, extra in (("one", []), ("two", ["devices=[cpu,cpu]"]), ("split", ["device_map=auto"])):
         res = run_cli("infer.py", [f"runs=[{run}]", f"data.test={tmp_path / 'test.parquet'}", f"output={tmp_path / name}.csv", "tta=swap",
                                    f"hydra.run.dir={tmp_path / 'h'}", *extra])
         assert res.returncode == 0, res.stderr[-2000:]
-        assert ("data parallel over cpu, cpu" in res.stdout + res.stderr) == bool(extra)
-    one, two = (pd.read_parquet(tmp_path / f"{n}.parquet") for n in ("one", "two"))
+        assert ("data parallel over cpu, cpu" in res.stdout + res.stderr) == (name == "two")
+    one, two, split = (pd.read_parquet(tmp_path / f"{n}.parquet") for n in ("one", "two", "split"))
+    np.testing.assert_allclose(split["p_a"], one["p_a"], atol=1e-6)  # device_map loading (all on the CPU here) changes nothing
     assert list(two["id"]) == list(rows["id"])  # input order restored
     np.testing.assert_allclose(two["p_a"], one["p_a"], atol=1e-6)

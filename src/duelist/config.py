@@ -185,6 +185,7 @@ class InferConfig:
     time_budget_min: Optional[float] = None
     quantization: str = "none"  # none | int8 | nf4
     devices: List[str] = field(default_factory=list)
+    device_map: Optional[str] = None  # null | auto | balanced
     device: str = "auto"
     precision: str = "auto"
     cache_dir: str = MISSING

@@ -129,7 +129,7 @@ def score_run(run_dir: Path, test: pd.DataFrame, cfg: Any, device: torch.device,
     least confident rows first, in chunks; rows the budget did not reach keep NaN (first pass) or their
     single score (TTA)."""
     tta = cfg.tta if tta is None else tta
-    built, run_cfg = load_checkpoint(run_dir, device, quantization=cfg.quantization)
+    built, run_cfg = load_checkpoint(run_dir, device, quantization=cfg.quantization, device_map=cfg.device_map)
     encoder = PairEncoder(built.tokenizer, run_cfg.model.template, run_cfg.model.max_length, run_cfg.model.prompt_max_tokens)
     amp = autocast_dtype(cfg.precision, device)
     pad_id = built.tokenizer.pad_token_id

@@ -157,11 +157,12 @@ def check_quantization(kind: str, device: torch.device) -> None:
 
 
 def build_base(model_cfg: Any, lora_cfg: Any, tokenizer: Any, dtype: torch.dtype, seed: int, weights: Optional[str] = None,
-               quantization: str = "none") -> torch.nn.Module:
+               quantization: str = "none", device_map: Optional[str] = None) -> torch.nn.Module:
     """The sequence-classification model (2 labels) without adapters.
 
     ``weights``: a folder of saved base weights (used when reloading a random-init checkpoint);
-    ``quantization``: int8 | nf4 loading for inference.
+    ``quantization``: int8 | nf4 loading for inference; ``device_map``: auto | balanced spreads the
+    layers over the visible GPUs (a model too big for one).
     """
     from transformers import AutoConfig, AutoModelForSequenceClassification
 
@@ -174,7 +175,7 @@ def build_base(model_cfg: Any, lora_cfg: Any, tokenizer: Any, dtype: torch.dtype
         try:
             model = AutoModelForSequenceClassification.from_pretrained(
                 source, dtype=dtype, attn_implementation=model_cfg.attn_implementation,
-                quantization_config=quant, device_map={"": torch.cuda.current_device()} if quant else None,
+                quantization_config=quant, device_map=device_map or ({"": torch.cuda.current_device()} if quant else None),
                 # a reward model's 1-output head (or any other head shape) is replaced by a fresh 2-label head
                 ignore_mismatched_sizes=weights is None,
                 **common, **({} if weights else extra),
@@ -252,11 +253,13 @@ def save_checkpoint(built: Built, run_config: DictConfig, target: str | Path, st
 
 
 def load_checkpoint(run_dir: str | Path, device: torch.device, dtype_name: str = "auto", dequantize: bool = False,
-                    quantization: str = "none") -> tuple[Built, DictConfig]:
+                    quantization: str = "none", device_map: Optional[str] = None) -> tuple[Built, DictConfig]:
     """Rebuild the trained model from a run dir alone (``RUN/checkpoint``); ``dequantize`` loads a QLoRA
     run's base in 16/32 bit instead of 4 bit (to merge the adapters); ``quantization`` (int8 | nf4) loads
-    the weights quantized for inference (CUDA)."""
+    the weights quantized for inference (CUDA); ``device_map`` (auto | balanced) splits the layers over the GPUs."""
     check_quantization(quantization, device)
+    if device_map not in (None, "auto", "balanced"):
+        raise DuelistError(f"device_map={device_map!r}: use null, auto or balanced")
     ckpt = Path(run_dir) / "checkpoint"
     config_file = ckpt / "config.yaml"
     if not config_file.is_file():
@@ -278,7 +281,7 @@ def load_checkpoint(run_dir: str | Path, device: torch.device, dtype_name: str =
         if cfg.model.init == "random" and not (ckpt / "base").is_dir():
             raise DuelistError(f"{ckpt}: random-init model without base/ weights; cannot rebuild")
         weights = str(ckpt / "base") if cfg.model.init == "random" else None
-        base = build_base(cfg.model, cfg.lora, tokenizer, dtype, seed=0, weights=weights, quantization=quantization)
+        base = build_base(cfg.model, cfg.lora, tokenizer, dtype, seed=0, weights=weights, quantization=quantization, device_map=device_map)
         model = PeftModel.from_pretrained(base, str(ckpt / "adapter"))
     else:
         from transformers import AutoModelForSequenceClassification
@@ -286,10 +289,10 @@ def load_checkpoint(run_dir: str | Path, device: torch.device, dtype_name: str =
         quant = _quantization(cfg.lora, quantization)
         model = AutoModelForSequenceClassification.from_pretrained(
             str(ckpt / "model"), dtype=dtype, attn_implementation=cfg.model.attn_implementation,
-            quantization_config=quant, device_map={"": torch.cuda.current_device()} if quant else None,
+            quantization_config=quant, device_map=device_map or ({"": torch.cuda.current_device()} if quant else None),
         )
-    if not (cfg.lora.enabled and cfg.lora.qlora) and quantization == "none":
-        model.to(device)  # quantized weights were placed on the GPU as they loaded
+    if not (cfg.lora.enabled and cfg.lora.qlora) and quantization == "none" and device_map is None:
+        model.to(device)  # quantized or split weights were placed as they loaded
     model.eval()
     return Built(model, tokenizer), cfg
 
