@@ -192,3 +192,19 @@ def test_lora_rank_without_adapters_is_refused() -> None:
     cfg = compose_train(["lora.r=8"])  # minilm picks lora=none
     with pytest.raises(DuelistError, match="Add lora=default"):
         check_model_config(cfg.model, cfg.lora, torch.device("cpu"))
+
+
+def test_infer_vllm_backend_errors_are_one_line(tmp_path) -> None:
+    run = tmp_path / "run"
+    res = run_cli("train.py", [*TINY, "trainer.max_steps=1", f"hydra.run.dir={run}"])
+    assert res.returncode == 0, res.stderr[-2000:]
+    out = tmp_path / "submission.csv"
+    res = run_cli("infer.py", [f"runs=[{run}]", f"data.test={WSDM_EXAMPLE}", f"output={out}", "backend=vllm"])
+    assert_one_line_error(res, "backend=vllm needs full weights", "python -m duelist.export")
+    merged = tmp_path / "merged"
+    from duelist.modeling import merge_checkpoint
+
+    merge_checkpoint(run, merged)
+    res = run_cli("infer.py", [f"runs=[{merged}]", f"data.test={WSDM_EXAMPLE}", f"output={out}", "backend=vllm"])
+    assert_one_line_error(res, "backend=vllm needs")  # vLLM is not installed here, and there is no GPU
+    assert not out.exists()

@@ -184,6 +184,7 @@ class InferConfig:
     max_batch_tokens: Optional[int] = None
     time_budget_min: Optional[float] = None
     quantization: str = "none"  # none | int8 | nf4
+    backend: str = "hf"  # hf | vllm
     devices: List[str] = field(default_factory=list)
     device_map: Optional[str] = None  # null | auto | balanced
     device: str = "auto"

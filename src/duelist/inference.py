@@ -157,6 +157,39 @@ def score_run(run_dir: Path, test: pd.DataFrame, cfg: Any, device: torch.device,
     return p_a
 
 
+def score_run_vllm(run_dir: Path, test: pd.DataFrame, cfg: Any, tta: str) -> np.ndarray:
+    """vLLM pooling runner (``LLM(..., runner="pooling").classify``) over a merged checkpoint; the same
+    token ids as the HF path (our formatting), vLLM schedules the batches itself."""
+    from omegaconf import OmegaConf
+
+    ckpt = run_dir / "checkpoint"
+    if not (ckpt / "model").is_dir():
+        raise DuelistError(f"{run_dir}: backend=vllm needs full weights (checkpoint/model/); merge the adapters first: python -m duelist.export {run_dir} --out MERGED")
+    try:
+        from vllm import LLM, TokensPrompt
+    except ImportError as err:
+        raise DuelistError("backend=vllm needs vLLM: pip install 'duelist[vllm]' (Linux + CUDA GPU), or use backend=hf") from err
+    if not torch.cuda.is_available():
+        raise DuelistError("backend=vllm needs a CUDA GPU; on this machine use backend=hf")
+    run_cfg = OmegaConf.load(ckpt / "config.yaml")
+    from duelist.modeling import load_tokenizer
+
+    tokenizer = load_tokenizer(str(ckpt / "tokenizer"), what="tokenizer")
+    encoder = PairEncoder(tokenizer, run_cfg.model.template, run_cfg.model.max_length, run_cfg.model.prompt_max_tokens)
+    llm = LLM(model=str(ckpt / "model"), tokenizer=str(ckpt / "tokenizer"), runner="pooling", max_model_len=run_cfg.model.max_length + 8,
+              dtype="auto" if cfg.precision == "auto" else {"bf16": "bfloat16", "fp16": "float16", "fp32": "float32"}[cfg.precision])
+
+    def classify(rows: pd.DataFrame) -> np.ndarray:
+        ids = encoder.encode(rows, cfg.cache_dir)
+        outputs = llm.classify([TokensPrompt(prompt_token_ids=list(i)) for i in ids], use_tqdm=True)
+        return np.array([o.outputs.probs[0] for o in outputs], dtype=np.float64)
+
+    p_a = classify(test)
+    if tta == "swap":
+        p_a = (p_a + (1.0 - classify(swap_pairs(test)))) / 2.0
+    return p_a
+
+
 def split_by_length(lengths: Sequence[int], parts: int) -> list[np.ndarray]:
     """Row indices for ``parts`` workers: rows sorted by length and dealt round-robin, so every worker gets
     the same mix of long and short rows and they finish together. Every row is in exactly one part."""
@@ -258,6 +291,10 @@ def submit(cfg: Any) -> pd.DataFrame:
     """Score ``cfg.data.test`` with the chosen runs, combine them as configured and write the submission."""
     if cfg.tta not in TTA:
         raise DuelistError(f"tta={cfg.tta!r}: use none or swap")
+    if cfg.backend not in ("hf", "vllm"):
+        raise DuelistError(f"backend={cfg.backend!r}: use hf or vllm")
+    if cfg.backend == "vllm" and cfg.time_budget_min is not None:
+        raise DuelistError("backend=vllm does not follow time_budget_min (vLLM schedules its own batches); use backend=hf with a time budget")
     output = Path(cfg.output)
     if output.suffix.lower() != ".csv":
         raise DuelistError(f"output={cfg.output}: the submission must be a .csv file")
@@ -281,7 +318,9 @@ def submit(cfg: Any) -> pd.DataFrame:
         log.info("data parallel over %s: rows dealt by length so the processes finish together", ", ".join(devices))
     for i, run in enumerate(runs):  # with a budget each run gets an equal share of the time still left
         share = deadline.share(len(runs) - i) if deadline else None
-        if len(devices) > 1:
+        if cfg.backend == "vllm":
+            probs[f"p_a_run{i}"] = score_run_vllm(run, test, cfg, cfg.tta)
+        elif len(devices) > 1:
             probs[f"p_a_run{i}"] = score_run_parallel(run, test, cfg, devices, share)
         else:
             probs[f"p_a_run{i}"] = score_run(run, test, cfg, device, cfg.cache_dir, deadline=share)
