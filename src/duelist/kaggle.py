@@ -72,11 +72,16 @@ def build(runs: Sequence[str], out: str | Path, merge: bool) -> Path:
         (tmp / "wheels").mkdir()
         reqs = tmp / "requirements.txt"
         reqs.write_text("".join(f"{name}=={version}\n" for name, version in sorted(pins.items())))
-        for args in (["--no-deps", "-r", str(reqs)], ["--no-deps", str(ROOT)]):
+        source = tmp / ".source"  # duelist is built from a copy, so the checkout gets no build/ folder
+        shutil.copytree(ROOT / "src", source / "src", ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
+        for name in ("pyproject.toml", "README.md"):
+            shutil.copy2(ROOT / name, source / name)
+        for args in (["--no-deps", "-r", str(reqs)], ["--no-deps", str(source)]):
             res = subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "-w", str(tmp / "wheels"), *args], capture_output=True, text=True)
             if res.returncode != 0:
                 last = (res.stderr.strip().splitlines() or ["pip failed"])[-1]
                 raise DuelistError(f"pip wheel {' '.join(args[-1:])}: {last} (this step needs the package index)")
+        shutil.rmtree(source)
         names = []
         for i, run in enumerate(runs):
             target = tmp / "runs" / f"r{i}"
