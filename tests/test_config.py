@@ -40,7 +40,7 @@ def test_default_job_is_minilm_on_sample() -> None:
 def test_gemma_experiment_is_the_plan() -> None:
     cfg = compose_train(["experiment=wsdm_gemma2_9b", "data.train=x.parquet"])
     assert cfg.model.name_or_path == "google/gemma-2-9b-it"
-    assert cfg.model.softcapping is False and cfg.model.attn_implementation in ("eager", "flash_attention_2")
+    assert cfg.model.softcapping is False and cfg.model.attn_implementation in ("auto", "eager", "flash_attention_2")
     assert (cfg.lora.r, cfg.lora.alpha, cfg.lora.qlora) == (64, 16, True)
     assert cfg.augment.swap is True
 
@@ -83,3 +83,20 @@ def test_every_infer_task_option_composes(group: str, option: str) -> None:
     OmegaConf.to_container(cfg, resolve=True, throw_on_missing=True)
     with pytest.raises(ConfigCompositionException):
         compose_infer([f"{group}={option}", f"{group}.min_confidenc=0.1", "data.test=t.parquet"])
+
+
+def test_attention_auto_never_picks_sdpa_for_gemma2(monkeypatch) -> None:
+    import importlib.util
+
+    import torch
+
+    from duelist.modeling import attention
+
+    gemma, llama = compose_train(["model=gemma2_9b"]).model, compose_train(["model=llama3_1_8b"]).model
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert (attention(gemma), attention(llama)) == ("eager", "sdpa")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: object() if name == "flash_attn" else real(name, *a))
+    assert (attention(gemma), attention(llama)) == ("flash_attention_2", "flash_attention_2")
+    assert attention(compose_train(["model=tiny_gemma2"]).model) == "eager"  # an explicit choice is kept

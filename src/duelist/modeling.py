@@ -51,6 +51,20 @@ ARCHITECTURES: dict[str, Callable[[Any], dict[str, Any]]] = {
 }
 
 
+def attention(model_cfg: Any) -> str:
+    """``attn_implementation``; ``auto`` is flash-attention-2 on a GPU with ``flash_attn`` installed, else eager for
+    Gemma-2 (transformers >= 5.21 refuses sdpa for it) and sdpa for the others."""
+    name = model_cfg.attn_implementation
+    if name != "auto":
+        return name
+    if torch.cuda.is_available():
+        import importlib.util
+
+        if importlib.util.find_spec("flash_attn") is not None:
+            return "flash_attention_2"
+    return "eager" if model_cfg.arch == "gemma2" else "sdpa"
+
+
 @dataclass
 class Built:
     model: torch.nn.Module
@@ -174,7 +188,7 @@ def build_base(model_cfg: Any, lora_cfg: Any, tokenizer: Any, dtype: torch.dtype
         quant = _quantization(lora_cfg, quantization)
         try:
             model = AutoModelForSequenceClassification.from_pretrained(
-                source, dtype=dtype, attn_implementation=model_cfg.attn_implementation,
+                source, dtype=dtype, attn_implementation=attention(model_cfg),
                 quantization_config=quant, device_map=device_map or ({"": torch.cuda.current_device()} if quant else None),
                 # a reward model's 1-output head (or any other head shape) is replaced by a fresh 2-label head
                 ignore_mismatched_sizes=weights is None,
@@ -184,7 +198,7 @@ def build_base(model_cfg: Any, lora_cfg: Any, tokenizer: Any, dtype: torch.dtype
             raise _load_error("name_or_path", model_cfg.name_or_path, err) from err
     else:
         config = AutoConfig.for_model(model_cfg.arch, **{"vocab_size": len(tokenizer), **common, **extra})  # overrides may set a real vocab size
-        config._attn_implementation = model_cfg.attn_implementation
+        config._attn_implementation = attention(model_cfg)
         torch.manual_seed(seed)
         model = AutoModelForSequenceClassification.from_config(config, dtype=dtype)
     model.config.pad_token_id = tokenizer.pad_token_id
@@ -288,7 +302,7 @@ def load_checkpoint(run_dir: str | Path, device: torch.device, dtype_name: str =
 
         quant = _quantization(cfg.lora, quantization)
         model = AutoModelForSequenceClassification.from_pretrained(
-            str(ckpt / "model"), dtype=dtype, attn_implementation=cfg.model.attn_implementation,
+            str(ckpt / "model"), dtype=dtype, attn_implementation=attention(cfg.model),
             quantization_config=quant, device_map=device_map or ({"": torch.cuda.current_device()} if quant else None),
         )
     if not (cfg.lora.enabled and cfg.lora.qlora) and quantization == "none" and device_map is None:
