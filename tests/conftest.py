@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -54,6 +55,8 @@ def compose_infer(overrides: list[str]):
 def run_cli(script: str, args: list[str], cwd: Path | None = None, timeout: int = 600) -> subprocess.CompletedProcess:
     """Run ``python train.py ...`` / ``python infer.py ...`` in a fresh process."""
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    if "-m" not in args and not any(a.startswith("hydra.run.dir=") for a in args):
+        args = [*args, f"hydra.run.dir={tempfile.mkdtemp(prefix='duelist-test-')}"]  # keep Hydra's logs out of the checkout
     return subprocess.run(
         [sys.executable, str(ROOT / script), *args], cwd=cwd or ROOT, env=env, capture_output=True, text=True, timeout=timeout
     )
