@@ -1,4 +1,4 @@
-"""Charts written next to the numbers: training curves and per-group accuracy (PNG)."""
+"""Charts written next to the numbers: training curves, per-group accuracy, kept-vs-all histograms (PNG)."""
 
 from __future__ import annotations
 
@@ -45,4 +45,20 @@ def accuracy_bars(path: str | Path, values: dict[str, float], counts: dict[str, 
     ax.set_xticks(range(len(names)), [f"{n}\n(n={counts.get(n, 0)})" for n in names], fontsize=8)
     ax.axhline(0.5, color="grey", ls=":", lw=1)
     ax.set(ylim=(0, 1), ylabel="accuracy", title=title)
+    _save(fig, path)
+
+
+def kept_histogram(path: str | Path, values: Sequence[float], keep: Sequence[bool], lines: Sequence[float], title: str) -> None:
+    """Histogram of probabilities, the kept ones on top of all, with the thresholds as dotted lines."""
+    import numpy as np
+
+    values, keep = np.asarray(values), np.asarray(keep, dtype=bool)
+    fig, ax = plt.subplots(figsize=(7, 3))
+    bins = np.linspace(0, 1, 41)
+    ax.hist(values, bins=bins, color="lightgrey", label="all rows")
+    ax.hist(values[keep], bins=bins, color="tab:blue", label="kept")
+    for x in lines:
+        ax.axvline(x, color="black", ls=":")
+    ax.set(title=title, xlabel="p_a", ylabel="rows")
+    ax.legend(fontsize=8)
     _save(fig, path)

@@ -21,7 +21,7 @@ import numpy as np
 import pandas as pd
 from omegaconf import OmegaConf
 
-from duelist import ensemble
+from duelist import ensemble, plots
 from duelist.data import load_test
 from duelist.errors import DuelistError
 from duelist.files import write_json, write_parquet
@@ -62,20 +62,6 @@ def summary(rows_in: pd.DataFrame, kept: pd.DataFrame) -> dict[str, Any]:
     }
 
 
-def _histogram(path: Path, combined: np.ndarray, keep: np.ndarray, min_confidence: float) -> None:
-    from duelist.plots import _save, plt
-
-    fig, ax = plt.subplots(figsize=(7, 3))
-    bins = np.linspace(0, 1, 41)
-    ax.hist(combined, bins=bins, color="lightgrey", label="all rows")
-    ax.hist(combined[keep], bins=bins, color="tab:blue", label="kept")
-    for x in (0.5 - min_confidence, 0.5 + min_confidence):
-        ax.axvline(x, color="black", ls=":")
-    ax.set(title="teachers' combined P(A wins)", xlabel="p_a", ylabel="rows")
-    ax.legend(fontsize=8)
-    _save(fig, path)
-
-
 def pseudolabel(cfg: Any) -> pd.DataFrame:
     """Score ``cfg.data.test`` with the teachers and write the selected, labelled rows to ``cfg.output``."""
     from duelist.inference import pick_runs, score_run
@@ -112,7 +98,7 @@ def pseudolabel(cfg: Any) -> pd.DataFrame:
             "lower pseudolabel.min_confidence"
         )
     report = {**summary(rows, kept), "teachers": [str(t) for t in teachers], "pseudolabel": OmegaConf.to_container(pl, resolve=True)}
-    _histogram(output.with_suffix(".png"), combined, keep, pl.min_confidence)
+    plots.kept_histogram(output.with_suffix(".png"), combined, keep, (0.5 - pl.min_confidence, 0.5 + pl.min_confidence), "teachers' combined P(A wins)")
     write_json(output.with_suffix(".summary.json"), report)
     write_parquet(output, kept)  # last: the labelled file appears only when everything else is written
     print(f"pseudo-labels: kept {len(kept)} of {len(rows)} rows ({pl.labels} labels, share model_a {report['share_model_a']:.3f}) -> {output}")
