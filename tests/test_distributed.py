@@ -62,7 +62,7 @@ def test_fsdp_full_fine_tuning_matches_one_process(tmp_path) -> None:
     # the full (gathered) weights were saved once: infer.py rebuilds the model from them alone and gets the OOF probabilities back
     valid = tmp_path / "valid.parquet"
     ids = set(p2["id"])
-    pd.concat(pd.read_parquet(ROOT / "src/duelist/assets/sample" / f) for f in ("hh_rlhf_harmless_test.parquet", "pandalm_test.parquet", "oasst1_zh_rank.parquet")).query("id in @ids").to_parquet(valid)
+    pd.concat(pd.read_parquet(ROOT / "src/duelist/assets/sample" / f) for f in ("hh_rlhf_harmless_test.parquet", "pandalm_test.parquet", "oasst1_zh_rank.parquet")).loc[lambda d: d["id"].isin(ids)].to_parquet(valid)
     res = run_cli("infer.py", [f"runs=[{tmp_path / 'two'}]", f"data.test={valid}", f"output={tmp_path / 'sub.csv'}", f"hydra.run.dir={tmp_path / 'h'}"])
     assert res.returncode == 0, res.stderr[-3000:]
     scored = pd.read_parquet(tmp_path / "sub.parquet").set_index("id")["p_a"]

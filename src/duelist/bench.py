@@ -113,6 +113,7 @@ def timed(fn: Callable[[], Any], device: torch.device) -> tuple[Any, float]:
 
 
 def build(model_name: str, device: torch.device, lora: bool, gradient_checkpointing: bool = False) -> Any:
+    """The model of ``conf/model/<model_name>.yaml`` (random-init configs need no download), with or without LoRA r=64."""
     from duelist.config import LoraConfig, ModelConfig
     from duelist.modeling import build_model
 
@@ -122,13 +123,13 @@ def build(model_name: str, device: torch.device, lora: bool, gradient_checkpoint
         raise DuelistError(f"--model {model_name}: no conf/model/{model_name}.yaml; known: {known}")
     model_cfg = OmegaConf.merge(OmegaConf.structured(ModelConfig), OmegaConf.load(path))
     lora_cfg = OmegaConf.structured(LoraConfig(enabled=lora, r=64 if lora else 0, alpha=16 if lora else 0, dropout=0.0))
-    return build_model(model_cfg, lora_cfg, device, seed=0, gradient_checkpointing=gradient_checkpointing), model_cfg
+    return build_model(model_cfg, lora_cfg, device, seed=0, gradient_checkpointing=gradient_checkpointing)
 
 
 def bench_inference(args: argparse.Namespace, device: torch.device, amp: torch.dtype | None) -> dict[str, Any]:
     from duelist.inference import predict_p_a
 
-    built, model_cfg = build(args.model, device, lora=False)
+    built = build(args.model, device, lora=False)
     model, pad_id = built.model, built.tokenizer.pad_token_id
     lengths = synthetic_lengths(args.rows, args.max_length, args.median_tokens, args.sigma, args.seed)
     rows = synthetic_rows(lengths, len(built.tokenizer), args.seed)
@@ -158,7 +159,7 @@ def bench_training(args: argparse.Namespace, device: torch.device, amp: torch.dt
     from duelist.batching import pad
     from duelist.training import pair_losses
 
-    built, _ = build(args.model, device, lora=True, gradient_checkpointing=True)
+    built = build(args.model, device, lora=True, gradient_checkpointing=True)
     model = built.model
     model.train()
     params = [p for p in model.parameters() if p.requires_grad]

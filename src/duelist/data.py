@@ -173,11 +173,17 @@ LAYOUTS: dict[str, tuple[tuple[str, ...], Callable[[pd.DataFrame, int], pd.DataF
 }
 
 
-def detect_layout(columns: Iterable[str], path: str) -> str:
+def find_layout(columns: Iterable[str]) -> str | None:
+    """The first layout whose identifying columns are all present, or None."""
     cols = set(columns)
-    for name, (required, _) in LAYOUTS.items():
-        if set(required) <= cols:
-            return name
+    return next((name for name, (required, _) in LAYOUTS.items() if set(required) <= cols), None)
+
+
+def detect_layout(columns: Iterable[str], path: str) -> str:
+    layout = find_layout(columns)
+    if layout is not None:
+        return layout
+    cols = set(columns)
     missing = sorted(set(TEXT_COLUMNS) - cols)
     raise DuelistError(
         f"{path}: missing column(s) {', '.join(missing)}; expected the WSDM/canonical layout "
@@ -189,7 +195,7 @@ def detect_layout(columns: Iterable[str], path: str) -> str:
 # ----------------------------------------------------------------------------- checking rows
 
 
-def _is_text(value: Any) -> bool:
+def is_text(value: Any) -> bool:
     return isinstance(value, str) and value.strip() != ""
 
 
@@ -224,7 +230,7 @@ def canonicalize(raw: pd.DataFrame, path: str, *, labelled: bool, ties: str, on_
     bad: list[tuple[int, str]] = []
     for col in TEXT_COLUMNS:
         for i, value in enumerate(df[col]):
-            if not _is_text(value):
+            if not is_text(value):
                 bad.append((i, f"column {col} is {_describe(value)}"))
 
     if labelled:
@@ -405,8 +411,8 @@ def load_sources(data_cfg: Any) -> pd.DataFrame:
         df = load_pairs(source.path, labelled=True, ties=data_cfg.ties, on_bad_rows=data_cfg.on_bad_rows, seed=data_cfg.split_seed)
         if source.max_rows is not None and source.max_rows < len(df):
             df = stratified_sample(df, int(source.max_rows), data_cfg.split_seed)
-        validate = ~df["pseudo_label"] if source.validate is None else pd.Series(bool(source.validate), index=df.index)
-        frames.append(df.assign(weight=float(source.weight), validate=validate.to_numpy()))
+        validate = ~df["pseudo_label"].to_numpy() if source.validate is None else np.full(len(df), bool(source.validate))
+        frames.append(df.assign(weight=float(source.weight), validate=validate))
     df = pd.concat(frames, ignore_index=True)
     dup = df["id"].duplicated()
     if dup.any():

@@ -30,7 +30,7 @@ import torch
 from omegaconf import OmegaConf
 from tqdm.auto import tqdm
 
-from duelist.data import CANONICAL_COLUMNS, TEXT_COLUMNS, canonicalize, detect_layout, normalized, read_table
+from duelist.data import CANONICAL_COLUMNS, canonicalize, find_layout, is_text, normalized, read_table
 from duelist.errors import DuelistError
 from duelist.files import resolve_path, write_json, write_parquet
 
@@ -47,12 +47,12 @@ def load_prompts(path: str, on_bad_rows: str) -> pd.DataFrame:
     raw = read_table(path)
     if len(raw) == 0:
         raise DuelistError(f"{path}: the file has no rows")
-    if set(TEXT_COLUMNS) <= set(raw.columns) or _has_layout(raw.columns):
+    if find_layout(raw.columns) is not None:
         df = canonicalize(raw, path, labelled=False, ties="soft", on_bad_rows=on_bad_rows)
     elif "prompt" in raw.columns:
         df = pd.DataFrame({"id": raw["id"].astype(str) if "id" in raw else [f"{Path(path).stem}-{i}" for i in range(len(raw))],
                            "prompt": raw["prompt"], "language": raw["language"].fillna("unknown").astype(str) if "language" in raw else "unknown"})
-        bad = ~df["prompt"].map(lambda v: isinstance(v, str) and v.strip() != "")
+        bad = ~df["prompt"].map(is_text)
         if bad.any():
             i = int(np.flatnonzero(bad.to_numpy())[0])
             if on_bad_rows == "fail":
@@ -63,14 +63,6 @@ def load_prompts(path: str, on_bad_rows: str) -> pd.DataFrame:
         raise DuelistError(f"{path}: no 'prompt' column; give a file with prompt[, id, language] or any pair layout")
     df = df[["id", "prompt", "language"]].reset_index(drop=True)
     return df[~normalized(df["prompt"]).duplicated()].reset_index(drop=True)
-
-
-def _has_layout(columns: Any) -> bool:
-    try:
-        detect_layout(columns, "")
-    except DuelistError:
-        return False
-    return True
 
 
 def choose_prompts(df: pd.DataFrame, max_prompts: int | None, quota: dict[str, int], seed: int) -> pd.DataFrame:

@@ -201,7 +201,6 @@ def _score_share(run_dir: str, rows: pd.DataFrame, cfg_dict: dict, device: str, 
     """One worker process of data-parallel scoring (module level: it is started with ``spawn``)."""
     from omegaconf import OmegaConf
 
-    torch.set_num_threads(max(1, torch.get_num_threads()))
     deadline = Deadline(seconds) if seconds is not None else None
     return score_run(Path(run_dir), rows, OmegaConf.create(cfg_dict), torch.device(device), cache_dir, deadline=deadline)
 
@@ -213,7 +212,7 @@ def score_run_parallel(run_dir: Path, test: pd.DataFrame, cfg: Any, devices: Seq
 
     from omegaconf import OmegaConf
 
-    lengths = (test["prompt"].str.len() + test["response_a"].str.len() + test["response_b"].str.len()).to_numpy()
+    lengths = (test["prompt"].str.len() + test["response_a"].str.len() + test["response_b"].str.len()).to_numpy()  # characters: a proxy for tokens, before any tokenizer is loaded
     parts = split_by_length(lengths, len(devices))
     cfg_dict = OmegaConf.to_container(cfg, resolve=True)
     seconds = deadline.remaining() if deadline is not None else None
