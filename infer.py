@@ -1,19 +1,28 @@
-"""Score a test file with trained runs: ``python infer.py runs=[RUN_DIR] data.test=test.parquet output=submission.csv``."""
+"""Score, pseudo-label or generate with trained runs: ``python infer.py [task=submit|pseudolabel|generate] ...``.
+
+    python infer.py runs=[RUN_DIR] data.test=test.parquet output=submission.csv      # task=submit (default)
+    python infer.py task=pseudolabel labeling=confident runs=[TEACHER] data.test=pairs.parquet output=pl.parquet
+    python infer.py task=generate generate=hf data.test=prompts.parquet output=pairs.parquet
+"""
 
 import hydra
 from omegaconf import DictConfig
 
-from duelist.config import register_configs
+from duelist.config import Task, register_configs
 from duelist.errors import exit_cleanly_on_user_error
-from duelist.inference import infer
+from duelist.generation import generate
+from duelist.pseudolabel import pseudolabel
+from duelist.submission import submit
 
 register_configs()
+
+TASKS = {Task.submit: submit, Task.pseudolabel: pseudolabel, Task.generate: generate}  # each takes the composed config
 
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="infer")
 @exit_cleanly_on_user_error
 def main(cfg: DictConfig) -> None:
-    infer(cfg)
+    TASKS[cfg.task](cfg)
 
 
 if __name__ == "__main__":

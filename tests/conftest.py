@@ -22,7 +22,7 @@ WSDM_EXAMPLE = DATA / "wsdm_test_example.parquet"
 register_configs()
 
 # fast settings for a tiny model on a slice of the bundled sample data
-TINY = ["model=tiny_gemma2", "logger=none", "data.max_rows=200", "trainer.max_steps=6", "trainer.batch_size=8", "trainer.eval_batch_size=32"]
+TINY = ["model=tiny_gemma2", "lora=default", "trainer.lr=3e-4", "trainer.warmup_ratio=0.05", "logger=none", "data.max_rows=200", "trainer.max_steps=6", "trainer.batch_size=8", "trainer.eval_batch_size=32"]
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:

@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import pytest
+
 import numpy as np
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from duelist.batching import pad, sorted_batches, train_batches
-from duelist.inference import predict_p_a
+from duelist.scoring import predict_p_a
+
+pytestmark = pytest.mark.fast  # the developer tier: python -m pytest -m fast
 
 
 @settings(max_examples=200, deadline=None)
@@ -85,12 +89,12 @@ def test_token_budget_predictions_come_back_in_input_order(seqs, max_tokens) -> 
 
 def test_precision_is_bf16_where_supported_else_fp16(monkeypatch) -> None:
     """T4 (no bf16) gets fp16, Ampere/Hopper get bf16, CPU stays fp32; explicit choices are kept."""
-    from duelist.inference import autocast_dtype
-    from duelist.modeling import pick_dtype
+    from duelist.scoring import autocast_dtype
+    from duelist.modeling import torch_dtype
 
     gpu, cpu = torch.device("cuda"), torch.device("cpu")
     for supported, expected in ((True, torch.bfloat16), (False, torch.float16)):
         monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda including_emulation=True, s=supported: s)
-        assert autocast_dtype("auto", gpu) is expected and pick_dtype("auto", gpu) is expected
-    assert autocast_dtype("auto", cpu) is None and pick_dtype("auto", cpu) is torch.float32
+        assert autocast_dtype("auto", gpu) is expected and torch_dtype("auto", gpu) is expected
+    assert autocast_dtype("auto", cpu) is None and torch_dtype("auto", cpu) is torch.float32
     assert autocast_dtype("fp16", gpu) is torch.float16 and autocast_dtype("fp32", gpu) is None

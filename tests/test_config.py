@@ -5,10 +5,13 @@ from __future__ import annotations
 import re
 
 import pytest
+from hydra import compose, initialize_config_dir
 from hydra.errors import ConfigCompositionException
 from omegaconf import OmegaConf
 
 from conftest import CONF, compose_infer, compose_train
+
+pytestmark = pytest.mark.fast  # the developer tier: python -m pytest -m fast
 
 GROUPS = ["model", "lora", "data", "augment", "trainer", "logger", "pseudolabel", "experiment"]
 
@@ -33,8 +36,10 @@ def test_default_job_is_minilm_on_sample() -> None:
     assert cfg.logger.name == "wandb" and cfg.logger.mode == "offline"
     lora = compose_train(["lora=default"]).lora
     assert lora.enabled and lora.r == 64 and lora.alpha == 16 and lora.target_modules == "all-linear"
-    assert compose_train(["model=tiny_gemma2"]).lora.r == 64  # LLM-style models get LoRA r=64/alpha=16 by default
-    assert compose_train(["trainer.lr=1e-4"]).trainer.lr == 1e-4  # the command line beats the model file
+    tiny = compose_train(["model=tiny_gemma2"])  # a model file describes the network only: no other group changes
+    for group in ("lora", "trainer", "data", "augment", "logger", "pseudolabel"):
+        assert tiny[group] == cfg[group], group
+    assert compose_train(["trainer.lr=1e-4"]).trainer.lr == 1e-4  # the command line beats the defaults
 
 
 def test_gemma_experiment_is_the_plan() -> None:
@@ -51,6 +56,40 @@ def test_typo_fails_at_compose_time(override: str) -> None:
         compose_train([override])
 
 
+@pytest.mark.parametrize("override,allowed", [("trainer.precision=bf17", "auto, fp32, bf16, fp16"), ("model.dtype=half", "auto, fp32, bf16, fp16"),
+                                              ("trainer.optimizer=sgd", "adamw, adamw_8bit"), ("optimized_metric=val/acc", "val/accuracy, val/log_loss"),
+                                              ("data.ties=keep", "drop, soft"), ("pseudolabel.loss=mse", "ce, kl"), ("model.arch=gpt2", "gemma2, qwen2, llama, bert")])
+def test_a_value_outside_a_fixed_choice_fails_at_compose_time_with_the_choices(override: str, allowed: str) -> None:
+    with pytest.raises(ConfigCompositionException) as err:
+        compose_train([override])
+    assert allowed in str(err.value.__cause__)
+
+
+@pytest.mark.parametrize("override,allowed", [("ensemble.combine=lgoit", "prob, logit"), ("precision=fp17", "auto, fp32"), ("quantization=int4", "none, int8, nf4"),
+                                              ("tta=flip", "none, swap"), ("task=score", "submit, pseudolabel, generate"), ("device_map=sequential", "auto, balanced"),
+                                              ("labeling.labels=fuzzy", "soft, hard"), ("backend=onnx", "hf, vllm")])
+def test_an_infer_value_outside_a_fixed_choice_fails_at_compose_time(override: str, allowed: str) -> None:
+    with pytest.raises(ConfigCompositionException) as err:
+        compose_infer([override, "data.test=t.parquet"])
+    assert allowed in str(err.value.__cause__)
+
+
+def test_precision_has_one_vocabulary_with_torch_aliases() -> None:
+    import torch
+
+    from duelist.modeling import torch_dtype
+
+    cpu = torch.device("cpu")
+    for short, long, dtype in (("fp32", "float32", torch.float32), ("bf16", "bfloat16", torch.bfloat16), ("fp16", "float16", torch.float16)):
+        assert compose_train([f"model.dtype={long}"]).model.dtype == short  # the alias is stored under the one name
+        assert torch_dtype(short, cpu) is dtype and torch_dtype(long, cpu) is dtype
+
+
+def test_schemas_are_not_selectable_as_group_options() -> None:
+    with pytest.raises(Exception, match="trainer_schema"):
+        compose_train(["trainer=trainer_schema"])
+
+
 def test_infer_config_composes() -> None:
     cfg = compose_infer(["runs=[a,b]", "data.test=t.parquet", "tta=swap"])
     assert list(cfg.runs) == ["a", "b"] and cfg.data.test == "t.parquet" and cfg.tta == "swap"
@@ -60,8 +99,10 @@ def test_infer_config_composes() -> None:
 
 @pytest.mark.parametrize("option", options("ensemble"))
 def test_every_ensemble_option_composes(option: str) -> None:
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        choices = compose(config_name="infer", overrides=[f"ensemble={option}", "data.test=t.parquet"], return_hydra_config=True).hydra.runtime.choices
     cfg = compose_infer([f"ensemble={option}", "data.test=t.parquet"])
-    assert cfg.ensemble.name == option and cfg.ensemble.weights in ("equal", "oof")
+    assert choices.ensemble == option and cfg.ensemble.weights in ("equal", "oof")
     OmegaConf.to_container(cfg, resolve=True, throw_on_missing=True)
 
 
@@ -75,9 +116,9 @@ def test_every_yaml_key_has_a_comment() -> None:
     assert not missing, "YAML keys without a comment:\n" + "\n".join(missing)
 
 
-@pytest.mark.parametrize("group,option", [(g, o) for g in ("pseudolabel", "generate") for o in options(g)])
+@pytest.mark.parametrize("group,option", [(g, o) for g in ("labeling", "generate") for o in options(g)])
 def test_every_infer_task_option_composes(group: str, option: str) -> None:
-    task = "pseudolabel" if group == "pseudolabel" else "generate"
+    task = "pseudolabel" if group == "labeling" else "generate"
     cfg = compose_infer([f"task={task}", f"{group}={option}", "data.test=t.parquet", "output=o.parquet"])
     assert cfg[group].name == option
     OmegaConf.to_container(cfg, resolve=True, throw_on_missing=True)

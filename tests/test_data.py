@@ -12,6 +12,8 @@ from conftest import WSDM_EXAMPLE, compose_train
 from duelist.data import assign_folds, augment, load_pairs, load_test, load_train_valid, swap_pairs
 from duelist.errors import DuelistError
 
+pytestmark = pytest.mark.fast  # the developer tier: python -m pytest -m fast
+
 
 def test_wsdm_example_test_file() -> None:
     raw = pd.read_parquet(WSDM_EXAMPLE)

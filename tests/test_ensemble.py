@@ -23,11 +23,14 @@ def fake_run(root, name: str, model: str, acc: float, loss: float, study: str | 
     run.mkdir(parents=True)
     cfg = compose_train([f"model={model}", "logger=none", f"logger.group={study}" if study else "logger.group=null"])
     OmegaConf.save(cfg, run / "config.yaml")
+    (run / "checkpoint").mkdir()
+    OmegaConf.save(cfg, run / "checkpoint" / "config.yaml")  # the weights themselves are not needed by the registry
     if finished:
         (run / "metrics.json").write_text(json.dumps({"val/accuracy": acc, "val/log_loss": loss, "best_step": 1}))
     return run
 
 
+@pytest.mark.fast
 def test_registry_sorts_and_filters(tmp_path) -> None:
     fake_run(tmp_path, "a", "tiny_gemma2", 0.61, 0.66, study="s1")
     fake_run(tmp_path, "b", "tiny_gemma2", 0.65, 0.64, study="s2")
@@ -53,6 +56,7 @@ def write_oof(run, ids, p_a, winner, language) -> None:
     pd.DataFrame({"id": ids, "p_a": p_a, "winner": winner, "language": language, "fold": 0, "target": target}).to_parquet(run / "oof.parquet")
 
 
+@pytest.mark.fast
 def test_weights_recover_the_better_member_and_accuracy_checks_out(tmp_path) -> None:
     rng = np.random.default_rng(0)
     n = 2000
@@ -72,6 +76,7 @@ def test_weights_recover_the_better_member_and_accuracy_checks_out(tmp_path) -> 
     assert report["oof/accuracy"]["member1"] == pytest.approx(float(np.mean(np.where(good >= 0.5, "model_a", "model_b") == winner)))
 
 
+@pytest.mark.fast
 def test_per_language_weights(tmp_path) -> None:
     rng = np.random.default_rng(1)
     n = 1200

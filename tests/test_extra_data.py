@@ -150,7 +150,7 @@ def test_language_filter_and_quota_apply_to_training_rows_only(tmp_path) -> None
 
 def test_zero_loss_weight_leaves_the_model_untouched(tmp_path) -> None:
     """Per-source weights reach the loss: with every row at weight 0 (and no weight decay) training changes nothing."""
-    from duelist.inference import predict_p_a
+    from duelist.scoring import predict_p_a
     from duelist.formatting import PairEncoder
 
     rows = pd.read_parquet("src/duelist/assets/sample/pandalm_test.parquet").iloc[:120]

@@ -11,6 +11,8 @@ from duelist.errors import DuelistError
 from duelist.formatting import Frame, PairEncoder, assemble
 from duelist.modeling import load_tokenizer
 
+pytestmark = pytest.mark.fast  # the developer tier: python -m pytest -m fast
+
 # a frame with distinct marker ids; parts use ids >= 1000 so they are recognisable
 FRAME = Frame(prefix=(1, 2), mid_a=(3,), mid_b=(4, 5), suffix=(6,), special_head=(7,), special_tail=(8,), marker=(9, 9, 9))
 part = st.lists(st.integers(1000, 5000), min_size=1, max_size=3000)

@@ -49,7 +49,7 @@ def test_8bit_adamw_trains(tmp_path) -> None:
 def test_quantized_inference_close_to_16_bit(tmp_path, kind: str) -> None:
     pytest.importorskip("bitsandbytes")
     from duelist.modeling import merge_checkpoint
-    from duelist.inference import predict_p_a
+    from duelist.scoring import predict_p_a
     from duelist.formatting import PairEncoder
     from duelist.data import load_test
     from conftest import WSDM_EXAMPLE

@@ -2,15 +2,20 @@
 
 from __future__ import annotations
 
+import pytest
+
 import numpy as np
 import pandas as pd
+import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from conftest import TINY, run_cli
-from duelist.inference import split_by_length
+from duelist.modeling import load_checkpoint
+from duelist.scoring import split_by_length
 
 
+@pytest.mark.fast
 @settings(max_examples=200, deadline=None)
 @given(st.lists(st.integers(1, 5000), min_size=1, max_size=300), st.integers(1, 4))
 def test_split_by_length_deals_every_row_once_and_balances_tokens(lengths: list[int], parts: int) -> None:
@@ -22,7 +27,7 @@ def test_split_by_length_deals_every_row_once_and_balances_tokens(lengths: list[
     assert max(len(s) for s in shares) - min(len(s) for s in shares) <= 1
 
 
-def test_two_cpu_workers_and_device_map_give_the_same_submission(tmp_path) -> None:
+def test_two_cpu_workers_and_device_map_give_the_same_submission(tmp_path, monkeypatch) -> None:
     run = tmp_path / "run"
     res = run_cli("train.py", [*TINY, f"hydra.run.dir={run}"])
     assert res.returncode == 0, res.stderr[-2000:]
@@ -36,5 +41,20 @@ def test_two_cpu_workers_and_device_map_give_the_same_submission(tmp_path) -> No
         assert ("data parallel over cpu, cpu" in res.stdout + res.stderr) == (name == "two")
     one, two, split = (pd.read_parquet(tmp_path / f"{n}.parquet") for n in ("one", "two", "split"))
     np.testing.assert_allclose(split["p_a"], one["p_a"], atol=1e-6)  # device_map loading (all on the CPU here) changes nothing
+    # with one device transformers places the whole model there (no hooks, nothing to see in the model), so check that
+    # the option reaches the loader: an ignored device_map would not be passed on
+    from transformers import AutoModelForSequenceClassification
+
+    real = AutoModelForSequenceClassification.from_pretrained.__func__
+    passed = []
+
+    def spy(cls, *args, **kwargs):
+        passed.append(kwargs.get("device_map"))
+        return real(cls, *args, **kwargs)
+
+    monkeypatch.setattr(AutoModelForSequenceClassification, "from_pretrained", classmethod(spy))
+    load_checkpoint(run, torch.device("cpu"), device_map="balanced")
+    load_checkpoint(run, torch.device("cpu"))
+    assert passed == ["balanced", None]
     assert list(two["id"]) == list(rows["id"])  # input order restored
     np.testing.assert_allclose(two["p_a"], one["p_a"], atol=1e-6)

@@ -6,11 +6,13 @@ import json
 
 import numpy as np
 import pandas as pd
+import pytest
 
 from conftest import TINY, run_cli
 from duelist.pseudolabel import agreement, select
 
 
+@pytest.mark.fast
 def test_selection_rules_on_synthetic_teachers() -> None:
     members = np.array([
         [0.90, 0.80],  # combined 0.85: confident, agree
@@ -55,7 +57,7 @@ def test_teacher_generate_pseudolabel_student(tmp_path) -> None:
     reference = pd.read_parquet(tmp_path / "ref.parquet").set_index("id")["p_a"]
 
     pl = tmp_path / "pl.parquet"
-    res = run_cli("infer.py", ["task=pseudolabel", "pseudolabel=confident", "pseudolabel.min_confidence=0.001", f"runs=[{teacher}]",
+    res = run_cli("infer.py", ["task=pseudolabel", "labeling=confident", "labeling.min_confidence=0.001", f"runs=[{teacher}]",
                                f"data.test={pairs}", f"output={pl}", f"hydra.run.dir={tmp_path / 'h3'}"])
     assert res.returncode == 0, res.stderr[-2000:]
     labelled = pd.read_parquet(pl)
@@ -72,7 +74,7 @@ def test_teacher_generate_pseudolabel_student(tmp_path) -> None:
     # the student: human rows + pseudo-labels (half weight, KL distillation); pseudo rows never validate
     student = tmp_path / "student"
     res = run_cli("train.py", [*TINY, "data=files", f"data.train=[pkg:duelist/assets/sample/pandalm_test.parquet,{{path:{pl},weight:0.5}}]",
-                               "data.on_bad_rows=drop", "pseudolabel=soft", f"hydra.run.dir={student}"])
+                               "data.on_bad_rows=drop", "pseudolabel=kl", f"hydra.run.dir={student}"])
     assert res.returncode == 0, res.stderr[-2000:]
     oof = pd.read_parquet(student / "oof.parquet")
     assert not oof["id"].isin(labelled["id"]).any() and (oof["source"] == "pandalm_test").all()

@@ -11,9 +11,9 @@ import pytest
 import torch
 
 from conftest import TINY, compose_infer, compose_train
-from duelist import inference
+from duelist import scoring, submission
 from duelist.data import load_pairs
-from duelist.inference import Deadline
+from duelist.scoring import Deadline
 from duelist.modeling import Built, build_model
 
 COST = 1e-3  # fake seconds per padded token
@@ -40,6 +40,7 @@ class Timed(torch.nn.Module):
         return self.model(input_ids=input_ids, attention_mask=attention_mask)
 
 
+@pytest.mark.fast
 def test_deadline_learns_throughput_and_never_starts_what_does_not_fit() -> None:
     clock = FakeClock()
     d = Deadline(10.0, clock)
@@ -59,8 +60,8 @@ def setup(tmp_path, monkeypatch):
     cfg = compose_train(TINY)
     built = build_model(cfg.model, cfg.lora, torch.device("cpu"), seed=0)
     timed = Timed(built.model, clock)
-    monkeypatch.setattr(inference, "load_checkpoint", lambda run_dir, device, **kw: (Built(timed, built.tokenizer), cfg))
-    monkeypatch.setattr(inference, "clock", clock)
+    monkeypatch.setattr(scoring, "load_checkpoint", lambda run_dir, device, **kw: (Built(timed, built.tokenizer), cfg))
+    monkeypatch.setattr(submission, "clock", clock)
     rows = load_pairs("pkg:duelist/assets/sample/pandalm_test.parquet", on_bad_rows="drop").iloc[:120].reset_index(drop=True)
     rows[["id", "prompt", "response_a", "response_b"]].to_parquet(tmp_path / "test.parquet")
     (tmp_path / "run" / "checkpoint").mkdir(parents=True)
@@ -78,13 +79,13 @@ def test_leftover_time_goes_to_tta_for_the_least_confident_rows(setup) -> None:
 
     run = Path(tmp_path / "run")
     cfg = infer_cfg(tmp_path, "tta=swap")
-    plain = inference.score_run(run, rows, cfg, torch.device("cpu"), None, tta="none")
+    plain = scoring.score_run(run, rows, cfg, torch.device("cpu"), None, tta="none")
     first_pass_tokens = timed.tokens
-    full_tta = inference.score_run(run, rows, cfg, torch.device("cpu"), None, tta="swap")
+    full_tta = scoring.score_run(run, rows, cfg, torch.device("cpu"), None, tta="swap")
 
     budget = 1.5 * first_pass_tokens * COST  # the first pass and about half of the swapped pass
     start = clock.t
-    p = inference.score_run(run, rows, cfg, torch.device("cpu"), None, tta="swap", deadline=Deadline(budget, clock))
+    p = scoring.score_run(run, rows, cfg, torch.device("cpu"), None, tta="swap", deadline=Deadline(budget, clock))
     assert clock.t - start <= budget  # never over the budget
     assert not np.isnan(p).any()  # every row scored once
     tta_rows = np.flatnonzero(~np.isclose(p, plain, atol=1e-9))
@@ -100,11 +101,11 @@ def test_leftover_time_goes_to_tta_for_the_least_confident_rows(setup) -> None:
 def test_a_budget_too_small_still_writes_a_complete_submission(setup) -> None:
     clock, timed, rows, tmp_path = setup
 
-    inference.score_run(Path(tmp_path / "run"), rows, infer_cfg(tmp_path), torch.device("cpu"), None, tta="none")
+    scoring.score_run(Path(tmp_path / "run"), rows, infer_cfg(tmp_path), torch.device("cpu"), None, tta="none")
     first_pass_s = timed.tokens * COST
     minutes = 0.4 * first_pass_s / 60  # less than half of one pass
     start = clock.t
-    inference.infer(infer_cfg(tmp_path, "tta=swap", f"time_budget_min={minutes}"))
+    submission.submit(infer_cfg(tmp_path, "tta=swap", f"time_budget_min={minutes}"))
     assert clock.t - start <= 60 * minutes
     sub = pd.read_csv(tmp_path / "sub.csv", dtype={"id": str})
     assert list(sub["id"]) == list(rows["id"]) and sub["winner"].isin(["model_a", "model_b"]).all()

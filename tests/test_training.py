@@ -12,7 +12,7 @@ import torch
 from conftest import TINY, compose_train, run_cli
 from duelist.data import load_pairs
 from duelist.formatting import PairEncoder
-from duelist.inference import predict_p_a
+from duelist.scoring import predict_p_a
 from duelist.modeling import build_model, load_checkpoint, save_checkpoint
 from duelist.training import pair_losses, train
 

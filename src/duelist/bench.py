@@ -42,7 +42,6 @@ from omegaconf import OmegaConf
 from duelist.errors import DuelistError, exit_cleanly_on_user_error
 from duelist.files import write_json
 
-CONF = Path(__file__).resolve().parents[2] / "conf"
 # dense tensor-core peaks (bf16, fp16 on the T4) from the vendors' data sheets
 NOMINAL_PEAK_FLOPS = {"H100": 989e12, "H200": 989e12, "A100": 312e12, "L4": 121e12, "A10": 125e12, "T4": 65e12}
 KAGGLE_ROWS, T4_PEAK = 25_000, 65e12
@@ -114,20 +113,23 @@ def timed(fn: Callable[[], Any], device: torch.device) -> tuple[Any, float]:
 
 def build(model_name: str, device: torch.device, lora: bool, gradient_checkpointing: bool = False) -> Any:
     """The model of ``conf/model/<model_name>.yaml`` (random-init configs need no download), with or without LoRA r=64."""
-    from duelist.config import LoraConfig, ModelConfig
+    from duelist.config import LoraConfig, ModelConfig, conf_dir
     from duelist.modeling import build_model
 
-    path = CONF / "model" / f"{model_name}.yaml"
+    conf = conf_dir()
+    path = conf / "model" / f"{model_name}.yaml"
     if not path.is_file():
-        known = ", ".join(sorted(p.stem for p in (CONF / "model").glob("*.yaml")))
+        known = ", ".join(sorted(p.stem for p in (conf / "model").glob("*.yaml")))
         raise DuelistError(f"--model {model_name}: no conf/model/{model_name}.yaml; known: {known}")
     model_cfg = OmegaConf.merge(OmegaConf.structured(ModelConfig), OmegaConf.load(path))
-    lora_cfg = OmegaConf.structured(LoraConfig(enabled=lora, r=64 if lora else 0, alpha=16 if lora else 0, dropout=0.0))
+    # LoRA r=64 as conf/lora/default.yaml has it (the plan's setting), without dropout; or no adapters
+    lora_cfg = OmegaConf.merge(OmegaConf.structured(LoraConfig), OmegaConf.load(conf / "lora" / ("default.yaml" if lora else "none.yaml")))
+    lora_cfg.dropout = 0.0
     return build_model(model_cfg, lora_cfg, device, seed=0, gradient_checkpointing=gradient_checkpointing)
 
 
 def bench_inference(args: argparse.Namespace, device: torch.device, amp: torch.dtype | None) -> dict[str, Any]:
-    from duelist.inference import predict_p_a
+    from duelist.scoring import predict_p_a
 
     built = build(args.model, device, lora=False)
     model, pad_id = built.model, built.tokenizer.pad_token_id
@@ -216,7 +218,7 @@ def projection(inference: dict[str, Any], mfu: float, rows: int) -> dict[str, fl
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
-    from duelist.inference import autocast_dtype
+    from duelist.scoring import autocast_dtype
 
     device = torch.device("cuda" if torch.cuda.is_available() and args.device != "cpu" else "cpu")
     amp = autocast_dtype("auto", device)

@@ -1,114 +1,254 @@
-"""Typed schemas for every config group.
+"""Typed schemas for every config: key names, types and fixed choices.
 
-Each YAML file under ``conf/`` is validated against the dataclass registered here, so a
-misspelt key (``lora.rnak=8``) or a wrong type fails when Hydra composes the config, before
-any work starts. The YAML files carry the user-facing comments; these classes carry the types.
+Hydra composes ``conf/train.yaml`` / ``conf/infer.yaml`` onto :class:`TrainConfig` / :class:`InferConfig`,
+so a misspelt key (``lora.rnak=8``), a wrong type or a value outside a fixed choice
+(``trainer.precision=bf17``) fails at compose time, before any data or model is loaded, with the
+allowed values listed. The YAML files under ``conf/`` are the one source of default values (and carry
+the comments users read); these classes carry no defaults, only the types.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import os
+from dataclasses import dataclass
+from enum import Enum
+from pathlib import Path
 from typing import Any, Dict, List, Optional
 
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, OmegaConf
 
 
+class Choice(str, Enum):
+    """A fixed-choice value: equal to its name as a string (``Precision.bf16 == "bf16"``) and printed as it."""
+
+    def __str__(self) -> str:
+        return str(self.value)
+
+
+class Precision(Choice):
+    """Weights dtype and autocast precision; the torch names are accepted as aliases (``float16`` is ``fp16``)."""
+
+    auto = "auto"
+    fp32 = "fp32"
+    bf16 = "bf16"
+    fp16 = "fp16"
+    float32 = "fp32"
+    bfloat16 = "bf16"
+    float16 = "fp16"
+
+
+def precision(name: Any) -> Precision:
+    """A precision name from a config (a Precision, or a plain string from an older saved config)."""
+    from duelist.errors import DuelistError
+
+    try:
+        return name if isinstance(name, Precision) else Precision[str(name)]
+    except KeyError as err:
+        raise DuelistError(f"precision/dtype {name!r}: use one of {', '.join(Precision.__members__)}") from err
+
+
+# metric names hold a slash, so these enums are built by name
+Metric = Choice("Metric", {"val/accuracy": "val/accuracy", "val/log_loss": "val/log_loss"})  # type: ignore[call-overload]
+
+
+class Arch(Choice):
+    gemma2 = "gemma2"
+    qwen2 = "qwen2"
+    llama = "llama"
+    bert = "bert"
+
+
+class Init(Choice):
+    pretrained = "pretrained"
+    random = "random"
+
+
+class Attention(Choice):
+    auto = "auto"
+    eager = "eager"
+    sdpa = "sdpa"
+    flash_attention_2 = "flash_attention_2"
+
+
+class Template(Choice):
+    plain = "plain"
+    chat = "chat"
+
+
+class Ties(Choice):
+    drop = "drop"
+    soft = "soft"
+
+
+class BadRows(Choice):
+    fail = "fail"
+    drop = "drop"
+
+
+class Device(Choice):
+    auto = "auto"
+    cpu = "cpu"
+    cuda = "cuda"
+
+
+class Strategy(Choice):
+    auto = "auto"
+    ddp = "ddp"
+    fsdp = "fsdp"
+
+
+class Optimizer(Choice):
+    adamw = "adamw"
+    adamw_8bit = "adamw_8bit"
+
+
+class Tracker(Choice):
+    wandb = "wandb"
+    none = "none"
+
+
+class WandbMode(Choice):
+    offline = "offline"
+    online = "online"
+    disabled = "disabled"
+
+
+class TTA(Choice):
+    none = "none"
+    swap = "swap"
+
+
+class Combine(Choice):
+    prob = "prob"
+    logit = "logit"
+
+
+class Labels(Choice):
+    soft = "soft"
+    hard = "hard"
+
+
+class PseudoLoss(Choice):
+    ce = "ce"
+    kl = "kl"
+
+
+class Weights(Choice):
+    equal = "equal"
+    oof = "oof"
+
+
+class Task(Choice):
+    submit = "submit"
+    pseudolabel = "pseudolabel"
+    generate = "generate"
+
+
+class Quantization(Choice):
+    none = "none"
+    int8 = "int8"
+    nf4 = "nf4"
+
+
+class Backend(Choice):
+    hf = "hf"
+    vllm = "vllm"
+
+
+class DeviceMap(Choice):
+    auto = "auto"
+    balanced = "balanced"
+
+
 @dataclass
 class ModelConfig:
     name: str = MISSING
-    arch: str = MISSING  # key of duelist.modeling.ARCHITECTURES
+    arch: Arch = MISSING
     name_or_path: str = MISSING
-    init: str = "pretrained"  # pretrained | random
-    config_overrides: Dict[str, Any] = field(default_factory=dict)
-    softcapping: bool = False
-    attn_implementation: str = "eager"
-    dtype: str = "auto"  # auto | float32 | bfloat16 | float16
-    template: str = "plain"  # plain | chat
-    max_length: int = 512
-    prompt_max_tokens: int = 128
+    init: Init = MISSING
+    config_overrides: Dict[str, Any] = MISSING
+    softcapping: bool = MISSING
+    attn_implementation: Attention = MISSING
+    dtype: Precision = MISSING
+    template: Template = MISSING
+    max_length: int = MISSING
+    prompt_max_tokens: int = MISSING
 
 
 @dataclass
 class LoraConfig:
-    enabled: bool = True
-    r: int = 64
-    alpha: int = 16
-    dropout: float = 0.05
-    target_modules: Any = "all-linear"
-    qlora: bool = False
+    enabled: bool = MISSING
+    r: int = MISSING
+    alpha: int = MISSING
+    dropout: float = MISSING
+    target_modules: Any = MISSING
+    qlora: bool = MISSING
 
 
 @dataclass
 class DataConfig:
     name: str = MISSING
-    train: Any = MISSING  # a path or a list of paths
-    valid: Any = None  # a path, a list of paths, or null for k-fold
-    n_folds: int = 5
-    fold: int = 0
-    split_seed: int = 42
-    max_rows: Optional[int] = None
-    ties: str = "drop"  # drop | soft
-    on_bad_rows: str = "fail"  # fail | drop
-    languages: Optional[List[str]] = None
-    language_quota: Dict[str, int] = field(default_factory=dict)
-    dedup: bool = True
+    train: Any = MISSING  # a path or a list of paths / {path, weight, max_rows, validate}
+    valid: Any = MISSING  # a path, a list of paths, or null for k-fold
+    n_folds: int = MISSING
+    fold: int = MISSING
+    split_seed: int = MISSING
+    max_rows: Optional[int] = MISSING
+    ties: Ties = MISSING
+    on_bad_rows: BadRows = MISSING
+    languages: Optional[List[str]] = MISSING
+    language_quota: Dict[str, int] = MISSING
+    dedup: bool = MISSING
 
 
 @dataclass
 class AugmentConfig:
-    swap: bool = False
-    same_batch: bool = False
+    swap: bool = MISSING
+    same_batch: bool = MISSING
 
 
 @dataclass
 class TrainerConfig:
-    seed: int = 42
-    epochs: float = 1.0
-    max_steps: int = -1
-    batch_size: int = 8
-    grad_accum: int = 1
-    lr: float = 2e-4
-    head_lr: float = 1e-3
-    weight_decay: float = 0.01
-    warmup_ratio: float = 0.05
-    max_grad_norm: float = 1.0
-    eval_every: int = 0
-    eval_batch_size: int = 32
-    precision: str = "auto"  # auto | fp32 | bf16 | fp16
-    gradient_checkpointing: bool = False
-    group_by_length: bool = True
-    device: str = "auto"  # auto | cpu | cuda
-    strategy: str = "auto"  # auto | ddp | fsdp (several processes only)
-    optimizer: str = "adamw"  # adamw | adamw_8bit
+    seed: int = MISSING
+    epochs: float = MISSING
+    max_steps: int = MISSING
+    batch_size: int = MISSING
+    grad_accum: int = MISSING
+    lr: float = MISSING
+    head_lr: float = MISSING
+    weight_decay: float = MISSING
+    warmup_ratio: float = MISSING
+    max_grad_norm: float = MISSING
+    eval_every: int = MISSING
+    eval_batch_size: int = MISSING
+    precision: Precision = MISSING
+    gradient_checkpointing: bool = MISSING
+    group_by_length: bool = MISSING
+    device: Device = MISSING
+    strategy: Strategy = MISSING
+    optimizer: Optimizer = MISSING
 
 
 @dataclass
 class LoggerConfig:
-    name: str = "none"  # wandb | none
-    project: str = "duelist"
+    """``logger=none`` sets only ``name``: the W&B settings are None there (not applicable, not defaults)."""
+
+    name: Tracker = MISSING
+    project: Optional[str] = None
     entity: Optional[str] = None
-    mode: str = "offline"  # offline | online | disabled
+    mode: Optional[WandbMode] = None
     group: Optional[str] = None
-    tags: List[str] = field(default_factory=list)
-    log_predictions: int = 200
+    tags: Optional[List[str]] = None
+    log_predictions: Optional[int] = None
 
 
 @dataclass
 class PseudolabelConfig:
-    name: str = "none"
-    # labelling: python infer.py task=pseudolabel
-    teachers: List[str] = field(default_factory=list)  # model names; the best run of each (runs=[...] overrides)
-    tta: str = "swap"  # none | swap
-    combine: str = "prob"  # prob | logit: how teachers are averaged
-    min_confidence: float = 0.0  # keep rows with |p - 0.5| >= this
-    require_agreement: bool = False
-    top_k_per_language: Optional[int] = None
-    labels: str = "soft"  # soft | hard
-    round: int = 1
-    # learning: python train.py (rows with pseudo_label=True)
-    loss: str = "ce"  # ce | kl
-    temperature: float = 1.0
+    """train.py: how rows of pseudo-labelled files (``pseudo_label=true``) are learnt."""
+
+    loss: PseudoLoss = MISSING
+    temperature: float = MISSING
 
 
 @dataclass
@@ -120,99 +260,114 @@ class TrainConfig:
     trainer: TrainerConfig = MISSING
     logger: LoggerConfig = MISSING
     pseudolabel: PseudolabelConfig = MISSING
-    optimized_metric: str = "val/accuracy"
+    optimized_metric: Metric = MISSING  # type: ignore[valid-type]
     cache_dir: str = MISSING
 
 
 @dataclass
 class TestDataConfig:
     test: str = MISSING
-    on_bad_rows: str = "fail"  # fail | drop
+    on_bad_rows: BadRows = MISSING
 
 
 @dataclass
 class EnsembleConfig:
-    name: str = "mean"
-    members: List[str] = field(default_factory=list)  # model names; the best run of each is picked
-    roots: List[str] = field(default_factory=lambda: ["outputs", "multirun"])
-    select_by: str = "val/accuracy"
-    weights: str = "equal"  # equal | oof
-    combine: str = "prob"  # prob | logit
-    per_language: bool = False
-    min_language_rows: int = 200
-    grid_step: float = 0.05
+    members: List[str] = MISSING  # model names; the best run of each is picked
+    roots: List[str] = MISSING
+    select_by: Metric = MISSING  # type: ignore[valid-type]
+    weights: Weights = MISSING
+    combine: Combine = MISSING
+    per_language: bool = MISSING
+    min_language_rows: int = MISSING
+    grid_step: float = MISSING
+
+
+@dataclass
+class LabelingConfig:
+    """infer.py task=pseudolabel: which teachers label, and which rows are kept with which labels."""
+
+    name: str = MISSING
+    teachers: List[str] = MISSING
+    tta: TTA = MISSING
+    combine: Combine = MISSING
+    min_confidence: float = MISSING
+    require_agreement: bool = MISSING
+    top_k_per_language: Optional[int] = MISSING
+    labels: Labels = MISSING
+    round: int = MISSING
 
 
 @dataclass
 class GeneratorConfig:
     name: str = MISSING  # written to model_a/model_b
     name_or_path: str = MISSING
-    init: str = "pretrained"  # pretrained | random
-    arch: Optional[str] = None  # random init: Hugging Face model_type
-    config_overrides: Dict[str, Any] = field(default_factory=dict)
+    init: Init = MISSING
+    arch: Optional[str] = MISSING  # random init: Hugging Face model_type
+    config_overrides: Dict[str, Any] = MISSING
 
 
 @dataclass
 class GenerateConfig:
-    name: str = "hf"
-    backend: str = "hf"  # hf | vllm
-    generators: List[GeneratorConfig] = field(default_factory=list)
-    max_prompts: Optional[int] = None
-    language_quota: Dict[str, int] = field(default_factory=dict)
-    max_prompt_tokens: int = 1024
-    max_new_tokens: int = 512
-    temperature: float = 0.8
-    top_p: float = 0.95
-    seed: int = 42
-    batch_size: int = 16
-    shard_size: int = 1000
-    dtype: str = "auto"
-    gpu_memory_utilization: float = 0.9
+    name: str = MISSING
+    backend: Backend = MISSING
+    generators: List[GeneratorConfig] = MISSING
+    max_prompts: Optional[int] = MISSING
+    language_quota: Dict[str, int] = MISSING
+    max_prompt_tokens: int = MISSING
+    max_new_tokens: int = MISSING
+    temperature: float = MISSING
+    top_p: float = MISSING
+    seed: int = MISSING
+    batch_size: int = MISSING
+    shard_size: int = MISSING
+    dtype: Precision = MISSING
+    gpu_memory_utilization: float = MISSING
 
 
 @dataclass
 class InferConfig:
-    task: str = "submit"  # submit | pseudolabel | generate
+    task: Task = MISSING
     runs: List[str] = MISSING
     ensemble: EnsembleConfig = MISSING
-    pseudolabel: PseudolabelConfig = MISSING
+    labeling: LabelingConfig = MISSING
     generate: GenerateConfig = MISSING
-    data: TestDataConfig = field(default_factory=TestDataConfig)
+    data: TestDataConfig = MISSING
     output: str = MISSING
-    tta: str = "none"  # none | swap
-    batch_size: int = 32
-    max_batch_tokens: Optional[int] = None
-    time_budget_min: Optional[float] = None
-    quantization: str = "none"  # none | int8 | nf4
-    backend: str = "hf"  # hf | vllm
-    devices: List[str] = field(default_factory=list)
-    device_map: Optional[str] = None  # null | auto | balanced
-    device: str = "auto"
-    precision: str = "auto"
+    tta: TTA = MISSING
+    batch_size: int = MISSING
+    max_batch_tokens: Optional[int] = MISSING
+    time_budget_min: Optional[float] = MISSING
+    quantization: Quantization = MISSING
+    backend: Backend = MISSING
+    devices: List[str] = MISSING
+    device_map: Optional[DeviceMap] = MISSING
+    device: Device = MISSING
+    precision: Precision = MISSING
     cache_dir: str = MISSING
 
 
-GROUPS = {
-    "model": ModelConfig,
-    "lora": LoraConfig,
-    "data": DataConfig,
-    "augment": AugmentConfig,
-    "trainer": TrainerConfig,
-    "logger": LoggerConfig,
-    "pseudolabel": PseudolabelConfig,
-    "ensemble": EnsembleConfig,
-    "generate": GenerateConfig,
-}
+def conf_dir() -> Path:
+    """The ``conf/`` folder: ``$DUELIST_CONF`` if set, else ``./conf`` (a checkout, or the Kaggle package next to its
+    infer.py), else the checkout this package is installed from (``pip install -e .``). Works for wheel installs too."""
+    candidates = [Path(os.environ["DUELIST_CONF"])] if os.environ.get("DUELIST_CONF") else []
+    candidates += [Path.cwd() / "conf", Path(__file__).resolve().parents[2] / "conf"]
+    for folder in candidates:
+        if (folder / "train.yaml").is_file():
+            return folder
+    from duelist.errors import DuelistError
+
+    raise DuelistError(f"no conf/ folder with train.yaml in {', '.join(map(str, candidates))}: run from a duelist checkout or set DUELIST_CONF=PATH/conf")
 
 
 def register_configs() -> None:
-    """Register the schemas so every ``conf/<group>/*.yaml`` is checked against its type, and our resolvers."""
-    from duelist.sweeps import direction
+    """Register the two top-level schemas (every group is typed through them) and our resolvers.
+
+    Only ``train_schema`` and ``infer_schema`` are stored: no group gets a schema-only option
+    (``trainer=...`` chooses between YAML files, each a complete set of values)."""
+    from duelist.metrics import direction
 
     if not OmegaConf.has_resolver("duelist_direction"):
         OmegaConf.register_new_resolver("duelist_direction", direction)
     cs = ConfigStore.instance()
     cs.store(name="train_schema", node=TrainConfig)
     cs.store(name="infer_schema", node=InferConfig)
-    for group, node in GROUPS.items():
-        cs.store(group=group, name=f"{group}_schema", node=node)

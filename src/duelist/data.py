@@ -12,6 +12,9 @@ The layout of a file is chosen by the columns it has, never by its name:
   UltraFeedback-binarized); the chosen response is placed as A or B at random (seeded);
 - ``pairs``: WSDM Cup train/test parquet and any file with the canonical columns.
 
+A source is a parquet, csv or jsonl file, or a Hugging Face dataset ``hf:NAME[#CONFIG][@SPLIT]``
+(a Hub id, a ``save_to_disk`` folder or a folder of data files; see :func:`read_hub`).
+
 Training data is a list of *sources* (``data.train``): each a path, or a mapping
 ``{path, weight, max_rows, validate}`` that sets the loss weight of its rows, caps its rows, and
 says whether its rows may be held out for validation (pseudo-labelled files never are).
@@ -46,8 +49,44 @@ LMSYS_LABELS = ("winner_model_a", "winner_model_b", "winner_tie")
 # ----------------------------------------------------------------------------- reading files
 
 
+HUB_PREFIX = "hf:"
+
+
+def read_hub(spec: str) -> pd.DataFrame:
+    """A Hugging Face ``datasets`` source: ``hf:NAME[#CONFIG][@SPLIT]`` (split ``train`` unless given).
+
+    NAME is a Hub id (``hf:lmsys/lmsys-arena-human-preference-55k``; needs the network or the local
+    ``datasets`` cache), a folder written by ``Dataset.save_to_disk`` (``hf:/data/pairs``), or a local
+    folder of parquet/csv/jsonl files that ``datasets.load_dataset`` reads."""
+    import datasets
+
+    rest = spec[len(HUB_PREFIX) :]
+    rest, _, split = rest.partition("@")
+    name, _, config = rest.partition("#")
+    split = split or "train"
+    local = resolve_path(name)
+    try:
+        if os.path.isdir(local) and any(os.path.exists(os.path.join(local, f)) for f in ("dataset_info.json", "dataset_dict.json", "state.json")):
+            ds = datasets.load_from_disk(local)
+            if isinstance(ds, datasets.DatasetDict):
+                if split not in ds:
+                    raise DuelistError(f"{spec}: no split {split!r}; it has {', '.join(ds)} (choose one with @SPLIT)")
+                ds = ds[split]
+        else:
+            ds = datasets.load_dataset(local if os.path.isdir(local) else name, config or None, split=split)
+    except DuelistError:
+        raise
+    except Exception as err:  # hub, network, missing split/config, bad files
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        offline = "" if os.path.isdir(local) else "; without network, download it elsewhere (datasets save_to_disk) and pass hf:FOLDER"
+        raise DuelistError(f"{spec}: cannot load this Hugging Face dataset ({first}){offline}") from err
+    return ds.to_pandas()
+
+
 def read_table(path: str) -> pd.DataFrame:
-    """Read a parquet, csv or jsonl file; any failure is one clear line naming the file."""
+    """Read a parquet, csv or jsonl file, or a ``hf:`` dataset; any failure is one clear line naming the file."""
+    if path.startswith(HUB_PREFIX):
+        return read_hub(path)
     real = resolve_path(path)
     if not os.path.exists(real):
         raise DuelistError(f"{path}: file not found (check the path; relative paths are from the directory you run in)")
@@ -297,10 +336,6 @@ def load_pairs(paths: Any, *, labelled: bool = True, ties: str = "drop", on_bad_
     files = as_list(paths)
     if not files:
         raise DuelistError("no data file given (set data.train=PATH, or data.test=PATH for infer.py)")
-    if ties not in ("drop", "soft"):
-        raise DuelistError(f"data.ties={ties!r}: use drop or soft")
-    if on_bad_rows not in ("fail", "drop"):
-        raise DuelistError(f"on_bad_rows={on_bad_rows!r}: use fail or drop")
     frames = [canonicalize(read_table(p), p, labelled=labelled, ties=ties, on_bad_rows=on_bad_rows, seed=seed) for p in files]
     df = pd.concat(frames, ignore_index=True)
     dup = df["id"].duplicated()

@@ -184,7 +184,9 @@ if __name__ == "__main__":
     from duelist.errors import exit_cleanly_on_user_error
 
     register_configs()
-    conf = str(Path(__file__).resolve().parents[2] / "conf")
+    from duelist.config import conf_dir
+
+    conf = str(conf_dir())
 
     @hydra.main(version_base="1.3", config_path=conf, config_name="train")
     @exit_cleanly_on_user_error

@@ -17,6 +17,7 @@ import pandas as pd
 
 from duelist.errors import DuelistError
 from duelist.metrics import log_loss, predicted_winner
+from duelist.rundir import RunDir
 
 GLOBAL = "*"
 EPS = 1e-6
@@ -27,10 +28,8 @@ def combine(p: np.ndarray, weights: np.ndarray, how: str) -> np.ndarray:
     w = np.asarray(weights, dtype=np.float64)
     if how == "prob":
         return p @ w
-    if how == "logit":
-        q = np.clip(p, EPS, 1 - EPS)
-        return 1.0 / (1.0 + np.exp(-(np.log(q / (1 - q)) @ w)))
-    raise DuelistError(f"ensemble.combine={how!r}: use prob or logit")
+    q = np.clip(p, EPS, 1 - EPS)  # logit
+    return 1.0 / (1.0 + np.exp(-(np.log(q / (1 - q)) @ w)))
 
 
 def simplex_grid(k: int, step: float) -> np.ndarray:
@@ -60,10 +59,7 @@ def read_oof(runs: Sequence[str | Path]) -> pd.DataFrame:
     """One row per validation id shared by every run: ``p_a_<i>`` per member, target, winner, language."""
     merged = None
     for i, run in enumerate(runs):
-        path = Path(run) / "oof.parquet"
-        if not path.is_file():
-            raise DuelistError(f"{run}: no oof.parquet, so ensemble weights cannot be tuned; use ensemble=mean or retrain this run")
-        oof = pd.read_parquet(path)
+        oof = RunDir(run).read_oof()
         if "target" not in oof:
             oof["target"] = np.where(oof["winner"] == "model_a", 1.0, np.where(oof["winner"] == "model_b", 0.0, 0.5))
         oof = oof[["id", "p_a", "target", "winner", "language"]].rename(columns={"p_a": f"p_a_{i}"})

@@ -36,7 +36,6 @@ from duelist.files import resolve_path, write_json, write_parquet
 
 log = logging.getLogger(__name__)
 
-BACKENDS = ("hf", "vllm")
 
 
 # ----------------------------------------------------------------------------- prompts
@@ -107,12 +106,12 @@ class HFBackend:
     def __init__(self, gen: Any, cfg: Any, device: torch.device):
         from transformers import AutoConfig, AutoModelForCausalLM
 
-        from duelist.modeling import load_tokenizer, pick_dtype
+        from duelist.modeling import load_tokenizer, torch_dtype
 
         self.cfg, self.device = cfg, device
         self.tokenizer = load_tokenizer(gen.name_or_path)
         self.tokenizer.padding_side = "left"
-        dtype = pick_dtype(cfg.dtype, device)
+        dtype = torch_dtype(cfg.dtype, device)
         if gen.init == "random":
             overrides = OmegaConf.to_container(gen.config_overrides) if OmegaConf.is_config(gen.config_overrides) else dict(gen.config_overrides)
             config = AutoConfig.for_model(gen.arch, vocab_size=len(self.tokenizer), pad_token_id=self.tokenizer.pad_token_id,
@@ -183,9 +182,7 @@ class VLLMBackend:
 def make_backend(gen: Any, cfg: Any, device: torch.device) -> Backend:
     if cfg.backend == "hf":
         return HFBackend(gen, cfg, device)
-    if cfg.backend == "vllm":
-        return VLLMBackend(gen, cfg, device)
-    raise DuelistError(f"generate.backend={cfg.backend!r}: use {' or '.join(BACKENDS)}")
+    return VLLMBackend(gen, cfg, device)
 
 
 # ----------------------------------------------------------------------------- shards
@@ -221,8 +218,6 @@ def generate(cfg: Any) -> pd.DataFrame:
     output = Path(cfg.output)
     if output.suffix.lower() != ".parquet":
         raise DuelistError(f"output={cfg.output}: task=generate writes a .parquet file of pairs")
-    if g.backend not in BACKENDS:
-        raise DuelistError(f"generate.backend={g.backend!r}: use {' or '.join(BACKENDS)}")
     names = [gen.name for gen in g.generators]
     if len(set(names)) != len(names):
         raise DuelistError(f"generate.generators: names must be unique, got {names}")

@@ -26,11 +26,12 @@ from typing import Sequence
 
 from packaging.requirements import Requirement
 
+from duelist.config import conf_dir
 from duelist.errors import DuelistError, exit_cleanly_on_user_error
 from duelist.files import atomic_dir
 from duelist.modeling import merge_checkpoint
+from duelist.rundir import RunDir
 
-ROOT = Path(__file__).resolve().parents[2]
 PREINSTALLED = {"torch", "triton"}  # Kaggle images ship a CUDA torch; a CPU wheel would replace it
 
 
@@ -62,20 +63,20 @@ def requirements(root: str = "duelist", skip: set[str] = PREINSTALLED) -> dict[s
 
 def build(runs: Sequence[str], out: str | Path, merge: bool) -> Path:
     out = Path(out)
-    if not (ROOT / "infer.py").is_file() or not (ROOT / "conf").is_dir():
-        raise DuelistError(f"{ROOT}: no infer.py/conf here; run from a clone of duelist installed with pip install -e .")
+    root = conf_dir().parent
+    if not (root / "infer.py").is_file() or not (root / "src" / "duelist").is_dir():
+        raise DuelistError(f"{root}: no infer.py and src/duelist next to conf/; run from a clone of duelist")
     for run in runs:
-        if not (Path(run) / "checkpoint" / "config.yaml").is_file():
-            raise DuelistError(f"{run}: not a finished run dir (no checkpoint/config.yaml)")
+        RunDir(run).require_checkpoint()
     pins = requirements()
     with atomic_dir(out) as tmp:
         (tmp / "wheels").mkdir()
         reqs = tmp / "requirements.txt"
         reqs.write_text("".join(f"{name}=={version}\n" for name, version in sorted(pins.items())))
         source = tmp / ".source"  # duelist is built from a copy, so the checkout gets no build/ folder
-        shutil.copytree(ROOT / "src", source / "src", ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
+        shutil.copytree(root / "src", source / "src", ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
         for name in ("pyproject.toml", "README.md"):
-            shutil.copy2(ROOT / name, source / name)
+            shutil.copy2(root / name, source / name)
         for args in (["--no-deps", "-r", str(reqs)], ["--no-deps", str(source)]):
             res = subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "-w", str(tmp / "wheels"), *args], capture_output=True, text=True)
             if res.returncode != 0:
@@ -86,13 +87,13 @@ def build(runs: Sequence[str], out: str | Path, merge: bool) -> Path:
         for i, run in enumerate(runs):
             target = tmp / "runs" / f"r{i}"
             target.parent.mkdir(exist_ok=True)
-            if merge and (Path(run) / "checkpoint" / "adapter").is_dir():
+            if merge and (RunDir(run).checkpoint / "adapter").is_dir():
                 merge_checkpoint(run, target)
             else:
                 shutil.copytree(run, target, ignore=shutil.ignore_patterns("wandb", ".hydra", "*.png", "train.log"))
             names.append(f"r{i}")
-        shutil.copy2(ROOT / "infer.py", tmp / "infer.py")
-        shutil.copytree(ROOT / "conf", tmp / "conf")
+        shutil.copy2(root / "infer.py", tmp / "infer.py")
+        shutil.copytree(root / "conf", tmp / "conf")
         run_list = ",".join(f'$HERE/runs/{n}' for n in names)
         (tmp / "run.sh").write_text(
             "#!/usr/bin/env bash\n"

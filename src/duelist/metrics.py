@@ -15,6 +15,11 @@ EPS = 1e-7
 LOWER_IS_BETTER = {"val/log_loss"}
 
 
+def direction(metric: str) -> str:
+    """Optuna direction for an optimised metric (OmegaConf resolver ``duelist_direction``)."""
+    return "minimize" if metric in LOWER_IS_BETTER else "maximize"
+
+
 def predicted_winner(p_a: np.ndarray) -> np.ndarray:
     return np.where(np.asarray(p_a) >= 0.5, "model_a", "model_b")
 

@@ -22,8 +22,10 @@ from typing import Any, Callable, Optional
 import torch
 from omegaconf import DictConfig, OmegaConf
 
+from duelist.config import Precision, precision
 from duelist.errors import DuelistError
 from duelist.files import atomic_dir, resolve_path
+from duelist.rundir import CONFIG, RunDir
 
 log = logging.getLogger(__name__)
 # texts are tokenised whole before they are cut to budget; the "longer than the model maximum" warning is expected
@@ -80,16 +82,15 @@ def pick_device(name: str) -> torch.device:
     return torch.device(name)
 
 
-def pick_dtype(name: str, device: torch.device) -> torch.dtype:
-    """Weights dtype: ``auto`` is bf16 on a GPU that supports it, fp16 on older GPUs, fp32 on CPU."""
-    if name == "auto":
+def torch_dtype(name: Any, device: torch.device) -> torch.dtype:
+    """The torch dtype of a precision name (:class:`~duelist.config.Precision`, the one vocabulary for weights
+    and autocast): ``auto`` is bf16 on a GPU that supports it, fp16 on older GPUs (T4, V100), fp32 on CPU."""
+    choice = precision(name)
+    if choice == Precision.auto:
         if device.type == "cuda":
             return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
         return torch.float32
-    table = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16, "float16": torch.float16, "fp16": torch.float16}
-    if name not in table:
-        raise DuelistError(f"dtype {name!r}: use auto, float32, bfloat16 or float16")
-    return table[name]
+    return {Precision.fp32: torch.float32, Precision.bf16: torch.bfloat16, Precision.fp16: torch.float16}[choice]
 
 
 def _looks_local(path: str) -> bool:
@@ -119,10 +120,6 @@ def load_tokenizer(path: str, what: str = "name_or_path") -> Any:
 
 def check_model_config(model_cfg: Any, lora_cfg: Any, device: torch.device) -> None:
     """Stop before loading anything when the combination cannot work here."""
-    if model_cfg.arch not in ARCHITECTURES:
-        raise DuelistError(f"model.arch={model_cfg.arch!r}: unknown; known: {', '.join(ARCHITECTURES)}")
-    if model_cfg.init not in ("pretrained", "random"):
-        raise DuelistError(f"model.init={model_cfg.init!r}: use pretrained or random")
     if not lora_cfg.enabled and (lora_cfg.r or lora_cfg.alpha):
         raise DuelistError(
             f"lora.r={lora_cfg.r} / lora.alpha={lora_cfg.alpha} have no effect: adapters are off (lora=none, full fine-tuning; "
@@ -136,9 +133,6 @@ def check_model_config(model_cfg: Any, lora_cfg: Any, device: torch.device) -> N
             import bitsandbytes  # noqa: F401
         except ImportError as err:
             raise DuelistError("lora.qlora=true needs bitsandbytes: pip install 'duelist[qlora]'") from err
-
-
-QUANTIZATIONS = ("none", "int8", "nf4")
 
 
 def _quantization(lora_cfg: Any, inference: str = "none") -> Any:
@@ -158,8 +152,6 @@ def _quantization(lora_cfg: Any, inference: str = "none") -> Any:
 
 
 def check_quantization(kind: str, device: torch.device) -> None:
-    if kind not in QUANTIZATIONS:
-        raise DuelistError(f"quantization={kind!r}: use {', '.join(QUANTIZATIONS)}")
     if kind == "none":
         return
     if device.type != "cuda":
@@ -220,7 +212,7 @@ def add_lora(model: torch.nn.Module, lora_cfg: Any, gradient_checkpointing: bool
 def build_model(model_cfg: Any, lora_cfg: Any, device: torch.device, seed: int, gradient_checkpointing: bool = False) -> Built:
     check_model_config(model_cfg, lora_cfg, device)
     tokenizer = load_tokenizer(model_cfg.name_or_path)
-    dtype = pick_dtype(model_cfg.dtype, device)
+    dtype = torch_dtype(model_cfg.dtype, device)
     if lora_cfg.enabled and dtype != torch.float32 and device.type == "cpu":
         dtype = torch.float32
     model = build_base(model_cfg, lora_cfg, tokenizer, dtype, seed)
@@ -251,7 +243,7 @@ def save_checkpoint(built: Built, run_config: DictConfig, target: str | Path, st
     """Write ``target`` atomically: it appears complete or not at all. ``state_dict``: the full weights
     when the model itself is sharded (FSDP), else the model's own are saved."""
     with atomic_dir(target) as tmp:
-        OmegaConf.save(run_config, tmp / "config.yaml", resolve=True)
+        OmegaConf.save(run_config, tmp / CONFIG, resolve=True)
         built.tokenizer.save_pretrained(tmp / "tokenizer")
         model = built.model
         if hasattr(model, "peft_config"):
@@ -272,15 +264,11 @@ def load_checkpoint(run_dir: str | Path, device: torch.device, dtype_name: str =
     run's base in 16/32 bit instead of 4 bit (to merge the adapters); ``quantization`` (int8 | nf4) loads
     the weights quantized for inference (CUDA); ``device_map`` (auto | balanced) splits the layers over the GPUs."""
     check_quantization(quantization, device)
-    if device_map not in (None, "auto", "balanced"):
-        raise DuelistError(f"device_map={device_map!r}: use null, auto or balanced")
-    ckpt = Path(run_dir) / "checkpoint"
-    config_file = ckpt / "config.yaml"
-    if not config_file.is_file():
-        raise DuelistError(f"{run_dir}: no checkpoint/config.yaml; is this a finished duelist run dir?")
-    cfg = OmegaConf.load(config_file)
+    run = RunDir(run_dir).require_checkpoint()
+    ckpt = run.checkpoint
+    cfg = run.read_checkpoint_config()
     if "model" not in cfg or "lora" not in cfg:
-        raise DuelistError(f"{config_file}: not a duelist run config (no model/lora section)")
+        raise DuelistError(f"{run.checkpoint_config_file}: not a duelist run config (no model/lora section)")
     has_adapter, has_full = (ckpt / "adapter").is_dir(), (ckpt / "model").is_dir()
     if not (has_adapter or has_full) or not (ckpt / "tokenizer").is_dir():
         raise DuelistError(f"{ckpt}: incomplete checkpoint (needs tokenizer/ and adapter/ or model/)")
@@ -288,7 +276,7 @@ def load_checkpoint(run_dir: str | Path, device: torch.device, dtype_name: str =
         cfg.lora.qlora = False
     check_model_config(cfg.model, cfg.lora, device)
     tokenizer = load_tokenizer(str(ckpt / "tokenizer"), what="tokenizer")
-    dtype = pick_dtype(dtype_name if dtype_name != "auto" else cfg.model.dtype, device)
+    dtype = torch_dtype(dtype_name if dtype_name != "auto" else cfg.model.dtype, device)
     if has_adapter:
         from peft import PeftModel
 
@@ -318,10 +306,10 @@ def merge_checkpoint(run_dir: str | Path, out_dir: str | Path, dtype_name: str =
     ``oof.parquet`` are copied so ensembles can still weight the run."""
     import shutil
 
-    run_dir, out_dir = Path(run_dir), Path(out_dir)
-    if not (run_dir / "checkpoint" / "adapter").is_dir():
+    run, out_dir = RunDir(run_dir).require_checkpoint(), Path(out_dir)
+    if not (run.checkpoint / "adapter").is_dir():
         raise DuelistError(f"{run_dir}: no checkpoint/adapter/ to merge (pass the run dir of a LoRA run; full fine-tuning runs need no merge)")
-    if out_dir.resolve() == run_dir.resolve():
+    if out_dir.resolve() == run.path.resolve():
         raise DuelistError(f"--out {out_dir}: must differ from the run dir")
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     built, cfg = load_checkpoint(run_dir, device, dtype_name, dequantize=True)
@@ -330,9 +318,11 @@ def merge_checkpoint(run_dir: str | Path, out_dir: str | Path, dtype_name: str =
     cfg.lora.enabled, cfg.lora.qlora, cfg.lora.r, cfg.lora.alpha = False, False, 0, 0
     cfg.model.init = "pretrained"  # every weight is in checkpoint/model now
     with atomic_dir(out_dir) as tmp:
-        save_checkpoint(Built(merged, built.tokenizer), cfg, tmp / "checkpoint")
-        OmegaConf.save(cfg, tmp / "config.yaml", resolve=True)
-        for name in ("metrics.json", "oof.parquet"):
-            if (run_dir / name).is_file():
-                shutil.copy2(run_dir / name, tmp / name)
+        copy = RunDir(tmp)
+        save_checkpoint(Built(merged, built.tokenizer), cfg, copy.checkpoint)
+        copy.write_config(cfg)
+        for source, target in ((run.metrics_file, copy.metrics_file), (run.oof_file, copy.oof_file)):
+            if source.is_file():
+                shutil.copy2(source, target)
+        copy.write_exported_from(run)
     return out_dir

@@ -1,6 +1,6 @@
 """Label unlabelled pairs with trained teachers and keep the rows worth learning from.
 
-``python infer.py task=pseudolabel pseudolabel=confident runs=[TEACHER,...] data.test=pairs.parquet
+``python infer.py task=pseudolabel labeling=confident runs=[TEACHER,...] data.test=pairs.parquet
 output=pl.parquet`` writes ``pl.parquet`` (canonical columns with ``p_a`` and ``winner`` set,
 ``pseudo_label=True``, ``teacher_agreement``, each teacher's ``p_a_teacher{i}``, ``round``),
 ``pl.summary.json`` (rows kept per language, label balance) and ``pl.png`` (the teachers' combined
@@ -25,6 +25,8 @@ from duelist import ensemble, plots
 from duelist.data import load_test
 from duelist.errors import DuelistError
 from duelist.files import write_json, write_parquet
+from duelist.modeling import pick_device
+from duelist.scoring import pick_runs, score_run
 
 log = logging.getLogger(__name__)
 
@@ -64,19 +66,12 @@ def summary(rows_in: pd.DataFrame, kept: pd.DataFrame) -> dict[str, Any]:
 
 def pseudolabel(cfg: Any) -> pd.DataFrame:
     """Score ``cfg.data.test`` with the teachers and write the selected, labelled rows to ``cfg.output``."""
-    from duelist.inference import pick_runs, score_run
-    from duelist.modeling import pick_device
-
-    pl = cfg.pseudolabel
+    pl = cfg.labeling
     output = Path(cfg.output)
     if output.suffix.lower() != ".parquet":
         raise DuelistError(f"output={cfg.output}: task=pseudolabel writes a .parquet file (canonical columns + p_a)")
-    if pl.labels not in ("soft", "hard"):
-        raise DuelistError(f"pseudolabel.labels={pl.labels!r}: use soft or hard")
-    if pl.tta not in ("none", "swap"):
-        raise DuelistError(f"pseudolabel.tta={pl.tta!r}: use none or swap")
     if not 0.0 <= pl.min_confidence <= 0.5:
-        raise DuelistError(f"pseudolabel.min_confidence={pl.min_confidence}: must be in [0, 0.5]")
+        raise DuelistError(f"labeling.min_confidence={pl.min_confidence}: must be in [0, 0.5]")
     teachers = pick_runs(cfg, members=list(pl.teachers), what="teachers")
     rows = load_test(cfg.data.test, cfg.data.on_bad_rows)
     device = pick_device(cfg.device)
@@ -95,9 +90,9 @@ def pseudolabel(cfg: Any) -> pd.DataFrame:
     if len(kept) == 0:
         raise DuelistError(
             f"{cfg.data.test}: no row passes the selection (min_confidence={pl.min_confidence}, require_agreement={pl.require_agreement}); "
-            "lower pseudolabel.min_confidence"
+            "lower labeling.min_confidence"
         )
-    report = {**summary(rows, kept), "teachers": [str(t) for t in teachers], "pseudolabel": OmegaConf.to_container(pl, resolve=True)}
+    report = {**summary(rows, kept), "teachers": [str(t) for t in teachers], "labeling": OmegaConf.to_container(pl, resolve=True)}
     plots.kept_histogram(output.with_suffix(".png"), combined, keep, (0.5 - pl.min_confidence, 0.5 + pl.min_confidence), "teachers' combined P(A wins)")
     write_json(output.with_suffix(".summary.json"), report)
     write_parquet(output, kept)  # last: the labelled file appears only when everything else is written

@@ -1,7 +1,7 @@
 """The run registry: finished runs found from their run dirs, sorted and filtered.
 
-A finished run is a folder with ``metrics.json`` (written last by ``train()``) and the resolved
-``config.yaml`` next to it. ``infer.py`` picks ensemble members with the same code.
+A finished run is what :meth:`duelist.rundir.RunDir.is_finished` says (metrics.json is written last
+by ``train()``). ``infer.py`` picks ensemble members with the same code.
 
     python -m duelist.runs --sort val/accuracy --model gemma2_9b [--root outputs --root multirun]
 """
@@ -9,9 +9,7 @@ A finished run is a folder with ``metrics.json`` (written last by ``train()``) a
 from __future__ import annotations
 
 import argparse
-import json
 import sys
-from pathlib import Path
 from typing import Iterable, Optional
 
 import pandas as pd
@@ -19,31 +17,29 @@ from omegaconf import OmegaConf
 
 from duelist.errors import DuelistError, exit_cleanly_on_user_error
 from duelist.metrics import LOWER_IS_BETTER
+from duelist.rundir import RunDir, finished_runs
 
 DEFAULT_ROOTS = ("outputs", "multirun")
 COLUMNS = ["run_dir", "model", "data", "study", "lora_r", "augment_swap", "val/accuracy", "val/log_loss", "best_step", "finished"]
 
 
-def _row(metrics_file: Path) -> Optional[dict]:
-    run = metrics_file.parent
-    config_file = run / "config.yaml"
-    if not config_file.is_file():
-        return None
+def _row(run: RunDir) -> Optional[dict]:
     try:
-        metrics = json.loads(metrics_file.read_text())
-        cfg = OmegaConf.load(config_file)
+        metrics = run.read_metrics()
+        cfg = run.read_config()
     except (OSError, ValueError):
         return None
     flat = {k: v for k, v in metrics.items() if isinstance(v, (int, float, str))}
     return {
         **flat,
-        "run_dir": str(run),
+        "run_dir": str(run.path),
         "model": cfg.model.name,
         "data": cfg.data.name,
-        "study": cfg.logger.get("group"),
+        "study": OmegaConf.select(cfg, "logger.group", default=None, throw_on_missing=False),
         "lora_r": cfg.lora.r if cfg.lora.enabled else None,
         "augment_swap": bool(cfg.augment.swap),
-        "finished": pd.Timestamp(metrics_file.stat().st_mtime, unit="s"),
+        "exported_from": run.exported_from(),
+        "finished": pd.Timestamp(run.metrics_file.stat().st_mtime, unit="s"),
     }
 
 
@@ -54,9 +50,7 @@ def find_runs(
     """Finished runs under ``roots``, best first by ``sort`` (lower first for log loss)."""
     rows = []
     for root in roots:
-        base = Path(root)
-        if base.is_dir():
-            rows.extend(r for r in (_row(f) for f in base.rglob("metrics.json")) if r is not None)
+        rows.extend(r for r in (_row(run) for run in finished_runs(root)) if r is not None)
     df = pd.DataFrame(rows)
     if df.empty:
         return pd.DataFrame(columns=COLUMNS)

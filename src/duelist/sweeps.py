@@ -1,4 +1,4 @@
-"""Optuna studies: the objective direction, and a one-page study summary.
+"""Optuna studies: a one-page study summary.
 
 ``python train.py -m sweep=NAME`` runs Hydra's Optuna sweeper with ``conf/sweep/NAME.yaml``; when
 the sweep ends, :class:`StudySummaryCallback` writes ``sweeps/<study>.html`` (trials table, optimisation
@@ -23,17 +23,11 @@ import pandas as pd
 
 from duelist.errors import DuelistError, exit_cleanly_on_user_error
 from duelist.files import write_text
-from duelist.metrics import LOWER_IS_BETTER
 from duelist.runs import DEFAULT_ROOTS, find_runs
 
 log = logging.getLogger(__name__)
 
 DEFAULT_STORAGE = "sqlite:///sweeps/optuna.db"
-
-
-def direction(metric: str) -> str:
-    """Optuna direction for an optimised metric (OmegaConf resolver ``duelist_direction``)."""
-    return "minimize" if metric in LOWER_IS_BETTER else "maximize"
 
 
 def _masked(storage: str) -> str:

@@ -81,14 +81,10 @@ def _flatten(values: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     return out
 
 
-TRACKERS = {"wandb": WandbTracker, "none": NullTracker}
+
 
 
 def make_tracker(logger_cfg: Any, run_dir: str, config: dict[str, Any], name: str) -> NullTracker:
-    if logger_cfg.name not in TRACKERS:
-        from duelist.errors import DuelistError
-
-        raise DuelistError(f"logger.name={logger_cfg.name!r}: use one of {', '.join(TRACKERS)}")
     if logger_cfg.name == "none" or logger_cfg.mode == "disabled":
         return NullTracker()
     return WandbTracker(logger_cfg, run_dir, config, name)

@@ -26,10 +26,10 @@ from duelist.batching import pad, train_batches
 from duelist.data import augment, load_train_valid
 from duelist.distributed import barrier, broadcast, full_state_dict, init_distributed, wrap
 from duelist.errors import DuelistError
-from duelist.files import write_json, write_parquet, write_text
 from duelist.formatting import PairEncoder
-from duelist.inference import autocast_dtype, predict_p_a
+from duelist.scoring import autocast_dtype, predict_p_a
 from duelist.metrics import compute_metrics, is_better
+from duelist.rundir import RunDir
 from duelist.modeling import Built, build_model, check_model_config, head_and_body_parameters, save_checkpoint
 from duelist.tracking import NullTracker, make_tracker
 
@@ -60,17 +60,12 @@ def pair_losses(logits: torch.Tensor, p_a: torch.Tensor, kl: torch.Tensor | None
 
 def check_train_config(cfg: DictConfig) -> None:
     t = cfg.trainer
-    metric = cfg.optimized_metric
-    if metric not in ("val/accuracy", "val/log_loss"):
-        raise DuelistError(f"optimized_metric={metric!r}: use val/accuracy (maximised) or val/log_loss (minimised)")
     if t.batch_size < 1 or t.grad_accum < 1 or t.eval_batch_size < 1:
         raise DuelistError("trainer.batch_size, trainer.grad_accum and trainer.eval_batch_size must be >= 1")
     if cfg.augment.same_batch and not cfg.augment.swap:
         raise DuelistError("augment.same_batch=true needs augment.swap=true")
     if cfg.augment.same_batch and t.batch_size < 2:
         raise DuelistError("augment.same_batch=true needs trainer.batch_size >= 2 (a pair and its swap)")
-    if t.optimizer not in ("adamw", "adamw_8bit"):
-        raise DuelistError(f"trainer.optimizer={t.optimizer!r}: use adamw or adamw_8bit")
     if t.optimizer == "adamw_8bit":
         if not torch.cuda.is_available() or t.device == "cpu":
             raise DuelistError("trainer.optimizer=adamw_8bit needs a CUDA GPU (bitsandbytes); on this machine use trainer.optimizer=adamw")
@@ -78,10 +73,6 @@ def check_train_config(cfg: DictConfig) -> None:
             import bitsandbytes  # noqa: F401
         except ImportError as err:
             raise DuelistError("trainer.optimizer=adamw_8bit needs bitsandbytes: pip install 'duelist[qlora]'") from err
-    if t.precision not in ("auto", "fp32", "bf16", "fp16"):
-        raise DuelistError(f"trainer.precision={t.precision!r}: use auto, fp32, bf16 or fp16")
-    if cfg.pseudolabel.loss not in ("ce", "kl"):
-        raise DuelistError(f"pseudolabel.loss={cfg.pseudolabel.loss!r}: use ce (soft-target cross-entropy) or kl (distillation at pseudolabel.temperature)")
     if not cfg.pseudolabel.temperature > 0:
         raise DuelistError(f"pseudolabel.temperature={cfg.pseudolabel.temperature}: must be > 0")
 
@@ -90,17 +81,15 @@ def make_optimizer(name: str, groups: list[dict[str, Any]], weight_decay: float)
     """``adamw`` (torch) or ``adamw_8bit`` (bitsandbytes: optimizer state in 8 bit, about 75% less of it; CUDA only)."""
     if name == "adamw":
         return torch.optim.AdamW(groups, weight_decay=weight_decay)
-    if name == "adamw_8bit":
-        import bitsandbytes as bnb
+    import bitsandbytes as bnb  # adamw_8bit
 
-        return bnb.optim.AdamW8bit(groups, weight_decay=weight_decay)
-    raise DuelistError(f"trainer.optimizer={name!r}: use adamw or adamw_8bit")
+    return bnb.optim.AdamW8bit(groups, weight_decay=weight_decay)
 
 
 class Trainer:
     """The loop: AdamW (separate head lr), warmup + cosine, grad accumulation, evals, best checkpoint."""
 
-    def __init__(self, cfg: DictConfig, run_dir: Path):
+    def __init__(self, cfg: DictConfig, run_dir: RunDir):
         self.cfg = cfg
         self.run_dir = run_dir
         self.t = cfg.trainer
@@ -195,18 +184,18 @@ class Trainer:
             self.best = {"step": step, "metrics": metrics, "p_a": p_a, "train/tokens_per_s": tokens_per_s}
             state = full_state_dict(built.model) if self.dist.sharded else None  # collective: every process takes part
             if self.dist.main:
-                save_checkpoint(built, self.cfg, self.run_dir / "checkpoint", state)
+                save_checkpoint(built, self.cfg, self.run_dir.checkpoint, state)
 
 
 def train(cfg: DictConfig, run_dir: str | Path) -> float:
     """Train one model as configured; returns ``cfg.optimized_metric`` of the best checkpoint."""
-    run_dir = Path(run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
+    run = RunDir(run_dir)
+    run.path.mkdir(parents=True, exist_ok=True)
     check_train_config(cfg)
     seed_everything(cfg.trainer.seed)
     started = time.perf_counter()
 
-    trainer = Trainer(cfg, run_dir)
+    trainer = Trainer(cfg, run)
     if trainer.dist.sharded and cfg.lora.enabled and cfg.lora.qlora:
         raise DuelistError("trainer.strategy=fsdp cannot shard 4-bit QLoRA weights: launch with --multi_gpu (DDP) or use lora=default / lora=none")
     check_model_config(cfg.model, cfg.lora, trainer.device)  # before any data is read
@@ -223,8 +212,8 @@ def train(cfg: DictConfig, run_dir: str | Path) -> float:
         trainer.fit(built, train_rows, train_ids, valid, valid_ids, NullTracker())
         return float("nan")  # rank 0 writes the run dir and reports the metric
     config = OmegaConf.to_container(cfg, resolve=True)
-    write_text(run_dir / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
-    tracker = make_tracker(cfg.logger, str(run_dir), config, name=run_dir.name)
+    run.write_config(cfg)
+    tracker = make_tracker(cfg.logger, str(run.path), config, name=run.name)
     try:
         trainer.fit(built, train_rows, train_ids, valid, valid_ids, tracker)
         best = trainer.best
@@ -245,22 +234,23 @@ def train(cfg: DictConfig, run_dir: str | Path) -> float:
         }
         oof = valid[["id", "winner", "language", "source", "fold"]].assign(p_a=best["p_a"], target=valid["p_a"].to_numpy())
         oof = oof[["id", "p_a", "winner", "language", "fold", "source", "target"]]
-        write_parquet(run_dir / "oof.parquet", oof)
-        plots.training_curves(run_dir / "curves.png", trainer.train_curve, trainer.evals, cfg.optimized_metric)
+        run.write_oof(oof)
+        plots.training_curves(run.path / "curves.png", trainer.train_curve, trainer.evals, cfg.optimized_metric)
         counts = valid["language"].value_counts().to_dict()
-        plots.accuracy_bars(run_dir / "accuracy_by_language.png", metrics["val/accuracy_by_language"], counts, "validation accuracy by language")
+        plots.accuracy_bars(run.path / "accuracy_by_language.png", metrics["val/accuracy_by_language"], counts, "validation accuracy by language")
         tracker.summary(metrics)
         tracker.bar("val/accuracy_by_language", metrics["val/accuracy_by_language"], "language", "accuracy")
-        tracker.image("curves", str(run_dir / "curves.png"))
-        worst = oof.assign(error=(oof["p_a"] - oof["target"]).abs()).nlargest(cfg.logger.log_predictions, "error")
-        worst = worst.merge(valid[["id", "prompt", "response_a", "response_b"]], on="id")
-        tracker.table("val/worst_predictions", worst)
-        write_json(run_dir / "metrics.json", metrics)  # last: its presence marks a finished run
+        tracker.image("curves", str(run.path / "curves.png"))
+        if cfg.logger.log_predictions:
+            worst = oof.assign(error=(oof["p_a"] - oof["target"]).abs()).nlargest(cfg.logger.log_predictions, "error")
+            worst = worst.merge(valid[["id", "prompt", "response_a", "response_b"]], on="id")
+            tracker.table("val/worst_predictions", worst)
+        run.write_metrics(metrics)  # last: its presence marks a finished run
     except BaseException:
         tracker.finish(exit_code=1)
         raise
     tracker.finish(exit_code=0)
     value = float(metrics[cfg.optimized_metric])
     print(f"{cfg.optimized_metric}={value:.4f} (val/accuracy={metrics['val/accuracy']:.4f}, "
-          f"longer-wins baseline={metrics['val/baseline_longer_wins']:.4f}, val/log_loss={metrics['val/log_loss']:.4f}); run dir: {run_dir}")
+          f"longer-wins baseline={metrics['val/baseline_longer_wins']:.4f}, val/log_loss={metrics['val/log_loss']:.4f}); run dir: {run.path}")
     return value

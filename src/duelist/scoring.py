@@ -1,9 +1,13 @@
-"""Score test pairs with one or more trained runs and write the Kaggle submission.
+"""Scoring rows with trained runs: the one prediction path that training, the benchmark,
+pseudo-labelling and the submission all use.
 
-``python infer.py runs=[RUN_DIR,...] data.test=test.parquet output=submission.csv [tta=swap]``
-writes ``submission.csv`` (``id,winner``: every test id once, in input order) and, next to it,
-``submission.parquet`` with ``p_a`` per run and combined, and ``submission.ensemble.json`` with the
-weights used (``ensemble=mean``: equal; ``weighted``/``two_model``: tuned on the runs' OOF rows).
+- :func:`predict_p_a`: P(A wins) for token sequences, batches sorted by length under a row and a
+  token budget, order restored;
+- :class:`Deadline`: a time budget that learns the throughput and never starts a batch that would overrun;
+- :func:`score_run`: one run dir over a table of pairs (HF backend, optional swap-TTA within the deadline);
+  :func:`score_run_vllm` (vLLM pooling runner on merged weights) and :func:`score_run_parallel` (one
+  process per device, rows dealt by length);
+- :func:`pick_runs`: the run dirs to score (``runs=[...]`` or the registry's best of each named model).
 """
 
 from __future__ import annotations
@@ -19,28 +23,22 @@ import torch
 from tqdm.auto import tqdm
 
 from duelist.batching import pad, sorted_batches
-from duelist import ensemble
-from duelist.data import load_test, swap_pairs
+from duelist.config import Precision
+from duelist.data import swap_pairs
 from duelist.errors import DuelistError
-from duelist.files import write_csv, write_json, write_parquet
 from duelist.formatting import PairEncoder
-from duelist.metrics import predicted_winner
-from duelist.modeling import load_checkpoint, pick_device
+from duelist.modeling import load_checkpoint, torch_dtype
+from duelist.rundir import RunDir
 from duelist.runs import best_run
 
 log = logging.getLogger(__name__)
 
-TTA = ("none", "swap")
-clock: Callable[[], float] = time.monotonic  # the time budget's clock (tests replace it with a fake one)
-
-
-def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
+def autocast_dtype(name: Any, device: torch.device) -> torch.dtype | None:
     """Mixed-precision dtype for the forward pass: bf16 on GPUs that have it, else fp16; none on CPU."""
-    if device.type != "cuda" or precision == "fp32":
+    if device.type != "cuda":
         return None
-    if precision == "auto":
-        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-    return {"bf16": torch.bfloat16, "fp16": torch.float16}[precision]
+    dtype = torch_dtype(name, device)
+    return None if dtype == torch.float32 else dtype
 
 
 class Deadline:
@@ -112,13 +110,7 @@ def predict_p_a(
 def _check_runs(runs: Sequence[str]) -> list[Path]:
     if not runs:
         raise DuelistError("runs is empty: give the run dirs to ensemble, e.g. runs=[outputs/2025-01-01/12-00-00]")
-    dirs = []
-    for run in runs:
-        path = Path(run)
-        if not (path / "checkpoint" / "config.yaml").is_file():
-            raise DuelistError(f"{run}: not a finished run dir (no checkpoint/config.yaml); pass the Hydra run dir of a train.py run")
-        dirs.append(path)
-    return dirs
+    return [RunDir(run).require_checkpoint().path for run in runs]
 
 
 def score_run(run_dir: Path, test: pd.DataFrame, cfg: Any, device: torch.device, cache_dir: str | None, tta: str | None = None,
@@ -160,9 +152,8 @@ def score_run(run_dir: Path, test: pd.DataFrame, cfg: Any, device: torch.device,
 def score_run_vllm(run_dir: Path, test: pd.DataFrame, cfg: Any, tta: str) -> np.ndarray:
     """vLLM pooling runner (``LLM(..., runner="pooling").classify``) over a merged checkpoint; the same
     token ids as the HF path (our formatting), vLLM schedules the batches itself."""
-    from omegaconf import OmegaConf
-
-    ckpt = run_dir / "checkpoint"
+    run = RunDir(run_dir)
+    ckpt = run.checkpoint
     if not (ckpt / "model").is_dir():
         raise DuelistError(f"{run_dir}: backend=vllm needs full weights (checkpoint/model/); merge the adapters first: python -m duelist.export {run_dir} --out MERGED")
     try:
@@ -171,13 +162,13 @@ def score_run_vllm(run_dir: Path, test: pd.DataFrame, cfg: Any, tta: str) -> np.
         raise DuelistError("backend=vllm needs vLLM: pip install 'duelist[vllm]' (Linux + CUDA GPU), or use backend=hf") from err
     if not torch.cuda.is_available():
         raise DuelistError("backend=vllm needs a CUDA GPU; on this machine use backend=hf")
-    run_cfg = OmegaConf.load(ckpt / "config.yaml")
+    run_cfg = run.read_checkpoint_config()
     from duelist.modeling import load_tokenizer
 
     tokenizer = load_tokenizer(str(ckpt / "tokenizer"), what="tokenizer")
     encoder = PairEncoder(tokenizer, run_cfg.model.template, run_cfg.model.max_length, run_cfg.model.prompt_max_tokens)
     llm = LLM(model=str(ckpt / "model"), tokenizer=str(ckpt / "tokenizer"), runner="pooling", max_model_len=run_cfg.model.max_length + 8,
-              dtype="auto" if cfg.precision == "auto" else {"bf16": "bfloat16", "fp16": "float16", "fp32": "float32"}[cfg.precision])
+              dtype="auto" if cfg.precision == Precision.auto else str(torch_dtype(cfg.precision, torch.device("cuda"))).removeprefix("torch."))
 
     def classify(rows: pd.DataFrame) -> np.ndarray:
         ids = encoder.encode(rows, cfg.cache_dir)
@@ -225,21 +216,6 @@ def score_run_parallel(run_dir: Path, test: pd.DataFrame, cfg: Any, devices: Seq
     return out
 
 
-def fill_unscored(members: np.ndarray, test: pd.DataFrame) -> tuple[np.ndarray, int]:
-    """Members' NaN (not reached in the time budget) take the mean of the row's other members; rows no member
-    scored get the longer-answer rule (p_a 0.55 / 0.45, 0.5 for equal lengths). Returns the filled matrix and that row count."""
-    members = members.copy()
-    row_mean = np.nanmean(np.where(np.isnan(members).all(axis=1, keepdims=True), 0.5, members), axis=1)
-    missing = np.isnan(members)
-    members[missing] = np.broadcast_to(row_mean[:, None], members.shape)[missing]
-    none = missing.all(axis=1)
-    if none.any():
-        len_a, len_b = test["response_a"].str.len().to_numpy(), test["response_b"].str.len().to_numpy()
-        rule = np.where(len_a > len_b, 0.55, np.where(len_a < len_b, 0.45, 0.5))
-        members[none] = rule[none, None]
-    return members, int(none.sum())
-
-
 def pick_runs(cfg: Any, members: list[str] | None = None, what: str = "ensemble.members") -> list[Path]:
     """Explicit ``runs=[...]``, else the best finished run of each model named in ``members``
     (default ``ensemble.members``; ``pseudolabel.teachers`` for task=pseudolabel)."""
@@ -254,88 +230,3 @@ def pick_runs(cfg: Any, members: list[str] | None = None, what: str = "ensemble.
     return _check_runs(picked)
 
 
-def ensemble_weights(cfg: Any, runs: list[Path]) -> dict[str, Any]:
-    ens = cfg.ensemble
-    if ens.weights == "equal" or len(runs) == 1:
-        return {"runs": [str(r) for r in runs], "combine": ens.combine, "weights": ensemble.equal_weights(len(runs))}
-    if ens.weights != "oof":
-        raise DuelistError(f"ensemble.weights={ens.weights!r}: use equal or oof")
-    report = ensemble.fit(runs, ens.combine, ens.grid_step, ens.per_language, ens.min_language_rows)
-    acc, loss = report["oof/accuracy"], report["oof/log_loss"]
-    print(f"ensemble weights (tuned on {report['shared_oof_rows']} shared OOF rows, {ens.combine}): {report['weights']}")
-    for name in acc:
-        print(f"  OOF {name:>9}: accuracy {acc[name]:.4f}  log loss {loss[name]:.4f}")
-    return report
-
-
-TASKS = ("submit", "pseudolabel", "generate")
-
-
-def infer(cfg: Any) -> pd.DataFrame:
-    """``cfg.task``: submit (score, ensemble, write the submission), pseudolabel or generate."""
-    if cfg.task == "pseudolabel":
-        from duelist.pseudolabel import pseudolabel
-
-        return pseudolabel(cfg)
-    if cfg.task == "generate":
-        from duelist.generation import generate
-
-        return generate(cfg)
-    if cfg.task != "submit":
-        raise DuelistError(f"task={cfg.task!r}: use {', '.join(TASKS)}")
-    return submit(cfg)
-
-
-def submit(cfg: Any) -> pd.DataFrame:
-    """Score ``cfg.data.test`` with the chosen runs, combine them as configured and write the submission."""
-    if cfg.tta not in TTA:
-        raise DuelistError(f"tta={cfg.tta!r}: use none or swap")
-    if cfg.backend not in ("hf", "vllm"):
-        raise DuelistError(f"backend={cfg.backend!r}: use hf or vllm")
-    if cfg.backend == "vllm" and cfg.time_budget_min is not None:
-        raise DuelistError("backend=vllm does not follow time_budget_min (vLLM schedules its own batches); use backend=hf with a time budget")
-    output = Path(cfg.output)
-    if output.suffix.lower() != ".csv":
-        raise DuelistError(f"output={cfg.output}: the submission must be a .csv file")
-    started = clock()
-    deadline = None
-    if cfg.time_budget_min is not None:
-        if cfg.time_budget_min <= 0:
-            raise DuelistError(f"time_budget_min={cfg.time_budget_min}: must be > 0 minutes (null = no budget)")
-        budget_s = 60.0 * cfg.time_budget_min
-        deadline = Deadline(budget_s - min(30.0, 0.02 * budget_s), clock)  # a reserve for writing the outputs
-    runs = pick_runs(cfg)
-    test = load_test(cfg.data.test, cfg.data.on_bad_rows)
-    report = ensemble_weights(cfg, runs)
-    device = pick_device(cfg.device)
-    for name in cfg.devices:
-        pick_device(name.split(":")[0])  # cuda:1 without a GPU fails here, with one line
-    log.info("scoring %d test rows with %d run(s) on %s, tta=%s", len(test), len(runs), device, cfg.tta)
-    probs = pd.DataFrame({"id": test["id"]})
-    devices = list(cfg.devices)
-    if len(devices) > 1:
-        log.info("data parallel over %s: rows dealt by length so the processes finish together", ", ".join(devices))
-    for i, run in enumerate(runs):  # with a budget each run gets an equal share of the time still left
-        share = deadline.share(len(runs) - i) if deadline else None
-        if cfg.backend == "vllm":
-            probs[f"p_a_run{i}"] = score_run_vllm(run, test, cfg, cfg.tta)
-        elif len(devices) > 1:
-            probs[f"p_a_run{i}"] = score_run_parallel(run, test, cfg, devices, share)
-        else:
-            probs[f"p_a_run{i}"] = score_run(run, test, cfg, device, cfg.cache_dir, deadline=share)
-    members = probs[[f"p_a_run{i}" for i in range(len(runs))]].to_numpy()
-    if deadline is not None:
-        report["time_budget"] = {"minutes": cfg.time_budget_min, "used_s": clock() - started,
-                                 "rows_scored_per_run": [int(n) for n in (~np.isnan(members)).sum(axis=0)]}
-        members, unscored = fill_unscored(members, test)
-        report["time_budget"]["rows_without_a_model_score"] = unscored
-        if unscored:
-            log.warning("time budget: %d rows got no model score; they use the longer-answer rule", unscored)
-    probs["p_a"] = ensemble.apply(members, test["language"].to_numpy(), report["weights"], report["combine"])
-    submission = pd.DataFrame({"id": test["id"], "winner": predicted_winner(probs["p_a"].to_numpy())})
-    write_json(output.with_suffix(".ensemble.json"), {**report, "tta": cfg.tta})
-    write_parquet(output.with_suffix(".parquet"), probs)
-    write_csv(output, submission)
-    log.info("wrote %s (%d rows), %s and %s", output, len(submission), output.with_suffix(".parquet"), output.with_suffix(".ensemble.json"))
-    print(f"submission: {output} ({len(submission)} rows; model_a {float((submission['winner'] == 'model_a').mean()):.3f})")
-    return submission

@@ -1,0 +1,125 @@
+"""The run dir: what one ``train.py`` run leaves behind, and the one place that knows its layout.
+
+    RUN/config.yaml           the resolved config of the run
+    RUN/checkpoint/           the best model; checkpoint/config.yaml is what infer.py rebuilds from
+    RUN/oof.parquet           validation predictions of that checkpoint (id, p_a, winner, language, fold, source, target)
+    RUN/metrics.json          final numbers; written last, so its presence marks a finished run
+    RUN/exported_from.json    only in copies written by ``python -m duelist.export``: which run it was made from
+
+Every write is atomic (see :mod:`duelist.files`). train(), the registry, infer.py, export, the
+Kaggle packager and pseudo-labelling all go through :class:`RunDir`.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Iterator
+
+import pandas as pd
+from omegaconf import DictConfig, OmegaConf
+
+from duelist.errors import DuelistError
+from duelist.files import write_json, write_parquet, write_text
+
+CONFIG = "config.yaml"
+METRICS = "metrics.json"
+OOF = "oof.parquet"
+CHECKPOINT = "checkpoint"
+EXPORTED_FROM = "exported_from.json"
+
+
+class RunDir:
+    """Paths, "finished", and atomic reads/writes of one run dir."""
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+
+    def __repr__(self) -> str:
+        return f"RunDir({str(self.path)!r})"
+
+    def __str__(self) -> str:
+        return str(self.path)
+
+    @property
+    def name(self) -> str:
+        return self.path.name
+
+    @property
+    def config_file(self) -> Path:
+        return self.path / CONFIG
+
+    @property
+    def metrics_file(self) -> Path:
+        return self.path / METRICS
+
+    @property
+    def oof_file(self) -> Path:
+        return self.path / OOF
+
+    @property
+    def checkpoint(self) -> Path:
+        return self.path / CHECKPOINT
+
+    @property
+    def checkpoint_config_file(self) -> Path:
+        return self.checkpoint / CONFIG
+
+    def has_checkpoint(self) -> bool:
+        return self.checkpoint_config_file.is_file()
+
+    def is_finished(self) -> bool:
+        """train() wrote every output (metrics.json is written last)."""
+        return self.metrics_file.is_file() and self.config_file.is_file() and self.has_checkpoint()
+
+    def require_checkpoint(self) -> "RunDir":
+        if not self.path.is_dir():
+            raise DuelistError(f"{self.path}: no such run dir; pass the Hydra run dir of a train.py run (python -m duelist.runs lists them)")
+        if not self.has_checkpoint():
+            raise DuelistError(f"{self.path}: not a finished run dir (no {CHECKPOINT}/{CONFIG}); pass the Hydra run dir of a train.py run")
+        return self
+
+    # reading ----------------------------------------------------------------------------------------
+    def read_config(self) -> DictConfig:
+        return OmegaConf.load(self.config_file)  # type: ignore[return-value]
+
+    def read_checkpoint_config(self) -> DictConfig:
+        return OmegaConf.load(self.checkpoint_config_file)  # type: ignore[return-value]
+
+    def read_metrics(self) -> dict[str, Any]:
+        return json.loads(self.metrics_file.read_text())
+
+    def read_oof(self) -> pd.DataFrame:
+        if not self.oof_file.is_file():
+            raise DuelistError(f"{self.path}: no {OOF}, so ensemble weights cannot be tuned; use ensemble=mean or retrain this run")
+        return pd.read_parquet(self.oof_file)
+
+    def exported_from(self) -> str | None:
+        """The run dir this one was exported from (``python -m duelist.export``), or None for a trained run."""
+        file = self.path / EXPORTED_FROM
+        return json.loads(file.read_text())["run"] if file.is_file() else None
+
+    # writing (atomic) -------------------------------------------------------------------------------
+    def write_config(self, cfg: DictConfig) -> None:
+        write_text(self.config_file, OmegaConf.to_yaml(cfg, resolve=True))
+
+    def write_oof(self, oof: pd.DataFrame) -> None:
+        write_parquet(self.oof_file, oof)
+
+    def write_metrics(self, metrics: dict[str, Any]) -> None:
+        """Write metrics.json; call it last: it marks the run finished."""
+        write_json(self.metrics_file, metrics)
+
+    def write_exported_from(self, source: "RunDir") -> None:
+        write_json(self.path / EXPORTED_FROM, {"run": str(source.path)})
+
+
+def finished_runs(root: str | Path) -> Iterator[RunDir]:
+    """Every finished run dir under ``root`` (any depth)."""
+    base = Path(root)
+    if not base.is_dir():
+        return
+    for metrics in sorted(base.rglob(METRICS)):
+        run = RunDir(metrics.parent)
+        if run.is_finished():
+            yield run

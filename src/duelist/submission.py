@@ -1,0 +1,107 @@
+"""task=submit: score the test file with the chosen runs, combine them and write the Kaggle submission.
+
+``python infer.py runs=[RUN_DIR,...] data.test=test.parquet output=submission.csv [tta=swap]``
+writes ``submission.csv`` (``id,winner``: every test id once, in input order) and, next to it,
+``submission.parquet`` with ``p_a`` per run and combined, and ``submission.ensemble.json`` with the
+weights used (``ensemble=mean``: equal; ``weighted``/``two_model``: tuned on the runs' OOF rows).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import pandas as pd
+
+from duelist import ensemble
+from duelist.data import load_test
+from duelist.errors import DuelistError
+from duelist.files import write_csv, write_json, write_parquet
+from duelist.metrics import predicted_winner
+from duelist.modeling import pick_device
+from duelist.scoring import Deadline, pick_runs, score_run, score_run_parallel, score_run_vllm
+
+log = logging.getLogger(__name__)
+
+clock: Callable[[], float] = time.monotonic  # the time budget's clock (tests replace it with a fake one)
+
+
+def fill_unscored(members: np.ndarray, test: pd.DataFrame) -> tuple[np.ndarray, int]:
+    """Members' NaN (not reached in the time budget) take the mean of the row's other members; rows no member
+    scored get the longer-answer rule (p_a 0.55 / 0.45, 0.5 for equal lengths). Returns the filled matrix and that row count."""
+    members = members.copy()
+    row_mean = np.nanmean(np.where(np.isnan(members).all(axis=1, keepdims=True), 0.5, members), axis=1)
+    missing = np.isnan(members)
+    members[missing] = np.broadcast_to(row_mean[:, None], members.shape)[missing]
+    none = missing.all(axis=1)
+    if none.any():
+        len_a, len_b = test["response_a"].str.len().to_numpy(), test["response_b"].str.len().to_numpy()
+        rule = np.where(len_a > len_b, 0.55, np.where(len_a < len_b, 0.45, 0.5))
+        members[none] = rule[none, None]
+    return members, int(none.sum())
+
+
+def ensemble_weights(cfg: Any, runs: list[Path]) -> dict[str, Any]:
+    ens = cfg.ensemble
+    if ens.weights == "equal" or len(runs) == 1:
+        return {"runs": [str(r) for r in runs], "combine": ens.combine, "weights": ensemble.equal_weights(len(runs))}
+    report = ensemble.fit(runs, ens.combine, ens.grid_step, ens.per_language, ens.min_language_rows)
+    acc, loss = report["oof/accuracy"], report["oof/log_loss"]
+    print(f"ensemble weights (tuned on {report['shared_oof_rows']} shared OOF rows, {ens.combine}): {report['weights']}")
+    for name in acc:
+        print(f"  OOF {name:>9}: accuracy {acc[name]:.4f}  log loss {loss[name]:.4f}")
+    return report
+
+
+def submit(cfg: Any) -> pd.DataFrame:
+    """Score ``cfg.data.test`` with the chosen runs, combine them as configured and write the submission."""
+    if cfg.backend == "vllm" and cfg.time_budget_min is not None:
+        raise DuelistError("backend=vllm does not follow time_budget_min (vLLM schedules its own batches); use backend=hf with a time budget")
+    output = Path(cfg.output)
+    if output.suffix.lower() != ".csv":
+        raise DuelistError(f"output={cfg.output}: the submission must be a .csv file")
+    started = clock()
+    deadline = None
+    if cfg.time_budget_min is not None:
+        if cfg.time_budget_min <= 0:
+            raise DuelistError(f"time_budget_min={cfg.time_budget_min}: must be > 0 minutes (null = no budget)")
+        budget_s = 60.0 * cfg.time_budget_min
+        deadline = Deadline(budget_s - min(30.0, 0.02 * budget_s), clock)  # a reserve for writing the outputs
+    runs = pick_runs(cfg)
+    test = load_test(cfg.data.test, cfg.data.on_bad_rows)
+    report = ensemble_weights(cfg, runs)
+    device = pick_device(cfg.device)
+    for name in cfg.devices:
+        pick_device(name.split(":")[0])  # cuda:1 without a GPU fails here, with one line
+    log.info("scoring %d test rows with %d run(s) on %s, tta=%s", len(test), len(runs), device, cfg.tta)
+    probs = pd.DataFrame({"id": test["id"]})
+    devices = list(cfg.devices)
+    if len(devices) > 1:
+        log.info("data parallel over %s: rows dealt by length so the processes finish together", ", ".join(devices))
+    for i, run in enumerate(runs):  # with a budget each run gets an equal share of the time still left
+        share = deadline.share(len(runs) - i) if deadline else None
+        if cfg.backend == "vllm":
+            probs[f"p_a_run{i}"] = score_run_vllm(run, test, cfg, cfg.tta)
+        elif len(devices) > 1:
+            probs[f"p_a_run{i}"] = score_run_parallel(run, test, cfg, devices, share)
+        else:
+            probs[f"p_a_run{i}"] = score_run(run, test, cfg, device, cfg.cache_dir, deadline=share)
+    members = probs[[f"p_a_run{i}" for i in range(len(runs))]].to_numpy()
+    if deadline is not None:
+        report["time_budget"] = {"minutes": cfg.time_budget_min, "used_s": clock() - started,
+                                 "rows_scored_per_run": [int(n) for n in (~np.isnan(members)).sum(axis=0)]}
+        members, unscored = fill_unscored(members, test)
+        report["time_budget"]["rows_without_a_model_score"] = unscored
+        if unscored:
+            log.warning("time budget: %d rows got no model score; they use the longer-answer rule", unscored)
+    probs["p_a"] = ensemble.apply(members, test["language"].to_numpy(), report["weights"], report["combine"])
+    submission = pd.DataFrame({"id": test["id"], "winner": predicted_winner(probs["p_a"].to_numpy())})
+    write_json(output.with_suffix(".ensemble.json"), {**report, "tta": cfg.tta})
+    write_parquet(output.with_suffix(".parquet"), probs)
+    write_csv(output, submission)
+    log.info("wrote %s (%d rows), %s and %s", output, len(submission), output.with_suffix(".parquet"), output.with_suffix(".ensemble.json"))
+    print(f"submission: {output} ({len(submission)} rows; model_a {float((submission['winner'] == 'model_a').mean()):.3f})")
+    return submission
