@@ -77,9 +77,10 @@ def test_an_infer_value_outside_a_fixed_choice_fails_at_compose_time(override: s
 def test_precision_has_one_vocabulary_with_torch_aliases() -> None:
     import torch
 
-    from duelist.modeling import torch_dtype
+    from duelist.modeling import torch_dtype, vllm_dtype
 
     cpu = torch.device("cpu")
+    assert (vllm_dtype("auto"), vllm_dtype("fp16"), vllm_dtype("bfloat16")) == ("auto", "float16", "bfloat16")  # the names vLLM takes
     for short, long, dtype in (("fp32", "float32", torch.float32), ("bf16", "bfloat16", torch.bfloat16), ("fp16", "float16", torch.float16)):
         assert compose_train([f"model.dtype={long}"]).model.dtype == short  # the alias is stored under the one name
         assert torch_dtype(short, cpu) is dtype and torch_dtype(long, cpu) is dtype

@@ -18,7 +18,7 @@ from conftest import ROOT, run_cli
 pytestmark = pytest.mark.slow
 
 # group_by_length off and no dropout: 2 processes x 4 rows see exactly the rows of 1 process x 8 rows per step
-COMMON = ["model=tiny_gemma2", "logger=none", "data.max_rows=200", "trainer.max_steps=6", "trainer.group_by_length=false", "lora.dropout=0.0"]
+COMMON = ["model=tiny_gemma2", "lora=default", "trainer.lr=3e-4", "trainer.warmup_ratio=0.05", "logger=none", "data.max_rows=200", "trainer.max_steps=6", "trainer.group_by_length=false", "lora.dropout=0.0"]
 
 
 def launch(mode: str, args: list[str], cwd: Path) -> subprocess.CompletedProcess:

@@ -32,6 +32,7 @@ from tqdm.auto import tqdm
 
 from duelist.data import CANONICAL_COLUMNS, canonicalize, find_layout, is_text, normalized, read_table
 from duelist.errors import DuelistError
+from duelist.modeling import vllm_dtype
 from duelist.files import resolve_path, write_json, write_parquet
 
 log = logging.getLogger(__name__)
@@ -161,7 +162,7 @@ class VLLMBackend:
         if gen.init != "pretrained":
             raise DuelistError(f"generator {gen.name}: the vllm backend loads pretrained weights only (init=pretrained)")
         self.cfg = cfg
-        self.llm = LLM(model=resolve_path(gen.name_or_path), dtype=cfg.dtype, seed=cfg.seed, gpu_memory_utilization=cfg.gpu_memory_utilization,
+        self.llm = LLM(model=resolve_path(gen.name_or_path), dtype=vllm_dtype(cfg.dtype), seed=cfg.seed, gpu_memory_utilization=cfg.gpu_memory_utilization,
                        max_model_len=cfg.max_prompt_tokens + cfg.max_new_tokens)
         self.tokenizer = self.llm.get_tokenizer()
 

@@ -93,6 +93,13 @@ def torch_dtype(name: Any, device: torch.device) -> torch.dtype:
     return {Precision.fp32: torch.float32, Precision.bf16: torch.bfloat16, Precision.fp16: torch.float16}[choice]
 
 
+def vllm_dtype(name: Any) -> str:
+    """vLLM's name for a precision: ``auto`` stays auto (vLLM picks), the others are torch's names (``float16``, ...)."""
+    if precision(name) == Precision.auto:
+        return "auto"
+    return str(torch_dtype(name, torch.device("cpu"))).removeprefix("torch.")
+
+
 def _looks_local(path: str) -> bool:
     return os.path.isabs(path) or path.startswith((".", "~", "pkg:")) or os.path.exists(path)
 

@@ -23,11 +23,10 @@ import torch
 from tqdm.auto import tqdm
 
 from duelist.batching import pad, sorted_batches
-from duelist.config import Precision
 from duelist.data import swap_pairs
 from duelist.errors import DuelistError
 from duelist.formatting import PairEncoder
-from duelist.modeling import load_checkpoint, torch_dtype
+from duelist.modeling import load_checkpoint, torch_dtype, vllm_dtype
 from duelist.rundir import RunDir
 from duelist.runs import best_run
 
@@ -168,7 +167,7 @@ def score_run_vllm(run_dir: Path, test: pd.DataFrame, cfg: Any, tta: str) -> np.
     tokenizer = load_tokenizer(str(ckpt / "tokenizer"), what="tokenizer")
     encoder = PairEncoder(tokenizer, run_cfg.model.template, run_cfg.model.max_length, run_cfg.model.prompt_max_tokens)
     llm = LLM(model=str(ckpt / "model"), tokenizer=str(ckpt / "tokenizer"), runner="pooling", max_model_len=run_cfg.model.max_length + 8,
-              dtype="auto" if cfg.precision == Precision.auto else str(torch_dtype(cfg.precision, torch.device("cuda"))).removeprefix("torch."))
+              dtype=vllm_dtype(cfg.precision))
 
     def classify(rows: pd.DataFrame) -> np.ndarray:
         ids = encoder.encode(rows, cfg.cache_dir)
@@ -218,7 +217,7 @@ def score_run_parallel(run_dir: Path, test: pd.DataFrame, cfg: Any, devices: Seq
 
 def pick_runs(cfg: Any, members: list[str] | None = None, what: str = "ensemble.members") -> list[Path]:
     """Explicit ``runs=[...]``, else the best finished run of each model named in ``members``
-    (default ``ensemble.members``; ``pseudolabel.teachers`` for task=pseudolabel)."""
+    (default ``ensemble.members``; ``labeling.teachers`` for task=pseudolabel)."""
     if cfg.runs:
         return _check_runs(cfg.runs)
     members = list(cfg.ensemble.members) if members is None else members
