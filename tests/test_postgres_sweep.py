@@ -56,7 +56,7 @@ def test_two_workers_share_one_study(tmp_path, postgres_url) -> None:
     space = "hydra.sweeper.params={trainer.lr: 'choice(1e-4, 3e-4, 1e-3)', trainer.head_lr: 'choice(1e-3)', trainer.epochs: 'choice(1)', trainer.grad_accum: 'choice(1, 2)'}"
     env = {**os.environ, "OPTUNA_STORAGE": postgres_url, "PYTHONUNBUFFERED": "1"}
     workers = [
-        subprocess.Popen([sys.executable, str(ROOT / "train.py"), "-m", "sweep=optim", *TINY, "trainer.max_steps=2", space,
+        subprocess.Popen([sys.executable, str(ROOT / "train.py"), "-m", "sweep=optim", *[a for a in TINY if not a.startswith("trainer.lr=")], "trainer.max_steps=2", space,
                           "hydra.sweeper.study_name=shared", "hydra.sweeper.n_trials=2", f"hydra.sweep.dir={tmp_path / f'w{i}'}"],
                          cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         for i in range(2)
