@@ -64,3 +64,11 @@ def test_training_benchmark_reports_tokens(tmp_path) -> None:
     report = bench.main(["--model", "tiny_gemma2", "--rows", "16", "--max-length", "256", "--median-tokens", "100", "--train",
                          "--train-steps", "1", "--train-batch", "2", "--out", str(tmp_path / "b.json")])
     assert report["training"]["tokens_per_s"] > 0 and report["training"]["lora_r"] == 64
+
+
+def test_bench_runs_the_default_model_file_and_refuses_a_length_it_cannot_cover(tmp_path) -> None:
+    # conf/model/minilm.yaml once set other groups and the bench could not load it
+    report = bench.main(["--model", "minilm", "--rows", "16", "--max-length", "128", "--median-tokens", "60", "--out", str(tmp_path / "m.json")])
+    assert report["model"] == "minilm" and report["inference"]["rows"] == 16
+    with pytest.raises(bench.DuelistError, match="--max-length 1024: model minilm covers at most 512 positions"):
+        bench.run(bench.parse(["--model", "minilm", "--max-length", "1024", "--out", str(tmp_path / "n.json")]))

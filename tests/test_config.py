@@ -142,3 +142,21 @@ def test_attention_auto_never_picks_sdpa_for_gemma2(monkeypatch) -> None:
     monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: object() if name == "flash_attn" else real(name, *a))
     assert (attention(gemma), attention(llama)) == ("flash_attention_2", "flash_attention_2")
     assert attention(compose_train(["model=tiny_gemma2"]).model) == "eager"  # an explicit choice is kept
+
+
+def test_conf_dir_is_found_without_the_source_layout(tmp_path, monkeypatch) -> None:
+    from duelist.config import conf_dir
+    from duelist.errors import DuelistError
+
+    monkeypatch.chdir(tmp_path)  # not a checkout: the installed package's checkout is the fallback
+    assert conf_dir() == CONF
+    (tmp_path / "conf").mkdir()
+    (tmp_path / "conf" / "train.yaml").write_text("defaults: []\n")
+    assert conf_dir() == tmp_path / "conf"  # a Kaggle package: conf/ next to its infer.py, the working directory
+    monkeypatch.setenv("DUELIST_CONF", str(CONF))
+    assert conf_dir() == CONF
+    monkeypatch.setenv("DUELIST_CONF", str(tmp_path / "nowhere"))
+    monkeypatch.chdir(tmp_path / "conf")
+    monkeypatch.setattr("duelist.config.__file__", str(tmp_path / "venv" / "lib" / "site-packages" / "duelist" / "config.py"))  # a wheel install
+    with pytest.raises(DuelistError, match="no conf/ folder with train.yaml .*set DUELIST_CONF"):
+        conf_dir()

@@ -133,6 +133,9 @@ def bench_inference(args: argparse.Namespace, device: torch.device, amp: torch.d
 
     built = build(args.model, device, lora=False)
     model, pad_id = built.model, built.tokenizer.pad_token_id
+    limit = getattr(model.config, "max_position_embeddings", None)
+    if limit is not None and args.max_length > limit:
+        raise DuelistError(f"--max-length {args.max_length}: model {args.model} covers at most {limit} positions; pass --max-length {limit} or less")
     lengths = synthetic_lengths(args.rows, args.max_length, args.median_tokens, args.sigma, args.seed)
     rows = synthetic_rows(lengths, len(built.tokenizer), args.seed)
     n_params = body_parameters(model)

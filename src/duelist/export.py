@@ -10,6 +10,7 @@ import argparse
 import sys
 from typing import Sequence
 
+from duelist.config import Precision
 from duelist.errors import exit_cleanly_on_user_error
 from duelist.modeling import merge_checkpoint
 
@@ -19,7 +20,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m duelist.export", description=__doc__.splitlines()[0])
     parser.add_argument("run", help="run dir of a LoRA/QLoRA run (has checkpoint/adapter/)")
     parser.add_argument("--out", required=True, help="folder for the merged run dir (written atomically)")
-    parser.add_argument("--dtype", default="auto", help="weights dtype of the merged model: auto (bf16/fp16 on GPU, fp32 on CPU) | float32 | bfloat16 | float16")
+    parser.add_argument("--dtype", default="auto", choices=list(Precision.__members__),
+                        help="weights dtype of the merged model: auto (bf16/fp16 on GPU, fp32 on CPU) | fp32 | bf16 | fp16 (torch names accepted)")
     args = parser.parse_args(argv)
     out = merge_checkpoint(args.run, args.out, args.dtype)
     print(f"merged {args.run} -> {out}")

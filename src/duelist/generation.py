@@ -32,7 +32,7 @@ from tqdm.auto import tqdm
 
 from duelist.data import CANONICAL_COLUMNS, canonicalize, find_layout, is_text, normalized, read_table
 from duelist.errors import DuelistError
-from duelist.modeling import vllm_dtype
+from duelist.modeling import load_tokenizer, pick_device, torch_dtype, vllm_dtype
 from duelist.files import resolve_path, write_json, write_parquet
 
 log = logging.getLogger(__name__)
@@ -106,8 +106,6 @@ class HFBackend:
 
     def __init__(self, gen: Any, cfg: Any, device: torch.device):
         from transformers import AutoConfig, AutoModelForCausalLM
-
-        from duelist.modeling import load_tokenizer, torch_dtype
 
         self.cfg, self.device = cfg, device
         self.tokenizer = load_tokenizer(gen.name_or_path)
@@ -213,8 +211,6 @@ def _open_shards(folder: Path, key: str) -> None:
 
 def generate(cfg: Any) -> pd.DataFrame:
     """Generate the response pairs described by ``cfg.generate`` for the prompts in ``cfg.data.test``."""
-    from duelist.modeling import pick_device
-
     g = cfg.generate
     output = Path(cfg.output)
     if output.suffix.lower() != ".parquet":

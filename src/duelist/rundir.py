@@ -35,16 +35,6 @@ class RunDir:
     def __init__(self, path: str | Path):
         self.path = Path(path)
 
-    def __repr__(self) -> str:
-        return f"RunDir({str(self.path)!r})"
-
-    def __str__(self) -> str:
-        return str(self.path)
-
-    @property
-    def name(self) -> str:
-        return self.path.name
-
     @property
     def config_file(self) -> Path:
         return self.path / CONFIG

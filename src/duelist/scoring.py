@@ -26,11 +26,12 @@ from duelist.batching import pad, sorted_batches
 from duelist.data import swap_pairs
 from duelist.errors import DuelistError
 from duelist.formatting import PairEncoder
-from duelist.modeling import load_checkpoint, torch_dtype, vllm_dtype
+from duelist.modeling import load_checkpoint, load_tokenizer, torch_dtype, vllm_dtype
 from duelist.rundir import RunDir
 from duelist.runs import best_run
 
 log = logging.getLogger(__name__)
+
 
 def autocast_dtype(name: Any, device: torch.device) -> torch.dtype | None:
     """Mixed-precision dtype for the forward pass: bf16 on GPUs that have it, else fp16; none on CPU."""
@@ -162,8 +163,6 @@ def score_run_vllm(run_dir: Path, test: pd.DataFrame, cfg: Any, tta: str) -> np.
     if not torch.cuda.is_available():
         raise DuelistError("backend=vllm needs a CUDA GPU; on this machine use backend=hf")
     run_cfg = run.read_checkpoint_config()
-    from duelist.modeling import load_tokenizer
-
     tokenizer = load_tokenizer(str(ckpt / "tokenizer"), what="tokenizer")
     encoder = PairEncoder(tokenizer, run_cfg.model.template, run_cfg.model.max_length, run_cfg.model.prompt_max_tokens)
     llm = LLM(model=str(ckpt / "model"), tokenizer=str(ckpt / "tokenizer"), runner="pooling", max_model_len=run_cfg.model.max_length + 8,

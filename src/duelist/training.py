@@ -213,7 +213,7 @@ def train(cfg: DictConfig, run_dir: str | Path) -> float:
         return float("nan")  # rank 0 writes the run dir and reports the metric
     config = OmegaConf.to_container(cfg, resolve=True)
     run.write_config(cfg)
-    tracker = make_tracker(cfg.logger, str(run.path), config, name=run.name)
+    tracker = make_tracker(cfg.logger, str(run.path), config, name=run.path.name)
     try:
         trainer.fit(built, train_rows, train_ids, valid, valid_ids, tracker)
         best = trainer.best
