@@ -192,7 +192,7 @@ def test_lora_rank_without_adapters_is_refused() -> None:
     from duelist.modeling import check_model_config
     import torch
 
-    cfg = compose_train(["lora.r=8"])  # minilm picks lora=none
+    cfg = compose_train(["lora.r=8"])  # the default job is full fine-tuning (lora=none)
     with pytest.raises(DuelistError, match="Add lora=default"):
         check_model_config(cfg.model, cfg.lora, torch.device("cpu"))
 

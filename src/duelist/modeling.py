@@ -129,8 +129,8 @@ def check_model_config(model_cfg: Any, lora_cfg: Any, device: torch.device) -> N
     """Stop before loading anything when the combination cannot work here."""
     if not lora_cfg.enabled and (lora_cfg.r or lora_cfg.alpha):
         raise DuelistError(
-            f"lora.r={lora_cfg.r} / lora.alpha={lora_cfg.alpha} have no effect: adapters are off (lora=none, full fine-tuning; "
-            f"model=minilm picks it). Add lora=default to train LoRA adapters"
+            f"lora.r={lora_cfg.r} / lora.alpha={lora_cfg.alpha} have no effect: adapters are off (lora=none, full fine-tuning: the default job; "
+            f"conf/train.yaml picks it). Add lora=default to train LoRA adapters"
         )
     if lora_cfg.enabled and lora_cfg.qlora:
         # bitsandbytes loads and runs 4-bit layers on a CPU without complaint, so we refuse ourselves.
