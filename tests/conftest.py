@@ -42,6 +42,39 @@ def _isolated_env(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.
     monkeypatch.delenv("HYDRA_FULL_ERROR", raising=False)
 
 
+def html_tables(page: str) -> dict[str, list[dict[str, str]]]:
+    """The ``<table id=...>`` tables of an HTML page as lists of {header: cell text} (an independent reader of our pages)."""
+    from html.parser import HTMLParser
+
+    tables: dict[str, list[list[str]]] = {}
+
+    class Reader(HTMLParser):
+        current: list[list[str]] | None = None
+        cell: list[str] | None = None
+
+        def handle_starttag(self, tag, attrs):
+            if tag == "table":
+                self.current = tables.setdefault(dict(attrs).get("id") or f"table{len(tables)}", [])
+            elif tag == "tr" and self.current is not None:
+                self.current.append([])
+            elif tag in ("td", "th") and self.current is not None:
+                self.cell = []
+
+        def handle_endtag(self, tag):
+            if tag in ("td", "th") and self.cell is not None and self.current is not None:
+                self.current[-1].append("".join(self.cell).strip())
+                self.cell = None
+            elif tag == "table":
+                self.current = None
+
+        def handle_data(self, data):
+            if self.cell is not None:
+                self.cell.append(data)
+
+    Reader().feed(page)
+    return {name: [dict(zip(rows[0], row)) for row in rows[1:]] for name, rows in tables.items() if rows}
+
+
 def compose_train(overrides: list[str]):
     with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
         return compose(config_name="train", overrides=overrides)

@@ -192,8 +192,8 @@ def test_lora_rank_without_adapters_is_refused() -> None:
     from duelist.modeling import check_model_config
     import torch
 
-    cfg = compose_train(["lora.r=8"])  # the default job is full fine-tuning (lora=none)
-    with pytest.raises(DuelistError, match="Add lora=default"):
+    cfg = compose_train(["lora=none", "lora.r=8"])
+    with pytest.raises(DuelistError, match=r"^lora.r=8 has no effect: adapters are off \(lora=none: full fine-tuning of every weight\)\. Drop lora=none"):
         check_model_config(cfg.model, cfg.lora, torch.device("cpu"))
 
 

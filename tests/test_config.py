@@ -32,10 +32,11 @@ def test_every_option_composes(group: str, option: str) -> None:
 def test_default_job_is_minilm_on_sample() -> None:
     cfg = compose_train([])
     assert cfg.model.name == "minilm" and cfg.data.name == "sample"
-    assert cfg.lora.enabled is False  # minilm is fully fine-tuned
+    assert cfg.lora.enabled and cfg.lora.r == 64 and cfg.lora.alpha == 16 and cfg.lora.target_modules == "all-linear"
+    assert cfg.model.pooling == "mean" and cfg.model.length_hint == "buckets" and cfg.trainer.lr == 1e-3
     assert cfg.logger.name == "wandb" and cfg.logger.mode == "offline"
-    lora = compose_train(["lora=default"]).lora
-    assert lora.enabled and lora.r == 64 and lora.alpha == 16 and lora.target_modules == "all-linear"
+    full = compose_train(["experiment=minilm_full"])  # the earlier demo, a recipe
+    assert not full.lora.enabled and full.lora.r == 0 and full.trainer.lr == 5e-5 and full.trainer.epochs == 3
     tiny = compose_train(["model=tiny_gemma2"])  # a model file describes the network only: no other group changes
     for group in ("lora", "trainer", "data", "augment", "logger", "pseudolabel"):
         assert tiny[group] == cfg[group], group

@@ -6,11 +6,12 @@ import json
 
 import numpy as np
 import pandas as pd
+import pytest
 
 import subprocess
 import sys
 
-from conftest import ROOT
+from conftest import ROOT, html_tables
 from duelist.modeling import load_tokenizer
 
 PANDALM = ROOT / "src/duelist/assets/sample/pandalm_test.parquet"
@@ -48,6 +49,20 @@ def test_eda_report_matches_pandas(tmp_path) -> None:
     tok = load_tokenizer("pkg:duelist/assets/tiny_tokenizer")
     total = [sum(len(tok(r[c], add_special_tokens=False)["input_ids"]) for c in ("prompt", "response_a", "response_b")) for _, r in ok.iterrows()]
     assert eda["truncation"]["share_truncated"] == float(np.mean(np.array(total) > 256))
+
+    # the page shows the numbers as tables (no JSON dump), the truncation share up front
+    page = (out / "eda.html").read_text()
+    assert "<pre>" not in page and f"<b>{np.mean(np.array(total) > 256):.0%}</b> of pairs are longer than model.max_length=256" in page
+    languages = html_tables(page)["languages"]
+    assert [r["language"] for r in languages] == list(ok["language"].value_counts().index)
+    english = ok["language"] == languages[0]["language"]
+    assert int(languages[0]["rows"]) == int(english.sum())
+    assert float(languages[0]["median tokens (pair)"]) == pytest.approx(float(np.median(np.array(total)[english.to_numpy()])), abs=1e-3)
+    assert float(languages[0]["share truncated"]) == pytest.approx(float(np.mean(np.array(total)[english.to_numpy()] > 256)), abs=1e-3)
+    hard_en = hard[hard["language"] == languages[0]["language"]]
+    assert float(languages[0]["A wins"]) == pytest.approx(float((hard_en["winner"] == "model_a").mean()), abs=1e-3)
+    models = {r["model"]: r for r in html_tables(page)["models"]}
+    assert float(models["bloom-7b"]["win rate"]) == pytest.approx(float(bloom.mean()), abs=1e-3)
 
 
 def test_eda_prompt_overlap_between_sources(tmp_path) -> None:

@@ -11,7 +11,7 @@ import pandas as pd
 import pytest
 from omegaconf import OmegaConf
 
-from conftest import TINY, WSDM_EXAMPLE, compose_train, run_cli
+from conftest import TINY, WSDM_EXAMPLE, compose_infer, compose_train, run_cli
 from duelist import ensemble
 from duelist.errors import DuelistError
 from duelist.runs import best_run, find_runs
@@ -115,3 +115,65 @@ def test_two_model_ensemble_end_to_end(tmp_path) -> None:
     res = run_cli("infer.py", ["ensemble=two_model", "ensemble.members=[tiny_gemma2,minilm]", f"ensemble.roots=[{root}]",
                                f"data.test={WSDM_EXAMPLE}", f"output={tmp_path / 'other.csv'}"])
     assert res.returncode == 2 and "no finished run of model minilm" in res.stderr and not (tmp_path / "other.csv").exists()
+
+
+def grid_best(p: np.ndarray, target: np.ndarray) -> float:
+    """Weight of member 0 with the lowest log loss on a 0.05 grid (two members, prob mean): brute force, here."""
+    best = min(np.round(np.arange(0, 1.0001, 0.05), 2), key=lambda w: (round(float(np.mean(
+        -(target * np.log(np.clip(w * p[:, 0] + (1 - w) * p[:, 1], 1e-7, 1 - 1e-7))
+          + (1 - target) * np.log(np.clip(1 - w * p[:, 0] - (1 - w) * p[:, 1], 1e-7, 1 - 1e-7))))), 10), 0))
+    return float(best)
+
+
+@pytest.mark.fast
+def test_cross_fitted_score_and_cascade_coverage_recomputed_independently(tmp_path) -> None:
+    rng = np.random.default_rng(3)
+    n = 1000
+    winner = rng.choice(["model_a", "model_b"], n)
+    truth = (winner == "model_a").astype(float)
+    m0 = np.clip(0.5 + (truth - 0.5) * 0.3 + rng.normal(0, 0.25, n), 0.01, 0.99)
+    m1 = np.clip(0.5 + (truth - 0.5) * 0.3 + rng.normal(0, 0.25, n), 0.01, 0.99)
+    ids = [f"z{i}" for i in range(n)]
+    write_oof(tmp_path / "m0", ids, m0, winner, "en")
+    write_oof(tmp_path / "m1", ids, m1, winner, "en")
+    report = ensemble.fit([tmp_path / "m0", tmp_path / "m1"], "prob", 0.05, False, 200)
+    p = np.column_stack([m0, m1])
+
+    part = np.random.default_rng(0).permutation(n) % 5  # the documented split: five parts, seed 0
+    honest = np.empty(n)
+    for k in range(5):
+        w = grid_best(p[part != k], truth[part != k])
+        honest[part == k] = w * m0[part == k] + (1 - w) * m1[part == k]
+    acc = float(np.mean(np.where(honest >= 0.5, "model_a", "model_b") == winner))
+    assert report["oof/accuracy"]["ensemble_cross_fitted"] == pytest.approx(acc)
+    assert report["oof/log_loss"]["ensemble_cross_fitted"] >= report["oof/log_loss"]["ensemble"] - 1e-12  # tuned in-sample is optimistic
+
+    w = grid_best(p, truth)
+    assert report["weights"]["*"][0] == pytest.approx(w)
+    combined = w * m0 + (1 - w) * m1
+    unsure = np.argsort(np.abs(m0 - 0.5), kind="stable")
+    for share, key in ((0.25, "25%"), (0.5, "50%"), (1.0, "100%")):
+        q = m0.copy()
+        q[unsure[: int(share * n)]] = combined[unsure[: int(share * n)]]
+        expected = float(np.mean(np.where(q >= 0.5, "model_a", "model_b") == winner))
+        assert report["oof/cascade"][key]["accuracy"] == pytest.approx(expected)
+    assert report["oof/cascade"]["100%"]["accuracy"] == pytest.approx(report["oof/accuracy"]["ensemble"])
+
+
+@pytest.mark.fast
+def test_members_auto_picks_the_best_run_of_the_two_best_model_names(tmp_path) -> None:
+    from duelist.scoring import pick_runs
+
+    fake_run(tmp_path, "g1", "tiny_gemma2", 0.61, 0.66)
+    fake_run(tmp_path, "g2", "tiny_gemma2", 0.66, 0.64)
+    fake_run(tmp_path, "l1", "tiny_llama", 0.60, 0.69)
+    fake_run(tmp_path, "q1", "tiny_qwen2", 0.64, 0.65)
+    cfg = compose_infer(["ensemble=two_model", f"ensemble.roots=[{tmp_path}]", "data.test=x.parquet"])
+    assert cfg.ensemble.members == "auto"
+    assert [p.name for p in pick_runs(cfg)] == ["g2", "q1"]
+    only_one = tmp_path / "one"
+    fake_run(only_one, "g", "tiny_gemma2", 0.6, 0.6)
+    with pytest.raises(DuelistError, match=r"needs finished runs of 2 model names under .*one; found only tiny_gemma2\. Train another model family \(on a CPU: python train.py"):
+        pick_runs(compose_infer(["ensemble=two_model", f"ensemble.roots=[{only_one}]", "data.test=x.parquet"]))
+    with pytest.raises(DuelistError, match="use auto or a list"):
+        pick_runs(compose_infer(["ensemble=two_model", "ensemble.members=atuo", "data.test=x.parquet"]))

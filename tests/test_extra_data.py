@@ -164,7 +164,7 @@ def test_zero_loss_weight_leaves_the_model_untouched(tmp_path) -> None:
     seed_everything(cfg.trainer.seed)
     built = build_model(cfg.model, cfg.lora, torch.device("cpu"), cfg.trainer.seed)  # the untrained model
     _, valid = load_train_valid(cfg.data)
-    ids = PairEncoder(built.tokenizer, cfg.model.template, cfg.model.max_length, cfg.model.prompt_max_tokens).encode(valid, None)
+    ids = PairEncoder.for_model(built.tokenizer, cfg.model).encode(valid, None)
     untrained = predict_p_a(built.model, ids, built.tokenizer.pad_token_id, 32, torch.device("cpu"))
     np.testing.assert_allclose(oof.set_index("id").loc[valid["id"], "p_a"].to_numpy(), untrained, atol=1e-6)
     train(compose_train([*overrides[:-3], "data=files", f"data.train=[{tmp_path / 'p.parquet'}]", "trainer.weight_decay=0", "data.max_rows=null"]), tmp_path / "one")

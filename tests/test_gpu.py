@@ -61,7 +61,7 @@ def test_quantized_inference_close_to_16_bit(tmp_path, kind: str) -> None:
     out = {}
     for q in ("none", kind):
         built, cfg = load_checkpoint(tmp_path / "merged", gpu, quantization=q)
-        ids = PairEncoder(built.tokenizer, cfg.model.template, cfg.model.max_length, cfg.model.prompt_max_tokens).encode(rows, None)
+        ids = PairEncoder.for_model(built.tokenizer, cfg.model).encode(rows, None)
         out[q] = predict_p_a(built.model, ids, built.tokenizer.pad_token_id, 8, gpu, torch.float16)
     import bitsandbytes as bnb
 

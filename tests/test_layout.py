@@ -17,7 +17,7 @@ LAYERS = [
     {"errors", "files", "config", "metrics", "plots", "batching", "tracking", "tiny_tokenizer"},
     {"data", "formatting", "rundir", "modeling", "runs", "ensemble", "distributed"},
     {"scoring"},
-    {"training", "submission", "pseudolabel", "generation", "export", "kaggle", "bench", "eda", "sweeps"},
+    {"training", "submission", "pseudolabel", "generation", "export", "kaggle", "bench", "eda", "review"},
 ]
 
 

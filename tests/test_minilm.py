@@ -30,3 +30,16 @@ def test_minilm_train_then_infer(tmp_path, lora: str) -> None:
     probs = pd.read_parquet(out.with_suffix(".parquet"))
     assert np.all((probs["p_a"] > 0) & (probs["p_a"] < 1))
     assert list(sub["winner"]) == list(np.where(probs["p_a"] >= 0.5, "model_a", "model_b"))
+
+    # the reloaded model (mean pooling, length buckets) gives the validation rows the p_a of oof.parquet
+    from omegaconf import OmegaConf
+
+    from duelist.data import load_train_valid
+
+    _, valid = load_train_valid(OmegaConf.load(run / "config.yaml").data)
+    valid[["id", "prompt", "response_a", "response_b"]].to_parquet(tmp_path / "valid.parquet")
+    res = run_cli("infer.py", [f"runs=[{run}]", f"data.test={tmp_path / 'valid.parquet'}", f"output={tmp_path / 'v.csv'}"])
+    assert res.returncode == 0, res.stderr[-3000:]
+    again = pd.read_parquet(tmp_path / "v.parquet").merge(pd.read_parquet(run / "oof.parquet"), on="id", suffixes=("", "_oof"))
+    assert len(again) == len(valid)
+    np.testing.assert_allclose(again["p_a"], again["p_a_oof"], atol=1e-5)

@@ -1,4 +1,4 @@
-"""Optuna sweeps through train.py: persisted SQLite study, failed trials recorded, resume adds trials, summary page."""
+"""Optuna sweeps through train.py: persisted SQLite study, failed trials recorded, resume adds trials, review page."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import pytest
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
-from conftest import CONF, TINY, run_cli
+from conftest import CONF, TINY, html_tables, run_cli
 
 pytestmark = pytest.mark.slow
 
@@ -46,8 +46,8 @@ def test_study_persists_records_failures_and_resumes(tmp_path) -> None:
     study = optuna.load_study(study_name="t", storage=storage)
     assert sorted(t.state.name for t in study.trials) == ["COMPLETE", "FAIL"]
     assert {t.params["trainer.lr"]: t.state.name for t in study.trials} == {1e12: "FAIL", 3e-4: "COMPLETE"}
-    summary = tmp_path / "sweeps" / "t.html"
-    assert summary.is_file() and "FAIL" in summary.read_text() and "Best run dir" in summary.read_text()
+    page = (tmp_path / "m1" / "review.html").read_text()  # the review page of the multirun, with the study's trials
+    assert "<td>FAIL</td>" in page and "<td>COMPLETE</td>" in page and "Best run" in page and "Optimisation history" in page
     run_cfg = OmegaConf.load(next((tmp_path / "m1").glob("*/config.yaml")))
     assert run_cfg.logger.group == "t"  # W&B group = study name
 
@@ -56,29 +56,14 @@ def test_study_persists_records_failures_and_resumes(tmp_path) -> None:
     assert res.returncode == 0, res.stderr[-3000:]
     assert len(optuna.load_study(study_name="t", storage=storage).trials) == 3
 
-    out = subprocess.run([sys.executable, "-m", "duelist.sweeps", "--study", "t", "--storage", storage, "--out", str(tmp_path / "again")],
+    out = subprocess.run([sys.executable, "-m", "duelist.review", "--study", "t", "--storage", storage, "--root", "m1", "--root", "m2"],
                          capture_output=True, text=True, cwd=tmp_path)
     assert out.returncode == 0, out.stderr
-    assert (tmp_path / "again" / "t.html").is_file()
-    missing = subprocess.run([sys.executable, "-m", "duelist.sweeps", "--study", "nope", "--storage", storage], capture_output=True, text=True, cwd=tmp_path)
+    import hashlib
+
+    page = (tmp_path / "sweeps" / f"t-{hashlib.sha256(storage.encode()).hexdigest()[:8]}.html").read_text()  # both invocations' runs, one page per storage
+    assert len(html_tables(page)["runs"]) == 2 and len(html_tables(page)["trials"]) == 3
+    missing = subprocess.run([sys.executable, "-m", "duelist.review", "--study", "nope", "--storage", storage], capture_output=True, text=True, cwd=tmp_path)
     assert missing.returncode == 2 and "study 'nope' not found" in missing.stderr
-
-
-def test_study_summary_callback_writes_html_and_logs_to_wandb(tmp_path, monkeypatch) -> None:
-    import optuna
-
-    from duelist.sweeps import StudySummaryCallback
-
-    storage = f"sqlite:///{tmp_path / 's.db'}"
-    study = optuna.create_study(study_name="cb", storage=storage, direction="maximize")
-    space = {"lora.r": optuna.distributions.CategoricalDistribution([16, 32, 64]), "lora.dropout": optuna.distributions.UniformDistribution(0.0, 0.1)}
-    for r, d, v in ((16, 0.01, 0.61), (32, 0.05, 0.64), (64, 0.09, 0.62)):
-        study.add_trial(optuna.trial.create_trial(params={"lora.r": r, "lora.dropout": d}, distributions=space, value=v))
-    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
-        cfg = compose(config_name="train", overrides=["sweep=lora", "model=tiny_gemma2", "logger=wandb", "hydra.sweeper.study_name=cb",
-                                                     f"hydra.sweeper.storage={storage}", f"hydra.sweep.dir={tmp_path / 'multirun'}"], return_hydra_config=True)
-    monkeypatch.chdir(tmp_path)
-    StudySummaryCallback().on_multirun_end(cfg)
-    page = (tmp_path / "sweeps" / "cb.html").read_text()
-    assert "Parameter importance" in page and "Parallel coordinates" in page and page.count("<td>COMPLETE</td>") == 3
-    assert list((tmp_path / "multirun" / "wandb").glob("offline-run-*/run-*.wandb"))
+    nodb = subprocess.run([sys.executable, "-m", "duelist.review", "--study", "t"], capture_output=True, text=True, cwd=tmp_path)
+    assert nodb.returncode == 2 and "no study database" in nodb.stderr and not (tmp_path / "sweeps" / "optuna.db").exists()

@@ -119,3 +119,35 @@ def test_a_budget_too_small_still_writes_a_complete_submission(setup) -> None:
     longer_b = (rows["response_a"].str.len() < rows["response_b"].str.len()).to_numpy()
     expected = np.where(longer_a, 0.55, np.where(longer_b, 0.45, 0.5))  # the longer-answer rule, computed here
     np.testing.assert_allclose(probs["p_a"].to_numpy()[fallback], expected[fallback])
+
+
+def test_cascade_second_member_scores_the_least_certain_rows_first(setup, monkeypatch) -> None:
+    clock, timed, rows, tmp_path = setup
+    cfg = compose_train(TINY)
+    other = Timed(build_model(cfg.model, cfg.lora, torch.device("cpu"), seed=1).model, clock)  # member 2: other weights
+    models = {"run": timed, "run2": other}
+    tokenizer = build_model(cfg.model, cfg.lora, torch.device("cpu"), seed=0).tokenizer
+    monkeypatch.setattr(scoring, "load_checkpoint", lambda run_dir, device, **kw: (Built(models[Path(run_dir).name], tokenizer), cfg))
+    (tmp_path / "run2" / "checkpoint").mkdir(parents=True)
+    (tmp_path / "run2" / "checkpoint" / "config.yaml").write_text("model: {}\n")
+    device = torch.device("cpu")
+    plain = [scoring.score_run(Path(tmp_path / n), rows, infer_cfg(tmp_path), device, None, tta="none") for n in ("run", "run2")]
+    pass_s = timed.tokens * COST  # one pass of one member (both see the same padded tokens)
+
+    minutes = 1.5 * pass_s / 60 / 0.98  # member 1's pass and about half of member 2's (2% of a budget is kept for writing)
+    start = clock.t
+    runs = f"runs=[{tmp_path / 'run'},{tmp_path / 'run2'}]"
+    submission.submit(infer_cfg(tmp_path, runs, "ensemble.cascade=true", f"time_budget_min={minutes}", "tta=swap"))
+    assert clock.t - start <= 60 * minutes
+    probs = pd.read_parquet(tmp_path / "sub.parquet")
+    np.testing.assert_allclose(probs["p_a_run0"], plain[0], atol=1e-6)  # member 1: every row, no TTA
+    second = probs["p_a_run1"].to_numpy()  # NaN: rows member 2 did not reach
+    got = np.flatnonzero(~np.isnan(second))
+    assert 0.2 * len(rows) < len(got) < 0.8 * len(rows)
+    order = np.argsort(np.abs(plain[0] - 0.5), kind="stable")  # member 1's least certain rows first, in chunks of 64
+    assert set(got) <= set(order[: (len(got) // 64 + 1) * 64]) and set(order[: len(got) // 64 * 64]) <= set(got)
+    np.testing.assert_allclose(second[got], plain[1][got], atol=1e-6)
+    unreached = np.setdiff1d(np.arange(len(rows)), got)
+    np.testing.assert_allclose(probs["p_a"].to_numpy()[unreached], plain[0][unreached], atol=1e-9)  # member 1's answer kept
+    sub = pd.read_csv(tmp_path / "sub.csv", dtype={"id": str})
+    assert list(sub["id"]) == list(rows["id"])

@@ -87,7 +87,7 @@ def test_tta_swap_averages_both_orders(tmp_path) -> None:
     # independent swap score: reload the checkpoint and score B-vs-A directly
     built, run_cfg = load_checkpoint(tmp_path / "run", torch.device("cpu"))
     test = load_pairs(str(WSDM_EXAMPLE), labelled=False)
-    enc = PairEncoder(built.tokenizer, run_cfg.model.template, run_cfg.model.max_length, run_cfg.model.prompt_max_tokens)
+    enc = PairEncoder.for_model(built.tokenizer, run_cfg.model)
     swapped = [enc.encode_one(p, b, a) for p, a, b in zip(test["prompt"], test["response_a"], test["response_b"])]
     p_swapped = predict_p_a(built.model, swapped, built.tokenizer.pad_token_id, 8, torch.device("cpu"))
     np.testing.assert_allclose(swap["p_a"], (plain["p_a"] + 1 - p_swapped) / 2, atol=1e-6)

@@ -76,6 +76,17 @@ class Template(Choice):
     chat = "chat"
 
 
+class Pooling(Choice):
+    model = "model"
+    mean = "mean"
+
+
+class LengthHint(Choice):
+    none = "none"
+    buckets = "buckets"
+    chars = "chars"
+
+
 class Ties(Choice):
     drop = "drop"
     soft = "soft"
@@ -171,7 +182,9 @@ class ModelConfig:
     softcapping: bool = MISSING
     attn_implementation: Attention = MISSING
     dtype: Precision = MISSING
+    pooling: Pooling = MISSING
     template: Template = MISSING
+    length_hint: LengthHint = MISSING
     max_length: int = MISSING
     prompt_max_tokens: int = MISSING
 
@@ -239,6 +252,7 @@ class LoggerConfig:
     entity: Optional[str] = None
     mode: Optional[WandbMode] = None
     group: Optional[str] = None
+    run_name: Optional[str] = None
     tags: Optional[List[str]] = None
     log_predictions: Optional[int] = None
 
@@ -272,7 +286,7 @@ class TestDataConfig:
 
 @dataclass
 class EnsembleConfig:
-    members: List[str] = MISSING  # model names; the best run of each is picked
+    members: Any = MISSING  # auto (the best run of each of the two best model names) or a list of model names
     roots: List[str] = MISSING
     select_by: Metric = MISSING  # type: ignore[valid-type]
     weights: Weights = MISSING
@@ -280,6 +294,7 @@ class EnsembleConfig:
     per_language: bool = MISSING
     min_language_rows: int = MISSING
     grid_step: float = MISSING
+    cascade: bool = MISSING
 
 
 @dataclass
@@ -359,6 +374,39 @@ def conf_dir() -> Path:
     raise DuelistError(f"no conf/ folder with train.yaml in {', '.join(map(str, candidates))}: run from a duelist checkout or set DUELIST_CONF=PATH/conf")
 
 
+def multirun_group() -> Optional[str]:
+    """Resolver ``duelist_multirun_group``: the W&B group of a multirun job (the Optuna study name, else the sweep
+    dir, so every multirun is one group); None outside a multirun."""
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    if not HydraConfig.initialized() or HydraConfig.get().mode != RunMode.MULTIRUN:
+        return None
+    hc = HydraConfig.get()
+    return str(hc.sweeper.get("study_name") or hc.sweep.dir)
+
+
+def multirun_job_name() -> Optional[str]:
+    """Resolver ``duelist_multirun_job_name``: what sets a multirun job apart, its overrides that the command line did not
+    give every job (``lora.r=16`` from ``-m lora.r=16,32,64``; an Optuna trial's sampled values); None outside a multirun."""
+    import sys
+
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from hydra.types import RunMode
+
+    if not HydraConfig.initialized() or HydraConfig.get().mode != RunMode.MULTIRUN:
+        return None
+    hc = HydraConfig.get()
+    parser = OverridesParser.create()
+    try:  # the local launcher runs every job in the process the command started: its argv holds the common overrides
+        common = {o.get_key_element() for o in parser.parse_overrides([a for a in sys.argv[1:] if "=" in a]) if not o.is_sweep_override()}
+    except Exception:  # another launcher's entry point: keep every override
+        common = set()
+    own = [str(o.input_line) for o in parser.parse_overrides(list(hc.overrides.task)) if o.get_key_element() not in common]
+    return ",".join(own) if own else f"job{hc.job.num}"
+
+
 def register_configs() -> None:
     """Register the two top-level schemas (every group is typed through them) and our resolvers.
 
@@ -368,6 +416,9 @@ def register_configs() -> None:
 
     if not OmegaConf.has_resolver("duelist_direction"):
         OmegaConf.register_new_resolver("duelist_direction", direction)
+    for name, resolver in (("duelist_multirun_group", multirun_group), ("duelist_multirun_job_name", multirun_job_name)):
+        if not OmegaConf.has_resolver(name):
+            OmegaConf.register_new_resolver(name, resolver)
     cs = ConfigStore.instance()
     cs.store(name="train_schema", node=TrainConfig)
     cs.store(name="infer_schema", node=InferConfig)

@@ -10,7 +10,6 @@ Data-quality numbers are taken from the rows as read, before bad rows are droppe
 from __future__ import annotations
 
 import base64
-import json
 import html
 import io
 import logging
@@ -79,6 +78,19 @@ def report(df: pd.DataFrame, tokenizer: Any, max_length: int, valid: pd.DataFram
         "share_truncated": float(over.mean()),
         "mean_share_of_tokens_cut": float(((total - max_length).clip(lower=0) / total.clip(lower=1))[over].mean()) if over.any() else 0.0,
     }
+    hard_rows = df["winner"].isin(["model_a", "model_b"]).to_numpy()
+    longer_is_winner = np.where(df["response_a"].str.len() >= df["response_b"].str.len(), "model_a", "model_b") == df["winner"].to_numpy()
+    per_language = {}
+    for lang, idx in df.groupby("language").indices.items():
+        hard_idx = idx[hard_rows[idx]]
+        per_language[str(lang)] = {
+            "rows": int(len(idx)),
+            "median_tokens": float(total.iloc[idx].median()),
+            "share_truncated": float(over.iloc[idx].mean()),
+            "a_wins": float((df["winner"].to_numpy()[hard_idx] == "model_a").mean()) if len(hard_idx) else float("nan"),
+            "longer_wins": float(longer_is_winner[hard_idx].mean()) if len(hard_idx) else float("nan"),
+        }
+    out["by_language"] = dict(sorted(per_language.items(), key=lambda kv: -kv[1]["rows"]))
     hard = df[df["winner"].isin(["model_a", "model_b"])]
     out["winner_share"] = df["winner"].value_counts(normalize=True).to_dict()
     out["a_wins_by_language"] = hard.groupby("language")["winner"].apply(lambda w: float((w == "model_a").mean())).to_dict()
@@ -128,22 +140,79 @@ def charts(df: pd.DataFrame, numbers: dict[str, Any]) -> list[tuple[str, str]]:
     fig, ax = plt.subplots(figsize=(7, 3))
     langs = pd.Series(numbers["rows_by_language"]).head(15)
     ax.bar(langs.index.astype(str), langs.to_numpy())
-    ax.set(title="rows by language (top 15)", ylabel="rows")
+    ax.set(title="rows by language (top 15)", xlabel="language", ylabel="rows")
     ax.tick_params(axis="x", rotation=60)
     out.append(("Languages", _png(fig)))
     fig, ax = plt.subplots(figsize=(7, 3))
     for col in TEXT_COLUMNS:
         ax.hist(np.log10(df[col].str.len().clip(lower=1)), bins=50, alpha=0.5, label=col)
-    ax.set(title="length in characters (log10)", xlabel="log10(chars)", ylabel="rows")
+    ax.set(title="length of each text", xlabel="characters (log10 scale: 2 = 100, 3 = 1,000)", ylabel="rows")
     ax.legend(fontsize=8)
     out.append(("Lengths", _png(fig)))
     fig, ax = plt.subplots(figsize=(7, 3))
     buckets = numbers["longer_wins_by_length_ratio"]
     ax.bar(list(buckets), [b["longer_wins"] for b in buckets.values()])
     ax.axhline(0.5, color="grey", ls=":")
-    ax.set(title="win rate of the longer response by len(A)/len(B)", ylim=(0, 1), ylabel="longer wins")
+    ax.set(title="win rate of the longer response by length ratio", xlabel="len(A) / len(B) in characters", ylim=(0, 1), ylabel="share of pairs the longer one wins")
     out.append(("Length bias", _png(fig)))
     return out
+
+
+def _table(rows: list[dict[str, Any]], table_id: str) -> str:
+    if not rows:
+        return "<p>(none)</p>"
+    head = "".join(f"<th>{html.escape(str(c))}</th>" for c in rows[0])
+
+    def cell(v: Any) -> str:
+        if isinstance(v, float):
+            return "" if np.isnan(v) else f"{v:,.0f}" if abs(v) >= 100 else f"{v:.3f}"
+        return html.escape(str(v))
+
+    body = "".join("<tr>" + "".join(f"<td>{cell(v)}</td>" for v in row.values()) + "</tr>" for row in rows)
+    return f"<table id={table_id}><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+
+
+def key_facts(numbers: dict[str, Any]) -> list[str]:
+    """The few numbers a reader must not miss, as sentences."""
+    t = numbers["truncation"]
+    facts = [f"<b>{t['share_truncated']:.0%}</b> of pairs are longer than model.max_length={t['max_length']} tokens and get cut "
+             f"(those lose {t['mean_share_of_tokens_cut']:.0%} of their tokens on average)"
+             + (": the model cannot see which answer is longer; consider model.length_hint=buckets or a longer max_length"
+                if t["share_truncated"] > 0.2 else "")]
+    facts.append(f"The longer answer wins <b>{numbers['longer_wins']:.1%}</b> of decided pairs: the baseline to beat")
+    facts.append(f"Response A wins <b>{numbers['position_bias_a_wins']:.1%}</b> of decided pairs (position bias; 50% = none)")
+    q = numbers["quality"]
+    facts.append(f"{q['rows_read']} rows read: {q['exact_duplicates']} exact duplicates, {q['identical_responses']} with identical responses, "
+                 f"{sum(q['empty'].values())} empty texts, {sum(q['non_string'].values())} non-string texts, {q['extreme_responses']} responses over {EXTREME_CHARS:,} characters")
+    return facts
+
+
+def eda_html(files: list[str], numbers: dict[str, Any], figures: list[tuple[str, str]]) -> str:
+    languages = [{"language": k, "rows": v["rows"], "median tokens (pair)": v["median_tokens"], "share truncated": v["share_truncated"],
+                  "A wins": v["a_wins"], "longer wins": v["longer_wins"]} for k, v in numbers["by_language"].items()]
+    sources = [{"source": k, "rows": v} for k, v in numbers["rows_by_source"].items()]
+    ratio = [{"len(A)/len(B)": k, "rows": v["rows"], "longer wins": v["longer_wins"]} for k, v in numbers["longer_wins_by_length_ratio"].items()]
+    lengths = [{"column": c, **{f"chars {k}": v for k, v in numbers["chars"][c].items()}, **{f"tokens {k}": v for k, v in numbers["tokens"][c].items()}}
+               for c in numbers["chars"]]
+    models = [{"model": k, "battles": v["battles"], "win rate": v["win_rate"]} for k, v in numbers.get("win_rate_by_model", {}).items()]
+    facts = "".join(f"<li>{f}</li>" for f in key_facts(numbers))
+    sections = [
+        ("Languages", _table(languages, "languages")),
+        ("Sources", _table(sources, "sources")),
+        ("Lengths", _table(lengths, "lengths")),
+        ("Length bias", _table(ratio, "length_ratio")),
+        ("Win rate per model name", _table(models, "models") if models else "<p>The files name no models.</p>"),
+    ]
+    charts_html = "".join(f"<h3>{html.escape(t)}</h3>{img}" for t, img in figures)
+    return (
+        "<!doctype html><html><head><meta charset='utf-8'><title>duelist EDA</title>"
+        "<style>body{font-family:system-ui,sans-serif;margin:1.5em 2em;color:#222}table{border-collapse:collapse;font-size:13px;margin-bottom:1em}"
+        "td,th{border:1px solid #ccc;padding:3px 7px;text-align:right}th{background:#f0f0f0}td:first-child,th:first-child{text-align:left}"
+        ".facts{background:#fff6e0;border-left:4px solid #e0a000;padding:.5em 1.5em}</style></head><body>"
+        f"<h1>EDA of {html.escape(', '.join(files))}</h1><div class=facts><ul>{facts}</ul></div>"
+        + "".join(f"<h2>{html.escape(t)}</h2>{body}" for t, body in sections)
+        + f"<h2>Charts</h2>{charts_html}<p>All numbers are also in eda.json next to this page.</p></body></html>"
+    )
 
 
 def run_eda(cfg: Any, out_dir: str | Path) -> dict[str, Any]:
@@ -160,13 +229,7 @@ def run_eda(cfg: Any, out_dir: str | Path) -> dict[str, Any]:
     tokenizer = load_tokenizer(cfg.model.name_or_path)
     numbers.update(report(df, tokenizer, cfg.model.max_length, valid))
     numbers["tokenizer"] = cfg.model.name_or_path
-    figures = charts(df, numbers)
-    body = "".join(f"<h2>{html.escape(t)}</h2>{img}" for t, img in figures)
-    page = (
-        "<!doctype html><html><head><meta charset='utf-8'><title>duelist EDA</title>"
-        "<style>body{font-family:sans-serif;margin:2em}pre{background:#f6f6f6;padding:1em}</style></head><body>"
-        f"<h1>EDA of {html.escape(', '.join(files))}</h1>{body}<h2>Numbers</h2><pre>{html.escape(json.dumps(numbers, indent=2, default=float))}</pre></body></html>"
-    )
+    page = eda_html(files, numbers, charts(df, numbers))
     write_json(out_dir / "eda.json", numbers)
     write_text(out_dir / "eda.html", page)
     tracker = make_tracker(cfg.logger, str(out_dir), {"eda": True, "files": files}, name=f"eda-{out_dir.name}")

@@ -4,6 +4,11 @@ Members' ``oof.parquet`` files are joined on the validation ids they share. Weig
 on a grid over the simplex (step ``grid_step``), minimising log loss (ties broken by accuracy);
 with ``per_language`` a language with enough shared rows gets its own weights, the others the
 global ones. Probabilities are combined as a weighted mean of ``p_a`` or of its logit.
+
+Weights tuned on the rows they are scored on flatter the ensemble: :func:`fit` also reports a
+cross-fitted score (each fifth of the shared rows scored with weights tuned on the other four fifths),
+and, for a cascade of two members, what the second member adds when it scores only the 25/50/100% of
+rows the first is least sure of.
 """
 
 from __future__ import annotations
@@ -70,26 +75,76 @@ def read_oof(runs: Sequence[str | Path]) -> pd.DataFrame:
     return merged
 
 
+CROSS_FIT_PARTS = 5
+CASCADE_COVERAGE = (0.25, 0.5, 1.0)
+
+
+def tune(p: np.ndarray, target: np.ndarray, winner: np.ndarray, languages: np.ndarray, how: str, step: float,
+         per_language: bool, min_language_rows: int) -> dict[str, np.ndarray]:
+    """Global weights, and with ``per_language`` own weights for every language with enough rows."""
+    weights = {GLOBAL: tune_weights(p, target, winner, how, step)}
+    if per_language:
+        for lang, idx in pd.Series(languages).groupby(languages).indices.items():
+            if len(idx) >= min_language_rows:
+                weights[str(lang)] = tune_weights(p[idx], target[idx], winner[idx], how, step)
+    return weights
+
+
+def cross_fitted(p: np.ndarray, target: np.ndarray, winner: np.ndarray, languages: np.ndarray, how: str, step: float,
+                 per_language: bool, min_language_rows: int, parts: int = CROSS_FIT_PARTS, seed: int = 0) -> np.ndarray:
+    """Ensemble p_a where every row is combined with weights tuned on the other parts of the rows (an honest OOF score)."""
+    part = np.random.default_rng(seed).permutation(len(p)) % parts
+    out = np.empty(len(p))
+    for k in range(parts):
+        held, rest = part == k, part != k
+        if not held.any():
+            continue
+        w = tune(p[rest], target[rest], winner[rest], languages[rest], how, step, per_language, min_language_rows * (parts - 1) // parts)
+        out[held] = apply(p[held], languages[held], w, how)
+    return out
+
+
+def cascade(p: np.ndarray, languages: np.ndarray, weights: dict[str, Any], how: str, reached: np.ndarray) -> np.ndarray:
+    """Member 0 alone where member 1 did not score the row (``reached`` false), the weighted combination where it did."""
+    out = p[:, 0].astype(np.float64).copy()
+    if reached.any():
+        out[reached] = apply(p[reached], languages[reached], weights, how)
+    return out
+
+
+def least_confident_first(p_a: np.ndarray) -> np.ndarray:
+    """Row order for a second opinion: the rows whose p_a is closest to 0.5 first."""
+    return np.argsort(np.abs(np.asarray(p_a) - 0.5), kind="stable")
+
+
 def fit(runs: Sequence[str | Path], how: str, step: float, per_language: bool, min_language_rows: int) -> dict[str, Any]:
-    """Tune weights on the runs' shared OOF rows; returns weights and the OOF scores of members and ensemble."""
+    """Tune weights on the runs' shared OOF rows; returns weights and the OOF scores of members and ensemble
+    (as tuned, and cross-fitted), and for two members the cascade's scores at 25/50/100% coverage."""
     oof = read_oof(runs)
     k = len(runs)
     p = oof[[f"p_a_{i}" for i in range(k)]].to_numpy()
-    target, winner = oof["target"].to_numpy(), oof["winner"].to_numpy()
-    weights = {GLOBAL: tune_weights(p, target, winner, how, step)}
-    if per_language:
-        for lang, idx in oof.groupby("language").indices.items():
-            if len(idx) >= min_language_rows:
-                weights[str(lang)] = tune_weights(p[idx], target[idx], winner[idx], how, step)
-    ensemble_p = apply(p, oof["language"].to_numpy(), weights, how)
-    report = {
+    target, winner, languages = oof["target"].to_numpy(), oof["winner"].to_numpy(), oof["language"].astype(str).to_numpy()
+    weights = tune(p, target, winner, languages, how, step, per_language, min_language_rows)
+    ensemble_p = apply(p, languages, weights, how)
+    honest = cross_fitted(p, target, winner, languages, how, step, per_language, min_language_rows)
+    report: dict[str, Any] = {
         "runs": [str(r) for r in runs],
         "combine": how,
         "shared_oof_rows": int(len(oof)),
         "weights": {lang: [float(x) for x in w] for lang, w in weights.items()},
-        "oof/accuracy": {**{f"member{i}": accuracy(p[:, i], winner) for i in range(k)}, "ensemble": accuracy(ensemble_p, winner)},
-        "oof/log_loss": {**{f"member{i}": log_loss(p[:, i], target) for i in range(k)}, "ensemble": log_loss(ensemble_p, target)},
+        "oof/accuracy": {**{f"member{i}": accuracy(p[:, i], winner) for i in range(k)}, "ensemble": accuracy(ensemble_p, winner),
+                         "ensemble_cross_fitted": accuracy(honest, winner)},
+        "oof/log_loss": {**{f"member{i}": log_loss(p[:, i], target) for i in range(k)}, "ensemble": log_loss(ensemble_p, target),
+                         "ensemble_cross_fitted": log_loss(honest, target)},
     }
+    if k == 2:
+        order = least_confident_first(p[:, 0])
+        report["oof/cascade"] = {}
+        for share in CASCADE_COVERAGE:
+            reached = np.zeros(len(p), dtype=bool)
+            reached[order[: int(round(share * len(p)))]] = True
+            q = cascade(p, languages, weights, how, reached)
+            report["oof/cascade"][f"{int(share * 100)}%"] = {"accuracy": accuracy(q, winner), "log_loss": log_loss(q, target)}
     return report
 
 

@@ -6,6 +6,11 @@ proportion to their lengths; space the responses don't need goes back to the pro
 that is cut keeps its head and its tail around a visible cut marker, and every part keeps at
 least one head and one tail token: no response is ever dropped.
 
+Optionally (``model.length_hint``) the frame opens with what the longer-answer rule sees, which a
+cut text hides: ``buckets`` writes ``Length: A much longer`` / ``A longer`` / ``similar`` / ``B longer``
+/ ``B much longer`` (from the ratio of the responses' character counts), ``chars`` writes both counts
+(``Length: A 1,240 chars, B 310 chars``). The counts are of the whole texts, before any cut.
+
 Tokenised tables are cached on disk (parquet, keyed by tokenizer, frame, budget and the text)
 and reused by later runs.
 """
@@ -28,8 +33,23 @@ from duelist.files import write_parquet
 log = logging.getLogger(__name__)
 
 CUT_MARKER = " [...] "
-SLOTS = ("\x00PROMPT\x00", "\x00RESPONSE_A\x00", "\x00RESPONSE_B\x00")
-PLAIN_FRAME = "Prompt:\n{prompt}\n\nResponse A:\n{a}\n\nResponse B:\n{b}\n\nWhich response is better?"
+SLOTS = ("\x00HINT\x00", "\x00PROMPT\x00", "\x00RESPONSE_A\x00", "\x00RESPONSE_B\x00")
+PLAIN_FRAME = "{hint}Prompt:\n{prompt}\n\nResponse A:\n{a}\n\nResponse B:\n{b}\n\nWhich response is better?"
+LENGTH_HINTS = ("none", "buckets", "chars")
+LONGER, MUCH_LONGER = 1.25, 2.0  # character-count ratios where "longer" and "much longer" begin
+
+
+def length_hint(mode: str, len_a: int, len_b: int) -> str:
+    """The text that opens the frame for responses of ``len_a`` and ``len_b`` characters ("" for ``none``)."""
+    if mode == "none":
+        return ""
+    if mode == "chars":
+        return f"Length: A {len_a:,} chars, B {len_b:,} chars\n\n"
+    ratio = (len_a + 1) / (len_b + 1)
+    longer = "A" if ratio >= 1 else "B"
+    ratio = max(ratio, 1 / ratio)
+    word = "much longer" if ratio >= MUCH_LONGER else "longer" if ratio >= LONGER else None
+    return f"Length: {longer} {word}\n\n" if word else "Length: similar\n\n"
 
 
 @dataclass(frozen=True)
@@ -37,6 +57,7 @@ class Frame:
     """Token ids around the three slots, and the special tokens the tokenizer wraps them in."""
 
     prefix: tuple[int, ...]
+    mid_p: tuple[int, ...]
     mid_a: tuple[int, ...]
     mid_b: tuple[int, ...]
     suffix: tuple[int, ...]
@@ -46,7 +67,7 @@ class Frame:
 
     @property
     def overhead(self) -> int:
-        return len(self.prefix) + len(self.mid_a) + len(self.mid_b) + len(self.suffix) + len(self.special_head) + len(self.special_tail)
+        return len(self.prefix) + len(self.mid_p) + len(self.mid_a) + len(self.mid_b) + len(self.suffix) + len(self.special_head) + len(self.special_tail)
 
     @property
     def min_part(self) -> int:
@@ -60,7 +81,7 @@ def _ids(tokenizer: Any, text: str) -> tuple[int, ...]:
 
 def build_frame(tokenizer: Any, template: str) -> Frame:
     """Tokenise the fixed text of the chosen template once."""
-    content = PLAIN_FRAME.format(prompt=SLOTS[0], a=SLOTS[1], b=SLOTS[2])
+    content = PLAIN_FRAME.format(hint=SLOTS[0], prompt=SLOTS[1], a=SLOTS[2], b=SLOTS[3])
     if template == "chat":
         if not getattr(tokenizer, "chat_template", None):
             raise DuelistError("model.template=chat but the tokenizer has no chat template; use model.template=plain")
@@ -77,9 +98,10 @@ def build_frame(tokenizer: Any, template: str) -> Frame:
     else:
         raise DuelistError(f"model.template={template!r}: use plain or chat")
     before, rest = text.split(SLOTS[0])
-    mid_a, rest = rest.split(SLOTS[1])
-    mid_b, after = rest.split(SLOTS[2])
-    return Frame(_ids(tokenizer, before), _ids(tokenizer, mid_a), _ids(tokenizer, mid_b), _ids(tokenizer, after), head, tail, _ids(tokenizer, CUT_MARKER))
+    mid_p, rest = rest.split(SLOTS[1])
+    mid_a, rest = rest.split(SLOTS[2])
+    mid_b, after = rest.split(SLOTS[3])
+    return Frame(_ids(tokenizer, before), _ids(tokenizer, mid_p), _ids(tokenizer, mid_a), _ids(tokenizer, mid_b), _ids(tokenizer, after), head, tail, _ids(tokenizer, CUT_MARKER))
 
 
 def cut(ids: Sequence[int], budget: int, marker: Sequence[int]) -> list[int]:
@@ -114,10 +136,11 @@ def min_length(frame: Frame) -> int:
     return frame.overhead + 3 * frame.min_part
 
 
-def assemble(frame: Frame, prompt: Sequence[int], a: Sequence[int], b: Sequence[int], max_length: int, prompt_max: int) -> list[int]:
-    available = max_length - frame.overhead
+def assemble(frame: Frame, prompt: Sequence[int], a: Sequence[int], b: Sequence[int], max_length: int, prompt_max: int,
+             hint: Sequence[int] = ()) -> list[int]:
+    available = max_length - frame.overhead - len(hint)
     bp, ba, bb = allocate(len(prompt), len(a), len(b), available, prompt_max, frame.min_part)
-    body = list(frame.prefix) + cut(prompt, bp, frame.marker) + list(frame.mid_a) + cut(a, ba, frame.marker)
+    body = list(frame.prefix) + list(hint) + list(frame.mid_p) + cut(prompt, bp, frame.marker) + list(frame.mid_a) + cut(a, ba, frame.marker)
     body += list(frame.mid_b) + cut(b, bb, frame.marker) + list(frame.suffix)
     return list(frame.special_head) + body + list(frame.special_tail)
 
@@ -125,27 +148,46 @@ def assemble(frame: Frame, prompt: Sequence[int], a: Sequence[int], b: Sequence[
 class PairEncoder:
     """Encodes canonical rows for one tokenizer, template and budget."""
 
-    def __init__(self, tokenizer: Any, template: str, max_length: int, prompt_max_tokens: int):
+    def __init__(self, tokenizer: Any, template: str, max_length: int, prompt_max_tokens: int, length_hint: str = "none"):
         self.tokenizer = tokenizer
         self.template = template
         self.max_length = int(max_length)
         self.prompt_max_tokens = int(prompt_max_tokens)
+        self.length_hint = str(length_hint)
+        if self.length_hint not in LENGTH_HINTS:
+            raise ValueError(f"length_hint={length_hint!r}: one of {LENGTH_HINTS}")
         self.frame = build_frame(tokenizer, template)
-        if self.max_length < min_length(self.frame):
+        self._hints: dict[str, tuple[int, ...]] = {}
+        extremes = [(10**9, 10**9), (10**9, 1), (1, 10**9), (150, 100), (100, 150)]  # widest counts, every bucket phrase
+        longest_hint = max(len(self._hint_ids(a, b)) for a, b in extremes)
+        needed = min_length(self.frame) + longest_hint
+        if self.max_length < needed:
             raise DuelistError(
                 f"model.max_length={self.max_length} is too small for the {template} template of this tokenizer: "
-                f"it needs at least {min_length(self.frame)} tokens (frame {self.frame.overhead} + 3 parts of {self.frame.min_part})"
+                f"it needs at least {needed} tokens (frame {self.frame.overhead} + length hint {longest_hint} + 3 parts of {self.frame.min_part})"
             )
+
+    @classmethod
+    def for_model(cls, tokenizer: Any, model_cfg: Any) -> "PairEncoder":
+        """The encoder a model config describes (``model.template``, ``max_length``, ``prompt_max_tokens``, ``length_hint``)."""
+        return cls(tokenizer, model_cfg.template, model_cfg.max_length, model_cfg.prompt_max_tokens, model_cfg.length_hint)
+
+    def _hint_ids(self, len_a: int, len_b: int) -> tuple[int, ...]:
+        text = length_hint(self.length_hint, len_a, len_b)
+        if text not in self._hints:
+            self._hints[text] = _ids(self.tokenizer, text)
+        return self._hints[text]
 
     def encode_one(self, prompt: str, a: str, b: str) -> list[int]:
         tok = self.tokenizer
-        return assemble(self.frame, _ids(tok, prompt), _ids(tok, a), _ids(tok, b), self.max_length, self.prompt_max_tokens)
+        return assemble(self.frame, _ids(tok, prompt), _ids(tok, a), _ids(tok, b), self.max_length, self.prompt_max_tokens,
+                        self._hint_ids(len(a), len(b)))
 
     def fingerprint(self) -> str:
         tok = self.tokenizer
         backend = getattr(tok, "backend_tokenizer", None)
         vocab = backend.to_str() if backend is not None else repr(sorted(tok.get_vocab().items()))
-        parts = [vocab, repr(self.frame), str(self.max_length), str(self.prompt_max_tokens), self.template]
+        parts = [vocab, repr(self.frame), str(self.max_length), str(self.prompt_max_tokens), self.template, self.length_hint]
         return hashlib.sha256("\x1f".join(parts).encode()).hexdigest()[:16]
 
     def encode(self, df: pd.DataFrame, cache_dir: str | None = None, desc: str = "tokenize") -> list[list[int]]:
@@ -167,8 +209,9 @@ class PairEncoder:
             for start in range(0, len(df), chunk):
                 part = df.iloc[start : start + chunk]
                 enc = [tok(part[c].tolist(), add_special_tokens=False)["input_ids"] for c in ("prompt", "response_a", "response_b")]
-                for p, a, b in zip(*enc):
-                    out.append(assemble(self.frame, p, a, b, self.max_length, self.prompt_max_tokens))
+                hints = [self._hint_ids(len(a), len(b)) for a, b in zip(part["response_a"], part["response_b"])]
+                for p, a, b, h in zip(*enc, hints):
+                    out.append(assemble(self.frame, p, a, b, self.max_length, self.prompt_max_tokens, h))
                 bar.update(len(part))
         if cache_file is not None:
             write_parquet(cache_file, pd.DataFrame({"input_ids": [np.asarray(x, dtype=np.int32) for x in out]}))

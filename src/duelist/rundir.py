@@ -3,6 +3,7 @@
     RUN/config.yaml           the resolved config of the run
     RUN/checkpoint/           the best model; checkpoint/config.yaml is what infer.py rebuilds from
     RUN/oof.parquet           validation predictions of that checkpoint (id, p_a, winner, language, fold, source, target)
+    RUN/history.json          the curves: [step, value] pairs of train/loss and of every validation metric
     RUN/metrics.json          final numbers; written last, so its presence marks a finished run
     RUN/exported_from.json    only in copies written by ``python -m duelist.export``: which run it was made from
 
@@ -25,6 +26,7 @@ from duelist.files import write_json, write_parquet, write_text
 CONFIG = "config.yaml"
 METRICS = "metrics.json"
 OOF = "oof.parquet"
+HISTORY = "history.json"
 CHECKPOINT = "checkpoint"
 EXPORTED_FROM = "exported_from.json"
 
@@ -84,6 +86,11 @@ class RunDir:
             raise DuelistError(f"{self.path}: no {OOF}, so ensemble weights cannot be tuned; use ensemble=mean or retrain this run")
         return pd.read_parquet(self.oof_file)
 
+    def read_history(self) -> dict[str, list]:
+        """``{"train/loss": [[step, value], ...], "val/accuracy": [...], ...}``; empty for runs from before it existed."""
+        file = self.path / HISTORY
+        return json.loads(file.read_text()) if file.is_file() else {}
+
     def exported_from(self) -> str | None:
         """The run dir this one was exported from (``python -m duelist.export``), or None for a trained run."""
         file = self.path / EXPORTED_FROM
@@ -95,6 +102,9 @@ class RunDir:
 
     def write_oof(self, oof: pd.DataFrame) -> None:
         write_parquet(self.oof_file, oof)
+
+    def write_history(self, history: dict[str, list]) -> None:
+        write_json(self.path / HISTORY, history)
 
     def write_metrics(self, metrics: dict[str, Any]) -> None:
         """Write metrics.json; call it last: it marks the run finished."""

@@ -70,6 +70,21 @@ def best_run(model: str, roots: Iterable[str] = DEFAULT_ROOTS, sort: str = "val/
     return str(runs.iloc[0]["run_dir"])
 
 
+def best_models(k: int, roots: Iterable[str] = DEFAULT_ROOTS, sort: str = "val/accuracy") -> list[str]:
+    """The ``k`` best model names (each judged by its best run), best first. Fewer than ``k`` names trained: one line
+    that says which command trains another."""
+    runs = find_runs(roots, sort=sort)
+    names = list(dict.fromkeys(runs["model"])) if not runs.empty else []
+    if len(names) < k:
+        found = f"only {', '.join(names)}" if names else "none"
+        raise DuelistError(
+            f"ensemble.members=auto needs finished runs of {k} model names under {', '.join(roots)}; found {found}. "
+            f"Train another model family (on a CPU: python train.py model=tiny_qwen2 lora=default model.length_hint=buckets; "
+            f"on a GPU: python train.py experiment=wsdm_gemma2_9b model=qwen2_5_14b ...), or pass runs=[RUN_DIR,...]"
+        )
+    return names[:k]
+
+
 @exit_cleanly_on_user_error
 def main(argv: Optional[list[str]] = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m duelist.runs", description="List finished duelist runs.")

@@ -28,7 +28,7 @@ from duelist.errors import DuelistError
 from duelist.formatting import PairEncoder
 from duelist.modeling import load_checkpoint, load_tokenizer, torch_dtype, vllm_dtype
 from duelist.rundir import RunDir
-from duelist.runs import best_run
+from duelist.runs import best_models, best_run
 
 log = logging.getLogger(__name__)
 
@@ -113,37 +113,49 @@ def _check_runs(runs: Sequence[str]) -> list[Path]:
     return [RunDir(run).require_checkpoint().path for run in runs]
 
 
+def _least_confident_chunks(predict: Callable[[list, str], np.ndarray], ids: Sequence[Sequence[int]], order: np.ndarray, chunk: int,
+                            desc: str) -> np.ndarray:
+    """Score the rows of ``order`` chunk by chunk, in that order, until the deadline leaves a chunk unfinished."""
+    out = np.full(len(ids), np.nan)
+    for start in range(0, len(order), chunk):
+        rows = order[start : start + chunk]
+        out[rows] = predict([ids[i] for i in rows], desc)
+        if np.isnan(out[rows]).any():
+            break
+    return out
+
+
 def score_run(run_dir: Path, test: pd.DataFrame, cfg: Any, device: torch.device, cache_dir: str | None, tta: str | None = None,
-              deadline: Deadline | None = None) -> np.ndarray:
+              deadline: Deadline | None = None, order: np.ndarray | None = None) -> np.ndarray:
     """P(A wins) of one run for every test row (``tta``: none | swap, default ``cfg.tta``).
 
     With a ``deadline``: every row is scored once first; the time left then goes to swap-TTA for the
     least confident rows first, in chunks; rows the budget did not reach keep NaN (first pass) or their
-    single score (TTA)."""
+    single score (TTA). With ``order`` (and a deadline), the first pass goes through the rows in that order
+    (a cascade's second member: the rows the first is least sure of first)."""
     tta = cfg.tta if tta is None else tta
     built, run_cfg = load_checkpoint(run_dir, device, quantization=cfg.quantization, device_map=cfg.device_map)
-    encoder = PairEncoder(built.tokenizer, run_cfg.model.template, run_cfg.model.max_length, run_cfg.model.prompt_max_tokens)
+    encoder = PairEncoder.for_model(built.tokenizer, run_cfg.model)
     amp = autocast_dtype(cfg.precision, device)
     pad_id = built.tokenizer.pad_token_id
+    chunk = max(4 * cfg.batch_size, 64)
 
     def predict(seqs: Sequence[Sequence[int]], desc: str) -> np.ndarray:
         return predict_p_a(built.model, seqs, pad_id, cfg.batch_size, device, amp, desc, cfg.max_batch_tokens, deadline)
 
-    p_a = predict(encoder.encode(test, cache_dir), f"{run_dir.name}")
+    ids = encoder.encode(test, cache_dir)
+    if order is not None and deadline is not None:
+        p_a = _least_confident_chunks(predict, ids, np.asarray(order), chunk, f"{run_dir.name}")
+    else:
+        p_a = predict(ids, f"{run_dir.name}")
     if tta == "swap":
         swapped_ids = encoder.encode(swap_pairs(test), cache_dir)
-        swapped = np.full(len(test), np.nan)
         if deadline is None:
             swapped = predict(swapped_ids, f"{run_dir.name} swap")
         else:
             scored = np.flatnonzero(~np.isnan(p_a))
-            order = scored[np.argsort(np.abs(p_a[scored] - 0.5), kind="stable")]  # least confident first
-            chunk = max(4 * cfg.batch_size, 64)
-            for start in range(0, len(order), chunk):
-                rows = order[start : start + chunk]
-                swapped[rows] = predict([swapped_ids[i] for i in rows], f"{run_dir.name} swap")
-                if np.isnan(swapped[rows]).any():
-                    break
+            swapped = _least_confident_chunks(predict, swapped_ids, scored[np.argsort(np.abs(p_a[scored] - 0.5), kind="stable")], chunk,
+                                              f"{run_dir.name} swap")
             log.info("%s: swap-TTA on %d of %d rows within the time budget", run_dir.name, int((~np.isnan(swapped)).sum()), len(test))
         p_a = np.where(np.isnan(swapped), p_a, (p_a + (1.0 - swapped)) / 2.0)
     return p_a
@@ -164,7 +176,7 @@ def score_run_vllm(run_dir: Path, test: pd.DataFrame, cfg: Any, tta: str) -> np.
         raise DuelistError("backend=vllm needs a CUDA GPU; on this machine use backend=hf")
     run_cfg = run.read_checkpoint_config()
     tokenizer = load_tokenizer(str(ckpt / "tokenizer"), what="tokenizer")
-    encoder = PairEncoder(tokenizer, run_cfg.model.template, run_cfg.model.max_length, run_cfg.model.prompt_max_tokens)
+    encoder = PairEncoder.for_model(tokenizer, run_cfg.model)
     llm = LLM(model=str(ckpt / "model"), tokenizer=str(ckpt / "tokenizer"), runner="pooling", max_model_len=run_cfg.model.max_length + 8,
               dtype=vllm_dtype(cfg.precision))
 
@@ -216,10 +228,15 @@ def score_run_parallel(run_dir: Path, test: pd.DataFrame, cfg: Any, devices: Seq
 
 def pick_runs(cfg: Any, members: list[str] | None = None, what: str = "ensemble.members") -> list[Path]:
     """Explicit ``runs=[...]``, else the best finished run of each model named in ``members``
-    (default ``ensemble.members``; ``labeling.teachers`` for task=pseudolabel)."""
+    (default ``ensemble.members``; ``labeling.teachers`` for task=pseudolabel). ``auto``: the two best model names."""
     if cfg.runs:
         return _check_runs(cfg.runs)
-    members = list(cfg.ensemble.members) if members is None else members
+    members = cfg.ensemble.members if members is None else members
+    if members == "auto":
+        members = best_models(2, cfg.ensemble.roots, cfg.ensemble.select_by)
+    elif isinstance(members, str):
+        raise DuelistError(f"{what}={members}: use auto or a list of model names, e.g. [gemma2_9b, qwen2_5_14b]")
+    members = list(members)
     if not members:
         raise DuelistError(f"no runs: pass runs=[RUN_DIR,...] or name model families in {what} (e.g. ensemble=two_model)")
     picked = [best_run(m, cfg.ensemble.roots, cfg.ensemble.select_by) for m in members]

@@ -52,7 +52,11 @@ def ensemble_weights(cfg: Any, runs: list[Path]) -> dict[str, Any]:
     acc, loss = report["oof/accuracy"], report["oof/log_loss"]
     print(f"ensemble weights (tuned on {report['shared_oof_rows']} shared OOF rows, {ens.combine}): {report['weights']}")
     for name in acc:
-        print(f"  OOF {name:>9}: accuracy {acc[name]:.4f}  log loss {loss[name]:.4f}")
+        note = {"ensemble": "  (weights tuned on these rows: optimistic)",
+                "ensemble_cross_fitted": "  (each fifth scored with weights tuned on the other four: the honest estimate)"}.get(name, "")
+        print(f"  OOF {name:>21}: accuracy {acc[name]:.4f}  log loss {loss[name]:.4f}{note}")
+    for coverage, score in report.get("oof/cascade", {}).items():
+        print(f"  OOF cascade, member 2 on the {coverage:>4} least certain rows of member 1: accuracy {score['accuracy']:.4f}  log loss {score['log_loss']:.4f}")
     return report
 
 
@@ -71,6 +75,11 @@ def submit(cfg: Any) -> pd.DataFrame:
         budget_s = 60.0 * cfg.time_budget_min
         deadline = Deadline(budget_s - min(30.0, 0.02 * budget_s), clock)  # a reserve for writing the outputs
     runs = pick_runs(cfg)
+    cascade = bool(cfg.ensemble.cascade)
+    if cascade and len(runs) != 2:
+        raise DuelistError(f"ensemble.cascade=true needs exactly two runs (got {len(runs)}): the first scores every row, the second the least certain ones")
+    if cascade and (cfg.backend == "vllm" or len(cfg.devices) > 1):
+        raise DuelistError("ensemble.cascade=true runs on one device with backend=hf; drop devices=[...] / backend=vllm")
     test = load_test(cfg.data.test, cfg.data.on_bad_rows)
     report = ensemble_weights(cfg, runs)
     device = pick_device(cfg.device)
@@ -83,7 +92,11 @@ def submit(cfg: Any) -> pd.DataFrame:
         log.info("data parallel over %s: rows dealt by length so the processes finish together", ", ".join(devices))
     for i, run in enumerate(runs):  # with a budget each run gets an equal share of the time still left
         share = deadline.share(len(runs) - i) if deadline else None
-        if cfg.backend == "vllm":
+        if cascade:  # member 1 scores every row once (no TTA), member 2 the rows member 1 is least sure of first, in the time left
+            first = i == 0
+            order = None if first else ensemble.least_confident_first(probs["p_a_run0"].to_numpy())
+            probs[f"p_a_run{i}"] = score_run(run, test, cfg, device, cfg.cache_dir, tta="none" if first else None, deadline=deadline, order=order)
+        elif cfg.backend == "vllm":
             probs[f"p_a_run{i}"] = score_run_vllm(run, test, cfg, cfg.tta)
         elif len(devices) > 1:
             probs[f"p_a_run{i}"] = score_run_parallel(run, test, cfg, devices, share)

@@ -37,13 +37,13 @@ class NullTracker:
 
 
 class WandbTracker(NullTracker):
-    def __init__(self, logger_cfg: Any, run_dir: str, config: dict[str, Any], name: str):
+    def __init__(self, logger_cfg: Any, run_dir: str, config: dict[str, Any], name: str, tags: list[str]):
         import wandb
 
         self.wandb = wandb
         self.run = wandb.init(
-            project=logger_cfg.project, entity=logger_cfg.entity, mode=logger_cfg.mode, group=logger_cfg.group,
-            tags=list(logger_cfg.tags), dir=run_dir, config=config, name=name, reinit="finish_previous",
+            project=logger_cfg.project, entity=logger_cfg.entity, mode=logger_cfg.mode, group=logger_cfg.group, job_type="train",
+            tags=[*logger_cfg.tags, *tags], dir=run_dir, config=config, name=logger_cfg.run_name or name, reinit="finish_previous",
         )
         self.run.define_metric("val/*", step_metric="train/step")
         self.run.define_metric("train/*", step_metric="train/step")
@@ -81,10 +81,8 @@ def _flatten(values: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     return out
 
 
-
-
-
-def make_tracker(logger_cfg: Any, run_dir: str, config: dict[str, Any], name: str) -> NullTracker:
+def make_tracker(logger_cfg: Any, run_dir: str, config: dict[str, Any], name: str, tags: list[str] = ()) -> NullTracker:
+    """``name``: the run's name when ``logger.run_name`` is null; ``tags``: added to ``logger.tags``."""
     if logger_cfg.name == "none" or logger_cfg.mode == "disabled":
         return NullTracker()
-    return WandbTracker(logger_cfg, run_dir, config, name)
+    return WandbTracker(logger_cfg, run_dir, config, name, list(tags))

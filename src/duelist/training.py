@@ -201,7 +201,7 @@ def train(cfg: DictConfig, run_dir: str | Path) -> float:
     check_model_config(cfg.model, cfg.lora, trainer.device)  # before any data is read
     train_df, valid = load_train_valid(cfg.data)
     built = build_model(cfg.model, cfg.lora, trainer.device, cfg.trainer.seed, cfg.trainer.gradient_checkpointing)
-    encoder = PairEncoder(built.tokenizer, cfg.model.template, cfg.model.max_length, cfg.model.prompt_max_tokens)
+    encoder = PairEncoder.for_model(built.tokenizer, cfg.model)
     train_rows = augment(train_df, cfg.augment.swap, cfg.augment.same_batch)
     train_ids = encoder.encode(train_rows, cfg.cache_dir, desc="tokenize train")
     valid_ids = encoder.encode(valid, cfg.cache_dir, desc="tokenize valid")
@@ -213,7 +213,8 @@ def train(cfg: DictConfig, run_dir: str | Path) -> float:
         return float("nan")  # rank 0 writes the run dir and reports the metric
     config = OmegaConf.to_container(cfg, resolve=True)
     run.write_config(cfg)
-    tracker = make_tracker(cfg.logger, str(run.path), config, name=run.path.name)
+    tags = [f"model={cfg.model.name}", f"data={cfg.data.name}", "lora" if cfg.lora.enabled else "full-fine-tuning"]
+    tracker = make_tracker(cfg.logger, str(run.path), config, name=run.path.name, tags=tags)
     try:
         trainer.fit(built, train_rows, train_ids, valid, valid_ids, tracker)
         best = trainer.best
@@ -235,11 +236,17 @@ def train(cfg: DictConfig, run_dir: str | Path) -> float:
         oof = valid[["id", "winner", "language", "source", "fold"]].assign(p_a=best["p_a"], target=valid["p_a"].to_numpy())
         oof = oof[["id", "p_a", "winner", "language", "fold", "source", "target"]]
         run.write_oof(oof)
+        curves = {"train/loss": [list(point) for point in trainer.train_curve]}
+        for key in ("val/accuracy", "val/log_loss"):
+            curves[key] = [[step, m[key]] for step, m in trainer.evals]
+        run.write_history(curves)
         plots.training_curves(run.path / "curves.png", trainer.train_curve, trainer.evals, cfg.optimized_metric)
         counts = valid["language"].value_counts().to_dict()
         plots.accuracy_bars(run.path / "accuracy_by_language.png", metrics["val/accuracy_by_language"], counts, "validation accuracy by language")
         tracker.summary(metrics)
         tracker.bar("val/accuracy_by_language", metrics["val/accuracy_by_language"], "language", "accuracy")
+        tracker.table("val/by_language", pd.DataFrame({"language": list(counts), "rows": list(counts.values()),
+                                                       "accuracy": [metrics["val/accuracy_by_language"].get(k) for k in counts]}))
         tracker.image("curves", str(run.path / "curves.png"))
         if cfg.logger.log_predictions:
             worst = oof.assign(error=(oof["p_a"] - oof["target"]).abs()).nlargest(cfg.logger.log_predictions, "error")

@@ -1,0 +1,69 @@
+"""The review page: written when a plain multirun ends, numbers checked against the run dirs' metrics.json."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+from omegaconf import OmegaConf
+
+from conftest import TINY, html_tables, run_cli
+
+pytestmark = pytest.mark.slow
+
+
+def test_plain_multirun_writes_a_review_page_and_groups_wandb_runs(tmp_path) -> None:
+    sweep = tmp_path / "m"
+    args = ["-m", "lora.r=4,8", *[a for a in TINY if a != "logger=none"], "logger=wandb", "trainer.eval_every=3", f"hydra.sweep.dir={sweep}"]
+    res = run_cli("train.py", args, cwd=tmp_path)
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert f"review page: {sweep / 'review.html'}" in res.stdout
+    page = (sweep / "review.html").read_text()
+    rows = html_tables(page)["runs"]
+    assert [r["run"] for r in rows] == ["lora.r=4", "lora.r=8"]  # one row per run, named by what differs
+    settings = [c for c in rows[0] if "=" not in c and c.startswith(("lora.", "trainer.", "model.", "data."))]
+    assert settings == ["lora.r"]  # only the settings that differ between the runs
+    for row in rows:  # the numbers are those of each run dir's metrics.json
+        metrics = json.loads((sweep / ("0" if row["run"] == "lora.r=4" else "1") / "metrics.json").read_text())
+        assert float(row["accuracy"]) == pytest.approx(metrics["val/accuracy"], abs=1e-4)
+        assert float(row["log loss"]) == pytest.approx(metrics["val/log_loss"], abs=1e-4)
+        assert float(row["longer-wins rule"]) == pytest.approx(metrics["val/baseline_longer_wins"], abs=1e-4)
+        for lang, acc in metrics["val/accuracy_by_language"].items():
+            assert float(row[f"acc {lang}"]) == pytest.approx(acc, abs=1e-4)
+        assert float(row["minutes"]) == pytest.approx(metrics["runtime_s"] / 60, abs=1e-4)
+    assert page.count("<tr class=best>") == 1
+    assert "Curves of every run" in page and page.count("plotly.js") >= 1  # charts inline: the page opens offline
+    assert f"runs=[{sweep / '0'},{sweep / '1'}]" in page or f"runs=[{sweep / '1'},{sweep / '0'}]" in page  # the ensemble command
+    history = json.loads((sweep / "0" / "history.json").read_text())
+    assert [step for step, _ in history["val/accuracy"]] == [3, 6] and len(history["train/loss"]) == 6
+
+    # W&B: the multirun is one group, each run named by its overrides
+    for job, name in (("0", "lora.r=4"), ("1", "lora.r=8")):
+        cfg = OmegaConf.load(sweep / job / "config.yaml")
+        assert cfg.logger.group == str(sweep) and cfg.logger.run_name == name
+        assert list((sweep / job / "wandb").glob("offline-run-*/run-*.wandb"))
+
+    # the W&B Report: built with the multirun's runset and the page's panels (publishing needs an online account)
+    from duelist.review import load_runs, wandb_report
+
+    report = wandb_report(load_runs([sweep]), str(sweep))
+    grid = report.blocks[1]
+    assert [rs.filters for rs in grid.runsets] == [f"Group = '{sweep}' and JobType = 'train'"] and grid.runsets[0].project == "duelist"
+    kinds = [type(p).__name__ for p in grid.panels]
+    assert kinds == ["LinePlot", "LinePlot", "ParallelCoordinatesPlot", "ParameterImportancePlot", "RunComparer", "BarPlot"]
+    assert [c.metric.name for c in grid.panels[2].columns] == ["lora.r", "val/accuracy"]
+    assert grid.panels[0].y == ["val/accuracy"] and grid.panels[3].with_respect_to == "val/accuracy"
+    offline = subprocess.run([sys.executable, "-m", "duelist.review", str(sweep), "--wandb-report"], capture_output=True, text=True)
+    assert offline.returncode == 2 and "logged offline" in offline.stderr and "wandb sync" in offline.stderr
+
+    # on demand, for the same folder
+    again = subprocess.run([sys.executable, "-m", "duelist.review", str(sweep), "--out", str(tmp_path / "again.html")],
+                           capture_output=True, text=True, cwd=tmp_path)
+    assert again.returncode == 0, again.stderr
+    assert html_tables((tmp_path / "again.html").read_text())["runs"] == rows
+    empty = subprocess.run([sys.executable, "-m", "duelist.review", str(tmp_path)], capture_output=True, text=True, cwd=tmp_path / "m" / "0")
+    assert empty.returncode == 0  # tmp_path holds the runs too (any depth)
+    nothing = subprocess.run([sys.executable, "-m", "duelist.review", str(sweep / "0" / ".hydra")], capture_output=True, text=True)
+    assert nothing.returncode == 2 and "no finished run" in nothing.stderr
