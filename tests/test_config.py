@@ -37,6 +37,7 @@ def test_default_job_is_minilm_on_sample() -> None:
     assert cfg.logger.name == "wandb" and cfg.logger.mode == "offline"
     full = compose_train(["experiment=minilm_full"])  # the earlier demo, a recipe
     assert not full.lora.enabled and full.lora.r == 0 and full.trainer.lr == 5e-5 and full.trainer.epochs == 3
+    assert full.model.name == "minilm_full"  # its own family in the registry: ensemble=two_model pairs it with the LoRA runs
     tiny = compose_train(["model=tiny_gemma2"])  # a model file describes the network only: no other group changes
     for group in ("lora", "trainer", "data", "augment", "logger", "pseudolabel"):
         assert tiny[group] == cfg[group], group

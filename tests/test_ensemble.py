@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 
@@ -100,12 +101,14 @@ def test_two_model_ensemble_end_to_end(tmp_path) -> None:
     for model in ("tiny_gemma2", "tiny_llama"):
         train(compose_train([*TINY, f"model={model}"]), root / model)
     out = tmp_path / "submission.csv"
-    res = run_cli("infer.py", ["ensemble=two_model", "ensemble.members=[tiny_gemma2,tiny_llama]", f"ensemble.roots=[{root}]",
-                               f"data.test={WSDM_EXAMPLE}", f"output={out}"])
+    res = run_cli("infer.py", ["ensemble=two_model", f"ensemble.roots=[{root}]", f"data.test={WSDM_EXAMPLE}", f"output={out}"])  # members: auto
     assert res.returncode == 0, res.stderr[-3000:]
-    assert "OOF  ensemble" in res.stdout and "OOF   member0" in res.stdout
+    assert re.search(r"OOF +ensemble: accuracy", res.stdout) and re.search(r"OOF +member0: accuracy", res.stdout)
+    assert re.search(r"OOF +ensemble_cross_fitted: accuracy .* the honest estimate", res.stdout)
+    assert re.search(r"OOF cascade, member 2 on the +25% least certain rows", res.stdout)
     report = json.loads(out.with_suffix(".ensemble.json").read_text())
-    assert report["runs"] == [str(root / "tiny_gemma2"), str(root / "tiny_llama")]
+    assert sorted(report["runs"]) == [str(root / "tiny_gemma2"), str(root / "tiny_llama")]
+    assert set(report["oof/cascade"]) == {"25%", "50%", "100%"}
     w = report["weights"]["*"]
     probs = pd.read_parquet(out.with_suffix(".parquet"))
     np.testing.assert_allclose(probs["p_a"], w[0] * probs["p_a_run0"] + w[1] * probs["p_a_run1"], atol=1e-12)
@@ -173,7 +176,7 @@ def test_members_auto_picks_the_best_run_of_the_two_best_model_names(tmp_path) -
     assert [p.name for p in pick_runs(cfg)] == ["g2", "q1"]
     only_one = tmp_path / "one"
     fake_run(only_one, "g", "tiny_gemma2", 0.6, 0.6)
-    with pytest.raises(DuelistError, match=r"needs finished runs of 2 model names under .*one; found only tiny_gemma2\. Train another model family \(on a CPU: python train.py"):
+    with pytest.raises(DuelistError, match=r"needs finished runs of 2 model names under .*one; found only tiny_gemma2\. Train another model family \(on a CPU, beside the default job: python train.py experiment=minilm_full"):
         pick_runs(compose_infer(["ensemble=two_model", f"ensemble.roots=[{only_one}]", "data.test=x.parquet"]))
     with pytest.raises(DuelistError, match="use auto or a list"):
         pick_runs(compose_infer(["ensemble=two_model", "ensemble.members=atuo", "data.test=x.parquet"]))
