@@ -65,14 +65,22 @@ def _flat(values: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     return out
 
 
+def study_of(run: RunDir) -> Optional[str]:
+    """The Optuna study a run was a trial of (from the job's ``.hydra/hydra.yaml``), or None."""
+    hydra_file = run.path / ".hydra" / "hydra.yaml"
+    if not hydra_file.is_file():
+        return None
+    return OmegaConf.select(OmegaConf.load(hydra_file), "hydra.sweeper.study_name", default=None)
+
+
 def load_runs(roots: Iterable[str | Path], study: Optional[str] = None) -> list[Run]:
-    """Finished runs under ``roots`` (only those of W&B group / study ``study`` when given), oldest first."""
+    """Finished runs under ``roots`` (only the trials of Optuna study ``study`` when given), oldest first."""
     runs = []
     for root in roots:
         for run in finished_runs(root):
-            config = OmegaConf.to_container(run.read_config(), resolve=False)
-            if study is not None and _flat(config).get("logger.group") != study:
+            if study is not None and study_of(run) != study:
                 continue
+            config = OmegaConf.to_container(run.read_config(), resolve=False)
             runs.append(Run(run, config, run.read_metrics(), run.read_history()))
     runs.sort(key=lambda r: r.run.metrics_file.stat().st_mtime)
     return runs
