@@ -162,3 +162,17 @@ def test_conf_dir_is_found_without_the_source_layout(tmp_path, monkeypatch) -> N
     monkeypatch.setattr("duelist.config.__file__", str(tmp_path / "venv" / "lib" / "site-packages" / "duelist" / "config.py"))  # a wheel install
     with pytest.raises(DuelistError, match="no conf/ folder with train.yaml .*set DUELIST_CONF"):
         conf_dir()
+
+
+def test_run_configs_written_before_a_model_key_existed_read_with_the_value_they_were_trained_with(tmp_path) -> None:
+    from duelist.rundir import RunDir
+
+    cfg = compose_train([])
+    old = OmegaConf.to_container(cfg, resolve=True)
+    del old["model"]["pooling"], old["model"]["length_hint"]  # a run from before these keys
+    (tmp_path / "checkpoint").mkdir()
+    OmegaConf.save(OmegaConf.create(old), tmp_path / "config.yaml")
+    OmegaConf.save(OmegaConf.create(old), tmp_path / "checkpoint" / "config.yaml")
+    for read in (RunDir(tmp_path).read_config, RunDir(tmp_path).read_checkpoint_config):
+        model = read().model
+        assert model.pooling == "model" and model.length_hint == "none"  # [CLS] pooler, no length line: how they trained

@@ -176,7 +176,7 @@ def test_members_auto_picks_the_best_run_of_the_two_best_model_names(tmp_path) -
     assert [p.name for p in pick_runs(cfg)] == ["g2", "q1"]
     only_one = tmp_path / "one"
     fake_run(only_one, "g", "tiny_gemma2", 0.6, 0.6)
-    with pytest.raises(DuelistError, match=r"needs finished runs of 2 model names under .*one; found only tiny_gemma2\. Train another model family \(on a CPU, beside the default job: python train.py experiment=minilm_full"):
+    with pytest.raises(DuelistError, match=r"needs finished runs of 2 model names under .*one; found only tiny_gemma2\. Train another model family \(on a CPU: python train.py and python train.py experiment=minilm_full are two"):
         pick_runs(compose_infer(["ensemble=two_model", f"ensemble.roots=[{only_one}]", "data.test=x.parquet"]))
     with pytest.raises(DuelistError, match="use auto or a list"):
         pick_runs(compose_infer(["ensemble=two_model", "ensemble.members=atuo", "data.test=x.parquet"]))

@@ -151,3 +151,28 @@ def test_cascade_second_member_scores_the_least_certain_rows_first(setup, monkey
     np.testing.assert_allclose(probs["p_a"].to_numpy()[unreached], plain[0][unreached], atol=1e-9)  # member 1's answer kept
     sub = pd.read_csv(tmp_path / "sub.csv", dtype={"id": str})
     assert list(sub["id"]) == list(rows["id"])
+
+
+def test_cascade_with_a_slower_second_member_stays_within_the_budget(setup, monkeypatch) -> None:
+    clock, timed, rows, tmp_path = setup
+    cfg = compose_train(TINY)
+
+    class Slow(Timed):  # member 2 costs five times as much per token
+        def forward(self, input_ids, attention_mask):
+            self.clock.t += 4 * COST * input_ids.numel()
+            return super().forward(input_ids, attention_mask)
+
+    other = Slow(build_model(cfg.model, cfg.lora, torch.device("cpu"), seed=1).model, clock)
+    tokenizer = build_model(cfg.model, cfg.lora, torch.device("cpu"), seed=0).tokenizer
+    models = {"run": timed, "run2": other}
+    monkeypatch.setattr(scoring, "load_checkpoint", lambda run_dir, device, **kw: (Built(models[Path(run_dir).name], tokenizer), cfg))
+    (tmp_path / "run2" / "checkpoint").mkdir(parents=True)
+    (tmp_path / "run2" / "checkpoint" / "config.yaml").write_text("model: {}\n")
+    scoring.score_run(Path(tmp_path / "run"), rows, infer_cfg(tmp_path), torch.device("cpu"), None, tta="none")
+    pass_s = timed.tokens * COST  # one pass of member 1; member 2 needs five times that
+    minutes = 2.0 * pass_s / 60 / 0.98  # member 1's pass and a fifth of member 2's
+    start = clock.t
+    submission.submit(infer_cfg(tmp_path, f"runs=[{tmp_path / 'run'},{tmp_path / 'run2'}]", "ensemble.cascade=true", f"time_budget_min={minutes}"))
+    assert clock.t - start <= 60 * minutes  # member 2's speed is measured anew, not taken from member 1's
+    scored = (~pd.read_parquet(tmp_path / "sub.parquet")["p_a_run1"].isna()).sum()
+    assert 0 < scored < 0.5 * len(rows)

@@ -400,7 +400,7 @@ def multirun_job_name() -> Optional[str]:
     hc = HydraConfig.get()
     parser = OverridesParser.create()
     try:  # the local launcher runs every job in the process the command started: its argv holds the common overrides
-        common = {o.get_key_element() for o in parser.parse_overrides([a for a in sys.argv[1:] if "=" in a]) if not o.is_sweep_override()}
+        common = {o.get_key_element() for o in parser.parse_overrides([a for a in sys.argv[1:] if "=" in a and not a.startswith("-")]) if not o.is_sweep_override()}
     except Exception:  # another launcher's entry point: keep every override
         common = set()
     own = [str(o.input_line) for o in parser.parse_overrides(list(hc.overrides.task)) if o.get_key_element() not in common]

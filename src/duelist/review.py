@@ -133,7 +133,11 @@ def ensemble_command(runs: list[Run]) -> str:
     """``infer.py`` with the best run of each of the two best model names (or the two best runs of one model)."""
     metric = runs[0].metrics.get("optimized_metric", "val/accuracy")
     sign = 1 if metric in LOWER_IS_BETTER else -1
-    ranked = sorted(runs, key=lambda r: sign * r.metrics[metric] if r.metrics.get(metric) is not None else np.inf)
+    def key(r: Run) -> float:
+        value = r.metrics.get(metric)
+        return np.inf if value is None or np.isnan(value) else sign * value
+
+    ranked = sorted(runs, key=key)
     picked, models = [], set()
     for r in ranked:
         model = r.config.get("model", {}).get("name")
@@ -260,11 +264,26 @@ code{background:#f4f4f4;padding:1px 4px}.cmd{background:#f4f4f4;padding:8px;whit
 
 
 def review_html(title: str, runs: list[Run], study: Optional[tuple[list[tuple[str, Any]], str]] = None) -> str:
-    table = runs_table(runs)
-    best = best_index(runs)
-    metric = runs[best].metrics.get("optimized_metric", "val/accuracy")
-    labels = list(table["run"])
-    figures = [("", _accuracy_figure(table)), ("", _curves_figure(runs, labels, metric)), ("", _language_figure(runs, labels))]
+    """The page; with no finished run yet (every trial failed so far) only the study's trials and charts."""
+    figures: list[tuple[str, Any]] = []
+    summary = "<p>No finished run yet.</p>"
+    if runs:
+        table = runs_table(runs)
+        best = best_index(runs)
+        metric = runs[best].metrics.get("optimized_metric", "val/accuracy")
+        labels = list(table["run"])
+        figures = [("", _accuracy_figure(table)), ("", _curves_figure(runs, labels, metric)), ("", _language_figure(runs, labels))]
+        b = runs[best]
+        summary = (
+            f"<p>{len(runs)} finished run(s).</p>"
+            f"<p><b>Best run</b> by {html.escape(metric)}: <b>{html.escape(labels[best])}</b> — {html.escape(metric)} "
+            f"{b.metrics.get(metric, float('nan')):.4f} (longer-answer rule {b.metrics.get('val/baseline_longer_wins', float('nan')):.4f}, "
+            f"log loss {b.metrics.get('val/log_loss', float('nan')):.4f}), run dir <code>{html.escape(str(b.run.path))}</code></p>"
+            f"<p><b>Ensemble the best runs</b> (weights tuned on their shared out-of-fold rows):</p>"
+            f"<div class='cmd'>{html.escape(ensemble_command(runs))}</div>"
+            "<h2>Runs</h2><p>Only the settings that differ between the runs are shown; accuracy is on each run's validation rows.</p>"
+            + _table_html(table.drop(columns=["run dir"]), best)
+        )
     study_line = ""
     if study is not None:
         study_figures, study_line = study
@@ -275,20 +294,11 @@ def review_html(title: str, runs: list[Run], study: Optional[tuple[list[tuple[st
             fig.update_layout(title=name)
         fig.update_layout(height=430, template="plotly_white")
         parts.append(fig.to_html(full_html=False, include_plotlyjs="inline" if i == 0 else False))
-    body = _table_html(table.drop(columns=["run dir"]), best)
-    b = runs[best]
     return (
         "<!doctype html><html><head><meta charset='utf-8'>"
         f"<title>duelist review: {html.escape(title)}</title><style>{STYLE}</style></head><body>"
         f"<h1>Review: <code>{html.escape(title)}</code></h1>"
-        f"<p>{len(runs)} finished run(s).</p>"
-        f"<p><b>Best run</b> by {html.escape(metric)}: <b>{html.escape(labels[best])}</b> — {html.escape(metric)} "
-        f"{b.metrics.get(metric, float('nan')):.4f} (longer-answer rule {b.metrics.get('val/baseline_longer_wins', float('nan')):.4f}, "
-        f"log loss {b.metrics.get('val/log_loss', float('nan')):.4f}), run dir <code>{html.escape(str(b.run.path))}</code></p>"
-        f"<p><b>Ensemble the best runs</b> (weights tuned on their shared out-of-fold rows):</p>"
-        f"<div class='cmd'>{html.escape(ensemble_command(runs))}</div>"
-        "<h2>Runs</h2><p>Only the settings that differ between the runs are shown; accuracy is on each run's validation rows.</p>"
-        + body + study_line + "<h2>Charts</h2>" + "".join(parts) + "</body></html>"
+        + summary + study_line + ("<h2>Charts</h2>" + "".join(parts) if parts else "") + "</body></html>"
     )
 
 
@@ -298,7 +308,7 @@ def write_review(roots: Iterable[str | Path], out: str | Path, title: str, study
     roots = list(roots)
     study_part = _study_figures(study, storage or DEFAULT_STORAGE) if study is not None and storage is not None else None
     runs = load_runs(roots, study)
-    if not runs:
+    if not runs and study_part is None:
         what = f"of study {study!r} " if study else ""
         raise DuelistError(f"no finished run {what}under {', '.join(map(str, roots))}; pass the folder of a multirun (multirun/DATE/TIME)")
     path = Path(out)
@@ -339,27 +349,43 @@ def wandb_report(runs: list[Run], title: str) -> Any:
 
 
 class ReviewCallback(Callback):
-    """Hydra callback: when a multirun ends (basic or Optuna sweeper), write ``<sweep dir>/review.html``."""
+    """Hydra callback: ``<sweep dir>/review.html`` is rewritten after every job of a multirun (so a multirun that stops
+    at a failed job still has its page) and when the multirun ends, which also logs it to the multirun's W&B group."""
+
+    def on_job_end(self, config: Any, job_return: Any = None, **kwargs: Any) -> None:
+        from hydra.core.hydra_config import HydraConfig
+        from hydra.types import RunMode
+
+        if HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN:
+            self._write(HydraConfig.get())
 
     def on_multirun_end(self, config: Any, **kwargs: Any) -> None:
-        sweep_dir = Path(str(config.hydra.sweep.dir))
-        sweeper = config.hydra.sweeper
-        study = sweeper.get("study_name") if "study_name" in sweeper else None
-        try:
-            path = write_review([sweep_dir], sweep_dir / "review.html", study or str(sweep_dir),
-                                study=study, storage=sweeper.get("storage") if study else None)
-        except DuelistError as err:  # e.g. every trial failed: the multirun's own errors say why
-            log.warning("no review page: %s", err)
+        path = self._write(config.hydra)
+        if path is None:
             return
         print(f"review page: {path}")
         logger = config.logger
         if logger.name == "wandb" and logger.mode != "disabled":
             import wandb
 
-            run = wandb.init(project=logger.project, entity=logger.entity, mode=logger.mode, group=logger.group or str(sweep_dir),
-                             job_type="review", name="review", dir=str(sweep_dir), settings=wandb.Settings(silent=True))
+            sweeper = config.hydra.sweeper
+            group = sweeper.get("study_name") if "study_name" in sweeper else None
+            run = wandb.init(project=logger.project, entity=logger.entity, mode=logger.mode, group=group or str(config.hydra.sweep.dir),
+                             job_type="review", name="review", dir=str(config.hydra.sweep.dir), settings=wandb.Settings(silent=True))
             run.log({"review": wandb.Html(path.read_text())})
             run.finish()
+
+    @staticmethod
+    def _write(hydra_cfg: Any) -> Optional[Path]:
+        sweep_dir = Path(str(hydra_cfg.sweep.dir))
+        sweeper = hydra_cfg.sweeper
+        study = sweeper.get("study_name") if "study_name" in sweeper else None
+        try:
+            return write_review([sweep_dir], sweep_dir / "review.html", study or str(sweep_dir),
+                                study=study, storage=sweeper.get("storage") if study else None)
+        except Exception as err:  # the page must never fail a training run; no finished run yet is the usual case
+            log.warning("review page not written: %s", str(err).splitlines()[0] if str(err) else type(err).__name__)
+            return None
 
 
 @exit_cleanly_on_user_error
@@ -387,11 +413,12 @@ def main(argv: Optional[list[str]] = None) -> int:
     print(f"review page: {path}")
     if args.wandb_report:
         runs = load_runs([args.dir] if args.dir else (args.root or ["multirun", "outputs"]), args.study)
-        if any(r.config.get("logger", {}).get("mode") != "online" for r in runs):
-            raise DuelistError("--wandb-report: these runs were logged offline; upload them first (wandb sync DIR/*/wandb/offline-run-*) "
-                               "and train with logger.mode=online next time")
         report = wandb_report(runs, args.study or args.dir)
-        report.save()
+        try:
+            report.save()
+        except Exception as err:  # not logged in, no network, runs not uploaded
+            raise DuelistError(f"--wandb-report: publishing failed ({str(err).splitlines()[0]}); log in (wandb login) and upload "
+                               f"offline runs first (wandb sync DIR/*/wandb/offline-run-*)") from err
         print(f"W&B report: {report.url}")
     return 0
 

@@ -27,6 +27,8 @@ CONFIG = "config.yaml"
 METRICS = "metrics.json"
 OOF = "oof.parquet"
 HISTORY = "history.json"
+# model keys added after runs were first written, with the value every run written before them was trained with
+ADDED_KEYS = {"pooling": "model", "length_hint": "none"}
 CHECKPOINT = "checkpoint"
 EXPORTED_FROM = "exported_from.json"
 
@@ -73,10 +75,10 @@ class RunDir:
 
     # reading ----------------------------------------------------------------------------------------
     def read_config(self) -> DictConfig:
-        return OmegaConf.load(self.config_file)  # type: ignore[return-value]
+        return _with_added_keys(OmegaConf.load(self.config_file))  # type: ignore[arg-type]
 
     def read_checkpoint_config(self) -> DictConfig:
-        return OmegaConf.load(self.checkpoint_config_file)  # type: ignore[return-value]
+        return _with_added_keys(OmegaConf.load(self.checkpoint_config_file))  # type: ignore[arg-type]
 
     def read_metrics(self) -> dict[str, Any]:
         return json.loads(self.metrics_file.read_text())
@@ -112,6 +114,16 @@ class RunDir:
 
     def write_exported_from(self, source: "RunDir") -> None:
         write_json(self.path / EXPORTED_FROM, {"run": str(source.path)})
+
+
+def _with_added_keys(cfg: DictConfig) -> DictConfig:
+    """A config written before a model key existed gets the value its run was trained with (:data:`ADDED_KEYS`)."""
+    model = cfg.get("model")
+    if isinstance(model, DictConfig):
+        for key, value in ADDED_KEYS.items():
+            if key not in model:
+                model[key] = value
+    return cfg
 
 
 def finished_runs(root: str | Path) -> Iterator[RunDir]:

@@ -79,7 +79,7 @@ def best_models(k: int, roots: Iterable[str] = DEFAULT_ROOTS, sort: str = "val/a
         found = f"only {', '.join(names)}" if names else "none"
         raise DuelistError(
             f"ensemble.members=auto needs finished runs of {k} model names under {', '.join(roots)}; found {found}. "
-            f"Train another model family (on a CPU, beside the default job: python train.py experiment=minilm_full; "
+            f"Train another model family (on a CPU: python train.py and python train.py experiment=minilm_full are two; "
             f"on a GPU: python train.py experiment=wsdm_gemma2_9b model=qwen2_5_14b ...), or pass runs=[RUN_DIR,...]"
         )
     return names[:k]

@@ -50,12 +50,14 @@ class Deadline:
     left; it starts from the throughput measured so far and reports its own back.
     """
 
-    def __init__(self, seconds: float, clock: Callable[[], float] = time.monotonic, parent: "Deadline | None" = None):
+    def __init__(self, seconds: float, clock: Callable[[], float] = time.monotonic, parent: "Deadline | None" = None,
+                 fresh: bool = False):
         self.clock = clock
         self.end = clock() + seconds
         self.parent = parent
-        self.tokens = parent.tokens if parent else 0
-        self.busy = parent.busy if parent else 0.0
+        inherit = parent is not None and not fresh  # fresh: another model, whose throughput is measured anew
+        self.tokens = parent.tokens if inherit else 0
+        self.busy = parent.busy if inherit else 0.0
 
     def remaining(self) -> float:
         return self.end - self.clock()
@@ -71,8 +73,8 @@ class Deadline:
         if self.parent is not None:
             self.parent.record(tokens, seconds)
 
-    def share(self, parts: int) -> "Deadline":
-        return Deadline(max(0.0, self.remaining()) / max(1, parts), self.clock, parent=self)
+    def share(self, parts: int, fresh: bool = False) -> "Deadline":
+        return Deadline(max(0.0, self.remaining()) / max(1, parts), self.clock, parent=self, fresh=fresh)
 
 
 @torch.no_grad()
@@ -175,6 +177,8 @@ def score_run_vllm(run_dir: Path, test: pd.DataFrame, cfg: Any, tta: str) -> np.
     if not torch.cuda.is_available():
         raise DuelistError("backend=vllm needs a CUDA GPU; on this machine use backend=hf")
     run_cfg = run.read_checkpoint_config()
+    if run_cfg.model.pooling != "model":
+        raise DuelistError(f"{run_dir}: backend=vllm pools the way the architecture does; this run uses model.pooling={run_cfg.model.pooling}: use backend=hf")
     tokenizer = load_tokenizer(str(ckpt / "tokenizer"), what="tokenizer")
     encoder = PairEncoder.for_model(tokenizer, run_cfg.model)
     llm = LLM(model=str(ckpt / "model"), tokenizer=str(ckpt / "tokenizer"), runner="pooling", max_model_len=run_cfg.model.max_length + 8,
@@ -234,7 +238,7 @@ def pick_runs(cfg: Any, members: list[str] | None = None, what: str = "ensemble.
     members = cfg.ensemble.members if members is None else members
     if members == "auto":
         members = best_models(2, cfg.ensemble.roots, cfg.ensemble.select_by)
-    elif isinstance(members, str):
+    elif isinstance(members, str) or not hasattr(members, "__iter__"):
         raise DuelistError(f"{what}={members}: use auto or a list of model names, e.g. [gemma2_9b, qwen2_5_14b]")
     members = list(members)
     if not members:

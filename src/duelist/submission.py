@@ -95,7 +95,8 @@ def submit(cfg: Any) -> pd.DataFrame:
         if cascade:  # member 1 scores every row once (no TTA), member 2 the rows member 1 is least sure of first, in the time left
             first = i == 0
             order = None if first else ensemble.least_confident_first(probs["p_a_run0"].to_numpy())
-            probs[f"p_a_run{i}"] = score_run(run, test, cfg, device, cfg.cache_dir, tta="none" if first else None, deadline=deadline, order=order)
+            own = deadline.share(1, fresh=True) if deadline else None  # all the time left, at member 2's own speed
+            probs[f"p_a_run{i}"] = score_run(run, test, cfg, device, cfg.cache_dir, tta="none" if first else None, deadline=own, order=order)
         elif cfg.backend == "vllm":
             probs[f"p_a_run{i}"] = score_run_vllm(run, test, cfg, cfg.tta)
         elif len(devices) > 1:
