@@ -210,4 +210,11 @@ def test_infer_vllm_backend_errors_are_one_line(tmp_path) -> None:
     merge_checkpoint(run, merged)
     res = run_cli("infer.py", [f"runs=[{merged}]", f"data.test={WSDM_EXAMPLE}", f"output={out}", "backend=vllm"])
     assert_one_line_error(res, "backend=vllm needs")  # vLLM is not installed here, and there is no GPU
+    from omegaconf import OmegaConf
+
+    ckpt_cfg = OmegaConf.load(merged / "checkpoint" / "config.yaml")
+    ckpt_cfg.model.pooling = "mean"  # a mean-pooled run (MiniLM's default): vLLM would pool with the [CLS] pooler
+    OmegaConf.save(ckpt_cfg, merged / "checkpoint" / "config.yaml")
+    res = run_cli("infer.py", [f"runs=[{merged}]", f"data.test={WSDM_EXAMPLE}", f"output={out}", "backend=vllm"])
+    assert_one_line_error(res, "backend=vllm pools the way the architecture does", "model.pooling=mean", "use backend=hf")
     assert not out.exists()

@@ -51,6 +51,11 @@ def test_registry_sorts_and_filters(tmp_path) -> None:
     assert out.index(str(tmp_path / "b")) < out.index(str(tmp_path / "a")) and "deep" not in out
 
 
+def member(rng, truth: np.ndarray, strength: float, sd: float) -> np.ndarray:
+    """A synthetic member's p_a: ``strength`` toward the truth plus Gaussian noise, clipped into (0, 1)."""
+    return np.clip(0.5 + (truth - 0.5) * strength + rng.normal(0, sd, len(truth)), 0.01, 0.99)
+
+
 def write_oof(run, ids, p_a, winner, language) -> None:
     run.mkdir(parents=True, exist_ok=True)
     target = np.where(np.asarray(winner) == "model_a", 1.0, 0.0)
@@ -63,7 +68,7 @@ def test_weights_recover_the_better_member_and_accuracy_checks_out(tmp_path) -> 
     n = 2000
     winner = rng.choice(["model_a", "model_b"], n)
     truth = (winner == "model_a").astype(float)
-    good = np.clip(0.5 + (truth - 0.5) * 0.5 + rng.normal(0, 0.2, n), 0.01, 0.99)  # informative
+    good = member(rng, truth, 0.5, 0.2)  # informative
     noise = rng.uniform(0.05, 0.95, n)  # useless
     ids = [f"x{i}" for i in range(n)]
     write_oof(tmp_path / "noise", ids, noise, winner, "en")
@@ -84,7 +89,7 @@ def test_per_language_weights(tmp_path) -> None:
     winner = rng.choice(["model_a", "model_b"], n)
     truth = (winner == "model_a").astype(float)
     lang = np.where(np.arange(n) < 600, "en", "ru")
-    sharp = np.clip(0.5 + (truth - 0.5) * 0.6 + rng.normal(0, 0.15, n), 0.01, 0.99)
+    sharp = member(rng, truth, 0.6, 0.15)
     flat = rng.uniform(0.05, 0.95, n)
     m0 = np.where(lang == "en", sharp, flat)  # member 0 knows English
     m1 = np.where(lang == "ru", sharp, flat)  # member 1 knows Russian
@@ -134,8 +139,7 @@ def test_cross_fitted_score_and_cascade_coverage_recomputed_independently(tmp_pa
     n = 1000
     winner = rng.choice(["model_a", "model_b"], n)
     truth = (winner == "model_a").astype(float)
-    m0 = np.clip(0.5 + (truth - 0.5) * 0.3 + rng.normal(0, 0.25, n), 0.01, 0.99)
-    m1 = np.clip(0.5 + (truth - 0.5) * 0.3 + rng.normal(0, 0.25, n), 0.01, 0.99)
+    m0, m1 = member(rng, truth, 0.3, 0.25), member(rng, truth, 0.3, 0.25)
     ids = [f"z{i}" for i in range(n)]
     write_oof(tmp_path / "m0", ids, m0, winner, "en")
     write_oof(tmp_path / "m1", ids, m1, winner, "en")

@@ -36,6 +36,7 @@ from duelist.errors import DuelistError, exit_cleanly_on_user_error
 from duelist.files import write_text
 from duelist.metrics import LOWER_IS_BETTER
 from duelist.rundir import RunDir, finished_runs
+from duelist.tracking import flatten
 
 log = logging.getLogger(__name__)
 
@@ -53,16 +54,6 @@ class Run:
     @property
     def name(self) -> str:
         return self.run.path.name
-
-
-def _flat(values: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for key, value in values.items():
-        if isinstance(value, dict) and value:
-            out.update(_flat(value, f"{prefix}{key}."))
-        else:
-            out[f"{prefix}{key}"] = value
-    return out
 
 
 def study_of(run: RunDir) -> Optional[str]:
@@ -88,7 +79,7 @@ def load_runs(roots: Iterable[str | Path], study: Optional[str] = None) -> list[
 
 def differing_settings(runs: list[Run]) -> pd.DataFrame:
     """One row per run, one column per setting whose value is not the same in every run."""
-    flat = pd.DataFrame([{k: json.dumps(v) if isinstance(v, (list, dict)) else v for k, v in _flat(r.config).items()} for r in runs])
+    flat = pd.DataFrame([{k: json.dumps(v) if isinstance(v, (list, dict)) else v for k, v in flatten(r.config, sep=".").items()} for r in runs])
     keep = [c for c in flat.columns if not c.startswith(IGNORED) and flat[c].astype(str).nunique(dropna=False) > 1]
     return flat[keep]
 

@@ -24,6 +24,7 @@ from tqdm.auto import tqdm
 
 from duelist.batching import pad, sorted_batches
 from duelist.data import swap_pairs
+from duelist.ensemble import least_confident_first
 from duelist.errors import DuelistError
 from duelist.formatting import PairEncoder
 from duelist.modeling import load_checkpoint, load_tokenizer, torch_dtype, vllm_dtype
@@ -156,8 +157,7 @@ def score_run(run_dir: Path, test: pd.DataFrame, cfg: Any, device: torch.device,
             swapped = predict(swapped_ids, f"{run_dir.name} swap")
         else:
             scored = np.flatnonzero(~np.isnan(p_a))
-            swapped = _least_confident_chunks(predict, swapped_ids, scored[np.argsort(np.abs(p_a[scored] - 0.5), kind="stable")], chunk,
-                                              f"{run_dir.name} swap")
+            swapped = _least_confident_chunks(predict, swapped_ids, scored[least_confident_first(p_a[scored])], chunk, f"{run_dir.name} swap")
             log.info("%s: swap-TTA on %d of %d rows within the time budget", run_dir.name, int((~np.isnan(swapped)).sum()), len(test))
         p_a = np.where(np.isnan(swapped), p_a, (p_a + (1.0 - swapped)) / 2.0)
     return p_a
@@ -170,15 +170,15 @@ def score_run_vllm(run_dir: Path, test: pd.DataFrame, cfg: Any, tta: str) -> np.
     ckpt = run.checkpoint
     if not (ckpt / "model").is_dir():
         raise DuelistError(f"{run_dir}: backend=vllm needs full weights (checkpoint/model/); merge the adapters first: python -m duelist.export {run_dir} --out MERGED")
+    run_cfg = run.read_checkpoint_config()
+    if run_cfg.model.pooling != "model":
+        raise DuelistError(f"{run_dir}: backend=vllm pools the way the architecture does; this run uses model.pooling={run_cfg.model.pooling}: use backend=hf")
     try:
         from vllm import LLM, TokensPrompt
     except ImportError as err:
         raise DuelistError("backend=vllm needs vLLM: pip install 'duelist[vllm]' (Linux + CUDA GPU), or use backend=hf") from err
     if not torch.cuda.is_available():
         raise DuelistError("backend=vllm needs a CUDA GPU; on this machine use backend=hf")
-    run_cfg = run.read_checkpoint_config()
-    if run_cfg.model.pooling != "model":
-        raise DuelistError(f"{run_dir}: backend=vllm pools the way the architecture does; this run uses model.pooling={run_cfg.model.pooling}: use backend=hf")
     tokenizer = load_tokenizer(str(ckpt / "tokenizer"), what="tokenizer")
     encoder = PairEncoder.for_model(tokenizer, run_cfg.model)
     llm = LLM(model=str(ckpt / "model"), tokenizer=str(ckpt / "tokenizer"), runner="pooling", max_model_len=run_cfg.model.max_length + 8,

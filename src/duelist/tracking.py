@@ -53,7 +53,7 @@ class WandbTracker(NullTracker):
         self.run.log({**flat, "train/step": step})
 
     def summary(self, values: dict[str, Any]) -> None:
-        for key, value in _flatten(values).items():
+        for key, value in flatten(values).items():
             self.run.summary[key] = value
 
     def table(self, key: str, df: pd.DataFrame) -> None:
@@ -70,12 +70,13 @@ class WandbTracker(NullTracker):
         self.run.finish(exit_code=exit_code)
 
 
-def _flatten(values: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+def flatten(values: dict[str, Any], sep: str = "/", prefix: str = "") -> dict[str, Any]:
+    """Nested dicts as one level: ``{"a": {"b": 1}}`` -> ``{"a/b": 1}``; an empty dict stays a value."""
     out: dict[str, Any] = {}
     for key, value in values.items():
         name = f"{prefix}{key}"
-        if isinstance(value, dict):
-            out.update(_flatten(value, f"{name}/"))
+        if isinstance(value, dict) and value:
+            out.update(flatten(value, sep, f"{name}{sep}"))
         else:
             out[name] = value
     return out
