@@ -205,9 +205,9 @@ def test_infer_vllm_backend_errors_are_one_line(tmp_path) -> None:
     res = run_cli("infer.py", [f"runs=[{run}]", f"data.test={WSDM_EXAMPLE}", f"output={out}", "backend=vllm"])
     assert_one_line_error(res, "backend=vllm needs full weights", "python -m duelist.export")
     merged = tmp_path / "merged"
-    from duelist.modeling import merge_checkpoint
+    from duelist.export import export_run
 
-    merge_checkpoint(run, merged)
+    export_run(run, merged)
     res = run_cli("infer.py", [f"runs=[{merged}]", f"data.test={WSDM_EXAMPLE}", f"output={out}", "backend=vllm"])
     assert_one_line_error(res, "backend=vllm needs")  # vLLM is not installed here, and there is no GPU
     from omegaconf import OmegaConf

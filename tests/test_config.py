@@ -142,7 +142,10 @@ def test_attention_auto_never_picks_sdpa_for_gemma2(monkeypatch) -> None:
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     real = importlib.util.find_spec
     monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: object() if name == "flash_attn" else real(name, *a))
-    assert (attention(gemma), attention(llama)) == ("flash_attention_2", "flash_attention_2")
+    for capability, expected in (((7, 5), ("eager", "sdpa")), ((7, 0), ("eager", "sdpa")), ((8, 0), ("flash_attention_2",) * 2), ((9, 0), ("flash_attention_2",) * 2)):
+        # flash-attention-2 needs compute capability >= 8.0: not on a T4 (7.5) or V100 (7.0)
+        monkeypatch.setattr(torch.cuda, "get_device_capability", lambda *a, c=capability: c)
+        assert (attention(gemma), attention(llama)) == expected, capability
     assert attention(compose_train(["model=tiny_gemma2"]).model) == "eager"  # an explicit choice is kept
 
 

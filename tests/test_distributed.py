@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -38,6 +39,9 @@ def test_two_processes_match_one_within_tolerance(tmp_path) -> None:
     m1, m2 = (json.loads((tmp_path / r / "metrics.json").read_text()) for r in ("one", "two"))
     assert (m1["processes"], m2["processes"]) == (1, 2)
     assert (two.stdout + two.stderr).count("20 per epoch") == 2  # each of the 2 processes takes half of the 40 batches of 4
+    # validation: each process scores its share (rank 0 alone would keep the other waiting past NCCL's timeout)
+    shares = re.findall(r"validation: process (\d) of 2 scores (\d+) of (\d+) rows", two.stdout + two.stderr)
+    assert sorted(r for r, _, _ in shares) == ["0", "1"] and sum(int(k) for _, k, _ in shares) == int(shares[0][2]) == len(pd.read_parquet(tmp_path / "two" / "oof.parquet"))
     assert m2["val/accuracy"] == m1["val/accuracy"]
     assert abs(m2["val/log_loss"] - m1["val/log_loss"]) < 1e-5  # stated tolerance: float summation order only
     p1, p2 = (pd.read_parquet(tmp_path / r / "oof.parquet") for r in ("one", "two"))

@@ -48,14 +48,14 @@ def test_8bit_adamw_trains(tmp_path) -> None:
 @pytest.mark.parametrize("kind", ["int8", "nf4"])
 def test_quantized_inference_close_to_16_bit(tmp_path, kind: str) -> None:
     pytest.importorskip("bitsandbytes")
-    from duelist.modeling import merge_checkpoint
+    from duelist.export import export_run
     from duelist.scoring import predict_p_a
     from duelist.formatting import PairEncoder
     from duelist.data import load_test
     from conftest import WSDM_EXAMPLE
 
     train(compose_train([*TINY, "trainer.device=cuda"]), tmp_path / "run")
-    merge_checkpoint(tmp_path / "run", tmp_path / "merged")
+    export_run(tmp_path / "run", tmp_path / "merged")
     gpu = torch.device("cuda")
     rows = load_test(str(WSDM_EXAMPLE))
     out = {}

@@ -240,6 +240,7 @@ class TrainerConfig:
     group_by_length: bool = MISSING
     device: Device = MISSING
     strategy: Strategy = MISSING
+    dist_timeout_min: float = MISSING
     optimizer: Optimizer = MISSING
 
 

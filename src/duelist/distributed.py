@@ -46,8 +46,9 @@ def resolve_strategy(name: str) -> str:
     return name
 
 
-def init_distributed(device_name: str, strategy: str = "auto") -> tuple[Distributed, torch.device]:
-    """One process: the configured device. Several (WORLD_SIZE > 1): one GPU each (NCCL), or CPU with gloo."""
+def init_distributed(device_name: str, strategy: str = "auto", timeout_min: float = 30.0) -> tuple[Distributed, torch.device]:
+    """One process: the configured device. Several (WORLD_SIZE > 1): one GPU each (NCCL), or CPU with gloo;
+    ``timeout_min``: how long a collective waits for the slowest process before the run is ended."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
     strategy = resolve_strategy(strategy)
     if world <= 1:
@@ -59,7 +60,9 @@ def init_distributed(device_name: str, strategy: str = "auto") -> tuple[Distribu
     if cuda:
         torch.cuda.set_device(local)
     if not dist.is_initialized():
-        dist.init_process_group("nccl" if cuda else "gloo")
+        from datetime import timedelta
+
+        dist.init_process_group("nccl" if cuda else "gloo", timeout=timedelta(minutes=timeout_min))
     return Distributed(rank, world, local, strategy), torch.device("cuda", local) if cuda else torch.device("cpu")
 
 
@@ -110,6 +113,17 @@ def broadcast(value: Any, state: Distributed) -> Any:
     box = [value]
     dist.broadcast_object_list(box, src=0)
     return box[0]
+
+
+def gather(value: Any, state: Distributed) -> list[Any]:
+    """Every process's ``value``, in rank order, on every process."""
+    if state.world <= 1:
+        return [value]
+    import torch.distributed as dist
+
+    box: list[Any] = [None] * state.world
+    dist.all_gather_object(box, value)
+    return box
 
 
 def barrier(state: Distributed) -> None:

@@ -157,6 +157,11 @@ class PairEncoder:
         if self.length_hint not in LENGTH_HINTS:
             raise ValueError(f"length_hint={length_hint!r}: one of {LENGTH_HINTS}")
         self.frame = build_frame(tokenizer, template)
+        ending = list(self.frame.suffix) + list(self.frame.special_tail)
+        if ending and ending[-1] == tokenizer.pad_token_id:
+            # Hugging Face classifies from the rightmost non-pad token, vLLM from the last one: they must be the same token
+            raise DuelistError(f"the {template} template of this tokenizer ends in its pad token (id {tokenizer.pad_token_id}): "
+                               f"the classifier would read an earlier token; give the tokenizer a pad token of its own")
         self._hints: dict[str, tuple[int, ...]] = {}
         extremes = [(10**9, 10**9), (10**9, 1), (1, 10**9), (150, 100), (100, 150)]  # widest counts, every bucket phrase
         longest_hint = max(len(self._hint_ids(a, b)) for a, b in extremes)

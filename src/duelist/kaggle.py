@@ -1,11 +1,12 @@
 """Everything ``infer.py`` needs on Kaggle, offline, in one folder to upload as a dataset.
 
-    python -m duelist.kaggle --run RUN_A --run RUN_B --out kaggle/duelist-pkg [--merge]
+    python -m duelist.kaggle --run RUN_A --run RUN_B --out kaggle/duelist-pkg [--merge] [--quantization int8|nf4]
 
 writes::
 
     wheels/        duelist and every package it needs, at the versions installed here (torch excepted:
-                   Kaggle's image has a CUDA build); sdists are built into wheels
+                   Kaggle's image has a CUDA build); sdists are built into wheels; bitsandbytes too when the
+                   package scores quantized (--quantization) or ships an unmerged QLoRA run
     runs/r0, r1    the run dirs (checkpoint/, oof.parquet, metrics.json, config.yaml); --merge folds LoRA
                    adapters into the weights first (no adapter overhead at inference)
     infer.py conf/ the entry point and its configs
@@ -29,7 +30,7 @@ from packaging.requirements import Requirement
 from duelist.config import conf_dir
 from duelist.errors import DuelistError, exit_cleanly_on_user_error
 from duelist.files import atomic_dir
-from duelist.modeling import merge_checkpoint
+from duelist.export import export_run
 from duelist.rundir import RunDir
 
 PREINSTALLED = {"torch", "triton"}  # Kaggle images ship a CUDA torch; a CPU wheel would replace it
@@ -39,36 +40,54 @@ def _key(name: str) -> str:
     return name.lower().replace("_", "-").replace(".", "-")
 
 
-def requirements(root: str = "duelist", skip: set[str] = PREINSTALLED) -> dict[str, str]:
-    """``name -> installed version`` for everything ``root`` needs (transitively, this platform's markers)."""
+def requirements(root: str = "duelist", skip: set[str] = PREINSTALLED, extras: Sequence[str] = ()) -> dict[str, str]:
+    """``name -> installed version`` for everything ``root`` (with its optional ``extras``) needs, transitively,
+    for this platform's markers."""
     pins: dict[str, str] = {}
-    todo = [root]
+    todo = [(root, tuple(extras))]
     while todo:
-        name = todo.pop()
+        name, wanted = todo.pop()
         try:
             dist = metadata.distribution(name)
         except metadata.PackageNotFoundError as err:
             raise DuelistError(f"{name} is required but not installed here; install duelist first (pip install -e .)") from err
         for line in dist.requires or []:
             req = Requirement(line)
-            if req.marker is not None and not req.marker.evaluate({"extra": ""}):
-                continue  # an optional extra or another platform
+            if req.marker is not None and not any(req.marker.evaluate({"extra": extra}) for extra in ("", *wanted)):
+                continue  # an optional extra not asked for, or another platform
             key = _key(req.name)
             if key in pins or key in skip or key.startswith("nvidia-"):
                 continue
-            pins[key] = metadata.version(req.name)
-            todo.append(req.name)
+            try:
+                pins[key] = metadata.version(req.name)
+            except metadata.PackageNotFoundError as err:
+                raise DuelistError(f"{req.name} is required ({line}) but not installed here; pip install 'duelist[{','.join(wanted)}]' first") from err
+            todo.append((req.name, ()))
     return pins
 
 
-def build(runs: Sequence[str], out: str | Path, merge: bool) -> Path:
+def needs_bitsandbytes(runs: Sequence[str], merge: bool, quantization: str) -> bool:
+    """bitsandbytes goes into the package when it scores with quantization=int8|nf4, or ships a QLoRA run unmerged
+    (its base loads in 4 bit)."""
+    if quantization != "none":
+        return True
+    for run in runs:
+        rundir = RunDir(run)
+        cfg = rundir.read_checkpoint_config()
+        if cfg.lora.enabled and cfg.lora.qlora and not (merge and (rundir.checkpoint / "adapter").is_dir()):
+            return True
+    return False
+
+
+def build(runs: Sequence[str], out: str | Path, merge: bool, quantization: str = "none") -> Path:
     out = Path(out)
     root = conf_dir().parent
     if not (root / "infer.py").is_file() or not (root / "src" / "duelist").is_dir():
         raise DuelistError(f"{root}: no infer.py and src/duelist next to conf/; run from a clone of duelist")
     for run in runs:
         RunDir(run).require_checkpoint()
-    pins = requirements()
+    extras = ["qlora"] if needs_bitsandbytes(runs, merge, quantization) else []
+    pins = requirements(extras=extras)
     with atomic_dir(out) as tmp:
         (tmp / "wheels").mkdir()
         reqs = tmp / "requirements.txt"
@@ -88,7 +107,7 @@ def build(runs: Sequence[str], out: str | Path, merge: bool) -> Path:
             target = tmp / "runs" / f"r{i}"
             target.parent.mkdir(exist_ok=True)
             if merge and (RunDir(run).checkpoint / "adapter").is_dir():
-                merge_checkpoint(run, target)
+                export_run(run, target)
             else:
                 shutil.copytree(run, target, ignore=shutil.ignore_patterns("wandb", ".hydra", "*.png", "train.log"))
             names.append(f"r{i}")
@@ -101,9 +120,9 @@ def build(runs: Sequence[str], out: str | Path, merge: bool) -> Path:
             "set -euo pipefail\n"
             'HERE="$(cd "$(dirname "$0")" && pwd)"\n'
             'TEST="$1"; OUT="${2:-submission.csv}"; shift $(( $# < 2 ? $# : 2 ))\n'
-            'pip install --no-index --find-links "$HERE/wheels" duelist\n'
+            f'pip install --no-index --find-links "$HERE/wheels" "duelist{"[" + ",".join(extras) + "]" if extras else ""}"\n'
             f'HF_HUB_OFFLINE=1 WANDB_MODE=disabled python "$HERE/infer.py" "runs=[{run_list}]" "data.test=$TEST" "output=$OUT" '
-            '"hydra.run.dir=${TMPDIR:-/tmp}/duelist-infer" "$@"\n'
+            '"hydra.run.dir=${TMPDIR:-/tmp}/duelist-infer" ' + (f'quantization={quantization} ' if quantization != "none" else "") + '"$@"\n'
         )
     n_wheels = len(list((out / "wheels").glob("*.whl")))
     print(f"Kaggle package: {out} ({n_wheels} wheels, {len(runs)} run(s)); on Kaggle: bash {out.name}/run.sh TEST.parquet submission.csv")
@@ -116,8 +135,10 @@ def main(argv: Sequence[str] | None = None) -> Path:
     parser.add_argument("--run", action="append", required=True, help="run dir to include (repeat for an ensemble; order = runs=[...] order)")
     parser.add_argument("--out", required=True, help="folder to write (replaced atomically)")
     parser.add_argument("--merge", action="store_true", help="merge LoRA adapters into the weights (python -m duelist.export)")
+    parser.add_argument("--quantization", default="none", choices=["none", "int8", "nf4"],
+                        help="score with the weights quantized (int8 | nf4: a 9B model on a 16 GB T4); ships bitsandbytes and sets it in run.sh")
     args = parser.parse_args(argv)
-    return build(args.run, args.out, args.merge)
+    return build(args.run, args.out, args.merge, args.quantization)
 
 
 if __name__ == "__main__":

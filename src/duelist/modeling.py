@@ -54,17 +54,64 @@ ARCHITECTURES: dict[str, Callable[[Any], dict[str, Any]]] = {
 
 
 def attention(model_cfg: Any) -> str:
-    """``attn_implementation``; ``auto`` is flash-attention-2 on a GPU with ``flash_attn`` installed, else eager for
-    Gemma-2 (transformers >= 5.21 refuses sdpa for it) and sdpa for the others."""
+    """``attn_implementation``; ``auto`` is flash-attention-2 on a GPU of compute capability >= 8.0 (Ampere and later:
+    not T4/V100) with ``flash_attn`` installed, else eager for Gemma-2 (transformers >= 5.21 refuses sdpa for it) and
+    sdpa for the others."""
     name = model_cfg.attn_implementation
     if name != "auto":
         return name
-    if torch.cuda.is_available():
+    if torch.cuda.is_available() and torch.cuda.get_device_capability() >= (8, 0):
         import importlib.util
 
         if importlib.util.find_spec("flash_attn") is not None:
             return "flash_attention_2"
     return "eager" if model_cfg.arch == "gemma2" else "sdpa"
+
+
+def cpu_bnb() -> bool:
+    """Test-only switch ``DUELIST_CPU_BNB=1``: the bitsandbytes paths (QLoRA, int8/nf4 scoring, 8-bit AdamW) run on a
+    CPU (bitsandbytes >= 0.45 has CPU kernels), so CI covers them; without it they need a CUDA GPU."""
+    return os.environ.get("DUELIST_CPU_BNB", "") == "1"
+
+
+def bnb_device_ok(device: torch.device) -> bool:
+    return device.type == "cuda" or (device.type == "cpu" and cpu_bnb())
+
+
+def quantized_device_map(device: torch.device) -> dict[str, Any]:
+    """Where bitsandbytes places a quantized model: all of it on ``device`` (a data-parallel worker's own GPU, not
+    the current one, which is GPU 0 in every freshly spawned process)."""
+    if device.type == "cuda":
+        return {"": device.index if device.index is not None else torch.cuda.current_device()}
+    return {"": "cpu"}
+
+
+def make_trainable_fp32(model: torch.nn.Module) -> int:
+    """Every trainable parameter in fp32 (adapters, the head, or every weight with full fine-tuning): the frozen base
+    may stay bf16/fp16/4-bit, half precision comes from autocast. Updates of lr x grad below bf16's resolution would
+    otherwise be lost, and GradScaler refuses fp16 gradients. Returns the number of parameters cast."""
+    cast = 0
+    for param in model.parameters():
+        if param.requires_grad and param.dtype != torch.float32:
+            param.data = param.data.float()
+            cast += 1
+    return cast
+
+
+def half_weights(model: torch.nn.Module) -> Optional[torch.dtype]:
+    """bf16 or fp16 when some of the model's weights are stored in it (a half-precision base), else None."""
+    for param in model.parameters():
+        if param.dtype in (torch.bfloat16, torch.float16):
+            return param.dtype
+    return None
+
+
+def upcast_unquantized(model: torch.nn.Module) -> None:
+    """What ``prepare_model_for_kbit_training`` does to a QLoRA model while it trains: the parameters that are not
+    4-bit (norms, embeddings, the head) in fp32. A reload does the same, so it computes what training validated."""
+    for param in model.parameters():
+        if param.dtype in (torch.float16, torch.bfloat16) and type(param).__name__ != "Params4bit":
+            param.data = param.data.float()
 
 
 class MeanPooler(torch.nn.Module):
@@ -169,8 +216,8 @@ def check_model_config(model_cfg: Any, lora_cfg: Any, device: torch.device) -> N
     if model_cfg.pooling == "mean" and model_cfg.arch != "bert":
         raise DuelistError(f"model.pooling=mean is for BERT-style encoders (arch=bert); {model_cfg.arch} classifies from its last token: use model.pooling=model")
     if lora_cfg.enabled and lora_cfg.qlora:
-        # bitsandbytes loads and runs 4-bit layers on a CPU without complaint, so we refuse ourselves.
-        if device.type != "cuda":
+        # bitsandbytes loads and runs 4-bit layers on a CPU (slowly), so we refuse ourselves; DUELIST_CPU_BNB=1 (tests) allows it.
+        if not bnb_device_ok(device):
             raise DuelistError("lora.qlora=true needs a CUDA GPU (4-bit nf4 via bitsandbytes); on this machine use lora.qlora=false")
         try:
             import bitsandbytes  # noqa: F401
@@ -178,8 +225,9 @@ def check_model_config(model_cfg: Any, lora_cfg: Any, device: torch.device) -> N
             raise DuelistError("lora.qlora=true needs bitsandbytes: pip install 'duelist[qlora]'") from err
 
 
-def _quantization(lora_cfg: Any, inference: str = "none") -> Any:
-    """bitsandbytes settings: nf4 for QLoRA training; ``inference`` int8 (LLM.int8) or nf4 when scoring."""
+def _quantization(lora_cfg: Any, inference: str = "none", compute: torch.dtype = torch.float32) -> Any:
+    """bitsandbytes settings: nf4 for QLoRA training; ``inference`` int8 (LLM.int8) or nf4 when scoring;
+    ``compute``: the dtype the 4-bit layers compute in (the weights dtype: bf16/fp16 on a GPU)."""
     kind = inference if inference != "none" else ("nf4" if lora_cfg.enabled and lora_cfg.qlora else "none")
     if kind == "none":
         return None
@@ -188,7 +236,6 @@ def _quantization(lora_cfg: Any, inference: str = "none") -> Any:
     keep = list(HEAD_NAMES)  # the 2-output head stays in full precision
     if kind == "int8":
         return BitsAndBytesConfig(load_in_8bit=True, llm_int8_skip_modules=keep)
-    compute = torch.bfloat16 if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else torch.float16
     return BitsAndBytesConfig(
         load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True, bnb_4bit_compute_dtype=compute, llm_int8_skip_modules=keep
     )
@@ -197,7 +244,7 @@ def _quantization(lora_cfg: Any, inference: str = "none") -> Any:
 def check_quantization(kind: str, device: torch.device) -> None:
     if kind == "none":
         return
-    if device.type != "cuda":
+    if not bnb_device_ok(device):
         raise DuelistError(f"quantization={kind} needs a CUDA GPU (bitsandbytes); on this machine use quantization=none")
     try:
         import bitsandbytes  # noqa: F401
@@ -205,37 +252,48 @@ def check_quantization(kind: str, device: torch.device) -> None:
         raise DuelistError(f"quantization={kind} needs bitsandbytes: pip install 'duelist[qlora]'") from err
 
 
-def build_base(model_cfg: Any, lora_cfg: Any, tokenizer: Any, dtype: torch.dtype, seed: int, weights: Optional[str] = None,
-               quantization: str = "none", device_map: Optional[str] = None) -> torch.nn.Module:
-    """The sequence-classification model (2 labels) without adapters.
-
-    ``weights``: a folder of saved base weights (used when reloading a random-init checkpoint);
-    ``quantization``: int8 | nf4 loading for inference; ``device_map``: auto | balanced spreads the
-    layers over the visible GPUs (a model too big for one).
-    """
+def _random_model(model_cfg: Any, tokenizer: Any, dtype: torch.dtype, seed: int) -> torch.nn.Module:
     from transformers import AutoConfig, AutoModelForSequenceClassification
 
     extra = dict(ARCHITECTURES[model_cfg.arch](model_cfg))
     extra.update(OmegaConf.to_container(model_cfg.config_overrides) if isinstance(model_cfg.config_overrides, DictConfig) else dict(model_cfg.config_overrides))
-    common = dict(num_labels=2, pad_token_id=tokenizer.pad_token_id)
-    if weights is not None or model_cfg.init == "pretrained":
-        source = weights or resolve_path(model_cfg.name_or_path)
-        quant = _quantization(lora_cfg, quantization)
-        try:
-            model = AutoModelForSequenceClassification.from_pretrained(
-                source, dtype=dtype, attn_implementation=attention(model_cfg),
-                quantization_config=quant, device_map=device_map or ({"": torch.cuda.current_device()} if quant else None),
-                # a reward model's 1-output head (or any other head shape) is replaced by a fresh 2-label head
-                ignore_mismatched_sizes=weights is None,
-                **common, **({} if weights else extra),
-            )
-        except Exception as err:
-            raise _load_error("name_or_path", model_cfg.name_or_path, err) from err
-    else:
-        config = AutoConfig.for_model(model_cfg.arch, **{"vocab_size": len(tokenizer), **common, **extra})  # overrides may set a real vocab size
-        config._attn_implementation = attention(model_cfg)
-        torch.manual_seed(seed)
-        model = AutoModelForSequenceClassification.from_config(config, dtype=dtype)
+    # overrides may set a real vocab size
+    config = AutoConfig.for_model(model_cfg.arch, **{"vocab_size": len(tokenizer), "num_labels": 2, "pad_token_id": tokenizer.pad_token_id, **extra})
+    config._attn_implementation = attention(model_cfg)
+    torch.manual_seed(seed)
+    return AutoModelForSequenceClassification.from_config(config, dtype=dtype)
+
+
+def build_base(model_cfg: Any, lora_cfg: Any, tokenizer: Any, dtype: torch.dtype, seed: int, device: torch.device,
+               weights: Optional[str] = None, quantization: str = "none", device_map: Optional[str] = None) -> torch.nn.Module:
+    """The sequence-classification model (2 labels) without adapters.
+
+    ``weights``: a folder of saved base weights (a random-init checkpoint's base/); ``quantization``: int8 | nf4
+    loading for inference (QLoRA runs load nf4 anyway); quantized weights are placed on ``device`` as they load;
+    ``device_map``: auto | balanced spreads the layers over the visible GPUs (a model too big for one).
+    """
+    from transformers import AutoModelForSequenceClassification
+
+    quant = _quantization(lora_cfg, quantization, compute=dtype)
+    if weights is None and model_cfg.init == "random":
+        if quant is not None:  # from_config cannot quantize: build_model saves the random weights and loads them back
+            raise ValueError("a random-init base is quantized from saved weights (weights=FOLDER)")
+        model = _random_model(model_cfg, tokenizer, dtype, seed)
+        model.config.pad_token_id = tokenizer.pad_token_id
+        return apply_pooling(model, model_cfg)
+    extra = dict(ARCHITECTURES[model_cfg.arch](model_cfg))
+    extra.update(OmegaConf.to_container(model_cfg.config_overrides) if isinstance(model_cfg.config_overrides, DictConfig) else dict(model_cfg.config_overrides))
+    source = weights or resolve_path(model_cfg.name_or_path)
+    try:
+        model = AutoModelForSequenceClassification.from_pretrained(
+            source, dtype=dtype, attn_implementation=attention(model_cfg),
+            quantization_config=quant, device_map=device_map or (quantized_device_map(device) if quant else None),
+            # a reward model's 1-output head (or any other head shape) is replaced by a fresh 2-label head
+            ignore_mismatched_sizes=weights is None,
+            num_labels=2, pad_token_id=tokenizer.pad_token_id, **({} if weights else extra),
+        )
+    except Exception as err:
+        raise _load_error("name_or_path", model_cfg.name_or_path, err) from err
     model.config.pad_token_id = tokenizer.pad_token_id
     return apply_pooling(model, model_cfg)
 
@@ -244,7 +302,9 @@ def add_lora(model: torch.nn.Module, lora_cfg: Any, gradient_checkpointing: bool
     from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
 
     if lora_cfg.qlora:
-        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=gradient_checkpointing)
+        # non-4-bit parameters to fp32, base frozen; checkpointing stays non-reentrant (its default would turn reentrant back on)
+        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=gradient_checkpointing,
+                                                gradient_checkpointing_kwargs={"use_reentrant": False})
     targets = lora_cfg.target_modules
     targets = targets if isinstance(targets, str) else list(targets)
     config = LoraConfig(task_type="SEQ_CLS", r=lora_cfg.r, lora_alpha=lora_cfg.alpha, lora_dropout=lora_cfg.dropout, target_modules=targets)
@@ -253,19 +313,32 @@ def add_lora(model: torch.nn.Module, lora_cfg: Any, gradient_checkpointing: bool
 
 
 def build_model(model_cfg: Any, lora_cfg: Any, device: torch.device, seed: int, gradient_checkpointing: bool = False) -> Built:
+    """The model to train: base weights in ``model.dtype`` (4-bit with QLoRA), every trainable parameter in fp32."""
     check_model_config(model_cfg, lora_cfg, device)
     tokenizer = load_tokenizer(model_cfg.name_or_path)
     dtype = torch_dtype(model_cfg.dtype, device)
-    if lora_cfg.enabled and dtype != torch.float32 and device.type == "cpu":
-        dtype = torch.float32
-    model = build_base(model_cfg, lora_cfg, tokenizer, dtype, seed)
     init_state = None
-    if model_cfg.init == "random" and lora_cfg.enabled:
-        init_state = {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
+    if model_cfg.init == "random" and lora_cfg.enabled and lora_cfg.qlora:
+        # from_config cannot quantize: the random weights are saved and loaded back through the quantizer, as a reload
+        # of base/ will do, so training and reload start from the same 4-bit weights
+        import tempfile
+
+        random_model = _random_model(model_cfg, tokenizer, dtype, seed)
+        init_state = {k: v.detach().to("cpu", copy=True) for k, v in random_model.state_dict().items()}
+        with tempfile.TemporaryDirectory(prefix="duelist-random-base-") as tmp:
+            random_model.save_pretrained(tmp, safe_serialization=True)
+            del random_model
+            model = build_base(model_cfg, lora_cfg, tokenizer, dtype, seed, device, weights=tmp)
+        model.config.name_or_path = model.name_or_path = ""  # a from-config model, not the deleted temporary folder
+    else:
+        model = build_base(model_cfg, lora_cfg, tokenizer, dtype, seed, device)
+        if model_cfg.init == "random" and lora_cfg.enabled:  # the random base is saved with the checkpoint
+            init_state = {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
     if gradient_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     if lora_cfg.enabled:
         model = add_lora(model, lora_cfg, gradient_checkpointing)
+    make_trainable_fp32(model)
     if not (lora_cfg.enabled and lora_cfg.qlora):
         model.to(device)
     return Built(model, tokenizer, init_state)
@@ -292,8 +365,12 @@ def save_checkpoint(built: Built, run_config: DictConfig, target: str | Path, st
         if hasattr(model, "peft_config"):
             model.save_pretrained(tmp / "adapter", safe_serialization=True, state_dict=state_dict)
             if built.init_state is not None:
-                base = model.get_base_model()
-                base.config.save_pretrained(tmp / "base")
+                import copy
+
+                config = copy.deepcopy(model.get_base_model().config)
+                if getattr(config, "quantization_config", None) is not None:
+                    del config.quantization_config  # the saved weights are the unquantized random init; a reload quantizes them
+                config.save_pretrained(tmp / "base")
                 from safetensors.torch import save_file
 
                 save_file({k: v.contiguous() for k, v in built.init_state.items()}, str(tmp / "base" / "model.safetensors"))
@@ -303,9 +380,11 @@ def save_checkpoint(built: Built, run_config: DictConfig, target: str | Path, st
 
 def load_checkpoint(run_dir: str | Path, device: torch.device, dtype_name: str = "auto", dequantize: bool = False,
                     quantization: str = "none", device_map: Optional[str] = None) -> tuple[Built, DictConfig]:
-    """Rebuild the trained model from a run dir alone (``RUN/checkpoint``); ``dequantize`` loads a QLoRA
-    run's base in 16/32 bit instead of 4 bit (to merge the adapters); ``quantization`` (int8 | nf4) loads
-    the weights quantized for inference (CUDA); ``device_map`` (auto | balanced) splits the layers over the GPUs."""
+    """Rebuild the trained model from a run dir alone (``RUN/checkpoint``), computing what training validated (a QLoRA
+    run: the same 4-bit base with its other parameters in fp32). ``dequantize``: a QLoRA run's 4-bit base is
+    dequantized after loading, so the adapters sit on the NF4-rounded weights they were trained against, in 16/32 bit
+    (to merge them); ``quantization`` (int8 | nf4) loads the weights quantized for inference (CUDA);
+    ``device_map`` (auto | balanced) splits the layers over the GPUs."""
     check_quantization(quantization, device)
     run = RunDir(run_dir).require_checkpoint()
     ckpt = run.checkpoint
@@ -315,9 +394,16 @@ def load_checkpoint(run_dir: str | Path, device: torch.device, dtype_name: str =
     has_adapter, has_full = (ckpt / "adapter").is_dir(), (ckpt / "model").is_dir()
     if not (has_adapter or has_full) or not (ckpt / "tokenizer").is_dir():
         raise DuelistError(f"{ckpt}: incomplete checkpoint (needs tokenizer/ and adapter/ or model/)")
-    if dequantize:
-        cfg.lora.qlora = False
-    check_model_config(cfg.model, cfg.lora, device)
+    qlora = bool(cfg.lora.enabled and cfg.lora.qlora)
+    if dequantize and qlora:
+        # quantizing once to reproduce the NF4 rounding works on any device (bitsandbytes has CPU kernels)
+        try:
+            import bitsandbytes  # noqa: F401
+        except ImportError as err:
+            raise DuelistError("merging a QLoRA run reproduces its 4-bit base: pip install 'duelist[qlora]'") from err
+        check_model_config(cfg.model, OmegaConf.merge(cfg.lora, {"qlora": False}), device)
+    else:
+        check_model_config(cfg.model, cfg.lora, device)
     tokenizer = load_tokenizer(str(ckpt / "tokenizer"), what="tokenizer")
     dtype = torch_dtype(dtype_name if dtype_name != "auto" else cfg.model.dtype, device)
     if has_adapter:
@@ -326,46 +412,41 @@ def load_checkpoint(run_dir: str | Path, device: torch.device, dtype_name: str =
         if cfg.model.init == "random" and not (ckpt / "base").is_dir():
             raise DuelistError(f"{ckpt}: random-init model without base/ weights; cannot rebuild")
         weights = str(ckpt / "base") if cfg.model.init == "random" else None
-        base = build_base(cfg.model, cfg.lora, tokenizer, dtype, seed=0, weights=weights, quantization=quantization, device_map=device_map)
+        base = build_base(cfg.model, cfg.lora, tokenizer, dtype, 0, device, weights=weights, quantization=quantization, device_map=device_map)
+        for name in HEAD_NAMES:  # the head trained in fp32 (make_trainable_fp32): its saved copy is loaded into fp32 too
+            if isinstance(getattr(base, name, None), torch.nn.Module):
+                getattr(base, name).float()
+        if qlora and dequantize:
+            base = base.dequantize().to(dtype)  # the 4-bit weights as 16/32-bit numbers: what the adapters learnt against
+        elif qlora:
+            upcast_unquantized(base)
         model = PeftModel.from_pretrained(base, str(ckpt / "adapter"))
     else:
         from transformers import AutoModelForSequenceClassification
 
-        quant = _quantization(cfg.lora, quantization)
+        quant = _quantization(cfg.lora, quantization, compute=dtype)
         model = apply_pooling(AutoModelForSequenceClassification.from_pretrained(
             str(ckpt / "model"), dtype=dtype, attn_implementation=attention(cfg.model),
-            quantization_config=quant, device_map=device_map or ({"": torch.cuda.current_device()} if quant else None),
+            quantization_config=quant, device_map=device_map or (quantized_device_map(device) if quant else None),
         ), cfg.model)
-    if not (cfg.lora.enabled and cfg.lora.qlora) and quantization == "none" and device_map is None:
+    if not (qlora and not dequantize) and quantization == "none" and device_map is None:
         model.to(device)  # quantized or split weights were placed as they loaded
     model.eval()
     return Built(model, tokenizer), cfg
 
 
-def merge_checkpoint(run_dir: str | Path, out_dir: str | Path, dtype_name: str = "auto") -> Path:
-    """Write ``out_dir`` as a run dir whose checkpoint is the full model with the LoRA adapters merged into
-    the weights (``checkpoint/model/``): inference then runs without adapter overhead. A QLoRA run is merged
-    into a 16-bit base (merging into 4-bit weights would round the adapters away). ``metrics.json`` and
-    ``oof.parquet`` are copied so ensembles can still weight the run."""
-    import shutil
-
-    run, out_dir = RunDir(run_dir).require_checkpoint(), Path(out_dir)
+def merge_adapters(run_dir: str | Path, device: torch.device, dtype_name: str = "auto") -> tuple[Built, DictConfig]:
+    """A LoRA run's model with the adapters merged into the weights, and the config of the merged run (full weights,
+    ``lora=none``). A QLoRA run is merged into its dequantized NF4 base, the weights it trained against: merging into
+    the original 16-bit weights would move predictions (measured on tiny models: up to 0.04 in p_a)."""
+    run = RunDir(run_dir).require_checkpoint()
     if not (run.checkpoint / "adapter").is_dir():
         raise DuelistError(f"{run_dir}: no checkpoint/adapter/ to merge (pass the run dir of a LoRA run; full fine-tuning runs need no merge)")
-    if out_dir.resolve() == run.path.resolve():
-        raise DuelistError(f"--out {out_dir}: must differ from the run dir")
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     built, cfg = load_checkpoint(run_dir, device, dtype_name, dequantize=True)
     merged = built.model.merge_and_unload()
     merged.config.pad_token_id = built.tokenizer.pad_token_id
+    if getattr(merged.config, "quantization_config", None) is not None:
+        del merged.config.quantization_config  # the weights are plain 16/32-bit numbers now
     cfg.lora.enabled, cfg.lora.qlora, cfg.lora.r, cfg.lora.alpha = False, False, 0, 0
     cfg.model.init = "pretrained"  # every weight is in checkpoint/model now
-    with atomic_dir(out_dir) as tmp:
-        copy = RunDir(tmp)
-        save_checkpoint(Built(merged, built.tokenizer), cfg, copy.checkpoint)
-        copy.write_config(cfg)
-        for source, target in ((run.metrics_file, copy.metrics_file), (run.oof_file, copy.oof_file)):
-            if source.is_file():
-                shutil.copy2(source, target)
-        copy.write_exported_from(run)
-    return out_dir
+    return Built(merged, built.tokenizer), cfg

@@ -27,17 +27,21 @@ from duelist.data import swap_pairs
 from duelist.ensemble import least_confident_first
 from duelist.errors import DuelistError
 from duelist.formatting import PairEncoder
-from duelist.modeling import load_checkpoint, load_tokenizer, torch_dtype, vllm_dtype
+from duelist.config import Precision, precision
+from duelist.modeling import half_weights, load_checkpoint, load_tokenizer, torch_dtype, vllm_dtype
 from duelist.rundir import RunDir
 from duelist.runs import best_models, best_run
 
 log = logging.getLogger(__name__)
 
 
-def autocast_dtype(name: Any, device: torch.device) -> torch.dtype | None:
-    """Mixed-precision dtype for the forward pass: bf16 on GPUs that have it, else fp16; none on CPU."""
-    if device.type != "cuda":
-        return None
+def autocast_dtype(name: Any, device: torch.device, half: torch.dtype | None = None) -> torch.dtype | None:
+    """Mixed-precision dtype of the forward pass (None: no autocast). An explicit bf16 / fp16 is honoured on every
+    device (CPU autocast has both: that is how CI runs the half-precision paths); fp32 is none. ``auto``: bf16 on
+    GPUs that have it, else fp16; on a CPU, ``half`` (the dtype of a bf16/fp16 base, see
+    :func:`~duelist.modeling.half_weights`: its fp32 adapters and head need autocast to meet it), else none."""
+    if precision(name) == Precision.auto and device.type != "cuda":
+        return half
     dtype = torch_dtype(name, device)
     return None if dtype == torch.float32 else dtype
 
@@ -139,7 +143,7 @@ def score_run(run_dir: Path, test: pd.DataFrame, cfg: Any, device: torch.device,
     tta = cfg.tta if tta is None else tta
     built, run_cfg = load_checkpoint(run_dir, device, quantization=cfg.quantization, device_map=cfg.device_map)
     encoder = PairEncoder.for_model(built.tokenizer, run_cfg.model)
-    amp = autocast_dtype(cfg.precision, device)
+    amp = autocast_dtype(cfg.precision, device, half_weights(built.model))
     pad_id = built.tokenizer.pad_token_id
     chunk = max(4 * cfg.batch_size, 64)
 
@@ -173,6 +177,10 @@ def score_run_vllm(run_dir: Path, test: pd.DataFrame, cfg: Any, tta: str) -> np.
     run_cfg = run.read_checkpoint_config()
     if run_cfg.model.pooling != "model":
         raise DuelistError(f"{run_dir}: backend=vllm pools the way the architecture does; this run uses model.pooling={run_cfg.model.pooling}: use backend=hf")
+    bf16 = torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+    if run_cfg.model.arch == "gemma2" and (precision(cfg.precision) == Precision.fp16 or (precision(cfg.precision) == Precision.auto and torch.cuda.is_available() and not bf16)):
+        raise DuelistError(f"{run_dir}: backend=vllm refuses float16 for Gemma-2 and {'this GPU has no bf16 (T4, V100)' if not bf16 else 'precision=fp16 was asked for'}: "
+                           f"use backend=hf (precision=fp16, or quantization=int8 to fit a 9B model on a 16 GB GPU), or backend=vllm with a Qwen/Llama run")
     try:
         from vllm import LLM, TokensPrompt
     except ImportError as err:
@@ -207,7 +215,10 @@ def _score_share(run_dir: str, rows: pd.DataFrame, cfg_dict: dict, device: str, 
     from omegaconf import OmegaConf
 
     deadline = Deadline(seconds) if seconds is not None else None
-    return score_run(Path(run_dir), rows, OmegaConf.create(cfg_dict), torch.device(device), cache_dir, deadline=deadline)
+    place = torch.device(device)
+    if place.type == "cuda":
+        torch.cuda.set_device(place)  # this worker's GPU for everything it allocates (a fresh process starts on GPU 0)
+    return score_run(Path(run_dir), rows, OmegaConf.create(cfg_dict), place, cache_dir, deadline=deadline)
 
 
 def score_run_parallel(run_dir: Path, test: pd.DataFrame, cfg: Any, devices: Sequence[str], deadline: Deadline | None) -> np.ndarray:

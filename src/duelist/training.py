@@ -24,13 +24,13 @@ from tqdm.auto import tqdm
 from duelist import plots
 from duelist.batching import pad, train_batches
 from duelist.data import augment, load_train_valid
-from duelist.distributed import barrier, broadcast, full_state_dict, init_distributed, wrap
+from duelist.distributed import barrier, broadcast, full_state_dict, gather, init_distributed, wrap
 from duelist.errors import DuelistError
 from duelist.formatting import PairEncoder
-from duelist.scoring import autocast_dtype, predict_p_a
+from duelist.scoring import autocast_dtype, predict_p_a, split_by_length
 from duelist.metrics import compute_metrics, is_better
 from duelist.rundir import RunDir
-from duelist.modeling import Built, build_model, check_model_config, head_and_body_parameters, save_checkpoint
+from duelist.modeling import Built, build_model, check_model_config, cpu_bnb, half_weights, head_and_body_parameters, save_checkpoint
 from duelist.tracking import NullTracker, make_tracker
 
 log = logging.getLogger(__name__)
@@ -67,7 +67,7 @@ def check_train_config(cfg: DictConfig) -> None:
     if cfg.augment.same_batch and t.batch_size < 2:
         raise DuelistError("augment.same_batch=true needs trainer.batch_size >= 2 (a pair and its swap)")
     if t.optimizer == "adamw_8bit":
-        if not torch.cuda.is_available() or t.device == "cpu":
+        if not (torch.cuda.is_available() and t.device != "cpu") and not cpu_bnb():
             raise DuelistError("trainer.optimizer=adamw_8bit needs a CUDA GPU (bitsandbytes); on this machine use trainer.optimizer=adamw")
         try:
             import bitsandbytes  # noqa: F401
@@ -94,8 +94,8 @@ class Trainer:
         self.run_dir = run_dir
         self.t = cfg.trainer
         self.metric = cfg.optimized_metric
-        self.dist, self.device = init_distributed(self.t.device, self.t.strategy)
-        self.amp = autocast_dtype(self.t.precision, self.device)
+        self.dist, self.device = init_distributed(self.t.device, self.t.strategy, self.t.dist_timeout_min)
+        self.amp: torch.dtype | None = None  # set in fit(), from the precision and the model's weights
         self.train_curve: list[tuple[int, float]] = []
         self.evals: list[tuple[int, dict[str, Any]]] = []
         self.best: dict[str, Any] | None = None
@@ -103,6 +103,11 @@ class Trainer:
     def fit(self, built: Built, train_rows: pd.DataFrame, train_ids: list[list[int]], valid: pd.DataFrame, valid_ids: list[list[int]], tracker: Any) -> None:
         t, model = self.t, built.model
         pad_id = built.tokenizer.pad_token_id
+        half = half_weights(model)
+        self.amp = autocast_dtype(t.precision, self.device, half)
+        if self.amp is None and half is not None:
+            raise DuelistError(f"trainer.precision={t.precision} with {str(half).removeprefix('torch.')} weights (model.dtype={self.cfg.model.dtype}): "
+                               f"the fp32 trainable parameters meet the half-precision base only under autocast; use trainer.precision=auto, bf16 or fp16")
         rng = np.random.default_rng(t.seed)
         lengths = [len(s) for s in train_ids]
         units = train_rows["pair"].to_numpy() if self.cfg.augment.same_batch else np.arange(len(train_rows))
@@ -148,9 +153,11 @@ class Trainer:
                     continue
                 scaler.unscale_(opt)
                 torch.nn.utils.clip_grad_norm_([p for g in groups for p in g["params"]], t.max_grad_norm)
-                scaler.step(opt)
+                scale = scaler.get_scale()
+                scaler.step(opt)  # fp16: skipped when the scaled gradients overflowed (then the scale shrinks)
                 scaler.update()
-                sched.step()
+                if not scaler.is_enabled() or scaler.get_scale() >= scale:
+                    sched.step()
                 opt.zero_grad(set_to_none=True)
                 step += 1
                 mean_loss = float(np.mean(running))
@@ -161,18 +168,39 @@ class Trainer:
                 bar.update(1)
                 bar.set_postfix(loss=f"{mean_loss:.4f}", tok_s=f"{tokens / elapsed:.0f}")
                 if (t.eval_every > 0 and step % t.eval_every == 0 and step < total) or step == total:
-                    # validation and checkpoints: rank 0 alone (one process, DDP), or every process with FSDP
-                    # (its forward pass gathers the sharded parameters); rank 0 alone writes
-                    if self.dist.main or self.dist.sharded:
-                        self.evaluate(built, valid, valid_ids, step, tracker, tokens / elapsed)
+                    # validation: every process takes part (DDP: each scores its share of the rows; FSDP: the whole
+                    # fold, its forward pass gathers the sharded parameters); rank 0 alone writes
+                    self.evaluate(built, valid, valid_ids, step, tracker, tokens / elapsed)
                     barrier(self.dist)
                 if step >= total:
                     break
             epoch += 1
         bar.close()
 
+    def validation_p_a(self, built: Built, valid_ids: list[list[int]]) -> np.ndarray | None:
+        """P(A wins) of every validation row on rank 0 (None elsewhere). Under DDP every process scores a share of the
+        rows (dealt by length, :func:`~duelist.scoring.split_by_length`) and rank 0 gathers them, so validation takes
+        1/world of the time instead of keeping the others waiting (NCCL's timeout would end the run)."""
+        def score(seqs: list[list[int]]) -> np.ndarray:
+            return predict_p_a(built.model, seqs, built.tokenizer.pad_token_id, self.t.eval_batch_size, self.device, self.amp, desc="validate")
+
+        if self.dist.world == 1 or self.dist.sharded:
+            return score(valid_ids) if self.dist.main or self.dist.sharded else None
+        shares = split_by_length([len(s) for s in valid_ids], self.dist.world)
+        mine = shares[self.dist.rank]
+        log.info("validation: process %d of %d scores %d of %d rows", self.dist.rank, self.dist.world, len(mine), len(valid_ids))
+        parts = gather((mine, score([valid_ids[i] for i in mine])), self.dist)
+        if not self.dist.main:
+            return None
+        p_a = np.full(len(valid_ids), np.nan)
+        for rows, values in parts:
+            p_a[rows] = values
+        return p_a
+
     def evaluate(self, built: Built, valid: pd.DataFrame, valid_ids: list[list[int]], step: int, tracker: Any, tokens_per_s: float) -> None:
-        p_a = predict_p_a(built.model, valid_ids, built.tokenizer.pad_token_id, self.t.eval_batch_size, self.device, self.amp, desc="validate")
+        p_a = self.validation_p_a(built, valid_ids)
+        if p_a is None:  # a DDP process other than rank 0: its share is with rank 0
+            return
         metrics = compute_metrics(valid, p_a)
         self.evals.append((step, metrics))
         tracker.log(metrics, step)
@@ -230,6 +258,7 @@ def train(cfg: DictConfig, run_dir: str | Path) -> float:
             "peak_rss_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6,  # Linux reports KiB
             "runtime_s": time.perf_counter() - started,
             "device": str(trainer.device),
+            "train/autocast": str(trainer.amp).removeprefix("torch.") if trainer.amp is not None else "none",
             "processes": trainer.dist.world,
             "strategy": trainer.dist.strategy,
         }
