@@ -1,6 +1,6 @@
 """Tokenising training pairs: duelist's parquet token cache vs ``datasets.map`` with its fingerprint cache.
 
-    python bench/tokenize_cache.py [--rows 48000]     # writes bench/results/tokenize-cache-<host>.json
+    python bench/tokenize_cache.py [--rows 48000]     # writes outputs/bench/tokenize-cache-<host>.json (--out bench/results/... to commit)
 
 Rows: the bundled sample pairs resampled to ``--rows`` and lengthened (each response gets the text of
 other responses appended until it reaches a lognormal target, median 1,700 characters), MiniLM's
@@ -128,7 +128,7 @@ def main() -> None:
               "versions": {"python": platform.python_version(), "datasets": datasets.__version__, "transformers": transformers.__version__},
               "commit": subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, cwd=Path(__file__).parent).stdout.strip(),
               "same_token_ids": same, "results": results}
-    out = Path(args.out or Path(__file__).parent / "results" / f"tokenize-cache-{platform.machine()}.json")
+    out = Path(args.out or Path("outputs") / "bench" / f"tokenize-cache-{platform.machine()}.json")
     out.write_text(json.dumps(report, indent=2) + "\n")
     print(f"wrote {out}")
 

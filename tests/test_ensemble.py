@@ -51,6 +51,17 @@ def test_registry_sorts_and_filters(tmp_path) -> None:
     assert out.index(str(tmp_path / "b")) < out.index(str(tmp_path / "a")) and "deep" not in out
 
 
+@pytest.mark.fast
+def test_an_exported_copy_stands_for_its_run_and_never_ties_with_it(tmp_path) -> None:
+    source = fake_run(tmp_path, "runs/a", "tiny_gemma2", 0.65, 0.64)
+    copy = fake_run(tmp_path, "runs/a-merged", "tiny_gemma2", 0.649, 0.641)  # re-scored after the merge: a hair apart
+    (copy / "exported_from.json").write_text(json.dumps({"run": str(source)}))
+    fake_run(tmp_path, "outputs/x", "tiny_gemma2", 0.60, 0.70)
+    listed = find_runs([str(tmp_path)])
+    assert len(listed) == 3 and listed.set_index("run_dir").loc[str(copy), "exported_from"] == str(source)  # the list shows both
+    assert best_run("tiny_gemma2", [str(tmp_path)]) == str(copy)  # selection: the copy stands for its source
+
+
 def member(rng, truth: np.ndarray, strength: float, sd: float) -> np.ndarray:
     """A synthetic member's p_a: ``strength`` toward the truth plus Gaussian noise, clipped into (0, 1)."""
     return np.clip(0.5 + (truth - 0.5) * strength + rng.normal(0, sd, len(truth)), 0.01, 0.99)
@@ -184,3 +195,26 @@ def test_members_auto_picks_the_best_run_of_the_two_best_model_names(tmp_path) -
         pick_runs(compose_infer(["ensemble=two_model", f"ensemble.roots=[{only_one}]", "data.test=x.parquet"]))
     with pytest.raises(DuelistError, match="use auto or a list"):
         pick_runs(compose_infer(["ensemble=two_model", "ensemble.members=atuo", "data.test=x.parquet"]))
+
+
+def test_a_member_with_weight_zero_is_not_scored(tmp_path, monkeypatch) -> None:
+    from duelist import submission
+    from duelist.ensemble import GLOBAL
+
+    a, b = fake_run(tmp_path, "a", "tiny_gemma2", 0.7, 0.6), fake_run(tmp_path, "b", "tiny_qwen2", 0.5, 0.7)
+    monkeypatch.setattr(submission, "ensemble_weights", lambda cfg, runs: {"runs": [str(r) for r in runs], "combine": "prob",
+                                                                          "weights": {GLOBAL: [1.0, 0.0], "Chinese": [0.0, 0.0]}})
+    scored = []
+
+    def fake_score(run, test, cfg, device, cache_dir, **kw):
+        scored.append(run.name)
+        return np.linspace(0.1, 0.9, len(test))
+
+    monkeypatch.setattr(submission, "score_run", fake_score)
+    out = tmp_path / "sub.csv"
+    submission.submit(compose_infer([f"runs=[{a},{b}]", "ensemble=weighted", f"data.test={WSDM_EXAMPLE}", f"output={out}", "time_budget_min=5"]))
+    assert scored == ["a"]  # b has weight 0 everywhere: never loaded, never scored
+    probs = pd.read_parquet(tmp_path / "sub.parquet")
+    assert probs["p_a_run1"].isna().all() and np.allclose(probs["p_a"], np.linspace(0.1, 0.9, 3))
+    report = json.loads((tmp_path / "sub.ensemble.json").read_text())
+    assert report["not_scored_weight_0"] == [str(b)] and report["time_budget"]["rows_scored_per_run"] == [3, 0]

@@ -20,7 +20,7 @@ checkpointing recomputes activations — an upper-bound convention for LoRA, sta
 Peak: the vendor's dense number for known GPUs, and the measured matmul ceiling of this device.
 
 Writes JSON (device, versions, git commit, settings, numbers) to ``--out`` (default
-``bench/results/<device>-<model>.json``) and prints a table. On a GPU it also prints a projection of
+``outputs/bench/<device>-<model>.json``; results worth keeping are committed under ``bench/results/`` with ``--out``) and prints a table. On a GPU it also prints a projection of
 the time to score 25k rows on Kaggle's 2×T4 (fp16, 65 TFLOPS each) at the MFU measured here.
 """
 
@@ -39,6 +39,7 @@ import numpy as np
 import torch
 from omegaconf import OmegaConf
 
+from duelist.logs import quiet_library_logs
 from duelist.errors import DuelistError, exit_cleanly_on_user_error
 from duelist.files import write_json
 
@@ -248,7 +249,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     if device.type == "cuda":
         mfu = inf["token_budget"].get("mfu", inf["token_budget"]["mfu_vs_measured"])
         report["projection_2xT4"] = {**projection(inf, mfu, args.rows), "assumes": f"the MFU measured here ({mfu:.2f}) at fp16 on each T4 (65 TFLOPS)"}
-    out = Path(args.out or f"bench/results/{slug(name)}-{args.model}.json")
+    out = Path(args.out or f"outputs/bench/{slug(name)}-{args.model}.json")  # never the committed bench/results/ unless asked
     write_json(out, report)
     print_report(report, out)
     return report
@@ -294,12 +295,13 @@ def parse(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--train-steps", type=int, default=3, help="timed training steps (after one warm-up step)")
     parser.add_argument("--device", default="auto", help="auto | cpu")
     parser.add_argument("--seed", type=int, default=0, help="seed of the synthetic rows")
-    parser.add_argument("--out", default=None, help="JSON path (default bench/results/<device>-<model>.json)")
+    parser.add_argument("--out", default=None, help="JSON path (default outputs/bench/<device>-<model>.json; pass bench/results/... to commit a result)")
     return parser.parse_args(argv)
 
 
 @exit_cleanly_on_user_error
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
+    quiet_library_logs()
     return run(parse(argv))
 
 

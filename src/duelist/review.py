@@ -385,7 +385,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     parser.add_argument("dir", nargs="?", help="a folder of run dirs (a multirun's sweep dir); the page goes to DIR/review.html")
     parser.add_argument("--study", help="an Optuna study (hydra.sweeper.study_name): its runs and its Optuna charts")
     parser.add_argument("--storage", default=os.environ.get("OPTUNA_STORAGE", DEFAULT_STORAGE), help="the study's Optuna storage URL")
-    parser.add_argument("--root", action="append", help="with --study: folders with its run dirs (default: multirun, outputs)")
+    parser.add_argument("--root", action="append", help="with --study: folders with its run dirs (default: multirun, outputs, runs)")
     parser.add_argument("--out", help="where to write the page (default: DIR/review.html, or sweeps/<study>.html)")
     parser.add_argument("--wandb-report", action="store_true",
                         help="also publish a W&B Report with the same panels (runs logged with logger.mode=online; needs wandb login)")
@@ -393,7 +393,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     if not args.dir and not args.study:
         parser.error("give a folder of runs (DIR) or --study NAME")
     if args.study:
-        roots = [args.dir] if args.dir else (args.root or ["multirun", "outputs"])
+        roots = [args.dir] if args.dir else (args.root or ["multirun", "outputs", "runs"])
         suffix = "" if args.storage == DEFAULT_STORAGE else "-" + hashlib.sha256(args.storage.encode()).hexdigest()[:8]  # one page per storage
         out = args.out or str(Path("sweeps") / f"{args.study}{suffix}.html")
         path = write_review(roots, out, args.study, study=args.study, storage=args.storage)
@@ -403,7 +403,7 @@ def main(argv: Optional[list[str]] = None) -> int:
         path = write_review([args.dir], args.out or Path(args.dir) / "review.html", args.dir)
     print(f"review page: {path}")
     if args.wandb_report:
-        runs = load_runs([args.dir] if args.dir else (args.root or ["multirun", "outputs"]), args.study)
+        runs = load_runs([args.dir] if args.dir else (args.root or ["multirun", "outputs", "runs"]), args.study)
         report = wandb_report(runs, args.study or args.dir)
         try:
             report.save()

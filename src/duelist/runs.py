@@ -3,13 +3,14 @@
 A finished run is what :meth:`duelist.rundir.RunDir.is_finished` says (metrics.json is written last
 by ``train()``). ``infer.py`` picks ensemble members with the same code.
 
-    python -m duelist.runs --sort val/accuracy --model gemma2_9b [--root outputs --root multirun]
+    python -m duelist.runs --sort val/accuracy --model gemma2_9b [--root outputs --root multirun --root runs]
 """
 
 from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 from typing import Iterable, Optional
 
 import pandas as pd
@@ -19,7 +20,7 @@ from duelist.errors import DuelistError, exit_cleanly_on_user_error
 from duelist.metrics import LOWER_IS_BETTER
 from duelist.rundir import RunDir, finished_runs
 
-DEFAULT_ROOTS = ("outputs", "multirun")
+DEFAULT_ROOTS = ("outputs", "multirun", "runs")  # Hydra's run and multirun dirs, and runs/NAME (hydra.run.dir=runs/NAME in the README)
 COLUMNS = ["run_dir", "model", "data", "study", "lora_r", "augment_swap", "val/accuracy", "val/log_loss", "best_step", "finished"]
 
 
@@ -63,8 +64,17 @@ def find_runs(
     return df[[c for c in COLUMNS if c in df.columns] + [c for c in df.columns if c not in COLUMNS]].reset_index(drop=True)
 
 
+def candidates(runs: pd.DataFrame) -> pd.DataFrame:
+    """A run and its exported copies (``python -m duelist.export``) are one candidate: the copy stands for its source
+    (merged weights score faster, and its metrics were re-scored with them), so a run never ties with its own copy."""
+    if runs.empty or "exported_from" not in runs.columns:
+        return runs
+    sources = {str(Path(p).resolve()) for p in runs["exported_from"].dropna()}
+    return runs[[str(Path(p).resolve()) not in sources for p in runs["run_dir"]]].reset_index(drop=True)
+
+
 def best_run(model: str, roots: Iterable[str] = DEFAULT_ROOTS, sort: str = "val/accuracy") -> str:
-    runs = find_runs(roots, model=model, sort=sort)
+    runs = candidates(find_runs(roots, model=model, sort=sort))
     if runs.empty:
         raise DuelistError(f"no finished run of model {model} under {', '.join(roots)}; train one or pass runs=[DIR,...]")
     return str(runs.iloc[0]["run_dir"])
@@ -73,7 +83,7 @@ def best_run(model: str, roots: Iterable[str] = DEFAULT_ROOTS, sort: str = "val/
 def best_models(k: int, roots: Iterable[str] = DEFAULT_ROOTS, sort: str = "val/accuracy") -> list[str]:
     """The ``k`` best model names (each judged by its best run), best first. Fewer than ``k`` names trained: one line
     that says which command trains another."""
-    runs = find_runs(roots, sort=sort)
+    runs = candidates(find_runs(roots, sort=sort))
     names = list(dict.fromkeys(runs["model"])) if not runs.empty else []
     if len(names) < k:
         found = f"only {', '.join(names)}" if names else "none"
@@ -88,7 +98,7 @@ def best_models(k: int, roots: Iterable[str] = DEFAULT_ROOTS, sort: str = "val/a
 @exit_cleanly_on_user_error
 def main(argv: Optional[list[str]] = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m duelist.runs", description="List finished duelist runs.")
-    parser.add_argument("--root", action="append", help="folder to search (repeatable; default: outputs and multirun)")
+    parser.add_argument("--root", action="append", help="folder to search (repeatable; default: outputs, multirun and runs)")
     parser.add_argument("--sort", default="val/accuracy", help="metric to sort by (val/log_loss sorts ascending)")
     parser.add_argument("--model", help="only runs of this model (model.name)")
     parser.add_argument("--study", help="only runs of this study (logger.group)")

@@ -84,14 +84,24 @@ def submit(cfg: Any) -> pd.DataFrame:
     report = ensemble_weights(cfg, runs)
     device = pick_device(cfg.device)
     for name in cfg.devices:
-        pick_device(name.split(":")[0])  # cuda:1 without a GPU fails here, with one line
-    log.info("scoring %d test rows with %d run(s) on %s, tta=%s", len(test), len(runs), device, cfg.tta)
+        pick_device(name, "devices")  # cuda:1 without a GPU fails here, with one line
+    # a member with weight 0 in every language changes no answer: it is not scored (under a time budget its share
+    # goes to the members that count); a cascade scores both members
+    needed = [cascade or any(w[i] > 0 for w in report["weights"].values()) for i in range(len(runs))]
+    skipped = [str(run) for run, keep in zip(runs, needed) if not keep]
+    if skipped:
+        report["not_scored_weight_0"] = skipped
+        log.info("weight 0: not scoring %s", ", ".join(skipped))
+    log.info("scoring %d test rows with %d run(s) on %s, tta=%s", len(test), sum(needed), device, cfg.tta)
     probs = pd.DataFrame({"id": test["id"]})
     devices = list(cfg.devices)
     if len(devices) > 1:
         log.info("data parallel over %s: rows dealt by length so the processes finish together", ", ".join(devices))
     for i, run in enumerate(runs):  # with a budget each run gets an equal share of the time still left
-        share = deadline.share(len(runs) - i) if deadline else None
+        if not needed[i]:
+            probs[f"p_a_run{i}"] = np.nan
+            continue
+        share = deadline.share(sum(needed[i:])) if deadline else None
         if cascade:  # member 1 scores every row once (no TTA), member 2 the rows member 1 is least sure of first, in the time left
             first = i == 0
             order = None if first else ensemble.least_confident_first(probs["p_a_run0"].to_numpy())
@@ -103,10 +113,11 @@ def submit(cfg: Any) -> pd.DataFrame:
             probs[f"p_a_run{i}"] = score_run_parallel(run, test, cfg, devices, share)
         else:
             probs[f"p_a_run{i}"] = score_run(run, test, cfg, device, cfg.cache_dir, deadline=share)
-    members = probs[[f"p_a_run{i}" for i in range(len(runs))]].to_numpy()
+    members = probs[[f"p_a_run{i}" for i in range(len(runs))]].to_numpy(dtype=float, copy=True)
+    members[:, [not keep for keep in needed]] = 0.5  # weight 0: any finite value leaves the combination unchanged
     if deadline is not None:
         report["time_budget"] = {"minutes": cfg.time_budget_min, "used_s": clock() - started,
-                                 "rows_scored_per_run": [int(n) for n in (~np.isnan(members)).sum(axis=0)]}
+                                 "rows_scored_per_run": [int(n) for n in probs.filter(like="p_a_run").notna().sum(axis=0)]}
         members, unscored = fill_unscored(members, test)
         report["time_budget"]["rows_without_a_model_score"] = unscored
         if unscored:
