@@ -74,6 +74,9 @@ def test_generate_cli_errors_are_one_line(tmp_path) -> None:
     res = run_cli("infer.py", ["task=generate", "generate=vllm", f"data.test={prompts}", f"output={tmp_path / 'p.parquet'}", f"hydra.run.dir={tmp_path / 'h'}"])
     assert res.returncode == 2 and "Traceback" not in res.stderr
     assert "vllm" in res.stderr.strip().splitlines()[-1].lower()
+    assert not (tmp_path / "p.shards").exists()  # nothing written: the next call with generate=tiny is not blocked
+    res = run_cli("infer.py", ["task=generate", "generate=tiny", f"data.test={prompts}", f"output={tmp_path / 'p.parquet'}", f"hydra.run.dir={tmp_path / 'h'}"])
+    assert res.returncode == 0, res.stderr[-2000:]
     (tmp_path / "no_prompt.csv").write_text("id,question\n1,hi\n")
-    res = run_cli("infer.py", ["task=generate", "generate=tiny", f"data.test={tmp_path / 'no_prompt.csv'}", f"output={tmp_path / 'p.parquet'}", f"hydra.run.dir={tmp_path / 'h'}"])
-    assert res.returncode == 2 and "no 'prompt' column" in res.stderr and not (tmp_path / "p.parquet").exists()
+    res = run_cli("infer.py", ["task=generate", "generate=tiny", f"data.test={tmp_path / 'no_prompt.csv'}", f"output={tmp_path / 'q.parquet'}", f"hydra.run.dir={tmp_path / 'h'}"])
+    assert res.returncode == 2 and "no 'prompt' column" in res.stderr and not (tmp_path / "q.parquet").exists()

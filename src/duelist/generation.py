@@ -151,14 +151,8 @@ class VLLMBackend:
     """vLLM ``LLM.generate`` with the generator's chat template; vLLM schedules and batches by itself."""
 
     def __init__(self, gen: Any, cfg: Any, device: torch.device):
-        try:
-            from vllm import LLM
-        except ImportError as err:
-            raise DuelistError("generate.backend=vllm needs vLLM: pip install 'duelist[vllm]' (Linux + CUDA GPU), or use generate=hf") from err
-        if not torch.cuda.is_available():
-            raise DuelistError("generate.backend=vllm needs a CUDA GPU; on this machine use generate=hf")
-        if gen.init != "pretrained":
-            raise DuelistError(f"generator {gen.name}: the vllm backend loads pretrained weights only (init=pretrained)")
+        from vllm import LLM  # check_backend() made sure it imports
+
         self.cfg = cfg
         self.llm = LLM(model=resolve_path(gen.name_or_path), dtype=vllm_dtype(cfg.dtype), seed=cfg.seed, gpu_memory_utilization=cfg.gpu_memory_utilization,
                        max_model_len=cfg.max_prompt_tokens + cfg.max_new_tokens)
@@ -176,6 +170,22 @@ class VLLMBackend:
         for i, result in zip(order, results):
             out[i] = result.outputs[0].text.strip()
         return out
+
+
+def check_backend(cfg: Any) -> None:
+    """Stop before anything is written when the backend cannot run here (a failed check must not leave a shard folder
+    that a later call with another backend would refuse as "a different setup")."""
+    if cfg.backend != "vllm":
+        return
+    try:
+        import vllm  # noqa: F401
+    except ImportError as err:
+        raise DuelistError("generate.backend=vllm needs vLLM: pip install 'duelist[vllm]' (Linux + CUDA GPU), or use generate=hf") from err
+    if not torch.cuda.is_available():
+        raise DuelistError("generate.backend=vllm needs a CUDA GPU; on this machine use generate=hf")
+    for gen in cfg.generators:
+        if gen.init != "pretrained":
+            raise DuelistError(f"generator {gen.name}: the vllm backend loads pretrained weights only (init=pretrained)")
 
 
 def make_backend(gen: Any, cfg: Any, device: torch.device) -> Backend:
@@ -225,8 +235,9 @@ def generate(cfg: Any) -> pd.DataFrame:
     prompts = prompts.assign(gen_a=a, gen_b=b, shard=np.arange(len(prompts)) // g.shard_size)
     n_shards = int(prompts["shard"].max()) + 1 if len(prompts) else 0
     folder = output.with_suffix(".shards")
-    _open_shards(folder, fingerprint(prompts[["id"]], g))
+    check_backend(g)
     device = pick_device(cfg.device)
+    _open_shards(folder, fingerprint(prompts[["id"]], g))
 
     def part_file(shard: int, gen: int) -> Path:
         return folder / f"shard-{shard:05d}.{names[gen]}.parquet"
