@@ -5,16 +5,20 @@
     python infer.py task=generate generate=hf data.test=prompts.parquet output=pairs.parquet
 """
 
+import sys
+
 import hydra
 from omegaconf import DictConfig
 
-from duelist.config import Task, register_configs
+from duelist.config import Task, check_command_line, register_configs
+from duelist.logs import quiet_library_logs
 from duelist.errors import exit_cleanly_on_user_error
 from duelist.generation import generate
 from duelist.pseudolabel import pseudolabel
 from duelist.submission import submit
 
 register_configs()
+quiet_library_logs()
 
 TASKS = {Task.submit: submit, Task.pseudolabel: pseudolabel, Task.generate: generate}  # each takes the composed config
 
@@ -26,4 +30,5 @@ def main(cfg: DictConfig) -> None:
 
 
 if __name__ == "__main__":
+    exit_cleanly_on_user_error(check_command_line)("infer", sys.argv[1:])  # a typo: one line, exit 2
     main()

@@ -1,14 +1,18 @@
 """Train one preference model: ``python train.py [group=option ...] [key=value ...]`` (``-m`` for sweeps)."""
 
+import sys
+
 import hydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
-from duelist.config import register_configs
+from duelist.config import check_command_line, register_configs
+from duelist.logs import quiet_library_logs
 from duelist.errors import exit_cleanly_on_user_error
 from duelist.training import train
 
 register_configs()
+quiet_library_logs()
 
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="train")
@@ -18,4 +22,5 @@ def main(cfg: DictConfig) -> float:
 
 
 if __name__ == "__main__":
+    exit_cleanly_on_user_error(check_command_line)("train", sys.argv[1:])  # a typo: one line, exit 2
     main()

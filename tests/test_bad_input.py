@@ -67,7 +67,13 @@ def test_train_cli_corrupt_parquet_shows_traceback_only_with_full_error(tmp_path
 
 def test_train_cli_typo_in_config_key() -> None:
     res = run_cli("train.py", ["lora.rnak=8"])
-    assert res.returncode != 0 and "rnak" in res.stderr and "Traceback" not in res.stderr
+    assert_one_line_error(res, "lora.rnak: no such setting", "lora has: enabled, r, alpha")
+    assert "+lora.rnak" not in res.stderr  # Hydra's own advice would add the typo as a new, unused key
+    assert_one_line_error(run_cli("train.py", ["-m", "lora.r=16,32", "lora.rnak=8"]), "lora.rnak")  # a sweep is checked before it starts
+    assert_one_line_error(run_cli("train.py", ["+lora.rnak=8"]), "lora has no setting rnak to add")
+    assert_one_line_error(run_cli("train.py", ["trainer.precision=bf17"]), "trainer.precision=bf17: Invalid value 'bf17', expected one of [auto, fp32, bf16, fp16")
+    assert_one_line_error(run_cli("train.py", ["model=tiny_gema2"]), "model=tiny_gema2: no such option", "tiny_gemma2")
+    assert_one_line_error(run_cli("infer.py", ["ensemble.combine=lgoit"]), "expected one of [prob, logit]")
 
 
 def test_train_cli_qlora_without_cuda_stops_before_loading(tmp_path) -> None:
@@ -218,3 +224,15 @@ def test_infer_vllm_backend_errors_are_one_line(tmp_path) -> None:
     res = run_cli("infer.py", [f"runs=[{merged}]", f"data.test={WSDM_EXAMPLE}", f"output={out}", "backend=vllm"])
     assert_one_line_error(res, "backend=vllm pools the way the architecture does", "model.pooling=mean", "use backend=hf")
     assert not out.exists()
+
+
+@pytest.mark.fast
+def test_a_gpu_device_on_a_cpu_machine_is_named_as_the_user_set_it(monkeypatch) -> None:
+    from duelist.modeling import pick_device
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(DuelistError) as err:
+        pick_device("cuda:1", "devices")
+    assert str(err.value).startswith("devices: cuda:1 asked for") and "devices=[cpu,cpu]" in str(err.value) and "device=cuda" not in str(err.value)
+    with pytest.raises(DuelistError, match=r"^trainer.device: cuda asked for, .* use trainer.device=auto or trainer.device=cpu"):
+        pick_device("cuda", "trainer.device")

@@ -148,3 +148,17 @@ def test_leakage_guard_with_a_fixed_validation_file(tmp_path, caplog) -> None:
     cfg = compose_train(["data=files", f"data.train={tmp_path / 'train.parquet'}", f"data.valid={tmp_path / 'valid.parquet'}"])
     train, valid = load_train_valid(cfg.data)
     assert list(train["id"]) == ["b", "c"] and "dropped 1 training rows" in caplog.text
+
+
+@pytest.mark.fast
+def test_languages_are_one_vocabulary_of_wsdm_names(tmp_path) -> None:
+    from duelist.languages import language_name
+
+    hand = {"da": "Danish", "ca": "Catalan", "zh-CN": "Chinese", "pt_BR": "Portuguese", "RU": "Russian", "english": "English",
+            "Vietnamese": "Vietnamese", "Klingon": "Klingon", None: "unknown", "": "unknown"}
+    assert {k: language_name(k) for k in hand} == hand
+    sample = load_pairs([f"pkg:duelist/assets/sample/{f}.parquet" for f in ("pandalm_test", "oasst1_zh_rank")], on_bad_rows="drop")
+    assert set(sample["language"]) == {"English", "Italian", "Danish", "Catalan", "Chinese"}  # the file itself has "da", "ca"
+    cfg = compose_train(["data.languages=[zh,da]", "data.max_rows=null"]).data
+    train, valid = load_train_valid(cfg)
+    assert set(train["language"]) | set(valid["language"]) == {"Chinese", "Danish"}  # codes in the filter work too

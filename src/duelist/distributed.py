@@ -52,7 +52,7 @@ def init_distributed(device_name: str, strategy: str = "auto", timeout_min: floa
     world = int(os.environ.get("WORLD_SIZE", "1"))
     strategy = resolve_strategy(strategy)
     if world <= 1:
-        return Distributed(), pick_device(device_name)
+        return Distributed(), pick_device(device_name, "trainer.device")
     import torch.distributed as dist
 
     rank, local = int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", "0"))

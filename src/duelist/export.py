@@ -20,6 +20,7 @@ import torch
 
 from duelist.config import Precision
 from duelist.data import load_train_valid
+from duelist.logs import quiet_library_logs
 from duelist.errors import DuelistError, exit_cleanly_on_user_error
 from duelist.files import atomic_dir
 from duelist.formatting import PairEncoder
@@ -63,6 +64,7 @@ def export_run(run_dir: str | Path, out_dir: str | Path, dtype_name: str = "auto
 
 @exit_cleanly_on_user_error
 def main(argv: Sequence[str] | None = None) -> None:
+    quiet_library_logs()
     parser = argparse.ArgumentParser(prog="python -m duelist.export", description=__doc__.splitlines()[0])
     parser.add_argument("run", help="run dir of a LoRA/QLoRA run (has checkpoint/adapter/)")
     parser.add_argument("--out", required=True, help="folder for the merged run dir (written atomically)")

