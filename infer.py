@@ -6,6 +6,7 @@
 """
 
 import sys
+from pathlib import Path
 
 import hydra
 from omegaconf import DictConfig
@@ -30,5 +31,5 @@ def main(cfg: DictConfig) -> None:
 
 
 if __name__ == "__main__":
-    exit_cleanly_on_user_error(check_command_line)("infer", sys.argv[1:])  # a typo: one line, exit 2
+    exit_cleanly_on_user_error(check_command_line)(Path(__file__).parent / "conf", "infer", sys.argv[1:])  # a typo: one line, exit 2
     main()

@@ -1,6 +1,7 @@
 """Train one preference model: ``python train.py [group=option ...] [key=value ...]`` (``-m`` for sweeps)."""
 
 import sys
+from pathlib import Path
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
@@ -22,5 +23,5 @@ def main(cfg: DictConfig) -> float:
 
 
 if __name__ == "__main__":
-    exit_cleanly_on_user_error(check_command_line)("train", sys.argv[1:])  # a typo: one line, exit 2
+    exit_cleanly_on_user_error(check_command_line)(Path(__file__).parent / "conf", "train", sys.argv[1:])  # a typo: one line, exit 2
     main()

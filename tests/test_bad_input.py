@@ -133,8 +133,9 @@ def test_quantized_inference_without_cuda(tmp_path) -> None:
     "mutate,needle",
     [
         (lambda df: df.drop(columns=["response_b"]), "missing column(s) response_b"),
-        (lambda df: df.assign(response_a=[None] + list(df["response_a"][1:])), "row 0 (id=r0): column response_a is null"),
-        (lambda df: df.assign(response_b=list(df["response_b"][:2]) + ["  "] + list(df["response_b"][3:])), "row 2 (id=r2): column response_b is empty"),
+        (lambda df: df.assign(response_a=None), "column response_a is null or empty on every row"),
+        (lambda df: df.assign(response_b=["", " ", None, "", "\n", ""]), "column response_b is null or empty on every row"),
+        (lambda df: df.assign(response_a=[["a list"]] + list(df["response_a"][1:])), "row 0 (id=r0): column response_a is not a string (list)"),
         (lambda df: df.assign(prompt=[1.5] + list(df["prompt"][1:])), "column prompt is not a string (float)"),
         (lambda df: df.assign(winner=["model_c"] + list(df["winner"][1:])), "winner='model_c' is not one of model_a, model_b, tie"),
         (lambda df: df.assign(id=["r0"] * 2 + list(df["id"][2:])), "duplicate id r0 (rows 0 and 1)"),
@@ -150,13 +151,77 @@ def test_bad_rows_fail_with_file_row_and_column(tmp_path, mutate, needle: str) -
 
 
 def test_bad_rows_dropped_by_policy_with_count(tmp_path, caplog) -> None:
-    df = good_rows()
-    df.loc[1, "response_a"] = None
+    df = good_rows().astype(object)
+    df.loc[1, "prompt"] = 7  # not a text
     df.loc[3, "winner"] = "nobody"
-    df.to_csv(tmp_path / "train.csv", index=False)
-    out = load_pairs(str(tmp_path / "train.csv"), on_bad_rows="drop")
+    df.to_json(tmp_path / "train.jsonl", orient="records", lines=True)
+    out = load_pairs(str(tmp_path / "train.jsonl"), on_bad_rows="drop")
     assert list(out["id"]) == ["r0", "r2", "r4", "r5"]
     assert "dropped 2 of 6 rows" in caplog.text
+
+
+@pytest.mark.fast
+def test_empty_and_null_texts_are_data_in_training_and_test_files(tmp_path, caplog) -> None:
+    import logging
+
+    caplog.set_level(logging.INFO)
+    df = good_rows().astype(object)
+    df.loc[1, "response_a"] = None  # a null answer
+    df.loc[2, "response_b"] = "   \n"  # whitespace only
+    df.loc[4, "prompt"] = ""
+    df.to_parquet(tmp_path / "train.parquet")
+    out = load_pairs(str(tmp_path / "train.parquet"), on_bad_rows="fail")
+    assert list(out["id"]) == list(df["id"])  # nothing dropped, nothing failed
+    assert (out.loc[1, "response_a"], out.loc[2, "response_b"], out.loc[4, "prompt"]) == ("", "", "")
+    assert "empty texts kept as data (1 prompt, 1 response_a, 1 response_b)" in caplog.text
+    test = load_test(str(tmp_path / "train.parquet"))  # the winner column of a test file is ignored
+    assert list(test["id"]) == list(df["id"]) and test["winner"].isna().all()
+
+
+def test_a_test_file_never_loses_a_row(tmp_path) -> None:
+    run = tmp_path / "run"
+    train(compose_train([*TINY, "trainer.max_steps=1"]), run)
+    test = pd.read_parquet(WSDM_EXAMPLE).astype({"id": str})
+    test = pd.concat([test, test.assign(id=test["id"] + "x", response_a=[None, "", "  "])], ignore_index=True)
+    test.to_parquet(tmp_path / "test.parquet")
+    out = tmp_path / "sub.csv"
+    res = run_cli("infer.py", [f"runs=[{run}]", f"data.test={tmp_path / 'test.parquet'}", f"output={out}", "data.on_bad_rows=drop"])
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert list(pd.read_csv(out, dtype={"id": str})["id"]) == list(test["id"].astype(str))  # every id, in order, whatever on_bad_rows says
+    bad = test.astype(object)
+    bad.loc[4, "response_b"] = 12  # a row that cannot be read: the run stops and names it
+    bad.to_json(tmp_path / "bad.jsonl", orient="records", lines=True)
+    res = run_cli("infer.py", [f"runs=[{run}]", f"data.test={tmp_path / 'bad.jsonl'}", f"output={tmp_path / 'bad.csv'}", "data.on_bad_rows=drop"])
+    assert_one_line_error(res, "row 4", "column response_b is not a string (int)", "every test row is scored")
+    assert not (tmp_path / "bad.csv").exists()
+
+
+@pytest.mark.fast
+@pytest.mark.parametrize("text,needle", [
+    ('id,prompt,response_a,response_b,winner\n1,hi,"a, b",c,model_a\n2,"never closed,x,y,model_b\n3,p,q,r,tie\n', "line 3: a quoted text is never closed"),
+    ("id,prompt,response_a,response_b,winner\n1,hi,a,b,model_a\n2,p,q,model_b\n", "line 3 has 4 fields, the header has 5"),
+    ('id,prompt,response_a,response_b,winner\n1,hi,a,b,c,model_a\n', "line 2 has 6 fields, the header has 5"),
+    ('id,prompt,response_a,response_b,winner\n1,hi,"a "x" b",c,model_a\n', "line 2: broken quoting"),
+])
+def test_csv_is_read_strictly(tmp_path, text: str, needle: str) -> None:
+    path = tmp_path / "train.csv"
+    path.write_text(text)
+    with pytest.raises(DuelistError) as err:
+        load_pairs(str(path))
+    assert str(path) in str(err.value) and needle in str(err.value) and "\n" not in str(err.value)
+    path.write_text('id,prompt,response_a,response_b,winner\n1,hi,"a, ""quoted""\nand a new line",,model_a\n2,p,q,r,model_b\n')  # what is allowed
+    row = load_pairs(str(path)).iloc[0]
+    assert (row["response_a"], row["response_b"]) == ('a, "quoted"\nand a new line', "")
+
+
+@pytest.mark.fast
+def test_files_without_ids_combine_with_unique_stable_ids(tmp_path) -> None:
+    for name in ("a", "b"):
+        (tmp_path / name).mkdir()
+        good_rows().drop(columns=["id"]).assign(prompt=lambda d: d["prompt"] + name).to_parquet(tmp_path / name / "train.parquet")
+    files = [str(tmp_path / "a" / "train.parquet"), str(tmp_path / "b" / "train.parquet")]
+    first, again = load_pairs(files), load_pairs(files)
+    assert first["id"].is_unique and len(first) == 12 and list(first["id"]) == list(again["id"])
 
 
 def test_no_rows_left_after_filtering(tmp_path) -> None:

@@ -162,3 +162,15 @@ def test_languages_are_one_vocabulary_of_wsdm_names(tmp_path) -> None:
     cfg = compose_train(["data.languages=[zh,da]", "data.max_rows=null"]).data
     train, valid = load_train_valid(cfg)
     assert set(train["language"]) | set(valid["language"]) == {"Chinese", "Danish"}  # codes in the filter work too
+
+
+@pytest.mark.fast
+def test_stratified_sample_has_no_position_bias() -> None:
+    from duelist.data import stratified_sample
+
+    n = 10_000
+    df = pd.DataFrame({"id": [str(i) for i in range(n)], "p_a": np.where(np.arange(n) % 2, 1.0, 0.0), "language": "English"})
+    kept = stratified_sample(df, 7_500, seed=0)
+    first_half = (kept["id"].astype(int) < n // 2).mean()
+    assert abs(first_half - 0.5) < 0.02, first_half  # it was 0.67: the fold cut short came from the top of the file
+    assert kept["p_a"].mean() == pytest.approx(0.5, abs=0.01) and kept["id"].is_unique and len(kept) == 7_500

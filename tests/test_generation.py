@@ -80,3 +80,15 @@ def test_generate_cli_errors_are_one_line(tmp_path) -> None:
     (tmp_path / "no_prompt.csv").write_text("id,question\n1,hi\n")
     res = run_cli("infer.py", ["task=generate", "generate=tiny", f"data.test={tmp_path / 'no_prompt.csv'}", f"output={tmp_path / 'q.parquet'}", f"hydra.run.dir={tmp_path / 'h'}"])
     assert res.returncode == 2 and "no 'prompt' column" in res.stderr and not (tmp_path / "q.parquet").exists()
+
+
+@pytest.mark.fast
+def test_a_long_prompt_keeps_its_end_where_the_generation_prompt_is() -> None:
+    from duelist.modeling import load_tokenizer
+
+    tok = load_tokenizer("pkg:duelist/assets/tiny_tokenizer")  # has a Gemma-style chat template
+    long_prompt = "word " * 500
+    full = tok(generation.chat_text(tok, long_prompt), add_special_tokens=False)["input_ids"]
+    ids = generation.prompt_ids(tok, long_prompt, 64)
+    assert len(full) > 64 and ids == full[-64:]
+    assert tok.decode(ids).rstrip().endswith("<start_of_turn>model")  # the template's cue to answer survives the cut

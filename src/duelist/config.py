@@ -430,7 +430,7 @@ _FLAGS_WITH_VALUE = {"--cfg", "-c", "--package", "-p", "--info", "-i", "--experi
 _OTHER_CONFIG = {"--config-path", "-cp", "--config-name", "-cn", "--config-dir", "-cd"}
 
 
-def _one_line(err: Exception, overrides: list[str], config_name: str) -> str:
+def _one_line(err: Exception, overrides: list[str], config_dir: Path, config_name: str) -> str:
     """Hydra's several-line composition error as one line that names the setting and what is allowed."""
     import re
 
@@ -448,7 +448,7 @@ def _one_line(err: Exception, overrides: list[str], config_name: str) -> str:
         try:
             from hydra import compose, initialize_config_dir
 
-            with initialize_config_dir(str(conf_dir()), version_base="1.3"):
+            with initialize_config_dir(str(config_dir), version_base="1.3"):
                 cfg = compose(config_name, overrides=[o for o in overrides if not o.split("=")[0].lstrip("+~") == key])
             node = OmegaConf.select(cfg, parent) if parent else cfg
             if node is not None and hasattr(node, "keys"):
@@ -464,8 +464,8 @@ def _one_line(err: Exception, overrides: list[str], config_name: str) -> str:
     return "; ".join(lines)
 
 
-def check_command_line(config_name: str, argv: list[str]) -> None:
-    """Compose ``config_name`` with the command line's overrides before Hydra runs (the first value of each sweep), so a
+def check_command_line(config_dir: str | Path, config_name: str, argv: list[str]) -> None:
+    """Compose ``config_dir/config_name`` (the entry point's own ``conf/``) with the command line's overrides before Hydra runs (the first value of each sweep), so a
     typo in a key, a group option or a fixed-choice value stops with one ``error:`` line and exit code 2, like every
     other input error (Hydra itself prints several lines, suggests ``+key=value`` and exits 1). ``hydra.*`` settings,
     Hydra's own flags and commands with another config are left to Hydra."""
@@ -500,10 +500,10 @@ def check_command_line(config_name: str, argv: list[str]) -> None:
         else:
             overrides.append(override.input_line)
     try:
-        with initialize_config_dir(str(conf_dir()), version_base="1.3"):
+        with initialize_config_dir(str(Path(config_dir).resolve()), version_base="1.3"):
             cfg = compose(config_name, overrides=overrides)
     except Exception as err:
-        raise DuelistError(_one_line(err, overrides, config_name)) from err
+        raise DuelistError(_one_line(err, overrides, Path(config_dir).resolve(), config_name)) from err
     import dataclasses
 
     for override in parsed:  # +key / ++key add keys to open maps (data.language_quota); a typed group has none to add

@@ -87,6 +87,32 @@ def read_hub(spec: str) -> pd.DataFrame:
     return ds.to_pandas()
 
 
+def check_csv(path: str, real: str) -> None:
+    """Refuse a CSV whose records do not all have the header's field count, or whose quoting is broken, naming the line:
+    pandas would shift the text into the wrong columns (or fill a missing field with NaN) and the row would be scored."""
+    import csv
+
+    with open(real, newline="", encoding="utf-8") as f:
+        reader = csv.reader(f, strict=True)
+        start = 1
+        try:
+            header = next(reader, None)
+            if header is None:
+                return
+            while True:
+                start = reader.line_num + 1
+                row = next(reader, None)
+                if row is None:
+                    return
+                if len(row) != len(header) and row:
+                    where = f"line {start}" if reader.line_num == start else f"the record starting at line {start} (it runs to line {reader.line_num})"
+                    raise DuelistError(f"{path}: {where} has {len(row)} fields, the header has {len(header)}: a quote is not closed "
+                                       f"or a comma inside a text is not quoted; fix the file (texts with commas or newlines go in double quotes)")
+        except csv.Error as err:
+            what = "a quoted text is never closed (it runs to the end of the file)" if "end of data" in str(err) else f"broken quoting ({err})"
+            raise DuelistError(f"{path}: line {start}: {what}; fix the file (a quote inside a quoted text is written \"\")") from err
+
+
 def read_table(path: str) -> pd.DataFrame:
     """Read a parquet, csv or jsonl file, or a ``hf:`` dataset; any failure is one clear line naming the file."""
     if path.startswith(HUB_PREFIX):
@@ -101,6 +127,7 @@ def read_table(path: str) -> pd.DataFrame:
         if suffix == ".parquet":
             df = pd.read_parquet(real)
         elif suffix == ".csv":
+            check_csv(path, real)
             df = pd.read_csv(real, keep_default_na=False, na_values=[""], dtype={"id": str})
         elif suffix in (".jsonl", ".json"):
             df = pd.read_json(real, lines=suffix == ".jsonl", dtype={"id": str})
@@ -114,20 +141,26 @@ def read_table(path: str) -> pd.DataFrame:
     return df
 
 
+class Malformed(str):
+    """A cell that cannot be read as a text (the reason is the string); canonicalize reports its row."""
+
+
 def _render_turns(value: Any) -> Any:
     """LMSYS cells are JSON lists of turns (a turn may be null); render them as one text.
 
-    One turn is its text; several turns are joined with ``[Turn i]`` markers. Returns None
-    (a bad row) when the cell is not a JSON list.
+    One turn is its text; several turns are joined with ``[Turn i]`` markers. A null cell is None (an empty
+    text); a cell that is not a JSON list is :class:`Malformed`.
     """
-    if not isinstance(value, str):
+    if value is None or (isinstance(value, float) and math.isnan(value)):
         return None
+    if not isinstance(value, str):
+        return Malformed(f"not a JSON list of turns ({type(value).__name__})")
     try:
         turns = json.loads(value)
     except ValueError:
-        return None
+        return Malformed("not a JSON list of turns (broken JSON)")
     if not isinstance(turns, list):
-        return None
+        return Malformed("not a JSON list of turns")
     return _join_turns(["" if t is None else str(t) for t in turns])
 
 
@@ -153,7 +186,7 @@ def _messages(value: Any, role: str) -> Any:
 
 
 def _from_lmsys(df: pd.DataFrame, seed: int) -> pd.DataFrame:
-    out = pd.DataFrame({"id": df["id"] if "id" in df else range(len(df))})
+    out = pd.DataFrame({"id": df["id"] if "id" in df else None}, index=range(len(df)))
     for col in TEXT_COLUMNS:
         out[col] = [_render_turns(v) for v in df[col]]
     labels = df[list(LMSYS_LABELS)].to_numpy()
@@ -169,7 +202,7 @@ def _from_lmsys(df: pd.DataFrame, seed: int) -> pd.DataFrame:
 
 
 def _from_arena_conversations(df: pd.DataFrame, seed: int) -> pd.DataFrame:
-    out = pd.DataFrame({"id": df["question_id"] if "question_id" in df else (df["id"] if "id" in df else range(len(df)))})
+    out = pd.DataFrame({"id": df["question_id"] if "question_id" in df else (df["id"] if "id" in df else None)}, index=range(len(df)))
     out["prompt"] = [_messages(c, "user") for c in df["conversation_a"]]
     out["response_a"] = [_messages(c, "assistant") for c in df["conversation_a"]]
     out["response_b"] = [_messages(c, "assistant") for c in df["conversation_b"]]
@@ -193,7 +226,7 @@ def _from_chosen_rejected(df: pd.DataFrame, seed: int) -> pd.DataFrame:
     else:  # the prompt is the user turns of the chosen chat
         prompt = [_messages(c, "user") for c in df["chosen"]]
     a_is_chosen = np.random.default_rng(seed).random(len(df)) < 0.5  # seeded: the same file always gives the same pairs
-    out = pd.DataFrame({"id": df["id"] if "id" in df else range(len(df)), "prompt": prompt})
+    out = pd.DataFrame({"id": df["id"] if "id" in df else None, "prompt": prompt}, index=range(len(df)))
     out["response_a"] = np.where(a_is_chosen, np.asarray(chosen, dtype=object), np.asarray(rejected, dtype=object))
     out["response_b"] = np.where(a_is_chosen, np.asarray(rejected, dtype=object), np.asarray(chosen, dtype=object))
     out["winner"] = np.where(a_is_chosen, "model_a", "model_b")
@@ -242,12 +275,27 @@ def is_text(value: Any) -> bool:
     return isinstance(value, str) and value.strip() != ""
 
 
-def _describe(value: Any) -> str:
-    if value is None or (isinstance(value, float) and math.isnan(value)):
-        return "null"
-    if isinstance(value, str):
-        return "empty"
-    return f"not a string ({type(value).__name__})"
+def is_null(value: Any) -> bool:
+    return value is None or (isinstance(value, float) and math.isnan(value))
+
+
+def _texts(values: Iterable[Any], col: str, bad: list[tuple[int, str]]) -> tuple[list[Any], int]:
+    """A text column as read: null and whitespace-only texts become "" (an answer of nothing is data; it is counted);
+    a non-string or malformed cell is a bad row. Returns the texts and how many are empty."""
+    out, empty = [], 0
+    for i, value in enumerate(values):
+        if isinstance(value, Malformed):
+            bad.append((i, f"column {col} is {value}"))
+            out.append(None)
+        elif is_null(value) or (isinstance(value, str) and not value.strip()):
+            out.append("")
+            empty += 1
+        elif isinstance(value, str):
+            out.append(value)
+        else:
+            bad.append((i, f"column {col} is not a string ({type(value).__name__})"))
+            out.append(None)
+    return out, empty
 
 
 def canonicalize(raw: pd.DataFrame, path: str, *, labelled: bool, ties: str, on_bad_rows: str, seed: int = 42) -> pd.DataFrame:
@@ -256,8 +304,10 @@ def canonicalize(raw: pd.DataFrame, path: str, *, labelled: bool, ties: str, on_
         raise DuelistError(f"{path}: the file has no rows")
     layout = detect_layout(raw.columns, path)
     df = LAYOUTS[layout][1](raw, seed).reset_index(drop=True)
-    if "id" not in df:
-        df["id"] = [f"{Path(path).stem}-{i}" for i in range(len(df))]
+    if "id" not in df or df["id"].isna().all():
+        # ids unique across sources (the file's name and a digest of its texts) and stable across runs
+        digest = hashlib.sha256(pd.util.hash_pandas_object(df[list(TEXT_COLUMNS)].astype(str), index=False).to_numpy().tobytes()).hexdigest()[:8]
+        df["id"] = [f"{Path(path).stem}-{digest}-{i}" for i in range(len(df))]
     df["id"] = df["id"].astype(str)
     if "source" not in df:
         df["source"] = Path(path).stem
@@ -271,10 +321,14 @@ def canonicalize(raw: pd.DataFrame, path: str, *, labelled: bool, ties: str, on_
     df["pseudo_label"] = df["pseudo_label"].fillna(False).astype(bool) if "pseudo_label" in df else False
 
     bad: list[tuple[int, str]] = []
+    empty: dict[str, int] = {}
     for col in TEXT_COLUMNS:
-        for i, value in enumerate(df[col]):
-            if not is_text(value):
-                bad.append((i, f"column {col} is {_describe(value)}"))
+        df[col], empty[col] = _texts(df[col], col, bad)
+        if col != "prompt" and empty[col] == len(df):
+            raise DuelistError(f"{path}: column {col} is null or empty on every row; is this the right file (or the right column)?")
+    if any(empty.values()):
+        counts = ", ".join(f"{n} {col}" for col, n in empty.items() if n)
+        log.info("%s: empty texts kept as data (%s): a model that answered nothing is a response", path, counts)
 
     if labelled:
         if "winner" not in df and "p_a" not in df:
@@ -309,10 +363,8 @@ def canonicalize(raw: pd.DataFrame, path: str, *, labelled: bool, ties: str, on_
     if bad:
         if on_bad_rows == "fail":
             i, what = bad[0]
-            raise DuelistError(
-                f"{path}: row {i} (id={df['id'].iloc[i]}): {what}; {len(bad)} bad value(s) in all "
-                f"(fix the file or set on_bad_rows=drop to skip such rows)"
-            )
+            fix = "fix the file or set data.on_bad_rows=drop to skip such rows" if labelled else "fix the file: every test row is scored"
+            raise DuelistError(f"{path}: row {i} (id={df['id'].iloc[i]}): {what}; {len(bad)} bad value(s) in all ({fix})")
         drop = sorted({i for i, _ in bad})
         log.warning("%s: dropped %d of %d rows with bad values (first: row %d, %s)", path, len(drop), len(df), bad[0][0], bad[0][1])
         df = df.drop(index=drop).reset_index(drop=True)
@@ -348,11 +400,12 @@ def load_pairs(paths: Any, *, labelled: bool = True, ties: str = "drop", on_bad_
     return df
 
 
-def load_test(path: str, on_bad_rows: str = "fail") -> pd.DataFrame:
-    """Test rows keep their input order; they need no winner."""
+def load_test(path: str) -> pd.DataFrame:
+    """Test rows keep their input order and every row gets scored: null or empty texts are scored as empty, a winner
+    column is ignored; a row that cannot be read at all (a text that is not a string) stops the run, named."""
     if not path:
         raise DuelistError("data.test is not set: give the file to score, e.g. data.test=test.parquet")
-    return load_pairs(path, labelled=False, on_bad_rows=on_bad_rows)
+    return load_pairs(path, labelled=False, on_bad_rows="fail")
 
 
 # ----------------------------------------------------------------------------- splits
@@ -387,7 +440,9 @@ def stratified_sample(df: pd.DataFrame, n: int, seed: int) -> pd.DataFrame:
     """Keep ``n`` rows, proportionally from every (label, language) stratum."""
     if n >= len(df):
         return df
-    order = np.argsort(assign_folds(df, max(2, len(df) // max(1, n)), seed), kind="stable")
+    folds = assign_folds(df, max(2, len(df) // max(1, n)), seed)
+    tiebreak = np.random.default_rng(seed).permutation(len(df))  # the fold cut short gives random rows, not the first ones
+    order = np.lexsort((tiebreak, folds))
     return df.iloc[np.sort(order[:n])].reset_index(drop=True)
 
 

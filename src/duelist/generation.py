@@ -101,6 +101,12 @@ def chat_text(tokenizer: Any, prompt: str) -> str:
     return prompt
 
 
+def prompt_ids(tokenizer: Any, prompt: str, max_tokens: int) -> list[int]:
+    """The chat-formatted prompt's token ids; a long one keeps its end (the chat template's generation prompt comes
+    last: cut from the right, the generator would continue the user's text instead of answering)."""
+    return tokenizer(chat_text(tokenizer, prompt), add_special_tokens=False)["input_ids"][-max_tokens:]
+
+
 class HFBackend:
     """transformers ``generate``: prompts sorted by length, left-padded batches of ``batch_size``."""
 
@@ -129,7 +135,7 @@ class HFBackend:
     @torch.no_grad()
     def generate(self, prompts: Sequence[str], seed: int) -> list[str]:
         cfg, tok = self.cfg, self.tokenizer
-        encoded = [tok(chat_text(tok, p), add_special_tokens=False, truncation=True, max_length=cfg.max_prompt_tokens)["input_ids"] for p in prompts]
+        encoded = [prompt_ids(tok, p, cfg.max_prompt_tokens) for p in prompts]
         order = np.argsort([len(e) for e in encoded], kind="stable")  # similar lengths share a batch: little padding
         out: list[str] = [""] * len(prompts)
         torch.manual_seed(seed)
@@ -162,7 +168,7 @@ class VLLMBackend:
         from vllm import SamplingParams
 
         cfg = self.cfg
-        ids = [self.tokenizer(chat_text(self.tokenizer, p), add_special_tokens=False)["input_ids"][-cfg.max_prompt_tokens :] for p in prompts]
+        ids = [prompt_ids(self.tokenizer, p, cfg.max_prompt_tokens) for p in prompts]
         order = np.argsort([len(i) for i in ids], kind="stable")
         params = SamplingParams(temperature=cfg.temperature, top_p=cfg.top_p, max_tokens=cfg.max_new_tokens, seed=seed)
         results = self.llm.generate([{"prompt_token_ids": ids[i]} for i in order], params, use_tqdm=True)

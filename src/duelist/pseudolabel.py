@@ -73,7 +73,7 @@ def pseudolabel(cfg: Any) -> pd.DataFrame:
     if not 0.0 <= pl.min_confidence <= 0.5:
         raise DuelistError(f"labeling.min_confidence={pl.min_confidence}: must be in [0, 0.5]")
     teachers = pick_runs(cfg, members=list(pl.teachers), what="teachers")
-    rows = load_test(cfg.data.test, cfg.data.on_bad_rows)
+    rows = load_test(cfg.data.test)
     device = pick_device(cfg.device)
     log.info("pseudo-labelling %d rows with %d teacher(s) on %s, tta=%s", len(rows), len(teachers), device, pl.tta)
     members = np.column_stack([score_run(run, rows, cfg, device, cfg.cache_dir, tta=pl.tta) for run in teachers])

@@ -80,7 +80,7 @@ def submit(cfg: Any) -> pd.DataFrame:
         raise DuelistError(f"ensemble.cascade=true needs exactly two runs (got {len(runs)}): the first scores every row, the second the least certain ones")
     if cascade and (cfg.backend == "vllm" or len(cfg.devices) > 1):
         raise DuelistError("ensemble.cascade=true runs on one device with backend=hf; drop devices=[...] / backend=vllm")
-    test = load_test(cfg.data.test, cfg.data.on_bad_rows)
+    test = load_test(cfg.data.test)
     report = ensemble_weights(cfg, runs)
     device = pick_device(cfg.device)
     for name in cfg.devices:
