@@ -444,10 +444,11 @@ def load_checkpoint(run_dir: str | Path, device: torch.device, dtype_name: str =
         from transformers import AutoModelForSequenceClassification
 
         quant = _quantization(cfg.lora, quantization, compute=dtype)
-        model = apply_pooling(AutoModelForSequenceClassification.from_pretrained(
-            str(ckpt / "model"), dtype=dtype, attn_implementation=attention(cfg.model),
-            quantization_config=quant, device_map=device_map or (quantized_device_map(device) if quant else None),
-        ), cfg.model)
+        with quiet_load_report():  # a mean-pooled run saved no [CLS] pooler: "pooler MISSING" is by design
+            model = apply_pooling(AutoModelForSequenceClassification.from_pretrained(
+                str(ckpt / "model"), dtype=dtype, attn_implementation=attention(cfg.model),
+                quantization_config=quant, device_map=device_map or (quantized_device_map(device) if quant else None),
+            ), cfg.model)
     if not (qlora and not dequantize) and quantization == "none" and device_map is None:
         model.to(device)  # quantized or split weights were placed as they loaded
     model.eval()
