@@ -127,7 +127,9 @@ def test_two_model_ensemble_end_to_end(tmp_path) -> None:
     assert set(report["oof/cascade"]) == {"25%", "50%", "100%"}
     w = report["weights"]["*"]
     probs = pd.read_parquet(out.with_suffix(".parquet"))
-    np.testing.assert_allclose(probs["p_a"], w[0] * probs["p_a_run0"] + w[1] * probs["p_a_run1"], atol=1e-12)
+    expected = sum(w[i] * probs[f"p_a_run{i}"] for i in range(2) if w[i] > 0)  # a weight-0 member is not scored (NaN column)
+    np.testing.assert_allclose(probs["p_a"], expected, atol=1e-12)
+    assert all(probs[f"p_a_run{i}"].isna().all() == (w[i] == 0) for i in range(2))
     sub = pd.read_csv(out, dtype={"id": str})
     assert list(sub["winner"]) == list(np.where(probs["p_a"] >= 0.5, "model_a", "model_b"))
 
