@@ -206,17 +206,27 @@ def test_a_member_with_weight_zero_is_not_scored(tmp_path, monkeypatch) -> None:
     a, b = fake_run(tmp_path, "a", "tiny_gemma2", 0.7, 0.6), fake_run(tmp_path, "b", "tiny_qwen2", 0.5, 0.7)
     monkeypatch.setattr(submission, "ensemble_weights", lambda cfg, runs: {"runs": [str(r) for r in runs], "combine": "prob",
                                                                           "weights": {GLOBAL: [1.0, 0.0], "Chinese": [0.0, 0.0]}})
-    scored = []
+    scored, budget_runs_out = [], [False]
 
     def fake_score(run, test, cfg, device, cache_dir, **kw):
         scored.append(run.name)
-        return np.linspace(0.1, 0.9, len(test))
+        return np.array([0.8, np.nan, np.nan]) if budget_runs_out[0] else np.linspace(0.1, 0.9, len(test))
 
     monkeypatch.setattr(submission, "score_run", fake_score)
     out = tmp_path / "sub.csv"
-    submission.submit(compose_infer([f"runs=[{a},{b}]", "ensemble=weighted", f"data.test={WSDM_EXAMPLE}", f"output={out}", "time_budget_min=5"]))
+    cfg = compose_infer([f"runs=[{a},{b}]", "ensemble=weighted", f"data.test={WSDM_EXAMPLE}", f"output={out}", "time_budget_min=5"])
+    submission.submit(cfg)
     assert scored == ["a"]  # b has weight 0 everywhere: never loaded, never scored
     probs = pd.read_parquet(tmp_path / "sub.parquet")
     assert probs["p_a_run1"].isna().all() and np.allclose(probs["p_a"], np.linspace(0.1, 0.9, 3))
     report = json.loads((tmp_path / "sub.ensemble.json").read_text())
     assert report["not_scored_weight_0"] == [str(b)] and report["time_budget"]["rows_scored_per_run"] == [3, 0]
+
+    # the budget leaves rows 1 and 2 unscored: they get the longer-answer rule, not the weight-0 member's placeholder
+    budget_runs_out[0] = True
+    submission.submit(cfg)
+    test = pd.read_parquet(WSDM_EXAMPLE)
+    la, lb = test["response_a"].str.len().to_numpy(), test["response_b"].str.len().to_numpy()
+    rule = np.where(la > lb, 0.55, np.where(la < lb, 0.45, 0.5))
+    np.testing.assert_allclose(pd.read_parquet(tmp_path / "sub.parquet")["p_a"], [0.8, rule[1], rule[2]])
+    assert json.loads((tmp_path / "sub.ensemble.json").read_text())["time_budget"]["rows_without_a_model_score"] == 2

@@ -49,8 +49,8 @@ def rescore(run: Path, quantization: str = "none", precision: str = "auto") -> t
 
 @pytest.fixture(scope="module")
 def qlora_runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    """Two QLoRA runs trained on a CPU: a random-init tiny Gemma-2, and the same architecture saved to disk and loaded
-    as a pretrained base (the path a real 9B takes)."""
+    """QLoRA runs trained on a CPU: a random-init tiny Gemma-2, the same architecture saved to disk and loaded as a
+    pretrained base (the path a real 9B takes), and a random-init one with bf16 weights."""
     root = tmp_path_factory.mktemp("qlora")
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("DUELIST_CPU_BNB", "1")
@@ -59,8 +59,9 @@ def qlora_runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
         built = build_model(base.model, base.lora, CPU, seed=0)
         built.model.save_pretrained(root / "base")
         built.tokenizer.save_pretrained(root / "base")
-        runs = {"random": root / "random", "pretrained": root / "pretrained"}
+        runs = {"random": root / "random", "pretrained": root / "pretrained", "bf16": root / "bf16"}
         train(compose_train(QLORA), runs["random"])
+        train(compose_train([*QLORA, "model.dtype=bf16"]), runs["bf16"])  # a bf16 base: its reload used to differ by ~1.5e-3
         train(compose_train([*QLORA, "model.init=pretrained", f"model.name_or_path={root / 'base'}"]), runs["pretrained"])
     return runs
 
@@ -109,7 +110,7 @@ def test_bf16_training_keeps_updates_smaller_than_bf16_resolution(tmp_path) -> N
     assert changed > 0.95, f"only {changed:.1%} of the weights moved"
 
 
-@pytest.mark.parametrize("kind", ["random", "pretrained"])
+@pytest.mark.parametrize("kind", ["random", "pretrained", "bf16"])
 def test_qlora_trains_on_4bit_layers_and_its_reload_reproduces_the_oof(qlora_runs, cpu_bnb, kind: str) -> None:
     cfg = RunDir(qlora_runs[kind]).read_checkpoint_config()
     built = build_model(cfg.model, cfg.lora, CPU, seed=0)  # what training built

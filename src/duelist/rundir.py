@@ -113,7 +113,7 @@ class RunDir:
         write_json(self.metrics_file, metrics)
 
     def write_exported_from(self, source: "RunDir") -> None:
-        write_json(self.path / EXPORTED_FROM, {"run": str(source.path)})
+        write_json(self.path / EXPORTED_FROM, {"run": str(source.path.resolve())})  # absolute: found from any directory
 
 
 def _with_added_keys(cfg: DictConfig) -> DictConfig:

@@ -114,14 +114,15 @@ def submit(cfg: Any) -> pd.DataFrame:
         else:
             probs[f"p_a_run{i}"] = score_run(run, test, cfg, device, cfg.cache_dir, deadline=share)
     members = probs[[f"p_a_run{i}" for i in range(len(runs))]].to_numpy(dtype=float, copy=True)
-    members[:, [not keep for keep in needed]] = 0.5  # weight 0: any finite value leaves the combination unchanged
+    scored = np.flatnonzero(needed)
     if deadline is not None:
         report["time_budget"] = {"minutes": cfg.time_budget_min, "used_s": clock() - started,
                                  "rows_scored_per_run": [int(n) for n in probs.filter(like="p_a_run").notna().sum(axis=0)]}
-        members, unscored = fill_unscored(members, test)
+        members[:, scored], unscored = fill_unscored(members[:, scored], test)  # among the members that count
         report["time_budget"]["rows_without_a_model_score"] = unscored
         if unscored:
             log.warning("time budget: %d rows got no model score; they use the longer-answer rule", unscored)
+    members[:, [not keep for keep in needed]] = 0.5  # weight 0: any finite value leaves the combination unchanged
     probs["p_a"] = ensemble.apply(members, test["language"].to_numpy(), report["weights"], report["combine"])
     submission = pd.DataFrame({"id": test["id"], "winner": predicted_winner(probs["p_a"].to_numpy())})
     write_json(output.with_suffix(".ensemble.json"), {**report, "tta": cfg.tta})
