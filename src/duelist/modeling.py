@@ -269,11 +269,18 @@ def check_quantization(kind: str, device: torch.device) -> None:
         raise DuelistError(f"quantization={kind} needs bitsandbytes: pip install 'duelist[qlora]'") from err
 
 
+def config_extras(model_cfg: Any) -> dict[str, Any]:
+    """Values set on the Hugging Face config: the architecture's options, then ``model.config_overrides``."""
+    extra = dict(ARCHITECTURES[model_cfg.arch](model_cfg))
+    overrides = model_cfg.config_overrides
+    extra.update(OmegaConf.to_container(overrides) if isinstance(overrides, DictConfig) else dict(overrides))
+    return extra
+
+
 def _random_model(model_cfg: Any, tokenizer: Any, dtype: torch.dtype, seed: int) -> torch.nn.Module:
     from transformers import AutoConfig, AutoModelForSequenceClassification
 
-    extra = dict(ARCHITECTURES[model_cfg.arch](model_cfg))
-    extra.update(OmegaConf.to_container(model_cfg.config_overrides) if isinstance(model_cfg.config_overrides, DictConfig) else dict(model_cfg.config_overrides))
+    extra = config_extras(model_cfg)
     # overrides may set a real vocab size
     config = AutoConfig.for_model(model_cfg.arch, **{"vocab_size": len(tokenizer), "num_labels": 2, "pad_token_id": tokenizer.pad_token_id, **extra})
     config._attn_implementation = attention(model_cfg)
@@ -298,8 +305,7 @@ def build_base(model_cfg: Any, lora_cfg: Any, tokenizer: Any, dtype: torch.dtype
         model = _random_model(model_cfg, tokenizer, dtype, seed)
         model.config.pad_token_id = tokenizer.pad_token_id
         return apply_pooling(model, model_cfg)
-    extra = dict(ARCHITECTURES[model_cfg.arch](model_cfg))
-    extra.update(OmegaConf.to_container(model_cfg.config_overrides) if isinstance(model_cfg.config_overrides, DictConfig) else dict(model_cfg.config_overrides))
+    extra = config_extras(model_cfg)
     source = weights or resolve_path(model_cfg.name_or_path)
     try:
         with quiet_load_report():  # "classifier MISSING": the 2-label head is new by design (or comes from the adapter)
