@@ -79,6 +79,14 @@ def bnb_device_ok(device: torch.device) -> bool:
     return device.type == "cuda" or (device.type == "cpu" and cpu_bnb())
 
 
+def require_bitsandbytes(what: str) -> None:
+    """One line when bitsandbytes (the ``qlora`` extra) is missing for ``what``."""
+    try:
+        import bitsandbytes  # noqa: F401
+    except ImportError as err:
+        raise DuelistError(f"{what} needs bitsandbytes: pip install 'duelist[qlora]'") from err
+
+
 def quantized_device_map(device: torch.device) -> dict[str, Any]:
     """Where bitsandbytes places a quantized model: all of it on ``device`` (a data-parallel worker's own GPU, not
     the current one, which is GPU 0 in every freshly spawned process)."""
@@ -236,10 +244,7 @@ def check_model_config(model_cfg: Any, lora_cfg: Any, device: torch.device) -> N
         # bitsandbytes loads and runs 4-bit layers on a CPU (slowly), so we refuse ourselves; DUELIST_CPU_BNB=1 (tests) allows it.
         if not bnb_device_ok(device):
             raise DuelistError("lora.qlora=true needs a CUDA GPU (4-bit nf4 via bitsandbytes); on this machine use lora.qlora=false")
-        try:
-            import bitsandbytes  # noqa: F401
-        except ImportError as err:
-            raise DuelistError("lora.qlora=true needs bitsandbytes: pip install 'duelist[qlora]'") from err
+        require_bitsandbytes("lora.qlora=true")
 
 
 def _quantization(lora_cfg: Any, inference: str = "none", compute: torch.dtype = torch.float32) -> Any:
@@ -263,10 +268,7 @@ def check_quantization(kind: str, device: torch.device) -> None:
         return
     if not bnb_device_ok(device):
         raise DuelistError(f"quantization={kind} needs a CUDA GPU (bitsandbytes); on this machine use quantization=none")
-    try:
-        import bitsandbytes  # noqa: F401
-    except ImportError as err:
-        raise DuelistError(f"quantization={kind} needs bitsandbytes: pip install 'duelist[qlora]'") from err
+    require_bitsandbytes(f"quantization={kind}")
 
 
 def config_extras(model_cfg: Any) -> dict[str, Any]:
@@ -421,10 +423,7 @@ def load_checkpoint(run_dir: str | Path, device: torch.device, dtype_name: str =
     qlora = bool(cfg.lora.enabled and cfg.lora.qlora)
     if dequantize and qlora:
         # quantizing once to reproduce the NF4 rounding works on any device (bitsandbytes has CPU kernels)
-        try:
-            import bitsandbytes  # noqa: F401
-        except ImportError as err:
-            raise DuelistError("merging a QLoRA run reproduces its 4-bit base: pip install 'duelist[qlora]'") from err
+        require_bitsandbytes("merging a QLoRA run (it reproduces the 4-bit base)")
         check_model_config(cfg.model, OmegaConf.merge(cfg.lora, {"qlora": False}), device)
     else:
         check_model_config(cfg.model, cfg.lora, device)

@@ -30,7 +30,7 @@ from duelist.formatting import PairEncoder
 from duelist.scoring import autocast_dtype, predict_p_a, split_by_length
 from duelist.metrics import compute_metrics, is_better
 from duelist.rundir import RunDir
-from duelist.modeling import Built, build_model, check_model_config, cpu_bnb, half_weights, head_and_body_parameters, save_checkpoint
+from duelist.modeling import Built, build_model, check_model_config, cpu_bnb, half_weights, head_and_body_parameters, require_bitsandbytes, save_checkpoint
 from duelist.tracking import NullTracker, make_tracker
 
 log = logging.getLogger(__name__)
@@ -69,10 +69,7 @@ def check_train_config(cfg: DictConfig) -> None:
     if t.optimizer == "adamw_8bit":
         if not (torch.cuda.is_available() and t.device != "cpu") and not cpu_bnb():
             raise DuelistError("trainer.optimizer=adamw_8bit needs a CUDA GPU (bitsandbytes); on this machine use trainer.optimizer=adamw")
-        try:
-            import bitsandbytes  # noqa: F401
-        except ImportError as err:
-            raise DuelistError("trainer.optimizer=adamw_8bit needs bitsandbytes: pip install 'duelist[qlora]'") from err
+        require_bitsandbytes("trainer.optimizer=adamw_8bit")
     if not cfg.pseudolabel.temperature > 0:
         raise DuelistError(f"pseudolabel.temperature={cfg.pseudolabel.temperature}: must be > 0")
 
