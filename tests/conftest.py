@@ -85,9 +85,9 @@ def compose_infer(overrides: list[str]):
         return compose(config_name="infer", overrides=overrides)
 
 
-def run_cli(script: str, args: list[str], cwd: Path | None = None, timeout: int = 600) -> subprocess.CompletedProcess:
-    """Run ``python train.py ...`` / ``python infer.py ...`` in a fresh process."""
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+def run_cli(script: str, args: list[str], cwd: Path | None = None, timeout: int = 600, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+    """Run ``python train.py ...`` / ``python infer.py ...`` in a fresh process (``env``: added to the environment)."""
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
     if "-m" not in args and not any(a.startswith("hydra.run.dir=") for a in args):
         args = [*args, f"hydra.run.dir={tempfile.mkdtemp(prefix='duelist-test-')}"]  # keep Hydra's logs out of the checkout
     return subprocess.run(

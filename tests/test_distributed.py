@@ -22,10 +22,10 @@ pytestmark = pytest.mark.slow
 COMMON = ["model=tiny_gemma2", "lora=default", "trainer.lr=3e-4", "trainer.warmup_ratio=0.05", "logger=none", "data.max_rows=200", "trainer.max_steps=6", "trainer.group_by_length=false", "lora.dropout=0.0"]
 
 
-def launch(mode: str, args: list[str], cwd: Path) -> subprocess.CompletedProcess:
-    """``accelerate launch --multi_gpu|--use_fsdp --num_processes 2 train.py ARGS`` (gloo on a CPU)."""
+def launch(mode: str, args: list[str], cwd: Path, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+    """``accelerate launch --multi_gpu|--use_fsdp --num_processes 2 train.py ARGS`` (gloo on a CPU); ``env``: added."""
     accelerate = shutil.which("accelerate") or str(Path(sys.executable).parent / "accelerate")
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
     return subprocess.run([accelerate, "launch", mode, "--num_processes", "2", "--num_machines", "1", "--mixed_precision", "no",
                            "--dynamo_backend", "no", str(ROOT / "train.py"), *args], capture_output=True, text=True, env=env, cwd=cwd, timeout=600)
 
@@ -48,6 +48,18 @@ def test_two_processes_match_one_within_tolerance(tmp_path) -> None:
     p1, p2 = (pd.read_parquet(tmp_path / r / "oof.parquet") for r in ("one", "two"))
     np.testing.assert_allclose(p2["p_a"], p1["p_a"], atol=1e-5)
     assert (tmp_path / "two" / "checkpoint" / "adapter" / "adapter_model.safetensors").is_file()  # written once, by rank 0
+
+    # both processes killed (SIGKILL) after the step-4 state, in step 5; the same launch again resumes and ends identically
+    killed = [*COMMON, "trainer.batch_size=4", "trainer.save_every=2", f"hydra.run.dir={tmp_path / 'killed'}"]
+    dead = launch("--multi_gpu", killed, tmp_path, env={"DUELIST_TEST_KILL_AT_BATCH": "5"})
+    assert dead.returncode != 0 and [p.name for p in sorted((tmp_path / "killed" / "states").iterdir())] == ["step-00000002", "step-00000004"]
+    resumed = launch("--multi_gpu", killed, tmp_path)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert "step-00000004 (step 4, epoch 0)" in resumed.stdout + resumed.stderr
+    m3 = json.loads((tmp_path / "killed" / "metrics.json").read_text())
+    timing = {"runtime_s", "train/tokens_per_s", "peak_rss_gb"}
+    assert {k: v for k, v in m3.items() if k not in timing} == {k: v for k, v in m2.items() if k not in timing}
+    pd.testing.assert_frame_equal(pd.read_parquet(tmp_path / "killed" / "oof.parquet"), p2, check_exact=True)
 
 
 def test_fsdp_full_fine_tuning_matches_one_process(tmp_path) -> None:

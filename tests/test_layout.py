@@ -15,7 +15,7 @@ SRC = Path(__file__).resolve().parents[1] / "src" / "duelist"
 # the layers of the README's layout table, lowest first; a module may import only from its own layer or below
 LAYERS = [
     {"errors", "logs", "languages", "files", "config", "metrics", "plots", "batching", "tracking", "tiny_tokenizer"},
-    {"data", "formatting", "rundir", "modeling", "runs", "ensemble", "distributed"},
+    {"data", "formatting", "rundir", "resume", "modeling", "runs", "ensemble", "distributed"},
     {"scoring"},
     {"training", "submission", "pseudolabel", "generation", "export", "kaggle", "bench", "eda", "review", "example_data"},
 ]

@@ -242,6 +242,9 @@ class TrainerConfig:
     strategy: Strategy = MISSING
     dist_timeout_min: float = MISSING
     optimizer: Optimizer = MISSING
+    save_every: int = MISSING
+    keep_states: int = MISSING
+    resume: str = MISSING
 
 
 @dataclass

@@ -131,3 +131,18 @@ def barrier(state: Distributed) -> None:
         import torch.distributed as dist
 
         dist.barrier()
+
+
+def optimizer_state(model: torch.nn.Module, opt: torch.optim.Optimizer) -> dict[str, Any]:
+    """The optimizer state keyed by parameter name (so it reloads into a rebuilt model); under FSDP every process
+    calls this and rank 0 receives the gathered state."""
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_optimizer_state_dict
+
+    return get_optimizer_state_dict(model, opt, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+
+
+def set_optimizer_state(model: torch.nn.Module, opt: torch.optim.Optimizer, state: dict[str, Any]) -> None:
+    """Load what :func:`optimizer_state` returned (the full state; FSDP keeps each process's shard of it)."""
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, set_optimizer_state_dict
+
+    set_optimizer_state_dict(model, opt, state, options=StateDictOptions(full_state_dict=True))

@@ -17,6 +17,8 @@ log = logging.getLogger(__name__)
 class NullTracker:
     """``logger=none``: logs nothing."""
 
+    run_id: str | None = None  # the W&B run id (kept in training states, so a resumed run continues the same W&B run)
+
     def log(self, values: dict[str, Any], step: int) -> None:
         pass
 
@@ -37,7 +39,7 @@ class NullTracker:
 
 
 class WandbTracker(NullTracker):
-    def __init__(self, logger_cfg: Any, run_dir: str, config: dict[str, Any], name: str, tags: list[str]):
+    def __init__(self, logger_cfg: Any, run_dir: str, config: dict[str, Any], name: str, tags: list[str], run_id: str | None = None):
         import wandb
 
         self.wandb = wandb
@@ -45,8 +47,9 @@ class WandbTracker(NullTracker):
         self.run = wandb.init(
             project=logger_cfg.project, entity=logger_cfg.entity, mode=logger_cfg.mode, group=logger_cfg.group, job_type="train",
             tags=[*logger_cfg.tags, *tags], dir=run_dir, config=config, name=logger_cfg.run_name or name, reinit="finish_previous",
-            settings=wandb.Settings(quiet=True, silent=True),
+            settings=wandb.Settings(quiet=True, silent=True), id=run_id, resume="allow" if run_id else None,
         )
+        self.run_id = self.run.id
         self.offline = logger_cfg.mode == "offline"
         if self.offline:
             log.info("W&B: offline run %s in %s", self.run.name, self.run.dir.removesuffix("/files"))
@@ -92,8 +95,9 @@ def flatten(values: dict[str, Any], sep: str = "/", prefix: str = "") -> dict[st
     return out
 
 
-def make_tracker(logger_cfg: Any, run_dir: str, config: dict[str, Any], name: str, tags: list[str] = ()) -> NullTracker:
-    """``name``: the run's name when ``logger.run_name`` is null; ``tags``: added to ``logger.tags``."""
+def make_tracker(logger_cfg: Any, run_dir: str, config: dict[str, Any], name: str, tags: list[str] = (), run_id: str | None = None) -> NullTracker:
+    """``name``: the run's name when ``logger.run_name`` is null; ``tags``: added to ``logger.tags``; ``run_id``: continue
+    that W&B run (a resumed training run)."""
     if logger_cfg.name == "none" or logger_cfg.mode == "disabled":
         return NullTracker()
-    return WandbTracker(logger_cfg, run_dir, config, name, list(tags))
+    return WandbTracker(logger_cfg, run_dir, config, name, list(tags), run_id)

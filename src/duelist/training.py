@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 import random
 import resource
+import signal
 import time
 from pathlib import Path
 from typing import Any
@@ -24,11 +26,12 @@ from tqdm.auto import tqdm
 from duelist import plots
 from duelist.batching import pad, train_batches
 from duelist.data import augment, load_train_valid
-from duelist.distributed import barrier, broadcast, full_state_dict, gather, init_distributed, wrap
+from duelist.distributed import barrier, broadcast, full_state_dict, gather, init_distributed, optimizer_state, set_optimizer_state, wrap
 from duelist.errors import DuelistError
 from duelist.formatting import PairEncoder
 from duelist.scoring import autocast_dtype, predict_p_a, split_by_length
 from duelist.metrics import compute_metrics, is_better
+from duelist.resume import TrainingState, check_same_config, find_state, remove_states, resolved, restore_best, rng_state, save_state, set_rng_state
 from duelist.rundir import RunDir
 from duelist.modeling import Built, build_model, check_model_config, cpu_bnb, half_weights, head_and_body_parameters, require_bitsandbytes, save_checkpoint
 from duelist.tracking import NullTracker, make_tracker
@@ -62,6 +65,8 @@ def check_train_config(cfg: DictConfig) -> None:
     t = cfg.trainer
     if t.batch_size < 1 or t.grad_accum < 1 or t.eval_batch_size < 1:
         raise DuelistError("trainer.batch_size, trainer.grad_accum and trainer.eval_batch_size must be >= 1")
+    if t.save_every < 0 or t.keep_states < 1:
+        raise DuelistError(f"trainer.save_every={t.save_every}, trainer.keep_states={t.keep_states}: save_every must be >= 0 (0 = never), keep_states >= 1")
     if cfg.augment.same_batch and not cfg.augment.swap:
         raise DuelistError("augment.same_batch=true needs augment.swap=true")
     if cfg.augment.same_batch and t.batch_size < 2:
@@ -96,6 +101,7 @@ class Trainer:
         self.train_curve: list[tuple[int, float]] = []
         self.evals: list[tuple[int, dict[str, Any]]] = []
         self.best: dict[str, Any] | None = None
+        self.resumed: TrainingState | None = None  # set by train() when trainer.resume finds a state
 
     def fit(self, built: Built, train_rows: pd.DataFrame, train_ids: list[list[int]], valid: pd.DataFrame, valid_ids: list[list[int]], tracker: Any) -> None:
         t, model = self.t, built.model
@@ -112,6 +118,12 @@ class Trainer:
         n_batches = len(train_batches(lengths, units, t.batch_size, False, np.random.default_rng(0))) // world  # per process
         steps_per_epoch = max(1, math.ceil(n_batches / t.grad_accum))
         total = t.max_steps if t.max_steps > 0 else max(1, math.ceil(steps_per_epoch * t.epochs))
+        resumed = self.resumed
+        if resumed is not None:  # the trainable weights as saved, on every process, before DDP/FSDP take the model
+            missing = set(resumed.weights) - {n for n, p in model.named_parameters() if p.requires_grad}
+            if missing:
+                raise DuelistError(f"{resumed.path}: holds weights this model does not train ({sorted(missing)[:3]}); trainer.resume=never starts over")
+            model.load_state_dict(resumed.weights, strict=False)
         # several processes: DDP replicas, or FSDP2 shards (in place, so the optimizer is built after it)
         forward = wrap(model, self.dist, self.device)
         head, body = head_and_body_parameters(model)
@@ -128,13 +140,25 @@ class Trainer:
         scaler = torch.amp.GradScaler(self.device.type, enabled=self.amp == torch.float16)
         log.info("training %d rows (%d optimizer steps, %d per epoch) on %s", len(train_rows), total, steps_per_epoch, self.device)
 
+        step, micro, running, tokens, epoch, position, batches, before = 0, 0, [], 0, 0, 0, None, 0.0
+        if resumed is not None:
+            set_optimizer_state(model, opt, resumed.optimizer)
+            sched.load_state_dict(resumed.scheduler)
+            scaler.load_state_dict(resumed.scaler)
+            set_rng_state(resumed.rng[rank], rng)
+            step, micro, tokens, epoch, position, batches, before = (resumed.step, resumed.micro, resumed.tokens, resumed.epoch,
+                                                                      resumed.position, resumed.batches, resumed.elapsed_s)
+            self.train_curve, self.evals, self.best = list(resumed.train_curve), list(resumed.evals), resumed.best
+            self.resumed = resumed = None  # free the copies of the weights and optimizer state
+        kill_at = int(os.environ.get("DUELIST_TEST_KILL_AT_BATCH", "0"))  # tests only: SIGKILL this process after that many batches
         model.train()
-        step, micro, running, tokens, start = 0, 0, [], 0, time.perf_counter()
-        bar = tqdm(total=total, desc="train", unit="step", disable=not self.dist.main)  # one bar, not one per process
-        epoch = 0
+        start = time.perf_counter()
+        bar = tqdm(total=total, initial=step, desc="train", unit="step", disable=not self.dist.main)  # one bar, not one per process
         while step < total:
-            batches = train_batches(lengths, units, t.batch_size, t.group_by_length, rng)  # the same list on every process
-            for idx in batches[rank : len(batches) // world * world : world]:
+            if batches is None:
+                batches = train_batches(lengths, units, t.batch_size, t.group_by_length, rng)  # the same list on every process
+            mine = batches[rank : len(batches) // world * world : world]
+            for idx in mine[position:]:
                 ids, mask = pad([train_ids[i] for i in idx], pad_id)
                 with torch.autocast(self.device.type, dtype=self.amp, enabled=self.amp is not None):
                     logits = forward(input_ids=ids.to(self.device), attention_mask=mask.to(self.device)).logits
@@ -146,6 +170,9 @@ class Trainer:
                 running.append(loss.item())
                 tokens += int(mask.sum())
                 micro += 1
+                position += 1
+                if micro == kill_at:
+                    os.kill(os.getpid(), signal.SIGKILL)
                 if micro % t.grad_accum:
                     continue
                 scaler.unscale_(opt)
@@ -160,7 +187,7 @@ class Trainer:
                 mean_loss = float(np.mean(running))
                 running = []
                 self.train_curve.append((step, mean_loss))
-                elapsed = time.perf_counter() - start
+                elapsed = before + time.perf_counter() - start
                 tracker.log({"train/loss": mean_loss, "train/lr": sched.get_last_lr()[0], "train/tokens_per_s": tokens / elapsed, "train/epoch": epoch}, step)
                 bar.update(1)
                 bar.set_postfix(loss=f"{mean_loss:.4f}", tok_s=f"{tokens / elapsed:.0f}")
@@ -169,10 +196,32 @@ class Trainer:
                     # fold, its forward pass gathers the sharded parameters); rank 0 alone writes
                     self.evaluate(built, valid, valid_ids, step, tracker, tokens / elapsed)
                     barrier(self.dist)
+                if t.save_every > 0 and step % t.save_every == 0 and step < total:
+                    self.save_state(model, opt, sched, scaler, rng, tracker, step=step, micro=micro, epoch=epoch, position=position,
+                                    batches=batches, tokens=tokens, elapsed_s=elapsed)
                 if step >= total:
                     break
             epoch += 1
+            batches, position = None, 0
         bar.close()
+
+    def save_state(self, model: torch.nn.Module, opt: torch.optim.Optimizer, sched: Any, scaler: torch.amp.GradScaler,
+                   rng: np.random.Generator, tracker: Any, **where: Any) -> None:
+        """Write a resumable state (:mod:`duelist.resume`). Every process takes part: under FSDP the weights and the
+        optimizer state are gathered, and each process's RNG states go to rank 0, which alone writes."""
+        started = time.perf_counter()
+        weights = full_state_dict(model) if self.dist.sharded else model.state_dict()
+        trainable = {n for n, p in model.named_parameters() if p.requires_grad}
+        weights = {k: v for k, v in weights.items() if k in trainable}
+        optimizer = optimizer_state(model, opt)
+        rngs = gather(rng_state(rng), self.dist)
+        if self.dist.main:
+            state = TrainingState(path=self.run_dir.path, train_curve=list(self.train_curve), evals=list(self.evals), best=self.best,
+                                  scheduler=sched.state_dict(), scaler=scaler.state_dict(), rng=rngs, wandb_id=tracker.run_id,
+                                  config=resolved(self.cfg), processes=self.dist.world, weights=weights, optimizer=optimizer, **where)
+            path = save_state(self.run_dir, state, self.t.keep_states)
+            log.info("saved training state %s (%.1f s)", path, time.perf_counter() - started)
+        barrier(self.dist)
 
     def validation_p_a(self, built: Built, valid_ids: list[list[int]]) -> np.ndarray | None:
         """P(A wins) of every validation row on rank 0 (None elsewhere). Under DDP every process scores a share of the
@@ -226,6 +275,12 @@ def train(cfg: DictConfig, run_dir: str | Path) -> float:
     if trainer.dist.sharded and cfg.lora.enabled and cfg.lora.qlora:
         raise DuelistError("trainer.strategy=fsdp cannot shard 4-bit QLoRA weights: launch with --multi_gpu (DDP) or use lora=default / lora=none")
     check_model_config(cfg.model, cfg.lora, trainer.device)  # before any data is read
+    if cfg.trainer.resume == "auto" and run.is_finished():  # the same command again after the run ended: nothing to do
+        check_same_config(resolved(run.read_config()), cfg, run.path, trainer.dist.world, trainer.dist.world)
+        value = float(run.read_metrics()[cfg.optimized_metric])
+        log.info("%s: already finished (%s=%.4f); trainer.resume=never trains it again", run.path, cfg.optimized_metric, value)
+        return value if trainer.dist.main else float("nan")
+    trainer.resumed = find_state(cfg, run, trainer.dist.world)
     train_df, valid = load_train_valid(cfg.data)
     built = build_model(cfg.model, cfg.lora, trainer.device, cfg.trainer.seed, cfg.trainer.gradient_checkpointing)
     encoder = PairEncoder.for_model(built.tokenizer, cfg.model)
@@ -240,8 +295,11 @@ def train(cfg: DictConfig, run_dir: str | Path) -> float:
         return float("nan")  # rank 0 writes the run dir and reports the metric
     config = OmegaConf.to_container(cfg, resolve=True)
     run.write_config(cfg)
+    if trainer.resumed is not None:
+        restore_best(trainer.resumed, run)  # the best checkpoint as of the state
     tags = [f"model={cfg.model.name}", f"data={cfg.data.name}", "lora" if cfg.lora.enabled else "full-fine-tuning"]
-    tracker = make_tracker(cfg.logger, str(run.path), config, name=run.path.name, tags=tags)
+    wandb_id = trainer.resumed.wandb_id if trainer.resumed is not None else None  # a resumed run continues its W&B run
+    tracker = make_tracker(cfg.logger, str(run.path), config, name=run.path.name, tags=tags, run_id=wandb_id)
     try:
         trainer.fit(built, train_rows, train_ids, valid, valid_ids, tracker)
         best = trainer.best
@@ -281,6 +339,7 @@ def train(cfg: DictConfig, run_dir: str | Path) -> float:
             worst = worst.merge(valid[["id", "prompt", "response_a", "response_b"]], on="id")
             tracker.table("val/worst_predictions", worst)
         run.write_metrics(metrics)  # last: its presence marks a finished run
+        remove_states(run)
     except BaseException:
         tracker.finish(exit_code=1)
         raise
