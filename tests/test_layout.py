@@ -17,7 +17,7 @@ LAYERS = [
     {"errors", "logs", "languages", "files", "config", "metrics", "plots", "batching", "tracking", "tiny_tokenizer"},
     {"data", "formatting", "rundir", "resume", "modeling", "runs", "ensemble", "distributed"},
     {"scoring"},
-    {"training", "submission", "pseudolabel", "generation", "export", "kaggle", "bench", "eda", "review", "example_data"},
+    {"training", "submission", "pseudolabel", "generation", "export", "kaggle", "bench", "eda", "review", "example_data", "sweeper"},
 ]
 
 

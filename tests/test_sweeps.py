@@ -22,6 +22,7 @@ def test_sweep_configs_compose_with_direction_from_metric(name: str, metric: str
     assert cfg.hydra.sweeper.direction == direction
     assert cfg.hydra.sweeper.study_name == name and cfg.hydra.sweeper.max_failure_rate == 1.0
     assert OmegaConf.select(cfg, "hydra.sweeper.params") and "sqlite" in cfg.hydra.sweeper.storage
+    assert cfg.hydra.sweeper._target_ == "hydra_plugins.duelist_sweeper.DuelistOptunaSweeper" and cfg.hydra.sweeper.heartbeat_interval == 60
 
 
 def test_slurm_launcher_composes() -> None:
@@ -70,3 +71,35 @@ def test_study_persists_records_failures_and_resumes(tmp_path) -> None:
     assert missing.returncode == 2 and "study 'nope' not found" in missing.stderr
     nodb = subprocess.run([sys.executable, "-m", "duelist.review", "--study", "t"], capture_output=True, text=True, cwd=tmp_path)
     assert nodb.returncode == 2 and "no study database" in nodb.stderr and not (tmp_path / "sweeps" / "optuna.db").exists()
+
+
+def test_trial_of_a_killed_worker_is_retried_and_resumes_in_its_run_dir(tmp_path) -> None:
+    """The worker dies (SIGKILL) in the middle of trial 0; its heartbeats stop; the next command on the study fails it,
+    retries it with the same parameters in trial 0's run dir, and training continues from the state saved there."""
+    import optuna
+
+    storage = f"sqlite:///{tmp_path / 'study.db'}"
+    space = "hydra.sweeper.params={trainer.lr: 'choice(1e-4, 3e-4)', trainer.head_lr: 'choice(1e-3)', trainer.epochs: 'choice(1)', trainer.grad_accum: 'choice(2)'}"
+    common = ["-m", "sweep=optim", *TINY, "trainer.save_every=2", space, "hydra.sweeper.n_trials=1", "hydra.sweeper.study_name=k",
+              f"hydra.sweeper.storage={storage}", "hydra.sweeper.heartbeat_interval=1", "hydra.sweeper.grace_period=3"]
+    dead = run_cli("train.py", [*common, f"hydra.sweep.dir={tmp_path / 'm1'}"], cwd=tmp_path, env={"DUELIST_TEST_KILL_AT_BATCH": "5"})  # in step 3
+    assert dead.returncode == -9, dead.stderr[-3000:]
+    (first,) = optuna.load_study(study_name="k", storage=storage).trials
+    assert first.state.name == "RUNNING" and first.system_attrs["run_dir"] == str(tmp_path / "m1" / "0")
+    assert [p.name for p in (tmp_path / "m1" / "0" / "states").iterdir()] == ["step-00000002"]
+
+    import time
+
+    time.sleep(4)  # past the grace period
+    res = run_cli("train.py", [*common, f"hydra.sweep.dir={tmp_path / 'm2'}"], cwd=tmp_path)
+    assert res.returncode == 0, res.stderr[-3000:]
+    out = res.stdout + res.stderr
+    assert "trial 0 stopped sending heartbeats" in out and f"trial 1 retries trial 0: it continues in {tmp_path / 'm1' / '0'}" in out
+    assert "resuming from" in out and "step-00000002 (step 2, epoch 0)" in out
+    failed, retry = optuna.load_study(study_name="k", storage=storage).trials
+    assert (failed.state.name, retry.state.name) == ("FAIL", "COMPLETE") and retry.params == failed.params
+    assert retry.system_attrs["failed_trial"] == 0
+    metrics = (tmp_path / "m1" / "0" / "metrics.json").read_text()
+    import json
+
+    assert json.loads(metrics)["val/accuracy"] == retry.value and not (tmp_path / "m1" / "0" / "states").exists()
