@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from conftest import TINY, run_cli
+from conftest import TINY, compose_infer, run_cli
 from duelist.pseudolabel import agreement, select
 
 
@@ -36,15 +36,16 @@ def test_selection_rules_on_synthetic_teachers() -> None:
     assert keep(0.0, True, 1) == [3, 5]  # top-k among the rows the other rules kept
 
 
-def train_teacher(tmp_path) -> str:
-    run = tmp_path / "teacher"
+@pytest.fixture(scope="module")
+def teacher(tmp_path_factory) -> str:
+    """One tiny teacher run for the tests of this file."""
+    run = tmp_path_factory.mktemp("teacher") / "run"
     res = run_cli("train.py", [*TINY, f"hydra.run.dir={run}"])
     assert res.returncode == 0, res.stderr[-2000:]
     return str(run)
 
 
-def test_teacher_generate_pseudolabel_student(tmp_path) -> None:
-    teacher = train_teacher(tmp_path)
+def test_teacher_generate_pseudolabel_student(tmp_path, teacher) -> None:
     sample = pd.read_parquet("src/duelist/assets/sample/hh_rlhf_harmless_test.parquet")
     sample.iloc[-60:][["id", "prompt"]].to_parquet(tmp_path / "prompts.parquet")
     pairs = tmp_path / "pairs.parquet"
@@ -82,3 +83,43 @@ def test_teacher_generate_pseudolabel_student(tmp_path) -> None:
     config = (student / "config.yaml").read_text()
     assert "loss: kl" in config and metrics["val/rows"] == len(oof)
     assert metrics["train/rows"] > len(labelled)  # human training rows and every pseudo-labelled row
+
+
+def test_crashed_labelling_scores_only_the_missing_shards(tmp_path, monkeypatch, teacher) -> None:
+    """A crash on the third shard (out of memory, a lost machine): the same command again scores the three missing
+    shards only, and its output equals the uninterrupted run's."""
+    from duelist import pseudolabel, scoring
+    from duelist.errors import DuelistError
+
+    rows = pd.read_parquet("src/duelist/assets/sample/pandalm_test.parquet").iloc[:200]
+    rows.to_parquet(tmp_path / "pairs.parquet")
+    args = ["task=pseudolabel", f"runs=[{teacher}]", f"data.test={tmp_path / 'pairs.parquet'}", "shard_rows=40", "device=cpu"]
+    reference = pseudolabel.pseudolabel(compose_infer([*args, f"output={tmp_path / 'ref.parquet'}"]))
+    assert not (tmp_path / "ref.shards").exists()  # removed once the labelled file is written
+
+    calls, crash_at = [], [3]
+    real = scoring.Scorer.score
+
+    def crashing(self, test, *a, **k):
+        calls.append(len(test))
+        if len(calls) == crash_at[0]:
+            raise RuntimeError("simulated crash (CUDA out of memory)")
+        return real(self, test, *a, **k)
+
+    monkeypatch.setattr(scoring.Scorer, "score", crashing)
+    cfg = compose_infer([*args, f"output={tmp_path / 'pl.parquet'}"])
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        pseudolabel.pseudolabel(cfg)
+    assert not (tmp_path / "pl.parquet").exists() and len(list((tmp_path / "pl.shards").glob("shard-*.parquet"))) == 2
+    calls.clear()
+    crash_at[0] = -1
+    again = pseudolabel.pseudolabel(cfg)
+    assert calls == [40, 40, 40]  # shards 2, 3 and 4 only
+    pd.testing.assert_frame_equal(again, reference, check_exact=True)
+    pd.testing.assert_frame_equal(pd.read_parquet(tmp_path / "pl.parquet"), pd.read_parquet(tmp_path / "ref.parquet"), check_exact=True)
+
+    # shards of another setup are refused, not mixed in
+    (tmp_path / "pl.shards").mkdir()
+    (tmp_path / "pl.shards" / "manifest.json").write_text('{"fingerprint": "another"}')
+    with pytest.raises(DuelistError, match="different pseudo-labelling setup"):
+        pseudolabel.pseudolabel(cfg)

@@ -22,11 +22,12 @@ from duelist.errors import DuelistError
 from duelist.resume import config_differences, find_state, pack, unpack
 from duelist.rundir import RunDir
 
-# 8 steps of 2 accumulated batches, augment=swap; evaluations at 2, 4, 6, 8; states after steps 3 and 6. Pass 11 is the
-# first half of step 6: the kill lands after the step-3 state, mid-interval and mid-accumulation.
-ARGS = ["model=tiny_gemma2", "trainer.lr=3e-4", "trainer.warmup_ratio=0.05", "data.max_rows=200", "trainer.max_steps=8", "trainer.batch_size=8",
+# augment=swap doubles the ~48 training rows: 12 batches of 8, 6 steps of 2 accumulated batches per epoch; 9 steps cross
+# into the second epoch. Evaluations every 2 steps, states every 3 (after steps 3 and 6, the end of epoch 0). Pass 15 is
+# the first half of step 8: the kill lands after the step-6 state, mid-interval and mid-accumulation, in epoch 1.
+ARGS = ["model=tiny_gemma2", "trainer.lr=3e-4", "trainer.warmup_ratio=0.05", "data.max_rows=60", "trainer.max_steps=9", "trainer.batch_size=8",
         "trainer.grad_accum=2", "augment=swap", "trainer.eval_every=2", "trainer.save_every=3", "trainer.eval_batch_size=32"]
-KILL = {"DUELIST_TEST_KILL_AT_BATCH": "11"}
+KILL = {"DUELIST_TEST_KILL_AT_BATCH": "15"}
 TIMING = {"runtime_s", "train/tokens_per_s", "peak_rss_gb"}  # wall-clock numbers: they differ between any two runs
 
 
@@ -43,11 +44,12 @@ def same_results(a: Path, b: Path) -> None:
             assert wa.keys() == wb.keys() and all(torch.equal(wa[k], wb[k]) for k in wa)
 
 
-def killed(args: list[str], run: Path) -> None:
-    res = run_cli("train.py", [*args, f"hydra.run.dir={run}"], env=KILL)
+def killed(args: list[str], run: Path, env: dict[str, str] = KILL) -> list[str]:
+    """Run until the test-only kill; the names of the states it left."""
+    res = run_cli("train.py", [*args, f"hydra.run.dir={run}"], env=env)
     assert res.returncode == -9, res.stderr[-2000:]  # SIGKILL
-    assert [p.name for p in sorted((run / "states").iterdir())] == ["step-00000003"]
     assert not (run / "metrics.json").exists()
+    return [p.name for p in sorted((run / "states").iterdir())]
 
 
 @pytest.mark.slow
@@ -58,38 +60,38 @@ def test_killed_lora_run_resumes_to_the_same_results(tmp_path) -> None:
     assert not (tmp_path / "ref" / "states").exists()  # removed when the run finished
 
     run = tmp_path / "run"
-    killed([*args, "logger=wandb"], run)
-    # a changed setting is refused, naming it; nothing is touched
-    changed = run_cli("train.py", [*args, "logger=wandb", "trainer.lr=1e-3", f"hydra.run.dir={run}"])
-    assert changed.returncode != 0 and "Traceback" not in changed.stderr
-    assert re.search(r"was trained with other settings \(trainer\.lr: 0\.0003 -> 0\.001\)", changed.stderr), changed.stderr[-2000:]
+    assert killed([*args, "logger=wandb"], run) == ["step-00000003", "step-00000006"]
+    # a changed setting is refused, naming it
+    with pytest.raises(DuelistError, match=r"was trained with other settings \(trainer\.lr: 0\.0003 -> 0\.001\); run the same command"):
+        find_state(compose_train([*args, "logger=wandb", "trainer.lr=1e-3"]), RunDir(run), 1)
     # settings that cannot change the result may differ (the evaluation batch size, the logger's)
     res = run_cli("train.py", [*args, "logger=wandb", "logger.tags=[resumed]", "trainer.eval_batch_size=7", f"hydra.run.dir={run}"])
     assert res.returncode == 0, res.stderr[-2000:]
-    assert "resuming from" in res.stdout and "step-00000003 (step 3, epoch 0)" in res.stdout
+    assert "resuming from" in res.stdout and "step-00000006 (step 6, epoch 0)" in res.stdout  # saved as epoch 0 ended
     same_results(tmp_path / "ref", run)
     assert not (run / "states").exists()
     # the resumed process continued the killed one's W&B run (offline run folders end in the run id)
     ids = {p.name.rsplit("-", 1)[1] for p in (run / "wandb").glob("offline-run-*")}
     assert len(list((run / "wandb").glob("offline-run-*"))) == 2 and len(ids) == 1
 
-    again = run_cli("train.py", [*args, "logger=none", f"hydra.run.dir={run}"])  # the same command after the end: nothing to do
-    assert again.returncode == 0 and "already finished" in again.stdout and "training " not in again.stdout
-    same_results(tmp_path / "ref", run)
+    # the same command after the end: nothing to do, the finished run's metric is returned
+    from duelist.training import train
+
+    done = json.loads((run / "metrics.json").read_text())
+    assert train(compose_train([*args, "logger=none"]), run) == done["val/accuracy"]
+    assert json.loads((run / "metrics.json").read_text()) == done
 
 
 @pytest.mark.slow
 def test_killed_full_fine_tuning_resumes_past_a_damaged_state(tmp_path) -> None:
-    """Full fine-tuning; the newest state is damaged (as a disk error would leave it): the previous one is used."""
+    """Full fine-tuning; the newest state is damaged (as a disk error would leave it): the previous one is used, and the
+    replay from step 2 crosses the epoch boundary."""
     args = [*ARGS, "lora=none", "trainer.lr=1e-4", "logger=none", "trainer.save_every=2", "trainer.eval_every=3"]
     ref = run_cli("train.py", [*args, f"hydra.run.dir={tmp_path / 'ref'}"])
     assert ref.returncode == 0, ref.stderr[-2000:]
     run = tmp_path / "run"
-    res = run_cli("train.py", [*args, f"hydra.run.dir={run}"], env=KILL)
-    assert res.returncode == -9, res.stderr[-2000:]
-    states = sorted((run / "states").iterdir())
-    assert [p.name for p in states] == ["step-00000002", "step-00000004"]  # keep_states=2
-    weights = states[-1] / "trainable.safetensors"
+    assert killed(args, run, {"DUELIST_TEST_KILL_AT_BATCH": "11"}) == ["step-00000002", "step-00000004"]  # keep_states=2
+    weights = run / "states" / "step-00000004" / "trainable.safetensors"
     weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])
     res = run_cli("train.py", [*args, f"hydra.run.dir={run}"])
     assert res.returncode == 0, res.stderr[-2000:]

@@ -362,6 +362,7 @@ class InferConfig:
     device_map: Optional[DeviceMap] = MISSING
     device: Device = MISSING
     precision: Precision = MISSING
+    shard_rows: int = MISSING
     cache_dir: str = MISSING
 
 

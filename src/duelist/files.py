@@ -98,3 +98,17 @@ def write_parquet(path: str | Path, df: Any) -> None:
 def write_csv(path: str | Path, df: Any) -> None:
     with atomic_path(path, ".csv") as tmp:
         df.to_csv(tmp, index=False)
+
+
+def open_shard_folder(folder: str | Path, key: str, what: str) -> None:
+    """A folder of resumable work (``OUTPUT.shards/``) that belongs to one setup, named by ``key``: created with a
+    manifest, or reused when its manifest has the same key; a folder of another setup is refused, not mixed in."""
+    folder = Path(folder)
+    manifest = folder / "manifest.json"
+    if manifest.is_file():
+        if json.loads(manifest.read_text()).get("fingerprint") != key:
+            raise DuelistError(f"{folder}: holds shards of a different {what} setup (input rows or settings changed); "
+                               "delete the folder to start over, or choose another output")
+        return
+    folder.mkdir(parents=True, exist_ok=True)
+    write_json(manifest, {"fingerprint": key})

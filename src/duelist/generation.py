@@ -33,7 +33,7 @@ from tqdm.auto import tqdm
 from duelist.data import CANONICAL_COLUMNS, canonicalize, find_layout, is_text, normalized, read_table
 from duelist.errors import DuelistError
 from duelist.modeling import load_tokenizer, pick_device, torch_dtype, vllm_dtype
-from duelist.files import resolve_path, write_json, write_parquet
+from duelist.files import open_shard_folder, resolve_path, write_parquet
 
 log = logging.getLogger(__name__)
 
@@ -211,20 +211,6 @@ def fingerprint(prompts: pd.DataFrame, cfg: Any) -> str:
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
-def _open_shards(folder: Path, key: str) -> None:
-    manifest = folder / "manifest.json"
-    if manifest.is_file():
-        found = json.loads(manifest.read_text()).get("fingerprint")
-        if found != key:
-            raise DuelistError(
-                f"{folder}: holds shards of a different generation setup (prompts or generate.* settings changed); "
-                "delete the folder to start over, or choose another output"
-            )
-        return
-    folder.mkdir(parents=True, exist_ok=True)
-    write_json(manifest, {"fingerprint": key})
-
-
 def generate(cfg: Any) -> pd.DataFrame:
     """Generate the response pairs described by ``cfg.generate`` for the prompts in ``cfg.data.test``."""
     g = cfg.generate
@@ -243,7 +229,7 @@ def generate(cfg: Any) -> pd.DataFrame:
     folder = output.with_suffix(".shards")
     check_backend(g)
     device = pick_device(cfg.device)
-    _open_shards(folder, fingerprint(prompts[["id"]], g))
+    open_shard_folder(folder, fingerprint(prompts[["id"]], g), "generation")
 
     def part_file(shard: int, gen: int) -> Path:
         return folder / f"shard-{shard:05d}.{names[gen]}.parquet"

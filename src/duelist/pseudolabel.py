@@ -13,20 +13,25 @@ teacher on the same side of 0.5); ``top_k_per_language`` (the most confident k p
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
+import shutil
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
 from omegaconf import OmegaConf
+from tqdm.auto import tqdm
 
 from duelist import ensemble, plots
 from duelist.data import load_test
 from duelist.errors import DuelistError
-from duelist.files import write_json, write_parquet
+from duelist.files import open_shard_folder, write_json, write_parquet
 from duelist.modeling import pick_device
-from duelist.scoring import pick_runs, score_run
+from duelist.rundir import RunDir
+from duelist.scoring import Scorer, pick_runs
 
 log = logging.getLogger(__name__)
 
@@ -64,6 +69,39 @@ def summary(rows_in: pd.DataFrame, kept: pd.DataFrame) -> dict[str, Any]:
     }
 
 
+def teacher_scores(cfg: Any, teachers: list[Path], rows: pd.DataFrame, device: Any, folder: Path) -> np.ndarray:
+    """Every teacher's P(A wins) for every row (one column per teacher), scored in shards of ``cfg.shard_rows`` rows
+    written to ``folder`` as they finish: after a crash the same command scores only the missing shards (the folder
+    remembers the rows, teachers and settings it belongs to and refuses another setup). Removed once used."""
+    size = int(cfg.shard_rows)
+    if size < 1:
+        raise DuelistError(f"shard_rows={size}: must be >= 1")
+    texts = rows[["id", "prompt", "response_a", "response_b"]].astype(str)
+    setup = {
+        "rows": hashlib.sha256(pd.util.hash_pandas_object(texts, index=False).to_numpy().tobytes()).hexdigest(),
+        "teachers": [[str(t.resolve()), RunDir(t).checkpoint.stat().st_mtime_ns] for t in teachers],  # a retrained teacher is another
+        "shard_rows": size, "tta": cfg.labeling.tta, "precision": cfg.precision, "quantization": cfg.quantization,
+    }
+    open_shard_folder(folder, hashlib.sha256(json.dumps(setup, sort_keys=True).encode()).hexdigest()[:16], "pseudo-labelling")
+    n_shards = max(1, -(-len(rows) // size))
+    columns = []
+    for t, run in enumerate(teachers):
+        files = [folder / f"shard-{s:05d}.teacher{t}.parquet" for s in range(n_shards)]
+        todo = [s for s, f in enumerate(files) if not f.is_file()]
+        if len(todo) < n_shards:
+            log.info("teacher %d (%s): %d of %d shards already scored", t, run.name, n_shards - len(todo), n_shards)
+        if todo:
+            scorer = Scorer(run, cfg, device, cfg.cache_dir)
+            for s in tqdm(todo, desc=f"teacher {t}", unit="shard", disable=len(todo) == 1):
+                part = rows.iloc[s * size : (s + 1) * size]
+                write_parquet(files[s], pd.DataFrame({"id": part["id"].to_numpy(), "p_a": scorer.score(part, tta=cfg.labeling.tta)}))
+            del scorer
+        scored = pd.concat([pd.read_parquet(f) for f in files], ignore_index=True)
+        assert scored["id"].tolist() == rows["id"].tolist()
+        columns.append(scored["p_a"].to_numpy())
+    return np.column_stack(columns)
+
+
 def pseudolabel(cfg: Any) -> pd.DataFrame:
     """Score ``cfg.data.test`` with the teachers and write the selected, labelled rows to ``cfg.output``."""
     pl = cfg.labeling
@@ -76,7 +114,7 @@ def pseudolabel(cfg: Any) -> pd.DataFrame:
     rows = load_test(cfg.data.test)
     device = pick_device(cfg.device)
     log.info("pseudo-labelling %d rows with %d teacher(s) on %s, tta=%s", len(rows), len(teachers), device, pl.tta)
-    members = np.column_stack([score_run(run, rows, cfg, device, cfg.cache_dir, tta=pl.tta) for run in teachers])
+    members = teacher_scores(cfg, teachers, rows, device, output.with_suffix(".shards"))
     combined = ensemble.combine(members, ensemble.equal_weights(len(teachers))[ensemble.GLOBAL], pl.combine)
     keep = select(combined, members, rows["language"].to_numpy(), pl.min_confidence, pl.require_agreement, pl.top_k_per_language)
 
@@ -96,6 +134,7 @@ def pseudolabel(cfg: Any) -> pd.DataFrame:
     plots.kept_histogram(output.with_suffix(".png"), combined, keep, (0.5 - pl.min_confidence, 0.5 + pl.min_confidence), "teachers' combined P(A wins)")
     write_json(output.with_suffix(".summary.json"), report)
     write_parquet(output, kept)  # last: the labelled file appears only when everything else is written
+    shutil.rmtree(output.with_suffix(".shards"), ignore_errors=True)
     print(f"pseudo-labels: kept {len(kept)} of {len(rows)} rows ({pl.labels} labels, share model_a {report['share_model_a']:.3f}) -> {output}")
     for language, part in report["per_language"].items():
         print(f"  {language:>12}: kept {part['kept']:>6} of {part['rows']:>6}")

@@ -132,39 +132,55 @@ def _least_confident_chunks(predict: Callable[[list, str], np.ndarray], ids: Seq
     return out
 
 
+class Scorer:
+    """One run's model, loaded once, scoring any number of row sets (:meth:`score`)."""
+
+    def __init__(self, run_dir: Path, cfg: Any, device: torch.device, cache_dir: str | None):
+        self.run_dir, self.cfg, self.device, self.cache_dir = run_dir, cfg, device, cache_dir
+        self.built, run_cfg = load_checkpoint(run_dir, device, quantization=cfg.quantization, device_map=cfg.device_map)
+        self.encoder = PairEncoder.for_model(self.built.tokenizer, run_cfg.model)
+        self.amp = autocast_dtype(cfg.precision, device, half_weights(self.built.model))
+
+    def predict(self, seqs: Sequence[Sequence[int]], desc: str, deadline: Deadline | None = None) -> np.ndarray:
+        cfg = self.cfg
+        return predict_p_a(self.built.model, seqs, self.built.tokenizer.pad_token_id, cfg.batch_size, self.device, self.amp, desc,
+                           cfg.max_batch_tokens, deadline)
+
+    def score(self, test: pd.DataFrame, tta: str | None = None, deadline: Deadline | None = None, order: np.ndarray | None = None) -> np.ndarray:
+        """P(A wins) for every row of ``test`` (``tta``: none | swap, default ``cfg.tta``).
+
+        With a ``deadline``: every row is scored once first; the time left then goes to swap-TTA for the
+        least confident rows first, in chunks; rows the budget did not reach keep NaN (first pass) or their
+        single score (TTA). With ``order`` (and a deadline), the first pass goes through the rows in that order
+        (a cascade's second member: the rows the first is least sure of first)."""
+        tta = self.cfg.tta if tta is None else tta
+        name = self.run_dir.name
+        chunk = max(4 * self.cfg.batch_size, 64)
+
+        def predict(seqs: Sequence[Sequence[int]], desc: str) -> np.ndarray:
+            return self.predict(seqs, desc, deadline)
+
+        ids = self.encoder.encode(test, self.cache_dir)
+        if order is not None and deadline is not None:
+            p_a = _least_confident_chunks(predict, ids, np.asarray(order), chunk, name)
+        else:
+            p_a = predict(ids, name)
+        if tta == "swap":
+            swapped_ids = self.encoder.encode(swap_pairs(test), self.cache_dir)
+            if deadline is None:
+                swapped = predict(swapped_ids, f"{name} swap")
+            else:
+                scored = np.flatnonzero(~np.isnan(p_a))
+                swapped = _least_confident_chunks(predict, swapped_ids, scored[least_confident_first(p_a[scored])], chunk, f"{name} swap")
+                log.info("%s: swap-TTA on %d of %d rows within the time budget", name, int((~np.isnan(swapped)).sum()), len(test))
+            p_a = np.where(np.isnan(swapped), p_a, (p_a + (1.0 - swapped)) / 2.0)
+        return p_a
+
+
 def score_run(run_dir: Path, test: pd.DataFrame, cfg: Any, device: torch.device, cache_dir: str | None, tta: str | None = None,
               deadline: Deadline | None = None, order: np.ndarray | None = None) -> np.ndarray:
-    """P(A wins) of one run for every test row (``tta``: none | swap, default ``cfg.tta``).
-
-    With a ``deadline``: every row is scored once first; the time left then goes to swap-TTA for the
-    least confident rows first, in chunks; rows the budget did not reach keep NaN (first pass) or their
-    single score (TTA). With ``order`` (and a deadline), the first pass goes through the rows in that order
-    (a cascade's second member: the rows the first is least sure of first)."""
-    tta = cfg.tta if tta is None else tta
-    built, run_cfg = load_checkpoint(run_dir, device, quantization=cfg.quantization, device_map=cfg.device_map)
-    encoder = PairEncoder.for_model(built.tokenizer, run_cfg.model)
-    amp = autocast_dtype(cfg.precision, device, half_weights(built.model))
-    pad_id = built.tokenizer.pad_token_id
-    chunk = max(4 * cfg.batch_size, 64)
-
-    def predict(seqs: Sequence[Sequence[int]], desc: str) -> np.ndarray:
-        return predict_p_a(built.model, seqs, pad_id, cfg.batch_size, device, amp, desc, cfg.max_batch_tokens, deadline)
-
-    ids = encoder.encode(test, cache_dir)
-    if order is not None and deadline is not None:
-        p_a = _least_confident_chunks(predict, ids, np.asarray(order), chunk, f"{run_dir.name}")
-    else:
-        p_a = predict(ids, f"{run_dir.name}")
-    if tta == "swap":
-        swapped_ids = encoder.encode(swap_pairs(test), cache_dir)
-        if deadline is None:
-            swapped = predict(swapped_ids, f"{run_dir.name} swap")
-        else:
-            scored = np.flatnonzero(~np.isnan(p_a))
-            swapped = _least_confident_chunks(predict, swapped_ids, scored[least_confident_first(p_a[scored])], chunk, f"{run_dir.name} swap")
-            log.info("%s: swap-TTA on %d of %d rows within the time budget", run_dir.name, int((~np.isnan(swapped)).sum()), len(test))
-        p_a = np.where(np.isnan(swapped), p_a, (p_a + (1.0 - swapped)) / 2.0)
-    return p_a
+    """P(A wins) of one run for every test row: :meth:`Scorer.score` with the run loaded for this call."""
+    return Scorer(run_dir, cfg, device, cache_dir).score(test, tta, deadline, order)
 
 
 def score_run_vllm(run_dir: Path, test: pd.DataFrame, cfg: Any, tta: str) -> np.ndarray:

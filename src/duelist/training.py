@@ -210,9 +210,11 @@ class Trainer:
         """Write a resumable state (:mod:`duelist.resume`). Every process takes part: under FSDP the weights and the
         optimizer state are gathered, and each process's RNG states go to rank 0, which alone writes."""
         started = time.perf_counter()
-        weights = full_state_dict(model) if self.dist.sharded else model.state_dict()
-        trainable = {n for n, p in model.named_parameters() if p.requires_grad}
-        weights = {k: v for k, v in weights.items() if k in trainable}
+        trainable = {n: p for n, p in model.named_parameters() if p.requires_grad}  # not state_dict(): a 4-bit base would be packed
+        if self.dist.sharded:  # collective: the full weights of every shard, on rank 0
+            weights = {k: v for k, v in full_state_dict(model).items() if k in trainable}
+        else:
+            weights = {k: p.detach() for k, p in trainable.items()}
         optimizer = optimizer_state(model, opt)
         rngs = gather(rng_state(rng), self.dist)
         if self.dist.main:
