@@ -133,6 +133,19 @@ def test_two_model_ensemble_end_to_end(tmp_path) -> None:
     sub = pd.read_csv(out, dtype={"id": str})
     assert list(sub["winner"]) == list(np.where(probs["p_a"] >= 0.5, "model_a", "model_b"))
 
+    # per-language weights, applied by each row's language as detected (the WSDM example file has no language column)
+    out = tmp_path / "per_language.csv"
+    res = run_cli("infer.py", ["ensemble=two_model", "ensemble.per_language=true", "ensemble.min_language_rows=5", f"ensemble.roots=[{root}]",
+                               f"data.test={WSDM_EXAMPLE}", f"output={out}"])
+    assert res.returncode == 0, res.stderr[-3000:]
+    weights = json.loads(out.with_suffix(".ensemble.json").read_text())["weights"]
+    assert "English" in weights and "Spanish" not in weights and "Portuguese" not in weights  # OOF rows: English and Chinese
+    probs = pd.read_parquet(out.with_suffix(".parquet"))
+    assert list(probs["language"]) == ["Spanish", "English", "Portuguese"]
+    for _, row in probs.iterrows():
+        w = weights.get(row["language"], weights[ensemble.GLOBAL])
+        assert row["p_a"] == pytest.approx(sum(w[i] * row[f"p_a_run{i}"] for i in range(2) if w[i] > 0), abs=1e-12)
+
     res = run_cli("infer.py", ["ensemble=two_model", "ensemble.members=[tiny_gemma2,minilm]", f"ensemble.roots=[{root}]",
                                f"data.test={WSDM_EXAMPLE}", f"output={tmp_path / 'other.csv'}"])
     assert res.returncode == 2 and "no finished run of model minilm" in res.stderr and not (tmp_path / "other.csv").exists()

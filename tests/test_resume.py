@@ -148,3 +148,18 @@ def test_pack_round_trips_through_json_and_safetensors(value) -> None:
     skeleton = json.loads(json.dumps(pack(value, tensors)))
     back = unpack(skeleton, load(save(tensors)) if tensors else {})
     assert equal(value, back)
+
+
+@pytest.mark.fast
+def test_starting_over_clears_what_an_abandoned_attempt_left(tmp_path) -> None:
+    """trainer.resume=never: old states (which a later kill could otherwise resume, or which would push the new ones
+    out of keep_states), half-written ones and a finished run's metrics.json are removed before training."""
+    from duelist.training import start_point
+
+    run = tmp_path / "run"
+    for name in ("step-00000500", ".step-00000550.x.tmp"):
+        (run / "states" / name).mkdir(parents=True)
+    (run / "metrics.json").write_text("{}")
+    decision, state = start_point(compose_train(["model=tiny_gemma2", "trainer.resume=never"]), RunDir(run), 1)
+    assert (decision, state) == ({}, None)
+    assert list((run / "states").iterdir()) == [] and not (run / "metrics.json").exists()

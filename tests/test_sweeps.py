@@ -103,3 +103,14 @@ def test_trial_of_a_killed_worker_is_retried_and_resumes_in_its_run_dir(tmp_path
     import json
 
     assert json.loads(metrics)["val/accuracy"] == retry.value and not (tmp_path / "m1" / "0" / "states").exists()
+
+
+@pytest.mark.fast
+def test_paths_in_sweep_overrides_stay_literal() -> None:
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    from duelist.sweeper import quoted
+
+    parser = OverridesParser.create()
+    for path in ("/tmp/a b/c", "/tmp/it's/x=1,2", "/tmp/back\\slash"):
+        assert parser.parse_override(f"hydra.sweep.dir={quoted(path)}").value() == path

@@ -36,7 +36,7 @@ import pandas as pd
 
 from duelist.errors import DuelistError
 from duelist.files import resolve_path
-from duelist.languages import language_name, language_names
+from duelist.languages import detect_languages, language_name, language_names
 
 log = logging.getLogger(__name__)
 
@@ -311,9 +311,8 @@ def canonicalize(raw: pd.DataFrame, path: str, *, labelled: bool, ties: str, on_
     df["id"] = df["id"].astype(str)
     if "source" not in df:
         df["source"] = Path(path).stem
-    if "language" not in df:
-        df["language"] = "unknown"
-    df["language"] = language_names(df["language"])  # one vocabulary: the WSDM names (da -> Danish)
+    detect = "language" not in df  # a file without languages (the WSDM test file, extra data): detected below
+    df["language"] = "unknown" if detect else language_names(df["language"])  # one vocabulary: the WSDM names (da -> Danish)
     for col in ("model_a", "model_b"):
         if col not in df:
             df[col] = None
@@ -376,6 +375,10 @@ def canonicalize(raw: pd.DataFrame, path: str, *, labelled: bool, ties: str, on_
         df = df[df["p_a"] != 0.5].reset_index(drop=True)
     if len(df) == 0:
         raise DuelistError(f"{path}: no rows left after filtering (bad rows and ties removed); check the file and data.ties/on_bad_rows")
+    if detect:
+        df["language"] = detect_languages(df["prompt"])
+        shares = df["language"].value_counts(normalize=True).head(5)
+        log.info("%s: no language column; detected from the prompts: %s", path, ", ".join(f"{k} {v:.0%}" for k, v in shares.items()))
     return df[CANONICAL_COLUMNS]
 
 

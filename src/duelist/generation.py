@@ -34,6 +34,7 @@ from duelist.data import CANONICAL_COLUMNS, canonicalize, find_layout, is_text, 
 from duelist.errors import DuelistError
 from duelist.modeling import load_tokenizer, pick_device, torch_dtype, vllm_dtype
 from duelist.files import open_shard_folder, resolve_path, write_parquet
+from duelist.languages import detect_languages, language_names
 
 log = logging.getLogger(__name__)
 
@@ -51,7 +52,7 @@ def load_prompts(path: str, on_bad_rows: str) -> pd.DataFrame:
         df = canonicalize(raw, path, labelled=False, ties="soft", on_bad_rows=on_bad_rows)
     elif "prompt" in raw.columns:
         df = pd.DataFrame({"id": raw["id"].astype(str) if "id" in raw else [f"{Path(path).stem}-{i}" for i in range(len(raw))],
-                           "prompt": raw["prompt"], "language": raw["language"].fillna("unknown").astype(str) if "language" in raw else "unknown"})
+                           "prompt": raw["prompt"], "language": language_names(raw["language"]) if "language" in raw else "unknown"})
         bad = ~df["prompt"].map(is_text)
         if bad.any():
             i = int(np.flatnonzero(bad.to_numpy())[0])
@@ -59,6 +60,8 @@ def load_prompts(path: str, on_bad_rows: str) -> pd.DataFrame:
                 raise DuelistError(f"{path}: row {i} (id={df['id'].iloc[i]}): column prompt is empty or not text; fix the file or set data.on_bad_rows=drop")
             log.warning("%s: dropped %d rows without a prompt text", path, int(bad.sum()))
             df = df[~bad]
+        if "language" not in raw:  # named by the prompt's detected language (generate.language_quota applies to it)
+            df["language"] = detect_languages(df["prompt"]).to_numpy()
     else:
         raise DuelistError(f"{path}: no 'prompt' column; give a file with prompt[, id, language] or any pair layout")
     df = df[["id", "prompt", "language"]].reset_index(drop=True)

@@ -307,6 +307,21 @@ def find_state(cfg: DictConfig, run: RunDir, processes: int) -> TrainingState | 
                        f"trainer.resume=never starts over (overwrites the run dir)")
 
 
+def clean_states(run: RunDir, keep_up_to: Path | None) -> None:
+    """Before training starts: remove half-written states (a process killed while saving leaves ``.step-*.tmp``), and
+    every state of an abandoned attempt — those newer than ``keep_up_to`` (the state being resumed, when it is in this
+    run dir), or all of them when training starts over or continues from a state elsewhere."""
+    folder = run.path / STATES
+    if not folder.is_dir():
+        return
+    for tmp in folder.glob(".step-*"):
+        shutil.rmtree(tmp, ignore_errors=True)
+    own = keep_up_to is not None and keep_up_to.resolve().parent == folder.resolve()
+    for state in state_dirs(run):
+        if not own or state.name > keep_up_to.name:  # type: ignore[union-attr]
+            shutil.rmtree(state, ignore_errors=True)
+
+
 def remove_states(run: RunDir) -> None:
     """The run finished: its states are no longer needed (a 9B run's are gigabytes)."""
     shutil.rmtree(run.path / STATES, ignore_errors=True)

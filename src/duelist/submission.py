@@ -93,7 +93,7 @@ def submit(cfg: Any) -> pd.DataFrame:
         report["not_scored_weight_0"] = skipped
         log.info("weight 0: not scoring %s", ", ".join(skipped))
     log.info("scoring %d test rows with %d run(s) on %s, tta=%s", len(test), sum(needed), device, cfg.tta)
-    probs = pd.DataFrame({"id": test["id"]})
+    probs = pd.DataFrame({"id": test["id"], "language": test["language"]})  # given, or detected from the prompt
     devices = list(cfg.devices)
     if len(devices) > 1:
         log.info("data parallel over %s: rows dealt by length so the processes finish together", ", ".join(devices))

@@ -40,11 +40,19 @@ class DuelistOptunaSweeperConf(OptunaSweeperConf):
     max_retry: int = 2  # how many times one trial is retried
 
 
+def quoted(value: Any) -> str:
+    """A Hydra override value that stays one literal string (a path with spaces, quotes or ``=``)."""
+    return "'" + str(value).replace("'", "\\'") + "'"
+
+
 class RetryingSweeperImpl(OptunaSweeperImpl):
     def __init__(self, heartbeat_interval: int, grace_period: int, max_retry: int, storage: Optional[Any], **kwargs: Any) -> None:
         super().__init__(storage=storage, **kwargs)
         self.heartbeat_interval = heartbeat_interval
-        if isinstance(storage, str) and heartbeat_interval > 0:
+        if heartbeat_interval > 0 and not (isinstance(storage, str) and not storage.startswith("redis")):
+            log.warning("hydra.sweeper.storage=%s: heartbeats need an RDB URL (sqlite, postgresql, mysql); a trial whose worker dies "
+                        "stays RUNNING", storage)
+        elif heartbeat_interval > 0:
             if grace_period <= heartbeat_interval:
                 raise ValueError(f"hydra.sweeper.grace_period={grace_period} must be longer than heartbeat_interval={heartbeat_interval}")
             with warnings.catch_warnings():
@@ -82,14 +90,14 @@ class RetryingSweeperImpl(OptunaSweeperImpl):
         out = []
         for i, (trial, trial_overrides) in enumerate(zip(trials, overrides)):
             recorded = trial.system_attrs.get(RUN_DIR)  # a retry: the run dir of the trial it repeats
-            run_dir = Path(recorded) if recorded else sweep_dir / str(self.job_idx + i)
+            run_dir = Path(recorded) if recorded else sweep_dir / str(trial.number)  # unique within the study, across commands
             if recorded:  # RetryFailedTrialCallback names the first failed trial in system attribute failed_trial
                 log.info("trial %d retries trial %s: it continues in %s", trial.number, trial.system_attrs.get("failed_trial"), run_dir)
             else:
                 with warnings.catch_warnings():
                     warnings.simplefilter("ignore", FutureWarning)
                     trial.set_system_attr(RUN_DIR, str(run_dir))
-            out.append((*trial_overrides, f"hydra.sweep.dir='{run_dir.parent}'", f"hydra.sweep.subdir='{run_dir.name}'"))
+            out.append((*trial_overrides, f"hydra.sweep.dir={quoted(run_dir.parent)}", f"hydra.sweep.subdir={quoted(run_dir.name)}"))
             if self._heartbeats():
                 self._start_heartbeat(trial._trial_id)
         if trials and self._heartbeats():
@@ -105,8 +113,11 @@ class RetryingSweeperImpl(OptunaSweeperImpl):
         def beat() -> None:
             while True:
                 threading.Event().wait(self.heartbeat_interval)
-                if storage.get_trial(trial_id).state.is_finished():
-                    return
-                storage.record_heartbeat(trial_id)
+                try:
+                    if storage.get_trial(trial_id).state.is_finished():
+                        return
+                    storage.record_heartbeat(trial_id)
+                except Exception as exc:  # a locked database, a dropped connection: keep beating, or the trial goes stale
+                    log.warning("heartbeat of trial id %d failed (%s: %s); retrying in %d s", trial_id, type(exc).__name__, exc, self.heartbeat_interval)
 
         threading.Thread(target=beat, name=f"optuna-heartbeat-{trial_id}", daemon=True).start()

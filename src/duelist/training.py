@@ -31,7 +31,7 @@ from duelist.errors import DuelistError
 from duelist.formatting import PairEncoder
 from duelist.scoring import autocast_dtype, predict_p_a, split_by_length
 from duelist.metrics import compute_metrics, is_better
-from duelist.resume import TrainingState, check_same_config, find_state, remove_states, resolved, restore_best, rng_state, save_state, set_rng_state
+from duelist.resume import TrainingState, check_same_config, clean_states, find_state, load_state, remove_states, resolved, restore_best, rng_state, save_state, set_rng_state
 from duelist.rundir import RunDir
 from duelist.modeling import Built, build_model, check_model_config, cpu_bnb, half_weights, head_and_body_parameters, require_bitsandbytes, save_checkpoint
 from duelist.tracking import NullTracker, make_tracker
@@ -263,6 +263,20 @@ class Trainer:
                 save_checkpoint(built, self.cfg, self.run_dir.checkpoint, state)
 
 
+def start_point(cfg: DictConfig, run: RunDir, processes: int) -> tuple[dict[str, Any], TrainingState | None]:
+    """Where training starts: ``{"finished": metric}`` (``trainer.resume=auto`` on a finished run with the same
+    settings), ``{"state": path}`` (a saved state, also returned loaded) or ``{}`` (from scratch). The run dir is made consistent with it:
+    states of an abandoned attempt (newer than the one resumed, or all when starting over), half-written states and a
+    stale ``metrics.json`` are removed, so they can neither be resumed nor mark the run finished later."""
+    if cfg.trainer.resume == "auto" and run.is_finished():
+        check_same_config(resolved(run.read_config()), cfg, run.path, processes, processes)
+        return {"finished": float(run.read_metrics()[cfg.optimized_metric])}, None
+    state = find_state(cfg, run, processes)
+    clean_states(run, keep_up_to=state.path if state is not None else None)
+    run.metrics_file.unlink(missing_ok=True)
+    return ({"state": str(state.path)} if state is not None else {}), state
+
+
 def train(cfg: DictConfig, run_dir: str | Path) -> float:
     """Train one model as configured; returns ``cfg.optimized_metric`` of the best checkpoint."""
     run = RunDir(run_dir)
@@ -277,12 +291,22 @@ def train(cfg: DictConfig, run_dir: str | Path) -> float:
     if trainer.dist.sharded and cfg.lora.enabled and cfg.lora.qlora:
         raise DuelistError("trainer.strategy=fsdp cannot shard 4-bit QLoRA weights: launch with --multi_gpu (DDP) or use lora=default / lora=none")
     check_model_config(cfg.model, cfg.lora, trainer.device)  # before any data is read
-    if cfg.trainer.resume == "auto" and run.is_finished():  # the same command again after the run ended: nothing to do
-        check_same_config(resolved(run.read_config()), cfg, run.path, trainer.dist.world, trainer.dist.world)
-        value = float(run.read_metrics()[cfg.optimized_metric])
-        log.info("%s: already finished (%s=%.4f); trainer.resume=never trains it again", run.path, cfg.optimized_metric, value)
-        return value if trainer.dist.main else float("nan")
-    trainer.resumed = find_state(cfg, run, trainer.dist.world)
+    # rank 0 alone decides where training starts (finished, a state, or from scratch) and tells the others, so every
+    # process runs the same steps; an error there stops every process with the same line
+    decision: dict[str, Any] = {}
+    if trainer.dist.main:
+        try:
+            decision, trainer.resumed = start_point(cfg, run, trainer.dist.world)
+        except DuelistError as err:
+            decision = {"error": str(err)}
+    decision = broadcast(decision, trainer.dist)
+    if "error" in decision:
+        raise DuelistError(decision["error"])
+    if "finished" in decision:  # the same command again after the run ended: nothing to do
+        log.info("%s: already finished (%s=%.4f); trainer.resume=never trains it again", run.path, cfg.optimized_metric, decision["finished"])
+        return decision["finished"] if trainer.dist.main else float("nan")
+    if decision.get("state") and not trainer.dist.main:
+        trainer.resumed = load_state(Path(decision["state"]))
     train_df, valid = load_train_valid(cfg.data)
     built = build_model(cfg.model, cfg.lora, trainer.device, cfg.trainer.seed, cfg.trainer.gradient_checkpointing)
     encoder = PairEncoder.for_model(built.tokenizer, cfg.model)
