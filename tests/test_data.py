@@ -20,7 +20,7 @@ def test_wsdm_example_test_file() -> None:
     df = load_test(str(WSDM_EXAMPLE))
     assert list(df["id"]) == [str(i) for i in raw["id"]]  # input order kept, ids as text
     assert (df["prompt"] == raw["prompt"]).all() and (df["response_b"] == raw["response_b"]).all()
-    assert df["winner"].isna().all() and df["language"].eq("unknown").all()
+    assert df["winner"].isna().all() and list(df["language"]) == ["Spanish", "English", "Portuguese"]  # detected: the file has none
 
 
 def lmsys_rows() -> pd.DataFrame:
