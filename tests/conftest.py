@@ -25,7 +25,13 @@ register_configs()
 TINY = ["model=tiny_gemma2", "lora=default", "trainer.lr=3e-4", "trainer.warmup_ratio=0.05", "logger=none", "data.max_rows=200", "trainer.max_steps=6", "trainer.batch_size=8", "trainer.eval_batch_size=32"]
 
 
+# the longest test files (minutes each) go first, so with `-n 2` they do not end up running alone at the end
+FIRST = ("test_readme_walk.py", "test_kaggle.py", "test_minilm.py", "test_distributed.py")
+
+
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    rank = {name: i for i, name in enumerate(FIRST)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(FIRST)))  # stable: the rest keep their order
     if torch.cuda.is_available():
         return
     skip = pytest.mark.skip(reason="needs a CUDA GPU")
