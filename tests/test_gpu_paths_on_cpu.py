@@ -271,3 +271,22 @@ def test_kaggle_package_ships_bitsandbytes_when_it_needs_it(qlora_runs, tmp_path
     assert not needs_bitsandbytes([run], merge=True, quantization="none")  # merged: plain weights
     assert needs_bitsandbytes([run], merge=True, quantization="int8")
     assert "bitsandbytes" in requirements(extras=["qlora"]) and "bitsandbytes" not in requirements()
+
+
+@pytest.mark.parametrize("setting", [["lora=qlora"], ["lora=default", "model.dtype=float16", "trainer.precision=fp16"]], ids=["qlora", "fp16"])
+def test_killed_run_resumes_identically_on_4bit_and_fp16_paths(tmp_path, setting) -> None:
+    """Resume on the GPU recipes' paths: adapters over a 4-bit base (only they are saved and reloaded), and fp16 autocast
+    whose GradScaler state (scale, growth tracker) is part of the saved state."""
+    from conftest import run_cli
+    from test_resume import same_results
+
+    args = ["model=tiny_gemma2", *setting, "logger=none", "data.max_rows=60", "trainer.max_steps=4", "trainer.batch_size=8",
+            "trainer.save_every=2", "trainer.eval_batch_size=32"]
+    env = {"DUELIST_CPU_BNB": "1"}
+    ref = run_cli("train.py", [*args, f"hydra.run.dir={tmp_path / 'ref'}"], env=env)
+    assert ref.returncode == 0, ref.stderr[-2000:]
+    dead = run_cli("train.py", [*args, f"hydra.run.dir={tmp_path / 'run'}"], env={**env, "DUELIST_TEST_KILL_AT_BATCH": "3"})
+    assert dead.returncode == -9 and [p.name for p in (tmp_path / "run" / "states").iterdir()] == ["step-00000002"]
+    res = run_cli("train.py", [*args, f"hydra.run.dir={tmp_path / 'run'}"], env=env)
+    assert res.returncode == 0 and "step-00000002 (step 2, epoch 0)" in res.stdout, res.stderr[-2000:]
+    same_results(tmp_path / "ref", tmp_path / "run")
