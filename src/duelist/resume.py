@@ -137,8 +137,7 @@ class TrainingState:
     """Everything :class:`~duelist.training.Trainer` needs to continue where a state was saved."""
 
     path: Path
-    step: int  # optimizer steps done
-    micro: int  # forward/backward passes done (step * grad_accum)
+    step: int  # optimizer steps done (states are saved between steps: step * grad_accum passes done)
     epoch: int
     position: int  # this process's batches of the epoch done
     batches: list[np.ndarray]  # the epoch's batch order (every process's)
@@ -201,7 +200,7 @@ def save_state(run: RunDir, state: TrainingState, keep: int) -> Path:
             if run.has_checkpoint():
                 _link_tree(run.checkpoint, tmp / "best")
         info = {
-            "step": state.step, "micro": state.micro, "epoch": state.epoch, "position": state.position, "tokens": state.tokens,
+            "step": state.step, "epoch": state.epoch, "position": state.position, "tokens": state.tokens,
             "elapsed_s": state.elapsed_s, "train_curve": state.train_curve, "evals": state.evals, "best": best,
             "scheduler": pack(state.scheduler, arrays, "scheduler"), "scaler": pack(state.scaler, arrays, "scaler"), "rng": rng, "wandb_id": state.wandb_id,
             "config": state.config, "processes": state.processes,
@@ -228,7 +227,7 @@ def load_state(path: Path) -> TrainingState:
         if not (path / "best").is_dir():
             raise ValueError("best/ (the best checkpoint so far) is missing")
     return TrainingState(
-        path=path, step=info["step"], micro=info["micro"], epoch=info["epoch"], position=info["position"], batches=batches,
+        path=path, step=info["step"], epoch=info["epoch"], position=info["position"], batches=batches,
         tokens=info["tokens"], elapsed_s=info["elapsed_s"], train_curve=[tuple(p) for p in info["train_curve"]],
         evals=[(s, m) for s, m in info["evals"]], best=best, scheduler=unpack(info["scheduler"], arrays), scaler=unpack(info["scaler"], arrays),
         rng=[unpack(r, arrays) for r in info["rng"]], wandb_id=info["wandb_id"], config=info["config"], processes=info["processes"],

@@ -146,8 +146,9 @@ class Trainer:
             sched.load_state_dict(resumed.scheduler)
             scaler.load_state_dict(resumed.scaler)
             set_rng_state(resumed.rng[rank], rng)
-            step, micro, tokens, epoch, position, batches, before = (resumed.step, resumed.micro, resumed.tokens, resumed.epoch,
-                                                                      resumed.position, resumed.batches, resumed.elapsed_s)
+            step, tokens, epoch, position, batches, before = (resumed.step, resumed.tokens, resumed.epoch, resumed.position,
+                                                               resumed.batches, resumed.elapsed_s)
+            micro = step * t.grad_accum  # states are saved between optimizer steps
             self.train_curve, self.evals, self.best = list(resumed.train_curve), list(resumed.evals), resumed.best
             self.resumed = resumed = None  # free the copies of the weights and optimizer state
         kill_at = int(os.environ.get("DUELIST_TEST_KILL_AT_BATCH", "0"))  # tests only: SIGKILL this process after that many batches
@@ -197,7 +198,7 @@ class Trainer:
                     self.evaluate(built, valid, valid_ids, step, tracker, tokens / elapsed)
                     barrier(self.dist)
                 if t.save_every > 0 and step % t.save_every == 0 and step < total:
-                    self.save_state(model, opt, sched, scaler, rng, tracker, step=step, micro=micro, epoch=epoch, position=position,
+                    self.save_state(model, opt, sched, scaler, rng, tracker, step=step, epoch=epoch, position=position,
                                     batches=batches, tokens=tokens, elapsed_s=elapsed)
                 if step >= total:
                     break
