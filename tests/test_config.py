@@ -104,8 +104,8 @@ def test_infer_config_composes() -> None:
 def test_every_ensemble_option_composes(option: str) -> None:
     with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
         choices = compose(config_name="infer", overrides=[f"ensemble={option}", "data.test=t.parquet"], return_hydra_config=True).hydra.runtime.choices
-    cfg = compose_infer([f"ensemble={option}", "data.test=t.parquet"])
-    assert choices.ensemble == option and cfg.ensemble.weights in ("equal", "oof")
+    cfg = compose_infer([f"ensemble={option}", "data.test=t.parquet", "translate.to=[Russian]"])  # translate.to is ??? like data.test
+    assert choices.ensemble == option and cfg.ensemble.weights in ("equal", "oof", "stack")
     OmegaConf.to_container(cfg, resolve=True, throw_on_missing=True)
 
 
@@ -119,10 +119,21 @@ def test_every_yaml_key_has_a_comment() -> None:
     assert not missing, "YAML keys without a comment:\n" + "\n".join(missing)
 
 
+def test_translate_targets_are_added_with_plus_and_typos_fail() -> None:
+    from duelist.config import check_command_line
+    from duelist.errors import DuelistError
+
+    cfg = compose_infer(["task=translate", "+translate.to=[Russian,Vietnamese]", "data.test=t.parquet", "output=o.parquet"])
+    assert list(cfg.translate.to) == ["Russian", "Vietnamese"] and "{text}" in cfg.translate.instruction
+    check_command_line(CONF, "infer", ["task=translate", "+translate.to=[Russian]", "data.test=t.parquet"])  # the spelling
+    with pytest.raises(DuelistError, match=r"translate has no setting too"):
+        check_command_line(CONF, "infer", ["task=translate", "+translate.too=[Russian]", "data.test=t.parquet"])
+
+
 @pytest.mark.parametrize("group,option", [(g, o) for g in ("labeling", "generate") for o in options(g)])
 def test_every_infer_task_option_composes(group: str, option: str) -> None:
     task = "pseudolabel" if group == "labeling" else "generate"
-    cfg = compose_infer([f"task={task}", f"{group}={option}", "data.test=t.parquet", "output=o.parquet"])
+    cfg = compose_infer([f"task={task}", f"{group}={option}", "data.test=t.parquet", "output=o.parquet", "translate.to=[Russian]"])
     assert cfg[group].name == option
     OmegaConf.to_container(cfg, resolve=True, throw_on_missing=True)
     with pytest.raises(ConfigCompositionException):

@@ -217,8 +217,8 @@ def test_a_member_with_weight_zero_is_not_scored(tmp_path, monkeypatch) -> None:
     from duelist.ensemble import GLOBAL
 
     a, b = fake_run(tmp_path, "a", "tiny_gemma2", 0.7, 0.6), fake_run(tmp_path, "b", "tiny_qwen2", 0.5, 0.7)
-    monkeypatch.setattr(submission, "ensemble_weights", lambda cfg, runs: {"runs": [str(r) for r in runs], "combine": "prob",
-                                                                          "weights": {GLOBAL: [1.0, 0.0], "Chinese": [0.0, 0.0]}})
+    monkeypatch.setattr(submission, "ensemble_weights", lambda cfg, runs: ({"runs": [str(r) for r in runs], "combine": "prob",
+                                                                           "weights": {GLOBAL: [1.0, 0.0], "Chinese": [0.0, 0.0]}}, None))
     scored, budget_runs_out = [], [False]
 
     def fake_score(run, test, cfg, device, cache_dir, **kw):

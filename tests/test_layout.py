@@ -15,9 +15,9 @@ SRC = Path(__file__).resolve().parents[1] / "src" / "duelist"
 # the layers of the README's layout table, lowest first; a module may import only from its own layer or below
 LAYERS = [
     {"errors", "logs", "languages", "files", "config", "metrics", "plots", "batching", "tracking", "tiny_tokenizer"},
-    {"data", "formatting", "rundir", "resume", "modeling", "runs", "ensemble", "distributed"},
+    {"data", "features", "feature_model", "stacking", "formatting", "rundir", "resume", "modeling", "runs", "ensemble", "distributed"},
     {"scoring"},
-    {"training", "submission", "pseudolabel", "generation", "export", "kaggle", "bench", "eda", "review", "example_data", "sweeper"},
+    {"training", "submission", "pseudolabel", "generation", "translation", "export", "kaggle", "bench", "eda", "review", "example_data", "sweeper"},
 ]
 
 

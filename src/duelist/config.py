@@ -57,6 +57,7 @@ class Arch(Choice):
     qwen2 = "qwen2"
     llama = "llama"
     bert = "bert"
+    features = "features"  # no network: gradient-boosted trees on hand-made features (duelist.feature_model)
 
 
 class Init(Choice):
@@ -148,12 +149,14 @@ class PseudoLoss(Choice):
 class Weights(Choice):
     equal = "equal"
     oof = "oof"
+    stack = "stack"
 
 
 class Task(Choice):
     submit = "submit"
     pseudolabel = "pseudolabel"
     generate = "generate"
+    translate = "translate"
 
 
 class Quantization(Choice):
@@ -173,20 +176,44 @@ class DeviceMap(Choice):
 
 
 @dataclass
+class TreesConfig:
+    """LightGBM settings of a feature model (``model=features``) or a stacker (``ensemble=stack``)."""
+
+    n_estimators: int = MISSING
+    learning_rate: float = MISSING
+    num_leaves: int = MISSING
+    min_child_samples: int = MISSING
+    feature_fraction: float = MISSING
+    bagging_fraction: float = MISSING
+    lambda_l2: float = MISSING
+    early_stopping_rounds: int = MISSING
+    threads: int = MISSING
+
+
+@dataclass
 class ModelConfig:
+    """A network (``arch`` gemma2 | qwen2 | llama | bert: every key but ``trees`` is set) or the feature model
+    (``arch: features``: ``name``, ``arch`` and ``trees`` only; the network keys are None there: not applicable)."""
+
     name: str = MISSING
     arch: Arch = MISSING
-    name_or_path: str = MISSING
-    init: Init = MISSING
-    config_overrides: Dict[str, Any] = MISSING
-    softcapping: bool = MISSING
-    attn_implementation: Attention = MISSING
-    dtype: Precision = MISSING
-    pooling: Pooling = MISSING
-    template: Template = MISSING
-    length_hint: LengthHint = MISSING
-    max_length: int = MISSING
-    prompt_max_tokens: int = MISSING
+    name_or_path: Optional[str] = None
+    init: Optional[Init] = None
+    config_overrides: Optional[Dict[str, Any]] = None
+    softcapping: Optional[bool] = None
+    attn_implementation: Optional[Attention] = None
+    dtype: Optional[Precision] = None
+    pooling: Optional[Pooling] = None
+    template: Optional[Template] = None
+    length_hint: Optional[LengthHint] = None
+    language_tag: Optional[bool] = None
+    max_length: Optional[int] = None
+    prompt_max_tokens: Optional[int] = None
+    trees: Optional[TreesConfig] = None
+
+
+NETWORK_KEYS = ("name_or_path", "init", "config_overrides", "softcapping", "attn_implementation", "dtype", "pooling", "template",
+                "length_hint", "language_tag", "max_length", "prompt_max_tokens")
 
 
 @dataclass
@@ -299,6 +326,7 @@ class EnsembleConfig:
     min_language_rows: int = MISSING
     grid_step: float = MISSING
     cascade: bool = MISSING
+    trees: Optional[TreesConfig] = None  # weights=stack only: the stacker's LightGBM settings
 
 
 @dataclass
@@ -344,12 +372,22 @@ class GenerateConfig:
 
 
 @dataclass
+class TranslateConfig:
+    """infer.py task=translate: into which languages, with which instruction (the model is ``generate.generators[0]``)."""
+
+    to: List[str] = MISSING
+    instruction: str = MISSING
+    max_new_tokens: int = MISSING
+
+
+@dataclass
 class InferConfig:
     task: Task = MISSING
     runs: List[str] = MISSING
     ensemble: EnsembleConfig = MISSING
     labeling: LabelingConfig = MISSING
     generate: GenerateConfig = MISSING
+    translate: TranslateConfig = MISSING
     data: TestDataConfig = MISSING
     output: str = MISSING
     tta: TTA = MISSING
@@ -514,7 +552,8 @@ def check_command_line(config_dir: str | Path, config_name: str, argv: list[str]
         parent, _, leaf = override.key_or_group.rpartition(".")
         if (override.is_add() or override.is_force_add()) and parent and parent.split(".")[0] != "hydra":
             node = OmegaConf.select(cfg, parent)
-            if node is not None and dataclasses.is_dataclass(OmegaConf.get_type(node)):
+            schema = OmegaConf.get_type(node) if node is not None else None
+            if schema is not None and dataclasses.is_dataclass(schema) and leaf not in {f.name for f in dataclasses.fields(schema)}:
                 known = ", ".join(k for k in node.keys() if k != leaf)
                 raise DuelistError(f"{override.input_line}: {parent} has no setting {leaf} to add ({parent} has: {known}); "
                                    f"+ adds keys only to open maps such as data.language_quota")

@@ -41,7 +41,8 @@ from duelist.languages import detect_languages, language_name, language_names
 log = logging.getLogger(__name__)
 
 TEXT_COLUMNS = ("prompt", "response_a", "response_b")
-CANONICAL_COLUMNS = ["id", "prompt", "response_a", "response_b", "winner", "model_a", "model_b", "language", "source", "p_a", "pseudo_label"]
+CANONICAL_COLUMNS = ["id", "prompt", "response_a", "response_b", "winner", "model_a", "model_b", "language", "source", "p_a", "pseudo_label",
+                     "translated", "source_id"]
 WINNERS = {"model_a": 1.0, "model_b": 0.0, "tie": 0.5}
 ARENA_WINNERS = {"model_a": "model_a", "model_b": "model_b", "tie": "tie", "tie (bothbad)": "tie"}
 LMSYS_LABELS = ("winner_model_a", "winner_model_b", "winner_tie")
@@ -318,6 +319,9 @@ def canonicalize(raw: pd.DataFrame, path: str, *, labelled: bool, ties: str, on_
             df[col] = None
     # rows written by `infer.py task=pseudolabel` carry pseudo_label=True: they train but never validate
     df["pseudo_label"] = df["pseudo_label"].fillna(False).astype(bool) if "pseudo_label" in df else False
+    # rows written by `infer.py task=translate` carry translated=True and the id of the row they translate: they train but never validate
+    df["translated"] = df["translated"].fillna(False).astype(bool) if "translated" in df else False
+    df["source_id"] = [str(x) if isinstance(x, str) or (x is not None and not pd.isna(x)) else None for x in df["source_id"]] if "source_id" in df else None
 
     bad: list[tuple[int, str]] = []
     empty: dict[str, int] = {}
@@ -508,7 +512,8 @@ def load_sources(data_cfg: Any) -> pd.DataFrame:
         df = load_pairs(source.path, labelled=True, ties=data_cfg.ties, on_bad_rows=data_cfg.on_bad_rows, seed=data_cfg.split_seed)
         if source.max_rows is not None and source.max_rows < len(df):
             df = stratified_sample(df, int(source.max_rows), data_cfg.split_seed)
-        validate = ~df["pseudo_label"].to_numpy() if source.validate is None else np.full(len(df), bool(source.validate))
+        may = ~(df["pseudo_label"].to_numpy(dtype=bool) | df["translated"].to_numpy(dtype=bool))  # pseudo-labels and translations never validate
+        validate = may if source.validate is None else np.full(len(df), bool(source.validate))
         frames.append(df.assign(weight=float(source.weight), validate=validate))
     df = pd.concat(frames, ignore_index=True)
     dup = df["id"].duplicated()
@@ -535,15 +540,12 @@ def load_train_valid(data_cfg: Any) -> tuple[pd.DataFrame, pd.DataFrame]:
     With ``data.valid`` set, the validation file is fold -1 and train rows are fold 0; otherwise rows
     that may validate get stratified folds grouped by prompt and fold ``data.fold`` is held out
     (rows that may not validate, e.g. pseudo-labels, are fold -2 and always train). Leakage guard:
-    no training row has a prompt that is also a validation prompt. The language quota applies to
-    training rows only, so validation keeps the real language mix.
+    no training row has a prompt that is also a validation prompt. ``data.languages`` (a specialist) keeps the rows of
+    its languages after the split, so its validation rows are exactly a generalist's rows of those languages (same
+    data and split settings) and their OOF predictions line up. The language quota applies to training rows only, so
+    validation keeps the real language mix.
     """
     train = load_sources(data_cfg)
-    if data_cfg.languages:
-        keep = {language_name(x) for x in data_cfg.languages}
-        train = train[train["language"].isin(keep)].reset_index(drop=True)
-        if len(train) == 0:
-            raise DuelistError(f"data.languages={sorted(keep)}: no training rows in these languages")
     if data_cfg.max_rows:
         train = stratified_sample(train, int(data_cfg.max_rows), data_cfg.split_seed)
     if data_cfg.valid:
@@ -572,6 +574,10 @@ def load_train_valid(data_cfg: Any) -> tuple[pd.DataFrame, pd.DataFrame]:
                 "lower data.n_folds or give data.valid=FILE"
             )
         train, valid = train[~is_valid].reset_index(drop=True), train[is_valid].reset_index(drop=True)
+    copies = train["source_id"].isin(set(valid["id"])) & train["translated"]
+    if copies.any():  # a translation of a validation row is that row in another language: never trained on
+        log.warning("dropped %d translated training rows whose source row is a validation row", int(copies.sum()))
+        train = train[~copies].reset_index(drop=True)
     leak = normalized(train["prompt"]).isin(set(normalized(valid["prompt"])))
     if leak.any():  # leakage guard: a validation prompt is never trained on
         counts = train.loc[leak, "source"].value_counts().to_dict()
@@ -579,6 +585,12 @@ def load_train_valid(data_cfg: Any) -> tuple[pd.DataFrame, pd.DataFrame]:
         train = train[~leak].reset_index(drop=True)
         if len(train) == 0:
             raise DuelistError("data.train: no rows left after removing prompts that are validation prompts")
+    if data_cfg.languages:  # after the split: a specialist's validation rows are the generalist's rows of its languages
+        keep = {language_name(x) for x in data_cfg.languages}
+        train = train[train["language"].isin(keep)].reset_index(drop=True)
+        valid = valid[valid["language"].isin(keep)].reset_index(drop=True)
+        if len(train) == 0 or len(valid) == 0:
+            raise DuelistError(f"data.languages={sorted(keep)}: no {'training' if len(train) == 0 else 'validation'} rows in these languages")
     train = language_quota(train, data_cfg.language_quota, data_cfg.split_seed)
     return train, valid
 

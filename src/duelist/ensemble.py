@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import itertools
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Iterable, Sequence
 
 import numpy as np
 import pandas as pd
@@ -61,37 +61,102 @@ def tune_weights(p: np.ndarray, target: np.ndarray, winner: np.ndarray, how: str
 
 
 def read_oof(runs: Sequence[str | Path]) -> pd.DataFrame:
-    """One row per validation id shared by every run: ``p_a_<i>`` per member, target, winner, language."""
-    merged = None
+    """One row per validation id of any run: ``p_a_<i>`` per member (NaN where member i did not validate that row, e.g.
+    a specialist on another language's rows), target, winner, language."""
+    merged, order = None, []
     for i, run in enumerate(runs):
         oof = RunDir(run).read_oof()
+        order.append(oof["id"])
         if "target" not in oof:
             oof["target"] = np.where(oof["winner"] == "model_a", 1.0, np.where(oof["winner"] == "model_b", 0.0, 0.5))
         oof = oof[["id", "p_a", "target", "winner", "language"]].rename(columns={"p_a": f"p_a_{i}"})
-        merged = oof if merged is None else merged.merge(oof[["id", f"p_a_{i}"]], on="id", how="inner")
+        if merged is None:
+            merged = oof
+        else:
+            merged = merged.merge(oof, on="id", how="outer", suffixes=("", "_new"))
+            for column in ("target", "winner", "language"):
+                merged[column] = merged[column].where(merged[column].notna(), merged.pop(f"{column}_new"))
+            merged = merged.drop(columns=[c for c in merged.columns if c.endswith("_new")])
     assert merged is not None
-    if len(merged) == 0:
-        raise DuelistError(f"runs {', '.join(map(str, runs))} share no validation ids; train them on the same data and split (data.split_seed, data.fold)")
-    return merged
+    first_seen = pd.Index(pd.concat(order, ignore_index=True)).unique()  # the first run's row order, then the others' new ids
+    return merged.set_index("id").loc[first_seen].reset_index()
 
 
 CROSS_FIT_PARTS = 5
 CASCADE_COVERAGE = (0.25, 0.5, 1.0)
 
 
+class Routes:
+    """Which members score which rows. Generalists (no ``data.languages``) score every row; a specialist only the rows
+    of its languages. A language with specialists is combined from the generalists and its specialists; every
+    other language from the generalists alone (``GLOBAL``)."""
+
+    def __init__(self, specialties: Sequence[Iterable[str] | None]):
+        self.k = len(specialties)
+        self.specialties = [None if s is None else set(s) for s in specialties]
+        self.generalists = [i for i, s in enumerate(self.specialties) if s is None]
+        covered = sorted({lang for s in self.specialties if s for lang in s})
+        self.groups = {lang: self.generalists + [i for i, s in enumerate(self.specialties) if s and lang in s] for lang in covered}
+
+    @property
+    def has_specialists(self) -> bool:
+        return len(self.generalists) < self.k
+
+    def members(self, language: str) -> list[int]:
+        return self.groups.get(language, self.generalists)
+
+    def scores(self, i: int, languages: np.ndarray) -> np.ndarray:
+        """Rows member ``i`` scores."""
+        s = self.specialties[i]
+        return np.ones(len(languages), dtype=bool) if s is None else np.isin(languages, sorted(s))
+
+    def uncovered(self, languages: np.ndarray) -> list[str]:
+        """Languages of ``languages`` that no member scores (only specialists, none of theirs)."""
+        return [] if self.generalists else sorted(set(map(str, languages)) - set(self.groups))
+
+    def expand(self, members: list[int], w: np.ndarray) -> np.ndarray:
+        full = np.zeros(self.k)
+        full[members] = w
+        return full
+
+
+def _complete(p: np.ndarray, members: list[int]) -> np.ndarray:
+    return ~np.isnan(p[:, members]).any(axis=1)
+
+
 def tune(p: np.ndarray, target: np.ndarray, winner: np.ndarray, languages: np.ndarray, how: str, step: float,
-         per_language: bool, min_language_rows: int) -> dict[str, np.ndarray]:
-    """Global weights, and with ``per_language`` own weights for every language with enough rows."""
-    weights = {GLOBAL: tune_weights(p, target, winner, how, step)}
-    if per_language:
-        for lang, idx in pd.Series(languages).groupby(languages).indices.items():
-            if len(idx) >= min_language_rows:
-                weights[str(lang)] = tune_weights(p[idx], target[idx], winner[idx], how, step)
+         per_language: bool, min_language_rows: int, routes: Routes | None = None, equal: bool = False) -> dict[str, np.ndarray]:
+    """Weights per route: ``GLOBAL`` over the generalists (tuned on the rows they all scored), own weights for every
+    language with specialists (tuned on its rows that its members all scored: at least ``min_language_rows``, else
+    equal), and with ``per_language`` for every other language with enough rows. ``equal``: 1/k within each route."""
+    routes = routes or Routes([None] * p.shape[1])
+
+    def fit(rows: np.ndarray, members: list[int]) -> np.ndarray:
+        if equal or not rows.any():
+            return routes.expand(members, np.full(len(members), 1.0 / len(members)))
+        return routes.expand(members, tune_weights(p[np.ix_(rows, members)], target[rows], winner[rows], how, step))
+
+    weights: dict[str, np.ndarray] = {}
+    gens = routes.generalists
+    if gens:
+        shared = _complete(p, gens)
+        if not shared.any() and not equal:
+            raise DuelistError("the generalist runs share no validation ids; train them on the same data and split (data.split_seed, data.fold)")
+        weights[GLOBAL] = fit(shared, gens)
+        if per_language and not equal:
+            for lang in sorted(set(map(str, languages[shared])) - set(routes.groups)):
+                rows = shared & (languages == lang)
+                if rows.sum() >= min_language_rows:
+                    weights[lang] = fit(rows, gens)
+    for lang, members in routes.groups.items():
+        rows = (languages == lang) & _complete(p, members)
+        weights[lang] = fit(rows if rows.sum() >= min_language_rows else np.zeros(len(p), dtype=bool), members)
     return weights
 
 
 def cross_fitted(p: np.ndarray, target: np.ndarray, winner: np.ndarray, languages: np.ndarray, how: str, step: float,
-                 per_language: bool, min_language_rows: int, parts: int = CROSS_FIT_PARTS, seed: int = 0) -> np.ndarray:
+                 per_language: bool, min_language_rows: int, routes: Routes | None = None, parts: int = CROSS_FIT_PARTS,
+                 seed: int = 0) -> np.ndarray:
     """Ensemble p_a where every row is combined with weights tuned on the other parts of the rows (an honest OOF score)."""
     part = np.random.default_rng(seed).permutation(len(p)) % parts
     out = np.empty(len(p))
@@ -99,7 +164,7 @@ def cross_fitted(p: np.ndarray, target: np.ndarray, winner: np.ndarray, language
         held, rest = part == k, part != k
         if not held.any():
             continue
-        w = tune(p[rest], target[rest], winner[rest], languages[rest], how, step, per_language, min_language_rows * (parts - 1) // parts)
+        w = tune(p[rest], target[rest], winner[rest], languages[rest], how, step, per_language, min_language_rows * (parts - 1) // parts, routes)
         out[held] = apply(p[held], languages[held], w, how)
     return out
 
@@ -117,27 +182,52 @@ def least_confident_first(p_a: np.ndarray) -> np.ndarray:
     return np.argsort(np.abs(np.asarray(p_a) - 0.5), kind="stable")
 
 
-def fit(runs: Sequence[str | Path], how: str, step: float, per_language: bool, min_language_rows: int) -> dict[str, Any]:
-    """Tune weights on the runs' shared OOF rows; returns weights and the OOF scores of members and ensemble
-    (as tuned, and cross-fitted), and for two members the cascade's scores at 25/50/100% coverage."""
+def evaluated_rows(p: np.ndarray, languages: np.ndarray, routes: Routes) -> np.ndarray:
+    """OOF rows the routed ensemble can score: every member of the row's route validated it."""
+    ok = np.zeros(len(p), dtype=bool)
+    for lang in set(map(str, languages)):
+        rows = languages == lang
+        members = routes.members(lang)
+        if members:
+            ok[rows] = _complete(p[rows], members)
+    return ok
+
+
+def fit(runs: Sequence[str | Path], how: str, step: float, per_language: bool, min_language_rows: int,
+        specialties: Sequence[Iterable[str] | None] | None = None, equal: bool = False) -> dict[str, Any]:
+    """Tune weights on the runs' OOF rows (``specialties``: each run's ``data.languages``, None for a generalist; see
+    :class:`Routes`); returns weights and the OOF scores of members and ensemble (as tuned, and cross-fitted), and for
+    two generalists the cascade's scores at 25/50/100% coverage. Scores are over the rows every member of their route
+    validated; a member's own score over those of them it scored."""
+    routes = Routes(specialties if specialties is not None else [None] * len(runs))
     oof = read_oof(runs)
     k = len(runs)
-    p = oof[[f"p_a_{i}" for i in range(k)]].to_numpy()
-    target, winner, languages = oof["target"].to_numpy(), oof["winner"].to_numpy(), oof["language"].astype(str).to_numpy()
-    weights = tune(p, target, winner, languages, how, step, per_language, min_language_rows)
+    p_all = oof[[f"p_a_{i}" for i in range(k)]].to_numpy()
+    languages_all = oof["language"].astype(str).to_numpy()
+    rows = evaluated_rows(p_all, languages_all, routes)
+    if not rows.any():
+        raise DuelistError(f"runs {', '.join(map(str, runs))} share no validation ids; train them on the same data and split (data.split_seed, data.fold)")
+    p, languages = p_all[rows], languages_all[rows]
+    target, winner = oof["target"].to_numpy()[rows], oof["winner"].to_numpy()[rows]
+    weights = tune(p, target, winner, languages, how, step, per_language, min_language_rows, routes, equal)
     ensemble_p = apply(p, languages, weights, how)
-    honest = cross_fitted(p, target, winner, languages, how, step, per_language, min_language_rows)
+    scored = [~np.isnan(p[:, i]) for i in range(k)]
     report: dict[str, Any] = {
         "runs": [str(r) for r in runs],
         "combine": how,
-        "shared_oof_rows": int(len(oof)),
+        "shared_oof_rows": int(len(p)),
         "weights": {lang: [float(x) for x in w] for lang, w in weights.items()},
-        "oof/accuracy": {**{f"member{i}": accuracy(p[:, i], winner) for i in range(k)}, "ensemble": accuracy(ensemble_p, winner),
-                         "ensemble_cross_fitted": accuracy(honest, winner)},
-        "oof/log_loss": {**{f"member{i}": log_loss(p[:, i], target) for i in range(k)}, "ensemble": log_loss(ensemble_p, target),
-                         "ensemble_cross_fitted": log_loss(honest, target)},
+        "oof/accuracy": {**{f"member{i}": accuracy(p[scored[i], i], winner[scored[i]]) for i in range(k)}, "ensemble": accuracy(ensemble_p, winner)},
+        "oof/log_loss": {**{f"member{i}": log_loss(p[scored[i], i], target[scored[i]]) for i in range(k)}, "ensemble": log_loss(ensemble_p, target)},
     }
-    if k == 2:
+    if routes.has_specialists:
+        report["specialists"] = {str(runs[i]): sorted(s) for i, s in enumerate(routes.specialties) if s is not None}
+        report["oof/rows"] = {f"member{i}": int(scored[i].sum()) for i in range(k)}
+    if not equal:
+        honest = cross_fitted(p, target, winner, languages, how, step, per_language, min_language_rows, routes)
+        report["oof/accuracy"]["ensemble_cross_fitted"] = accuracy(honest, winner)
+        report["oof/log_loss"]["ensemble_cross_fitted"] = log_loss(honest, target)
+    if k == 2 and not routes.has_specialists:
         order = least_confident_first(p[:, 0])
         report["oof/cascade"] = {}
         for share in CASCADE_COVERAGE:
@@ -149,13 +239,25 @@ def fit(runs: Sequence[str | Path], how: str, step: float, per_language: bool, m
 
 
 def apply(p: np.ndarray, languages: np.ndarray, weights: dict[str, Sequence[float]], how: str) -> np.ndarray:
-    """Combine members row by row with the row's language weights (global weights otherwise)."""
-    out = combine(p, np.asarray(weights[GLOBAL]), how)
+    """Combine members row by row with the row's language weights (global weights otherwise). A member with weight 0
+    on a row may leave it unscored (NaN: a specialist on another language)."""
+    out = np.full(len(p), np.nan)
+    languages = np.asarray(languages).astype(str)
+    own = np.zeros(len(p), dtype=bool)
     for lang, w in weights.items():
         if lang != GLOBAL:
-            rows = languages == lang
-            if rows.any():
-                out[rows] = combine(p[rows], np.asarray(w), how)
+            own |= languages == lang
+    for lang, w in weights.items():
+        rows = ~own if lang == GLOBAL else languages == lang
+        if rows.any():
+            w = np.asarray(w, dtype=np.float64)
+            part = p[rows]
+            part = np.where(np.isnan(part) & (w == 0)[None, :], 0.5, part)  # any finite value: its weight is 0
+            out[rows] = combine(part, w, how)
+    if np.isnan(out).any():
+        lost = sorted(set(languages[np.isnan(out)]))
+        raise DuelistError(f"rows in {', '.join(lost)} have no combination: a member they need left them unscored, or no run covers "
+                           f"these languages (only specialists of other languages: add a generalist run)")
     return out
 
 

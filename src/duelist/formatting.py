@@ -9,7 +9,9 @@ least one head and one tail token: no response is ever dropped.
 Optionally (``model.length_hint``) the frame opens with what the longer-answer rule sees, which a
 cut text hides: ``buckets`` writes ``Length: A much longer`` / ``A longer`` / ``similar`` / ``B longer``
 / ``B much longer`` (from the ratio of the responses' character counts), ``chars`` writes both counts
-(``Length: A 1,240 chars, B 310 chars``). The counts are of the whole texts, before any cut.
+(``Length: A 1,240 chars, B 310 chars``). The counts are of the whole texts, before any cut. With
+``model.language_tag`` it opens with the row's language first (``Language: Russian``: given, or detected from the
+prompt), so one multilingual model can condition on it.
 
 Tokenised tables are cached on disk (parquet, keyed by tokenizer, frame, budget and the text)
 and reused by later runs.
@@ -29,6 +31,7 @@ from tqdm.auto import tqdm
 
 from duelist.errors import DuelistError
 from duelist.files import write_parquet
+from duelist.languages import CODES
 
 log = logging.getLogger(__name__)
 
@@ -50,6 +53,15 @@ def length_hint(mode: str, len_a: int, len_b: int) -> str:
     ratio = max(ratio, 1 / ratio)
     word = "much longer" if ratio >= MUCH_LONGER else "longer" if ratio >= LONGER else None
     return f"Length: {longer} {word}\n\n" if word else "Length: similar\n\n"
+
+
+TAG_CHARS = 16  # a language label is cut to this many characters in the tag (the WSDM names are shorter)
+
+
+def language_tag(language: Any) -> str:
+    """The text that opens the frame with ``model.language_tag=true``."""
+    name = str(language) if isinstance(language, str) and language else "unknown"
+    return f"Language: {name[:TAG_CHARS]}\n\n"
 
 
 @dataclass(frozen=True)
@@ -148,8 +160,10 @@ def assemble(frame: Frame, prompt: Sequence[int], a: Sequence[int], b: Sequence[
 class PairEncoder:
     """Encodes canonical rows for one tokenizer, template and budget."""
 
-    def __init__(self, tokenizer: Any, template: str, max_length: int, prompt_max_tokens: int, length_hint: str = "none"):
+    def __init__(self, tokenizer: Any, template: str, max_length: int, prompt_max_tokens: int, length_hint: str = "none",
+                 language_tag: bool = False):
         self.tokenizer = tokenizer
+        self.language_tag = bool(language_tag)
         self.template = template
         self.max_length = int(max_length)
         self.prompt_max_tokens = int(prompt_max_tokens)
@@ -164,7 +178,8 @@ class PairEncoder:
                                f"the classifier would read an earlier token; give the tokenizer a pad token of its own")
         self._hints: dict[str, tuple[int, ...]] = {}
         extremes = [(10**9, 10**9), (10**9, 1), (1, 10**9), (150, 100), (100, 150)]  # widest counts, every bucket phrase
-        longest_hint = max(len(self._hint_ids(a, b)) for a, b in extremes)
+        tags = ["unknown", "W" * TAG_CHARS, *sorted(set(CODES.values()))] if self.language_tag else [None]
+        longest_hint = max(len(self._hint_ids(a, b, tag)) for a, b in extremes for tag in tags)
         needed = min_length(self.frame) + longest_hint
         if self.max_length < needed:
             raise DuelistError(
@@ -174,32 +189,36 @@ class PairEncoder:
 
     @classmethod
     def for_model(cls, tokenizer: Any, model_cfg: Any) -> "PairEncoder":
-        """The encoder a model config describes (``model.template``, ``max_length``, ``prompt_max_tokens``, ``length_hint``)."""
-        return cls(tokenizer, model_cfg.template, model_cfg.max_length, model_cfg.prompt_max_tokens, model_cfg.length_hint)
+        """The encoder a model config describes (``model.template``, ``max_length``, ``prompt_max_tokens``, ``length_hint``,
+        ``language_tag``)."""
+        return cls(tokenizer, model_cfg.template, model_cfg.max_length, model_cfg.prompt_max_tokens, model_cfg.length_hint,
+                   bool(model_cfg.get("language_tag") or False))
 
-    def _hint_ids(self, len_a: int, len_b: int) -> tuple[int, ...]:
-        text = length_hint(self.length_hint, len_a, len_b)
+    def _hint_ids(self, len_a: int, len_b: int, language: Any = None) -> tuple[int, ...]:
+        text = (language_tag(language) if self.language_tag else "") + length_hint(self.length_hint, len_a, len_b)
         if text not in self._hints:
             self._hints[text] = _ids(self.tokenizer, text)
         return self._hints[text]
 
-    def encode_one(self, prompt: str, a: str, b: str) -> list[int]:
+    def encode_one(self, prompt: str, a: str, b: str, language: str | None = None) -> list[int]:
         tok = self.tokenizer
         return assemble(self.frame, _ids(tok, prompt), _ids(tok, a), _ids(tok, b), self.max_length, self.prompt_max_tokens,
-                        self._hint_ids(len(a), len(b)))
+                        self._hint_ids(len(a), len(b), language))
 
     def fingerprint(self) -> str:
         tok = self.tokenizer
         backend = getattr(tok, "backend_tokenizer", None)
         vocab = backend.to_str() if backend is not None else repr(sorted(tok.get_vocab().items()))
         parts = [vocab, repr(self.frame), str(self.max_length), str(self.prompt_max_tokens), self.template, self.length_hint]
+        parts += ["language_tag"] if self.language_tag else []
         return hashlib.sha256("\x1f".join(parts).encode()).hexdigest()[:16]
 
     def encode(self, df: pd.DataFrame, cache_dir: str | None = None, desc: str = "tokenize") -> list[list[int]]:
         """Token ids for every row of ``df`` (same order); cached under ``cache_dir`` when given."""
         cache_file = None
         if cache_dir:
-            text_hash = pd.util.hash_pandas_object(df[["prompt", "response_a", "response_b"]], index=False).to_numpy()
+            columns = ["prompt", "response_a", "response_b"] + (["language"] if self.language_tag and "language" in df else [])
+            text_hash = pd.util.hash_pandas_object(df[columns], index=False).to_numpy()
             key = hashlib.sha256(self.fingerprint().encode() + text_hash.tobytes()).hexdigest()[:24]
             cache_file = Path(cache_dir) / "tokenized" / f"{key}.parquet"
             if cache_file.exists():
@@ -214,7 +233,8 @@ class PairEncoder:
             for start in range(0, len(df), chunk):
                 part = df.iloc[start : start + chunk]
                 enc = [tok(part[c].tolist(), add_special_tokens=False)["input_ids"] for c in ("prompt", "response_a", "response_b")]
-                hints = [self._hint_ids(len(a), len(b)) for a, b in zip(part["response_a"], part["response_b"])]
+                languages = part["language"] if self.language_tag and "language" in part else [None] * len(part)
+                hints = [self._hint_ids(len(a), len(b), lang) for a, b, lang in zip(part["response_a"], part["response_b"], languages)]
                 for p, a, b, h in zip(*enc, hints):
                     out.append(assemble(self.frame, p, a, b, self.max_length, self.prompt_max_tokens, h))
                 bar.update(len(part))

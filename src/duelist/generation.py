@@ -276,7 +276,7 @@ def generate(cfg: Any) -> pd.DataFrame:
     if empty.any():
         log.warning("%d of %d pairs have an empty response and are left out", int(empty.sum()), len(pairs))
     pairs = pairs[~empty].reset_index(drop=True)
-    pairs = pairs.assign(winner=None, source=f"generated:{g.name}", p_a=math.nan, pseudo_label=False)[CANONICAL_COLUMNS]
+    pairs = pairs.assign(winner=None, source=f"generated:{g.name}", p_a=math.nan, pseudo_label=False, translated=False, source_id=None)[CANONICAL_COLUMNS]
     write_parquet(output, pairs)
     counts = pairs.groupby(["model_a", "model_b"]).size().to_dict()
     print(f"generated {len(pairs)} pairs from {len(prompts)} prompts -> {output} (pairs per generator pair: {counts})")

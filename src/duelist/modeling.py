@@ -232,6 +232,14 @@ def load_tokenizer(path: str, what: str = "name_or_path") -> Any:
 
 def check_model_config(model_cfg: Any, lora_cfg: Any, device: torch.device) -> None:
     """Stop before loading anything when the combination cannot work here."""
+    from duelist.config import NETWORK_KEYS
+
+    if model_cfg.arch == "features":
+        raise DuelistError(f"model {model_cfg.name} is the feature model (arch=features): it has no network to load or merge")
+    unset = [k for k in NETWORK_KEYS if model_cfg.get(k) is None]
+    if unset:
+        raise DuelistError(f"model {model_cfg.name} (arch={model_cfg.arch}) leaves {', '.join('model.' + k for k in unset)} unset: "
+                           f"a network's model file sets every one (see conf/model/minilm.yaml)")
     if not lora_cfg.enabled and (lora_cfg.r or lora_cfg.alpha):
         keys = " and ".join(f"lora.{k}={lora_cfg[k]}" for k in ("r", "alpha") if lora_cfg[k])
         raise DuelistError(

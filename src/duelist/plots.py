@@ -19,7 +19,8 @@ def _save(fig: plt.Figure, path: str | Path) -> None:
     plt.close(fig)
 
 
-def training_curves(path: str | Path, train: Sequence[tuple[int, float]], evals: Sequence[tuple[int, dict]], metric: str) -> None:
+def training_curves(path: str | Path, train: Sequence[tuple[int, float]], evals: Sequence[tuple[int, dict]], metric: str,
+                    step_name: str = "optimizer step") -> None:
     fig, (left, right) = plt.subplots(1, 2, figsize=(10, 3.6))
     if train:
         steps, losses = zip(*train)
@@ -28,13 +29,13 @@ def training_curves(path: str | Path, train: Sequence[tuple[int, float]], evals:
         smooth = [sum(losses[max(0, i - window + 1) : i + 1]) / len(losses[max(0, i - window + 1) : i + 1]) for i in range(len(losses))]
         left.plot(steps, smooth, lw=1.5, label=f"mean of {window}")
         left.legend(loc="best", fontsize=8)
-    left.set(title="training loss", xlabel="optimizer step", ylabel="loss")
+    left.set(title="training loss", xlabel=step_name, ylabel="loss")
     if evals:
         steps = [s for s, _ in evals]
-        right.plot(steps, [m["val/accuracy"] for _, m in evals], marker="o", label="val/accuracy")
+        right.plot(steps, [m["val/accuracy"] for _, m in evals], marker="o" if len(evals) <= 50 else None, label="val/accuracy")
         right.plot(steps, [m["val/baseline_longer_wins"] for _, m in evals], ls="--", label="longer response wins")
         right.legend(loc="best", fontsize=8)
-    right.set(title=f"validation (best by {metric})", xlabel="optimizer step", ylabel="accuracy")
+    right.set(title=f"validation (best by {metric})", xlabel=step_name, ylabel="accuracy")
     _save(fig, path)
 
 
@@ -61,4 +62,14 @@ def kept_histogram(path: str | Path, values: Sequence[float], keep: Sequence[boo
         ax.axvline(x, color="black", ls=":")
     ax.set(title=title, xlabel="p_a", ylabel="rows")
     ax.legend(fontsize=8)
+    _save(fig, path)
+
+
+def importance_bars(path: str | Path, importance: dict[str, float], title: str, top: int = 25) -> None:
+    """Horizontal bars of the ``top`` largest values (a feature model's gain per feature), largest on top."""
+    names = list(importance)[:top][::-1]
+    fig, ax = plt.subplots(figsize=(7, max(2.5, 0.28 * len(names) + 1)))
+    ax.barh(range(len(names)), [importance[n] for n in names])
+    ax.set_yticks(range(len(names)), names, fontsize=8)
+    ax.set(xlabel="total gain", title=title)
     _save(fig, path)

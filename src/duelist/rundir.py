@@ -28,7 +28,7 @@ METRICS = "metrics.json"
 OOF = "oof.parquet"
 HISTORY = "history.json"
 # model keys added after runs were first written, with the value every run written before them was trained with
-ADDED_KEYS = {"pooling": "model", "length_hint": "none"}
+ADDED_KEYS = {"pooling": "model", "length_hint": "none", "language_tag": False}
 CHECKPOINT = "checkpoint"
 EXPORTED_FROM = "exported_from.json"
 
@@ -93,6 +93,13 @@ class RunDir:
         file = self.path / HISTORY
         return json.loads(file.read_text()) if file.is_file() else {}
 
+    def specialty(self) -> list[str] | None:
+        """The languages of a specialist (trained with ``data.languages``, as WSDM names); None for a generalist."""
+        from duelist.languages import language_name
+
+        languages = OmegaConf.select(self.read_checkpoint_config(), "data.languages", default=None)  # what infer.py rebuilds from
+        return sorted({language_name(x) for x in languages}) if languages else None
+
     def exported_from(self) -> str | None:
         """The run dir this one was exported from (``python -m duelist.export``), or None for a trained run."""
         file = self.path / EXPORTED_FROM
@@ -119,7 +126,7 @@ class RunDir:
 def _with_added_keys(cfg: DictConfig) -> DictConfig:
     """A config written before a model key existed gets the value its run was trained with (:data:`ADDED_KEYS`)."""
     model = cfg.get("model")
-    if isinstance(model, DictConfig):
+    if isinstance(model, DictConfig) and model.get("arch") != "features":
         for key, value in ADDED_KEYS.items():
             if key not in model:
                 model[key] = value

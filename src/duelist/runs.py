@@ -37,7 +37,7 @@ def _row(run: RunDir) -> Optional[dict]:
         "model": cfg.model.name,
         "data": cfg.data.name,
         "study": OmegaConf.select(cfg, "logger.group", default=None, throw_on_missing=False),
-        "lora_r": cfg.lora.r if cfg.lora.enabled else None,
+        "lora_r": cfg.lora.r if cfg.lora.enabled and cfg.model.arch != "features" else None,
         "augment_swap": bool(cfg.augment.swap),
         "exported_from": run.exported_from(),
         "finished": pd.Timestamp(run.metrics_file.stat().st_mtime, unit="s"),

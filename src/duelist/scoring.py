@@ -20,12 +20,14 @@ from typing import Any, Callable, Sequence
 import numpy as np
 import pandas as pd
 import torch
+from omegaconf import OmegaConf
 from tqdm.auto import tqdm
 
 from duelist.batching import pad, sorted_batches
 from duelist.data import swap_pairs
 from duelist.ensemble import least_confident_first
 from duelist.errors import DuelistError
+from duelist.feature_model import FeatureModel
 from duelist.formatting import PairEncoder
 from duelist.config import Precision, precision
 from duelist.modeling import half_weights, load_checkpoint, load_tokenizer, torch_dtype, vllm_dtype
@@ -132,11 +134,20 @@ def _least_confident_chunks(predict: Callable[[list, str], np.ndarray], ids: Seq
     return out
 
 
+def is_feature_run(run_dir: str | Path) -> bool:
+    """A ``model=features`` run (LightGBM on hand-made features): scored on the CPU in seconds, by any backend."""
+    return OmegaConf.select(RunDir(run_dir).read_checkpoint_config(), "model.arch", default=None) == "features"
+
+
 class Scorer:
     """One run's model, loaded once, scoring any number of row sets (:meth:`score`)."""
 
     def __init__(self, run_dir: Path, cfg: Any, device: torch.device, cache_dir: str | None):
         self.run_dir, self.cfg, self.device, self.cache_dir = run_dir, cfg, device, cache_dir
+        self.trees: FeatureModel | None = None
+        if is_feature_run(run_dir):
+            self.trees = FeatureModel.load(RunDir(run_dir).checkpoint)
+            return
         self.built, run_cfg = load_checkpoint(run_dir, device, quantization=cfg.quantization, device_map=cfg.device_map)
         self.encoder = PairEncoder.for_model(self.built.tokenizer, run_cfg.model)
         self.amp = autocast_dtype(cfg.precision, device, half_weights(self.built.model))
@@ -155,6 +166,9 @@ class Scorer:
         (a cascade's second member: the rows the first is least sure of first)."""
         tta = self.cfg.tta if tta is None else tta
         name = self.run_dir.name
+        if self.trees is not None:  # the feature model: every row at once (seconds), swap-TTA from the swapped features
+            given, swapped = self.trees.features(test)
+            return self.trees.predict(given, swapped if tta == "swap" else None)
         chunk = max(4 * self.cfg.batch_size, 64)
 
         def predict(seqs: Sequence[Sequence[int]], desc: str) -> np.ndarray:

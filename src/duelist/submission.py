@@ -16,13 +16,15 @@ from typing import Any, Callable
 import numpy as np
 import pandas as pd
 
-from duelist import ensemble
+from duelist import ensemble, stacking
 from duelist.data import load_test
 from duelist.errors import DuelistError
+from duelist.feature_model import FeatureModel
 from duelist.files import write_csv, write_json, write_parquet
 from duelist.metrics import predicted_winner
+from duelist.rundir import RunDir
 from duelist.modeling import pick_device
-from duelist.scoring import Deadline, pick_runs, score_run, score_run_parallel, score_run_vllm
+from duelist.scoring import Deadline, is_feature_run, pick_runs, score_run, score_run_parallel, score_run_vllm
 
 log = logging.getLogger(__name__)
 
@@ -44,11 +46,28 @@ def fill_unscored(members: np.ndarray, test: pd.DataFrame) -> tuple[np.ndarray, 
     return members, int(none.sum())
 
 
-def ensemble_weights(cfg: Any, runs: list[Path]) -> dict[str, Any]:
+def ensemble_weights(cfg: Any, runs: list[Path]) -> tuple[dict[str, Any], FeatureModel | None]:
+    """The ensemble's report (weights, OOF scores) and, for ``ensemble.weights=stack``, the stacker."""
     ens = cfg.ensemble
+    if ens.weights == "stack":
+        report, stacker = stacking.fit(runs, ens.trees)
+        acc, loss = report["oof/accuracy"], report["oof/log_loss"]
+        print(f"stacker: LightGBM on {len(runs)} members' OOF p_a and the pair's features, {report['shared_oof_rows']} shared OOF rows")
+        for name in acc:
+            note = "  (each part scored by a stacker trained on the other parts: the honest estimate)" if name == "stack_cross_fitted" else ""
+            print(f"  OOF {name:>18}: accuracy {acc[name]:.4f}  log loss {loss[name]:.4f}{note}")
+        return report, stacker
+    specialties = [RunDir(r).specialty() for r in runs]
+    if any(specialties):
+        for run, languages in zip(runs, specialties):
+            log.info("%s: %s", run, f"specialist of {', '.join(languages)}: scores only those rows" if languages else "generalist: scores every row")
     if ens.weights == "equal" or len(runs) == 1:
-        return {"runs": [str(r) for r in runs], "combine": ens.combine, "weights": ensemble.equal_weights(len(runs))}
-    report = ensemble.fit(runs, ens.combine, ens.grid_step, ens.per_language, ens.min_language_rows)
+        if not any(specialties):
+            return {"runs": [str(r) for r in runs], "combine": ens.combine, "weights": ensemble.equal_weights(len(runs))}, None
+        report = ensemble.fit(runs, ens.combine, ens.grid_step, False, ens.min_language_rows, specialties, equal=True)
+        print(f"ensemble weights (equal within each language's runs): {report['weights']}")
+        return report, None
+    report = ensemble.fit(runs, ens.combine, ens.grid_step, ens.per_language, ens.min_language_rows, specialties)
     acc, loss = report["oof/accuracy"], report["oof/log_loss"]
     print(f"ensemble weights (tuned on {report['shared_oof_rows']} shared OOF rows, {ens.combine}): {report['weights']}")
     for name in acc:
@@ -57,7 +76,7 @@ def ensemble_weights(cfg: Any, runs: list[Path]) -> dict[str, Any]:
         print(f"  OOF {name:>21}: accuracy {acc[name]:.4f}  log loss {loss[name]:.4f}{note}")
     for coverage, score in report.get("oof/cascade", {}).items():
         print(f"  OOF cascade, member 2 on the {coverage:>4} least certain rows of member 1: accuracy {score['accuracy']:.4f}  log loss {score['log_loss']:.4f}")
-    return report
+    return report, None
 
 
 def submit(cfg: Any) -> pd.DataFrame:
@@ -81,7 +100,17 @@ def submit(cfg: Any) -> pd.DataFrame:
     if cascade and (cfg.backend == "vllm" or len(cfg.devices) > 1):
         raise DuelistError("ensemble.cascade=true runs on one device with backend=hf; drop devices=[...] / backend=vllm")
     test = load_test(cfg.data.test)
-    report = ensemble_weights(cfg, runs)
+    if cascade and cfg.ensemble.weights == "stack":
+        raise DuelistError("ensemble.cascade=true combines with weights; ensemble=stack reads every member on every row: drop one of them")
+    report, stacker = ensemble_weights(cfg, runs)
+    routes = ensemble.Routes([RunDir(r).specialty() for r in runs])
+    languages = test["language"].astype(str).to_numpy()
+    uncovered = routes.uncovered(languages)
+    if uncovered:
+        raise DuelistError(f"{cfg.data.test}: rows in {', '.join(uncovered)} would be left unscored: every run is a specialist of other "
+                           f"languages; add a generalist run (trained without data.languages) to runs=[...]")
+    if cascade and routes.has_specialists:
+        raise DuelistError("ensemble.cascade=true needs two generalist runs; drop the specialist (data.languages) run or the cascade")
     device = pick_device(cfg.device)
     for name in cfg.devices:
         pick_device(name, "devices")  # cuda:1 without a GPU fails here, with one line
@@ -102,17 +131,28 @@ def submit(cfg: Any) -> pd.DataFrame:
             probs[f"p_a_run{i}"] = np.nan
             continue
         share = deadline.share(sum(needed[i:])) if deadline else None
-        if cascade:  # member 1 scores every row once (no TTA), member 2 the rows member 1 is least sure of first, in the time left
+        mine = routes.scores(i, languages)  # a specialist scores the rows of its languages only
+        rows = test if mine.all() else test[mine].reset_index(drop=True)
+        if mine.all() or mine.any():
+            log.info("%s: scoring %d of %d rows", run, len(rows), len(test))
+        if not mine.any():
+            values = np.empty(0)
+        elif cascade:  # member 1 scores every row once (no TTA), member 2 the rows member 1 is least sure of first, in the time left
             first = i == 0
             order = None if first else ensemble.least_confident_first(probs["p_a_run0"].to_numpy())
             own = deadline.share(1, fresh=True) if deadline else None  # all the time left, at member 2's own speed
-            probs[f"p_a_run{i}"] = score_run(run, test, cfg, device, cfg.cache_dir, tta="none" if first else None, deadline=own, order=order)
+            values = score_run(run, rows, cfg, device, cfg.cache_dir, tta="none" if first else None, deadline=own, order=order)
+        elif is_feature_run(run):  # LightGBM on the CPU, seconds: no backend or devices to spread it over
+            values = score_run(run, rows, cfg, device, cfg.cache_dir, deadline=share)
         elif cfg.backend == "vllm":
-            probs[f"p_a_run{i}"] = score_run_vllm(run, test, cfg, cfg.tta)
+            values = score_run_vllm(run, rows, cfg, cfg.tta)
         elif len(devices) > 1:
-            probs[f"p_a_run{i}"] = score_run_parallel(run, test, cfg, devices, share)
+            values = score_run_parallel(run, rows, cfg, devices, share)
         else:
-            probs[f"p_a_run{i}"] = score_run(run, test, cfg, device, cfg.cache_dir, deadline=share)
+            values = score_run(run, rows, cfg, device, cfg.cache_dir, deadline=share)
+        column = np.full(len(test), np.nan)
+        column[mine] = values
+        probs[f"p_a_run{i}"] = column
     members = probs[[f"p_a_run{i}" for i in range(len(runs))]].to_numpy(dtype=float, copy=True)
     scored = np.flatnonzero(needed)
     if deadline is not None:
@@ -123,7 +163,11 @@ def submit(cfg: Any) -> pd.DataFrame:
         if unscored:
             log.warning("time budget: %d rows got no model score; they use the longer-answer rule", unscored)
     members[:, [not keep for keep in needed]] = 0.5  # weight 0: any finite value leaves the combination unchanged
-    probs["p_a"] = ensemble.apply(members, test["language"].to_numpy(), report["weights"], report["combine"])
+    if stacker is not None:
+        probs["p_a"] = stacking.predict(stacker, test, members)
+        stacker.save(output.with_suffix(".stacker"))  # booster.txt + columns.json: the stacker that wrote this submission
+    else:
+        probs["p_a"] = ensemble.apply(members, languages, report["weights"], report["combine"])
     submission = pd.DataFrame({"id": test["id"], "winner": predicted_winner(probs["p_a"].to_numpy())})
     write_json(output.with_suffix(".ensemble.json"), {**report, "tta": cfg.tta})
     write_parquet(output.with_suffix(".parquet"), probs)

@@ -278,10 +278,112 @@ def start_point(cfg: DictConfig, run: RunDir, processes: int) -> tuple[dict[str,
     return ({"state": str(state.path)} if state is not None else {}), state
 
 
+def write_outputs(cfg: DictConfig, run: RunDir, valid: pd.DataFrame, p_a: np.ndarray, metrics: dict[str, Any], train_curve: list,
+                  evals: list, tracker: Any, step_name: str = "optimizer step") -> None:
+    """What every finished run leaves besides its checkpoint: oof.parquet, history.json, the charts, the tracker's
+    summary, and metrics.json last (its presence marks the run finished)."""
+    oof = valid[["id", "winner", "language", "source", "fold"]].assign(p_a=p_a, target=valid["p_a"].to_numpy())
+    oof = oof[["id", "p_a", "winner", "language", "fold", "source", "target"]]
+    run.write_oof(oof)
+    curves = {"train/loss": [list(point) for point in train_curve]}
+    for key in ("val/accuracy", "val/log_loss"):
+        curves[key] = [[step, m[key]] for step, m in evals]
+    run.write_history(curves)
+    plots.training_curves(run.path / "curves.png", train_curve, evals, cfg.optimized_metric, step_name)
+    counts = valid["language"].value_counts().to_dict()
+    plots.accuracy_bars(run.path / "accuracy_by_language.png", metrics["val/accuracy_by_language"], counts, "validation accuracy by language")
+    tracker.summary(metrics)
+    tracker.bar("val/accuracy_by_language", metrics["val/accuracy_by_language"], "language", "accuracy")
+    tracker.table("val/by_language", pd.DataFrame({"language": list(counts), "rows": list(counts.values()),
+                                                   "accuracy": [metrics["val/accuracy_by_language"].get(k) for k in counts]}))
+    tracker.image("curves", str(run.path / "curves.png"))
+    if cfg.logger.log_predictions:
+        worst = oof.assign(error=(oof["p_a"] - oof["target"]).abs()).nlargest(cfg.logger.log_predictions, "error")
+        worst = worst.merge(valid[["id", "prompt", "response_a", "response_b"]], on="id")
+        tracker.table("val/worst_predictions", worst)
+    run.write_metrics(metrics)  # last: its presence marks a finished run
+
+
+def report(cfg: DictConfig, run: RunDir, metrics: dict[str, Any]) -> float:
+    value = float(metrics[cfg.optimized_metric])
+    print(f"{cfg.optimized_metric}={value:.4f} (val/accuracy={metrics['val/accuracy']:.4f}, "
+          f"longer-wins baseline={metrics['val/baseline_longer_wins']:.4f}, val/log_loss={metrics['val/log_loss']:.4f}); run dir: {run.path}")
+    return value
+
+
+def train_feature_model(cfg: DictConfig, run: RunDir) -> float:
+    """``model=features``: LightGBM on the hand-made features of :mod:`duelist.features`, early-stopped on the validation
+    fold; the same run dir as a network's (``checkpoint/`` holds the booster as text)."""
+    from duelist.feature_model import FeatureModel, check_trees
+    from duelist.files import atomic_dir
+
+    check_trees(cfg.model.trees, "model.trees")
+    started = time.perf_counter()
+    if cfg.trainer.resume == "auto" and run.is_finished():
+        check_same_config(resolved(run.read_config()), cfg, run.path, 1, 1)
+        value = float(run.read_metrics()[cfg.optimized_metric])
+        log.info("%s: already finished (%s=%.4f); trainer.resume=never trains it again", run.path, cfg.optimized_metric, value)
+        return value
+    run.metrics_file.unlink(missing_ok=True)
+    train_df, valid = load_train_valid(cfg.data)
+    x, x_swapped = FeatureModel.features(train_df)
+    target, weight = train_df["p_a"].to_numpy(dtype=float), train_df["weight"].to_numpy(dtype=float)
+    if cfg.augment.swap:  # every pair in both orders, label flipped
+        x, target, weight = pd.concat([x, x_swapped], ignore_index=True), np.concatenate([target, 1.0 - target]), np.concatenate([weight, weight])
+    x_valid, _ = FeatureModel.features(valid)
+    log.info("feature model: train %d rows (%d with swaps), valid %d rows, %d features", len(train_df), len(x), len(valid), x.shape[1])
+    baseline = compute_metrics(valid, np.full(len(valid), 0.5))["val/baseline_longer_wins"]
+    hard = valid["winner"].isin(["model_a", "model_b"]).to_numpy()
+    truth = valid["winner"].to_numpy()[hard]
+
+    def evaluate(p_a: np.ndarray) -> dict[str, float]:
+        return {"val/accuracy": float(np.mean(np.where(p_a[hard] >= 0.5, "model_a", "model_b") == truth))}
+
+    model, curves = FeatureModel.fit(x, target, weight, cfg.model.trees, cfg.trainer.seed, valid=(x_valid, valid["p_a"].to_numpy(dtype=float)),
+                                     evaluate=evaluate)
+    p_a = model.predict(x_valid)
+    n_trees = model.booster.num_trees()
+    metrics = {
+        **compute_metrics(valid, p_a),
+        "best_step": n_trees,
+        "optimized_metric": cfg.optimized_metric,
+        "train/rows": len(x),
+        "train/trees": n_trees,
+        "train/features": len(model.columns),
+        "train/top_features": [[name, gain] for name, gain in list(model.importance().items())[:10]],  # total split gain
+        "peak_rss_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6,
+        "runtime_s": time.perf_counter() - started,
+        "device": "cpu",
+        "processes": 1,
+    }
+    run.write_config(cfg)
+    with atomic_dir(run.checkpoint) as tmp:
+        OmegaConf.save(cfg, tmp / "config.yaml", resolve=True)
+        model.save(tmp)
+    accuracy = dict(curves.get("val/accuracy", []))
+    evals = [(step, {"val/accuracy": accuracy.get(step, float("nan")), "val/log_loss": value, "val/baseline_longer_wins": baseline})
+             for step, value in curves.get("val/log_loss", [])]
+    plots.importance_bars(run.path / "feature_importance.png", model.importance(), "feature model: total gain of each feature's splits")
+    tags = [f"model={cfg.model.name}", f"data={cfg.data.name}", "features"]
+    tracker = make_tracker(cfg.logger, str(run.path), OmegaConf.to_container(cfg, resolve=True), name=run.path.name, tags=tags)
+    try:
+        for step, m in evals:
+            tracker.log({k: v for k, v in m.items() if k != "val/baseline_longer_wins"}, step)
+        write_outputs(cfg, run, valid, p_a, metrics, curves["train/loss"], evals, tracker, "boosting round")
+        tracker.image("feature_importance", str(run.path / "feature_importance.png"))
+    except BaseException:
+        tracker.finish(exit_code=1)
+        raise
+    tracker.finish(exit_code=0)
+    return report(cfg, run, metrics)
+
+
 def train(cfg: DictConfig, run_dir: str | Path) -> float:
     """Train one model as configured; returns ``cfg.optimized_metric`` of the best checkpoint."""
     run = RunDir(run_dir)
     run.path.mkdir(parents=True, exist_ok=True)
+    if cfg.model.arch == "features":
+        return train_feature_model(cfg, run)
     check_train_config(cfg)
     seed_everything(cfg.trainer.seed)
     started = time.perf_counter()
@@ -346,32 +448,10 @@ def train(cfg: DictConfig, run_dir: str | Path) -> float:
             "processes": trainer.dist.world,
             "strategy": trainer.dist.strategy,
         }
-        oof = valid[["id", "winner", "language", "source", "fold"]].assign(p_a=best["p_a"], target=valid["p_a"].to_numpy())
-        oof = oof[["id", "p_a", "winner", "language", "fold", "source", "target"]]
-        run.write_oof(oof)
-        curves = {"train/loss": [list(point) for point in trainer.train_curve]}
-        for key in ("val/accuracy", "val/log_loss"):
-            curves[key] = [[step, m[key]] for step, m in trainer.evals]
-        run.write_history(curves)
-        plots.training_curves(run.path / "curves.png", trainer.train_curve, trainer.evals, cfg.optimized_metric)
-        counts = valid["language"].value_counts().to_dict()
-        plots.accuracy_bars(run.path / "accuracy_by_language.png", metrics["val/accuracy_by_language"], counts, "validation accuracy by language")
-        tracker.summary(metrics)
-        tracker.bar("val/accuracy_by_language", metrics["val/accuracy_by_language"], "language", "accuracy")
-        tracker.table("val/by_language", pd.DataFrame({"language": list(counts), "rows": list(counts.values()),
-                                                       "accuracy": [metrics["val/accuracy_by_language"].get(k) for k in counts]}))
-        tracker.image("curves", str(run.path / "curves.png"))
-        if cfg.logger.log_predictions:
-            worst = oof.assign(error=(oof["p_a"] - oof["target"]).abs()).nlargest(cfg.logger.log_predictions, "error")
-            worst = worst.merge(valid[["id", "prompt", "response_a", "response_b"]], on="id")
-            tracker.table("val/worst_predictions", worst)
-        run.write_metrics(metrics)  # last: its presence marks a finished run
+        write_outputs(cfg, run, valid, best["p_a"], metrics, trainer.train_curve, trainer.evals, tracker)
         remove_states(run)
     except BaseException:
         tracker.finish(exit_code=1)
         raise
     tracker.finish(exit_code=0)
-    value = float(metrics[cfg.optimized_metric])
-    print(f"{cfg.optimized_metric}={value:.4f} (val/accuracy={metrics['val/accuracy']:.4f}, "
-          f"longer-wins baseline={metrics['val/baseline_longer_wins']:.4f}, val/log_loss={metrics['val/log_loss']:.4f}); run dir: {run.path}")
-    return value
+    return report(cfg, run, metrics)

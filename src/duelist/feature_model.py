@@ -1,0 +1,143 @@
+"""Gradient-boosted trees (LightGBM) on the hand-made features of :mod:`duelist.features`.
+
+:class:`FeatureModel` is the model of ``model=features`` runs and of the ``ensemble=stack`` stacker: it learns
+P(A wins) with LightGBM's cross-entropy objective (so soft labels, ties at 0.5 and pseudo-labels are learnt as
+given, each row with its loss weight), stops early on the validation log loss, and saves as text: LightGBM's own
+model file (``booster.txt``) and the column list (``columns.json``), nothing executable. ``extra`` columns (the
+stacker's members' p_a) are added to the features by name.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from duelist.errors import DuelistError
+from duelist.features import CATEGORICAL, LANGUAGES, pair_features
+from duelist.files import write_json, write_text
+
+log = logging.getLogger(__name__)
+
+BOOSTER = "booster.txt"
+COLUMNS = "columns.json"
+
+
+def lgb_params(trees: Any, seed: int) -> dict[str, Any]:
+    """LightGBM parameters from a ``trees`` config block (``model.trees`` / ``ensemble.trees``)."""
+    return {
+        "objective": "cross_entropy",  # labels in [0, 1]: hard, tie (0.5) and soft pseudo-labels alike
+        "metric": "cross_entropy",
+        "learning_rate": float(trees.learning_rate),
+        "num_leaves": int(trees.num_leaves),
+        "min_data_in_leaf": int(trees.min_child_samples),
+        "feature_fraction": float(trees.feature_fraction),
+        "bagging_fraction": float(trees.bagging_fraction),
+        "bagging_freq": 1 if float(trees.bagging_fraction) < 1 else 0,
+        "lambda_l2": float(trees.lambda_l2),
+        "seed": int(seed),
+        "deterministic": True,
+        "force_row_wise": True,
+        "num_threads": int(trees.threads),
+        "verbosity": -1,
+    }
+
+
+def check_trees(trees: Any, what: str) -> None:
+    if trees is None:
+        raise DuelistError(f"{what} is missing: a feature model needs its trees settings (see conf/model/features.yaml)")
+    if trees.n_estimators < 1 or trees.num_leaves < 2 or not 0 < trees.learning_rate <= 1:
+        raise DuelistError(f"{what}: n_estimators >= 1, num_leaves >= 2 and 0 < learning_rate <= 1 are needed "
+                           f"(got {trees.n_estimators}, {trees.num_leaves}, {trees.learning_rate})")
+    if not (0 < trees.feature_fraction <= 1 and 0 < trees.bagging_fraction <= 1):
+        raise DuelistError(f"{what}: feature_fraction and bagging_fraction must be in (0, 1]")
+
+
+class FeatureModel:
+    """A LightGBM booster and the columns it reads (features, then ``extra``)."""
+
+    def __init__(self, booster: Any, columns: list[str], extra: list[str]):
+        self.booster, self.columns, self.extra = booster, columns, extra
+
+    @staticmethod
+    def features(df: pd.DataFrame, extra: pd.DataFrame | None = None) -> tuple[pd.DataFrame, pd.DataFrame]:
+        """Feature tables of ``df`` as given and A/B-exchanged; ``extra`` columns are p_a values, so their swapped
+        copies are ``1 - p_a``."""
+        given, swapped = pair_features(df)
+        if extra is not None and len(extra.columns):
+            given = pd.concat([given, extra.reset_index(drop=True)], axis=1)
+            swapped = pd.concat([swapped, 1.0 - extra.reset_index(drop=True)], axis=1)
+        return given, swapped
+
+    @classmethod
+    def fit(cls, x: pd.DataFrame, target: np.ndarray, weight: np.ndarray, trees: Any, seed: int, extra: list[str] | None = None,
+            valid: tuple[pd.DataFrame, np.ndarray] | None = None, evaluate: Any = None) -> tuple["FeatureModel", dict[str, list]]:
+        """Train on feature rows ``x`` (targets in [0, 1], loss weights). With ``valid`` (features, targets) training stops
+        when its log loss has not improved for ``trees.early_stopping_rounds`` rounds and keeps the best round;
+        ``evaluate(p_a)`` (optional) is called on the validation predictions every round for the curves. Returns the
+        model and the per-round curves (``train/loss``, ``val/log_loss`` and what ``evaluate`` returns)."""
+        import lightgbm as lgb
+
+        params = lgb_params(trees, seed)
+        categorical = [c for c in CATEGORICAL if c in x.columns]
+        train_set = lgb.Dataset(x, label=np.asarray(target, dtype=np.float64), weight=np.asarray(weight, dtype=np.float64),
+                                categorical_feature=categorical, free_raw_data=False)
+        sets, names = [train_set], ["train"]
+        if valid is not None:
+            sets.append(lgb.Dataset(valid[0], label=np.asarray(valid[1], dtype=np.float64), reference=train_set,
+                                    categorical_feature=categorical))
+            names.append("valid")
+        record: dict[str, Any] = {}
+        curves: dict[str, list] = {}
+        callbacks = [lgb.record_evaluation(record)]
+        if valid is not None and trees.early_stopping_rounds:
+            callbacks.append(lgb.early_stopping(int(trees.early_stopping_rounds), verbose=False))
+        if valid is not None and evaluate is not None:
+            def per_round(env: Any) -> None:
+                for key, value in evaluate(env.model.predict(valid[0], num_iteration=env.iteration + 1)).items():
+                    curves.setdefault(key, []).append([env.iteration + 1, value])
+            callbacks.append(per_round)
+        started = time.perf_counter()
+        booster = lgb.train(params, train_set, num_boost_round=int(trees.n_estimators), valid_sets=sets, valid_names=names, callbacks=callbacks)
+        rounds = len(record["train"]["cross_entropy"])
+        best = booster.best_iteration if booster.best_iteration > 0 else rounds
+        log.info("trees: %d rows, %d features, %d rounds (best %d) in %.1f s", len(x), x.shape[1], rounds, best, time.perf_counter() - started)
+        curves["train/loss"] = [[i + 1, v] for i, v in enumerate(record["train"]["cross_entropy"])]
+        if valid is not None:
+            curves["val/log_loss"] = [[i + 1, v] for i, v in enumerate(record["valid"]["cross_entropy"])]
+        kept = lgb.Booster(model_str=booster.model_to_string(num_iteration=best))  # the best round only
+        return cls(kept, list(x.columns), list(extra or [])), curves
+
+    def predict(self, x: pd.DataFrame, swapped: pd.DataFrame | None = None) -> np.ndarray:
+        """P(A wins) of feature rows; with ``swapped`` (the same rows, A and B exchanged) the mean of p_a and 1 - p_a(swapped)."""
+        p_a = self.booster.predict(x[self.columns])
+        if swapped is not None:
+            p_a = (p_a + 1.0 - self.booster.predict(swapped[self.columns])) / 2.0
+        return np.asarray(p_a, dtype=np.float64)
+
+    def importance(self) -> dict[str, float]:
+        """Total gain of every column's splits (what the model relies on), largest first."""
+        gain = self.booster.feature_importance(importance_type="gain")
+        return dict(sorted(((c, float(g)) for c, g in zip(self.columns, gain)), key=lambda kv: -kv[1]))
+
+    def save(self, folder: str | Path) -> None:
+        folder = Path(folder)
+        write_text(folder / BOOSTER, self.booster.model_to_string())
+        write_json(folder / COLUMNS, {"columns": self.columns, "extra": self.extra, "languages": LANGUAGES})
+
+    @classmethod
+    def load(cls, folder: str | Path) -> "FeatureModel":
+        import lightgbm as lgb
+
+        folder = Path(folder)
+        if not (folder / BOOSTER).is_file() or not (folder / COLUMNS).is_file():
+            raise DuelistError(f"{folder}: incomplete feature-model checkpoint (needs {BOOSTER} and {COLUMNS})")
+        meta = json.loads((folder / COLUMNS).read_text())
+        if meta.get("languages") != LANGUAGES:
+            raise DuelistError(f"{folder}: saved with another language list than this duelist version's; retrain the feature model")
+        return cls(lgb.Booster(model_str=(folder / BOOSTER).read_text()), list(meta["columns"]), list(meta["extra"]))

@@ -1,0 +1,112 @@
+"""task=translate: a pair file in other languages, by an instruction-tuned LLM (the plan's last-resort lever).
+
+``python infer.py task=translate generate=hf data.test=pairs.parquet output=translated.parquet +translate.to=[Russian,Vietnamese]``
+reads pairs in any supported layout (labels kept when the file has them), and for every target language and every
+row not already in it asks the first model of ``generate.generators`` (through ``generate.backend``: transformers or
+vLLM, greedy decoding) to translate the prompt and both responses with ``translate.instruction``. Each distinct text
+is translated once; empty texts stay empty. Output rows keep the label, winner and model names, get the target
+``language``, ``translated=true``, ``source_id`` (the row they translate) and ``source_language``, and id
+``<source id>@<language>``. Training reads them like any extra data (``data.train=[..., translated.parquet]``): they
+train but never validate, and translations of a validation row are dropped from training.
+
+Work goes in shards under ``translated.shards/`` (``generate.shard_size`` rows per shard and language); the same
+command after a crash translates only what is missing, and the folder refuses to mix another setup's shards.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from omegaconf import OmegaConf
+from tqdm.auto import tqdm
+
+from duelist.data import CANONICAL_COLUMNS, TEXT_COLUMNS, canonicalize, read_table
+from duelist.errors import DuelistError
+from duelist.files import open_shard_folder, write_parquet
+from duelist.generation import check_backend, make_backend
+from duelist.languages import language_name
+from duelist.modeling import pick_device
+
+log = logging.getLogger(__name__)
+
+
+def load_pairs_to_translate(path: str, on_bad_rows: str) -> pd.DataFrame:
+    """The pairs of ``path`` in the canonical layout, labels kept when the file has them (ties too)."""
+    raw = read_table(path)
+    labelled = "winner" in raw.columns or "p_a" in raw.columns or "winner_model_a" in raw.columns or "chosen" in raw.columns
+    return canonicalize(raw, path, labelled=labelled, ties="soft", on_bad_rows=on_bad_rows)
+
+
+def fingerprint(pairs: pd.DataFrame, targets: list[str], cfg: Any) -> str:
+    """What a shard folder belongs to: the rows, the target languages, the translating model and its settings."""
+    g = cfg.generate
+    settings = {"generator": OmegaConf.to_container(g.generators[0], resolve=True), "backend": str(g.backend), "dtype": str(g.dtype),
+                "max_prompt_tokens": g.max_prompt_tokens, "shard_size": g.shard_size, "seed": g.seed,
+                "translate": OmegaConf.to_container(cfg.translate, resolve=True)}
+    texts = pd.util.hash_pandas_object(pairs[list(TEXT_COLUMNS)], index=False).to_numpy()
+    blob = json.dumps({"ids": list(pairs["id"]), "targets": targets, "settings": settings}, sort_keys=True, default=str).encode() + texts.tobytes()
+    return hashlib.sha256(blob).hexdigest()[:16]
+
+
+def translate(cfg: Any) -> pd.DataFrame:
+    """Translate ``cfg.data.test``'s pairs into every language of ``cfg.translate.to``; write ``cfg.output``."""
+    t, g = cfg.translate, cfg.generate
+    output = Path(cfg.output)
+    if output.suffix.lower() != ".parquet":
+        raise DuelistError(f"output={cfg.output}: task=translate writes a .parquet file of pairs")
+    if OmegaConf.is_missing(t, "to") or not t.to:
+        raise DuelistError("task=translate needs target languages: +translate.to=[Russian,Vietnamese]")
+    if "{text}" not in t.instruction:
+        raise DuelistError("translate.instruction must contain {text} (where the text to translate goes)")
+    if g.shard_size < 1 or g.batch_size < 1 or t.max_new_tokens < 1:
+        raise DuelistError("generate.shard_size, generate.batch_size and translate.max_new_tokens must be >= 1")
+    targets = list(dict.fromkeys(language_name(x) for x in t.to))
+    pairs = load_pairs_to_translate(cfg.data.test, cfg.data.on_bad_rows)
+    pairs = pairs.assign(shard=np.arange(len(pairs)) // g.shard_size)
+    n_shards = int(pairs["shard"].max()) + 1
+    folder = output.with_suffix(".shards")
+    check_backend(g)
+    device = pick_device(cfg.device)
+    open_shard_folder(folder, fingerprint(pairs, targets, cfg), "translation")
+
+    def shard_file(shard: int, language: str) -> Path:
+        return folder / f"shard-{shard:05d}.{language}.parquet"
+
+    todo = [(s, lang) for lang in targets for s in range(n_shards) if not shard_file(s, lang).is_file()]
+    log.info("translating %d pairs into %s: %d shards of %d rows, %d already done", len(pairs), ", ".join(targets),
+             n_shards * len(targets), g.shard_size, n_shards * len(targets) - len(todo))
+    if todo:
+        gen = g.generators[0]
+        backend = make_backend(gen, OmegaConf.merge(g, {"max_new_tokens": t.max_new_tokens, "temperature": 0.0}), device)
+        log.info("translator: %s (%s backend, greedy)", gen.name, g.backend)
+        for shard, language in tqdm(todo, desc="translate", unit="shard"):
+            rows = pairs[(pairs["shard"] == shard) & (pairs["language"] != language)]
+            texts = list(dict.fromkeys(x for c in TEXT_COLUMNS for x in rows[c] if x.strip()))  # each distinct non-empty text once
+            asks = [t.instruction.replace("{language}", language).replace("{text}", x) for x in texts]
+            done = dict(zip(texts, backend.generate(asks, seed=g.seed + shard) if asks else []))
+            out = pd.DataFrame({"id": rows["id"].to_numpy(), **{c: [done.get(x, x) for x in rows[c]] for c in TEXT_COLUMNS}})
+            write_parquet(shard_file(shard, language), out)
+        del backend
+
+    parts = []
+    for language in targets:
+        for shard in range(n_shards):
+            done = pd.read_parquet(shard_file(shard, language))
+            source = pairs.set_index("id").loc[done["id"]].reset_index()
+            parts.append(source.assign(
+                **{c: done[c].to_numpy() for c in TEXT_COLUMNS},
+                id=[f"{i}@{language}" for i in done["id"]], source_id=done["id"].to_numpy(), source_language=source["language"].to_numpy(),
+                language=language, translated=True, source=[f"translated:{s}" for s in source["source"]],
+            ))
+    columns = CANONICAL_COLUMNS + ["source_language"]
+    result = pd.concat(parts, ignore_index=True)[columns] if parts else pd.DataFrame(columns=columns)
+    write_parquet(output, result)
+    counts = result["language"].value_counts().to_dict()
+    print(f"translated {len(result)} pairs ({counts}) from {len(pairs)} -> {output}")
+    return result

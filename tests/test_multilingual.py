@@ -1,0 +1,225 @@
+"""Issue 12, parts 2-4: per-language specialists, the feature model and the stacker, the language tag, translation."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from conftest import TINY, WSDM_EXAMPLE, compose_train, run_cli
+from duelist.rundir import RunDir
+from duelist.training import train
+
+SMALL = ["data.max_rows=200", "logger=none"]  # the split every run below shares (TINY uses the same rows)
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """A feature-model generalist and a tiny Gemma-2 Chinese specialist (with the language tag) on one split."""
+    root = tmp_path_factory.mktemp("runs")
+    train(compose_train(["model=features", *SMALL]), root / "features")
+    train(compose_train(["model=features", *SMALL, "model.trees.num_leaves=4", "trainer.seed=1"]), root / "features_small")
+    train(compose_train([*TINY, "data.languages=[zh]", "model.language_tag=true"]), root / "zh")
+    return {"features": root / "features", "features_small": root / "features_small", "zh": root / "zh"}
+
+
+def test_text_features_by_hand() -> None:
+    from duelist.features import pair_features, text_features
+
+    text = "# Title\n\n- one\n- two\n1. three\n\n**bold** and [a link](http://x.org)\n```py\nprint(1)\n```\n| a | b |\n"
+    f = text_features(text)
+    assert (f["headers"], f["list_items"], f["code_blocks"], f["bold"], f["table_rows"]) == (1, 3, 1, 1, 1)
+    assert f["links"] == 1 and text_features("see https://a.b and http://c.d")["links"] == 2  # a markdown link, bare URLs
+    assert f["chars"] == len(text) and f["empty"] == 0 and f["refusal"] == 0
+    assert text_features("我不知道答案")["words"] == 6  # every CJK character is a word
+    assert text_features("Hello, big world!")["words"] == 3
+    assert text_features("Извините, я не могу помочь с этим.")["refusal"] == 1 and text_features("抱歉，我无法回答。")["refusal"] == 1
+    assert text_features("I'm sorry, but I can't help.")["refusal"] == 1
+    assert text_features("ok\nok\nok\nfine")["repeated_lines"] == pytest.approx(0.5)  # 4 lines, 2 distinct
+    empty = text_features("")
+    assert empty["empty"] == 1 and empty["chars"] == 0 and empty["compression"] == 1.0
+    pairs = pd.DataFrame({"prompt": ["Как дела?"], "response_a": ["Хорошо, спасибо! Всё отлично."], "response_b": ["I am fine, thank you very much."],
+                          "language": ["Russian"]})
+    given, swapped = pair_features(pairs)
+    assert given.loc[0, "a_same_language"] == 1 and given.loc[0, "b_same_language"] == 0  # B answers a Russian prompt in English
+    assert given.loc[0, "diff_chars"] == len(pairs.response_a[0]) - len(pairs.response_b[0]) == -swapped.loc[0, "diff_chars"]
+    assert swapped.loc[0, "a_same_language"] == 0 and given.loc[0, "share_words"] + swapped.loc[0, "share_words"] == pytest.approx(1.0)
+
+
+def test_feature_model_beats_the_longer_answer_rule_and_infer_reloads_it(tmp_path) -> None:
+    run = tmp_path / "features"
+    res = run_cli("train.py", ["model=features", "logger=none", f"hydra.run.dir={run}"])
+    assert res.returncode == 0, res.stderr[-3000:]
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert metrics["val/accuracy"] > metrics["val/baseline_longer_wins"] + 0.02  # the bundled validation split (478 pairs)
+    assert {p.name for p in (run / "checkpoint").iterdir()} == {"config.yaml", "booster.txt", "columns.json"}  # text only, no pickle
+    assert (run / "feature_importance.png").stat().st_size > 0 and (run / "curves.png").stat().st_size > 0
+    assert len(json.loads((run / "history.json").read_text())["val/log_loss"]) == 150  # one point per boosting round
+    oof = pd.read_parquet(run / "oof.parquet")
+    hard = oof["winner"].isin(["model_a", "model_b"])
+    assert metrics["val/accuracy"] == pytest.approx(float(((oof["p_a"] >= 0.5) == (oof["winner"] == "model_a"))[hard].mean()))
+
+    out = tmp_path / "sub.csv"
+    res = run_cli("infer.py", [f"runs=[{run}]", f"data.test={WSDM_EXAMPLE}", f"output={out}", "tta=swap"])
+    assert res.returncode == 0, res.stderr[-3000:]
+    probs = pd.read_parquet(out.with_suffix(".parquet"))
+    # LightGBM reads the saved text model by itself: swap-TTA is the mean of p_a and 1 - p_a of the exchanged pair
+    import lightgbm as lgb
+
+    from duelist.data import load_test
+    from duelist.features import pair_features
+
+    booster = lgb.Booster(model_file=str(run / "checkpoint" / "booster.txt"))
+    columns = json.loads((run / "checkpoint" / "columns.json").read_text())["columns"]
+    given, swapped = pair_features(load_test(str(WSDM_EXAMPLE)))
+    expected = (booster.predict(given[columns]) + 1 - booster.predict(swapped[columns])) / 2
+    np.testing.assert_allclose(probs["p_a"], expected, atol=1e-12)
+    assert list(probs["language"]) == ["Spanish", "English", "Portuguese"]
+
+
+def test_specialist_scores_only_its_language_and_routes_with_the_generalist(runs, tmp_path) -> None:
+    gen, zh = runs["features"], runs["zh"]
+    gen_oof, zh_oof = RunDir(gen).read_oof(), RunDir(zh).read_oof()
+    assert set(zh_oof["language"]) == {"Chinese"}
+    assert set(zh_oof["id"]) == set(gen_oof.loc[gen_oof["language"] == "Chinese", "id"])  # the specialist's validation rows line up
+    assert RunDir(zh).specialty() == ["Chinese"] and RunDir(gen).specialty() is None
+
+    from duelist.data import load_train_valid
+
+    _, valid = load_train_valid(compose_train(SMALL).data)
+    test = pd.concat([valid[["id", "prompt", "response_a", "response_b"]], pd.read_parquet(WSDM_EXAMPLE)[["id", "prompt", "response_a", "response_b"]]
+                      .astype({"id": str})], ignore_index=True)  # English + Chinese + the WSDM example's Spanish/Portuguese, no language column
+    test.to_parquet(tmp_path / "test.parquet")
+    out = tmp_path / "sub.csv"
+    res = run_cli("infer.py", ["ensemble=weighted", f"runs=[{gen},{zh}]", "ensemble.min_language_rows=5", f"data.test={tmp_path / 'test.parquet'}",
+                               f"output={out}"])
+    assert res.returncode == 0, res.stderr[-3000:]
+    probs = pd.read_parquet(out.with_suffix(".parquet"))
+    report = json.loads(out.with_suffix(".ensemble.json").read_text())
+    chinese = (probs["language"] == "Chinese").to_numpy()
+    assert chinese.sum() == (valid["language"] == "Chinese").sum() and set(probs["language"]) >= {"English", "Chinese", "Spanish", "Portuguese"}
+    assert probs["p_a_run1"].notna().to_numpy().tolist() == chinese.tolist()  # the specialist scored the Chinese rows only
+    assert probs["p_a_run0"].notna().all() and probs["p_a"].notna().all() and len(probs) == len(test)  # no row left unscored
+    assert report["weights"]["*"] == [1.0, 0.0] and set(report["weights"]) == {"*", "Chinese"}
+    w = report["weights"]["Chinese"]
+    assert w[1] > 0 and sum(w) == pytest.approx(1.0)
+    expected = np.where(chinese, w[0] * probs["p_a_run0"] + w[1] * probs["p_a_run1"].fillna(0), probs["p_a_run0"])
+    np.testing.assert_allclose(probs["p_a"], expected, atol=1e-12)
+    # the Chinese weights were tuned on the Chinese OOF rows alone: recompute the grid search here
+    both = gen_oof.merge(zh_oof[["id", "p_a"]], on="id", suffixes=("", "_zh"))
+    target = both["target"].to_numpy()
+    grid = np.round(np.arange(0, 1.0001, 0.05), 10)
+    losses = [float(np.mean(-(target * np.log(np.clip(q, 1e-7, 1 - 1e-7)) + (1 - target) * np.log(np.clip(1 - q, 1e-7, 1 - 1e-7)))))
+              for q in (a * both["p_a"] + (1 - a) * both["p_a_zh"] for a in grid)]
+    assert w[0] == pytest.approx(grid[int(np.argmin(np.round(losses, 10)))])
+
+    # specialists alone: a language none of them covers is refused in one line before any scoring
+    res = run_cli("infer.py", [f"runs=[{zh}]", f"data.test={tmp_path / 'test.parquet'}", f"output={tmp_path / 'only.csv'}"])
+    assert res.returncode != 0 and "Traceback" not in res.stderr
+    assert re.search(r"rows in .*English.*Spanish.* would be left unscored.*add a generalist", res.stderr)
+    assert not (tmp_path / "only.csv").exists()
+
+
+def test_language_tag_opens_the_input_with_the_row_language(runs) -> None:
+    from duelist.formatting import PairEncoder
+    from duelist.modeling import load_tokenizer
+
+    cfg = RunDir(runs["zh"]).read_checkpoint_config()
+    assert cfg.model.language_tag is True
+    tok = load_tokenizer(str(runs["zh"] / "checkpoint" / "tokenizer"))
+    encoder = PairEncoder.for_model(tok, cfg.model)
+    rows = pd.DataFrame({"prompt": ["Привет"], "response_a": ["a"], "response_b": ["b"], "language": ["Russian"]})
+    text = tok.decode(encoder.encode(rows)[0])
+    assert "Language: Russian" in text and text.index("Language: Russian") < text.index("Привет")
+    untagged = PairEncoder(tok, cfg.model.template, cfg.model.max_length, cfg.model.prompt_max_tokens)
+    assert "Language:" not in tok.decode(untagged.encode(rows)[0]) and untagged.fingerprint() != encoder.fingerprint()
+
+
+def test_stack_is_cross_fitted(runs, tmp_path, monkeypatch) -> None:
+    from duelist import stacking
+    from duelist.feature_model import FeatureModel
+
+    fits: list[set] = []
+    predicted: list[tuple[set, set]] = []
+    key = lambda x: set(map(tuple, x[["prompt_chars", "a_chars", "b_chars", "member0_p_a"]].round(9).to_numpy()))  # noqa: E731
+    fit, predict = FeatureModel.fit.__func__, FeatureModel.predict
+
+    def recording_fit(cls, x, *args, **kwargs):
+        model, curves = fit(cls, x, *args, **kwargs)
+        model.trained_on = key(x)  # the rows (given and A/B-exchanged) this stacker learnt from
+        fits.append(model.trained_on)
+        return model, curves
+
+    def recording_predict(self, x, swapped=None):
+        predicted.append((self.trained_on, key(x)))
+        return predict(self, x, swapped)
+
+    monkeypatch.setattr(FeatureModel, "fit", classmethod(recording_fit))
+    monkeypatch.setattr(FeatureModel, "predict", recording_predict)
+    members = [runs["features"], runs["features_small"]]
+    report, model = stacking.fit(members, compose_infer_stack().ensemble.trees)
+    assert len(predicted) == stacking.PARTS and len(fits) == stacking.PARTS + 1
+    scored = set()
+    for seen, rows in predicted:
+        assert rows and not rows & seen  # no row is scored by a stacker that saw it
+        scored |= rows
+    assert len(scored) == report["shared_oof_rows"]  # every shared row scored once, cross-fitted
+    assert set(report["oof/accuracy"]) == {"member0", "member1", "mean", "stack_cross_fitted"}
+
+    out = tmp_path / "sub.csv"
+    res = run_cli("infer.py", ["ensemble=stack", f"runs=[{members[0]},{members[1]}]", f"data.test={WSDM_EXAMPLE}", f"output={out}"])
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert re.search(r"OOF +stack_cross_fitted: accuracy [0-9.]+ .*the honest estimate", res.stdout)
+    assert (out.with_suffix(".stacker") / "booster.txt").is_file() and len(pd.read_csv(out)) == 3
+    res = run_cli("infer.py", ["ensemble=stack", f"runs=[{members[0]},{runs['zh']}]", f"data.test={WSDM_EXAMPLE}", f"output={tmp_path / 'x.csv'}"])
+    assert res.returncode != 0 and "is a specialist" in res.stderr and "Traceback" not in res.stderr
+
+
+def compose_infer_stack():
+    from conftest import compose_infer
+
+    return compose_infer(["ensemble=stack", "data.test=t.parquet"])
+
+
+def test_translate_keeps_labels_resumes_and_trains_as_extra_data(tmp_path) -> None:
+    from duelist.data import load_pairs, load_train_valid
+
+    sample = load_pairs(["pkg:duelist/assets/sample/oasst1_zh_rank.parquet", "pkg:duelist/assets/sample/pandalm_test.parquet"], on_bad_rows="drop")
+    rows = pd.concat([sample[sample["language"] == "Chinese"].head(3), sample[sample["language"] == "English"].head(3)], ignore_index=True)
+    rows.loc[0, "response_b"] = ""  # an empty response is data: it stays empty
+    rows[["id", "prompt", "response_a", "response_b", "winner", "language", "source"]].to_parquet(tmp_path / "pairs.parquet")
+    out = tmp_path / "translated.parquet"
+    args = ["task=translate", "generate=tiny", f"data.test={tmp_path / 'pairs.parquet'}", f"output={out}", "+translate.to=[Russian,zh]",
+            "translate.max_new_tokens=6", "generate.shard_size=2"]
+    res = run_cli("infer.py", args)
+    assert res.returncode == 0, res.stderr[-3000:]
+    first = pd.read_parquet(out)
+    # English rows go to Russian and Chinese, Chinese rows to Russian only: 3 x 2 + 3
+    assert sorted(first["language"].value_counts().items()) == [("Chinese", 3), ("Russian", 6)]
+    assert first["translated"].all() and set(first["source_id"]) == set(rows["id"])
+    source = rows.set_index("id").loc[first["source_id"]]
+    assert (first["winner"].to_numpy() == source["winner"].to_numpy()).all() and (first["source_language"].to_numpy() == source["language"].to_numpy()).all()
+    assert (first["id"] == first["source_id"] + "@" + first["language"]).all()
+    assert (first.loc[first["source_id"] == rows["id"][0], "response_b"] == "").all()
+    assert (first["prompt"] != source["prompt"].to_numpy()).all()  # translated (by a tiny random model: gibberish, but new text)
+
+    # a crash: the output and one shard are gone; the same command translates that shard only
+    out.unlink()
+    shard = sorted((tmp_path / "translated.shards").glob("shard-*.Russian.parquet"))[1]
+    shard.unlink()
+    res = run_cli("infer.py", args)
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert "6 shards of 2 rows, 5 already done" in res.stdout + res.stderr
+    pd.testing.assert_frame_equal(pd.read_parquet(out), first)
+
+    # training reads them as extra data: they never validate, and a translation of a validation row never trains
+    cfg = compose_train(["data=files", f"data.train=[{tmp_path / 'pairs.parquet'},{out}]", "data.n_folds=2", "data.ties=soft"]).data
+    train_rows, valid = load_train_valid(cfg)
+    assert not valid["translated"].any() and train_rows["translated"].any()
+    assert not (train_rows["translated"] & train_rows["source_id"].isin(set(valid["id"]))).any()
+    assert set(train_rows.loc[train_rows["translated"], "source_id"]) <= set(rows["id"]) - set(valid["id"])  # (the tiny model's gibberish
+    # translations may repeat, and repeated pairs are deduplicated)
