@@ -1,7 +1,9 @@
 """Read preference pairs from any supported layout into one canonical table, check them, split them.
 
 Canonical columns: ``id, prompt, response_a, response_b, winner, model_a, model_b, language,
-source, p_a``. ``winner`` is ``model_a``/``model_b``/``tie`` (None on test rows); ``p_a`` is the
+source, p_a, pseudo_label, translated, source_id`` (the last three: rows written by ``infer.py
+task=pseudolabel`` / ``task=translate``, which train but never validate; ``source_id`` is the row a
+translation was made from). ``winner`` is ``model_a``/``model_b``/``tie`` (None on test rows); ``p_a`` is the
 probability that A wins (1, 0, 0.5 for a kept tie, or a soft label given in the file).
 
 The layout of a file is chosen by the columns it has, never by its name:
