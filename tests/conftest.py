@@ -94,6 +94,9 @@ def compose_infer(overrides: list[str]):
 def run_cli(script: str, args: list[str], cwd: Path | None = None, timeout: int = 600, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
     """Run ``python train.py ...`` / ``python infer.py ...`` in a fresh process (``env``: added to the environment)."""
     env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
+    # a fresh process, like a user's shell: not attached to a W&B service this test process started (a killed run's
+    # stream would stay registered in that shared service and its resumed run be refused as "run ID in use")
+    env.pop("WANDB_SERVICE", None)
     if "-m" not in args and not any(a.startswith("hydra.run.dir=") for a in args):
         args = [*args, f"hydra.run.dir={tempfile.mkdtemp(prefix='duelist-test-')}"]  # keep Hydra's logs out of the checkout
     return subprocess.run(

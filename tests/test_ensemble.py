@@ -19,10 +19,10 @@ from duelist.runs import best_run, find_runs
 from duelist.training import train
 
 
-def fake_run(root, name: str, model: str, acc: float, loss: float, study: str | None = None, finished: bool = True):
+def fake_run(root, name: str, model: str, acc: float, loss: float, study: str | None = None, finished: bool = True, extra: tuple = ()):
     run = root / name
     run.mkdir(parents=True)
-    cfg = compose_train([f"model={model}", "logger=none", f"logger.group={study}" if study else "logger.group=null"])
+    cfg = compose_train([f"model={model}", "logger=none", f"logger.group={study}" if study else "logger.group=null", *extra])
     OmegaConf.save(cfg, run / "config.yaml")
     (run / "checkpoint").mkdir()
     OmegaConf.save(cfg, run / "checkpoint" / "config.yaml")  # the weights themselves are not needed by the registry
@@ -191,6 +191,15 @@ def test_cross_fitted_score_and_cascade_coverage_recomputed_independently(tmp_pa
         expected = float(np.mean(np.where(q >= 0.5, "model_a", "model_b") == winner))
         assert report["oof/cascade"][key]["accuracy"] == pytest.approx(expected)
     assert report["oof/cascade"]["100%"]["accuracy"] == pytest.approx(report["oof/accuracy"]["ensemble"])
+
+
+@pytest.mark.fast
+def test_the_registry_never_picks_a_specialist_as_a_member(tmp_path) -> None:
+    fake_run(tmp_path, "general", "tiny_gemma2", 0.61, 0.66)
+    fake_run(tmp_path, "zh", "tiny_gemma2", 0.79, 0.50, extra=("data.languages=[Chinese]",))  # its accuracy is on Chinese rows only
+    listed = find_runs([str(tmp_path)])
+    assert listed.set_index("model").shape[0] == 2 and listed.iloc[0]["languages"] == "Chinese"  # the list shows it, best first
+    assert best_run("tiny_gemma2", [str(tmp_path)]) == str(tmp_path / "general")
 
 
 @pytest.mark.fast

@@ -27,6 +27,18 @@ def runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     return {"features": root / "features", "features_small": root / "features_small", "zh": root / "zh"}
 
 
+@pytest.mark.fast
+def test_runs_written_before_the_new_model_keys_still_resume_and_count_as_finished() -> None:
+    from duelist.resume import config_differences, resolved
+
+    cfg = compose_train([])
+    old = resolved(cfg)
+    del old["model"]["trees"], old["model"]["language_tag"]  # a run dir written before these keys existed
+    assert config_differences(old, resolved(cfg)) == []
+    assert config_differences(old, resolved(compose_train(["model.language_tag=true"]))) == ["model.language_tag: False -> True"]
+
+
+@pytest.mark.fast
 def test_text_features_by_hand() -> None:
     from duelist.features import pair_features, text_features
 
@@ -117,10 +129,19 @@ def test_specialist_scores_only_its_language_and_routes_with_the_generalist(runs
               for q in (a * both["p_a"] + (1 - a) * both["p_a_zh"] for a in grid)]
     assert w[0] == pytest.approx(grid[int(np.argmin(np.round(losses, 10)))])
 
+    # equal weights (ensemble=mean) route the same way and need no OOF: 1/2 on Chinese rows, the generalist alone elsewhere
+    from conftest import compose_infer
+    from duelist.submission import ensemble_weights
+
+    report, _ = ensemble_weights(compose_infer(["ensemble=mean", f"runs=[{gen},{zh}]", "data.test=t.parquet"]), [gen, zh])
+    assert report["weights"] == {"*": [1.0, 0.0], "Chinese": [0.5, 0.5]}
+
     # specialists alone: a language none of them covers is refused in one line before any scoring
-    res = run_cli("infer.py", [f"runs=[{zh}]", f"data.test={tmp_path / 'test.parquet'}", f"output={tmp_path / 'only.csv'}"])
-    assert res.returncode != 0 and "Traceback" not in res.stderr
-    assert re.search(r"rows in .*English.*Spanish.* would be left unscored.*add a generalist", res.stderr)
+    from duelist.errors import DuelistError
+    from duelist.submission import submit
+
+    with pytest.raises(DuelistError, match=r"rows in .*English.*Spanish.* would be left unscored.*add a generalist"):
+        submit(compose_infer([f"runs=[{zh}]", f"data.test={tmp_path / 'test.parquet'}", f"output={tmp_path / 'only.csv'}"]))
     assert not (tmp_path / "only.csv").exists()
 
 
@@ -168,6 +189,11 @@ def test_stack_is_cross_fitted(runs, tmp_path, monkeypatch) -> None:
         assert rows and not rows & seen  # no row is scored by a stacker that saw it
         scored |= rows
     assert len(scored) == report["shared_oof_rows"]  # every shared row scored once, cross-fitted
+    from duelist.data import load_train_valid, normalized
+
+    _, valid = load_train_valid(compose_train(SMALL).data)
+    parts = pd.Series(stacking.prompt_parts(valid["prompt"])).groupby(normalized(valid["prompt"]).to_numpy()).nunique()
+    assert (parts == 1).all() and stacking.prompt_parts(valid["prompt"]).max() == stacking.PARTS - 1  # a prompt's rows share a part
     assert set(report["oof/accuracy"]) == {"member0", "member1", "mean", "stack_cross_fitted"}
 
     out = tmp_path / "sub.csv"
@@ -175,8 +201,10 @@ def test_stack_is_cross_fitted(runs, tmp_path, monkeypatch) -> None:
     assert res.returncode == 0, res.stderr[-3000:]
     assert re.search(r"OOF +stack_cross_fitted: accuracy [0-9.]+ .*the honest estimate", res.stdout)
     assert (out.with_suffix(".stacker") / "booster.txt").is_file() and len(pd.read_csv(out)) == 3
-    res = run_cli("infer.py", ["ensemble=stack", f"runs=[{members[0]},{runs['zh']}]", f"data.test={WSDM_EXAMPLE}", f"output={tmp_path / 'x.csv'}"])
-    assert res.returncode != 0 and "is a specialist" in res.stderr and "Traceback" not in res.stderr
+    from duelist.errors import DuelistError
+
+    with pytest.raises(DuelistError, match="is a specialist"):
+        stacking.fit([members[0], runs["zh"]], compose_infer_stack().ensemble.trees)
 
 
 def compose_infer_stack():
@@ -185,16 +213,61 @@ def compose_infer_stack():
     return compose_infer(["ensemble=stack", "data.test=t.parquet"])
 
 
-def test_translate_keeps_labels_resumes_and_trains_as_extra_data(tmp_path) -> None:
-    from duelist.data import load_pairs, load_train_valid
+def short_pairs() -> pd.DataFrame:
+    """Six labelled pairs with short texts (the tiny generator's byte-level tokenizer reads one token per byte)."""
+    return pd.DataFrame({
+        "id": [f"t{i}" for i in range(6)],
+        "prompt": ["你好吗？", "什么是猫？", "今天天气怎么样？", "How are you?", "What is a cat?", "Is it raining today?"],
+        "response_a": ["我很好。", "猫是动物。", "晴天。", "Fine, thanks.", "A small animal.", "No, it is sunny."],
+        "response_b": ["", "一种宠物。", "下雨了。", "Not bad.", "A pet that purrs.", "Yes."],  # an empty response is data
+        "winner": ["model_a", "model_b", "model_a", "model_b", "model_a", "tie"],
+        "language": ["Chinese"] * 3 + ["English"] * 3,
+    })
 
-    sample = load_pairs(["pkg:duelist/assets/sample/oasst1_zh_rank.parquet", "pkg:duelist/assets/sample/pandalm_test.parquet"], on_bad_rows="drop")
-    rows = pd.concat([sample[sample["language"] == "Chinese"].head(3), sample[sample["language"] == "English"].head(3)], ignore_index=True)
-    rows.loc[0, "response_b"] = ""  # an empty response is data: it stays empty
-    rows[["id", "prompt", "response_a", "response_b", "winner", "language", "source"]].to_parquet(tmp_path / "pairs.parquet")
+
+class EchoTranslator:
+    """A stand-in translator: answers ``<language>: <text>`` from the instruction it is sent; a text with EMPTY comes
+    back empty, one with LONG stops at the token limit. Its tokenizer counts words."""
+
+    def __init__(self):
+        self.tokenizer = lambda text, add_special_tokens=False: {"input_ids": text.split()}
+        self.asks: list[str] = []
+
+    def generate(self, prompts, seed):
+        self.asks += list(prompts)
+        language = [p.split(" into ")[1].split(".")[0] for p in prompts]
+        texts = [p.split("\n\n", 1)[1] for p in prompts]
+        self.at_limit = ["LONG" in x for x in texts]
+        return ["" if "EMPTY" in x else f"{lang}: {x}" for lang, x in zip(language, texts)]
+
+
+@pytest.mark.fast
+def test_translate_rows_maps_every_text_and_leaves_out_what_would_mislabel() -> None:
+    from duelist.translation import translate_rows
+
+    t = compose_infer_stack().translate
+    rows = pd.DataFrame({"id": ["a", "b", "c", "d"], "prompt": ["hello", "hi", "hey", " ".join(["word"] * 300)],
+                         "response_a": ["one", "EMPTY please", "three", "x"], "response_b": ["", "two", "LONG answer", "y"]})
+    backend = EchoTranslator()
+    out = translate_rows(backend, rows, "Russian", t, max_prompt_tokens=100, seed=0)
+    assert list(out["id"]) == ["a", "b", "c", "d"]
+    assert out.loc[0, "prompt"] == "Russian: hello" and out.loc[0, "response_a"] == "Russian: one" and out.loc[0, "response_b"] == ""
+    assert list(out["problem"].fillna("ok")) == ["ok", "empty", "cut", "too_long"]
+    assert all(ask.startswith("Translate the text below into Russian.") for ask in backend.asks)
+    assert not any("word word" in ask for ask in backend.asks)  # the text that does not fit with the instruction is not sent
+    t.keep_cut = True
+    assert list(translate_rows(EchoTranslator(), rows, "Russian", t, 100, 0)["problem"].fillna("ok")) == ["ok", "empty", "ok", "too_long"]
+
+
+def test_translate_keeps_labels_resumes_and_trains_as_extra_data(tmp_path) -> None:
+    from duelist.data import load_train_valid
+
+    rows = short_pairs()
+    rows.to_parquet(tmp_path / "pairs.parquet")
     out = tmp_path / "translated.parquet"
+    # the tiny random generator never ends an answer by itself: keep_cut keeps its (cut, gibberish) translations
     args = ["task=translate", "generate=tiny", f"data.test={tmp_path / 'pairs.parquet'}", f"output={out}", "+translate.to=[Russian,zh]",
-            "translate.max_new_tokens=6", "generate.shard_size=2"]
+            "translate.max_new_tokens=6", "translate.keep_cut=true", "generate.shard_size=2"]
     res = run_cli("infer.py", args)
     assert res.returncode == 0, res.stderr[-3000:]
     first = pd.read_parquet(out)
@@ -204,8 +277,8 @@ def test_translate_keeps_labels_resumes_and_trains_as_extra_data(tmp_path) -> No
     source = rows.set_index("id").loc[first["source_id"]]
     assert (first["winner"].to_numpy() == source["winner"].to_numpy()).all() and (first["source_language"].to_numpy() == source["language"].to_numpy()).all()
     assert (first["id"] == first["source_id"] + "@" + first["language"]).all()
-    assert (first.loc[first["source_id"] == rows["id"][0], "response_b"] == "").all()
-    assert (first["prompt"] != source["prompt"].to_numpy()).all()  # translated (by a tiny random model: gibberish, but new text)
+    assert (first.loc[first["source_id"] == "t0", "response_b"] == "").all()  # the empty response stays empty
+    assert (first["prompt"] != source["prompt"].to_numpy()).all()
 
     # a crash: the output and one shard are gone; the same command translates that shard only
     out.unlink()
@@ -217,9 +290,10 @@ def test_translate_keeps_labels_resumes_and_trains_as_extra_data(tmp_path) -> No
     pd.testing.assert_frame_equal(pd.read_parquet(out), first)
 
     # training reads them as extra data: they never validate, and a translation of a validation row never trains
-    cfg = compose_train(["data=files", f"data.train=[{tmp_path / 'pairs.parquet'},{out}]", "data.n_folds=2", "data.ties=soft"]).data
+    cfg = compose_train(["data=files", f"data.train=[{tmp_path / 'pairs.parquet'},{{path:{out},validate:true}}]", "data.n_folds=2",
+                         "data.ties=soft"]).data
     train_rows, valid = load_train_valid(cfg)
-    assert not valid["translated"].any() and train_rows["translated"].any()
+    assert not valid["translated"].any() and train_rows["translated"].any()  # validate:true does not make translations validate
     assert not (train_rows["translated"] & train_rows["source_id"].isin(set(valid["id"]))).any()
     assert set(train_rows.loc[train_rows["translated"], "source_id"]) <= set(rows["id"]) - set(valid["id"])  # (the tiny model's gibberish
     # translations may repeat, and repeated pairs are deduplicated)

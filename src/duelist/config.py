@@ -378,6 +378,7 @@ class TranslateConfig:
     to: List[str] = MISSING
     instruction: str = MISSING
     max_new_tokens: int = MISSING
+    keep_cut: bool = MISSING
 
 
 @dataclass

@@ -515,7 +515,7 @@ def load_sources(data_cfg: Any) -> pd.DataFrame:
         if source.max_rows is not None and source.max_rows < len(df):
             df = stratified_sample(df, int(source.max_rows), data_cfg.split_seed)
         may = ~(df["pseudo_label"].to_numpy(dtype=bool) | df["translated"].to_numpy(dtype=bool))  # pseudo-labels and translations never validate
-        validate = may if source.validate is None else np.full(len(df), bool(source.validate))
+        validate = may if source.validate is None else np.full(len(df), bool(source.validate)) & may
         frames.append(df.assign(weight=float(source.weight), validate=validate))
     df = pd.concat(frames, ignore_index=True)
     dup = df["id"].duplicated()
@@ -548,6 +548,7 @@ def load_train_valid(data_cfg: Any) -> tuple[pd.DataFrame, pd.DataFrame]:
     validation keeps the real language mix.
     """
     train = load_sources(data_cfg)
+    prompt_of = dict(zip(train["id"], normalized(train["prompt"])))  # what a translation's source row asked
     if data_cfg.max_rows:
         train = stratified_sample(train, int(data_cfg.max_rows), data_cfg.split_seed)
     if data_cfg.valid:
@@ -576,11 +577,13 @@ def load_train_valid(data_cfg: Any) -> tuple[pd.DataFrame, pd.DataFrame]:
                 "lower data.n_folds or give data.valid=FILE"
             )
         train, valid = train[~is_valid].reset_index(drop=True), train[is_valid].reset_index(drop=True)
-    copies = train["source_id"].isin(set(valid["id"])) & train["translated"]
-    if copies.any():  # a translation of a validation row is that row in another language: never trained on
-        log.warning("dropped %d translated training rows whose source row is a validation row", int(copies.sum()))
+    valid_prompts = set(normalized(valid["prompt"]))
+    source_prompts = train["source_id"].map(prompt_of)
+    copies = train["translated"] & (train["source_id"].isin(set(valid["id"])) | source_prompts.isin(valid_prompts))
+    if copies.any():  # a translation of a validation row (or of a row with a validation prompt) is that row in another language
+        log.warning("dropped %d translated training rows whose source row is a validation row or has a validation prompt", int(copies.sum()))
         train = train[~copies].reset_index(drop=True)
-    leak = normalized(train["prompt"]).isin(set(normalized(valid["prompt"])))
+    leak = normalized(train["prompt"]).isin(valid_prompts)
     if leak.any():  # leakage guard: a validation prompt is never trained on
         counts = train.loc[leak, "source"].value_counts().to_dict()
         log.warning("dropped %d training rows whose prompt is a validation prompt (per source: %s)", int(leak.sum()), counts)

@@ -1,9 +1,10 @@
 """Ensemble weights tuned on out-of-fold predictions, and the weighted combination of members.
 
-Members' ``oof.parquet`` files are joined on the validation ids they share. Weights are searched
-on a grid over the simplex (step ``grid_step``), minimising log loss (ties broken by accuracy);
-with ``per_language`` a language with enough shared rows gets its own weights, the others the
-global ones. Probabilities are combined as a weighted mean of ``p_a`` or of its logit.
+Members' ``oof.parquet`` files are joined on their validation ids (a specialist, trained with ``data.languages``,
+has only its languages' rows: see :class:`Routes`). Weights are searched on a grid over the simplex (step
+``grid_step``), minimising log loss (ties broken by accuracy) on the rows every member of a route scored; with
+``per_language`` a language with enough shared rows gets its own weights, the others the global ones.
+Probabilities are combined as a weighted mean of ``p_a`` or of its logit.
 
 Weights tuned on the rows they are scored on flatter the ensemble: :func:`fit` also reports a
 cross-fitted score (each fifth of the shared rows scored with weights tuned on the other four fifths),
@@ -14,6 +15,7 @@ rows the first is least sure of.
 from __future__ import annotations
 
 import itertools
+import logging
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
@@ -23,6 +25,8 @@ import pandas as pd
 from duelist.errors import DuelistError
 from duelist.metrics import log_loss, predicted_winner
 from duelist.rundir import RunDir
+
+log = logging.getLogger(__name__)
 
 GLOBAL = "*"
 EPS = 1e-6
@@ -114,6 +118,11 @@ class Routes:
         """Languages of ``languages`` that no member scores (only specialists, none of theirs)."""
         return [] if self.generalists else sorted(set(map(str, languages)) - set(self.groups))
 
+    def equal_weights(self) -> dict[str, list[float]]:
+        """1/k within each route (``GLOBAL``: the generalists; each specialist language: its generalists + specialists)."""
+        routes = ({GLOBAL: self.generalists} if self.generalists else {}) | self.groups
+        return {lang: [float(x) for x in self.expand(members, np.full(len(members), 1.0 / len(members)))] for lang, members in routes.items()}
+
     def expand(self, members: list[int], w: np.ndarray) -> np.ndarray:
         full = np.zeros(self.k)
         full[members] = w
@@ -125,14 +134,14 @@ def _complete(p: np.ndarray, members: list[int]) -> np.ndarray:
 
 
 def tune(p: np.ndarray, target: np.ndarray, winner: np.ndarray, languages: np.ndarray, how: str, step: float,
-         per_language: bool, min_language_rows: int, routes: Routes | None = None, equal: bool = False) -> dict[str, np.ndarray]:
+         per_language: bool, min_language_rows: int, routes: Routes | None = None) -> dict[str, np.ndarray]:
     """Weights per route: ``GLOBAL`` over the generalists (tuned on the rows they all scored), own weights for every
     language with specialists (tuned on its rows that its members all scored: at least ``min_language_rows``, else
-    equal), and with ``per_language`` for every other language with enough rows. ``equal``: 1/k within each route."""
+    equal), and with ``per_language`` for every other language with enough rows."""
     routes = routes or Routes([None] * p.shape[1])
 
     def fit(rows: np.ndarray, members: list[int]) -> np.ndarray:
-        if equal or not rows.any():
+        if not rows.any():
             return routes.expand(members, np.full(len(members), 1.0 / len(members)))
         return routes.expand(members, tune_weights(p[np.ix_(rows, members)], target[rows], winner[rows], how, step))
 
@@ -140,16 +149,19 @@ def tune(p: np.ndarray, target: np.ndarray, winner: np.ndarray, languages: np.nd
     gens = routes.generalists
     if gens:
         shared = _complete(p, gens)
-        if not shared.any() and not equal:
+        if not shared.any():
             raise DuelistError("the generalist runs share no validation ids; train them on the same data and split (data.split_seed, data.fold)")
         weights[GLOBAL] = fit(shared, gens)
-        if per_language and not equal:
+        if per_language:
             for lang in sorted(set(map(str, languages[shared])) - set(routes.groups)):
                 rows = shared & (languages == lang)
                 if rows.sum() >= min_language_rows:
                     weights[lang] = fit(rows, gens)
     for lang, members in routes.groups.items():
         rows = (languages == lang) & _complete(p, members)
+        if rows.sum() < min_language_rows:
+            log.warning("%s: %d OOF rows that all its runs scored (ensemble.min_language_rows=%d): equal weights for its %d runs",
+                        lang, int(rows.sum()), min_language_rows, len(members))
         weights[lang] = fit(rows if rows.sum() >= min_language_rows else np.zeros(len(p), dtype=bool), members)
     return weights
 
@@ -194,7 +206,7 @@ def evaluated_rows(p: np.ndarray, languages: np.ndarray, routes: Routes) -> np.n
 
 
 def fit(runs: Sequence[str | Path], how: str, step: float, per_language: bool, min_language_rows: int,
-        specialties: Sequence[Iterable[str] | None] | None = None, equal: bool = False) -> dict[str, Any]:
+        specialties: Sequence[Iterable[str] | None] | None = None) -> dict[str, Any]:
     """Tune weights on the runs' OOF rows (``specialties``: each run's ``data.languages``, None for a generalist; see
     :class:`Routes`); returns weights and the OOF scores of members and ensemble (as tuned, and cross-fitted), and for
     two generalists the cascade's scores at 25/50/100% coverage. Scores are over the rows every member of their route
@@ -209,7 +221,7 @@ def fit(runs: Sequence[str | Path], how: str, step: float, per_language: bool, m
         raise DuelistError(f"runs {', '.join(map(str, runs))} share no validation ids; train them on the same data and split (data.split_seed, data.fold)")
     p, languages = p_all[rows], languages_all[rows]
     target, winner = oof["target"].to_numpy()[rows], oof["winner"].to_numpy()[rows]
-    weights = tune(p, target, winner, languages, how, step, per_language, min_language_rows, routes, equal)
+    weights = tune(p, target, winner, languages, how, step, per_language, min_language_rows, routes)
     ensemble_p = apply(p, languages, weights, how)
     scored = [~np.isnan(p[:, i]) for i in range(k)]
     report: dict[str, Any] = {
@@ -223,10 +235,22 @@ def fit(runs: Sequence[str | Path], how: str, step: float, per_language: bool, m
     if routes.has_specialists:
         report["specialists"] = {str(runs[i]): sorted(s) for i, s in enumerate(routes.specialties) if s is not None}
         report["oof/rows"] = {f"member{i}": int(scored[i].sum()) for i in range(k)}
-    if not equal:
-        honest = cross_fitted(p, target, winner, languages, how, step, per_language, min_language_rows, routes)
-        report["oof/accuracy"]["ensemble_cross_fitted"] = accuracy(honest, winner)
-        report["oof/log_loss"]["ensemble_cross_fitted"] = log_loss(honest, target)
+        if routes.generalists:  # a specialist's validation rows should be the generalists' rows of its languages
+            shared = _complete(p_all, routes.generalists)
+            coverage = {}
+            for i, s in enumerate(routes.specialties):
+                if s is None:
+                    continue
+                mine = shared & np.isin(languages_all, sorted(s))
+                coverage[str(runs[i])] = float((~np.isnan(p_all[mine, i])).mean()) if mine.any() else 0.0
+                if coverage[str(runs[i])] < 0.9:
+                    log.warning("%s scored %.0f%% of the generalists' OOF rows in %s: train specialists with the generalists' data and split settings "
+                                "(data.languages keeps rows after the split) so their weights are tuned on enough rows",
+                                runs[i], 100 * coverage[str(runs[i])], ", ".join(sorted(s)))
+            report["specialist_coverage"] = coverage
+    honest = cross_fitted(p, target, winner, languages, how, step, per_language, min_language_rows, routes)
+    report["oof/accuracy"]["ensemble_cross_fitted"] = accuracy(honest, winner)
+    report["oof/log_loss"]["ensemble_cross_fitted"] = log_loss(honest, target)
     if k == 2 and not routes.has_specialists:
         order = least_confident_first(p[:, 0])
         report["oof/cascade"] = {}

@@ -2,7 +2,8 @@
 
 :class:`FeatureModel` is the model of ``model=features`` runs and of the ``ensemble=stack`` stacker: it learns
 P(A wins) with LightGBM's cross-entropy objective (so soft labels, ties at 0.5 and pseudo-labels are learnt as
-given, each row with its loss weight), stops early on the validation log loss, and saves as text: LightGBM's own
+given, each row with its loss weight), records the validation curves per round (optionally stops early on the
+validation log loss: ``trees.early_stopping_rounds``), and saves as text: LightGBM's own
 model file (``booster.txt``) and the column list (``columns.json``), nothing executable. ``extra`` columns (the
 stacker's members' p_a) are added to the features by name.
 """

@@ -94,14 +94,9 @@ def _languages(texts: pd.Series) -> np.ndarray:
 
 
 def measure_texts(df: pd.DataFrame) -> dict[str, pd.DataFrame]:
-    """Per-text measures and language of ``prompt``, ``response_a`` and ``response_b`` (the prompt's language is the
-    row's ``language`` when the table has one)."""
-    out = {}
-    for column in ("prompt", "response_a", "response_b"):
-        table = _measure(df[column])
-        languages = df["language"].astype(str).to_numpy() if column == "prompt" and "language" in df else _languages(df[column])
-        out[column] = table.assign(language=languages)
-    return out
+    """Per-text measures and detected language of ``prompt``, ``response_a`` and ``response_b`` (always detected, also
+    where a file labels its rows: the same reading on training and test rows, whose labels are detected)."""
+    return {column: _measure(df[column]).assign(language=_languages(df[column])) for column in ("prompt", "response_a", "response_b")}
 
 
 def assemble(prompt: pd.DataFrame, a: pd.DataFrame, b: pd.DataFrame) -> pd.DataFrame:

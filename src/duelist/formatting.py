@@ -11,7 +11,7 @@ cut text hides: ``buckets`` writes ``Length: A much longer`` / ``A longer`` / ``
 / ``B much longer`` (from the ratio of the responses' character counts), ``chars`` writes both counts
 (``Length: A 1,240 chars, B 310 chars``). The counts are of the whole texts, before any cut. With
 ``model.language_tag`` it opens with the row's language first (``Language: Russian``: given, or detected from the
-prompt), so one multilingual model can condition on it.
+prompt; a label outside the WSDM names is ``other``), so one multilingual model can condition on it.
 
 Tokenised tables are cached on disk (parquet, keyed by tokenizer, frame, budget and the text)
 and reused by later runs.
@@ -55,13 +55,13 @@ def length_hint(mode: str, len_a: int, len_b: int) -> str:
     return f"Length: {longer} {word}\n\n" if word else "Length: similar\n\n"
 
 
-TAG_CHARS = 16  # a language label is cut to this many characters in the tag (the WSDM names are shorter)
+TAG_NAMES = frozenset(CODES.values()) | {"unknown"}  # the tag names a known language; any other label is "other"
 
 
 def language_tag(language: Any) -> str:
     """The text that opens the frame with ``model.language_tag=true``."""
-    name = str(language) if isinstance(language, str) and language else "unknown"
-    return f"Language: {name[:TAG_CHARS]}\n\n"
+    name = language if isinstance(language, str) and language in TAG_NAMES else "other" if isinstance(language, str) and language else "unknown"
+    return f"Language: {name}\n\n"
 
 
 @dataclass(frozen=True)
@@ -178,7 +178,7 @@ class PairEncoder:
                                f"the classifier would read an earlier token; give the tokenizer a pad token of its own")
         self._hints: dict[str, tuple[int, ...]] = {}
         extremes = [(10**9, 10**9), (10**9, 1), (1, 10**9), (150, 100), (100, 150)]  # widest counts, every bucket phrase
-        tags = ["unknown", "W" * TAG_CHARS, *sorted(set(CODES.values()))] if self.language_tag else [None]
+        tags = sorted(TAG_NAMES | {"other"}) if self.language_tag else [None]
         longest_hint = max(len(self._hint_ids(a, b, tag)) for a, b in extremes for tag in tags)
         needed = min_length(self.frame) + longest_hint
         if self.max_length < needed:

@@ -94,6 +94,12 @@ def assign_pairs(n: int, n_generators: int, seed: int) -> tuple[np.ndarray, np.n
 
 
 class Backend(Protocol):
+    """``generate`` returns one text per prompt; afterwards ``at_limit[i]`` says whether text i stopped at
+    ``max_new_tokens`` (cut) rather than at the end of its answer."""
+
+    tokenizer: Any
+    at_limit: list[bool]
+
     def generate(self, prompts: Sequence[str], seed: int) -> list[str]: ...
 
 
@@ -141,6 +147,7 @@ class HFBackend:
         encoded = [prompt_ids(tok, p, cfg.max_prompt_tokens) for p in prompts]
         order = np.argsort([len(e) for e in encoded], kind="stable")  # similar lengths share a batch: little padding
         out: list[str] = [""] * len(prompts)
+        self.at_limit = [False] * len(prompts)
         torch.manual_seed(seed)
         for start in range(0, len(order), cfg.batch_size):
             idx = order[start : start + cfg.batch_size]
@@ -151,8 +158,11 @@ class HFBackend:
                 max_new_tokens=cfg.max_new_tokens, pad_token_id=tok.pad_token_id, **sampling,
             )
             new = generated[:, batch["input_ids"].shape[1] :]
-            for i, text in zip(idx, tok.batch_decode(new, skip_special_tokens=True)):
+            last = new[:, -1].tolist()
+            for j, (i, text) in enumerate(zip(idx, tok.batch_decode(new, skip_special_tokens=True))):
                 out[i] = text.strip()
+                # finished sequences are padded after their end-of-sequence token; a cut one fills every new position
+                self.at_limit[i] = new.shape[1] == cfg.max_new_tokens and last[j] not in (tok.pad_token_id, tok.eos_token_id)
         return out
 
 
@@ -176,8 +186,10 @@ class VLLMBackend:
         params = SamplingParams(temperature=cfg.temperature, top_p=cfg.top_p, max_tokens=cfg.max_new_tokens, seed=seed)
         results = self.llm.generate([{"prompt_token_ids": ids[i]} for i in order], params, use_tqdm=True)
         out: list[str] = [""] * len(prompts)
+        self.at_limit = [False] * len(prompts)
         for i, result in zip(order, results):
             out[i] = result.outputs[0].text.strip()
+            self.at_limit[i] = result.outputs[0].finish_reason == "length"
         return out
 
 

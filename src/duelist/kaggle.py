@@ -80,6 +80,8 @@ def needs_bitsandbytes(runs: Sequence[str], merge: bool, quantization: str) -> b
     for run in runs:
         rundir = RunDir(run)
         cfg = rundir.read_checkpoint_config()
+        if cfg.model.arch == "features":  # LightGBM: no network to quantize
+            continue
         if cfg.lora.enabled and cfg.lora.qlora and not (merge and (rundir.checkpoint / "adapter").is_dir()):
             return True
     return False

@@ -111,6 +111,10 @@ def pseudolabel(cfg: Any) -> pd.DataFrame:
     if not 0.0 <= pl.min_confidence <= 0.5:
         raise DuelistError(f"labeling.min_confidence={pl.min_confidence}: must be in [0, 0.5]")
     teachers = pick_runs(cfg, members=list(pl.teachers), what="teachers")
+    specialists = [str(t) for t in teachers if RunDir(t).specialty()]
+    if specialists:
+        raise DuelistError(f"teachers {', '.join(specialists)}: specialists (data.languages) label only their languages; "
+                           f"pseudo-label with generalist runs (a specialist's rows: filter the file by language first)")
     rows = load_test(cfg.data.test)
     device = pick_device(cfg.device)
     log.info("pseudo-labelling %d rows with %d teacher(s) on %s, tta=%s", len(rows), len(teachers), device, pl.tta)

@@ -35,7 +35,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from duelist.errors import DuelistError
 from duelist.files import atomic_dir
-from duelist.rundir import RunDir
+from duelist.rundir import ADDED_KEYS, RunDir
 
 log = logging.getLogger(__name__)
 
@@ -255,6 +255,9 @@ def config_differences(saved: dict[str, Any], current: dict[str, Any]) -> list[s
         return out
 
     a, b = flat(saved), flat(current)
+    if not isinstance(saved.get("model"), dict) or saved["model"].get("arch") != "features":
+        for key, value in ADDED_KEYS.items():  # a run written before a model key existed was trained with its old value
+            a.setdefault(f"model.{key}", value)
     keys = sorted(k for k in set(a) | set(b) if not any(k == i or k.startswith(i) for i in IGNORED))
     return [f"{k}: {a.get(k, '(absent)')} -> {b.get(k, '(absent)')}" for k in keys if a.get(k, "(absent)") != b.get(k, "(absent)")]
 

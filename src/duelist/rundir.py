@@ -28,7 +28,7 @@ METRICS = "metrics.json"
 OOF = "oof.parquet"
 HISTORY = "history.json"
 # model keys added after runs were first written, with the value every run written before them was trained with
-ADDED_KEYS = {"pooling": "model", "length_hint": "none", "language_tag": False}
+ADDED_KEYS = {"pooling": "model", "length_hint": "none", "language_tag": False, "trees": None}
 CHECKPOINT = "checkpoint"
 EXPORTED_FROM = "exported_from.json"
 

@@ -21,7 +21,7 @@ from duelist.metrics import LOWER_IS_BETTER
 from duelist.rundir import RunDir, finished_runs
 
 DEFAULT_ROOTS = ("outputs", "multirun", "runs")  # Hydra's run and multirun dirs, and runs/NAME (hydra.run.dir=runs/NAME in the README)
-COLUMNS = ["run_dir", "model", "data", "study", "lora_r", "augment_swap", "val/accuracy", "val/log_loss", "best_step", "finished"]
+COLUMNS = ["run_dir", "model", "data", "languages", "study", "lora_r", "augment_swap", "val/accuracy", "val/log_loss", "best_step", "finished"]
 
 
 def _row(run: RunDir) -> Optional[dict]:
@@ -36,6 +36,7 @@ def _row(run: RunDir) -> Optional[dict]:
         "run_dir": str(run.path),
         "model": cfg.model.name,
         "data": cfg.data.name,
+        "languages": ",".join(map(str, cfg.data.languages)) if OmegaConf.select(cfg, "data.languages", default=None) else None,  # a specialist
         "study": OmegaConf.select(cfg, "logger.group", default=None, throw_on_missing=False),
         "lora_r": cfg.lora.r if cfg.lora.enabled and cfg.model.arch != "features" else None,
         "augment_swap": bool(cfg.augment.swap),
@@ -65,9 +66,15 @@ def find_runs(
 
 
 def candidates(runs: pd.DataFrame) -> pd.DataFrame:
-    """A run and its exported copies (``python -m duelist.export``) are one candidate: the copy stands for its source
-    (merged weights score faster, and its metrics were re-scored with them), so a run never ties with its own copy."""
-    if runs.empty or "exported_from" not in runs.columns:
+    """Runs that ``ensemble.members`` may pick: generalists only (a specialist, trained with ``data.languages``, is
+    scored on its languages alone: its accuracy is not comparable; pass it with ``runs=[...]``), and a run and its
+    exported copies (``python -m duelist.export``) are one candidate: the copy stands for its source (merged weights
+    score faster, and its metrics were re-scored with them), so a run never ties with its own copy."""
+    if runs.empty:
+        return runs
+    if "languages" in runs.columns:
+        runs = runs[runs["languages"].isna()].reset_index(drop=True)
+    if "exported_from" not in runs.columns:
         return runs
     sources = {str(Path(p).resolve()) for p in runs["exported_from"].dropna()}
     return runs[[str(Path(p).resolve()) not in sources for p in runs["run_dir"]]].reset_index(drop=True)

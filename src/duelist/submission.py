@@ -20,7 +20,7 @@ from duelist import ensemble, stacking
 from duelist.data import load_test
 from duelist.errors import DuelistError
 from duelist.feature_model import FeatureModel
-from duelist.files import write_csv, write_json, write_parquet
+from duelist.files import atomic_dir, write_csv, write_json, write_parquet
 from duelist.metrics import predicted_winner
 from duelist.rundir import RunDir
 from duelist.modeling import pick_device
@@ -64,7 +64,9 @@ def ensemble_weights(cfg: Any, runs: list[Path]) -> tuple[dict[str, Any], Featur
     if ens.weights == "equal" or len(runs) == 1:
         if not any(specialties):
             return {"runs": [str(r) for r in runs], "combine": ens.combine, "weights": ensemble.equal_weights(len(runs))}, None
-        report = ensemble.fit(runs, ens.combine, ens.grid_step, False, ens.min_language_rows, specialties, equal=True)
+        routes = ensemble.Routes(specialties)
+        report = {"runs": [str(r) for r in runs], "combine": ens.combine, "weights": routes.equal_weights(),
+                  "specialists": {str(r): s for r, s in zip(runs, specialties) if s}}
         print(f"ensemble weights (equal within each language's runs): {report['weights']}")
         return report, None
     report = ensemble.fit(runs, ens.combine, ens.grid_step, ens.per_language, ens.min_language_rows, specialties)
@@ -171,7 +173,8 @@ def submit(cfg: Any) -> pd.DataFrame:
     members[:, [not keep for keep in needed]] = 0.5  # weight 0: any finite value leaves the combination unchanged
     if stacker is not None:
         probs["p_a"] = stacking.predict(stacker, test, members)
-        stacker.save(output.with_suffix(".stacker"))  # booster.txt + columns.json: the stacker that wrote this submission
+        with atomic_dir(output.with_suffix(".stacker")) as tmp:  # booster.txt + columns.json: the stacker that wrote this submission
+            stacker.save(tmp)
     else:
         probs["p_a"] = ensemble.apply(members, languages, report["weights"], report["combine"])
     submission = pd.DataFrame({"id": test["id"], "winner": predicted_winner(probs["p_a"].to_numpy())})

@@ -312,12 +312,13 @@ def report(cfg: DictConfig, run: RunDir, metrics: dict[str, Any]) -> float:
 
 
 def train_feature_model(cfg: DictConfig, run: RunDir) -> float:
-    """``model=features``: LightGBM on the hand-made features of :mod:`duelist.features`, early-stopped on the validation
-    fold; the same run dir as a network's (``checkpoint/`` holds the booster as text)."""
+    """``model=features``: LightGBM on the hand-made features of :mod:`duelist.features` (``model.trees``), its curves
+    recorded on the validation fold; the same run dir as a network's (``checkpoint/`` holds the booster as text)."""
     from duelist.feature_model import FeatureModel, check_trees
     from duelist.files import atomic_dir
 
     check_trees(cfg.model.trees, "model.trees")
+    log.info("model=features: LightGBM; lora, pseudolabel.loss and the trainer's optimisation settings do not apply (trainer.seed does)")
     started = time.perf_counter()
     if cfg.trainer.resume == "auto" and run.is_finished():
         check_same_config(resolved(run.read_config()), cfg, run.path, 1, 1)
