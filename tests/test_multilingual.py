@@ -92,6 +92,15 @@ def test_feature_model_beats_the_longer_answer_rule_and_infer_reloads_it(tmp_pat
     np.testing.assert_allclose(probs["p_a"], expected, atol=1e-12)
     assert list(probs["language"]) == ["Spanish", "English", "Portuguese"]
 
+    from duelist.errors import DuelistError
+    from duelist.export import export_run
+    from duelist.kaggle import needs_lightgbm
+
+    assert needs_lightgbm([str(run)])  # the Kaggle package ships LightGBM for it (and leaves it out for network runs)
+
+    with pytest.raises(DuelistError, match="a feature-model run .* has nothing to merge"):
+        export_run(run, tmp_path / "merged")
+
 
 def test_specialist_scores_only_its_language_and_routes_with_the_generalist(runs, tmp_path) -> None:
     gen, zh = runs["features"], runs["zh"]

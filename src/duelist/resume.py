@@ -255,7 +255,7 @@ def config_differences(saved: dict[str, Any], current: dict[str, Any]) -> list[s
         return out
 
     a, b = flat(saved), flat(current)
-    if not isinstance(saved.get("model"), dict) or saved["model"].get("arch") != "features":
+    if isinstance(saved.get("model"), dict) and saved["model"].get("arch") != "features":
         for key, value in ADDED_KEYS.items():  # a run written before a model key existed was trained with its old value
             a.setdefault(f"model.{key}", value)
     keys = sorted(k for k in set(a) | set(b) if not any(k == i or k.startswith(i) for i in IGNORED))
