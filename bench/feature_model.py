@@ -12,7 +12,6 @@ from __future__ import annotations
 import argparse
 import json
 import platform
-import subprocess
 import sys
 import tempfile
 import time
@@ -25,6 +24,7 @@ ROOT = Path(__file__).resolve().parents[1]
 def main() -> None:
     from hydra import compose, initialize_config_dir
 
+    from duelist.bench import git_commit, versions
     from duelist.config import register_configs
     from duelist.training import train
 
@@ -50,9 +50,8 @@ def main() -> None:
         print(f"fold {f['fold']}: {f['rows']} pairs  features {f['accuracy']:.4f}  longer-answer rule {f['longer_wins']:.4f}  "
               f"log loss {f['log_loss']:.4f}  {f['seconds']:.1f} s")
     print(f"mean: features {mean['accuracy']:.4f}  rule {mean['longer_wins']:.4f}  log loss {mean['log_loss']:.4f}")
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=ROOT).stdout.strip()
-    report = {"device": f"cpu {platform.machine()}", "python": platform.python_version(), "commit": commit,
-              "lightgbm": metadata.version("lightgbm"), "early_stopping_rounds": args.early_stopping, "folds": folds, "mean": mean}
+    report = {"device": f"cpu {platform.machine()}", "versions": {**versions(), "lightgbm": metadata.version("lightgbm")}, "commit": git_commit(),
+              "early_stopping_rounds": args.early_stopping, "folds": folds, "mean": mean}
     out = Path(args.out or ROOT / "outputs" / "bench" / f"feature-model-{platform.node() or 'host'}.json")
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(report, indent=1) + "\n")

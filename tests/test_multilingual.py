@@ -39,6 +39,24 @@ def test_runs_written_before_the_new_model_keys_still_resume_and_count_as_finish
 
 
 @pytest.mark.fast
+def test_early_stopping_keeps_the_round_with_the_lowest_validation_log_loss() -> None:
+    from duelist.feature_model import FeatureModel
+
+    rng = np.random.default_rng(0)
+    x = pd.DataFrame(rng.normal(size=(600, 4)), columns=list("abcd"))
+    target = (x["a"] + rng.normal(scale=2.0, size=600) > 0).astype(float).to_numpy()  # noisy: the validation loss turns up
+    trees = compose_train(["model=features", "model.trees.n_estimators=400", "model.trees.early_stopping_rounds=30",
+                           "model.trees.learning_rate=0.2"]).model.trees
+    model, curves = FeatureModel.fit(x[:400], target[:400], np.ones(400), trees, 0, valid=(x[400:], target[400:]),
+                                     evaluate=lambda p: {"val/accuracy": float(np.mean((p >= 0.5) == (target[400:] == 1)))})
+    losses = np.array(curves["val/log_loss"])
+    best = int(losses[np.argmin(losses[:, 1]), 0])
+    assert len(losses) == best + 30 < 400 and model.booster.num_trees() == best and len(curves["val/accuracy"]) == len(losses)
+    np.testing.assert_allclose(model.predict(x[400:]), FeatureModel.fit(x[:400], target[:400], np.ones(400), compose_train(
+        ["model=features", f"model.trees.n_estimators={best}", "model.trees.learning_rate=0.2"]).model.trees, 0)[0].predict(x[400:]))
+
+
+@pytest.mark.fast
 def test_text_features_by_hand() -> None:
     from duelist.features import pair_features, text_features
 

@@ -10,7 +10,7 @@ the comments users read); these classes carry no defaults, only the types.
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from enum import Enum
 from pathlib import Path
 from typing import Any, Dict, List, Optional
@@ -212,8 +212,7 @@ class ModelConfig:
     trees: Optional[TreesConfig] = None
 
 
-NETWORK_KEYS = ("name_or_path", "init", "config_overrides", "softcapping", "attn_implementation", "dtype", "pooling", "template",
-                "length_hint", "language_tag", "max_length", "prompt_max_tokens")
+NETWORK_KEYS = tuple(f.name for f in fields(ModelConfig) if f.name not in ("name", "arch", "trees"))  # what every network sets
 
 
 @dataclass

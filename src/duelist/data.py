@@ -548,7 +548,7 @@ def load_train_valid(data_cfg: Any) -> tuple[pd.DataFrame, pd.DataFrame]:
     validation keeps the real language mix.
     """
     train = load_sources(data_cfg)
-    prompt_of = dict(zip(train["id"], normalized(train["prompt"])))  # what a translation's source row asked
+    prompt_of = dict(zip(train["id"], normalized(train["prompt"]))) if train["translated"].any() else {}  # what a translation's source row asked
     if data_cfg.max_rows:
         train = stratified_sample(train, int(data_cfg.max_rows), data_cfg.split_seed)
     if data_cfg.valid:
@@ -578,8 +578,7 @@ def load_train_valid(data_cfg: Any) -> tuple[pd.DataFrame, pd.DataFrame]:
             )
         train, valid = train[~is_valid].reset_index(drop=True), train[is_valid].reset_index(drop=True)
     valid_prompts = set(normalized(valid["prompt"]))
-    source_prompts = train["source_id"].map(prompt_of)
-    copies = train["translated"] & (train["source_id"].isin(set(valid["id"])) | source_prompts.isin(valid_prompts))
+    copies = train["translated"] & (train["source_id"].isin(set(valid["id"])) | train["source_id"].map(prompt_of).isin(valid_prompts))
     if copies.any():  # a translation of a validation row (or of a row with a validation prompt) is that row in another language
         log.warning("dropped %d translated training rows whose source row is a validation row or has a validation prompt", int(copies.sum()))
         train = train[~copies].reset_index(drop=True)

@@ -89,28 +89,32 @@ class FeatureModel:
         train_set = lgb.Dataset(x, label=np.asarray(target, dtype=np.float64), weight=np.asarray(weight, dtype=np.float64),
                                 categorical_feature=categorical, free_raw_data=False)
         sets, names = [train_set], ["train"]
+        valid_set = None
         if valid is not None:
-            sets.append(lgb.Dataset(valid[0], label=np.asarray(valid[1], dtype=np.float64), reference=train_set,
-                                    categorical_feature=categorical))
+            valid_set = lgb.Dataset(valid[0], label=np.asarray(valid[1], dtype=np.float64), reference=train_set, categorical_feature=categorical)
+            sets.append(valid_set)
             names.append("valid")
         record: dict[str, Any] = {}
-        curves: dict[str, list] = {}
         callbacks = [lgb.record_evaluation(record)]
-        if valid is not None and trees.early_stopping_rounds:
-            callbacks.append(lgb.early_stopping(int(trees.early_stopping_rounds), verbose=False))
-        if valid is not None and evaluate is not None:
-            def per_round(env: Any) -> None:
-                for key, value in evaluate(env.model.predict(valid[0], num_iteration=env.iteration + 1)).items():
-                    curves.setdefault(key, []).append([env.iteration + 1, value])
-            callbacks.append(per_round)
+        if valid is not None and trees.early_stopping_rounds:  # on the log loss (the first metric), not on what evaluate adds
+            callbacks.append(lgb.early_stopping(int(trees.early_stopping_rounds), first_metric_only=True, verbose=False))
+
+        def per_round(p_a: np.ndarray, data: Any) -> list[tuple[str, float, bool]]:
+            # LightGBM keeps every set's predictions up to date as trees are added: no re-prediction per round. The
+            # training set gets the same names (NaN): LightGBM's early stopping expects one list of metrics per set
+            values = evaluate(p_a) if data is valid_set else dict.fromkeys(evaluate_keys, float("nan"))
+            return [(key, value, True) for key, value in values.items()]
+
+        evaluate_keys = list(evaluate(np.full(len(valid[1]), 0.5))) if valid is not None and evaluate is not None else []
         started = time.perf_counter()
-        booster = lgb.train(params, train_set, num_boost_round=int(trees.n_estimators), valid_sets=sets, valid_names=names, callbacks=callbacks)
+        booster = lgb.train(params, train_set, num_boost_round=int(trees.n_estimators), valid_sets=sets, valid_names=names, callbacks=callbacks,
+                            feval=per_round if valid is not None and evaluate is not None else None)
         rounds = len(record["train"]["cross_entropy"])
         best = booster.best_iteration if booster.best_iteration > 0 else rounds
         log.info("trees: %d rows, %d features, %d rounds (best %d) in %.1f s", len(x), x.shape[1], rounds, best, time.perf_counter() - started)
-        curves["train/loss"] = [[i + 1, v] for i, v in enumerate(record["train"]["cross_entropy"])]
-        if valid is not None:
-            curves["val/log_loss"] = [[i + 1, v] for i, v in enumerate(record["valid"]["cross_entropy"])]
+        curves = {"train/loss": [[i + 1, v] for i, v in enumerate(record["train"]["cross_entropy"])]}
+        for key, values in record.get("valid", {}).items():
+            curves["val/log_loss" if key == "cross_entropy" else key] = [[i + 1, v] for i, v in enumerate(values)]
         kept = lgb.Booster(model_str=booster.model_to_string(num_iteration=best))  # the best round only
         return cls(kept, list(x.columns), list(extra or [])), curves
 

@@ -73,13 +73,11 @@ def ensemble_weights(cfg: Any, runs: list[Path]) -> tuple[dict[str, Any], Featur
     acc, loss = report["oof/accuracy"], report["oof/log_loss"]
     print(f"ensemble weights (tuned on {report['shared_oof_rows']} shared OOF rows, {ens.combine}): {report['weights']}")
     rows = report.get("oof/rows", {})  # specialists: each member's score is over the rows of its languages
-    specialists = list(report.get("specialists", {}).values())
     for name in acc:
         note = {"ensemble": "  (weights tuned on these rows: optimistic)",
                 "ensemble_cross_fitted": "  (each fifth scored with weights tuned on the other four: the honest estimate)"}.get(name, "")
         if name in rows and rows[name] != report["shared_oof_rows"]:
-            i = int(name.removeprefix("member"))
-            langs = report["specialists"].get(report["runs"][i]) if specialists else None
+            langs = report["specialists"].get(report["runs"][int(name.removeprefix("member"))])
             note = f"  ({rows[name]} rows{': ' + ', '.join(langs) if langs else ''})"
         print(f"  OOF {name:>21}: accuracy {acc[name]:.4f}  log loss {loss[name]:.4f}{note}")
     for coverage, score in report.get("oof/cascade", {}).items():

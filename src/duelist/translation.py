@@ -122,13 +122,14 @@ def translate(cfg: Any) -> pd.DataFrame:
         del backend
 
     parts, dropped = [], {}
+    by_id = pairs.set_index("id")
     for language in targets:
         for shard in range(n_shards):
             done = pd.read_parquet(shard_file(shard, language))
             for problem, n in done["problem"].value_counts().items():
                 dropped[problem] = dropped.get(problem, 0) + int(n)
             done = done[done["problem"].isna()]
-            source = pairs.set_index("id").loc[done["id"]].reset_index()
+            source = by_id.loc[done["id"]].reset_index()
             parts.append(source.assign(
                 **{c: done[c].to_numpy() for c in TEXT_COLUMNS},
                 id=[f"{i}@{language}" for i in done["id"]], source_id=done["id"].to_numpy(), source_language=source["language"].to_numpy(),
