@@ -1,9 +1,9 @@
 """Score, pseudo-label, generate or translate: ``python infer.py [task=submit|pseudolabel|generate|translate] ...``.
 
-    python infer.py runs=[RUN_DIR] data.test=test.parquet output=submission.csv      # task=submit (default)
-    python infer.py task=pseudolabel labeling=confident runs=[TEACHER] data.test=pairs.parquet output=pl.parquet
-    python infer.py task=generate generate=hf data.test=prompts.parquet output=pairs.parquet
-    python infer.py task=translate generate=hf data.test=pairs.parquet output=translated.parquet +translate.to=[Russian,Vietnamese]
+python infer.py runs=[RUN_DIR] data.test=test.parquet output=submission.csv      # task=submit (default)
+python infer.py task=pseudolabel labeling=confident runs=[TEACHER] data.test=pairs.parquet output=pl.parquet
+python infer.py task=generate generate=hf data.test=prompts.parquet output=pairs.parquet
+python infer.py task=translate generate=hf data.test=pairs.parquet output=translated.parquet +translate.to=[Russian,Vietnamese]
 """
 
 import sys
@@ -13,9 +13,9 @@ import hydra
 from omegaconf import DictConfig
 
 from duelist.config import Task, check_command_line, register_configs
-from duelist.logs import quiet_library_logs
 from duelist.errors import exit_cleanly_on_user_error
 from duelist.generation import generate
+from duelist.logs import quiet_library_logs
 from duelist.pseudolabel import pseudolabel
 from duelist.submission import submit
 from duelist.translation import translate
@@ -23,7 +23,12 @@ from duelist.translation import translate
 register_configs()
 quiet_library_logs()
 
-TASKS = {Task.submit: submit, Task.pseudolabel: pseudolabel, Task.generate: generate, Task.translate: translate}  # each takes the composed config
+TASKS = {
+    Task.submit: submit,
+    Task.pseudolabel: pseudolabel,
+    Task.generate: generate,
+    Task.translate: translate,
+}  # each takes the composed config
 
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="infer")
@@ -33,5 +38,7 @@ def main(cfg: DictConfig) -> None:
 
 
 if __name__ == "__main__":
-    exit_cleanly_on_user_error(check_command_line)(Path(__file__).parent / "conf", "infer", sys.argv[1:])  # a typo: one line, exit 2
+    exit_cleanly_on_user_error(check_command_line)(
+        Path(__file__).parent / "conf", "infer", sys.argv[1:]
+    )  # a typo: one line, exit 2
     main()

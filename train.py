@@ -8,8 +8,8 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
 from duelist.config import check_command_line, register_configs
-from duelist.logs import quiet_library_logs
 from duelist.errors import exit_cleanly_on_user_error
+from duelist.logs import quiet_library_logs
 from duelist.training import train
 
 register_configs()
@@ -23,5 +23,7 @@ def main(cfg: DictConfig) -> float:
 
 
 if __name__ == "__main__":
-    exit_cleanly_on_user_error(check_command_line)(Path(__file__).parent / "conf", "train", sys.argv[1:])  # a typo: one line, exit 2
+    exit_cleanly_on_user_error(check_command_line)(
+        Path(__file__).parent / "conf", "train", sys.argv[1:]
+    )  # a typo: one line, exit 2
     main()

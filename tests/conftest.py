@@ -29,7 +29,17 @@ WSDM_EXAMPLE = DATA / "wsdm_test_example.parquet"
 register_configs()
 
 # fast settings for a tiny model on a slice of the bundled sample data
-TINY = ["model=tiny_gemma2", "lora=default", "trainer.lr=3e-4", "trainer.warmup_ratio=0.05", "logger=none", "data.max_rows=200", "trainer.max_steps=6", "trainer.batch_size=8", "trainer.eval_batch_size=32"]
+TINY = [
+    "model=tiny_gemma2",
+    "lora=default",
+    "trainer.lr=3e-4",
+    "trainer.warmup_ratio=0.05",
+    "logger=none",
+    "data.max_rows=200",
+    "trainer.max_steps=6",
+    "trainer.batch_size=8",
+    "trainer.eval_batch_size=32",
+]
 
 
 # the longest test files (minutes each) go first, so with `-n 2` they do not end up running alone at the end
@@ -98,14 +108,24 @@ def compose_infer(overrides: list[str]):
         return compose(config_name="infer", overrides=overrides)
 
 
-def run_cli(script: str, args: list[str], cwd: Path | None = None, timeout: int = 600, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+def run_cli(
+    script: str, args: list[str], cwd: Path | None = None, timeout: int = 600, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess:
     """Run ``python train.py ...`` / ``python infer.py ...`` in a fresh process (``env``: added to the environment)."""
     env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
     # a fresh process, like a user's shell: not attached to a W&B service this test process started (a killed run's
     # stream would stay registered in that shared service and its resumed run be refused as "run ID in use")
     env.pop("WANDB_SERVICE", None)
     if "-m" not in args and not any(a.startswith("hydra.run.dir=") for a in args):
-        args = [*args, f"hydra.run.dir={tempfile.mkdtemp(prefix='duelist-test-')}"]  # keep Hydra's logs out of the checkout
+        args = [
+            *args,
+            f"hydra.run.dir={tempfile.mkdtemp(prefix='duelist-test-')}",
+        ]  # keep Hydra's logs out of the checkout
     return subprocess.run(
-        [sys.executable, str(ROOT / script), *args], cwd=cwd or ROOT, env=env, capture_output=True, text=True, timeout=timeout
+        [sys.executable, str(ROOT / script), *args],
+        cwd=cwd or ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
     )

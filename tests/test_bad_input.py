@@ -69,9 +69,14 @@ def test_train_cli_typo_in_config_key() -> None:
     res = run_cli("train.py", ["lora.rnak=8"])
     assert_one_line_error(res, "lora.rnak: no such setting", "lora has: enabled, r, alpha")
     assert "+lora.rnak" not in res.stderr  # Hydra's own advice would add the typo as a new, unused key
-    assert_one_line_error(run_cli("train.py", ["-m", "lora.r=16,32", "lora.rnak=8"]), "lora.rnak")  # a sweep is checked before it starts
+    assert_one_line_error(
+        run_cli("train.py", ["-m", "lora.r=16,32", "lora.rnak=8"]), "lora.rnak"
+    )  # a sweep is checked before it starts
     assert_one_line_error(run_cli("train.py", ["+lora.rnak=8"]), "lora has no setting rnak to add")
-    assert_one_line_error(run_cli("train.py", ["trainer.precision=bf17"]), "trainer.precision=bf17: Invalid value 'bf17', expected one of [auto, fp32, bf16, fp16")
+    assert_one_line_error(
+        run_cli("train.py", ["trainer.precision=bf17"]),
+        "trainer.precision=bf17: Invalid value 'bf17', expected one of [auto, fp32, bf16, fp16",
+    )
     assert_one_line_error(run_cli("train.py", ["model=tiny_gema2"]), "model=tiny_gema2: no such option", "tiny_gemma2")
     assert_one_line_error(run_cli("infer.py", ["ensemble.combine=lgoit"]), "expected one of [prob, logit]")
 
@@ -91,7 +96,16 @@ def test_train_cli_8bit_optimizer_without_cuda(tmp_path) -> None:
 
 
 def test_train_cli_hub_id_without_network_says_how_to_point_at_a_local_copy(tmp_path) -> None:
-    res = run_cli("train.py", [*TINY, "model=gemma2_9b", "lora.qlora=false", "model.name_or_path=google/gemma-2-9b-it", f"hydra.run.dir={tmp_path}"])
+    res = run_cli(
+        "train.py",
+        [
+            *TINY,
+            "model=gemma2_9b",
+            "lora.qlora=false",
+            "model.name_or_path=google/gemma-2-9b-it",
+            f"hydra.run.dir={tmp_path}",
+        ],
+    )
     assert_one_line_error(res, "google/gemma-2-9b-it", "model.name_or_path=DIR")
 
 
@@ -121,7 +135,9 @@ def test_quantized_inference_without_cuda(tmp_path) -> None:
         check_quantization("int8", torch.device("cpu"))
     from hydra.errors import ConfigCompositionException
 
-    with pytest.raises(ConfigCompositionException) as err:  # an unknown kind stops at compose time, before any model is loaded
+    with pytest.raises(
+        ConfigCompositionException
+    ) as err:  # an unknown kind stops at compose time, before any model is loaded
         compose_infer(["quantization=int4", "data.test=t.parquet"])
     assert "none, int8, nf4" in str(err.value.__cause__)
 
@@ -134,10 +150,19 @@ def test_quantized_inference_without_cuda(tmp_path) -> None:
     [
         (lambda df: df.drop(columns=["response_b"]), "missing column(s) response_b"),
         (lambda df: df.assign(response_a=None), "column response_a is null or empty on every row"),
-        (lambda df: df.assign(response_b=["", " ", None, "", "\n", ""]), "column response_b is null or empty on every row"),
-        (lambda df: df.assign(response_a=[["a list"]] + list(df["response_a"][1:])), "row 0 (id=r0): column response_a is not a string (list)"),
+        (
+            lambda df: df.assign(response_b=["", " ", None, "", "\n", ""]),
+            "column response_b is null or empty on every row",
+        ),
+        (
+            lambda df: df.assign(response_a=[["a list"]] + list(df["response_a"][1:])),
+            "row 0 (id=r0): column response_a is not a string (list)",
+        ),
         (lambda df: df.assign(prompt=[1.5] + list(df["prompt"][1:])), "column prompt is not a string (float)"),
-        (lambda df: df.assign(winner=["model_c"] + list(df["winner"][1:])), "winner='model_c' is not one of model_a, model_b, tie"),
+        (
+            lambda df: df.assign(winner=["model_c"] + list(df["winner"][1:])),
+            "winner='model_c' is not one of model_a, model_b, tie",
+        ),
         (lambda df: df.assign(id=["r0"] * 2 + list(df["id"][2:])), "duplicate id r0 (rows 0 and 1)"),
     ],
 )
@@ -185,31 +210,55 @@ def test_a_test_file_never_loses_a_row(tmp_path) -> None:
     test = pd.concat([test, test.assign(id=test["id"] + "x", response_a=[None, "", "  "])], ignore_index=True)
     test.to_parquet(tmp_path / "test.parquet")
     out = tmp_path / "sub.csv"
-    res = run_cli("infer.py", [f"runs=[{run}]", f"data.test={tmp_path / 'test.parquet'}", f"output={out}", "data.on_bad_rows=drop"])
+    res = run_cli(
+        "infer.py",
+        [f"runs=[{run}]", f"data.test={tmp_path / 'test.parquet'}", f"output={out}", "data.on_bad_rows=drop"],
+    )
     assert res.returncode == 0, res.stderr[-2000:]
-    assert list(pd.read_csv(out, dtype={"id": str})["id"]) == list(test["id"].astype(str))  # every id, in order, whatever on_bad_rows says
+    assert list(pd.read_csv(out, dtype={"id": str})["id"]) == list(
+        test["id"].astype(str)
+    )  # every id, in order, whatever on_bad_rows says
     bad = test.astype(object)
     bad.loc[4, "response_b"] = 12  # a row that cannot be read: the run stops and names it
     bad.to_json(tmp_path / "bad.jsonl", orient="records", lines=True)
-    res = run_cli("infer.py", [f"runs=[{run}]", f"data.test={tmp_path / 'bad.jsonl'}", f"output={tmp_path / 'bad.csv'}", "data.on_bad_rows=drop"])
+    res = run_cli(
+        "infer.py",
+        [
+            f"runs=[{run}]",
+            f"data.test={tmp_path / 'bad.jsonl'}",
+            f"output={tmp_path / 'bad.csv'}",
+            "data.on_bad_rows=drop",
+        ],
+    )
     assert_one_line_error(res, "row 4", "column response_b is not a string (int)", "every test row is scored")
     assert not (tmp_path / "bad.csv").exists()
 
 
 @pytest.mark.fast
-@pytest.mark.parametrize("text,needle", [
-    ('id,prompt,response_a,response_b,winner\n1,hi,"a, b",c,model_a\n2,"never closed,x,y,model_b\n3,p,q,r,tie\n', "line 3: a quoted text is never closed"),
-    ("id,prompt,response_a,response_b,winner\n1,hi,a,b,model_a\n2,p,q,model_b\n", "line 3 has 4 fields, the header has 5"),
-    ('id,prompt,response_a,response_b,winner\n1,hi,a,b,c,model_a\n', "line 2 has 6 fields, the header has 5"),
-    ('id,prompt,response_a,response_b,winner\n1,hi,"a "x" b",c,model_a\n', "line 2: broken quoting"),
-])
+@pytest.mark.parametrize(
+    "text,needle",
+    [
+        (
+            'id,prompt,response_a,response_b,winner\n1,hi,"a, b",c,model_a\n2,"never closed,x,y,model_b\n3,p,q,r,tie\n',
+            "line 3: a quoted text is never closed",
+        ),
+        (
+            "id,prompt,response_a,response_b,winner\n1,hi,a,b,model_a\n2,p,q,model_b\n",
+            "line 3 has 4 fields, the header has 5",
+        ),
+        ("id,prompt,response_a,response_b,winner\n1,hi,a,b,c,model_a\n", "line 2 has 6 fields, the header has 5"),
+        ('id,prompt,response_a,response_b,winner\n1,hi,"a "x" b",c,model_a\n', "line 2: broken quoting"),
+    ],
+)
 def test_csv_is_read_strictly(tmp_path, text: str, needle: str) -> None:
     path = tmp_path / "train.csv"
     path.write_text(text)
     with pytest.raises(DuelistError) as err:
         load_pairs(str(path))
     assert str(path) in str(err.value) and needle in str(err.value) and "\n" not in str(err.value)
-    path.write_text('id,prompt,response_a,response_b,winner\n1,hi,"a, ""quoted""\nand a new line",,model_a\n2,p,q,r,model_b\n')  # what is allowed
+    path.write_text(
+        'id,prompt,response_a,response_b,winner\n1,hi,"a, ""quoted""\nand a new line",,model_a\n2,p,q,r,model_b\n'
+    )  # what is allowed
     row = load_pairs(str(path)).iloc[0]
     assert (row["response_a"], row["response_b"]) == ('a, "quoted"\nand a new line', "")
 
@@ -218,7 +267,9 @@ def test_csv_is_read_strictly(tmp_path, text: str, needle: str) -> None:
 def test_files_without_ids_combine_with_unique_stable_ids(tmp_path) -> None:
     for name in ("a", "b"):
         (tmp_path / name).mkdir()
-        good_rows().drop(columns=["id"]).assign(prompt=lambda d: d["prompt"] + name).to_parquet(tmp_path / name / "train.parquet")
+        good_rows().drop(columns=["id"]).assign(prompt=lambda d: d["prompt"] + name).to_parquet(
+            tmp_path / name / "train.parquet"
+        )
     files = [str(tmp_path / "a" / "train.parquet"), str(tmp_path / "b" / "train.parquet")]
     first, again = load_pairs(files), load_pairs(files)
     assert first["id"].is_unique and len(first) == 12 and list(first["id"]) == list(again["id"])
@@ -253,18 +304,30 @@ def test_max_length_too_small_stops_before_training(tmp_path) -> None:
 
 
 def test_lmsys_bad_one_hot_is_a_bad_label(tmp_path) -> None:
-    row = {"id": 1, "prompt": json.dumps(["q"]), "response_a": json.dumps(["a"]), "response_b": json.dumps(["b"]), "winner_model_a": 1, "winner_model_b": 1, "winner_tie": 0}
+    row = {
+        "id": 1,
+        "prompt": json.dumps(["q"]),
+        "response_a": json.dumps(["a"]),
+        "response_b": json.dumps(["b"]),
+        "winner_model_a": 1,
+        "winner_model_b": 1,
+        "winner_tie": 0,
+    }
     pd.DataFrame([row]).to_csv(tmp_path / "l.csv", index=False)
     with pytest.raises(DuelistError, match="invalid one-hot"):
         load_pairs(str(tmp_path / "l.csv"))
 
 
 def test_lora_rank_without_adapters_is_refused() -> None:
-    from duelist.modeling import check_model_config
     import torch
 
+    from duelist.modeling import check_model_config
+
     cfg = compose_train(["lora=none", "lora.r=8"])
-    with pytest.raises(DuelistError, match=r"^lora.r=8 has no effect: adapters are off \(lora=none: full fine-tuning of every weight\)\. Drop lora=none"):
+    with pytest.raises(
+        DuelistError,
+        match=r"^lora.r=8 has no effect: adapters are off \(lora=none: full fine-tuning of every weight\)\. Drop lora=none",
+    ):
         check_model_config(cfg.model, cfg.lora, torch.device("cpu"))
 
 
@@ -287,7 +350,9 @@ def test_infer_vllm_backend_errors_are_one_line(tmp_path) -> None:
     ckpt_cfg.model.pooling = "mean"  # a mean-pooled run (MiniLM's default): vLLM would pool with the [CLS] pooler
     OmegaConf.save(ckpt_cfg, merged / "checkpoint" / "config.yaml")
     res = run_cli("infer.py", [f"runs=[{merged}]", f"data.test={WSDM_EXAMPLE}", f"output={out}", "backend=vllm"])
-    assert_one_line_error(res, "backend=vllm pools the way the architecture does", "model.pooling=mean", "use backend=hf")
+    assert_one_line_error(
+        res, "backend=vllm pools the way the architecture does", "model.pooling=mean", "use backend=hf"
+    )
     assert not out.exists()
 
 
@@ -298,6 +363,12 @@ def test_a_gpu_device_on_a_cpu_machine_is_named_as_the_user_set_it(monkeypatch) 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     with pytest.raises(DuelistError) as err:
         pick_device("cuda:1", "devices")
-    assert str(err.value).startswith("devices: cuda:1 asked for") and "devices=[cpu,cpu]" in str(err.value) and "device=cuda" not in str(err.value)
-    with pytest.raises(DuelistError, match=r"^trainer.device: cuda asked for, .* use trainer.device=auto or trainer.device=cpu"):
+    assert (
+        str(err.value).startswith("devices: cuda:1 asked for")
+        and "devices=[cpu,cpu]" in str(err.value)
+        and "device=cuda" not in str(err.value)
+    )
+    with pytest.raises(
+        DuelistError, match=r"^trainer.device: cuda asked for, .* use trainer.device=auto or trainer.device=cpu"
+    ):
         pick_device("cuda", "trainer.device")

@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-import pytest
-
 import numpy as np
+import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -16,7 +15,13 @@ pytestmark = pytest.mark.fast  # the developer tier: python -m pytest -m fast
 
 
 @settings(max_examples=200, deadline=None)
-@given(lengths=st.lists(st.integers(1, 500), min_size=1, max_size=300), batch_size=st.integers(2, 33), group=st.booleans(), paired=st.booleans(), seed=st.integers(0, 10))
+@given(
+    lengths=st.lists(st.integers(1, 500), min_size=1, max_size=300),
+    batch_size=st.integers(2, 33),
+    group=st.booleans(),
+    paired=st.booleans(),
+    seed=st.integers(0, 10),
+)
 def test_train_batches_cover_every_row_once(lengths, batch_size, group, paired, seed) -> None:
     n = len(lengths)
     units = np.arange(n) // 2 if paired else np.arange(n)
@@ -51,7 +56,10 @@ class LastTokenModel(torch.nn.Module):
 
 
 @settings(max_examples=100, deadline=None)
-@given(seqs=st.lists(st.lists(st.integers(1, 200), min_size=1, max_size=40), min_size=1, max_size=80), batch_size=st.integers(1, 16))
+@given(
+    seqs=st.lists(st.lists(st.integers(1, 200), min_size=1, max_size=40), min_size=1, max_size=80),
+    batch_size=st.integers(1, 16),
+)
 def test_predictions_come_back_in_input_order(seqs, batch_size) -> None:
     p = predict_p_a(LastTokenModel(), seqs, pad_id=0, batch_size=batch_size, device=torch.device("cpu"))
     expected = torch.sigmoid(torch.tensor([s[-1] / 100.0 for s in seqs], dtype=torch.float64)).numpy()
@@ -64,7 +72,11 @@ def test_pad_right_with_mask() -> None:
 
 
 @settings(max_examples=300, deadline=None)
-@given(lengths=st.lists(st.integers(1, 4000), min_size=1, max_size=300), batch_size=st.integers(1, 64), max_tokens=st.integers(1, 20000))
+@given(
+    lengths=st.lists(st.integers(1, 4000), min_size=1, max_size=300),
+    batch_size=st.integers(1, 64),
+    max_tokens=st.integers(1, 20000),
+)
 def test_token_budget_batches(lengths, batch_size, max_tokens) -> None:
     batches = sorted_batches(lengths, batch_size, max_tokens)
     flat = np.concatenate(batches)
@@ -80,7 +92,10 @@ def test_token_budget_batches(lengths, batch_size, max_tokens) -> None:
 
 
 @settings(max_examples=60, deadline=None)
-@given(seqs=st.lists(st.lists(st.integers(1, 200), min_size=1, max_size=40), min_size=1, max_size=80), max_tokens=st.integers(1, 400))
+@given(
+    seqs=st.lists(st.lists(st.integers(1, 200), min_size=1, max_size=40), min_size=1, max_size=80),
+    max_tokens=st.integers(1, 400),
+)
 def test_token_budget_predictions_come_back_in_input_order(seqs, max_tokens) -> None:
     p = predict_p_a(LastTokenModel(), seqs, pad_id=0, batch_size=64, device=torch.device("cpu"), max_tokens=max_tokens)
     expected = torch.sigmoid(torch.tensor([s[-1] / 100.0 for s in seqs], dtype=torch.float64)).numpy()
@@ -89,8 +104,8 @@ def test_token_budget_predictions_come_back_in_input_order(seqs, max_tokens) -> 
 
 def test_precision_is_bf16_where_supported_else_fp16(monkeypatch) -> None:
     """T4 (no bf16) gets fp16, Ampere/Hopper get bf16, CPU stays fp32; explicit choices are kept."""
-    from duelist.scoring import autocast_dtype
     from duelist.modeling import torch_dtype
+    from duelist.scoring import autocast_dtype
 
     gpu, cpu = torch.device("cuda"), torch.device("cpu")
     for supported, expected in ((True, torch.bfloat16), (False, torch.float16)):

@@ -35,16 +35,38 @@ def test_token_budget_computes_far_fewer_padded_tokens_than_naive_padding(tmp_pa
 
     def counting_build(*args, **kwargs):
         model = real_build(*args, **kwargs)
-        model.model.register_forward_pre_hook(lambda module, a, kw: seen.append(kw["input_ids"].numel()), with_kwargs=True)
+        model.model.register_forward_pre_hook(
+            lambda module, a, kw: seen.append(kw["input_ids"].numel()), with_kwargs=True
+        )
         return model
 
     monkeypatch.setattr(bench, "build", counting_build)
     rows, max_length, batch = 128, 1024, 8
     out = tmp_path / "bench.json"
-    report = bench.main(["--model", "tiny_gemma2", "--rows", str(rows), "--max-length", str(max_length), "--median-tokens", "250",
-                         "--batch-size", str(batch), "--max-batch-tokens", "8192", "--out", str(out)])
+    report = bench.main(
+        [
+            "--model",
+            "tiny_gemma2",
+            "--rows",
+            str(rows),
+            "--max-length",
+            str(max_length),
+            "--median-tokens",
+            "250",
+            "--batch-size",
+            str(batch),
+            "--max-batch-tokens",
+            "8192",
+            "--out",
+            str(out),
+        ]
+    )
     saved = json.loads(out.read_text())
-    assert saved["device"].startswith("CPU") and saved["versions"]["torch"] == torch.__version__ and len(saved["commit"]) == 40
+    assert (
+        saved["device"].startswith("CPU")
+        and saved["versions"]["torch"] == torch.__version__
+        and len(saved["commit"]) == 40
+    )
     warm, rest = seen[:1], seen[1:]
     naive_batches = rows // batch
     naive, budget = sum(rest[:naive_batches]), sum(rest[naive_batches:])
@@ -61,14 +83,44 @@ def test_token_budget_computes_far_fewer_padded_tokens_than_naive_padding(tmp_pa
 
 
 def test_training_benchmark_reports_tokens(tmp_path) -> None:
-    report = bench.main(["--model", "tiny_gemma2", "--rows", "16", "--max-length", "256", "--median-tokens", "100", "--train",
-                         "--train-steps", "1", "--train-batch", "2", "--out", str(tmp_path / "b.json")])
+    report = bench.main(
+        [
+            "--model",
+            "tiny_gemma2",
+            "--rows",
+            "16",
+            "--max-length",
+            "256",
+            "--median-tokens",
+            "100",
+            "--train",
+            "--train-steps",
+            "1",
+            "--train-batch",
+            "2",
+            "--out",
+            str(tmp_path / "b.json"),
+        ]
+    )
     assert report["training"]["tokens_per_s"] > 0 and report["training"]["lora_r"] == 64
 
 
 def test_bench_runs_the_default_model_file_and_refuses_a_length_it_cannot_cover(tmp_path) -> None:
     # conf/model/minilm.yaml once set other groups and the bench could not load it
-    report = bench.main(["--model", "minilm", "--rows", "16", "--max-length", "128", "--median-tokens", "60", "--out", str(tmp_path / "m.json")])
+    report = bench.main(
+        [
+            "--model",
+            "minilm",
+            "--rows",
+            "16",
+            "--max-length",
+            "128",
+            "--median-tokens",
+            "60",
+            "--out",
+            str(tmp_path / "m.json"),
+        ]
+    )
     assert report["model"] == "minilm" and report["inference"]["rows"] == 16
     with pytest.raises(bench.DuelistError, match="--max-length 1024: model minilm covers at most 512 positions"):
         bench.run(bench.parse(["--model", "minilm", "--max-length", "1024", "--out", str(tmp_path / "n.json")]))

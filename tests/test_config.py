@@ -37,7 +37,9 @@ def test_default_job_is_minilm_on_sample() -> None:
     assert cfg.logger.name == "wandb" and cfg.logger.mode == "offline"
     full = compose_train(["experiment=minilm_full"])  # the earlier demo, a recipe
     assert not full.lora.enabled and full.lora.r == 0 and full.trainer.lr == 5e-5 and full.trainer.epochs == 3
-    assert full.model.name == "minilm_full"  # its own family in the registry: ensemble=two_model pairs it with the LoRA runs
+    assert (
+        full.model.name == "minilm_full"
+    )  # its own family in the registry: ensemble=two_model pairs it with the LoRA runs
     tiny = compose_train(["model=tiny_gemma2"])  # a model file describes the network only: no other group changes
     for group in ("lora", "trainer", "data", "augment", "logger", "pseudolabel"):
         assert tiny[group] == cfg[group], group
@@ -58,18 +60,37 @@ def test_typo_fails_at_compose_time(override: str) -> None:
         compose_train([override])
 
 
-@pytest.mark.parametrize("override,allowed", [("trainer.precision=bf17", "auto, fp32, bf16, fp16"), ("model.dtype=half", "auto, fp32, bf16, fp16"),
-                                              ("trainer.optimizer=sgd", "adamw, adamw_8bit"), ("optimized_metric=val/acc", "val/accuracy, val/log_loss"),
-                                              ("data.ties=keep", "drop, soft"), ("pseudolabel.loss=mse", "ce, kl"), ("model.arch=gpt2", "gemma2, qwen2, llama, bert")])
+@pytest.mark.parametrize(
+    "override,allowed",
+    [
+        ("trainer.precision=bf17", "auto, fp32, bf16, fp16"),
+        ("model.dtype=half", "auto, fp32, bf16, fp16"),
+        ("trainer.optimizer=sgd", "adamw, adamw_8bit"),
+        ("optimized_metric=val/acc", "val/accuracy, val/log_loss"),
+        ("data.ties=keep", "drop, soft"),
+        ("pseudolabel.loss=mse", "ce, kl"),
+        ("model.arch=gpt2", "gemma2, qwen2, llama, bert"),
+    ],
+)
 def test_a_value_outside_a_fixed_choice_fails_at_compose_time_with_the_choices(override: str, allowed: str) -> None:
     with pytest.raises(ConfigCompositionException) as err:
         compose_train([override])
     assert allowed in str(err.value.__cause__)
 
 
-@pytest.mark.parametrize("override,allowed", [("ensemble.combine=lgoit", "prob, logit"), ("precision=fp17", "auto, fp32"), ("quantization=int4", "none, int8, nf4"),
-                                              ("tta=flip", "none, swap"), ("task=score", "submit, pseudolabel, generate"), ("device_map=sequential", "auto, balanced"),
-                                              ("labeling.labels=fuzzy", "soft, hard"), ("backend=onnx", "hf, vllm")])
+@pytest.mark.parametrize(
+    "override,allowed",
+    [
+        ("ensemble.combine=lgoit", "prob, logit"),
+        ("precision=fp17", "auto, fp32"),
+        ("quantization=int4", "none, int8, nf4"),
+        ("tta=flip", "none, swap"),
+        ("task=score", "submit, pseudolabel, generate"),
+        ("device_map=sequential", "auto, balanced"),
+        ("labeling.labels=fuzzy", "soft, hard"),
+        ("backend=onnx", "hf, vllm"),
+    ],
+)
 def test_an_infer_value_outside_a_fixed_choice_fails_at_compose_time(override: str, allowed: str) -> None:
     with pytest.raises(ConfigCompositionException) as err:
         compose_infer([override, "data.test=t.parquet"])
@@ -82,8 +103,16 @@ def test_precision_has_one_vocabulary_with_torch_aliases() -> None:
     from duelist.modeling import torch_dtype, vllm_dtype
 
     cpu = torch.device("cpu")
-    assert (vllm_dtype("auto"), vllm_dtype("fp16"), vllm_dtype("bfloat16")) == ("auto", "float16", "bfloat16")  # the names vLLM takes
-    for short, long, dtype in (("fp32", "float32", torch.float32), ("bf16", "bfloat16", torch.bfloat16), ("fp16", "float16", torch.float16)):
+    assert (vllm_dtype("auto"), vllm_dtype("fp16"), vllm_dtype("bfloat16")) == (
+        "auto",
+        "float16",
+        "bfloat16",
+    )  # the names vLLM takes
+    for short, long, dtype in (
+        ("fp32", "float32", torch.float32),
+        ("bf16", "bfloat16", torch.bfloat16),
+        ("fp16", "float16", torch.float16),
+    ):
         assert compose_train([f"model.dtype={long}"]).model.dtype == short  # the alias is stored under the one name
         assert torch_dtype(short, cpu) is dtype and torch_dtype(long, cpu) is dtype
 
@@ -103,8 +132,12 @@ def test_infer_config_composes() -> None:
 @pytest.mark.parametrize("option", options("ensemble"))
 def test_every_ensemble_option_composes(option: str) -> None:
     with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
-        choices = compose(config_name="infer", overrides=[f"ensemble={option}", "data.test=t.parquet"], return_hydra_config=True).hydra.runtime.choices
-    cfg = compose_infer([f"ensemble={option}", "data.test=t.parquet", "translate.to=[Russian]"])  # translate.to is ??? like data.test
+        choices = compose(
+            config_name="infer", overrides=[f"ensemble={option}", "data.test=t.parquet"], return_hydra_config=True
+        ).hydra.runtime.choices
+    cfg = compose_infer(
+        [f"ensemble={option}", "data.test=t.parquet", "translate.to=[Russian]"]
+    )  # translate.to is ??? like data.test
     assert choices.ensemble == option and cfg.ensemble.weights in ("equal", "oof", "stack")
     OmegaConf.to_container(cfg, resolve=True, throw_on_missing=True)
 
@@ -114,7 +147,12 @@ def test_every_yaml_key_has_a_comment() -> None:
     missing = []
     for path in sorted(CONF.rglob("*.yaml")):
         for n, line in enumerate(path.read_text().splitlines(), 1):
-            if key_line.match(line) and "#" not in line and not line.strip().startswith("defaults:") and line.strip() not in ("hydra:", "job:", "run:", "trainer:", "data:"):
+            if (
+                key_line.match(line)
+                and "#" not in line
+                and not line.strip().startswith("defaults:")
+                and line.strip() not in ("hydra:", "job:", "run:", "trainer:", "data:")
+            ):
                 missing.append(f"{path.relative_to(CONF)}:{n}: {line.strip()}")
     assert not missing, "YAML keys without a comment:\n" + "\n".join(missing)
 
@@ -123,9 +161,13 @@ def test_translate_targets_are_added_with_plus_and_typos_fail() -> None:
     from duelist.config import check_command_line
     from duelist.errors import DuelistError
 
-    cfg = compose_infer(["task=translate", "+translate.to=[Russian,Vietnamese]", "data.test=t.parquet", "output=o.parquet"])
+    cfg = compose_infer(
+        ["task=translate", "+translate.to=[Russian,Vietnamese]", "data.test=t.parquet", "output=o.parquet"]
+    )
     assert list(cfg.translate.to) == ["Russian", "Vietnamese"] and "{text}" in cfg.translate.instruction
-    check_command_line(CONF, "infer", ["task=translate", "+translate.to=[Russian]", "data.test=t.parquet"])  # the spelling
+    check_command_line(
+        CONF, "infer", ["task=translate", "+translate.to=[Russian]", "data.test=t.parquet"]
+    )  # the spelling
     with pytest.raises(DuelistError, match=r"translate has no setting too"):
         check_command_line(CONF, "infer", ["task=translate", "+translate.too=[Russian]", "data.test=t.parquet"])
 
@@ -133,7 +175,9 @@ def test_translate_targets_are_added_with_plus_and_typos_fail() -> None:
 @pytest.mark.parametrize("group,option", [(g, o) for g in ("labeling", "generate") for o in options(g)])
 def test_every_infer_task_option_composes(group: str, option: str) -> None:
     task = "pseudolabel" if group == "labeling" else "generate"
-    cfg = compose_infer([f"task={task}", f"{group}={option}", "data.test=t.parquet", "output=o.parquet", "translate.to=[Russian]"])
+    cfg = compose_infer(
+        [f"task={task}", f"{group}={option}", "data.test=t.parquet", "output=o.parquet", "translate.to=[Russian]"]
+    )
     assert cfg[group].name == option
     OmegaConf.to_container(cfg, resolve=True, throw_on_missing=True)
     with pytest.raises(ConfigCompositionException):
@@ -152,8 +196,15 @@ def test_attention_auto_never_picks_sdpa_for_gemma2(monkeypatch) -> None:
     assert (attention(gemma), attention(llama)) == ("eager", "sdpa")
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     real = importlib.util.find_spec
-    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: object() if name == "flash_attn" else real(name, *a))
-    for capability, expected in (((7, 5), ("eager", "sdpa")), ((7, 0), ("eager", "sdpa")), ((8, 0), ("flash_attention_2",) * 2), ((9, 0), ("flash_attention_2",) * 2)):
+    monkeypatch.setattr(
+        importlib.util, "find_spec", lambda name, *a: object() if name == "flash_attn" else real(name, *a)
+    )
+    for capability, expected in (
+        ((7, 5), ("eager", "sdpa")),
+        ((7, 0), ("eager", "sdpa")),
+        ((8, 0), ("flash_attention_2",) * 2),
+        ((9, 0), ("flash_attention_2",) * 2),
+    ):
         # flash-attention-2 needs compute capability >= 8.0: not on a T4 (7.5) or V100 (7.0)
         monkeypatch.setattr(torch.cuda, "get_device_capability", lambda *a, c=capability: c)
         assert (attention(gemma), attention(llama)) == expected, capability
@@ -173,7 +224,9 @@ def test_conf_dir_is_found_without_the_source_layout(tmp_path, monkeypatch) -> N
     assert conf_dir() == CONF
     monkeypatch.setenv("DUELIST_CONF", str(tmp_path / "nowhere"))
     monkeypatch.chdir(tmp_path / "conf")
-    monkeypatch.setattr("duelist.config.__file__", str(tmp_path / "venv" / "lib" / "site-packages" / "duelist" / "config.py"))  # a wheel install
+    monkeypatch.setattr(
+        "duelist.config.__file__", str(tmp_path / "venv" / "lib" / "site-packages" / "duelist" / "config.py")
+    )  # a wheel install
     with pytest.raises(DuelistError, match="no conf/ folder with train.yaml .*set DUELIST_CONF"):
         conf_dir()
 
@@ -189,4 +242,6 @@ def test_run_configs_written_before_a_model_key_existed_read_with_the_value_they
     OmegaConf.save(OmegaConf.create(old), tmp_path / "checkpoint" / "config.yaml")
     for read in (RunDir(tmp_path).read_config, RunDir(tmp_path).read_checkpoint_config):
         model = read().model
-        assert model.pooling == "model" and model.length_hint == "none"  # [CLS] pooler, no length line: how they trained
+        assert (
+            model.pooling == "model" and model.length_hint == "none"
+        )  # [CLS] pooler, no length line: how they trained

@@ -20,7 +20,11 @@ def test_wsdm_example_test_file() -> None:
     df = load_test(str(WSDM_EXAMPLE))
     assert list(df["id"]) == [str(i) for i in raw["id"]]  # input order kept, ids as text
     assert (df["prompt"] == raw["prompt"]).all() and (df["response_b"] == raw["response_b"]).all()
-    assert df["winner"].isna().all() and list(df["language"]) == ["Spanish", "English", "Portuguese"]  # detected: the file has none
+    assert df["winner"].isna().all() and list(df["language"]) == [
+        "Spanish",
+        "English",
+        "Portuguese",
+    ]  # detected: the file has none
 
 
 def lmsys_rows() -> pd.DataFrame:
@@ -30,7 +34,12 @@ def lmsys_rows() -> pd.DataFrame:
             "model_a": ["gpt-4", "llama", "claude", "vicuna"],
             "model_b": ["llama", "gpt-4", "vicuna", "claude"],
             "prompt": [json.dumps(["Hi?"]), json.dumps(["Q1", "Q2"]), json.dumps(["Привет"]), json.dumps(["你好"])],
-            "response_a": [json.dumps(["Hello!"]), json.dumps(["A1", None]), json.dumps(["Здравствуй"]), json.dumps(["您好"])],
+            "response_a": [
+                json.dumps(["Hello!"]),
+                json.dumps(["A1", None]),
+                json.dumps(["Здравствуй"]),
+                json.dumps(["您好"]),
+            ],
             "response_b": [json.dumps(["Hey"]), json.dumps(["B1", "B2"]), json.dumps(["Хай"]), json.dumps(["嗨"])],
             "winner_model_a": [1, 0, 0, 0],
             "winner_model_b": [0, 1, 0, 1],
@@ -80,7 +89,12 @@ def test_layout_chosen_by_columns_not_name(tmp_path) -> None:
 def test_folds_are_stratified_by_label_and_language() -> None:
     rng = np.random.default_rng(0)
     n = 1000
-    df = pd.DataFrame({"p_a": rng.integers(0, 2, n).astype(float), "language": rng.choice(["en", "ru", "zh", "vi"], n, p=[0.55, 0.2, 0.15, 0.1])})
+    df = pd.DataFrame(
+        {
+            "p_a": rng.integers(0, 2, n).astype(float),
+            "language": rng.choice(["en", "ru", "zh", "vi"], n, p=[0.55, 0.2, 0.15, 0.1]),
+        }
+    )
     folds = assign_folds(df, 5, seed=1)
     assert sorted(np.bincount(folds)) == [200, 200, 200, 200, 200]
     for (label, lang), group in df.assign(fold=folds).groupby(["p_a", "language"]):
@@ -101,10 +115,20 @@ def test_kfold_split_holds_out_one_fold_and_folds_cover_all_rows() -> None:
 
 
 def test_fixed_validation_file(tmp_path) -> None:
-    rows = pd.DataFrame({"id": ["a", "b", "c"], "prompt": ["p1", "p2", "p3"], "response_a": ["x"] * 3, "response_b": ["y"] * 3, "winner": ["model_a", "model_b", "model_a"]})
+    rows = pd.DataFrame(
+        {
+            "id": ["a", "b", "c"],
+            "prompt": ["p1", "p2", "p3"],
+            "response_a": ["x"] * 3,
+            "response_b": ["y"] * 3,
+            "winner": ["model_a", "model_b", "model_a"],
+        }
+    )
     rows.iloc[:2].to_parquet(tmp_path / "train.parquet")
     rows.iloc[2:].to_parquet(tmp_path / "valid.parquet")
-    cfg = compose_train(["data=files", f"data.train={tmp_path / 'train.parquet'}", f"data.valid={tmp_path / 'valid.parquet'}"])
+    cfg = compose_train(
+        ["data=files", f"data.train={tmp_path / 'train.parquet'}", f"data.valid={tmp_path / 'valid.parquet'}"]
+    )
     train, valid = load_train_valid(cfg.data)
     assert list(train["id"]) == ["a", "b"] and list(valid["id"]) == ["c"] and (valid["fold"] == -1).all()
     rows.to_parquet(tmp_path / "leaky.parquet")
@@ -141,11 +165,20 @@ def test_folds_group_rows_of_one_prompt() -> None:
 
 
 def test_leakage_guard_with_a_fixed_validation_file(tmp_path, caplog) -> None:
-    rows = pd.DataFrame({"id": list("abcd"), "prompt": ["Same prompt", "other", "x", "  same   PROMPT "], "response_a": ["1"] * 4,
-                         "response_b": ["2"] * 4, "winner": ["model_a", "model_b", "model_a", "model_b"]})
+    rows = pd.DataFrame(
+        {
+            "id": list("abcd"),
+            "prompt": ["Same prompt", "other", "x", "  same   PROMPT "],
+            "response_a": ["1"] * 4,
+            "response_b": ["2"] * 4,
+            "winner": ["model_a", "model_b", "model_a", "model_b"],
+        }
+    )
     rows.iloc[:3].to_parquet(tmp_path / "train.parquet")
     rows.iloc[3:].to_parquet(tmp_path / "valid.parquet")
-    cfg = compose_train(["data=files", f"data.train={tmp_path / 'train.parquet'}", f"data.valid={tmp_path / 'valid.parquet'}"])
+    cfg = compose_train(
+        ["data=files", f"data.train={tmp_path / 'train.parquet'}", f"data.valid={tmp_path / 'valid.parquet'}"]
+    )
     train, valid = load_train_valid(cfg.data)
     assert list(train["id"]) == ["b", "c"] and "dropped 1 training rows" in caplog.text
 
@@ -154,11 +187,29 @@ def test_leakage_guard_with_a_fixed_validation_file(tmp_path, caplog) -> None:
 def test_languages_are_one_vocabulary_of_wsdm_names(tmp_path) -> None:
     from duelist.languages import language_name
 
-    hand = {"da": "Danish", "ca": "Catalan", "zh-CN": "Chinese", "pt_BR": "Portuguese", "RU": "Russian", "english": "English",
-            "Vietnamese": "Vietnamese", "Klingon": "Klingon", None: "unknown", "": "unknown"}
+    hand = {
+        "da": "Danish",
+        "ca": "Catalan",
+        "zh-CN": "Chinese",
+        "pt_BR": "Portuguese",
+        "RU": "Russian",
+        "english": "English",
+        "Vietnamese": "Vietnamese",
+        "Klingon": "Klingon",
+        None: "unknown",
+        "": "unknown",
+    }
     assert {k: language_name(k) for k in hand} == hand
-    sample = load_pairs([f"pkg:duelist/assets/sample/{f}.parquet" for f in ("pandalm_test", "oasst1_zh_rank")], on_bad_rows="drop")
-    assert set(sample["language"]) == {"English", "Italian", "Danish", "Catalan", "Chinese"}  # the file itself has "da", "ca"
+    sample = load_pairs(
+        [f"pkg:duelist/assets/sample/{f}.parquet" for f in ("pandalm_test", "oasst1_zh_rank")], on_bad_rows="drop"
+    )
+    assert set(sample["language"]) == {
+        "English",
+        "Italian",
+        "Danish",
+        "Catalan",
+        "Chinese",
+    }  # the file itself has "da", "ca"
     cfg = compose_train(["data.languages=[zh,da]", "data.max_rows=null"]).data
     train, valid = load_train_valid(cfg)
     assert set(train["language"]) | set(valid["language"]) == {"Chinese", "Danish"}  # codes in the filter work too
@@ -169,7 +220,9 @@ def test_stratified_sample_has_no_position_bias() -> None:
     from duelist.data import stratified_sample
 
     n = 10_000
-    df = pd.DataFrame({"id": [str(i) for i in range(n)], "p_a": np.where(np.arange(n) % 2, 1.0, 0.0), "language": "English"})
+    df = pd.DataFrame(
+        {"id": [str(i) for i in range(n)], "p_a": np.where(np.arange(n) % 2, 1.0, 0.0), "language": "English"}
+    )
     kept = stratified_sample(df, 7_500, seed=0)
     first_half = (kept["id"].astype(int) < n // 2).mean()
     assert abs(first_half - 0.5) < 0.02, first_half  # it was 0.67: the fold cut short came from the top of the file

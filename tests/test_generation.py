@@ -12,8 +12,16 @@ from duelist.errors import DuelistError
 
 def prompts_file(tmp_path, n: int = 30):
     langs = ["English"] * (n - 10) + ["Russian"] * 10
-    df = pd.DataFrame({"id": [f"p{i}" for i in range(n)], "prompt": [f"Tell me about topic {i}." for i in range(n)], "language": langs})
-    df = pd.concat([df, df.iloc[:3].assign(id=["d0", "d1", "d2"], prompt=df["prompt"].iloc[:3].str.upper())])  # repeated prompts
+    df = pd.DataFrame(
+        {
+            "id": [f"p{i}" for i in range(n)],
+            "prompt": [f"Tell me about topic {i}." for i in range(n)],
+            "language": langs,
+        }
+    )
+    df = pd.concat(
+        [df, df.iloc[:3].assign(id=["d0", "d1", "d2"], prompt=df["prompt"].iloc[:3].str.upper())]
+    )  # repeated prompts
     path = tmp_path / "prompts.parquet"
     df.to_parquet(path)
     return path
@@ -30,7 +38,9 @@ def test_generate_pairs_with_two_generators(tmp_path) -> None:
     assert pairs["id"].is_unique and not pairs["id"].str.startswith("d").any()  # repeated prompts generate once
     assert (pairs["language"] == "Russian").sum() <= 4 and (pairs["language"] == "English").sum() >= 18
     assert (pairs["model_a"] != pairs["model_b"]).all()
-    assert set(pairs["model_a"]) == set(pairs["model_b"]) == {"tiny_qwen2_gen", "tiny_llama_gen"}  # A/B placed both ways
+    assert (
+        set(pairs["model_a"]) == set(pairs["model_b"]) == {"tiny_qwen2_gen", "tiny_llama_gen"}
+    )  # A/B placed both ways
     assert pairs["winner"].isna().all() and pairs["p_a"].isna().all() and (pairs["source"] == "generated:tiny").all()
     assert (pairs["response_a"].str.len() > 0).all() and (pairs["response_a"] != pairs["response_b"]).any()
 
@@ -71,14 +81,41 @@ def test_resume_after_a_crash_skips_finished_shards(tmp_path, monkeypatch) -> No
 
 def test_generate_cli_errors_are_one_line(tmp_path) -> None:
     prompts = prompts_file(tmp_path)
-    res = run_cli("infer.py", ["task=generate", "generate=vllm", f"data.test={prompts}", f"output={tmp_path / 'p.parquet'}", f"hydra.run.dir={tmp_path / 'h'}"])
+    res = run_cli(
+        "infer.py",
+        [
+            "task=generate",
+            "generate=vllm",
+            f"data.test={prompts}",
+            f"output={tmp_path / 'p.parquet'}",
+            f"hydra.run.dir={tmp_path / 'h'}",
+        ],
+    )
     assert res.returncode == 2 and "Traceback" not in res.stderr
     assert "vllm" in res.stderr.strip().splitlines()[-1].lower()
     assert not (tmp_path / "p.shards").exists()  # nothing written: the next call with generate=tiny is not blocked
-    res = run_cli("infer.py", ["task=generate", "generate=tiny", f"data.test={prompts}", f"output={tmp_path / 'p.parquet'}", f"hydra.run.dir={tmp_path / 'h'}"])
+    res = run_cli(
+        "infer.py",
+        [
+            "task=generate",
+            "generate=tiny",
+            f"data.test={prompts}",
+            f"output={tmp_path / 'p.parquet'}",
+            f"hydra.run.dir={tmp_path / 'h'}",
+        ],
+    )
     assert res.returncode == 0, res.stderr[-2000:]
     (tmp_path / "no_prompt.csv").write_text("id,question\n1,hi\n")
-    res = run_cli("infer.py", ["task=generate", "generate=tiny", f"data.test={tmp_path / 'no_prompt.csv'}", f"output={tmp_path / 'q.parquet'}", f"hydra.run.dir={tmp_path / 'h'}"])
+    res = run_cli(
+        "infer.py",
+        [
+            "task=generate",
+            "generate=tiny",
+            f"data.test={tmp_path / 'no_prompt.csv'}",
+            f"output={tmp_path / 'q.parquet'}",
+            f"hydra.run.dir={tmp_path / 'h'}",
+        ],
+    )
     assert res.returncode == 2 and "no 'prompt' column" in res.stderr and not (tmp_path / "q.parquet").exists()
 
 

@@ -30,7 +30,16 @@ def test_qlora_loads_4bit_and_trains(tmp_path) -> None:
     built = build_model(cfg.model, cfg.lora, torch.device("cpu"), seed=0)
     built.model.save_pretrained(tmp_path / "base")
     built.tokenizer.save_pretrained(tmp_path / "base")
-    cfg = compose_train([*TINY, "lora=qlora", "lora.r=8", "model.init=pretrained", f"model.name_or_path={tmp_path / 'base'}", "trainer.device=cuda"])
+    cfg = compose_train(
+        [
+            *TINY,
+            "lora=qlora",
+            "lora.r=8",
+            "model.init=pretrained",
+            f"model.name_or_path={tmp_path / 'base'}",
+            "trainer.device=cuda",
+        ]
+    )
     train(cfg, tmp_path / "run")
     built, _ = load_checkpoint(tmp_path / "run", torch.device("cuda"))
     import bitsandbytes as bnb
@@ -48,11 +57,11 @@ def test_8bit_adamw_trains(tmp_path) -> None:
 @pytest.mark.parametrize("kind", ["int8", "nf4"])
 def test_quantized_inference_close_to_16_bit(tmp_path, kind: str) -> None:
     pytest.importorskip("bitsandbytes")
-    from duelist.export import export_run
-    from duelist.scoring import predict_p_a
-    from duelist.formatting import PairEncoder
-    from duelist.data import load_test
     from conftest import WSDM_EXAMPLE
+    from duelist.data import load_test
+    from duelist.export import export_run
+    from duelist.formatting import PairEncoder
+    from duelist.scoring import predict_p_a
 
     train(compose_train([*TINY, "trainer.device=cuda"]), tmp_path / "run")
     export_run(tmp_path / "run", tmp_path / "merged")

@@ -61,8 +61,12 @@ def qlora_runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
         built.tokenizer.save_pretrained(root / "base")
         runs = {"random": root / "random", "pretrained": root / "pretrained", "bf16": root / "bf16"}
         train(compose_train(QLORA), runs["random"])
-        train(compose_train([*QLORA, "model.dtype=bf16"]), runs["bf16"])  # a bf16 base: its reload used to differ by ~1.5e-3
-        train(compose_train([*QLORA, "model.init=pretrained", f"model.name_or_path={root / 'base'}"]), runs["pretrained"])
+        train(
+            compose_train([*QLORA, "model.dtype=bf16"]), runs["bf16"]
+        )  # a bf16 base: its reload used to differ by ~1.5e-3
+        train(
+            compose_train([*QLORA, "model.init=pretrained", f"model.name_or_path={root / 'base'}"]), runs["pretrained"]
+        )
     return runs
 
 
@@ -75,7 +79,9 @@ def cpu_bnb(monkeypatch: pytest.MonkeyPatch) -> None:
 def test_explicit_precision_is_honoured_on_a_cpu_and_auto_follows_half_weights() -> None:
     assert autocast_dtype("bf16", CPU) is torch.bfloat16 and autocast_dtype("fp16", CPU) is torch.float16
     assert autocast_dtype("fp32", CPU) is None and autocast_dtype("auto", CPU) is None
-    assert autocast_dtype("auto", CPU, torch.bfloat16) is torch.bfloat16  # a bf16 base with fp32 adapters needs autocast
+    assert (
+        autocast_dtype("auto", CPU, torch.bfloat16) is torch.bfloat16
+    )  # a bf16 base with fp32 adapters needs autocast
 
 
 @pytest.mark.parametrize("lora,dtype", [("default", "bf16"), ("none", "fp16")])
@@ -84,20 +90,33 @@ def test_every_trainable_parameter_is_fp32_over_a_half_precision_base(lora: str,
     model = build_model(cfg.model, cfg.lora, CPU, seed=0).model
     assert trainable_dtypes(model) == {torch.float32}
     frozen = {p.dtype for p in model.parameters() if not p.requires_grad}
-    assert frozen == ({torch.bfloat16} if lora == "default" else set())  # the base stays bf16; full fine-tuning trains every weight
+    assert frozen == (
+        {torch.bfloat16} if lora == "default" else set()
+    )  # the base stays bf16; full fine-tuning trains every weight
 
 
 @pytest.mark.parametrize("lora", ["none", "default"])
 def test_fp16_weights_with_fp16_autocast_and_grad_scaler_train(tmp_path, lora: str) -> None:
     """The Kaggle T4 path (fp16 weights, fp16 autocast, GradScaler): it crashed with 'Attempting to unscale FP16 gradients'."""
-    train(compose_train([*TINY, f"lora={lora}", "model.dtype=fp16", "trainer.precision=fp16", "trainer.max_steps=2"]), tmp_path)
+    train(
+        compose_train([*TINY, f"lora={lora}", "model.dtype=fp16", "trainer.precision=fp16", "trainer.max_steps=2"]),
+        tmp_path,
+    )
     metrics = json.loads((tmp_path / "metrics.json").read_text())
     assert metrics["train/autocast"] == "float16" and np.isfinite(metrics["val/log_loss"])
 
 
 def test_bf16_training_keeps_updates_smaller_than_bf16_resolution(tmp_path) -> None:
     """lr 1e-5 on weights of std 0.02: each update is below bf16's spacing there (~8e-5); kept in bf16 most weights never move."""
-    overrides = [*TINY, "lora=none", "model.dtype=bf16", "trainer.precision=bf16", "trainer.lr=1e-5", "trainer.head_lr=1e-5", "trainer.max_steps=3"]
+    overrides = [
+        *TINY,
+        "lora=none",
+        "model.dtype=bf16",
+        "trainer.precision=bf16",
+        "trainer.lr=1e-5",
+        "trainer.head_lr=1e-5",
+        "trainer.max_steps=3",
+    ]
     cfg = compose_train(overrides)
     before = build_model(cfg.model, cfg.lora, CPU, seed=cfg.trainer.seed).model.state_dict()
     train(cfg, tmp_path)
@@ -147,7 +166,9 @@ def test_export_of_a_qlora_run_matches_the_adapter_and_rescores_the_oof(qlora_ru
     assert metrics["val/accuracy"] == pytest.approx(accuracy) and metrics["export/max_abs_diff_p_a"] <= 5e-3
     config = json.loads((merged / "checkpoint" / "model" / "config.json").read_text())
     assert "quantization_config" not in config  # plain weights: a reload must not "re-quantize" them
-    assert config["attn_logit_softcapping"] is None and config["final_logit_softcapping"] is None  # vLLM reads softcapping from here
+    assert (
+        config["attn_logit_softcapping"] is None and config["final_logit_softcapping"] is None
+    )  # vLLM reads softcapping from here
     assert RunDir(merged).exported_from() == str(run)
 
 
@@ -241,13 +262,20 @@ def test_sequences_end_in_a_real_token_so_hf_and_vllm_pool_the_same_position(mod
     cfg = compose_train([*TINY, f"model={model}", "lora=none"])
     built = build_model(cfg.model, cfg.lora, CPU, seed=0)
     model_, tok = built.model.eval(), built.tokenizer
-    rows = pd.concat([load_test(str(WSDM_EXAMPLE)), pd.DataFrame({"prompt": ["Hi?", ""], "response_a": ["Hello.", ""], "response_b": ["", "Yes " * 20]})])
+    rows = pd.concat(
+        [
+            load_test(str(WSDM_EXAMPLE)),
+            pd.DataFrame({"prompt": ["Hi?", ""], "response_a": ["Hello.", ""], "response_b": ["", "Yes " * 20]}),
+        ]
+    )
     ids = PairEncoder.for_model(tok, cfg.model).encode(rows, None)
     assert all(seq[-1] != tok.pad_token_id for seq in ids)
     batch, mask = pad(ids, tok.pad_token_id)
     with torch.no_grad():
         hf = model_(input_ids=batch, attention_mask=mask).logits
-        by_hand = torch.stack([model_.score(model_.model(input_ids=torch.tensor([seq])).last_hidden_state[0, -1]) for seq in ids])
+        by_hand = torch.stack(
+            [model_.score(model_.model(input_ids=torch.tensor([seq])).last_hidden_state[0, -1]) for seq in ids]
+        )
     assert len({len(s) for s in ids}) > 1  # the batch really is padded
     torch.testing.assert_close(hf, by_hand, atol=1e-5, rtol=1e-4)
 
@@ -273,19 +301,34 @@ def test_kaggle_package_ships_bitsandbytes_when_it_needs_it(qlora_runs, tmp_path
     assert "bitsandbytes" in requirements(extras=["qlora"]) and "bitsandbytes" not in requirements()
 
 
-@pytest.mark.parametrize("setting", [["lora=qlora"], ["lora=default", "model.dtype=float16", "trainer.precision=fp16"]], ids=["qlora", "fp16"])
+@pytest.mark.parametrize(
+    "setting",
+    [["lora=qlora"], ["lora=default", "model.dtype=float16", "trainer.precision=fp16"]],
+    ids=["qlora", "fp16"],
+)
 def test_killed_run_resumes_identically_on_4bit_and_fp16_paths(tmp_path, setting) -> None:
     """Resume on the GPU recipes' paths: adapters over a 4-bit base (only they are saved and reloaded), and fp16 autocast
     whose GradScaler state (scale, growth tracker) is part of the saved state."""
-    from conftest import run_cli
     from test_resume import same_results
 
-    args = ["model=tiny_gemma2", *setting, "logger=none", "data.max_rows=60", "trainer.max_steps=4", "trainer.batch_size=8",
-            "trainer.save_every=2", "trainer.eval_batch_size=32"]
+    from conftest import run_cli
+
+    args = [
+        "model=tiny_gemma2",
+        *setting,
+        "logger=none",
+        "data.max_rows=60",
+        "trainer.max_steps=4",
+        "trainer.batch_size=8",
+        "trainer.save_every=2",
+        "trainer.eval_batch_size=32",
+    ]
     env = {"DUELIST_CPU_BNB": "1"}
     ref = run_cli("train.py", [*args, f"hydra.run.dir={tmp_path / 'ref'}"], env=env)
     assert ref.returncode == 0, ref.stderr[-2000:]
-    dead = run_cli("train.py", [*args, f"hydra.run.dir={tmp_path / 'run'}"], env={**env, "DUELIST_TEST_KILL_AT_BATCH": "3"})
+    dead = run_cli(
+        "train.py", [*args, f"hydra.run.dir={tmp_path / 'run'}"], env={**env, "DUELIST_TEST_KILL_AT_BATCH": "3"}
+    )
     assert dead.returncode == -9 and [p.name for p in (tmp_path / "run" / "states").iterdir()] == ["step-00000002"]
     res = run_cli("train.py", [*args, f"hydra.run.dir={tmp_path / 'run'}"], env=env)
     assert res.returncode == 0 and "step-00000002 (step 2, epoch 0)" in res.stdout, res.stderr[-2000:]

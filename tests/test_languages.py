@@ -32,14 +32,20 @@ def test_short_prompts_in_17_languages() -> None:
 def test_the_bundled_chinese_and_english_prompts() -> None:
     zh = pd.read_parquet(SAMPLE / "oasst1_zh_rank.parquet").drop_duplicates("prompt")["prompt"]
     en = pd.read_parquet(SAMPLE / "hh_rlhf_harmless_test.parquet").drop_duplicates("prompt")["prompt"]
-    assert (detect_languages(zh) == "Chinese").mean() >= 0.98  # the misses are prompts written in English ("who are you ?")
+    assert (
+        detect_languages(zh) == "Chinese"
+    ).mean() >= 0.98  # the misses are prompts written in English ("who are you ?")
     assert (detect_languages(en) == "English").mean() >= 0.99
-    assert list(detect_languages(pd.Series(["", None, "  \n", "12345 + 678", "你好啊"]))) == ["unknown"] * 4 + ["Chinese"]
+    assert list(detect_languages(pd.Series(["", None, "  \n", "12345 + 678", "你好啊"]))) == ["unknown"] * 4 + [
+        "Chinese"
+    ]
 
 
 def test_a_file_without_languages_gets_them_detected(tmp_path) -> None:
     test = load_test(str(WSDM_EXAMPLE))  # id, prompt, response_a, response_b, scored: no language column
     assert list(test["language"]) == ["Spanish", "English", "Portuguese"]
-    labelled = pd.read_parquet(SAMPLE / "pandalm_test.parquet").head(20).assign(language="fr")  # a given label is kept (named)
+    labelled = (
+        pd.read_parquet(SAMPLE / "pandalm_test.parquet").head(20).assign(language="fr")
+    )  # a given label is kept (named)
     labelled.to_parquet(tmp_path / "given.parquet")
     assert set(load_pairs(str(tmp_path / "given.parquet"))["language"]) == {"French"}

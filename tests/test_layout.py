@@ -15,9 +15,34 @@ SRC = Path(__file__).resolve().parents[1] / "src" / "duelist"
 # the layers of the README's layout table, lowest first; a module may import only from its own layer or below
 LAYERS = [
     {"errors", "logs", "languages", "files", "config", "metrics", "plots", "batching", "tracking", "tiny_tokenizer"},
-    {"data", "features", "feature_model", "stacking", "formatting", "rundir", "resume", "modeling", "runs", "ensemble", "distributed"},
+    {
+        "data",
+        "features",
+        "feature_model",
+        "stacking",
+        "formatting",
+        "rundir",
+        "resume",
+        "modeling",
+        "runs",
+        "ensemble",
+        "distributed",
+    },
     {"scoring"},
-    {"training", "submission", "pseudolabel", "generation", "translation", "export", "kaggle", "bench", "eda", "review", "example_data", "sweeper"},
+    {
+        "training",
+        "submission",
+        "pseudolabel",
+        "generation",
+        "translation",
+        "export",
+        "kaggle",
+        "bench",
+        "eda",
+        "review",
+        "example_data",
+        "sweeper",
+    },
 ]
 
 
@@ -54,7 +79,9 @@ def test_no_import_cycles() -> None:
         state[node] = 1
         for dep in graph.get(node, ()):
             if state.get(dep) == 1:
-                raise AssertionError("import cycle: " + " -> ".join(path[path.index(dep):] + [dep]) if dep in path else dep)
+                raise AssertionError(
+                    "import cycle: " + " -> ".join(path[path.index(dep) :] + [dep]) if dep in path else dep
+                )
             if dep not in state:
                 visit(dep, path + [dep])
         state[node] = 2

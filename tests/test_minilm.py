@@ -16,8 +16,19 @@ pytestmark = pytest.mark.slow
 @pytest.mark.parametrize("lora", ["default", "none"])
 def test_minilm_train_then_infer(tmp_path, lora: str) -> None:
     run = tmp_path / "run"
-    res = run_cli("train.py", ["model=minilm", f"lora={lora}", "logger=none", "data.max_rows=240", "trainer.max_steps=6",
-                               "model.max_length=128", "trainer.eval_every=3", f"hydra.run.dir={run}"])
+    res = run_cli(
+        "train.py",
+        [
+            "model=minilm",
+            f"lora={lora}",
+            "logger=none",
+            "data.max_rows=240",
+            "trainer.max_steps=6",
+            "model.max_length=128",
+            "trainer.eval_every=3",
+            f"hydra.run.dir={run}",
+        ],
+    )
     assert res.returncode == 0, res.stderr[-3000:]
     metrics = json.loads((run / "metrics.json").read_text())
     assert 0.0 <= metrics["val/accuracy"] <= 1.0 and metrics["val/rows"] + metrics["train/rows"] == 240
@@ -38,8 +49,12 @@ def test_minilm_train_then_infer(tmp_path, lora: str) -> None:
 
     _, valid = load_train_valid(OmegaConf.load(run / "config.yaml").data)
     valid[["id", "prompt", "response_a", "response_b"]].to_parquet(tmp_path / "valid.parquet")
-    res = run_cli("infer.py", [f"runs=[{run}]", f"data.test={tmp_path / 'valid.parquet'}", f"output={tmp_path / 'v.csv'}"])
+    res = run_cli(
+        "infer.py", [f"runs=[{run}]", f"data.test={tmp_path / 'valid.parquet'}", f"output={tmp_path / 'v.csv'}"]
+    )
     assert res.returncode == 0, res.stderr[-3000:]
-    again = pd.read_parquet(tmp_path / "v.parquet").merge(pd.read_parquet(run / "oof.parquet"), on="id", suffixes=("", "_oof"))
+    again = pd.read_parquet(tmp_path / "v.parquet").merge(
+        pd.read_parquet(run / "oof.parquet"), on="id", suffixes=("", "_oof")
+    )
     assert len(again) == len(valid)
     np.testing.assert_allclose(again["p_a"], again["p_a_oof"], atol=1e-5)

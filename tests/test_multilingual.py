@@ -22,7 +22,9 @@ def runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     """A feature-model generalist and a tiny Gemma-2 Chinese specialist (with the language tag) on one split."""
     root = tmp_path_factory.mktemp("runs")
     train(compose_train(["model=features", *SMALL]), root / "features")
-    train(compose_train(["model=features", *SMALL, "model.trees.num_leaves=4", "trainer.seed=1"]), root / "features_small")
+    train(
+        compose_train(["model=features", *SMALL, "model.trees.num_leaves=4", "trainer.seed=1"]), root / "features_small"
+    )
     train(compose_train([*TINY, "data.languages=[zh]", "model.language_tag=true"]), root / "zh")
     return {"features": root / "features", "features_small": root / "features_small", "zh": root / "zh"}
 
@@ -35,7 +37,9 @@ def test_runs_written_before_the_new_model_keys_still_resume_and_count_as_finish
     old = resolved(cfg)
     del old["model"]["trees"], old["model"]["language_tag"]  # a run dir written before these keys existed
     assert config_differences(old, resolved(cfg)) == []
-    assert config_differences(old, resolved(compose_train(["model.language_tag=true"]))) == ["model.language_tag: False -> True"]
+    assert config_differences(old, resolved(compose_train(["model.language_tag=true"]))) == [
+        "model.language_tag: False -> True"
+    ]
 
 
 @pytest.mark.fast
@@ -44,16 +48,45 @@ def test_early_stopping_keeps_the_round_with_the_lowest_validation_log_loss() ->
 
     rng = np.random.default_rng(0)
     x = pd.DataFrame(rng.normal(size=(600, 4)), columns=list("abcd"))
-    target = (x["a"] + rng.normal(scale=2.0, size=600) > 0).astype(float).to_numpy()  # noisy: the validation loss turns up
-    trees = compose_train(["model=features", "model.trees.n_estimators=400", "model.trees.early_stopping_rounds=30",
-                           "model.trees.learning_rate=0.2"]).model.trees
-    model, curves = FeatureModel.fit(x[:400], target[:400], np.ones(400), trees, 0, valid=(x[400:], target[400:]),
-                                     evaluate=lambda p: {"val/accuracy": float(np.mean((p >= 0.5) == (target[400:] == 1)))})
+    target = (
+        (x["a"] + rng.normal(scale=2.0, size=600) > 0).astype(float).to_numpy()
+    )  # noisy: the validation loss turns up
+    trees = compose_train(
+        [
+            "model=features",
+            "model.trees.n_estimators=400",
+            "model.trees.early_stopping_rounds=30",
+            "model.trees.learning_rate=0.2",
+        ]
+    ).model.trees
+    model, curves = FeatureModel.fit(
+        x[:400],
+        target[:400],
+        np.ones(400),
+        trees,
+        0,
+        valid=(x[400:], target[400:]),
+        evaluate=lambda p: {"val/accuracy": float(np.mean((p >= 0.5) == (target[400:] == 1)))},
+    )
     losses = np.array(curves["val/log_loss"])
     best = int(losses[np.argmin(losses[:, 1]), 0])
-    assert len(losses) == best + 30 < 400 and model.booster.num_trees() == best and len(curves["val/accuracy"]) == len(losses)
-    np.testing.assert_allclose(model.predict(x[400:]), FeatureModel.fit(x[:400], target[:400], np.ones(400), compose_train(
-        ["model=features", f"model.trees.n_estimators={best}", "model.trees.learning_rate=0.2"]).model.trees, 0)[0].predict(x[400:]))
+    assert (
+        len(losses) == best + 30 < 400
+        and model.booster.num_trees() == best
+        and len(curves["val/accuracy"]) == len(losses)
+    )
+    np.testing.assert_allclose(
+        model.predict(x[400:]),
+        FeatureModel.fit(
+            x[:400],
+            target[:400],
+            np.ones(400),
+            compose_train(
+                ["model=features", f"model.trees.n_estimators={best}", "model.trees.learning_rate=0.2"]
+            ).model.trees,
+            0,
+        )[0].predict(x[400:]),
+    )
 
 
 @pytest.mark.fast
@@ -63,21 +96,40 @@ def test_text_features_by_hand() -> None:
     text = "# Title\n\n- one\n- two\n1. three\n\n**bold** and [a link](http://x.org)\n```py\nprint(1)\n```\n| a | b |\n"
     f = text_features(text)
     assert (f["headers"], f["list_items"], f["code_blocks"], f["bold"], f["table_rows"]) == (1, 3, 1, 1, 1)
-    assert f["links"] == 1 and text_features("see https://a.b and http://c.d")["links"] == 2  # a markdown link, bare URLs
+    assert (
+        f["links"] == 1 and text_features("see https://a.b and http://c.d")["links"] == 2
+    )  # a markdown link, bare URLs
     assert f["chars"] == len(text) and f["empty"] == 0 and f["refusal"] == 0
     assert text_features("我不知道答案")["words"] == 6  # every CJK character is a word
     assert text_features("Hello, big world!")["words"] == 3
-    assert text_features("Извините, я не могу помочь с этим.")["refusal"] == 1 and text_features("抱歉，我无法回答。")["refusal"] == 1
+    assert (
+        text_features("Извините, я не могу помочь с этим.")["refusal"] == 1
+        and text_features("抱歉，我无法回答。")["refusal"] == 1
+    )
     assert text_features("I'm sorry, but I can't help.")["refusal"] == 1
     assert text_features("ok\nok\nok\nfine")["repeated_lines"] == pytest.approx(0.5)  # 4 lines, 2 distinct
     empty = text_features("")
     assert empty["empty"] == 1 and empty["chars"] == 0 and empty["compression"] == 1.0
-    pairs = pd.DataFrame({"prompt": ["Как дела?"], "response_a": ["Хорошо, спасибо! Всё отлично."], "response_b": ["I am fine, thank you very much."],
-                          "language": ["Russian"]})
+    pairs = pd.DataFrame(
+        {
+            "prompt": ["Как дела?"],
+            "response_a": ["Хорошо, спасибо! Всё отлично."],
+            "response_b": ["I am fine, thank you very much."],
+            "language": ["Russian"],
+        }
+    )
     given, swapped = pair_features(pairs)
-    assert given.loc[0, "a_same_language"] == 1 and given.loc[0, "b_same_language"] == 0  # B answers a Russian prompt in English
-    assert given.loc[0, "diff_chars"] == len(pairs.response_a[0]) - len(pairs.response_b[0]) == -swapped.loc[0, "diff_chars"]
-    assert swapped.loc[0, "a_same_language"] == 0 and given.loc[0, "share_words"] + swapped.loc[0, "share_words"] == pytest.approx(1.0)
+    assert (
+        given.loc[0, "a_same_language"] == 1 and given.loc[0, "b_same_language"] == 0
+    )  # B answers a Russian prompt in English
+    assert (
+        given.loc[0, "diff_chars"]
+        == len(pairs.response_a[0]) - len(pairs.response_b[0])
+        == -swapped.loc[0, "diff_chars"]
+    )
+    assert swapped.loc[0, "a_same_language"] == 0 and given.loc[0, "share_words"] + swapped.loc[
+        0, "share_words"
+    ] == pytest.approx(1.0)
 
 
 def test_feature_model_beats_the_longer_answer_rule_and_infer_reloads_it(tmp_path) -> None:
@@ -85,13 +137,21 @@ def test_feature_model_beats_the_longer_answer_rule_and_infer_reloads_it(tmp_pat
     res = run_cli("train.py", ["model=features", "logger=none", f"hydra.run.dir={run}"])
     assert res.returncode == 0, res.stderr[-3000:]
     metrics = json.loads((run / "metrics.json").read_text())
-    assert metrics["val/accuracy"] > metrics["val/baseline_longer_wins"] + 0.02  # the bundled validation split (478 pairs)
-    assert {p.name for p in (run / "checkpoint").iterdir()} == {"config.yaml", "booster.txt", "columns.json"}  # text only, no pickle
+    assert (
+        metrics["val/accuracy"] > metrics["val/baseline_longer_wins"] + 0.02
+    )  # the bundled validation split (478 pairs)
+    assert {p.name for p in (run / "checkpoint").iterdir()} == {
+        "config.yaml",
+        "booster.txt",
+        "columns.json",
+    }  # text only, no pickle
     assert (run / "feature_importance.png").stat().st_size > 0 and (run / "curves.png").stat().st_size > 0
     assert len(json.loads((run / "history.json").read_text())["val/log_loss"]) == 150  # one point per boosting round
     oof = pd.read_parquet(run / "oof.parquet")
     hard = oof["winner"].isin(["model_a", "model_b"])
-    assert metrics["val/accuracy"] == pytest.approx(float(((oof["p_a"] >= 0.5) == (oof["winner"] == "model_a"))[hard].mean()))
+    assert metrics["val/accuracy"] == pytest.approx(
+        float(((oof["p_a"] >= 0.5) == (oof["winner"] == "model_a"))[hard].mean())
+    )
 
     out = tmp_path / "sub.csv"
     res = run_cli("infer.py", [f"runs=[{run}]", f"data.test={WSDM_EXAMPLE}", f"output={out}", "tta=swap"])
@@ -124,25 +184,49 @@ def test_specialist_scores_only_its_language_and_routes_with_the_generalist(runs
     gen, zh = runs["features"], runs["zh"]
     gen_oof, zh_oof = RunDir(gen).read_oof(), RunDir(zh).read_oof()
     assert set(zh_oof["language"]) == {"Chinese"}
-    assert set(zh_oof["id"]) == set(gen_oof.loc[gen_oof["language"] == "Chinese", "id"])  # the specialist's validation rows line up
+    assert set(zh_oof["id"]) == set(
+        gen_oof.loc[gen_oof["language"] == "Chinese", "id"]
+    )  # the specialist's validation rows line up
     assert RunDir(zh).specialty() == ["Chinese"] and RunDir(gen).specialty() is None
 
     from duelist.data import load_train_valid
 
     _, valid = load_train_valid(compose_train(SMALL).data)
-    test = pd.concat([valid[["id", "prompt", "response_a", "response_b"]], pd.read_parquet(WSDM_EXAMPLE)[["id", "prompt", "response_a", "response_b"]]
-                      .astype({"id": str})], ignore_index=True)  # English + Chinese + the WSDM example's Spanish/Portuguese, no language column
+    test = pd.concat(
+        [
+            valid[["id", "prompt", "response_a", "response_b"]],
+            pd.read_parquet(WSDM_EXAMPLE)[["id", "prompt", "response_a", "response_b"]].astype({"id": str}),
+        ],
+        ignore_index=True,
+    )  # English + Chinese + the WSDM example's Spanish/Portuguese, no language column
     test.to_parquet(tmp_path / "test.parquet")
     out = tmp_path / "sub.csv"
-    res = run_cli("infer.py", ["ensemble=weighted", f"runs=[{gen},{zh}]", "ensemble.min_language_rows=5", f"data.test={tmp_path / 'test.parquet'}",
-                               f"output={out}"])
+    res = run_cli(
+        "infer.py",
+        [
+            "ensemble=weighted",
+            f"runs=[{gen},{zh}]",
+            "ensemble.min_language_rows=5",
+            f"data.test={tmp_path / 'test.parquet'}",
+            f"output={out}",
+        ],
+    )
     assert res.returncode == 0, res.stderr[-3000:]
     probs = pd.read_parquet(out.with_suffix(".parquet"))
     report = json.loads(out.with_suffix(".ensemble.json").read_text())
     chinese = (probs["language"] == "Chinese").to_numpy()
-    assert chinese.sum() == (valid["language"] == "Chinese").sum() and set(probs["language"]) >= {"English", "Chinese", "Spanish", "Portuguese"}
-    assert probs["p_a_run1"].notna().to_numpy().tolist() == chinese.tolist()  # the specialist scored the Chinese rows only
-    assert probs["p_a_run0"].notna().all() and probs["p_a"].notna().all() and len(probs) == len(test)  # no row left unscored
+    assert chinese.sum() == (valid["language"] == "Chinese").sum() and set(probs["language"]) >= {
+        "English",
+        "Chinese",
+        "Spanish",
+        "Portuguese",
+    }
+    assert (
+        probs["p_a_run1"].notna().to_numpy().tolist() == chinese.tolist()
+    )  # the specialist scored the Chinese rows only
+    assert (
+        probs["p_a_run0"].notna().all() and probs["p_a"].notna().all() and len(probs) == len(test)
+    )  # no row left unscored
     assert report["weights"]["*"] == [1.0, 0.0] and set(report["weights"]) == {"*", "Chinese"}
     w = report["weights"]["Chinese"]
     assert w[1] > 0 and sum(w) == pytest.approx(1.0)
@@ -152,15 +236,23 @@ def test_specialist_scores_only_its_language_and_routes_with_the_generalist(runs
     both = gen_oof.merge(zh_oof[["id", "p_a"]], on="id", suffixes=("", "_zh"))
     target = both["target"].to_numpy()
     grid = np.round(np.arange(0, 1.0001, 0.05), 10)
-    losses = [float(np.mean(-(target * np.log(np.clip(q, 1e-7, 1 - 1e-7)) + (1 - target) * np.log(np.clip(1 - q, 1e-7, 1 - 1e-7)))))
-              for q in (a * both["p_a"] + (1 - a) * both["p_a_zh"] for a in grid)]
+    losses = [
+        float(
+            np.mean(
+                -(target * np.log(np.clip(q, 1e-7, 1 - 1e-7)) + (1 - target) * np.log(np.clip(1 - q, 1e-7, 1 - 1e-7)))
+            )
+        )
+        for q in (a * both["p_a"] + (1 - a) * both["p_a_zh"] for a in grid)
+    ]
     assert w[0] == pytest.approx(grid[int(np.argmin(np.round(losses, 10)))])
 
     # equal weights (ensemble=mean) route the same way and need no OOF: 1/2 on Chinese rows, the generalist alone elsewhere
     from conftest import compose_infer
     from duelist.submission import ensemble_weights
 
-    report, _ = ensemble_weights(compose_infer(["ensemble=mean", f"runs=[{gen},{zh}]", "data.test=t.parquet"]), [gen, zh])
+    report, _ = ensemble_weights(
+        compose_infer(["ensemble=mean", f"runs=[{gen},{zh}]", "data.test=t.parquet"]), [gen, zh]
+    )
     assert report["weights"] == {"*": [1.0, 0.0], "Chinese": [0.5, 0.5]}
 
     # specialists alone: a language none of them covers is refused in one line before any scoring
@@ -168,7 +260,9 @@ def test_specialist_scores_only_its_language_and_routes_with_the_generalist(runs
     from duelist.submission import submit
 
     with pytest.raises(DuelistError, match=r"rows in .*English.*Spanish.* would be left unscored.*add a generalist"):
-        submit(compose_infer([f"runs=[{zh}]", f"data.test={tmp_path / 'test.parquet'}", f"output={tmp_path / 'only.csv'}"]))
+        submit(
+            compose_infer([f"runs=[{zh}]", f"data.test={tmp_path / 'test.parquet'}", f"output={tmp_path / 'only.csv'}"])
+        )
     assert not (tmp_path / "only.csv").exists()
 
 
@@ -220,11 +314,16 @@ def test_stack_is_cross_fitted(runs, tmp_path, monkeypatch) -> None:
 
     _, valid = load_train_valid(compose_train(SMALL).data)
     parts = pd.Series(stacking.prompt_parts(valid["prompt"])).groupby(normalized(valid["prompt"]).to_numpy()).nunique()
-    assert (parts == 1).all() and stacking.prompt_parts(valid["prompt"]).max() == stacking.PARTS - 1  # a prompt's rows share a part
+    assert (parts == 1).all() and stacking.prompt_parts(
+        valid["prompt"]
+    ).max() == stacking.PARTS - 1  # a prompt's rows share a part
     assert set(report["oof/accuracy"]) == {"member0", "member1", "mean", "stack_cross_fitted"}
 
     out = tmp_path / "sub.csv"
-    res = run_cli("infer.py", ["ensemble=stack", f"runs=[{members[0]},{members[1]}]", f"data.test={WSDM_EXAMPLE}", f"output={out}"])
+    res = run_cli(
+        "infer.py",
+        ["ensemble=stack", f"runs=[{members[0]},{members[1]}]", f"data.test={WSDM_EXAMPLE}", f"output={out}"],
+    )
     assert res.returncode == 0, res.stderr[-3000:]
     assert re.search(r"OOF +stack_cross_fitted: accuracy [0-9.]+ .*the honest estimate", res.stdout)
     assert (out.with_suffix(".stacker") / "booster.txt").is_file() and len(pd.read_csv(out)) == 3
@@ -242,14 +341,30 @@ def compose_infer_stack():
 
 def short_pairs() -> pd.DataFrame:
     """Six labelled pairs with short texts (the tiny generator's byte-level tokenizer reads one token per byte)."""
-    return pd.DataFrame({
-        "id": [f"t{i}" for i in range(6)],
-        "prompt": ["你好吗？", "什么是猫？", "今天天气怎么样？", "How are you?", "What is a cat?", "Is it raining today?"],
-        "response_a": ["我很好。", "猫是动物。", "晴天。", "Fine, thanks.", "A small animal.", "No, it is sunny."],
-        "response_b": ["", "一种宠物。", "下雨了。", "Not bad.", "A pet that purrs.", "Yes."],  # an empty response is data
-        "winner": ["model_a", "model_b", "model_a", "model_b", "model_a", "tie"],
-        "language": ["Chinese"] * 3 + ["English"] * 3,
-    })
+    return pd.DataFrame(
+        {
+            "id": [f"t{i}" for i in range(6)],
+            "prompt": [
+                "你好吗？",
+                "什么是猫？",
+                "今天天气怎么样？",
+                "How are you?",
+                "What is a cat?",
+                "Is it raining today?",
+            ],
+            "response_a": ["我很好。", "猫是动物。", "晴天。", "Fine, thanks.", "A small animal.", "No, it is sunny."],
+            "response_b": [
+                "",
+                "一种宠物。",
+                "下雨了。",
+                "Not bad.",
+                "A pet that purrs.",
+                "Yes.",
+            ],  # an empty response is data
+            "winner": ["model_a", "model_b", "model_a", "model_b", "model_a", "tie"],
+            "language": ["Chinese"] * 3 + ["English"] * 3,
+        }
+    )
 
 
 class EchoTranslator:
@@ -273,17 +388,34 @@ def test_translate_rows_maps_every_text_and_leaves_out_what_would_mislabel() -> 
     from duelist.translation import translate_rows
 
     t = compose_infer_stack().translate
-    rows = pd.DataFrame({"id": ["a", "b", "c", "d"], "prompt": ["hello", "hi", "hey", " ".join(["word"] * 300)],
-                         "response_a": ["one", "EMPTY please", "three", "x"], "response_b": ["", "two", "LONG answer", "y"]})
+    rows = pd.DataFrame(
+        {
+            "id": ["a", "b", "c", "d"],
+            "prompt": ["hello", "hi", "hey", " ".join(["word"] * 300)],
+            "response_a": ["one", "EMPTY please", "three", "x"],
+            "response_b": ["", "two", "LONG answer", "y"],
+        }
+    )
     backend = EchoTranslator()
     out = translate_rows(backend, rows, "Russian", t, max_prompt_tokens=100, seed=0)
     assert list(out["id"]) == ["a", "b", "c", "d"]
-    assert out.loc[0, "prompt"] == "Russian: hello" and out.loc[0, "response_a"] == "Russian: one" and out.loc[0, "response_b"] == ""
+    assert (
+        out.loc[0, "prompt"] == "Russian: hello"
+        and out.loc[0, "response_a"] == "Russian: one"
+        and out.loc[0, "response_b"] == ""
+    )
     assert list(out["problem"].fillna("ok")) == ["ok", "empty", "cut", "too_long"]
     assert all(ask.startswith("Translate the text below into Russian.") for ask in backend.asks)
-    assert not any("word word" in ask for ask in backend.asks)  # the text that does not fit with the instruction is not sent
+    assert not any(
+        "word word" in ask for ask in backend.asks
+    )  # the text that does not fit with the instruction is not sent
     t.keep_cut = True
-    assert list(translate_rows(EchoTranslator(), rows, "Russian", t, 100, 0)["problem"].fillna("ok")) == ["ok", "empty", "ok", "too_long"]
+    assert list(translate_rows(EchoTranslator(), rows, "Russian", t, 100, 0)["problem"].fillna("ok")) == [
+        "ok",
+        "empty",
+        "ok",
+        "too_long",
+    ]
 
 
 def test_translate_keeps_labels_resumes_and_trains_as_extra_data(tmp_path) -> None:
@@ -293,8 +425,16 @@ def test_translate_keeps_labels_resumes_and_trains_as_extra_data(tmp_path) -> No
     rows.to_parquet(tmp_path / "pairs.parquet")
     out = tmp_path / "translated.parquet"
     # the tiny random generator never ends an answer by itself: keep_cut keeps its (cut, gibberish) translations
-    args = ["task=translate", "generate=tiny", f"data.test={tmp_path / 'pairs.parquet'}", f"output={out}", "+translate.to=[Russian,zh]",
-            "translate.max_new_tokens=6", "translate.keep_cut=true", "generate.shard_size=2"]
+    args = [
+        "task=translate",
+        "generate=tiny",
+        f"data.test={tmp_path / 'pairs.parquet'}",
+        f"output={out}",
+        "+translate.to=[Russian,zh]",
+        "translate.max_new_tokens=6",
+        "translate.keep_cut=true",
+        "generate.shard_size=2",
+    ]
     res = run_cli("infer.py", args)
     assert res.returncode == 0, res.stderr[-3000:]
     first = pd.read_parquet(out)
@@ -302,7 +442,9 @@ def test_translate_keeps_labels_resumes_and_trains_as_extra_data(tmp_path) -> No
     assert sorted(first["language"].value_counts().items()) == [("Chinese", 3), ("Russian", 6)]
     assert first["translated"].all() and set(first["source_id"]) == set(rows["id"])
     source = rows.set_index("id").loc[first["source_id"]]
-    assert (first["winner"].to_numpy() == source["winner"].to_numpy()).all() and (first["source_language"].to_numpy() == source["language"].to_numpy()).all()
+    assert (first["winner"].to_numpy() == source["winner"].to_numpy()).all() and (
+        first["source_language"].to_numpy() == source["language"].to_numpy()
+    ).all()
     assert (first["id"] == first["source_id"] + "@" + first["language"]).all()
     assert (first.loc[first["source_id"] == "t0", "response_b"] == "").all()  # the empty response stays empty
     assert (first["prompt"] != source["prompt"].to_numpy()).all()
@@ -317,10 +459,20 @@ def test_translate_keeps_labels_resumes_and_trains_as_extra_data(tmp_path) -> No
     pd.testing.assert_frame_equal(pd.read_parquet(out), first)
 
     # training reads them as extra data: they never validate, and a translation of a validation row never trains
-    cfg = compose_train(["data=files", f"data.train=[{tmp_path / 'pairs.parquet'},{{path:{out},validate:true}}]", "data.n_folds=2",
-                         "data.ties=soft"]).data
+    cfg = compose_train(
+        [
+            "data=files",
+            f"data.train=[{tmp_path / 'pairs.parquet'},{{path:{out},validate:true}}]",
+            "data.n_folds=2",
+            "data.ties=soft",
+        ]
+    ).data
     train_rows, valid = load_train_valid(cfg)
-    assert not valid["translated"].any() and train_rows["translated"].any()  # validate:true does not make translations validate
+    assert (
+        not valid["translated"].any() and train_rows["translated"].any()
+    )  # validate:true does not make translations validate
     assert not (train_rows["translated"] & train_rows["source_id"].isin(set(valid["id"]))).any()
-    assert set(train_rows.loc[train_rows["translated"], "source_id"]) <= set(rows["id"]) - set(valid["id"])  # (the tiny model's gibberish
+    assert set(train_rows.loc[train_rows["translated"], "source_id"]) <= set(rows["id"]) - set(
+        valid["id"]
+    )  # (the tiny model's gibberish
     # translations may repeat, and repeated pairs are deduplicated)

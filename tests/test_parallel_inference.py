@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-import pytest
-
 import numpy as np
 import pandas as pd
+import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -35,12 +34,23 @@ def test_two_cpu_workers_and_device_map_give_the_same_submission(tmp_path, monke
     rows = rows[rows["response_a"].str.strip().ne("") & rows["response_b"].str.strip().ne("")]
     rows[["id", "prompt", "response_a", "response_b"]].to_parquet(tmp_path / "test.parquet")
     for name, extra in (("one", []), ("two", ["devices=[cpu,cpu]"]), ("split", ["device_map=auto"])):
-        res = run_cli("infer.py", [f"runs=[{run}]", f"data.test={tmp_path / 'test.parquet'}", f"output={tmp_path / name}.csv", "tta=swap",
-                                   f"hydra.run.dir={tmp_path / 'h'}", *extra])
+        res = run_cli(
+            "infer.py",
+            [
+                f"runs=[{run}]",
+                f"data.test={tmp_path / 'test.parquet'}",
+                f"output={tmp_path / name}.csv",
+                "tta=swap",
+                f"hydra.run.dir={tmp_path / 'h'}",
+                *extra,
+            ],
+        )
         assert res.returncode == 0, res.stderr[-2000:]
         assert ("data parallel over cpu, cpu" in res.stdout + res.stderr) == (name == "two")
     one, two, split = (pd.read_parquet(tmp_path / f"{n}.parquet") for n in ("one", "two", "split"))
-    np.testing.assert_allclose(split["p_a"], one["p_a"], atol=1e-6)  # device_map loading (all on the CPU here) changes nothing
+    np.testing.assert_allclose(
+        split["p_a"], one["p_a"], atol=1e-6
+    )  # device_map loading (all on the CPU here) changes nothing
     # with one device transformers places the whole model there (no hooks, nothing to see in the model), so check that
     # the option reaches the loader: an ignored device_map would not be passed on
     from transformers import AutoModelForSequenceClassification

@@ -37,9 +37,27 @@ def postgres_url():
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    subprocess.run([*as_user, initdb, "-D", str(data / "db"), "-U", "duelist", "--auth=trust", "-E", "UTF8"], check=True, capture_output=True)
-    subprocess.run([*as_user, pg_ctl, "-D", str(data / "db"), "-l", str(data / "log"), "-w", "-o", f"-p {port} -k {data} -c listen_addresses=127.0.0.1", "start"],
-                   check=True, capture_output=True)
+    subprocess.run(
+        [*as_user, initdb, "-D", str(data / "db"), "-U", "duelist", "--auth=trust", "-E", "UTF8"],
+        check=True,
+        capture_output=True,
+    )
+    subprocess.run(
+        [
+            *as_user,
+            pg_ctl,
+            "-D",
+            str(data / "db"),
+            "-l",
+            str(data / "log"),
+            "-w",
+            "-o",
+            f"-p {port} -k {data} -c listen_addresses=127.0.0.1",
+            "start",
+        ],
+        check=True,
+        capture_output=True,
+    )
     try:
         yield f"postgresql://duelist@127.0.0.1:{port}/postgres"
     finally:
@@ -51,14 +69,43 @@ def test_two_workers_share_one_study(tmp_path, postgres_url) -> None:
     import optuna
 
     # create the study once, before the workers start (the documented way to avoid a creation race)
-    subprocess.run([str(Path(sys.executable).parent / "optuna"), "create-study", "--study-name", "shared", "--storage", postgres_url,
-                    "--direction", "maximize", "--skip-if-exists"], check=True, capture_output=True)
+    subprocess.run(
+        [
+            str(Path(sys.executable).parent / "optuna"),
+            "create-study",
+            "--study-name",
+            "shared",
+            "--storage",
+            postgres_url,
+            "--direction",
+            "maximize",
+            "--skip-if-exists",
+        ],
+        check=True,
+        capture_output=True,
+    )
     space = "hydra.sweeper.params={trainer.lr: 'choice(1e-4, 3e-4, 1e-3)', trainer.head_lr: 'choice(1e-3)', trainer.epochs: 'choice(1)', trainer.grad_accum: 'choice(1, 2)'}"
     env = {**os.environ, "OPTUNA_STORAGE": postgres_url, "PYTHONUNBUFFERED": "1"}
     workers = [
-        subprocess.Popen([sys.executable, str(ROOT / "train.py"), "-m", "sweep=optim", *[a for a in TINY if not a.startswith("trainer.lr=")], "trainer.max_steps=2", space,
-                          "hydra.sweeper.study_name=shared", "hydra.sweeper.n_trials=2", f"hydra.sweep.dir={tmp_path / f'w{i}'}"],
-                         cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        subprocess.Popen(
+            [
+                sys.executable,
+                str(ROOT / "train.py"),
+                "-m",
+                "sweep=optim",
+                *[a for a in TINY if not a.startswith("trainer.lr=")],
+                "trainer.max_steps=2",
+                space,
+                "hydra.sweeper.study_name=shared",
+                "hydra.sweeper.n_trials=2",
+                f"hydra.sweep.dir={tmp_path / f'w{i}'}",
+            ],
+            cwd=tmp_path,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
         for i in range(2)
     ]
     for w in workers:

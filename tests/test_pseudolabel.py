@@ -14,14 +14,16 @@ from duelist.pseudolabel import agreement, select
 
 @pytest.mark.fast
 def test_selection_rules_on_synthetic_teachers() -> None:
-    members = np.array([
-        [0.90, 0.80],  # combined 0.85: confident, agree
-        [0.60, 0.30],  # 0.45: disagree
-        [0.10, 0.10],  # 0.10: confident, agree (B)
-        [0.55, 0.52],  # 0.535: agree, not confident
-        [0.99, 0.47],  # 0.73: confident, disagree
-        [0.02, 0.08],  # 0.05: most confident, agree
-    ])
+    members = np.array(
+        [
+            [0.90, 0.80],  # combined 0.85: confident, agree
+            [0.60, 0.30],  # 0.45: disagree
+            [0.10, 0.10],  # 0.10: confident, agree (B)
+            [0.55, 0.52],  # 0.535: agree, not confident
+            [0.99, 0.47],  # 0.73: confident, disagree
+            [0.02, 0.08],  # 0.05: most confident, agree
+        ]
+    )
     combined = members.mean(axis=1)
     languages = np.array(["en", "en", "en", "ru", "ru", "en"])
     np.testing.assert_allclose(agreement(members, combined), [1, 0.5, 1, 1, 0.5, 1])
@@ -49,24 +51,59 @@ def test_teacher_generate_pseudolabel_student(tmp_path, teacher) -> None:
     sample = pd.read_parquet("src/duelist/assets/sample/hh_rlhf_harmless_test.parquet")
     sample.iloc[-60:][["id", "prompt"]].to_parquet(tmp_path / "prompts.parquet")
     pairs = tmp_path / "pairs.parquet"
-    res = run_cli("infer.py", ["task=generate", "generate=tiny", f"data.test={tmp_path / 'prompts.parquet'}", f"output={pairs}", f"hydra.run.dir={tmp_path / 'h1'}"])
+    res = run_cli(
+        "infer.py",
+        [
+            "task=generate",
+            "generate=tiny",
+            f"data.test={tmp_path / 'prompts.parquet'}",
+            f"output={pairs}",
+            f"hydra.run.dir={tmp_path / 'h1'}",
+        ],
+    )
     assert res.returncode == 0, res.stderr[-2000:]
 
     # the teacher's own submission path gives the reference probabilities (an independent code path)
-    res = run_cli("infer.py", [f"runs=[{teacher}]", f"data.test={pairs}", f"output={tmp_path / 'ref.csv'}", "tta=swap", f"hydra.run.dir={tmp_path / 'h2'}"])
+    res = run_cli(
+        "infer.py",
+        [
+            f"runs=[{teacher}]",
+            f"data.test={pairs}",
+            f"output={tmp_path / 'ref.csv'}",
+            "tta=swap",
+            f"hydra.run.dir={tmp_path / 'h2'}",
+        ],
+    )
     assert res.returncode == 0, res.stderr[-2000:]
     reference = pd.read_parquet(tmp_path / "ref.parquet").set_index("id")["p_a"]
 
     pl = tmp_path / "pl.parquet"
-    res = run_cli("infer.py", ["task=pseudolabel", "labeling=confident", "labeling.min_confidence=0.001", f"runs=[{teacher}]",
-                               f"data.test={pairs}", f"output={pl}", f"hydra.run.dir={tmp_path / 'h3'}"])
+    res = run_cli(
+        "infer.py",
+        [
+            "task=pseudolabel",
+            "labeling=confident",
+            "labeling.min_confidence=0.001",
+            f"runs=[{teacher}]",
+            f"data.test={pairs}",
+            f"output={pl}",
+            f"hydra.run.dir={tmp_path / 'h3'}",
+        ],
+    )
     assert res.returncode == 0, res.stderr[-2000:]
     labelled = pd.read_parquet(pl)
     expected = reference[(reference - 0.5).abs() >= 0.001]
     assert sorted(labelled["id"]) == sorted(expected.index)  # confidence rule, computed independently
     np.testing.assert_allclose(labelled.set_index("id")["p_a_teacher0"], expected.loc[labelled["id"]], atol=1e-6)
-    assert set(labelled["p_a"]) <= {0.0, 1.0} and (labelled["winner"] == np.where(labelled["p_a"] == 1.0, "model_a", "model_b")).all()
-    assert labelled["pseudo_label"].all() and (labelled["teacher_agreement"] == 1.0).all() and (labelled["round"] == 1).all()
+    assert (
+        set(labelled["p_a"]) <= {0.0, 1.0}
+        and (labelled["winner"] == np.where(labelled["p_a"] == 1.0, "model_a", "model_b")).all()
+    )
+    assert (
+        labelled["pseudo_label"].all()
+        and (labelled["teacher_agreement"] == 1.0).all()
+        and (labelled["round"] == 1).all()
+    )
     summary = json.loads((tmp_path / "pl.summary.json").read_text())
     assert summary["kept"] == len(labelled) and summary["rows"] == len(reference)
     assert summary["share_model_a"] == float((labelled["winner"] == "model_a").mean())
@@ -74,8 +111,17 @@ def test_teacher_generate_pseudolabel_student(tmp_path, teacher) -> None:
 
     # the student: human rows + pseudo-labels (half weight, KL distillation); pseudo rows never validate
     student = tmp_path / "student"
-    res = run_cli("train.py", [*TINY, "data=files", f"data.train=[pkg:duelist/assets/sample/pandalm_test.parquet,{{path:{pl},weight:0.5}}]",
-                               "data.on_bad_rows=drop", "pseudolabel=kl", f"hydra.run.dir={student}"])
+    res = run_cli(
+        "train.py",
+        [
+            *TINY,
+            "data=files",
+            f"data.train=[pkg:duelist/assets/sample/pandalm_test.parquet,{{path:{pl},weight:0.5}}]",
+            "data.on_bad_rows=drop",
+            "pseudolabel=kl",
+            f"hydra.run.dir={student}",
+        ],
+    )
     assert res.returncode == 0, res.stderr[-2000:]
     oof = pd.read_parquet(student / "oof.parquet")
     assert not oof["id"].isin(labelled["id"]).any() and (oof["source"] == "pandalm_test").all()
@@ -93,7 +139,13 @@ def test_crashed_labelling_scores_only_the_missing_shards(tmp_path, monkeypatch,
 
     rows = pd.read_parquet("src/duelist/assets/sample/pandalm_test.parquet").iloc[:200]
     rows.to_parquet(tmp_path / "pairs.parquet")
-    args = ["task=pseudolabel", f"runs=[{teacher}]", f"data.test={tmp_path / 'pairs.parquet'}", "shard_rows=40", "device=cpu"]
+    args = [
+        "task=pseudolabel",
+        f"runs=[{teacher}]",
+        f"data.test={tmp_path / 'pairs.parquet'}",
+        "shard_rows=40",
+        "device=cpu",
+    ]
     reference = pseudolabel.pseudolabel(compose_infer([*args, f"output={tmp_path / 'ref.parquet'}"]))
     assert not (tmp_path / "ref.shards").exists()  # removed once the labelled file is written
 
@@ -116,7 +168,9 @@ def test_crashed_labelling_scores_only_the_missing_shards(tmp_path, monkeypatch,
     again = pseudolabel.pseudolabel(cfg)
     assert calls == [40, 40, 40]  # shards 2, 3 and 4 only
     pd.testing.assert_frame_equal(again, reference, check_exact=True)
-    pd.testing.assert_frame_equal(pd.read_parquet(tmp_path / "pl.parquet"), pd.read_parquet(tmp_path / "ref.parquet"), check_exact=True)
+    pd.testing.assert_frame_equal(
+        pd.read_parquet(tmp_path / "pl.parquet"), pd.read_parquet(tmp_path / "ref.parquet"), check_exact=True
+    )
 
     # shards of another setup are refused, not mixed in
     (tmp_path / "pl.shards").mkdir()

@@ -61,7 +61,9 @@ def test_readme_cpu_path_runs_as_written(tmp_path) -> None:
     timings = []
     for command in walked_commands((ROOT / "README.md").read_text()):
         start = time.perf_counter()
-        res = subprocess.run(["bash", "-c", command], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=900)
+        res = subprocess.run(
+            ["bash", "-c", command], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=900
+        )
         timings.append((round(time.perf_counter() - start), command[:80]))
         assert res.returncode == 0, f"{command}\n{res.stdout[-1500:]}\n{res.stderr[-3000:]}"
         output = res.stdout + res.stderr

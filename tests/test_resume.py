@@ -25,8 +25,19 @@ from duelist.rundir import RunDir
 # augment=swap doubles the ~48 training rows: 12 batches of 8, 6 steps of 2 accumulated batches per epoch; 9 steps cross
 # into the second epoch. Evaluations every 2 steps, states every 3 (after steps 3 and 6, the end of epoch 0). Pass 15 is
 # the first half of step 8: the kill lands after the step-6 state, mid-interval and mid-accumulation, in epoch 1.
-ARGS = ["model=tiny_gemma2", "trainer.lr=3e-4", "trainer.warmup_ratio=0.05", "data.max_rows=60", "trainer.max_steps=9", "trainer.batch_size=8",
-        "trainer.grad_accum=2", "augment=swap", "trainer.eval_every=2", "trainer.save_every=3", "trainer.eval_batch_size=32"]
+ARGS = [
+    "model=tiny_gemma2",
+    "trainer.lr=3e-4",
+    "trainer.warmup_ratio=0.05",
+    "data.max_rows=60",
+    "trainer.max_steps=9",
+    "trainer.batch_size=8",
+    "trainer.grad_accum=2",
+    "augment=swap",
+    "trainer.eval_every=2",
+    "trainer.save_every=3",
+    "trainer.eval_batch_size=32",
+]
 KILL = {"DUELIST_TEST_KILL_AT_BATCH": "15"}
 TIMING = {"runtime_s", "train/tokens_per_s", "peak_rss_gb"}  # wall-clock numbers: they differ between any two runs
 
@@ -34,7 +45,9 @@ TIMING = {"runtime_s", "train/tokens_per_s", "peak_rss_gb"}  # wall-clock number
 def same_results(a: Path, b: Path) -> None:
     ma, mb = (json.loads((r / "metrics.json").read_text()) for r in (a, b))
     assert {k: v for k, v in ma.items() if k not in TIMING} == {k: v for k, v in mb.items() if k not in TIMING}
-    pd.testing.assert_frame_equal(pd.read_parquet(a / "oof.parquet"), pd.read_parquet(b / "oof.parquet"), check_exact=True)
+    pd.testing.assert_frame_equal(
+        pd.read_parquet(a / "oof.parquet"), pd.read_parquet(b / "oof.parquet"), check_exact=True
+    )
     assert json.loads((a / "history.json").read_text()) == json.loads((b / "history.json").read_text())
     for name in ("adapter/adapter_model.safetensors", "model/model.safetensors"):
         if (a / "checkpoint" / name).is_file():
@@ -62,10 +75,15 @@ def test_killed_lora_run_resumes_to_the_same_results(tmp_path) -> None:
     run = tmp_path / "run"
     assert killed([*args, "logger=wandb"], run) == ["step-00000003", "step-00000006"]
     # a changed setting is refused, naming it
-    with pytest.raises(DuelistError, match=r"was trained with other settings \(trainer\.lr: 0\.0003 -> 0\.001\); run the same command"):
+    with pytest.raises(
+        DuelistError, match=r"was trained with other settings \(trainer\.lr: 0\.0003 -> 0\.001\); run the same command"
+    ):
         find_state(compose_train([*args, "logger=wandb", "trainer.lr=1e-3"]), RunDir(run), 1)
     # settings that cannot change the result may differ (the evaluation batch size, the logger's)
-    res = run_cli("train.py", [*args, "logger=wandb", "logger.tags=[resumed]", "trainer.eval_batch_size=7", f"hydra.run.dir={run}"])
+    res = run_cli(
+        "train.py",
+        [*args, "logger=wandb", "logger.tags=[resumed]", "trainer.eval_batch_size=7", f"hydra.run.dir={run}"],
+    )
     assert res.returncode == 0, res.stderr[-2000:]
     assert "resuming from" in res.stdout and "step-00000006 (step 6, epoch 0)" in res.stdout  # saved as epoch 0 ended
     same_results(tmp_path / "ref", run)
@@ -90,7 +108,10 @@ def test_killed_full_fine_tuning_resumes_past_a_damaged_state(tmp_path) -> None:
     ref = run_cli("train.py", [*args, f"hydra.run.dir={tmp_path / 'ref'}"])
     assert ref.returncode == 0, ref.stderr[-2000:]
     run = tmp_path / "run"
-    assert killed(args, run, {"DUELIST_TEST_KILL_AT_BATCH": "11"}) == ["step-00000002", "step-00000004"]  # keep_states=2
+    assert killed(args, run, {"DUELIST_TEST_KILL_AT_BATCH": "11"}) == [
+        "step-00000002",
+        "step-00000004",
+    ]  # keep_states=2
     weights = run / "states" / "step-00000004" / "trainable.safetensors"
     weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])
     res = run_cli("train.py", [*args, f"hydra.run.dir={run}"])
@@ -118,14 +139,37 @@ def test_no_usable_state_is_one_line(tmp_path) -> None:
 
 @pytest.mark.fast
 def test_config_differences_ignore_what_cannot_change_the_result() -> None:
-    a = {"trainer": {"lr": 1e-3, "eval_batch_size": 64, "save_every": 50}, "logger": {"tags": []}, "data": {"train": ["x"]}}
-    b = {"trainer": {"lr": 1e-3, "eval_batch_size": 8, "save_every": 10}, "logger": {"tags": ["y"]}, "data": {"train": ["x", "z"]}, "new": 1}
+    a = {
+        "trainer": {"lr": 1e-3, "eval_batch_size": 64, "save_every": 50},
+        "logger": {"tags": []},
+        "data": {"train": ["x"]},
+    }
+    b = {
+        "trainer": {"lr": 1e-3, "eval_batch_size": 8, "save_every": 10},
+        "logger": {"tags": ["y"]},
+        "data": {"train": ["x", "z"]},
+        "new": 1,
+    }
     assert config_differences(a, b) == ["data.train: ['x'] -> ['x', 'z']", "new: (absent) -> 1"]
 
 
-leaf = st.one_of(st.none(), st.booleans(), st.integers(-2**70, 2**70), st.floats(allow_nan=False), st.text(max_size=5),
-                 st.builds(lambda xs: torch.tensor(xs, dtype=torch.float64), st.lists(st.floats(allow_nan=False, width=64), max_size=4)))
-nested = st.recursive(leaf, lambda kids: st.one_of(st.lists(kids, max_size=3), st.dictionaries(st.one_of(st.text(max_size=3), st.integers(0, 9)), kids, max_size=3)), max_leaves=12)
+leaf = st.one_of(
+    st.none(),
+    st.booleans(),
+    st.integers(-(2**70), 2**70),
+    st.floats(allow_nan=False),
+    st.text(max_size=5),
+    st.builds(
+        lambda xs: torch.tensor(xs, dtype=torch.float64), st.lists(st.floats(allow_nan=False, width=64), max_size=4)
+    ),
+)
+nested = st.recursive(
+    leaf,
+    lambda kids: st.one_of(
+        st.lists(kids, max_size=3), st.dictionaries(st.one_of(st.text(max_size=3), st.integers(0, 9)), kids, max_size=3)
+    ),
+    max_leaves=12,
+)
 
 
 def equal(a, b) -> bool:

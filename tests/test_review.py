@@ -16,7 +16,14 @@ pytestmark = pytest.mark.slow
 
 def test_plain_multirun_writes_a_review_page_and_groups_wandb_runs(tmp_path) -> None:
     sweep = tmp_path / "m"
-    args = ["-m", "lora.r=4,8", *[a for a in TINY if a != "logger=none"], "logger=wandb", "trainer.eval_every=3", f"hydra.sweep.dir={sweep}"]
+    args = [
+        "-m",
+        "lora.r=4,8",
+        *[a for a in TINY if a != "logger=none"],
+        "logger=wandb",
+        "trainer.eval_every=3",
+        f"hydra.sweep.dir={sweep}",
+    ]
     res = run_cli("train.py", args, cwd=tmp_path)
     assert res.returncode == 0, res.stderr[-3000:]
     assert f"review page: {sweep / 'review.html'}" in res.stdout
@@ -52,29 +59,66 @@ def test_plain_multirun_writes_a_review_page_and_groups_wandb_runs(tmp_path) -> 
 
     report = wandb_report(load_runs([sweep]), str(sweep))
     grid = report.blocks[1]
-    assert [rs.filters for rs in grid.runsets] == [f"Group = '{sweep}' and JobType = 'train'"] and grid.runsets[0].project == "duelist"
+    assert [rs.filters for rs in grid.runsets] == [f"Group = '{sweep}' and JobType = 'train'"] and grid.runsets[
+        0
+    ].project == "duelist"
     kinds = [type(p).__name__ for p in grid.panels]
-    assert kinds == ["LinePlot", "LinePlot", "ParallelCoordinatesPlot", "ParameterImportancePlot", "RunComparer", "BarPlot"]
+    assert kinds == [
+        "LinePlot",
+        "LinePlot",
+        "ParallelCoordinatesPlot",
+        "ParameterImportancePlot",
+        "RunComparer",
+        "BarPlot",
+    ]
     assert [c.metric.name for c in grid.panels[2].columns] == ["lora.r", "val/accuracy"]
     assert grid.panels[0].y == ["val/accuracy"] and grid.panels[3].with_respect_to == "val/accuracy"
-    offline = subprocess.run([sys.executable, "-m", "duelist.review", str(sweep), "--wandb-report"], capture_output=True, text=True)
-    assert offline.returncode == 2 and "publishing failed" in offline.stderr and "wandb login" in offline.stderr and "wandb sync" in offline.stderr
+    offline = subprocess.run(
+        [sys.executable, "-m", "duelist.review", str(sweep), "--wandb-report"], capture_output=True, text=True
+    )
+    assert (
+        offline.returncode == 2
+        and "publishing failed" in offline.stderr
+        and "wandb login" in offline.stderr
+        and "wandb sync" in offline.stderr
+    )
 
     # on demand, for the same folder
-    again = subprocess.run([sys.executable, "-m", "duelist.review", str(sweep), "--out", str(tmp_path / "again.html")],
-                           capture_output=True, text=True, cwd=tmp_path)
+    again = subprocess.run(
+        [sys.executable, "-m", "duelist.review", str(sweep), "--out", str(tmp_path / "again.html")],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+    )
     assert again.returncode == 0, again.stderr
     assert html_tables((tmp_path / "again.html").read_text())["runs"] == rows
-    parent = subprocess.run([sys.executable, "-m", "duelist.review", str(tmp_path)], capture_output=True, text=True, cwd=tmp_path / "m" / "0")
-    assert parent.returncode == 0 and len(html_tables((tmp_path / "review.html").read_text())["runs"]) == 2  # runs at any depth
-    nothing = subprocess.run([sys.executable, "-m", "duelist.review", str(sweep / "0" / ".hydra")], capture_output=True, text=True)
+    parent = subprocess.run(
+        [sys.executable, "-m", "duelist.review", str(tmp_path)],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path / "m" / "0",
+    )
+    assert (
+        parent.returncode == 0 and len(html_tables((tmp_path / "review.html").read_text())["runs"]) == 2
+    )  # runs at any depth
+    nothing = subprocess.run(
+        [sys.executable, "-m", "duelist.review", str(sweep / "0" / ".hydra")], capture_output=True, text=True
+    )
     assert nothing.returncode == 2 and "no finished run" in nothing.stderr
 
 
 def test_a_multirun_that_stops_at_a_failed_job_still_has_its_review_page(tmp_path) -> None:
     sweep = tmp_path / "m"
-    args = ["-m", "trainer.lr=3e-4,1e12", *[a for a in TINY if not a.startswith("trainer.lr=")], "trainer.max_steps=3", f"hydra.sweep.dir={sweep}"]
+    args = [
+        "-m",
+        "trainer.lr=3e-4,1e12",
+        *[a for a in TINY if not a.startswith("trainer.lr=")],
+        "trainer.max_steps=3",
+        f"hydra.sweep.dir={sweep}",
+    ]
     res = run_cli("train.py", args, cwd=tmp_path)
     assert res.returncode != 0  # lr=1e12 blows the loss up: Hydra's basic sweeper stops the multirun
     rows = html_tables((sweep / "review.html").read_text())["runs"]  # written after each job, not only at the end
-    assert len(rows) == 1 and float(rows[0]["accuracy"]) == pytest.approx(json.loads((sweep / "0" / "metrics.json").read_text())["val/accuracy"], abs=1e-4)
+    assert len(rows) == 1 and float(rows[0]["accuracy"]) == pytest.approx(
+        json.loads((sweep / "0" / "metrics.json").read_text())["val/accuracy"], abs=1e-4
+    )

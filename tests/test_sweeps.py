@@ -18,59 +18,115 @@ pytestmark = pytest.mark.slow
 @pytest.mark.parametrize("metric,direction", [("val/accuracy", "maximize"), ("val/log_loss", "minimize")])
 def test_sweep_configs_compose_with_direction_from_metric(name: str, metric: str, direction: str) -> None:
     with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
-        cfg = compose(config_name="train", overrides=[f"sweep={name}", f"optimized_metric={metric}", "model=tiny_gemma2"], return_hydra_config=True)
+        cfg = compose(
+            config_name="train",
+            overrides=[f"sweep={name}", f"optimized_metric={metric}", "model=tiny_gemma2"],
+            return_hydra_config=True,
+        )
     assert cfg.hydra.sweeper.direction == direction
     assert cfg.hydra.sweeper.study_name == name and cfg.hydra.sweeper.max_failure_rate == 1.0
     assert OmegaConf.select(cfg, "hydra.sweeper.params") and "sqlite" in cfg.hydra.sweeper.storage
-    assert cfg.hydra.sweeper._target_ == "hydra_plugins.duelist_sweeper.DuelistOptunaSweeper" and cfg.hydra.sweeper.heartbeat_interval == 60
+    assert (
+        cfg.hydra.sweeper._target_ == "hydra_plugins.duelist_sweeper.DuelistOptunaSweeper"
+        and cfg.hydra.sweeper.heartbeat_interval == 60
+    )
 
 
 def test_slurm_launcher_composes() -> None:
     pytest.importorskip("hydra_plugins.hydra_submitit_launcher")
     with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
-        cfg = compose(config_name="train", overrides=["sweep=lora", "hydra/launcher=slurm", "hydra.launcher.partition=gpu", "model=tiny_gemma2"], return_hydra_config=True)
+        cfg = compose(
+            config_name="train",
+            overrides=["sweep=lora", "hydra/launcher=slurm", "hydra.launcher.partition=gpu", "model=tiny_gemma2"],
+            return_hydra_config=True,
+        )
     assert cfg.hydra.launcher._target_.endswith("SlurmLauncher")
-    assert cfg.hydra.launcher.partition == "gpu" and cfg.hydra.launcher.gpus_per_node == 1 and cfg.hydra.launcher.timeout_min == 720
+    assert (
+        cfg.hydra.launcher.partition == "gpu"
+        and cfg.hydra.launcher.gpus_per_node == 1
+        and cfg.hydra.launcher.timeout_min == 720
+    )
 
 
 def test_study_persists_records_failures_and_resumes(tmp_path) -> None:
     import optuna
 
     storage = f"sqlite:///{tmp_path / 'study.db'}"
-    common = ["-m", "sweep=optim", *[a for a in TINY if not a.startswith("trainer.lr=") and a != "logger=none"], "logger=wandb", "trainer.max_steps=3", "hydra.sweeper.study_name=t", f"hydra.sweeper.storage={storage}"]
+    common = [
+        "-m",
+        "sweep=optim",
+        *[a for a in TINY if not a.startswith("trainer.lr=") and a != "logger=none"],
+        "logger=wandb",
+        "trainer.max_steps=3",
+        "hydra.sweeper.study_name=t",
+        f"hydra.sweeper.storage={storage}",
+    ]
     # two trials of a seeded random sampler (it draws lr=1e12, then 3e-4); lr=1e12 blows the loss up to NaN:
     # that trial fails and the study goes on. (The grid sampler is avoided: optuna 2.x raises when its last
     # grid point is told as failed.)
     space = "hydra.sweeper.params={trainer.lr: 'choice(3e-4, 1e12)', trainer.head_lr: 'choice(1e-3)', trainer.epochs: 'choice(1)', trainer.grad_accum: 'choice(1)'}"
-    res = run_cli("train.py", [*common, space, "hydra/sweeper/sampler=random", "hydra.sweeper.sampler.seed=0", "hydra.sweeper.n_trials=2", f"hydra.sweep.dir={tmp_path / 'm1'}"], cwd=tmp_path)
+    res = run_cli(
+        "train.py",
+        [
+            *common,
+            space,
+            "hydra/sweeper/sampler=random",
+            "hydra.sweeper.sampler.seed=0",
+            "hydra.sweeper.n_trials=2",
+            f"hydra.sweep.dir={tmp_path / 'm1'}",
+        ],
+        cwd=tmp_path,
+    )
     assert res.returncode == 0, res.stderr[-3000:]
     study = optuna.load_study(study_name="t", storage=storage)
     assert sorted(t.state.name for t in study.trials) == ["COMPLETE", "FAIL"]
     assert {t.params["trainer.lr"]: t.state.name for t in study.trials} == {1e12: "FAIL", 3e-4: "COMPLETE"}
     assert (tmp_path / "m1" / "review.html").is_file(), res.stdout[-3000:] + res.stderr[-3000:]
     page = (tmp_path / "m1" / "review.html").read_text()  # the review page of the multirun, with the study's trials
-    assert "<td>FAIL</td>" in page and "<td>COMPLETE</td>" in page and "Best run" in page and "Optimisation history" in page
+    assert (
+        "<td>FAIL</td>" in page
+        and "<td>COMPLETE</td>" in page
+        and "Best run" in page
+        and "Optimisation history" in page
+    )
     run_cfg = OmegaConf.load(next((tmp_path / "m1").glob("*/config.yaml")))
     assert run_cfg.logger.group == "t"  # W&B group = study name
 
     # the same study again (same search space, default TPE sampler) resumes it and adds trials
-    res = run_cli("train.py", [*common, space, "hydra.sweeper.n_trials=1", f"hydra.sweep.dir={tmp_path / 'm2'}"], cwd=tmp_path)
+    res = run_cli(
+        "train.py", [*common, space, "hydra.sweeper.n_trials=1", f"hydra.sweep.dir={tmp_path / 'm2'}"], cwd=tmp_path
+    )
     assert res.returncode == 0, res.stderr[-3000:]
     assert len(optuna.load_study(study_name="t", storage=storage).trials) == 3
 
-    out = subprocess.run([sys.executable, "-m", "duelist.review", "--study", "t", "--storage", storage, "--root", "m1", "--root", "m2"],
-                         capture_output=True, text=True, cwd=tmp_path)
+    out = subprocess.run(
+        [sys.executable, "-m", "duelist.review", "--study", "t", "--storage", storage, "--root", "m1", "--root", "m2"],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+    )
     assert out.returncode == 0, out.stderr
     import hashlib
 
-    page = (tmp_path / "sweeps" / f"t-{hashlib.sha256(storage.encode()).hexdigest()[:8]}.html").read_text()  # both invocations' runs, one page per storage
+    page = (
+        tmp_path / "sweeps" / f"t-{hashlib.sha256(storage.encode()).hexdigest()[:8]}.html"
+    ).read_text()  # both invocations' runs, one page per storage
     trials = optuna.load_study(study_name="t", storage=storage).trials
     complete = sum(t.state.name == "COMPLETE" for t in trials)  # the resumed TPE trial may draw the failing lr too
     assert len(html_tables(page)["runs"]) == complete >= 1 and len(html_tables(page)["trials"]) == len(trials) == 3
-    missing = subprocess.run([sys.executable, "-m", "duelist.review", "--study", "nope", "--storage", storage], capture_output=True, text=True, cwd=tmp_path)
+    missing = subprocess.run(
+        [sys.executable, "-m", "duelist.review", "--study", "nope", "--storage", storage],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+    )
     assert missing.returncode == 2 and "study 'nope' not found" in missing.stderr
-    nodb = subprocess.run([sys.executable, "-m", "duelist.review", "--study", "t"], capture_output=True, text=True, cwd=tmp_path)
-    assert nodb.returncode == 2 and "no study database" in nodb.stderr and not (tmp_path / "sweeps" / "optuna.db").exists()
+    nodb = subprocess.run(
+        [sys.executable, "-m", "duelist.review", "--study", "t"], capture_output=True, text=True, cwd=tmp_path
+    )
+    assert (
+        nodb.returncode == 2 and "no study database" in nodb.stderr and not (tmp_path / "sweeps" / "optuna.db").exists()
+    )
 
 
 def test_trial_of_a_killed_worker_is_retried_and_resumes_in_its_run_dir(tmp_path) -> None:
@@ -80,9 +136,24 @@ def test_trial_of_a_killed_worker_is_retried_and_resumes_in_its_run_dir(tmp_path
 
     storage = f"sqlite:///{tmp_path / 'study.db'}"
     space = "hydra.sweeper.params={trainer.lr: 'choice(1e-4, 3e-4)', trainer.head_lr: 'choice(1e-3)', trainer.epochs: 'choice(1)', trainer.grad_accum: 'choice(2)'}"
-    common = ["-m", "sweep=optim", *TINY, "trainer.save_every=2", space, "hydra.sweeper.n_trials=1", "hydra.sweeper.study_name=k",
-              f"hydra.sweeper.storage={storage}", "hydra.sweeper.heartbeat_interval=1", "hydra.sweeper.grace_period=3"]
-    dead = run_cli("train.py", [*common, f"hydra.sweep.dir={tmp_path / 'm1'}"], cwd=tmp_path, env={"DUELIST_TEST_KILL_AT_BATCH": "5"})  # in step 3
+    common = [
+        "-m",
+        "sweep=optim",
+        *TINY,
+        "trainer.save_every=2",
+        space,
+        "hydra.sweeper.n_trials=1",
+        "hydra.sweeper.study_name=k",
+        f"hydra.sweeper.storage={storage}",
+        "hydra.sweeper.heartbeat_interval=1",
+        "hydra.sweeper.grace_period=3",
+    ]
+    dead = run_cli(
+        "train.py",
+        [*common, f"hydra.sweep.dir={tmp_path / 'm1'}"],
+        cwd=tmp_path,
+        env={"DUELIST_TEST_KILL_AT_BATCH": "5"},
+    )  # in step 3
     assert dead.returncode == -9, dead.stderr[-3000:]
     (first,) = optuna.load_study(study_name="k", storage=storage).trials
     assert first.state.name == "RUNNING" and first.system_attrs["run_dir"] == str(tmp_path / "m1" / "0")
@@ -94,7 +165,10 @@ def test_trial_of_a_killed_worker_is_retried_and_resumes_in_its_run_dir(tmp_path
     res = run_cli("train.py", [*common, f"hydra.sweep.dir={tmp_path / 'm2'}"], cwd=tmp_path)
     assert res.returncode == 0, res.stderr[-3000:]
     out = res.stdout + res.stderr
-    assert "trial 0 stopped sending heartbeats" in out and f"trial 1 retries trial 0: it continues in {tmp_path / 'm1' / '0'}" in out
+    assert (
+        "trial 0 stopped sending heartbeats" in out
+        and f"trial 1 retries trial 0: it continues in {tmp_path / 'm1' / '0'}" in out
+    )
     assert "resuming from" in out and "step-00000002 (step 2, epoch 0)" in out
     failed, retry = optuna.load_study(study_name="k", storage=storage).trials
     assert (failed.state.name, retry.state.name) == ("FAIL", "COMPLETE") and retry.params == failed.params

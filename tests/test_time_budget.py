@@ -13,8 +13,8 @@ import torch
 from conftest import TINY, compose_infer, compose_train
 from duelist import scoring, submission
 from duelist.data import load_pairs
-from duelist.scoring import Deadline
 from duelist.modeling import Built, build_model
+from duelist.scoring import Deadline
 
 COST = 1e-3  # fake seconds per padded token
 
@@ -62,7 +62,11 @@ def setup(tmp_path, monkeypatch):
     timed = Timed(built.model, clock)
     monkeypatch.setattr(scoring, "load_checkpoint", lambda run_dir, device, **kw: (Built(timed, built.tokenizer), cfg))
     monkeypatch.setattr(submission, "clock", clock)
-    rows = load_pairs("pkg:duelist/assets/sample/pandalm_test.parquet", on_bad_rows="drop").iloc[:120].reset_index(drop=True)
+    rows = (
+        load_pairs("pkg:duelist/assets/sample/pandalm_test.parquet", on_bad_rows="drop")
+        .iloc[:120]
+        .reset_index(drop=True)
+    )
     rows[["id", "prompt", "response_a", "response_b"]].to_parquet(tmp_path / "test.parquet")
     (tmp_path / "run" / "checkpoint").mkdir(parents=True)
     (tmp_path / "run" / "checkpoint" / "config.yaml").write_text("model: {}\n")
@@ -70,8 +74,16 @@ def setup(tmp_path, monkeypatch):
 
 
 def infer_cfg(tmp_path, *extra):
-    return compose_infer([f"runs=[{tmp_path / 'run'}]", f"data.test={tmp_path / 'test.parquet'}", f"output={tmp_path / 'sub.csv'}",
-                          "batch_size=8", "device=cpu", *extra])
+    return compose_infer(
+        [
+            f"runs=[{tmp_path / 'run'}]",
+            f"data.test={tmp_path / 'test.parquet'}",
+            f"output={tmp_path / 'sub.csv'}",
+            "batch_size=8",
+            "device=cpu",
+            *extra,
+        ]
+    )
 
 
 def test_leftover_time_goes_to_tta_for_the_least_confident_rows(setup) -> None:
@@ -127,14 +139,21 @@ def test_cascade_second_member_scores_the_least_certain_rows_first(setup, monkey
     other = Timed(build_model(cfg.model, cfg.lora, torch.device("cpu"), seed=1).model, clock)  # member 2: other weights
     models = {"run": timed, "run2": other}
     tokenizer = build_model(cfg.model, cfg.lora, torch.device("cpu"), seed=0).tokenizer
-    monkeypatch.setattr(scoring, "load_checkpoint", lambda run_dir, device, **kw: (Built(models[Path(run_dir).name], tokenizer), cfg))
+    monkeypatch.setattr(
+        scoring, "load_checkpoint", lambda run_dir, device, **kw: (Built(models[Path(run_dir).name], tokenizer), cfg)
+    )
     (tmp_path / "run2" / "checkpoint").mkdir(parents=True)
     (tmp_path / "run2" / "checkpoint" / "config.yaml").write_text("model: {}\n")
     device = torch.device("cpu")
-    plain = [scoring.score_run(Path(tmp_path / n), rows, infer_cfg(tmp_path), device, None, tta="none") for n in ("run", "run2")]
+    plain = [
+        scoring.score_run(Path(tmp_path / n), rows, infer_cfg(tmp_path), device, None, tta="none")
+        for n in ("run", "run2")
+    ]
     pass_s = timed.tokens * COST  # one pass of one member (both see the same padded tokens)
 
-    minutes = 1.5 * pass_s / 60 / 0.98  # member 1's pass and about half of member 2's (2% of a budget is kept for writing)
+    minutes = (
+        1.5 * pass_s / 60 / 0.98
+    )  # member 1's pass and about half of member 2's (2% of a budget is kept for writing)
     start = clock.t
     runs = f"runs=[{tmp_path / 'run'},{tmp_path / 'run2'}]"
     submission.submit(infer_cfg(tmp_path, runs, "ensemble.cascade=true", f"time_budget_min={minutes}", "tta=swap"))
@@ -148,7 +167,9 @@ def test_cascade_second_member_scores_the_least_certain_rows_first(setup, monkey
     assert set(got) <= set(order[: (len(got) // 64 + 1) * 64]) and set(order[: len(got) // 64 * 64]) <= set(got)
     np.testing.assert_allclose(second[got], plain[1][got], atol=1e-6)
     unreached = np.setdiff1d(np.arange(len(rows)), got)
-    np.testing.assert_allclose(probs["p_a"].to_numpy()[unreached], plain[0][unreached], atol=1e-9)  # member 1's answer kept
+    np.testing.assert_allclose(
+        probs["p_a"].to_numpy()[unreached], plain[0][unreached], atol=1e-9
+    )  # member 1's answer kept
     sub = pd.read_csv(tmp_path / "sub.csv", dtype={"id": str})
     assert list(sub["id"]) == list(rows["id"])
 
@@ -165,14 +186,23 @@ def test_cascade_with_a_slower_second_member_stays_within_the_budget(setup, monk
     other = Slow(build_model(cfg.model, cfg.lora, torch.device("cpu"), seed=1).model, clock)
     tokenizer = build_model(cfg.model, cfg.lora, torch.device("cpu"), seed=0).tokenizer
     models = {"run": timed, "run2": other}
-    monkeypatch.setattr(scoring, "load_checkpoint", lambda run_dir, device, **kw: (Built(models[Path(run_dir).name], tokenizer), cfg))
+    monkeypatch.setattr(
+        scoring, "load_checkpoint", lambda run_dir, device, **kw: (Built(models[Path(run_dir).name], tokenizer), cfg)
+    )
     (tmp_path / "run2" / "checkpoint").mkdir(parents=True)
     (tmp_path / "run2" / "checkpoint" / "config.yaml").write_text("model: {}\n")
     scoring.score_run(Path(tmp_path / "run"), rows, infer_cfg(tmp_path), torch.device("cpu"), None, tta="none")
     pass_s = timed.tokens * COST  # one pass of member 1; member 2 needs five times that
     minutes = 2.0 * pass_s / 60 / 0.98  # member 1's pass and a fifth of member 2's
     start = clock.t
-    submission.submit(infer_cfg(tmp_path, f"runs=[{tmp_path / 'run'},{tmp_path / 'run2'}]", "ensemble.cascade=true", f"time_budget_min={minutes}"))
+    submission.submit(
+        infer_cfg(
+            tmp_path,
+            f"runs=[{tmp_path / 'run'},{tmp_path / 'run2'}]",
+            "ensemble.cascade=true",
+            f"time_budget_min={minutes}",
+        )
+    )
     assert clock.t - start <= 60 * minutes  # member 2's speed is measured anew, not taken from member 1's
     scored = (~pd.read_parquet(tmp_path / "sub.parquet")["p_a_run1"].isna()).sum()
     assert 0 < scored < 0.5 * len(rows)

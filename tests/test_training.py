@@ -12,8 +12,8 @@ import torch
 from conftest import TINY, compose_train, run_cli
 from duelist.data import load_pairs
 from duelist.formatting import PairEncoder
-from duelist.scoring import predict_p_a
 from duelist.modeling import build_model, load_checkpoint, save_checkpoint
+from duelist.scoring import predict_p_a
 from duelist.training import pair_losses, train
 
 SAMPLE = [
@@ -36,11 +36,24 @@ def test_train_then_infer_cli_and_accuracy_checked_independently(tmp_path) -> No
     res = run_cli("train.py", [*TINY, "trainer.eval_every=3", f"hydra.run.dir={run}"])
     assert res.returncode == 0, res.stderr[-3000:]
     assert f"run dir: {run}" in res.stdout
-    for name in ("metrics.json", "oof.parquet", "config.yaml", "curves.png", "accuracy_by_language.png", "checkpoint/config.yaml", "checkpoint/adapter/adapter_model.safetensors", "checkpoint/base/model.safetensors"):
+    for name in (
+        "metrics.json",
+        "oof.parquet",
+        "config.yaml",
+        "curves.png",
+        "accuracy_by_language.png",
+        "checkpoint/config.yaml",
+        "checkpoint/adapter/adapter_model.safetensors",
+        "checkpoint/base/model.safetensors",
+    ):
         assert (run / name).is_file(), name
     assert not list(run.rglob("*.bin")) and not list(run.rglob("*.pt")) and not list(run.rglob("*.pkl"))
     metrics = json.loads((run / "metrics.json").read_text())
-    assert metrics["train/tokens_per_s"] > 0 and metrics["peak_rss_gb"] > 0.1 and metrics["train/peak_gpu_memory_gb"] is None  # CPU run
+    assert (
+        metrics["train/tokens_per_s"] > 0
+        and metrics["peak_rss_gb"] > 0.1
+        and metrics["train/peak_gpu_memory_gb"] is None
+    )  # CPU run
     oof = pd.read_parquet(run / "oof.parquet")
     assert set(oof.columns) >= {"id", "p_a", "winner", "language", "fold"}
 
@@ -52,11 +65,18 @@ def test_train_then_infer_cli_and_accuracy_checked_independently(tmp_path) -> No
     # score the validation rows through infer.py from the run dir alone, as an unlabelled test file
     from conftest import ROOT
 
-    raw = pd.concat([pd.read_parquet(ROOT / p) for p in SAMPLE], ignore_index=True).set_index("id").loc[oof["id"]].reset_index()
+    raw = (
+        pd.concat([pd.read_parquet(ROOT / p) for p in SAMPLE], ignore_index=True)
+        .set_index("id")
+        .loc[oof["id"]]
+        .reset_index()
+    )
     test = raw[["id", "prompt", "response_a", "response_b"]].iloc[::-1].reset_index(drop=True)  # another order
     test.to_parquet(tmp_path / "test.parquet")
     out = tmp_path / "sub" / "submission.csv"
-    res = run_cli("infer.py", [f"runs=[{run}]", f"data.test={tmp_path / 'test.parquet'}", f"output={out}", "batch_size=32"])
+    res = run_cli(
+        "infer.py", [f"runs=[{run}]", f"data.test={tmp_path / 'test.parquet'}", f"output={out}", "batch_size=32"]
+    )
     assert res.returncode == 0, res.stderr[-3000:]
     sub = pd.read_csv(out, dtype={"id": str})
     assert list(sub.columns) == ["id", "winner"]
@@ -75,13 +95,31 @@ def test_tta_swap_averages_both_orders(tmp_path) -> None:
     from conftest import WSDM_EXAMPLE
 
     for tta in ("none", "swap"):
-        res = run_cli("infer.py", [f"runs=[{tmp_path / 'run'},{tmp_path / 'run'}]", f"data.test={WSDM_EXAMPLE}", f"output={tmp_path / tta}.csv", f"tta={tta}"])
+        res = run_cli(
+            "infer.py",
+            [
+                f"runs=[{tmp_path / 'run'},{tmp_path / 'run'}]",
+                f"data.test={WSDM_EXAMPLE}",
+                f"output={tmp_path / tta}.csv",
+                f"tta={tta}",
+            ],
+        )
         assert res.returncode == 0, res.stderr[-2000:]
     plain = pd.read_parquet(tmp_path / "none.parquet")
     swap = pd.read_parquet(tmp_path / "swap.parquet")
-    res = run_cli("infer.py", [f"runs=[{tmp_path / 'run'}]", f"data.test={WSDM_EXAMPLE}", f"output={tmp_path / 'budget'}.csv", "max_batch_tokens=400"])
+    res = run_cli(
+        "infer.py",
+        [
+            f"runs=[{tmp_path / 'run'}]",
+            f"data.test={WSDM_EXAMPLE}",
+            f"output={tmp_path / 'budget'}.csv",
+            "max_batch_tokens=400",
+        ],
+    )
     assert res.returncode == 0, res.stderr[-2000:]
-    np.testing.assert_allclose(pd.read_parquet(tmp_path / "budget.parquet")["p_a"], plain["p_a_run0"], atol=1e-5)  # token budget: same answers
+    np.testing.assert_allclose(
+        pd.read_parquet(tmp_path / "budget.parquet")["p_a"], plain["p_a_run0"], atol=1e-5
+    )  # token budget: same answers
     assert list(plain["id"]) == [str(i) for i in pd.read_parquet(WSDM_EXAMPLE)["id"]]
     np.testing.assert_allclose(plain["p_a_run0"], plain["p_a_run1"])  # two runs averaged
     # independent swap score: reload the checkpoint and score B-vs-A directly
@@ -121,7 +159,9 @@ def test_same_seed_same_metrics_and_predictions(tmp_path) -> None:
     assert first == second
     m1, m2 = (json.loads((tmp_path / r / "metrics.json").read_text()) for r in "ab")
     assert m1["val/log_loss"] == m2["val/log_loss"] and m1["val/accuracy"] == m2["val/accuracy"]
-    pd.testing.assert_frame_equal(pd.read_parquet(tmp_path / "a/oof.parquet"), pd.read_parquet(tmp_path / "b/oof.parquet"))
+    pd.testing.assert_frame_equal(
+        pd.read_parquet(tmp_path / "a/oof.parquet"), pd.read_parquet(tmp_path / "b/oof.parquet")
+    )
     assert m1["train/rows"] == 2 * (200 - m1["val/rows"])  # swap doubles the training rows
 
 
@@ -134,10 +174,31 @@ def test_tiny_model_learns_a_learnable_rule(tmp_path) -> None:
         good, bad = (" ".join(rng.choice(words, 12)) for _ in range(2))
         good, bad = good + " good", bad + " poor"  # same length: the longer-wins rule is no help
         a_wins = bool(rng.integers(2))
-        rows.append({"id": f"r{i}", "prompt": f"Which is better, {i}?", "response_a": good if a_wins else bad, "response_b": bad if a_wins else good, "winner": "model_a" if a_wins else "model_b"})
+        rows.append(
+            {
+                "id": f"r{i}",
+                "prompt": f"Which is better, {i}?",
+                "response_a": good if a_wins else bad,
+                "response_b": bad if a_wins else good,
+                "winner": "model_a" if a_wins else "model_b",
+            }
+        )
     pd.DataFrame(rows).to_parquet(tmp_path / "rule.parquet")
-    cfg = compose_train(["model=tiny_llama", "lora=none", "logger=none", "data=files", f"data.train={tmp_path / 'rule.parquet'}",
-                         "trainer.max_steps=120", "trainer.batch_size=16", "trainer.lr=3e-3", "trainer.head_lr=3e-3", "trainer.warmup_ratio=0.1", "model.max_length=96"])
+    cfg = compose_train(
+        [
+            "model=tiny_llama",
+            "lora=none",
+            "logger=none",
+            "data=files",
+            f"data.train={tmp_path / 'rule.parquet'}",
+            "trainer.max_steps=120",
+            "trainer.batch_size=16",
+            "trainer.lr=3e-3",
+            "trainer.head_lr=3e-3",
+            "trainer.warmup_ratio=0.1",
+            "model.max_length=96",
+        ]
+    )
     acc = train(cfg, tmp_path / "run")
     metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
     assert metrics["val/baseline_longer_wins"] < 0.7
@@ -162,13 +223,17 @@ def test_kl_distillation_loss_matches_hand_computation() -> None:
     kl_by_hand = 4 * (t_a * np.log(t_a / s_a) + (1 - t_a) * np.log((1 - t_a) / (1 - s_a)))
     s2 = 1 / (1 + np.exp(-(0.2 - 0.4)))
     ce_by_hand = -(0.3 * np.log(s2) + 0.7 * np.log(1 - s2))
-    np.testing.assert_allclose(pair_losses(logits, p_a, kl, temperature=2.0).numpy(), [kl_by_hand, ce_by_hand], rtol=1e-5)
+    np.testing.assert_allclose(
+        pair_losses(logits, p_a, kl, temperature=2.0).numpy(), [kl_by_hand, ce_by_hand], rtol=1e-5
+    )
 
 
 def test_plain_multirun(tmp_path) -> None:
     res = run_cli("train.py", ["-m", "lora.r=4,8", *TINY, "trainer.max_steps=2", f"hydra.sweep.dir={tmp_path}"])
     assert res.returncode == 0, res.stderr[-3000:]
-    params = [json.loads((tmp_path / str(i) / "metrics.json").read_text())["train/trainable_parameters"] for i in (0, 1)]
+    params = [
+        json.loads((tmp_path / str(i) / "metrics.json").read_text())["train/trainable_parameters"] for i in (0, 1)
+    ]
     assert params[1] > params[0]  # r=8 has more adapter parameters than r=4
 
 
@@ -214,7 +279,9 @@ def test_gemma2_softcapping_switch_and_reward_model_head(tmp_path) -> None:
     rm_config = built.model.config.__class__(**{**built.model.config.to_dict(), "num_labels": 1})
     AutoModelForSequenceClassification.from_config(rm_config).save_pretrained(tmp_path / "rm")
     built.tokenizer.save_pretrained(tmp_path / "rm")
-    rm = compose_train([*TINY, "lora=default", "lora.r=4", "model.init=pretrained", f"model.name_or_path={tmp_path / 'rm'}"])
+    rm = compose_train(
+        [*TINY, "lora=default", "lora.r=4", "model.init=pretrained", f"model.name_or_path={tmp_path / 'rm'}"]
+    )
     model = build_model(rm.model, rm.lora, torch.device("cpu"), seed=0).model
     assert model(input_ids=torch.tensor([[5, 6, 7]])).logits.shape == (1, 2)
 
@@ -239,8 +306,18 @@ def test_cli_with_a_list_of_train_files_and_a_fixed_validation_file(tmp_path) ->
     raw.iloc[80:160].to_parquet(tmp_path / "b.parquet")
     raw.iloc[160:200].to_json(tmp_path / "valid.jsonl", orient="records", lines=True)
     run = tmp_path / "run"
-    res = run_cli("train.py", ["data=files", f"data.train=[{tmp_path / 'a.csv'},{tmp_path / 'b.parquet'}]", f"data.valid={tmp_path / 'valid.jsonl'}",
-                               "model=tiny_llama", "logger=none", "trainer.max_steps=3", f"hydra.run.dir={run}"])
+    res = run_cli(
+        "train.py",
+        [
+            "data=files",
+            f"data.train=[{tmp_path / 'a.csv'},{tmp_path / 'b.parquet'}]",
+            f"data.valid={tmp_path / 'valid.jsonl'}",
+            "model=tiny_llama",
+            "logger=none",
+            "trainer.max_steps=3",
+            f"hydra.run.dir={run}",
+        ],
+    )
     assert res.returncode == 0, res.stderr[-3000:]
     metrics = json.loads((run / "metrics.json").read_text())
     norm = lambda s: s.str.lower().str.split().str.join(" ")  # noqa: E731

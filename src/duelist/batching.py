@@ -55,7 +55,12 @@ def train_batches(
     if group_by_length:
         unit_len = np.array([lengths[m].max() for m in members])
         mega = per_unit * 50
-        order = np.concatenate([chunk[np.argsort(-unit_len[chunk], kind="stable")] for chunk in np.array_split(order, max(1, int(np.ceil(len(order) / mega))))])
+        order = np.concatenate(
+            [
+                chunk[np.argsort(-unit_len[chunk], kind="stable")]
+                for chunk in np.array_split(order, max(1, int(np.ceil(len(order) / mega))))
+            ]
+        )
     batches = [np.concatenate([members[j] for j in order[i : i + per_unit]]) for i in range(0, len(order), per_unit)]
     if group_by_length:
         batches = [batches[i] for i in rng.permutation(len(batches))]

@@ -39,9 +39,9 @@ import numpy as np
 import torch
 from omegaconf import OmegaConf
 
-from duelist.logs import quiet_library_logs
 from duelist.errors import DuelistError, exit_cleanly_on_user_error
 from duelist.files import write_json
+from duelist.logs import quiet_library_logs
 
 # dense tensor-core peaks (bf16, fp16 on the T4) from the vendors' data sheets
 NOMINAL_PEAK_FLOPS = {"H100": 989e12, "H200": 989e12, "A100": 312e12, "L4": 121e12, "A10": 125e12, "T4": 65e12}
@@ -60,14 +60,18 @@ def synthetic_rows(lengths: Sequence[int], vocab: int, seed: int = 0) -> list[li
 
 def body_parameters(model: torch.nn.Module) -> int:
     """N: parameters doing matmuls per token (everything except the input embedding table)."""
-    return sum(p.numel() for name, p in model.named_parameters() if "embed_tokens" not in name and "embeddings" not in name)
+    return sum(
+        p.numel() for name, p in model.named_parameters() if "embed_tokens" not in name and "embeddings" not in name
+    )
 
 
 def forward_flops(n_params: int, config: Any, lengths: Sequence[int]) -> float:
     """Model FLOPs of one forward pass over rows of these lengths: 2·N per token + attention."""
     lengths = np.asarray(lengths, dtype=np.float64)
     head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
-    attention = 4.0 * config.num_hidden_layers * config.num_attention_heads * head_dim * lengths  # per token, row of length L
+    attention = (
+        4.0 * config.num_hidden_layers * config.num_attention_heads * head_dim * lengths
+    )  # per token, row of length L
     return float((2.0 * n_params + attention) @ lengths)
 
 
@@ -124,7 +128,9 @@ def build(model_name: str, device: torch.device, lora: bool, gradient_checkpoint
         raise DuelistError(f"--model {model_name}: no conf/model/{model_name}.yaml; known: {known}")
     model_cfg = OmegaConf.merge(OmegaConf.structured(ModelConfig), OmegaConf.load(path))
     # LoRA r=64 as conf/lora/default.yaml has it (the plan's setting), without dropout; or no adapters
-    lora_cfg = OmegaConf.merge(OmegaConf.structured(LoraConfig), OmegaConf.load(conf / "lora" / ("default.yaml" if lora else "none.yaml")))
+    lora_cfg = OmegaConf.merge(
+        OmegaConf.structured(LoraConfig), OmegaConf.load(conf / "lora" / ("default.yaml" if lora else "none.yaml"))
+    )
     lora_cfg.dropout = 0.0
     return build_model(model_cfg, lora_cfg, device, seed=0, gradient_checkpointing=gradient_checkpointing)
 
@@ -136,7 +142,9 @@ def bench_inference(args: argparse.Namespace, device: torch.device, amp: torch.d
     model, pad_id = built.model, built.tokenizer.pad_token_id
     limit = getattr(model.config, "max_position_embeddings", None)
     if limit is not None and args.max_length > limit:
-        raise DuelistError(f"--max-length {args.max_length}: model {args.model} covers at most {limit} positions; pass --max-length {limit} or less")
+        raise DuelistError(
+            f"--max-length {args.max_length}: model {args.model} covers at most {limit} positions; pass --max-length {limit} or less"
+        )
     lengths = synthetic_lengths(args.rows, args.max_length, args.median_tokens, args.sigma, args.seed)
     rows = synthetic_rows(lengths, len(built.tokenizer), args.seed)
     n_params = body_parameters(model)
@@ -144,8 +152,15 @@ def bench_inference(args: argparse.Namespace, device: torch.device, amp: torch.d
     warm = rows[: max(1, args.batch_size)]
     predict_p_a(model, warm, pad_id, args.batch_size, device, amp, desc="warm-up")
     naive_rows = [r + [pad_id] * (args.max_length - len(r)) for r in rows]  # padded to max_length, as in the notebooks
-    _, naive_s = timed(lambda: predict_p_a(model, naive_rows, pad_id, args.batch_size, device, amp, desc="naive"), device)
-    _, budget_s = timed(lambda: predict_p_a(model, rows, pad_id, 10**9, device, amp, desc="token budget", max_tokens=args.max_batch_tokens), device)
+    _, naive_s = timed(
+        lambda: predict_p_a(model, naive_rows, pad_id, args.batch_size, device, amp, desc="naive"), device
+    )
+    _, budget_s = timed(
+        lambda: predict_p_a(
+            model, rows, pad_id, 10**9, device, amp, desc="token budget", max_tokens=args.max_batch_tokens
+        ),
+        device,
+    )
     real_tokens = int(lengths.sum())
     result = {
         "body_parameters": n_params,
@@ -156,7 +171,12 @@ def bench_inference(args: argparse.Namespace, device: torch.device, amp: torch.d
         "forward_flops": useful,
     }
     for name, seconds in (("naive", naive_s), ("token_budget", budget_s)):
-        result[name] = {"seconds": seconds, "rows_per_s": args.rows / seconds, "tokens_per_s": real_tokens / seconds, "flops_per_s": useful / seconds}
+        result[name] = {
+            "seconds": seconds,
+            "rows_per_s": args.rows / seconds,
+            "tokens_per_s": real_tokens / seconds,
+            "flops_per_s": useful / seconds,
+        }
     result["speedup_rows_per_s"] = naive_s / budget_s
     return result
 
@@ -188,11 +208,19 @@ def bench_training(args: argparse.Namespace, device: torch.device, amp: torch.dt
     tokens = args.train_steps * args.train_batch * args.max_length
     n_params = body_parameters(model)
     # forward + backward = 3 forwards (6·N), + 1 forward recomputed by gradient checkpointing
-    flops = 4.0 * forward_flops(n_params, model.get_base_model().config if hasattr(model, "get_base_model") else model.config,
-                                [args.max_length] * (args.train_steps * args.train_batch))
+    flops = 4.0 * forward_flops(
+        n_params,
+        model.get_base_model().config if hasattr(model, "get_base_model") else model.config,
+        [args.max_length] * (args.train_steps * args.train_batch),
+    )
     out = {
-        "lora_r": 64, "gradient_checkpointing": True, "batch": args.train_batch, "max_length": args.max_length, "steps": args.train_steps,
-        "tokens_per_s": tokens / seconds, "flops_per_s": flops / seconds,
+        "lora_r": 64,
+        "gradient_checkpointing": True,
+        "batch": args.train_batch,
+        "max_length": args.max_length,
+        "steps": args.train_steps,
+        "tokens_per_s": tokens / seconds,
+        "flops_per_s": flops / seconds,
         "flops_convention": "4x forward FLOPs (forward, backward as 2 forwards, checkpoint recompute)",
         "peak_memory_gb": torch.cuda.max_memory_allocated(device) / 1e9 if device.type == "cuda" else None,
     }
@@ -201,7 +229,9 @@ def bench_training(args: argparse.Namespace, device: torch.device, amp: torch.dt
 
 def git_commit() -> str:
     try:
-        return subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, cwd=Path(__file__).parent, check=True).stdout.strip()
+        return subprocess.run(
+            ["git", "rev-parse", "HEAD"], capture_output=True, text=True, cwd=Path(__file__).parent, check=True
+        ).stdout.strip()
     except (OSError, subprocess.CalledProcessError):
         return "unknown"
 
@@ -210,8 +240,13 @@ def versions() -> dict[str, str]:
     import peft
     import transformers
 
-    return {"python": platform.python_version(), "torch": torch.__version__, "transformers": transformers.__version__, "peft": peft.__version__,
-            "cuda": torch.version.cuda or "none"}
+    return {
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "transformers": transformers.__version__,
+        "peft": peft.__version__,
+        "cuda": torch.version.cuda or "none",
+    }
 
 
 def projection(inference: dict[str, Any], mfu: float, rows: int) -> dict[str, float]:
@@ -230,11 +265,16 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     ceiling = matmul_ceiling(device, amp or torch.float32)
     peak = nominal_peak(name) if device.type == "cuda" else None
     report: dict[str, Any] = {
-        "device": name, "versions": versions(), "commit": git_commit(), "time": time.strftime("%Y-%m-%dT%H:%M:%S"),
-        "model": args.model, "dtype": str(amp or torch.float32).replace("torch.", ""),
+        "device": name,
+        "versions": versions(),
+        "commit": git_commit(),
+        "time": time.strftime("%Y-%m-%dT%H:%M:%S"),
+        "model": args.model,
+        "dtype": str(amp or torch.float32).replace("torch.", ""),
         "settings": {k: v for k, v in vars(args).items() if k != "out"},
         "length_distribution": f"lognormal(median={args.median_tokens}, sigma={args.sigma}) clipped to [64, {args.max_length}]",
-        "peak_flops_nominal": peak, "peak_flops_measured_matmul": ceiling,
+        "peak_flops_nominal": peak,
+        "peak_flops_measured_matmul": ceiling,
     }
     inf = report["inference"] = bench_inference(args, device, amp)
     for key in ("naive", "token_budget"):
@@ -248,8 +288,13 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             tr["mfu"] = tr["flops_per_s"] / peak
     if device.type == "cuda":
         mfu = inf["token_budget"].get("mfu", inf["token_budget"]["mfu_vs_measured"])
-        report["projection_2xT4"] = {**projection(inf, mfu, args.rows), "assumes": f"the MFU measured here ({mfu:.2f}) at fp16 on each T4 (65 TFLOPS)"}
-    out = Path(args.out or f"outputs/bench/{slug(name)}-{args.model}.json")  # never the committed bench/results/ unless asked
+        report["projection_2xT4"] = {
+            **projection(inf, mfu, args.rows),
+            "assumes": f"the MFU measured here ({mfu:.2f}) at fp16 on each T4 (65 TFLOPS)",
+        }
+    out = Path(
+        args.out or f"outputs/bench/{slug(name)}-{args.model}.json"
+    )  # never the committed bench/results/ unless asked
     write_json(out, report)
     print_report(report, out)
     return report
@@ -262,8 +307,13 @@ def slug(text: str) -> str:
 def print_report(r: dict[str, Any], out: Path) -> None:
     inf = r["inference"]
     print(f"device: {r['device']}  model: {r['model']}  dtype: {r['dtype']}  commit: {r['commit'][:10]}")
-    print(f"matmul ceiling {r['peak_flops_measured_matmul'] / 1e12:.2f} TFLOPS" + (f", nominal peak {r['peak_flops_nominal'] / 1e12:.0f} TFLOPS" if r["peak_flops_nominal"] else ""))
-    print(f"rows: {inf['rows']} ({r['length_distribution']}; median {inf['length_percentiles']['50']:.0f}, p99 {inf['length_percentiles']['99']:.0f} tokens)")
+    print(
+        f"matmul ceiling {r['peak_flops_measured_matmul'] / 1e12:.2f} TFLOPS"
+        + (f", nominal peak {r['peak_flops_nominal'] / 1e12:.0f} TFLOPS" if r["peak_flops_nominal"] else "")
+    )
+    print(
+        f"rows: {inf['rows']} ({r['length_distribution']}; median {inf['length_percentiles']['50']:.0f}, p99 {inf['length_percentiles']['99']:.0f} tokens)"
+    )
     print(f"{'inference':<14}{'rows/s':>10}{'tokens/s':>12}{'MFU':>8}{'MFU(ceil)':>11}")
     for key in ("naive", "token_budget"):
         m = inf[key]
@@ -273,29 +323,43 @@ def print_report(r: dict[str, Any], out: Path) -> None:
     if "training" in r:
         t = r["training"]
         mem = f", peak memory {t['peak_memory_gb']:.1f} GB" if t["peak_memory_gb"] is not None else ""
-        print(f"training LoRA r=64, {t['max_length']} tokens: {t['tokens_per_s']:.0f} tokens/s, MFU(ceil) {t['mfu_vs_measured']:.3f}{mem}")
+        print(
+            f"training LoRA r=64, {t['max_length']} tokens: {t['tokens_per_s']:.0f} tokens/s, MFU(ceil) {t['mfu_vs_measured']:.3f}{mem}"
+        )
     if "projection_2xT4" in r:
         p = r["projection_2xT4"]
-        print(f"PROJECTION for {KAGGLE_ROWS} rows on 2xT4 ({p['assumes']}): one model {p['one_model_h']:.1f} h, "
-              f"with TTA {p['one_model_tta_h']:.1f} h, two models with TTA {p['two_models_tta_h']:.1f} h")
+        print(
+            f"PROJECTION for {KAGGLE_ROWS} rows on 2xT4 ({p['assumes']}): one model {p['one_model_h']:.1f} h, "
+            f"with TTA {p['one_model_tta_h']:.1f} h, two models with TTA {p['two_models_tta_h']:.1f} h"
+        )
     print(f"wrote {out}")
 
 
 def parse(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m duelist.bench", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--model", default="tiny_gemma2", help="a conf/model name (gemma2_9b_random: the 9B shape, random weights)")
+    parser.add_argument(
+        "--model", default="tiny_gemma2", help="a conf/model name (gemma2_9b_random: the 9B shape, random weights)"
+    )
     parser.add_argument("--rows", type=int, default=256, help="synthetic pairs to score")
     parser.add_argument("--max-length", type=int, default=1024, help="tokens per pair at most (rows are cut here)")
     parser.add_argument("--median-tokens", type=float, default=1000.0, help="median pair length of the synthetic mix")
-    parser.add_argument("--sigma", type=float, default=0.8, help="lognormal sigma of the pair lengths (0.8: ~4%% past 4x the median)")
+    parser.add_argument(
+        "--sigma", type=float, default=0.8, help="lognormal sigma of the pair lengths (0.8: ~4%% past 4x the median)"
+    )
     parser.add_argument("--batch-size", type=int, default=8, help="naive: rows per batch")
-    parser.add_argument("--max-batch-tokens", type=int, default=8192, help="token budget: padded tokens per batch at most")
+    parser.add_argument(
+        "--max-batch-tokens", type=int, default=8192, help="token budget: padded tokens per batch at most"
+    )
     parser.add_argument("--train", action="store_true", help="also measure LoRA training at max_length")
     parser.add_argument("--train-batch", type=int, default=2, help="training rows per step")
     parser.add_argument("--train-steps", type=int, default=3, help="timed training steps (after one warm-up step)")
     parser.add_argument("--device", default="auto", help="auto | cpu")
     parser.add_argument("--seed", type=int, default=0, help="seed of the synthetic rows")
-    parser.add_argument("--out", default=None, help="JSON path (default outputs/bench/<device>-<model>.json; pass bench/results/... to commit a result)")
+    parser.add_argument(
+        "--out",
+        default=None,
+        help="JSON path (default outputs/bench/<device>-<model>.json; pass bench/results/... to commit a result)",
+    )
     return parser.parse_args(argv)
 
 

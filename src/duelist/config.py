@@ -212,7 +212,9 @@ class ModelConfig:
     trees: Optional[TreesConfig] = None
 
 
-NETWORK_KEYS = tuple(f.name for f in fields(ModelConfig) if f.name not in ("name", "arch", "trees"))  # what every network sets
+NETWORK_KEYS = tuple(
+    f.name for f in fields(ModelConfig) if f.name not in ("name", "arch", "trees")
+)  # what every network sets
 
 
 @dataclass
@@ -414,7 +416,9 @@ def conf_dir() -> Path:
             return folder
     from duelist.errors import DuelistError
 
-    raise DuelistError(f"no conf/ folder with train.yaml in {', '.join(map(str, candidates))}: run from a duelist checkout or set DUELIST_CONF=PATH/conf")
+    raise DuelistError(
+        f"no conf/ folder with train.yaml in {', '.join(map(str, candidates))}: run from a duelist checkout or set DUELIST_CONF=PATH/conf"
+    )
 
 
 def multirun_group() -> Optional[str]:
@@ -443,10 +447,16 @@ def multirun_job_name() -> Optional[str]:
     hc = HydraConfig.get()
     parser = OverridesParser.create()
     try:  # the local launcher runs every job in the process the command started: its argv holds the common overrides
-        common = {o.get_key_element() for o in parser.parse_overrides([a for a in sys.argv[1:] if "=" in a and not a.startswith("-")]) if not o.is_sweep_override()}
+        common = {
+            o.get_key_element()
+            for o in parser.parse_overrides([a for a in sys.argv[1:] if "=" in a and not a.startswith("-")])
+            if not o.is_sweep_override()
+        }
     except Exception:  # another launcher's entry point: keep every override
         common = set()
-    own = [str(o.input_line) for o in parser.parse_overrides(list(hc.overrides.task)) if o.get_key_element() not in common]
+    own = [
+        str(o.input_line) for o in parser.parse_overrides(list(hc.overrides.task)) if o.get_key_element() not in common
+    ]
     return ",".join(own) if own else f"job{hc.job.num}"
 
 
@@ -459,7 +469,10 @@ def register_configs() -> None:
 
     if not OmegaConf.has_resolver("duelist_direction"):
         OmegaConf.register_new_resolver("duelist_direction", direction)
-    for name, resolver in (("duelist_multirun_group", multirun_group), ("duelist_multirun_job_name", multirun_job_name)):
+    for name, resolver in (
+        ("duelist_multirun_group", multirun_group),
+        ("duelist_multirun_job_name", multirun_job_name),
+    ):
         if not OmegaConf.has_resolver(name):
             OmegaConf.register_new_resolver(name, resolver)
     cs = ConfigStore.instance()
@@ -500,7 +513,9 @@ def _one_line(err: Exception, overrides: list[str], config_dir: Path, config_nam
         return f"{key}: no such setting{known} (every key is in conf/, with a comment)"
     if key and cause is not None:
         first = str(cause).strip().splitlines()[0]
-        value = next((o.split("=", 1)[1] for o in overrides if o.split("=", 1)[0].lstrip("+~") == key and "=" in o), None)
+        value = next(
+            (o.split("=", 1)[1] for o in overrides if o.split("=", 1)[0].lstrip("+~") == key and "=" in o), None
+        )
         return f"{key}={value}: {first}" if value is not None else f"{key}: {first}"
     lines = [line.strip() for line in text.splitlines() if line.strip() and not line.startswith("To append")]
     return "; ".join(lines)
@@ -553,7 +568,13 @@ def check_command_line(config_dir: str | Path, config_name: str, argv: list[str]
         if (override.is_add() or override.is_force_add()) and parent and parent.split(".")[0] != "hydra":
             node = OmegaConf.select(cfg, parent)
             schema = OmegaConf.get_type(node) if node is not None else None
-            if schema is not None and dataclasses.is_dataclass(schema) and leaf not in {f.name for f in dataclasses.fields(schema)}:
+            if (
+                schema is not None
+                and dataclasses.is_dataclass(schema)
+                and leaf not in {f.name for f in dataclasses.fields(schema)}
+            ):
                 known = ", ".join(k for k in node.keys() if k != leaf)
-                raise DuelistError(f"{override.input_line}: {parent} has no setting {leaf} to add ({parent} has: {known}); "
-                                   f"+ adds keys only to open maps such as data.language_quota")
+                raise DuelistError(
+                    f"{override.input_line}: {parent} has no setting {leaf} to add ({parent} has: {known}); "
+                    f"+ adds keys only to open maps such as data.language_quota"
+                )

@@ -24,10 +24,10 @@ says whether its rows may be held out for validation (pseudo-labelled files neve
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import math
-import hashlib
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -43,8 +43,21 @@ from duelist.languages import detect_languages, language_name, language_names
 log = logging.getLogger(__name__)
 
 TEXT_COLUMNS = ("prompt", "response_a", "response_b")
-CANONICAL_COLUMNS = ["id", "prompt", "response_a", "response_b", "winner", "model_a", "model_b", "language", "source", "p_a", "pseudo_label",
-                     "translated", "source_id"]
+CANONICAL_COLUMNS = [
+    "id",
+    "prompt",
+    "response_a",
+    "response_b",
+    "winner",
+    "model_a",
+    "model_b",
+    "language",
+    "source",
+    "p_a",
+    "pseudo_label",
+    "translated",
+    "source_id",
+]
 WINNERS = {"model_a": 1.0, "model_b": 0.0, "tie": 0.5}
 ARENA_WINNERS = {"model_a": "model_a", "model_b": "model_b", "tie": "tie", "tie (bothbad)": "tie"}
 LMSYS_LABELS = ("winner_model_a", "winner_model_b", "winner_tie")
@@ -65,7 +78,9 @@ def read_hub(spec: str) -> pd.DataFrame:
     try:
         import datasets
     except ImportError as err:  # the Kaggle package leaves it out: scoring reads files
-        raise DuelistError(f"{spec}: reading hf: sources needs the datasets package (pip install datasets); or pass a parquet/csv/jsonl file") from err
+        raise DuelistError(
+            f"{spec}: reading hf: sources needs the datasets package (pip install datasets); or pass a parquet/csv/jsonl file"
+        ) from err
 
     rest = spec[len(HUB_PREFIX) :]
     rest, _, split = rest.partition("@")
@@ -73,7 +88,9 @@ def read_hub(spec: str) -> pd.DataFrame:
     split = split or "train"
     local = resolve_path(name)
     try:
-        if os.path.isdir(local) and any(os.path.exists(os.path.join(local, f)) for f in ("dataset_info.json", "dataset_dict.json", "state.json")):
+        if os.path.isdir(local) and any(
+            os.path.exists(os.path.join(local, f)) for f in ("dataset_info.json", "dataset_dict.json", "state.json")
+        ):
             ds = datasets.load_from_disk(local)
             if isinstance(ds, datasets.DatasetDict):
                 if split not in ds:
@@ -85,7 +102,11 @@ def read_hub(spec: str) -> pd.DataFrame:
         raise
     except Exception as err:  # hub, network, missing split/config, bad files
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        offline = "" if os.path.isdir(local) else "; without network, download it elsewhere (datasets save_to_disk) and pass hf:FOLDER"
+        offline = (
+            ""
+            if os.path.isdir(local)
+            else "; without network, download it elsewhere (datasets save_to_disk) and pass hf:FOLDER"
+        )
         raise DuelistError(f"{spec}: cannot load this Hugging Face dataset ({first}){offline}") from err
     return ds.to_pandas()
 
@@ -108,12 +129,24 @@ def check_csv(path: str, real: str) -> None:
                 if row is None:
                     return
                 if len(row) != len(header) and row:
-                    where = f"line {start}" if reader.line_num == start else f"the record starting at line {start} (it runs to line {reader.line_num})"
-                    raise DuelistError(f"{path}: {where} has {len(row)} fields, the header has {len(header)}: a quote is not closed "
-                                       f"or a comma inside a text is not quoted; fix the file (texts with commas or newlines go in double quotes)")
+                    where = (
+                        f"line {start}"
+                        if reader.line_num == start
+                        else f"the record starting at line {start} (it runs to line {reader.line_num})"
+                    )
+                    raise DuelistError(
+                        f"{path}: {where} has {len(row)} fields, the header has {len(header)}: a quote is not closed "
+                        f"or a comma inside a text is not quoted; fix the file (texts with commas or newlines go in double quotes)"
+                    )
         except csv.Error as err:
-            what = "a quoted text is never closed (it runs to the end of the file)" if "end of data" in str(err) else f"broken quoting ({err})"
-            raise DuelistError(f"{path}: line {start}: {what}; fix the file (a quote inside a quoted text is written \"\")") from err
+            what = (
+                "a quoted text is never closed (it runs to the end of the file)"
+                if "end of data" in str(err)
+                else f"broken quoting ({err})"
+            )
+            raise DuelistError(
+                f'{path}: line {start}: {what}; fix the file (a quote inside a quoted text is written "")'
+            ) from err
 
 
 def read_table(path: str) -> pd.DataFrame:
@@ -140,7 +173,9 @@ def read_table(path: str) -> pd.DataFrame:
         raise
     except Exception as err:  # pyarrow/pandas raise many types for corrupt files
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise DuelistError(f"{path}: cannot read as {suffix.lstrip('.')} ({first}); is the file complete and in that format?") from err
+        raise DuelistError(
+            f"{path}: cannot read as {suffix.lstrip('.')} ({first}); is the file complete and in that format?"
+        ) from err
     return df
 
 
@@ -195,7 +230,11 @@ def _from_lmsys(df: pd.DataFrame, seed: int) -> pd.DataFrame:
     labels = df[list(LMSYS_LABELS)].to_numpy()
     winner = []
     for row in labels:
-        hits = [name for name, flag in zip(("model_a", "model_b", "tie"), row) if str(flag).strip() in ("1", "1.0", "True", "true")]
+        hits = [
+            name
+            for name, flag in zip(("model_a", "model_b", "tie"), row)
+            if str(flag).strip() in ("1", "1.0", "True", "true")
+        ]
         winner.append(hits[0] if len(hits) == 1 else f"invalid one-hot {list(row)}")
     out["winner"] = winner
     for col in ("model_a", "model_b", "language", "source"):
@@ -205,7 +244,9 @@ def _from_lmsys(df: pd.DataFrame, seed: int) -> pd.DataFrame:
 
 
 def _from_arena_conversations(df: pd.DataFrame, seed: int) -> pd.DataFrame:
-    out = pd.DataFrame({"id": df["question_id"] if "question_id" in df else (df["id"] if "id" in df else None)}, index=range(len(df)))
+    out = pd.DataFrame(
+        {"id": df["question_id"] if "question_id" in df else (df["id"] if "id" in df else None)}, index=range(len(df))
+    )
     out["prompt"] = [_messages(c, "user") for c in df["conversation_a"]]
     out["response_a"] = [_messages(c, "assistant") for c in df["conversation_a"]]
     out["response_b"] = [_messages(c, "assistant") for c in df["conversation_b"]]
@@ -301,7 +342,9 @@ def _texts(values: Iterable[Any], col: str, bad: list[tuple[int, str]]) -> tuple
     return out, empty
 
 
-def canonicalize(raw: pd.DataFrame, path: str, *, labelled: bool, ties: str, on_bad_rows: str, seed: int = 42) -> pd.DataFrame:
+def canonicalize(
+    raw: pd.DataFrame, path: str, *, labelled: bool, ties: str, on_bad_rows: str, seed: int = 42
+) -> pd.DataFrame:
     """Convert one file's rows to the canonical table and apply the bad-row policy."""
     if len(raw) == 0:
         raise DuelistError(f"{path}: the file has no rows")
@@ -309,13 +352,17 @@ def canonicalize(raw: pd.DataFrame, path: str, *, labelled: bool, ties: str, on_
     df = LAYOUTS[layout][1](raw, seed).reset_index(drop=True)
     if "id" not in df or df["id"].isna().all():
         # ids unique across sources (the file's name and a digest of its texts) and stable across runs
-        digest = hashlib.sha256(pd.util.hash_pandas_object(df[list(TEXT_COLUMNS)].astype(str), index=False).to_numpy().tobytes()).hexdigest()[:8]
+        digest = hashlib.sha256(
+            pd.util.hash_pandas_object(df[list(TEXT_COLUMNS)].astype(str), index=False).to_numpy().tobytes()
+        ).hexdigest()[:8]
         df["id"] = [f"{Path(path).stem}-{digest}-{i}" for i in range(len(df))]
     df["id"] = df["id"].astype(str)
     if "source" not in df:
         df["source"] = Path(path).stem
     detect = "language" not in df  # a file without languages (the WSDM test file, extra data): detected below
-    df["language"] = "unknown" if detect else language_names(df["language"])  # one vocabulary: the WSDM names (da -> Danish)
+    df["language"] = (
+        "unknown" if detect else language_names(df["language"])
+    )  # one vocabulary: the WSDM names (da -> Danish)
     for col in ("model_a", "model_b"):
         if col not in df:
             df[col] = None
@@ -323,21 +370,29 @@ def canonicalize(raw: pd.DataFrame, path: str, *, labelled: bool, ties: str, on_
     df["pseudo_label"] = df["pseudo_label"].fillna(False).astype(bool) if "pseudo_label" in df else False
     # rows written by `infer.py task=translate` carry translated=True and the id of the row they translate: they train but never validate
     df["translated"] = df["translated"].fillna(False).astype(bool) if "translated" in df else False
-    df["source_id"] = [str(x) if isinstance(x, str) or (x is not None and not pd.isna(x)) else None for x in df["source_id"]] if "source_id" in df else None
+    df["source_id"] = (
+        [str(x) if isinstance(x, str) or (x is not None and not pd.isna(x)) else None for x in df["source_id"]]
+        if "source_id" in df
+        else None
+    )
 
     bad: list[tuple[int, str]] = []
     empty: dict[str, int] = {}
     for col in TEXT_COLUMNS:
         df[col], empty[col] = _texts(df[col], col, bad)
         if col != "prompt" and empty[col] == len(df):
-            raise DuelistError(f"{path}: column {col} is null or empty on every row; is this the right file (or the right column)?")
+            raise DuelistError(
+                f"{path}: column {col} is null or empty on every row; is this the right file (or the right column)?"
+            )
     if any(empty.values()):
         counts = ", ".join(f"{n} {col}" for col, n in empty.items() if n)
         log.info("%s: empty texts kept as data (%s): a model that answered nothing is a response", path, counts)
 
     if labelled:
         if "winner" not in df and "p_a" not in df:
-            raise DuelistError(f"{path}: no labels: expected a 'winner' column (model_a/model_b/tie) or a soft label 'p_a'")
+            raise DuelistError(
+                f"{path}: no labels: expected a 'winner' column (model_a/model_b/tie) or a soft label 'p_a'"
+            )
         if "winner" not in df:
             df["winner"] = None
         p_a = []
@@ -368,10 +423,23 @@ def canonicalize(raw: pd.DataFrame, path: str, *, labelled: bool, ties: str, on_
     if bad:
         if on_bad_rows == "fail":
             i, what = bad[0]
-            fix = "fix the file or set data.on_bad_rows=drop to skip such rows" if labelled else "fix the file: every test row is scored"
-            raise DuelistError(f"{path}: row {i} (id={df['id'].iloc[i]}): {what}; {len(bad)} bad value(s) in all ({fix})")
+            fix = (
+                "fix the file or set data.on_bad_rows=drop to skip such rows"
+                if labelled
+                else "fix the file: every test row is scored"
+            )
+            raise DuelistError(
+                f"{path}: row {i} (id={df['id'].iloc[i]}): {what}; {len(bad)} bad value(s) in all ({fix})"
+            )
         drop = sorted({i for i, _ in bad})
-        log.warning("%s: dropped %d of %d rows with bad values (first: row %d, %s)", path, len(drop), len(df), bad[0][0], bad[0][1])
+        log.warning(
+            "%s: dropped %d of %d rows with bad values (first: row %d, %s)",
+            path,
+            len(drop),
+            len(df),
+            bad[0][0],
+            bad[0][1],
+        )
         df = df.drop(index=drop).reset_index(drop=True)
 
     if labelled and ties == "drop":
@@ -380,11 +448,17 @@ def canonicalize(raw: pd.DataFrame, path: str, *, labelled: bool, ties: str, on_
             log.info("%s: dropped %d tie rows (data.ties=drop; data.ties=soft keeps them as p_a=0.5)", path, n_ties)
         df = df[df["p_a"] != 0.5].reset_index(drop=True)
     if len(df) == 0:
-        raise DuelistError(f"{path}: no rows left after filtering (bad rows and ties removed); check the file and data.ties/on_bad_rows")
+        raise DuelistError(
+            f"{path}: no rows left after filtering (bad rows and ties removed); check the file and data.ties/on_bad_rows"
+        )
     if detect:
         df["language"] = detect_languages(df["prompt"])
         shares = df["language"].value_counts(normalize=True).head(5)
-        log.info("%s: no language column; detected from the prompts: %s", path, ", ".join(f"{k} {v:.0%}" for k, v in shares.items()))
+        log.info(
+            "%s: no language column; detected from the prompts: %s",
+            path,
+            ", ".join(f"{k} {v:.0%}" for k, v in shares.items()),
+        )
     return df[CANONICAL_COLUMNS]
 
 
@@ -396,16 +470,22 @@ def as_list(paths: Any) -> list[str]:
     return [str(p) for p in paths]
 
 
-def load_pairs(paths: Any, *, labelled: bool = True, ties: str = "drop", on_bad_rows: str = "fail", seed: int = 42) -> pd.DataFrame:
+def load_pairs(
+    paths: Any, *, labelled: bool = True, ties: str = "drop", on_bad_rows: str = "fail", seed: int = 42
+) -> pd.DataFrame:
     """Read one or several files into one canonical table (ids must be unique across files)."""
     files = as_list(paths)
     if not files:
         raise DuelistError("no data file given (set data.train=PATH, or data.test=PATH for infer.py)")
-    frames = [canonicalize(read_table(p), p, labelled=labelled, ties=ties, on_bad_rows=on_bad_rows, seed=seed) for p in files]
+    frames = [
+        canonicalize(read_table(p), p, labelled=labelled, ties=ties, on_bad_rows=on_bad_rows, seed=seed) for p in files
+    ]
     df = pd.concat(frames, ignore_index=True)
     dup = df["id"].duplicated()
     if dup.any():
-        raise DuelistError(f"{', '.join(files)}: id {df.loc[dup, 'id'].iloc[0]} appears in more than one file; ids must be unique")
+        raise DuelistError(
+            f"{', '.join(files)}: id {df.loc[dup, 'id'].iloc[0]} appears in more than one file; ids must be unique"
+        )
     return df
 
 
@@ -450,7 +530,9 @@ def stratified_sample(df: pd.DataFrame, n: int, seed: int) -> pd.DataFrame:
     if n >= len(df):
         return df
     folds = assign_folds(df, max(2, len(df) // max(1, n)), seed)
-    tiebreak = np.random.default_rng(seed).permutation(len(df))  # the fold cut short gives random rows, not the first ones
+    tiebreak = np.random.default_rng(seed).permutation(
+        len(df)
+    )  # the fold cut short gives random rows, not the first ones
     order = np.lexsort((tiebreak, folds))
     return df.iloc[np.sort(order[:n])].reset_index(drop=True)
 
@@ -481,7 +563,9 @@ def parse_sources(value: Any) -> list[Source]:
         unknown = sorted(set(entry) - set(SOURCE_KEYS))
         if unknown or "path" not in entry:
             what = f"unknown key {unknown[0]!r}" if unknown else "no 'path'"
-            raise DuelistError(f"data.train[{i}]: {what}; a source is a path or {{path: FILE, weight: 1.0, max_rows: null, validate: null}}")
+            raise DuelistError(
+                f"data.train[{i}]: {what}; a source is a path or {{path: FILE, weight: 1.0, max_rows: null, validate: null}}"
+            )
         source = Source(**entry)
         if not source.weight >= 0:
             raise DuelistError(f"data.train[{i}] ({source.path}): weight={source.weight} must be >= 0")
@@ -495,7 +579,9 @@ def pair_keys(df: pd.DataFrame) -> pd.Series:
     """Hash of the normalised prompt and the unordered pair of normalised responses (A/B swapped = same pair)."""
     p, a, b = (normalized(df[c]) for c in TEXT_COLUMNS)
     lo, hi = np.where(a <= b, a, b), np.where(a <= b, b, a)
-    return pd.Series([hashlib.sha1(f"{x}\x00{y}\x00{z}".encode()).hexdigest() for x, y, z in zip(p, lo, hi)], index=df.index)
+    return pd.Series(
+        [hashlib.sha1(f"{x}\x00{y}\x00{z}".encode()).hexdigest() for x, y, z in zip(p, lo, hi)], index=df.index
+    )
 
 
 def dedup(df: pd.DataFrame) -> pd.DataFrame:
@@ -511,16 +597,22 @@ def load_sources(data_cfg: Any) -> pd.DataFrame:
     """All training sources in one table with ``weight`` and ``validate`` columns, capped and deduplicated."""
     frames = []
     for source in parse_sources(data_cfg.train):
-        df = load_pairs(source.path, labelled=True, ties=data_cfg.ties, on_bad_rows=data_cfg.on_bad_rows, seed=data_cfg.split_seed)
+        df = load_pairs(
+            source.path, labelled=True, ties=data_cfg.ties, on_bad_rows=data_cfg.on_bad_rows, seed=data_cfg.split_seed
+        )
         if source.max_rows is not None and source.max_rows < len(df):
             df = stratified_sample(df, int(source.max_rows), data_cfg.split_seed)
-        may = ~(df["pseudo_label"].to_numpy(dtype=bool) | df["translated"].to_numpy(dtype=bool))  # pseudo-labels and translations never validate
+        may = ~(
+            df["pseudo_label"].to_numpy(dtype=bool) | df["translated"].to_numpy(dtype=bool)
+        )  # pseudo-labels and translations never validate
         validate = may if source.validate is None else np.full(len(df), bool(source.validate)) & may
         frames.append(df.assign(weight=float(source.weight), validate=validate))
     df = pd.concat(frames, ignore_index=True)
     dup = df["id"].duplicated()
     if dup.any():
-        raise DuelistError(f"data.train: id {df.loc[dup, 'id'].iloc[0]} appears in more than one source; ids must be unique")
+        raise DuelistError(
+            f"data.train: id {df.loc[dup, 'id'].iloc[0]} appears in more than one source; ids must be unique"
+        )
     return dedup(df) if data_cfg.dedup else df
 
 
@@ -548,14 +640,24 @@ def load_train_valid(data_cfg: Any) -> tuple[pd.DataFrame, pd.DataFrame]:
     validation keeps the real language mix.
     """
     train = load_sources(data_cfg)
-    prompt_of = dict(zip(train["id"], normalized(train["prompt"]))) if train["translated"].any() else {}  # what a translation's source row asked
+    prompt_of = (
+        dict(zip(train["id"], normalized(train["prompt"]))) if train["translated"].any() else {}
+    )  # what a translation's source row asked
     if data_cfg.max_rows:
         train = stratified_sample(train, int(data_cfg.max_rows), data_cfg.split_seed)
     if data_cfg.valid:
-        valid = load_pairs(data_cfg.valid, labelled=True, ties=data_cfg.ties, on_bad_rows=data_cfg.on_bad_rows, seed=data_cfg.split_seed)
+        valid = load_pairs(
+            data_cfg.valid,
+            labelled=True,
+            ties=data_cfg.ties,
+            on_bad_rows=data_cfg.on_bad_rows,
+            seed=data_cfg.split_seed,
+        )
         overlap = set(valid["id"]) & set(train["id"])
         if overlap:
-            raise DuelistError(f"data.valid: id {sorted(overlap)[0]} is also in data.train; validation rows must not be trained on")
+            raise DuelistError(
+                f"data.valid: id {sorted(overlap)[0]} is also in data.train; validation rows must not be trained on"
+            )
         train = train.assign(fold=0)
         valid = valid.assign(fold=-1, weight=1.0, validate=True)
     else:
@@ -563,7 +665,9 @@ def load_train_valid(data_cfg: Any) -> tuple[pd.DataFrame, pd.DataFrame]:
             raise DuelistError(f"data.fold={data_cfg.fold}: must be in 0..{data_cfg.n_folds - 1}")
         can = train["validate"].to_numpy(dtype=bool)
         if not 2 <= data_cfg.n_folds <= int(can.sum()):
-            raise DuelistError(f"data.n_folds={data_cfg.n_folds}: needs 2 <= n_folds <= number of rows that may validate ({int(can.sum())})")
+            raise DuelistError(
+                f"data.n_folds={data_cfg.n_folds}: needs 2 <= n_folds <= number of rows that may validate ({int(can.sum())})"
+            )
         folds = np.full(len(train), -2, dtype=np.int64)
         pool = train[can]
         prompts = normalized(pool["prompt"]).to_numpy()  # folds are grouped by prompt: no prompt in two folds
@@ -578,14 +682,23 @@ def load_train_valid(data_cfg: Any) -> tuple[pd.DataFrame, pd.DataFrame]:
             )
         train, valid = train[~is_valid].reset_index(drop=True), train[is_valid].reset_index(drop=True)
     valid_prompts = set(normalized(valid["prompt"]))
-    copies = train["translated"] & (train["source_id"].isin(set(valid["id"])) | train["source_id"].map(prompt_of).isin(valid_prompts))
-    if copies.any():  # a translation of a validation row (or of a row with a validation prompt) is that row in another language
-        log.warning("dropped %d translated training rows whose source row is a validation row or has a validation prompt", int(copies.sum()))
+    copies = train["translated"] & (
+        train["source_id"].isin(set(valid["id"])) | train["source_id"].map(prompt_of).isin(valid_prompts)
+    )
+    if (
+        copies.any()
+    ):  # a translation of a validation row (or of a row with a validation prompt) is that row in another language
+        log.warning(
+            "dropped %d translated training rows whose source row is a validation row or has a validation prompt",
+            int(copies.sum()),
+        )
         train = train[~copies].reset_index(drop=True)
     leak = normalized(train["prompt"]).isin(valid_prompts)
     if leak.any():  # leakage guard: a validation prompt is never trained on
         counts = train.loc[leak, "source"].value_counts().to_dict()
-        log.warning("dropped %d training rows whose prompt is a validation prompt (per source: %s)", int(leak.sum()), counts)
+        log.warning(
+            "dropped %d training rows whose prompt is a validation prompt (per source: %s)", int(leak.sum()), counts
+        )
         train = train[~leak].reset_index(drop=True)
         if len(train) == 0:
             raise DuelistError("data.train: no rows left after removing prompts that are validation prompts")
@@ -594,7 +707,9 @@ def load_train_valid(data_cfg: Any) -> tuple[pd.DataFrame, pd.DataFrame]:
         train = train[train["language"].isin(keep)].reset_index(drop=True)
         valid = valid[valid["language"].isin(keep)].reset_index(drop=True)
         if len(train) == 0 or len(valid) == 0:
-            raise DuelistError(f"data.languages={sorted(keep)}: no {'training' if len(train) == 0 else 'validation'} rows in these languages")
+            raise DuelistError(
+                f"data.languages={sorted(keep)}: no {'training' if len(train) == 0 else 'validation'} rows in these languages"
+            )
     train = language_quota(train, data_cfg.language_quota, data_cfg.split_seed)
     return train, valid
 
@@ -620,4 +735,3 @@ def augment(df: pd.DataFrame, swap: bool, same_batch: bool) -> pd.DataFrame:
     if same_batch:
         both = both.sort_values("pair", kind="stable").reset_index(drop=True)
     return both
-

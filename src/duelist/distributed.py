@@ -20,7 +20,6 @@ from duelist.errors import DuelistError
 from duelist.modeling import pick_device
 
 
-
 @dataclass
 class Distributed:
     """This process's place in a multi-process run (``accelerate launch`` / ``torchrun`` set the env)."""
@@ -46,7 +45,9 @@ def resolve_strategy(name: str) -> str:
     return name
 
 
-def init_distributed(device_name: str, strategy: str = "auto", timeout_min: float = 30.0) -> tuple[Distributed, torch.device]:
+def init_distributed(
+    device_name: str, strategy: str = "auto", timeout_min: float = 30.0
+) -> tuple[Distributed, torch.device]:
     """One process: the configured device. Several (WORLD_SIZE > 1): one GPU each (NCCL), or CPU with gloo;
     ``timeout_min``: how long a collective waits for the slowest process before the run is ended."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
@@ -89,7 +90,9 @@ def wrap(model: torch.nn.Module, state: Distributed, device: torch.device) -> to
     mesh = init_device_mesh(device.type, (state.world,))
     blocks = _layer_classes(model)
     if not blocks:
-        raise DuelistError("trainer.strategy=fsdp: this model names no transformer block class (_no_split_modules); use trainer.strategy=ddp")
+        raise DuelistError(
+            "trainer.strategy=fsdp: this model names no transformer block class (_no_split_modules); use trainer.strategy=ddp"
+        )
     for module in model.modules():
         if type(module).__name__ in blocks:
             fully_shard(module, mesh=mesh)

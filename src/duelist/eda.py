@@ -46,7 +46,11 @@ def quality(paths: list[str]) -> dict[str, Any]:
         "identical_responses": int((as_text["response_a"] == as_text["response_b"]).sum()),
         "empty": empty,
         "non_string": non_string,
-        "extreme_responses": int(((as_text["response_a"].str.len() > EXTREME_CHARS) | (as_text["response_b"].str.len() > EXTREME_CHARS)).sum()),
+        "extreme_responses": int(
+            (
+                (as_text["response_a"].str.len() > EXTREME_CHARS) | (as_text["response_b"].str.len() > EXTREME_CHARS)
+            ).sum()
+        ),
     }
 
 
@@ -58,7 +62,9 @@ def token_counts(tokenizer: Any, texts: list[str], chunk: int = 2000) -> list[in
     """Tokens per text, tokenised a chunk at a time so only the counts stay in memory (48k long rows at once took 11 GB)."""
     counts: list[int] = []
     for start in range(0, len(texts), chunk):
-        counts.extend(len(ids) for ids in tokenizer(texts[start : start + chunk], add_special_tokens=False)["input_ids"])
+        counts.extend(
+            len(ids) for ids in tokenizer(texts[start : start + chunk], add_special_tokens=False)["input_ids"]
+        )
     return counts
 
 
@@ -76,10 +82,15 @@ def report(df: pd.DataFrame, tokenizer: Any, max_length: int, valid: pd.DataFram
     out["truncation"] = {
         "max_length": int(max_length),
         "share_truncated": float(over.mean()),
-        "mean_share_of_tokens_cut": float(((total - max_length).clip(lower=0) / total.clip(lower=1))[over].mean()) if over.any() else 0.0,
+        "mean_share_of_tokens_cut": float(((total - max_length).clip(lower=0) / total.clip(lower=1))[over].mean())
+        if over.any()
+        else 0.0,
     }
     hard_rows = df["winner"].isin(["model_a", "model_b"]).to_numpy()
-    longer_is_winner = np.where(df["response_a"].str.len() >= df["response_b"].str.len(), "model_a", "model_b") == df["winner"].to_numpy()
+    longer_is_winner = (
+        np.where(df["response_a"].str.len() >= df["response_b"].str.len(), "model_a", "model_b")
+        == df["winner"].to_numpy()
+    )
     per_language = {}
     for lang, idx in df.groupby("language").indices.items():
         hard_idx = idx[hard_rows[idx]]
@@ -93,24 +104,36 @@ def report(df: pd.DataFrame, tokenizer: Any, max_length: int, valid: pd.DataFram
     out["by_language"] = dict(sorted(per_language.items(), key=lambda kv: -kv[1]["rows"]))
     hard = df[df["winner"].isin(["model_a", "model_b"])]
     out["winner_share"] = df["winner"].value_counts(normalize=True).to_dict()
-    out["a_wins_by_language"] = hard.groupby("language")["winner"].apply(lambda w: float((w == "model_a").mean())).to_dict()
+    out["a_wins_by_language"] = (
+        hard.groupby("language")["winner"].apply(lambda w: float((w == "model_a").mean())).to_dict()
+    )
     out["position_bias_a_wins"] = float((hard["winner"] == "model_a").mean()) if len(hard) else float("nan")
     len_a, len_b = hard["response_a"].str.len(), hard["response_b"].str.len()
     ratio = len_a / len_b.clip(lower=1)
     longer_wins = np.where(len_a >= len_b, "model_a", "model_b") == hard["winner"].to_numpy()
     buckets = pd.cut(ratio, LENGTH_RATIO_BUCKETS, right=False)
     out["longer_wins"] = float(longer_wins.mean()) if len(hard) else float("nan")
-    out["longer_wins_by_length_ratio"] = {str(b): {"rows": int(len(g)), "longer_wins": float(g.mean())} for b, g in pd.Series(longer_wins).groupby(buckets.to_numpy(), observed=True)}
+    out["longer_wins_by_length_ratio"] = {
+        str(b): {"rows": int(len(g)), "longer_wins": float(g.mean())}
+        for b, g in pd.Series(longer_wins).groupby(buckets.to_numpy(), observed=True)
+    }
     if df["model_a"].notna().any():
-        wins = pd.concat([
-            pd.DataFrame({"model": hard["model_a"], "won": hard["winner"] == "model_a"}),
-            pd.DataFrame({"model": hard["model_b"], "won": hard["winner"] == "model_b"}),
-        ]).dropna()
+        wins = pd.concat(
+            [
+                pd.DataFrame({"model": hard["model_a"], "won": hard["winner"] == "model_a"}),
+                pd.DataFrame({"model": hard["model_b"], "won": hard["winner"] == "model_b"}),
+            ]
+        ).dropna()
         stats = wins.groupby("model")["won"].agg(["mean", "count"]).sort_values("count", ascending=False)
-        out["win_rate_by_model"] = {str(m): {"win_rate": float(r["mean"]), "battles": int(r["count"])} for m, r in stats.iterrows()}
+        out["win_rate_by_model"] = {
+            str(m): {"win_rate": float(r["mean"]), "battles": int(r["count"])} for m, r in stats.iterrows()
+        }
     if valid is not None:
         shared = set(df["prompt"]) & set(valid["prompt"])
-        out["prompt_overlap_train_valid"] = {"prompts": len(shared), "valid_rows": int(valid["prompt"].isin(shared).sum())}
+        out["prompt_overlap_train_valid"] = {
+            "prompts": len(shared),
+            "valid_rows": int(valid["prompt"].isin(shared).sum()),
+        }
     # distinct normalised prompts shared by each pair of source files (and with the validation file): extra data
     # that repeats competition prompts is dropped from training by the leakage guard, so it is worth knowing
     groups = {str(k): set(normalized(g["prompt"])) for k, g in df.groupby("file" if "file" in df else "source")}
@@ -153,7 +176,12 @@ def charts(df: pd.DataFrame, numbers: dict[str, Any]) -> list[tuple[str, str]]:
     buckets = numbers["longer_wins_by_length_ratio"]
     ax.bar(list(buckets), [b["longer_wins"] for b in buckets.values()])
     ax.axhline(0.5, color="grey", ls=":")
-    ax.set(title="win rate of the longer response by length ratio", xlabel="len(A) / len(B) in characters", ylim=(0, 1), ylabel="share of pairs the longer one wins")
+    ax.set(
+        title="win rate of the longer response by length ratio",
+        xlabel="len(A) / len(B) in characters",
+        ylim=(0, 1),
+        ylabel="share of pairs the longer one wins",
+    )
     out.append(("Length bias", _png(fig)))
     return out
 
@@ -175,26 +203,56 @@ def _table(rows: list[dict[str, Any]], table_id: str) -> str:
 def key_facts(numbers: dict[str, Any]) -> list[str]:
     """The few numbers a reader must not miss, as sentences."""
     t = numbers["truncation"]
-    facts = [f"<b>{t['share_truncated']:.0%}</b> of pairs are longer than model.max_length={t['max_length']} tokens and get cut "
-             f"(those lose {t['mean_share_of_tokens_cut']:.0%} of their tokens on average)"
-             + (": the model cannot see which answer is longer; consider model.length_hint=buckets or a longer max_length"
-                if t["share_truncated"] > 0.2 else "")]
+    facts = [
+        f"<b>{t['share_truncated']:.0%}</b> of pairs are longer than model.max_length={t['max_length']} tokens and get cut "
+        f"(those lose {t['mean_share_of_tokens_cut']:.0%} of their tokens on average)"
+        + (
+            ": the model cannot see which answer is longer; consider model.length_hint=buckets or a longer max_length"
+            if t["share_truncated"] > 0.2
+            else ""
+        )
+    ]
     facts.append(f"The longer answer wins <b>{numbers['longer_wins']:.1%}</b> of decided pairs: the baseline to beat")
-    facts.append(f"Response A wins <b>{numbers['position_bias_a_wins']:.1%}</b> of decided pairs (position bias; 50% = none)")
+    facts.append(
+        f"Response A wins <b>{numbers['position_bias_a_wins']:.1%}</b> of decided pairs (position bias; 50% = none)"
+    )
     q = numbers["quality"]
-    facts.append(f"{q['rows_read']} rows read: {q['exact_duplicates']} exact duplicates, {q['identical_responses']} with identical responses, "
-                 f"{sum(q['empty'].values())} empty texts, {sum(q['non_string'].values())} non-string texts, {q['extreme_responses']} responses over {EXTREME_CHARS:,} characters")
+    facts.append(
+        f"{q['rows_read']} rows read: {q['exact_duplicates']} exact duplicates, {q['identical_responses']} with identical responses, "
+        f"{sum(q['empty'].values())} empty texts, {sum(q['non_string'].values())} non-string texts, {q['extreme_responses']} responses over {EXTREME_CHARS:,} characters"
+    )
     return facts
 
 
 def eda_html(files: list[str], numbers: dict[str, Any], figures: list[tuple[str, str]]) -> str:
-    languages = [{"language": k, "rows": v["rows"], "median tokens (pair)": v["median_tokens"], "share truncated": v["share_truncated"],
-                  "A wins": v["a_wins"], "longer wins": v["longer_wins"]} for k, v in numbers["by_language"].items()]
+    languages = [
+        {
+            "language": k,
+            "rows": v["rows"],
+            "median tokens (pair)": v["median_tokens"],
+            "share truncated": v["share_truncated"],
+            "A wins": v["a_wins"],
+            "longer wins": v["longer_wins"],
+        }
+        for k, v in numbers["by_language"].items()
+    ]
     sources = [{"source": k, "rows": v} for k, v in numbers["rows_by_source"].items()]
-    ratio = [{"len(A)/len(B)": k, "rows": v["rows"], "longer wins": v["longer_wins"]} for k, v in numbers["longer_wins_by_length_ratio"].items()]
-    lengths = [{"column": c, **{f"chars {k}": v for k, v in numbers["chars"][c].items()}, **{f"tokens {k}": v for k, v in numbers["tokens"][c].items()}}
-               for c in numbers["chars"]]
-    models = [{"model": k, "battles": v["battles"], "win rate": v["win_rate"]} for k, v in numbers.get("win_rate_by_model", {}).items()]
+    ratio = [
+        {"len(A)/len(B)": k, "rows": v["rows"], "longer wins": v["longer_wins"]}
+        for k, v in numbers["longer_wins_by_length_ratio"].items()
+    ]
+    lengths = [
+        {
+            "column": c,
+            **{f"chars {k}": v for k, v in numbers["chars"][c].items()},
+            **{f"tokens {k}": v for k, v in numbers["tokens"][c].items()},
+        }
+        for c in numbers["chars"]
+    ]
+    models = [
+        {"model": k, "battles": v["battles"], "win rate": v["win_rate"]}
+        for k, v in numbers.get("win_rate_by_model", {}).items()
+    ]
     facts = "".join(f"<li>{f}</li>" for f in key_facts(numbers))
     sections = [
         ("Languages", _table(languages, "languages")),
@@ -224,7 +282,9 @@ def run_eda(cfg: Any, out_dir: str | Path) -> dict[str, Any]:
     files = [source.path for source in parse_sources(cfg.data.train)]
     numbers = {"files": files, "quality": quality(files)}
     # ties kept here: their share is reported; `file` names the source file (for prompt overlap between sources)
-    df = pd.concat([load_pairs(f, ties="soft", on_bad_rows="drop").assign(file=Path(f).stem) for f in files], ignore_index=True)
+    df = pd.concat(
+        [load_pairs(f, ties="soft", on_bad_rows="drop").assign(file=Path(f).stem) for f in files], ignore_index=True
+    )
     valid = load_pairs(cfg.data.valid, ties="soft", on_bad_rows="drop") if cfg.data.valid else None
     tokenizer = load_tokenizer(cfg.model.name_or_path)
     numbers.update(report(df, tokenizer, cfg.model.max_length, valid))

@@ -82,7 +82,9 @@ def read_oof(runs: Sequence[str | Path]) -> pd.DataFrame:
                 merged[column] = merged[column].where(merged[column].notna(), merged.pop(f"{column}_new"))
             merged = merged.drop(columns=[c for c in merged.columns if c.endswith("_new")])
     assert merged is not None
-    first_seen = pd.Index(pd.concat(order, ignore_index=True)).unique()  # the first run's row order, then the others' new ids
+    first_seen = pd.Index(
+        pd.concat(order, ignore_index=True)
+    ).unique()  # the first run's row order, then the others' new ids
     return merged.set_index("id").loc[first_seen].reset_index()
 
 
@@ -100,7 +102,9 @@ class Routes:
         self.specialties = [None if s is None else set(s) for s in specialties]
         self.generalists = [i for i, s in enumerate(self.specialties) if s is None]
         covered = sorted({lang for s in self.specialties if s for lang in s})
-        self.groups = {lang: self.generalists + [i for i, s in enumerate(self.specialties) if s and lang in s] for lang in covered}
+        self.groups = {
+            lang: self.generalists + [i for i, s in enumerate(self.specialties) if s and lang in s] for lang in covered
+        }
 
     @property
     def has_specialists(self) -> bool:
@@ -121,7 +125,10 @@ class Routes:
     def equal_weights(self) -> dict[str, list[float]]:
         """1/k within each route (``GLOBAL``: the generalists; each specialist language: its generalists + specialists)."""
         routes = ({GLOBAL: self.generalists} if self.generalists else {}) | self.groups
-        return {lang: [float(x) for x in self.expand(members, np.full(len(members), 1.0 / len(members)))] for lang, members in routes.items()}
+        return {
+            lang: [float(x) for x in self.expand(members, np.full(len(members), 1.0 / len(members)))]
+            for lang, members in routes.items()
+        }
 
     def expand(self, members: list[int], w: np.ndarray) -> np.ndarray:
         full = np.zeros(self.k)
@@ -133,8 +140,17 @@ def _complete(p: np.ndarray, members: list[int]) -> np.ndarray:
     return ~np.isnan(p[:, members]).any(axis=1)
 
 
-def tune(p: np.ndarray, target: np.ndarray, winner: np.ndarray, languages: np.ndarray, how: str, step: float,
-         per_language: bool, min_language_rows: int, routes: Routes | None = None) -> dict[str, np.ndarray]:
+def tune(
+    p: np.ndarray,
+    target: np.ndarray,
+    winner: np.ndarray,
+    languages: np.ndarray,
+    how: str,
+    step: float,
+    per_language: bool,
+    min_language_rows: int,
+    routes: Routes | None = None,
+) -> dict[str, np.ndarray]:
     """Weights per route: ``GLOBAL`` over the generalists (tuned on the rows they all scored), own weights for every
     language with specialists (tuned on its rows that its members all scored: at least ``min_language_rows``, else
     equal), and with ``per_language`` for every other language with enough rows."""
@@ -150,7 +166,9 @@ def tune(p: np.ndarray, target: np.ndarray, winner: np.ndarray, languages: np.nd
     if gens:
         shared = _complete(p, gens)
         if not shared.any():
-            raise DuelistError("the generalist runs share no validation ids; train them on the same data and split (data.split_seed, data.fold)")
+            raise DuelistError(
+                "the generalist runs share no validation ids; train them on the same data and split (data.split_seed, data.fold)"
+            )
         weights[GLOBAL] = fit(shared, gens)
         if per_language:
             for lang in sorted(set(map(str, languages[shared])) - set(routes.groups)):
@@ -160,15 +178,30 @@ def tune(p: np.ndarray, target: np.ndarray, winner: np.ndarray, languages: np.nd
     for lang, members in routes.groups.items():
         rows = (languages == lang) & _complete(p, members)
         if rows.sum() < min_language_rows:
-            log.warning("%s: %d OOF rows that all its runs scored (ensemble.min_language_rows=%d): equal weights for its %d runs",
-                        lang, int(rows.sum()), min_language_rows, len(members))
+            log.warning(
+                "%s: %d OOF rows that all its runs scored (ensemble.min_language_rows=%d): equal weights for its %d runs",
+                lang,
+                int(rows.sum()),
+                min_language_rows,
+                len(members),
+            )
         weights[lang] = fit(rows if rows.sum() >= min_language_rows else np.zeros(len(p), dtype=bool), members)
     return weights
 
 
-def cross_fitted(p: np.ndarray, target: np.ndarray, winner: np.ndarray, languages: np.ndarray, how: str, step: float,
-                 per_language: bool, min_language_rows: int, routes: Routes | None = None, parts: int = CROSS_FIT_PARTS,
-                 seed: int = 0) -> np.ndarray:
+def cross_fitted(
+    p: np.ndarray,
+    target: np.ndarray,
+    winner: np.ndarray,
+    languages: np.ndarray,
+    how: str,
+    step: float,
+    per_language: bool,
+    min_language_rows: int,
+    routes: Routes | None = None,
+    parts: int = CROSS_FIT_PARTS,
+    seed: int = 0,
+) -> np.ndarray:
     """Ensemble p_a where every row is combined with weights tuned on the other parts of the rows (an honest OOF score)."""
     part = np.random.default_rng(seed).permutation(len(p)) % parts
     out = np.empty(len(p))
@@ -176,7 +209,17 @@ def cross_fitted(p: np.ndarray, target: np.ndarray, winner: np.ndarray, language
         held, rest = part == k, part != k
         if not held.any():
             continue
-        w = tune(p[rest], target[rest], winner[rest], languages[rest], how, step, per_language, min_language_rows * (parts - 1) // parts, routes)
+        w = tune(
+            p[rest],
+            target[rest],
+            winner[rest],
+            languages[rest],
+            how,
+            step,
+            per_language,
+            min_language_rows * (parts - 1) // parts,
+            routes,
+        )
         out[held] = apply(p[held], languages[held], w, how)
     return out
 
@@ -205,8 +248,14 @@ def evaluated_rows(p: np.ndarray, languages: np.ndarray, routes: Routes) -> np.n
     return ok
 
 
-def fit(runs: Sequence[str | Path], how: str, step: float, per_language: bool, min_language_rows: int,
-        specialties: Sequence[Iterable[str] | None] | None = None) -> dict[str, Any]:
+def fit(
+    runs: Sequence[str | Path],
+    how: str,
+    step: float,
+    per_language: bool,
+    min_language_rows: int,
+    specialties: Sequence[Iterable[str] | None] | None = None,
+) -> dict[str, Any]:
     """Tune weights on the runs' OOF rows (``specialties``: each run's ``data.languages``, None for a generalist; see
     :class:`Routes`); returns weights and the OOF scores of members and ensemble (as tuned, and cross-fitted), and for
     two generalists the cascade's scores at 25/50/100% coverage. Scores are over the rows every member of their route
@@ -218,7 +267,9 @@ def fit(runs: Sequence[str | Path], how: str, step: float, per_language: bool, m
     languages_all = oof["language"].astype(str).to_numpy()
     rows = evaluated_rows(p_all, languages_all, routes)
     if not rows.any():
-        raise DuelistError(f"runs {', '.join(map(str, runs))} share no validation ids; train them on the same data and split (data.split_seed, data.fold)")
+        raise DuelistError(
+            f"runs {', '.join(map(str, runs))} share no validation ids; train them on the same data and split (data.split_seed, data.fold)"
+        )
     p, languages = p_all[rows], languages_all[rows]
     target, winner = oof["target"].to_numpy()[rows], oof["winner"].to_numpy()[rows]
     weights = tune(p, target, winner, languages, how, step, per_language, min_language_rows, routes)
@@ -229,8 +280,14 @@ def fit(runs: Sequence[str | Path], how: str, step: float, per_language: bool, m
         "combine": how,
         "shared_oof_rows": int(len(p)),
         "weights": {lang: [float(x) for x in w] for lang, w in weights.items()},
-        "oof/accuracy": {**{f"member{i}": accuracy(p[scored[i], i], winner[scored[i]]) for i in range(k)}, "ensemble": accuracy(ensemble_p, winner)},
-        "oof/log_loss": {**{f"member{i}": log_loss(p[scored[i], i], target[scored[i]]) for i in range(k)}, "ensemble": log_loss(ensemble_p, target)},
+        "oof/accuracy": {
+            **{f"member{i}": accuracy(p[scored[i], i], winner[scored[i]]) for i in range(k)},
+            "ensemble": accuracy(ensemble_p, winner),
+        },
+        "oof/log_loss": {
+            **{f"member{i}": log_loss(p[scored[i], i], target[scored[i]]) for i in range(k)},
+            "ensemble": log_loss(ensemble_p, target),
+        },
     }
     if routes.has_specialists:
         report["specialists"] = {str(runs[i]): sorted(s) for i, s in enumerate(routes.specialties) if s is not None}
@@ -244,9 +301,13 @@ def fit(runs: Sequence[str | Path], how: str, step: float, per_language: bool, m
                 mine = shared & np.isin(languages_all, sorted(s))
                 coverage[str(runs[i])] = float((~np.isnan(p_all[mine, i])).mean()) if mine.any() else 0.0
                 if coverage[str(runs[i])] < 0.9:
-                    log.warning("%s scored %.0f%% of the generalists' OOF rows in %s: train specialists with the generalists' data and split settings "
-                                "(data.languages keeps rows after the split) so their weights are tuned on enough rows",
-                                runs[i], 100 * coverage[str(runs[i])], ", ".join(sorted(s)))
+                    log.warning(
+                        "%s scored %.0f%% of the generalists' OOF rows in %s: train specialists with the generalists' data and split settings "
+                        "(data.languages keeps rows after the split) so their weights are tuned on enough rows",
+                        runs[i],
+                        100 * coverage[str(runs[i])],
+                        ", ".join(sorted(s)),
+                    )
             report["specialist_coverage"] = coverage
     honest = cross_fitted(p, target, winner, languages, how, step, per_language, min_language_rows, routes)
     report["oof/accuracy"]["ensemble_cross_fitted"] = accuracy(honest, winner)
@@ -258,7 +319,10 @@ def fit(runs: Sequence[str | Path], how: str, step: float, per_language: bool, m
             reached = np.zeros(len(p), dtype=bool)
             reached[order[: int(round(share * len(p)))]] = True
             q = cascade(p, languages, weights, how, reached)
-            report["oof/cascade"][f"{int(share * 100)}%"] = {"accuracy": accuracy(q, winner), "log_loss": log_loss(q, target)}
+            report["oof/cascade"][f"{int(share * 100)}%"] = {
+                "accuracy": accuracy(q, winner),
+                "log_loss": log_loss(q, target),
+            }
     return report
 
 
@@ -280,8 +344,10 @@ def apply(p: np.ndarray, languages: np.ndarray, weights: dict[str, Sequence[floa
             out[rows] = combine(part, w, how)
     if np.isnan(out).any():
         lost = sorted(set(languages[np.isnan(out)]))
-        raise DuelistError(f"rows in {', '.join(lost)} have no combination: a member they need left them unscored, or no run covers "
-                           f"these languages (only specialists of other languages: add a generalist run)")
+        raise DuelistError(
+            f"rows in {', '.join(lost)} have no combination: a member they need left them unscored, or no run covers "
+            f"these languages (only specialists of other languages: add a generalist run)"
+        )
     return out
 
 

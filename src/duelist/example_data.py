@@ -20,12 +20,16 @@ from duelist.data import load_pairs, normalized
 from duelist.errors import exit_cleanly_on_user_error
 from duelist.files import write_parquet
 
-SAMPLE = [f"pkg:duelist/assets/sample/{name}.parquet" for name in ("hh_rlhf_harmless_test", "pandalm_test", "oasst1_zh_rank")]
+SAMPLE = [
+    f"pkg:duelist/assets/sample/{name}.parquet" for name in ("hh_rlhf_harmless_test", "pandalm_test", "oasst1_zh_rank")
+]
 TRAIN_COLUMNS = ["id", "prompt", "response_a", "response_b", "winner", "model_a", "model_b", "language"]
 TEST_COLUMNS = ["id", "prompt", "response_a", "response_b"]
 
 
-def write_examples(out: str | Path, n_train: int = 1500, n_test: int = 300, n_prompts: int = 40, seed: int = 0) -> dict[str, Path]:
+def write_examples(
+    out: str | Path, n_train: int = 1500, n_test: int = 300, n_prompts: int = 40, seed: int = 0
+) -> dict[str, Path]:
     """Disjoint random rows of the sample: ``n_train`` labelled pairs, ``n_test`` test pairs, ``n_prompts`` prompts that
     appear in neither."""
     out = Path(out)
@@ -34,10 +38,16 @@ def write_examples(out: str | Path, n_train: int = 1500, n_test: int = 300, n_pr
     train = rows.iloc[:n_train][TRAIN_COLUMNS]
     test = rows.iloc[n_train : n_train + n_test][TEST_COLUMNS]
     rest = rows.iloc[n_train + n_test :]
-    used = set(normalized(pd.concat([train["prompt"], test["prompt"]])))  # new prompts only: none is a validation prompt
+    used = set(
+        normalized(pd.concat([train["prompt"], test["prompt"]]))
+    )  # new prompts only: none is a validation prompt
     fresh = rest[~normalized(rest["prompt"]).isin(used) & ~normalized(rest["prompt"]).duplicated()]
     prompts = fresh.iloc[:n_prompts][["id", "prompt"]]
-    files = {"train": out / "train.parquet", "test": out / "test.parquet", "extra_prompts": out / "extra_prompts.parquet"}
+    files = {
+        "train": out / "train.parquet",
+        "test": out / "test.parquet",
+        "extra_prompts": out / "extra_prompts.parquet",
+    }
     for name, table in (("train", train), ("test", test), ("extra_prompts", prompts)):
         write_parquet(files[name], table.reset_index(drop=True))
     return files

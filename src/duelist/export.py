@@ -20,10 +20,10 @@ import torch
 
 from duelist.config import Precision
 from duelist.data import load_train_valid
-from duelist.logs import quiet_library_logs
 from duelist.errors import DuelistError, exit_cleanly_on_user_error
 from duelist.files import atomic_dir
 from duelist.formatting import PairEncoder
+from duelist.logs import quiet_library_logs
 from duelist.metrics import compute_metrics
 from duelist.modeling import half_weights, merge_adapters, save_checkpoint
 from duelist.rundir import RunDir
@@ -42,16 +42,30 @@ def export_run(run_dir: str | Path, out_dir: str | Path, dtype_name: str = "auto
     oof, metrics = run.read_oof(), run.read_metrics()
     _, valid = load_train_valid(cfg.data)
     if set(valid["id"]) != set(oof["id"]):
-        raise DuelistError(f"{run.path}: the validation rows of data={cfg.data.name} are not the rows of its oof.parquet "
-                           f"(the data files changed since training); export where the run's training data is as it was")
+        raise DuelistError(
+            f"{run.path}: the validation rows of data={cfg.data.name} are not the rows of its oof.parquet "
+            f"(the data files changed since training); export where the run's training data is as it was"
+        )
     valid = valid.set_index("id").loc[oof["id"]].reset_index()  # oof.parquet's row order
     ids = PairEncoder.for_model(built.tokenizer, cfg.model).encode(valid, cfg.cache_dir, desc="tokenize valid")
     weights = next(built.model.parameters()).dtype
-    p_a = predict_p_a(built.model, ids, built.tokenizer.pad_token_id, cfg.trainer.eval_batch_size, device,
-                      autocast_dtype(cfg.trainer.precision, device, half_weights(built.model)), desc="re-score valid (merged)")
+    p_a = predict_p_a(
+        built.model,
+        ids,
+        built.tokenizer.pad_token_id,
+        cfg.trainer.eval_batch_size,
+        device,
+        autocast_dtype(cfg.trainer.precision, device, half_weights(built.model)),
+        desc="re-score valid (merged)",
+    )
     moved = float(np.abs(p_a - oof["p_a"].to_numpy()).max())
     log.info("merged model re-scored %d validation rows: max |p_a(merged) - p_a(adapters)| = %.2e", len(valid), moved)
-    metrics = {**metrics, **compute_metrics(valid, p_a), "export/max_abs_diff_p_a": moved, "export/dtype": str(weights).removeprefix("torch.")}
+    metrics = {
+        **metrics,
+        **compute_metrics(valid, p_a),
+        "export/max_abs_diff_p_a": moved,
+        "export/dtype": str(weights).removeprefix("torch."),
+    }
     with atomic_dir(out_dir) as tmp:
         copy = RunDir(tmp)
         save_checkpoint(built, cfg, copy.checkpoint)
@@ -68,13 +82,19 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m duelist.export", description=__doc__.splitlines()[0])
     parser.add_argument("run", help="run dir of a LoRA/QLoRA run (has checkpoint/adapter/)")
     parser.add_argument("--out", required=True, help="folder for the merged run dir (written atomically)")
-    parser.add_argument("--dtype", default="auto", choices=list(Precision.__members__),
-                        help="weights dtype of the merged model: auto (bf16/fp16 on GPU, fp32 on CPU) | fp32 | bf16 | fp16 (torch names accepted)")
+    parser.add_argument(
+        "--dtype",
+        default="auto",
+        choices=list(Precision.__members__),
+        help="weights dtype of the merged model: auto (bf16/fp16 on GPU, fp32 on CPU) | fp32 | bf16 | fp16 (torch names accepted)",
+    )
     args = parser.parse_args(argv)
     out = export_run(args.run, args.out, args.dtype)
     metrics = RunDir(out).read_metrics()
-    print(f"merged {args.run} -> {out} (validation re-scored: val/accuracy={metrics['val/accuracy']:.4f}, "
-          f"max |p_a change| = {metrics['export/max_abs_diff_p_a']:.2e})")
+    print(
+        f"merged {args.run} -> {out} (validation re-scored: val/accuracy={metrics['val/accuracy']:.4f}, "
+        f"max |p_a change| = {metrics['export/max_abs_diff_p_a']:.2e})"
+    )
 
 
 if __name__ == "__main__":

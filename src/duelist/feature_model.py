@@ -51,10 +51,14 @@ def lgb_params(trees: Any, seed: int) -> dict[str, Any]:
 
 def check_trees(trees: Any, what: str) -> None:
     if trees is None:
-        raise DuelistError(f"{what} is missing: a feature model needs its trees settings (see conf/model/features.yaml)")
+        raise DuelistError(
+            f"{what} is missing: a feature model needs its trees settings (see conf/model/features.yaml)"
+        )
     if trees.n_estimators < 1 or trees.num_leaves < 2 or not 0 < trees.learning_rate <= 1:
-        raise DuelistError(f"{what}: n_estimators >= 1, num_leaves >= 2 and 0 < learning_rate <= 1 are needed "
-                           f"(got {trees.n_estimators}, {trees.num_leaves}, {trees.learning_rate})")
+        raise DuelistError(
+            f"{what}: n_estimators >= 1, num_leaves >= 2 and 0 < learning_rate <= 1 are needed "
+            f"(got {trees.n_estimators}, {trees.num_leaves}, {trees.learning_rate})"
+        )
     if not (0 < trees.feature_fraction <= 1 and 0 < trees.bagging_fraction <= 1):
         raise DuelistError(f"{what}: feature_fraction and bagging_fraction must be in (0, 1]")
 
@@ -76,8 +80,17 @@ class FeatureModel:
         return given, swapped
 
     @classmethod
-    def fit(cls, x: pd.DataFrame, target: np.ndarray, weight: np.ndarray, trees: Any, seed: int, extra: list[str] | None = None,
-            valid: tuple[pd.DataFrame, np.ndarray] | None = None, evaluate: Any = None) -> tuple["FeatureModel", dict[str, list]]:
+    def fit(
+        cls,
+        x: pd.DataFrame,
+        target: np.ndarray,
+        weight: np.ndarray,
+        trees: Any,
+        seed: int,
+        extra: list[str] | None = None,
+        valid: tuple[pd.DataFrame, np.ndarray] | None = None,
+        evaluate: Any = None,
+    ) -> tuple["FeatureModel", dict[str, list]]:
         """Train on feature rows ``x`` (targets in [0, 1], loss weights). With ``valid`` (features, targets) training stops
         when its log loss has not improved for ``trees.early_stopping_rounds`` rounds and keeps the best round;
         ``evaluate(p_a)`` (optional) is called on the validation predictions every round for the curves. Returns the
@@ -86,18 +99,32 @@ class FeatureModel:
 
         params = lgb_params(trees, seed)
         categorical = [c for c in CATEGORICAL if c in x.columns]
-        train_set = lgb.Dataset(x, label=np.asarray(target, dtype=np.float64), weight=np.asarray(weight, dtype=np.float64),
-                                categorical_feature=categorical, free_raw_data=False)
+        train_set = lgb.Dataset(
+            x,
+            label=np.asarray(target, dtype=np.float64),
+            weight=np.asarray(weight, dtype=np.float64),
+            categorical_feature=categorical,
+            free_raw_data=False,
+        )
         sets, names = [train_set], ["train"]
         valid_set = None
         if valid is not None:
-            valid_set = lgb.Dataset(valid[0], label=np.asarray(valid[1], dtype=np.float64), reference=train_set, categorical_feature=categorical)
+            valid_set = lgb.Dataset(
+                valid[0],
+                label=np.asarray(valid[1], dtype=np.float64),
+                reference=train_set,
+                categorical_feature=categorical,
+            )
             sets.append(valid_set)
             names.append("valid")
         record: dict[str, Any] = {}
         callbacks = [lgb.record_evaluation(record)]
-        if valid is not None and trees.early_stopping_rounds:  # on the log loss (the first metric), not on what evaluate adds
-            callbacks.append(lgb.early_stopping(int(trees.early_stopping_rounds), first_metric_only=True, verbose=False))
+        if (
+            valid is not None and trees.early_stopping_rounds
+        ):  # on the log loss (the first metric), not on what evaluate adds
+            callbacks.append(
+                lgb.early_stopping(int(trees.early_stopping_rounds), first_metric_only=True, verbose=False)
+            )
 
         def per_round(p_a: np.ndarray, data: Any) -> list[tuple[str, float, bool]]:
             # LightGBM keeps every set's predictions up to date as trees are added: no re-prediction per round. The
@@ -105,13 +132,29 @@ class FeatureModel:
             values = evaluate(p_a) if data is valid_set else dict.fromkeys(evaluate_keys, float("nan"))
             return [(key, value, True) for key, value in values.items()]
 
-        evaluate_keys = list(evaluate(np.full(len(valid[1]), 0.5))) if valid is not None and evaluate is not None else []
+        evaluate_keys = (
+            list(evaluate(np.full(len(valid[1]), 0.5))) if valid is not None and evaluate is not None else []
+        )
         started = time.perf_counter()
-        booster = lgb.train(params, train_set, num_boost_round=int(trees.n_estimators), valid_sets=sets, valid_names=names, callbacks=callbacks,
-                            feval=per_round if valid is not None and evaluate is not None else None)
+        booster = lgb.train(
+            params,
+            train_set,
+            num_boost_round=int(trees.n_estimators),
+            valid_sets=sets,
+            valid_names=names,
+            callbacks=callbacks,
+            feval=per_round if valid is not None and evaluate is not None else None,
+        )
         rounds = len(record["train"]["cross_entropy"])
         best = booster.best_iteration if booster.best_iteration > 0 else rounds
-        log.info("trees: %d rows, %d features, %d rounds (best %d) in %.1f s", len(x), x.shape[1], rounds, best, time.perf_counter() - started)
+        log.info(
+            "trees: %d rows, %d features, %d rounds (best %d) in %.1f s",
+            len(x),
+            x.shape[1],
+            rounds,
+            best,
+            time.perf_counter() - started,
+        )
         curves = {"train/loss": [[i + 1, v] for i, v in enumerate(record["train"]["cross_entropy"])]}
         for key, values in record.get("valid", {}).items():
             curves["val/log_loss" if key == "cross_entropy" else key] = [[i + 1, v] for i, v in enumerate(values)]
@@ -144,5 +187,7 @@ class FeatureModel:
             raise DuelistError(f"{folder}: incomplete feature-model checkpoint (needs {BOOSTER} and {COLUMNS})")
         meta = json.loads((folder / COLUMNS).read_text())
         if meta.get("languages") != LANGUAGES:
-            raise DuelistError(f"{folder}: saved with another language list than this duelist version's; retrain the feature model")
+            raise DuelistError(
+                f"{folder}: saved with another language list than this duelist version's; retrain the feature model"
+            )
         return cls(lgb.Booster(model_str=(folder / BOOSTER).read_text()), list(meta["columns"]), list(meta["extra"]))

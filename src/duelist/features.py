@@ -36,23 +36,75 @@ TABLE_ROW = re.compile(r"^\s*\|.*\|\s*$", re.M)
 PARAGRAPH = re.compile(r"\n\s*\n")
 # how answers that decline or apologise open, in the main languages of the WSDM data (lower case; read in the first 400 characters)
 REFUSALS = (
-    "i'm sorry", "i am sorry", "i apologize", "i apologise", "sorry, but", "i cannot", "i can't", "i can not", "i'm unable",
-    "i am unable", "i won't", "as an ai", "as a language model", "i'm not able", "i am not able",
-    "извините", "к сожалению", "я не могу", "не могу помочь", "как ии", "как языковая модель",
-    "抱歉", "对不起", "我无法", "我不能", "作为一个人工智能", "作为ai", "很遗憾",
-    "xin lỗi", "tôi không thể", "là một ai",
-    "es tut mir leid", "ich kann nicht", "leider kann ich",
-    "申し訳", "できません", "お答えできません",
-    "죄송", "할 수 없", "도와드릴 수 없",
-    "lo siento", "no puedo", "lo lamento",
-    "désolé", "je ne peux pas", "je suis désolé",
-    "desculpe", "não posso", "sinto muito",
-    "متاسفم", "نمی‌توانم", "عذرا", "لا أستطيع",
+    "i'm sorry",
+    "i am sorry",
+    "i apologize",
+    "i apologise",
+    "sorry, but",
+    "i cannot",
+    "i can't",
+    "i can not",
+    "i'm unable",
+    "i am unable",
+    "i won't",
+    "as an ai",
+    "as a language model",
+    "i'm not able",
+    "i am not able",
+    "извините",
+    "к сожалению",
+    "я не могу",
+    "не могу помочь",
+    "как ии",
+    "как языковая модель",
+    "抱歉",
+    "对不起",
+    "我无法",
+    "我不能",
+    "作为一个人工智能",
+    "作为ai",
+    "很遗憾",
+    "xin lỗi",
+    "tôi không thể",
+    "là một ai",
+    "es tut mir leid",
+    "ich kann nicht",
+    "leider kann ich",
+    "申し訳",
+    "できません",
+    "お答えできません",
+    "죄송",
+    "할 수 없",
+    "도와드릴 수 없",
+    "lo siento",
+    "no puedo",
+    "lo lamento",
+    "désolé",
+    "je ne peux pas",
+    "je suis désolé",
+    "desculpe",
+    "não posso",
+    "sinto muito",
+    "متاسفم",
+    "نمی‌توانم",
+    "عذرا",
+    "لا أستطيع",
 )
 REFUSAL_HEAD = 400
 CATEGORICAL = ("prompt_language", "a_language", "b_language")  # language codes: LightGBM splits them as categories
 
-COUNTS = ("chars", "words", "lines", "paragraphs", "headers", "list_items", "code_blocks", "bold", "links", "table_rows")
+COUNTS = (
+    "chars",
+    "words",
+    "lines",
+    "paragraphs",
+    "headers",
+    "list_items",
+    "code_blocks",
+    "bold",
+    "links",
+    "table_rows",
+)
 MEASURES = COUNTS + ("empty", "refusal", "repeated_lines", "repeated_trigrams", "compression")
 
 
@@ -96,7 +148,10 @@ def _languages(texts: pd.Series) -> np.ndarray:
 def measure_texts(df: pd.DataFrame) -> dict[str, pd.DataFrame]:
     """Per-text measures and detected language of ``prompt``, ``response_a`` and ``response_b`` (always detected, also
     where a file labels its rows: the same reading on training and test rows, whose labels are detected)."""
-    return {column: _measure(df[column]).assign(language=_languages(df[column])) for column in ("prompt", "response_a", "response_b")}
+    return {
+        column: _measure(df[column]).assign(language=_languages(df[column]))
+        for column in ("prompt", "response_a", "response_b")
+    }
 
 
 def assemble(prompt: pd.DataFrame, a: pd.DataFrame, b: pd.DataFrame) -> pd.DataFrame:
@@ -125,4 +180,3 @@ def pair_features(df: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
     texts = measure_texts(df)
     prompt, a, b = texts["prompt"], texts["response_a"], texts["response_b"]
     return assemble(prompt, a, b), assemble(prompt, b, a)
-

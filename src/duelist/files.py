@@ -107,8 +107,10 @@ def open_shard_folder(folder: str | Path, key: str, what: str) -> None:
     manifest = folder / "manifest.json"
     if manifest.is_file():
         if json.loads(manifest.read_text()).get("fingerprint") != key:
-            raise DuelistError(f"{folder}: holds shards of a different {what} setup (input rows or settings changed); "
-                               "delete the folder to start over, or choose another output")
+            raise DuelistError(
+                f"{folder}: holds shards of a different {what} setup (input rows or settings changed); "
+                "delete the folder to start over, or choose another output"
+            )
         return
     folder.mkdir(parents=True, exist_ok=True)
     write_json(manifest, {"fingerprint": key})

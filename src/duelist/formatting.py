@@ -60,7 +60,13 @@ TAG_NAMES = frozenset(CODES.values()) | {"unknown"}  # the tag names a known lan
 
 def language_tag(language: Any) -> str:
     """The text that opens the frame with ``model.language_tag=true``."""
-    name = language if isinstance(language, str) and language in TAG_NAMES else "other" if isinstance(language, str) and language else "unknown"
+    name = (
+        language
+        if isinstance(language, str) and language in TAG_NAMES
+        else "other"
+        if isinstance(language, str) and language
+        else "unknown"
+    )
     return f"Language: {name}\n\n"
 
 
@@ -79,7 +85,15 @@ class Frame:
 
     @property
     def overhead(self) -> int:
-        return len(self.prefix) + len(self.mid_p) + len(self.mid_a) + len(self.mid_b) + len(self.suffix) + len(self.special_head) + len(self.special_tail)
+        return (
+            len(self.prefix)
+            + len(self.mid_p)
+            + len(self.mid_a)
+            + len(self.mid_b)
+            + len(self.suffix)
+            + len(self.special_head)
+            + len(self.special_tail)
+        )
 
     @property
     def min_part(self) -> int:
@@ -97,7 +111,9 @@ def build_frame(tokenizer: Any, template: str) -> Frame:
     if template == "chat":
         if not getattr(tokenizer, "chat_template", None):
             raise DuelistError("model.template=chat but the tokenizer has no chat template; use model.template=plain")
-        text = tokenizer.apply_chat_template([{"role": "user", "content": content}], tokenize=False, add_generation_prompt=True)
+        text = tokenizer.apply_chat_template(
+            [{"role": "user", "content": content}], tokenize=False, add_generation_prompt=True
+        )
         head: tuple[int, ...] = ()
         tail: tuple[int, ...] = ()  # the chat template writes its own special tokens
     elif template == "plain":
@@ -113,7 +129,16 @@ def build_frame(tokenizer: Any, template: str) -> Frame:
     mid_p, rest = rest.split(SLOTS[1])
     mid_a, rest = rest.split(SLOTS[2])
     mid_b, after = rest.split(SLOTS[3])
-    return Frame(_ids(tokenizer, before), _ids(tokenizer, mid_p), _ids(tokenizer, mid_a), _ids(tokenizer, mid_b), _ids(tokenizer, after), head, tail, _ids(tokenizer, CUT_MARKER))
+    return Frame(
+        _ids(tokenizer, before),
+        _ids(tokenizer, mid_p),
+        _ids(tokenizer, mid_a),
+        _ids(tokenizer, mid_b),
+        _ids(tokenizer, after),
+        head,
+        tail,
+        _ids(tokenizer, CUT_MARKER),
+    )
 
 
 def cut(ids: Sequence[int], budget: int, marker: Sequence[int]) -> list[int]:
@@ -148,11 +173,25 @@ def min_length(frame: Frame) -> int:
     return frame.overhead + 3 * frame.min_part
 
 
-def assemble(frame: Frame, prompt: Sequence[int], a: Sequence[int], b: Sequence[int], max_length: int, prompt_max: int,
-             hint: Sequence[int] = ()) -> list[int]:
+def assemble(
+    frame: Frame,
+    prompt: Sequence[int],
+    a: Sequence[int],
+    b: Sequence[int],
+    max_length: int,
+    prompt_max: int,
+    hint: Sequence[int] = (),
+) -> list[int]:
     available = max_length - frame.overhead - len(hint)
     bp, ba, bb = allocate(len(prompt), len(a), len(b), available, prompt_max, frame.min_part)
-    body = list(frame.prefix) + list(hint) + list(frame.mid_p) + cut(prompt, bp, frame.marker) + list(frame.mid_a) + cut(a, ba, frame.marker)
+    body = (
+        list(frame.prefix)
+        + list(hint)
+        + list(frame.mid_p)
+        + cut(prompt, bp, frame.marker)
+        + list(frame.mid_a)
+        + cut(a, ba, frame.marker)
+    )
     body += list(frame.mid_b) + cut(b, bb, frame.marker) + list(frame.suffix)
     return list(frame.special_head) + body + list(frame.special_tail)
 
@@ -160,8 +199,15 @@ def assemble(frame: Frame, prompt: Sequence[int], a: Sequence[int], b: Sequence[
 class PairEncoder:
     """Encodes canonical rows for one tokenizer, template and budget."""
 
-    def __init__(self, tokenizer: Any, template: str, max_length: int, prompt_max_tokens: int, length_hint: str = "none",
-                 language_tag: bool = False):
+    def __init__(
+        self,
+        tokenizer: Any,
+        template: str,
+        max_length: int,
+        prompt_max_tokens: int,
+        length_hint: str = "none",
+        language_tag: bool = False,
+    ):
         self.tokenizer = tokenizer
         self.language_tag = bool(language_tag)
         self.template = template
@@ -174,10 +220,18 @@ class PairEncoder:
         ending = list(self.frame.suffix) + list(self.frame.special_tail)
         if ending and ending[-1] == tokenizer.pad_token_id:
             # Hugging Face classifies from the rightmost non-pad token, vLLM from the last one: they must be the same token
-            raise DuelistError(f"the {template} template of this tokenizer ends in its pad token (id {tokenizer.pad_token_id}): "
-                               f"the classifier would read an earlier token; give the tokenizer a pad token of its own")
+            raise DuelistError(
+                f"the {template} template of this tokenizer ends in its pad token (id {tokenizer.pad_token_id}): "
+                f"the classifier would read an earlier token; give the tokenizer a pad token of its own"
+            )
         self._hints: dict[str, tuple[int, ...]] = {}
-        extremes = [(10**9, 10**9), (10**9, 1), (1, 10**9), (150, 100), (100, 150)]  # widest counts, every bucket phrase
+        extremes = [
+            (10**9, 10**9),
+            (10**9, 1),
+            (1, 10**9),
+            (150, 100),
+            (100, 150),
+        ]  # widest counts, every bucket phrase
         tags = sorted(TAG_NAMES | {"other"}) if self.language_tag else [None]
         longest_hint = max(len(self._hint_ids(a, b, tag)) for a, b in extremes for tag in tags)
         needed = min_length(self.frame) + longest_hint
@@ -191,8 +245,14 @@ class PairEncoder:
     def for_model(cls, tokenizer: Any, model_cfg: Any) -> "PairEncoder":
         """The encoder a model config describes (``model.template``, ``max_length``, ``prompt_max_tokens``, ``length_hint``,
         ``language_tag``)."""
-        return cls(tokenizer, model_cfg.template, model_cfg.max_length, model_cfg.prompt_max_tokens, model_cfg.length_hint,
-                   bool(model_cfg.get("language_tag") or False))
+        return cls(
+            tokenizer,
+            model_cfg.template,
+            model_cfg.max_length,
+            model_cfg.prompt_max_tokens,
+            model_cfg.length_hint,
+            bool(model_cfg.get("language_tag") or False),
+        )
 
     def _hint_ids(self, len_a: int, len_b: int, language: Any = None) -> tuple[int, ...]:
         text = (language_tag(language) if self.language_tag else "") + length_hint(self.length_hint, len_a, len_b)
@@ -202,14 +262,28 @@ class PairEncoder:
 
     def encode_one(self, prompt: str, a: str, b: str, language: str | None = None) -> list[int]:
         tok = self.tokenizer
-        return assemble(self.frame, _ids(tok, prompt), _ids(tok, a), _ids(tok, b), self.max_length, self.prompt_max_tokens,
-                        self._hint_ids(len(a), len(b), language))
+        return assemble(
+            self.frame,
+            _ids(tok, prompt),
+            _ids(tok, a),
+            _ids(tok, b),
+            self.max_length,
+            self.prompt_max_tokens,
+            self._hint_ids(len(a), len(b), language),
+        )
 
     def fingerprint(self) -> str:
         tok = self.tokenizer
         backend = getattr(tok, "backend_tokenizer", None)
         vocab = backend.to_str() if backend is not None else repr(sorted(tok.get_vocab().items()))
-        parts = [vocab, repr(self.frame), str(self.max_length), str(self.prompt_max_tokens), self.template, self.length_hint]
+        parts = [
+            vocab,
+            repr(self.frame),
+            str(self.max_length),
+            str(self.prompt_max_tokens),
+            self.template,
+            self.length_hint,
+        ]
         parts += ["language_tag"] if self.language_tag else []
         return hashlib.sha256("\x1f".join(parts).encode()).hexdigest()[:16]
 
@@ -217,7 +291,9 @@ class PairEncoder:
         """Token ids for every row of ``df`` (same order); cached under ``cache_dir`` when given."""
         cache_file = None
         if cache_dir:
-            columns = ["prompt", "response_a", "response_b"] + (["language"] if self.language_tag and "language" in df else [])
+            columns = ["prompt", "response_a", "response_b"] + (
+                ["language"] if self.language_tag and "language" in df else []
+            )
             text_hash = pd.util.hash_pandas_object(df[columns], index=False).to_numpy()
             key = hashlib.sha256(self.fingerprint().encode() + text_hash.tobytes()).hexdigest()[:24]
             cache_file = Path(cache_dir) / "tokenized" / f"{key}.parquet"
@@ -232,9 +308,15 @@ class PairEncoder:
         with tqdm(total=len(df), desc=desc, unit="rows", leave=False) as bar:
             for start in range(0, len(df), chunk):
                 part = df.iloc[start : start + chunk]
-                enc = [tok(part[c].tolist(), add_special_tokens=False)["input_ids"] for c in ("prompt", "response_a", "response_b")]
+                enc = [
+                    tok(part[c].tolist(), add_special_tokens=False)["input_ids"]
+                    for c in ("prompt", "response_a", "response_b")
+                ]
                 languages = part["language"] if self.language_tag and "language" in part else [None] * len(part)
-                hints = [self._hint_ids(len(a), len(b), lang) for a, b, lang in zip(part["response_a"], part["response_b"], languages)]
+                hints = [
+                    self._hint_ids(len(a), len(b), lang)
+                    for a, b, lang in zip(part["response_a"], part["response_b"], languages)
+                ]
                 for p, a, b, h in zip(*enc, hints):
                     out.append(assemble(self.frame, p, a, b, self.max_length, self.prompt_max_tokens, h))
                 bar.update(len(part))

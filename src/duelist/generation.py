@@ -32,12 +32,11 @@ from tqdm.auto import tqdm
 
 from duelist.data import CANONICAL_COLUMNS, canonicalize, find_layout, is_text, normalized, read_table
 from duelist.errors import DuelistError
-from duelist.modeling import load_tokenizer, pick_device, torch_dtype, vllm_dtype
 from duelist.files import open_shard_folder, resolve_path, write_parquet
 from duelist.languages import detect_languages, language_names
+from duelist.modeling import load_tokenizer, pick_device, torch_dtype, vllm_dtype
 
 log = logging.getLogger(__name__)
-
 
 
 # ----------------------------------------------------------------------------- prompts
@@ -51,13 +50,20 @@ def load_prompts(path: str, on_bad_rows: str) -> pd.DataFrame:
     if find_layout(raw.columns) is not None:
         df = canonicalize(raw, path, labelled=False, ties="soft", on_bad_rows=on_bad_rows)
     elif "prompt" in raw.columns:
-        df = pd.DataFrame({"id": raw["id"].astype(str) if "id" in raw else [f"{Path(path).stem}-{i}" for i in range(len(raw))],
-                           "prompt": raw["prompt"], "language": language_names(raw["language"]) if "language" in raw else "unknown"})
+        df = pd.DataFrame(
+            {
+                "id": raw["id"].astype(str) if "id" in raw else [f"{Path(path).stem}-{i}" for i in range(len(raw))],
+                "prompt": raw["prompt"],
+                "language": language_names(raw["language"]) if "language" in raw else "unknown",
+            }
+        )
         bad = ~df["prompt"].map(is_text)
         if bad.any():
             i = int(np.flatnonzero(bad.to_numpy())[0])
             if on_bad_rows == "fail":
-                raise DuelistError(f"{path}: row {i} (id={df['id'].iloc[i]}): column prompt is empty or not text; fix the file or set data.on_bad_rows=drop")
+                raise DuelistError(
+                    f"{path}: row {i} (id={df['id'].iloc[i]}): column prompt is empty or not text; fix the file or set data.on_bad_rows=drop"
+                )
             log.warning("%s: dropped %d rows without a prompt text", path, int(bad.sum()))
             df = df[~bad]
         if "language" not in raw:  # named by the prompt's detected language (generate.language_quota applies to it)
@@ -106,7 +112,9 @@ class Backend(Protocol):
 def chat_text(tokenizer: Any, prompt: str) -> str:
     """The prompt as the generator's chat template renders a user turn (plain text if it has none)."""
     if getattr(tokenizer, "chat_template", None):
-        return tokenizer.apply_chat_template([{"role": "user", "content": prompt}], tokenize=False, add_generation_prompt=True)
+        return tokenizer.apply_chat_template(
+            [{"role": "user", "content": prompt}], tokenize=False, add_generation_prompt=True
+        )
     return prompt
 
 
@@ -127,16 +135,27 @@ class HFBackend:
         self.tokenizer.padding_side = "left"
         dtype = torch_dtype(cfg.dtype, device)
         if gen.init == "random":
-            overrides = OmegaConf.to_container(gen.config_overrides) if OmegaConf.is_config(gen.config_overrides) else dict(gen.config_overrides)
-            config = AutoConfig.for_model(gen.arch, vocab_size=len(self.tokenizer), pad_token_id=self.tokenizer.pad_token_id,
-                                          eos_token_id=self.tokenizer.eos_token_id, **overrides)
+            overrides = (
+                OmegaConf.to_container(gen.config_overrides)
+                if OmegaConf.is_config(gen.config_overrides)
+                else dict(gen.config_overrides)
+            )
+            config = AutoConfig.for_model(
+                gen.arch,
+                vocab_size=len(self.tokenizer),
+                pad_token_id=self.tokenizer.pad_token_id,
+                eos_token_id=self.tokenizer.eos_token_id,
+                **overrides,
+            )
             torch.manual_seed(cfg.seed)
             self.model = AutoModelForCausalLM.from_config(config, dtype=dtype)
         elif gen.init == "pretrained":
             try:
                 self.model = AutoModelForCausalLM.from_pretrained(resolve_path(gen.name_or_path), dtype=dtype)
             except Exception as err:
-                raise DuelistError(f"generator {gen.name}: cannot load {gen.name_or_path} ({str(err).splitlines()[0]}); pass a local folder") from err
+                raise DuelistError(
+                    f"generator {gen.name}: cannot load {gen.name_or_path} ({str(err).splitlines()[0]}); pass a local folder"
+                ) from err
         else:
             raise DuelistError(f"generator {gen.name}: init={gen.init!r}; use pretrained or random")
         self.model.to(device).eval()
@@ -152,17 +171,27 @@ class HFBackend:
         for start in range(0, len(order), cfg.batch_size):
             idx = order[start : start + cfg.batch_size]
             batch = tok.pad({"input_ids": [encoded[i] for i in idx]}, return_tensors="pt", padding=True)
-            sampling = dict(do_sample=True, temperature=cfg.temperature, top_p=cfg.top_p) if cfg.temperature > 0 else dict(do_sample=False)
+            sampling = (
+                dict(do_sample=True, temperature=cfg.temperature, top_p=cfg.top_p)
+                if cfg.temperature > 0
+                else dict(do_sample=False)
+            )
             generated = self.model.generate(
-                input_ids=batch["input_ids"].to(self.device), attention_mask=batch["attention_mask"].to(self.device),
-                max_new_tokens=cfg.max_new_tokens, pad_token_id=tok.pad_token_id, **sampling,
+                input_ids=batch["input_ids"].to(self.device),
+                attention_mask=batch["attention_mask"].to(self.device),
+                max_new_tokens=cfg.max_new_tokens,
+                pad_token_id=tok.pad_token_id,
+                **sampling,
             )
             new = generated[:, batch["input_ids"].shape[1] :]
             last = new[:, -1].tolist()
             for j, (i, text) in enumerate(zip(idx, tok.batch_decode(new, skip_special_tokens=True))):
                 out[i] = text.strip()
                 # finished sequences are padded after their end-of-sequence token; a cut one fills every new position
-                self.at_limit[i] = new.shape[1] == cfg.max_new_tokens and last[j] not in (tok.pad_token_id, tok.eos_token_id)
+                self.at_limit[i] = new.shape[1] == cfg.max_new_tokens and last[j] not in (
+                    tok.pad_token_id,
+                    tok.eos_token_id,
+                )
         return out
 
 
@@ -173,8 +202,13 @@ class VLLMBackend:
         from vllm import LLM  # check_backend() made sure it imports
 
         self.cfg = cfg
-        self.llm = LLM(model=resolve_path(gen.name_or_path), dtype=vllm_dtype(cfg.dtype), seed=cfg.seed, gpu_memory_utilization=cfg.gpu_memory_utilization,
-                       max_model_len=cfg.max_prompt_tokens + cfg.max_new_tokens)
+        self.llm = LLM(
+            model=resolve_path(gen.name_or_path),
+            dtype=vllm_dtype(cfg.dtype),
+            seed=cfg.seed,
+            gpu_memory_utilization=cfg.gpu_memory_utilization,
+            max_model_len=cfg.max_prompt_tokens + cfg.max_new_tokens,
+        )
         self.tokenizer = self.llm.get_tokenizer()
 
     def generate(self, prompts: Sequence[str], seed: int) -> list[str]:
@@ -201,12 +235,16 @@ def check_backend(cfg: Any) -> None:
     try:
         import vllm  # noqa: F401
     except ImportError as err:
-        raise DuelistError("generate.backend=vllm needs vLLM: pip install 'duelist[vllm]' (Linux + CUDA GPU), or use generate=hf") from err
+        raise DuelistError(
+            "generate.backend=vllm needs vLLM: pip install 'duelist[vllm]' (Linux + CUDA GPU), or use generate=hf"
+        ) from err
     if not torch.cuda.is_available():
         raise DuelistError("generate.backend=vllm needs a CUDA GPU; on this machine use generate=hf")
     for gen in cfg.generators:
         if gen.init != "pretrained":
-            raise DuelistError(f"generator {gen.name}: the vllm backend loads pretrained weights only (init=pretrained)")
+            raise DuelistError(
+                f"generator {gen.name}: the vllm backend loads pretrained weights only (init=pretrained)"
+            )
 
 
 def make_backend(gen: Any, cfg: Any, device: torch.device) -> Backend:
@@ -237,7 +275,9 @@ def generate(cfg: Any) -> pd.DataFrame:
         raise DuelistError(f"generate.generators: names must be unique, got {names}")
     if g.shard_size < 1 or g.batch_size < 1:
         raise DuelistError("generate.shard_size and generate.batch_size must be >= 1")
-    prompts = choose_prompts(load_prompts(cfg.data.test, cfg.data.on_bad_rows), g.max_prompts, dict(g.language_quota), g.seed)
+    prompts = choose_prompts(
+        load_prompts(cfg.data.test, cfg.data.on_bad_rows), g.max_prompts, dict(g.language_quota), g.seed
+    )
     a, b = assign_pairs(len(prompts), len(names), g.seed)
     prompts = prompts.assign(gen_a=a, gen_b=b, shard=np.arange(len(prompts)) // g.shard_size)
     n_shards = int(prompts["shard"].max()) + 1 if len(prompts) else 0
@@ -249,10 +289,20 @@ def generate(cfg: Any) -> pd.DataFrame:
     def part_file(shard: int, gen: int) -> Path:
         return folder / f"shard-{shard:05d}.{names[gen]}.parquet"
 
-    log.info("generating responses for %d prompts in %d shards with %s (%s backend)", len(prompts), n_shards, ", ".join(names), g.backend)
+    log.info(
+        "generating responses for %d prompts in %d shards with %s (%s backend)",
+        len(prompts),
+        n_shards,
+        ", ".join(names),
+        g.backend,
+    )
     for k, gen in enumerate(g.generators):
         mine = prompts[(prompts["gen_a"] == k) | (prompts["gen_b"] == k)]
-        todo = [s for s in range(n_shards) if not part_file(s, k).is_file() and not (folder / f"shard-{s:05d}.parquet").is_file()]
+        todo = [
+            s
+            for s in range(n_shards)
+            if not part_file(s, k).is_file() and not (folder / f"shard-{s:05d}.parquet").is_file()
+        ]
         if not todo:
             log.info("%s: every shard already done", gen.name)
             continue
@@ -268,27 +318,39 @@ def generate(cfg: Any) -> pd.DataFrame:
         if final.is_file():
             continue
         rows = prompts[prompts["shard"] == shard]
-        parts = {k: pd.read_parquet(part_file(shard, k)).set_index("id")["response"] for k in range(len(names)) if part_file(shard, k).is_file()}
-        pairs = pd.DataFrame({
-            "id": rows["id"].to_numpy(),
-            "prompt": rows["prompt"].to_numpy(),
-            "response_a": [parts[k][i] for k, i in zip(rows["gen_a"], rows["id"])],
-            "response_b": [parts[k][i] for k, i in zip(rows["gen_b"], rows["id"])],
-            "model_a": [names[k] for k in rows["gen_a"]],
-            "model_b": [names[k] for k in rows["gen_b"]],
-            "language": rows["language"].to_numpy(),
-        })
+        parts = {
+            k: pd.read_parquet(part_file(shard, k)).set_index("id")["response"]
+            for k in range(len(names))
+            if part_file(shard, k).is_file()
+        }
+        pairs = pd.DataFrame(
+            {
+                "id": rows["id"].to_numpy(),
+                "prompt": rows["prompt"].to_numpy(),
+                "response_a": [parts[k][i] for k, i in zip(rows["gen_a"], rows["id"])],
+                "response_b": [parts[k][i] for k, i in zip(rows["gen_b"], rows["id"])],
+                "model_a": [names[k] for k in rows["gen_a"]],
+                "model_b": [names[k] for k in rows["gen_b"]],
+                "language": rows["language"].to_numpy(),
+            }
+        )
         write_parquet(final, pairs)
         for k in range(len(names)):
             part_file(shard, k).unlink(missing_ok=True)
 
     shards = [pd.read_parquet(folder / f"shard-{s:05d}.parquet") for s in range(n_shards)]
-    pairs = pd.concat(shards, ignore_index=True) if shards else pd.DataFrame(columns=["id", "prompt", "response_a", "response_b", "model_a", "model_b", "language"])
+    pairs = (
+        pd.concat(shards, ignore_index=True)
+        if shards
+        else pd.DataFrame(columns=["id", "prompt", "response_a", "response_b", "model_a", "model_b", "language"])
+    )
     empty = ~(pairs["response_a"].str.strip().ne("") & pairs["response_b"].str.strip().ne(""))
     if empty.any():
         log.warning("%d of %d pairs have an empty response and are left out", int(empty.sum()), len(pairs))
     pairs = pairs[~empty].reset_index(drop=True)
-    pairs = pairs.assign(winner=None, source=f"generated:{g.name}", p_a=math.nan, pseudo_label=False, translated=False, source_id=None)[CANONICAL_COLUMNS]
+    pairs = pairs.assign(
+        winner=None, source=f"generated:{g.name}", p_a=math.nan, pseudo_label=False, translated=False, source_id=None
+    )[CANONICAL_COLUMNS]
     write_parquet(output, pairs)
     counts = pairs.groupby(["model_a", "model_b"]).size().to_dict()
     print(f"generated {len(pairs)} pairs from {len(prompts)} prompts -> {output} (pairs per generator pair: {counts})")

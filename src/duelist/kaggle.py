@@ -29,10 +29,10 @@ from typing import Sequence
 from packaging.requirements import Requirement
 
 from duelist.config import conf_dir
-from duelist.logs import quiet_library_logs
 from duelist.errors import DuelistError, exit_cleanly_on_user_error
-from duelist.files import atomic_dir
 from duelist.export import export_run
+from duelist.files import atomic_dir
+from duelist.logs import quiet_library_logs
 from duelist.rundir import RunDir
 
 PREINSTALLED = {"torch", "triton"}  # Kaggle images ship a CUDA torch; a CPU wheel would replace it
@@ -57,7 +57,9 @@ def requirements(root: str = "duelist", skip: set[str] = PREINSTALLED, extras: S
         try:
             dist = metadata.distribution(name)
         except metadata.PackageNotFoundError as err:
-            raise DuelistError(f"{name} is required but not installed here; install duelist first (pip install -e .)") from err
+            raise DuelistError(
+                f"{name} is required but not installed here; install duelist first (pip install -e .)"
+            ) from err
         for line in dist.requires or []:
             req = Requirement(line)
             if req.marker is not None and not any(req.marker.evaluate({"extra": extra}) for extra in ("", *wanted)):
@@ -68,7 +70,9 @@ def requirements(root: str = "duelist", skip: set[str] = PREINSTALLED, extras: S
             try:
                 pins[key] = metadata.version(req.name)
             except metadata.PackageNotFoundError as err:
-                raise DuelistError(f"{req.name} is required ({line}) but not installed here; pip install 'duelist[{','.join(wanted)}]' first") from err
+                raise DuelistError(
+                    f"{req.name} is required ({line}) but not installed here; pip install 'duelist[{','.join(wanted)}]' first"
+                ) from err
             todo.append((req.name, ()))
     return pins
 
@@ -124,7 +128,11 @@ def build(runs: Sequence[str], out: str | Path, merge: bool, quantization: str =
         for name in ("pyproject.toml", "README.md"):
             shutil.copy2(root / name, source / name)
         for args in (["--no-deps", "-r", str(reqs)], ["--no-deps", str(source)]):
-            res = subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "-w", str(tmp / "wheels"), *args], capture_output=True, text=True)
+            res = subprocess.run(
+                [sys.executable, "-m", "pip", "wheel", "-q", "-w", str(tmp / "wheels"), *args],
+                capture_output=True,
+                text=True,
+            )
             if res.returncode != 0:
                 last = (res.stderr.strip().splitlines() or ["pip failed"])[-1]
                 raise DuelistError(f"pip wheel {' '.join(args[-1:])}: {last} (this step needs the package index)")
@@ -140,7 +148,7 @@ def build(runs: Sequence[str], out: str | Path, merge: bool, quantization: str =
             names.append(f"r{i}")
         shutil.copy2(root / "infer.py", tmp / "infer.py")
         shutil.copytree(root / "conf", tmp / "conf")
-        run_list = ",".join(f'$HERE/runs/{n}' for n in names)
+        run_list = ",".join(f"$HERE/runs/{n}" for n in names)
         (tmp / "run.sh").write_text(
             "#!/usr/bin/env bash\n"
             "# usage: bash run.sh TEST_FILE [OUTPUT_CSV] [more infer.py overrides, e.g. tta=swap time_budget_min=690]\n"
@@ -151,10 +159,14 @@ def build(runs: Sequence[str], out: str | Path, merge: bool, quantization: str =
             'pip install --no-index --find-links "$HERE/wheels" -r "$HERE/requirements.txt"\n'
             'pip install --no-index --find-links "$HERE/wheels" --no-deps duelist\n'
             f'HF_HUB_OFFLINE=1 WANDB_MODE=disabled python "$HERE/infer.py" "runs=[{run_list}]" "data.test=$TEST" "output=$OUT" '
-            '"hydra.run.dir=${TMPDIR:-/tmp}/duelist-infer" ' + (f'quantization={quantization} ' if quantization != "none" else "") + '"$@"\n'
+            '"hydra.run.dir=${TMPDIR:-/tmp}/duelist-infer" '
+            + (f"quantization={quantization} " if quantization != "none" else "")
+            + '"$@"\n'
         )
     n_wheels = len(list((out / "wheels").glob("*.whl")))
-    print(f"Kaggle package: {out} ({n_wheels} wheels, {len(runs)} run(s)); on Kaggle: bash {out.name}/run.sh TEST.parquet submission.csv")
+    print(
+        f"Kaggle package: {out} ({n_wheels} wheels, {len(runs)} run(s)); on Kaggle: bash {out.name}/run.sh TEST.parquet submission.csv"
+    )
     return out
 
 
@@ -162,11 +174,22 @@ def build(runs: Sequence[str], out: str | Path, merge: bool, quantization: str =
 def main(argv: Sequence[str] | None = None) -> Path:
     quiet_library_logs()
     parser = argparse.ArgumentParser(prog="python -m duelist.kaggle", description=__doc__.splitlines()[0])
-    parser.add_argument("--run", action="append", required=True, help="run dir to include (repeat for an ensemble; order = runs=[...] order)")
+    parser.add_argument(
+        "--run",
+        action="append",
+        required=True,
+        help="run dir to include (repeat for an ensemble; order = runs=[...] order)",
+    )
     parser.add_argument("--out", required=True, help="folder to write (replaced atomically)")
-    parser.add_argument("--merge", action="store_true", help="merge LoRA adapters into the weights (python -m duelist.export)")
-    parser.add_argument("--quantization", default="none", choices=["none", "int8", "nf4"],
-                        help="score with the weights quantized (int8 | nf4: a 9B model on a 16 GB T4); ships bitsandbytes and sets it in run.sh")
+    parser.add_argument(
+        "--merge", action="store_true", help="merge LoRA adapters into the weights (python -m duelist.export)"
+    )
+    parser.add_argument(
+        "--quantization",
+        default="none",
+        choices=["none", "int8", "nf4"],
+        help="score with the weights quantized (int8 | nf4: a 9B model on a 16 GB T4); ships bitsandbytes and sets it in run.sh",
+    )
     args = parser.parse_args(argv)
     return build(args.run, args.out, args.merge, args.quantization)
 

@@ -46,7 +46,10 @@ def compute_metrics(valid: pd.DataFrame, p_a: np.ndarray, prefix: str = "val") -
     longer = np.where(len_a >= len_b, "model_a", "model_b")
 
     def by(column: str) -> dict[str, float]:
-        return {str(k): _accuracy(pred[idx], truth[idx]) for k, idx in sub.reset_index(drop=True).groupby(column).indices.items()}
+        return {
+            str(k): _accuracy(pred[idx], truth[idx])
+            for k, idx in sub.reset_index(drop=True).groupby(column).indices.items()
+        }
 
     return {
         f"{prefix}/accuracy": _accuracy(pred, truth),

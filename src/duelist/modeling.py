@@ -235,11 +235,15 @@ def check_model_config(model_cfg: Any, lora_cfg: Any, device: torch.device) -> N
     from duelist.config import NETWORK_KEYS
 
     if model_cfg.arch == "features":
-        raise DuelistError(f"model {model_cfg.name} is the feature model (arch=features): it has no network to load or merge")
+        raise DuelistError(
+            f"model {model_cfg.name} is the feature model (arch=features): it has no network to load or merge"
+        )
     unset = [k for k in NETWORK_KEYS if model_cfg.get(k) is None]
     if unset:
-        raise DuelistError(f"model {model_cfg.name} (arch={model_cfg.arch}) leaves {', '.join('model.' + k for k in unset)} unset: "
-                           f"a network's model file sets every one (see conf/model/minilm.yaml)")
+        raise DuelistError(
+            f"model {model_cfg.name} (arch={model_cfg.arch}) leaves {', '.join('model.' + k for k in unset)} unset: "
+            f"a network's model file sets every one (see conf/model/minilm.yaml)"
+        )
     if not lora_cfg.enabled and (lora_cfg.r or lora_cfg.alpha):
         keys = " and ".join(f"lora.{k}={lora_cfg[k]}" for k in ("r", "alpha") if lora_cfg[k])
         raise DuelistError(
@@ -247,11 +251,15 @@ def check_model_config(model_cfg: Any, lora_cfg: Any, device: torch.device) -> N
             f"Drop lora=none (or the experiment that sets it) to train LoRA adapters"
         )
     if model_cfg.pooling == "mean" and model_cfg.arch != "bert":
-        raise DuelistError(f"model.pooling=mean is for BERT-style encoders (arch=bert); {model_cfg.arch} classifies from its last token: use model.pooling=model")
+        raise DuelistError(
+            f"model.pooling=mean is for BERT-style encoders (arch=bert); {model_cfg.arch} classifies from its last token: use model.pooling=model"
+        )
     if lora_cfg.enabled and lora_cfg.qlora:
         # bitsandbytes loads and runs 4-bit layers on a CPU (slowly), so we refuse ourselves; DUELIST_CPU_BNB=1 (tests) allows it.
         if not bnb_device_ok(device):
-            raise DuelistError("lora.qlora=true needs a CUDA GPU (4-bit nf4 via bitsandbytes); on this machine use lora.qlora=false")
+            raise DuelistError(
+                "lora.qlora=true needs a CUDA GPU (4-bit nf4 via bitsandbytes); on this machine use lora.qlora=false"
+            )
         require_bitsandbytes("lora.qlora=true")
 
 
@@ -267,7 +275,11 @@ def _quantization(lora_cfg: Any, inference: str = "none", compute: torch.dtype =
     if kind == "int8":
         return BitsAndBytesConfig(load_in_8bit=True, llm_int8_skip_modules=keep)
     return BitsAndBytesConfig(
-        load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True, bnb_4bit_compute_dtype=compute, llm_int8_skip_modules=keep
+        load_in_4bit=True,
+        bnb_4bit_quant_type="nf4",
+        bnb_4bit_use_double_quant=True,
+        bnb_4bit_compute_dtype=compute,
+        llm_int8_skip_modules=keep,
     )
 
 
@@ -275,7 +287,9 @@ def check_quantization(kind: str, device: torch.device) -> None:
     if kind == "none":
         return
     if not bnb_device_ok(device):
-        raise DuelistError(f"quantization={kind} needs a CUDA GPU (bitsandbytes); on this machine use quantization=none")
+        raise DuelistError(
+            f"quantization={kind} needs a CUDA GPU (bitsandbytes); on this machine use quantization=none"
+        )
     require_bitsandbytes(f"quantization={kind}")
 
 
@@ -292,14 +306,26 @@ def _random_model(model_cfg: Any, tokenizer: Any, dtype: torch.dtype, seed: int)
 
     extra = config_extras(model_cfg)
     # overrides may set a real vocab size
-    config = AutoConfig.for_model(model_cfg.arch, **{"vocab_size": len(tokenizer), "num_labels": 2, "pad_token_id": tokenizer.pad_token_id, **extra})
+    config = AutoConfig.for_model(
+        model_cfg.arch,
+        **{"vocab_size": len(tokenizer), "num_labels": 2, "pad_token_id": tokenizer.pad_token_id, **extra},
+    )
     config._attn_implementation = attention(model_cfg)
     torch.manual_seed(seed)
     return AutoModelForSequenceClassification.from_config(config, dtype=dtype)
 
 
-def build_base(model_cfg: Any, lora_cfg: Any, tokenizer: Any, dtype: torch.dtype, seed: int, device: torch.device,
-               weights: Optional[str] = None, quantization: str = "none", device_map: Optional[str] = None) -> torch.nn.Module:
+def build_base(
+    model_cfg: Any,
+    lora_cfg: Any,
+    tokenizer: Any,
+    dtype: torch.dtype,
+    seed: int,
+    device: torch.device,
+    weights: Optional[str] = None,
+    quantization: str = "none",
+    device_map: Optional[str] = None,
+) -> torch.nn.Module:
     """The sequence-classification model (2 labels) without adapters.
 
     ``weights``: a folder of saved base weights (a random-init checkpoint's base/); ``quantization``: int8 | nf4
@@ -320,11 +346,16 @@ def build_base(model_cfg: Any, lora_cfg: Any, tokenizer: Any, dtype: torch.dtype
     try:
         with quiet_load_report():  # "classifier MISSING": the 2-label head is new by design (or comes from the adapter)
             model = AutoModelForSequenceClassification.from_pretrained(
-                source, dtype=dtype, attn_implementation=attention(model_cfg),
-                quantization_config=quant, device_map=device_map or (quantized_device_map(device) if quant else None),
+                source,
+                dtype=dtype,
+                attn_implementation=attention(model_cfg),
+                quantization_config=quant,
+                device_map=device_map or (quantized_device_map(device) if quant else None),
                 # a reward model's 1-output head (or any other head shape) is replaced by a fresh 2-label head
                 ignore_mismatched_sizes=weights is None,
-                num_labels=2, pad_token_id=tokenizer.pad_token_id, **({} if weights else extra),
+                num_labels=2,
+                pad_token_id=tokenizer.pad_token_id,
+                **({} if weights else extra),
             )
     except Exception as err:
         raise _load_error("name_or_path", model_cfg.name_or_path, err) from err
@@ -337,16 +368,27 @@ def add_lora(model: torch.nn.Module, lora_cfg: Any, gradient_checkpointing: bool
 
     if lora_cfg.qlora:
         # non-4-bit parameters to fp32, base frozen; checkpointing stays non-reentrant (its default would turn reentrant back on)
-        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=gradient_checkpointing,
-                                                gradient_checkpointing_kwargs={"use_reentrant": False})
+        model = prepare_model_for_kbit_training(
+            model,
+            use_gradient_checkpointing=gradient_checkpointing,
+            gradient_checkpointing_kwargs={"use_reentrant": False},
+        )
     targets = lora_cfg.target_modules
     targets = targets if isinstance(targets, str) else list(targets)
-    config = LoraConfig(task_type="SEQ_CLS", r=lora_cfg.r, lora_alpha=lora_cfg.alpha, lora_dropout=lora_cfg.dropout, target_modules=targets)
+    config = LoraConfig(
+        task_type="SEQ_CLS",
+        r=lora_cfg.r,
+        lora_alpha=lora_cfg.alpha,
+        lora_dropout=lora_cfg.dropout,
+        target_modules=targets,
+    )
     # task_type=SEQ_CLS puts the classification head in modules_to_save: it is trained and saved with the adapter.
     return get_peft_model(model, config)
 
 
-def build_model(model_cfg: Any, lora_cfg: Any, device: torch.device, seed: int, gradient_checkpointing: bool = False) -> Built:
+def build_model(
+    model_cfg: Any, lora_cfg: Any, device: torch.device, seed: int, gradient_checkpointing: bool = False
+) -> Built:
     """The model to train: base weights in ``model.dtype`` (4-bit with QLoRA), every trainable parameter in fp32."""
     check_model_config(model_cfg, lora_cfg, device)
     tokenizer = load_tokenizer(model_cfg.name_or_path)
@@ -389,7 +431,9 @@ def head_and_body_parameters(model: torch.nn.Module) -> tuple[list[torch.nn.Para
     return head, body
 
 
-def save_checkpoint(built: Built, run_config: DictConfig, target: str | Path, state_dict: Optional[dict[str, torch.Tensor]] = None) -> None:
+def save_checkpoint(
+    built: Built, run_config: DictConfig, target: str | Path, state_dict: Optional[dict[str, torch.Tensor]] = None
+) -> None:
     """Write ``target`` atomically: it appears complete or not at all. ``state_dict``: the full weights
     when the model itself is sharded (FSDP), else the model's own are saved."""
     with atomic_dir(target) as tmp:
@@ -403,17 +447,27 @@ def save_checkpoint(built: Built, run_config: DictConfig, target: str | Path, st
 
                 config = copy.deepcopy(model.get_base_model().config)
                 if getattr(config, "quantization_config", None) is not None:
-                    del config.quantization_config  # the saved weights are the unquantized random init; a reload quantizes them
+                    del (
+                        config.quantization_config
+                    )  # the saved weights are the unquantized random init; a reload quantizes them
                 config.save_pretrained(tmp / "base")
                 from safetensors.torch import save_file
 
-                save_file({k: v.contiguous() for k, v in built.init_state.items()}, str(tmp / "base" / "model.safetensors"))
+                save_file(
+                    {k: v.contiguous() for k, v in built.init_state.items()}, str(tmp / "base" / "model.safetensors")
+                )
         else:
             model.save_pretrained(tmp / "model", safe_serialization=True, state_dict=state_dict)
 
 
-def load_checkpoint(run_dir: str | Path, device: torch.device, dtype_name: str = "auto", dequantize: bool = False,
-                    quantization: str = "none", device_map: Optional[str] = None) -> tuple[Built, DictConfig]:
+def load_checkpoint(
+    run_dir: str | Path,
+    device: torch.device,
+    dtype_name: str = "auto",
+    dequantize: bool = False,
+    quantization: str = "none",
+    device_map: Optional[str] = None,
+) -> tuple[Built, DictConfig]:
     """Rebuild the trained model from a run dir alone (``RUN/checkpoint``), computing what training validated (a QLoRA
     run: the same 4-bit base with its other parameters in fp32). ``dequantize``: a QLoRA run's 4-bit base is
     dequantized after loading, so the adapters sit on the NF4-rounded weights they were trained against, in 16/32 bit
@@ -443,13 +497,27 @@ def load_checkpoint(run_dir: str | Path, device: torch.device, dtype_name: str =
         if cfg.model.init == "random" and not (ckpt / "base").is_dir():
             raise DuelistError(f"{ckpt}: random-init model without base/ weights; cannot rebuild")
         weights = str(ckpt / "base") if cfg.model.init == "random" else None
-        base = build_base(cfg.model, cfg.lora, tokenizer, dtype, 0, device, weights=weights, quantization=quantization, device_map=device_map)
-        for name in HEAD_NAMES:  # the head trained in fp32 (make_trainable_fp32): its saved copy is loaded into fp32 too
+        base = build_base(
+            cfg.model,
+            cfg.lora,
+            tokenizer,
+            dtype,
+            0,
+            device,
+            weights=weights,
+            quantization=quantization,
+            device_map=device_map,
+        )
+        for (
+            name
+        ) in HEAD_NAMES:  # the head trained in fp32 (make_trainable_fp32): its saved copy is loaded into fp32 too
             if isinstance(getattr(base, name, None), torch.nn.Module):
                 getattr(base, name).float()
         if qlora and dequantize:
             with quiet_load_report():
-                base = base.dequantize().to(dtype)  # the 4-bit weights as 16/32-bit numbers: what the adapters learnt against
+                base = base.dequantize().to(
+                    dtype
+                )  # the 4-bit weights as 16/32-bit numbers: what the adapters learnt against
         elif qlora:
             upcast_unquantized(base)
         model = PeftModel.from_pretrained(base, str(ckpt / "adapter"))
@@ -458,10 +526,16 @@ def load_checkpoint(run_dir: str | Path, device: torch.device, dtype_name: str =
 
         quant = _quantization(cfg.lora, quantization, compute=dtype)
         with quiet_load_report():  # a mean-pooled run saved no [CLS] pooler: "pooler MISSING" is by design
-            model = apply_pooling(AutoModelForSequenceClassification.from_pretrained(
-                str(ckpt / "model"), dtype=dtype, attn_implementation=attention(cfg.model),
-                quantization_config=quant, device_map=device_map or (quantized_device_map(device) if quant else None),
-            ), cfg.model)
+            model = apply_pooling(
+                AutoModelForSequenceClassification.from_pretrained(
+                    str(ckpt / "model"),
+                    dtype=dtype,
+                    attn_implementation=attention(cfg.model),
+                    quantization_config=quant,
+                    device_map=device_map or (quantized_device_map(device) if quant else None),
+                ),
+                cfg.model,
+            )
     if not (qlora and not dequantize) and quantization == "none" and device_map is None:
         model.to(device)  # quantized or split weights were placed as they loaded
     model.eval()
@@ -474,9 +548,13 @@ def merge_adapters(run_dir: str | Path, device: torch.device, dtype_name: str = 
     the original 16-bit weights would move predictions (measured on tiny models: up to 0.04 in p_a)."""
     run = RunDir(run_dir).require_checkpoint()
     if OmegaConf.select(run.read_checkpoint_config(), "model.arch", default=None) == "features":
-        raise DuelistError(f"{run_dir}: a feature-model run (LightGBM) has nothing to merge: infer.py scores it as it is")
+        raise DuelistError(
+            f"{run_dir}: a feature-model run (LightGBM) has nothing to merge: infer.py scores it as it is"
+        )
     if not (run.checkpoint / "adapter").is_dir():
-        raise DuelistError(f"{run_dir}: no checkpoint/adapter/ to merge (pass the run dir of a LoRA run; full fine-tuning runs need no merge)")
+        raise DuelistError(
+            f"{run_dir}: no checkpoint/adapter/ to merge (pass the run dir of a LoRA run; full fine-tuning runs need no merge)"
+        )
     built, cfg = load_checkpoint(run_dir, device, dtype_name, dequantize=True)
     merged = built.model.merge_and_unload()
     merged.config.pad_token_id = built.tokenizer.pad_token_id

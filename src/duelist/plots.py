@@ -19,20 +19,30 @@ def _save(fig: plt.Figure, path: str | Path) -> None:
     plt.close(fig)
 
 
-def training_curves(path: str | Path, train: Sequence[tuple[int, float]], evals: Sequence[tuple[int, dict]], metric: str,
-                    step_name: str = "optimizer step") -> None:
+def training_curves(
+    path: str | Path,
+    train: Sequence[tuple[int, float]],
+    evals: Sequence[tuple[int, dict]],
+    metric: str,
+    step_name: str = "optimizer step",
+) -> None:
     fig, (left, right) = plt.subplots(1, 2, figsize=(10, 3.6))
     if train:
         steps, losses = zip(*train)
         left.plot(steps, losses, lw=0.6, alpha=0.4, label="per step")
         window = max(1, len(losses) // 20)
-        smooth = [sum(losses[max(0, i - window + 1) : i + 1]) / len(losses[max(0, i - window + 1) : i + 1]) for i in range(len(losses))]
+        smooth = [
+            sum(losses[max(0, i - window + 1) : i + 1]) / len(losses[max(0, i - window + 1) : i + 1])
+            for i in range(len(losses))
+        ]
         left.plot(steps, smooth, lw=1.5, label=f"mean of {window}")
         left.legend(loc="best", fontsize=8)
     left.set(title="training loss", xlabel=step_name, ylabel="loss")
     if evals:
         steps = [s for s, _ in evals]
-        right.plot(steps, [m["val/accuracy"] for _, m in evals], marker="o" if len(evals) <= 50 else None, label="val/accuracy")
+        right.plot(
+            steps, [m["val/accuracy"] for _, m in evals], marker="o" if len(evals) <= 50 else None, label="val/accuracy"
+        )
         right.plot(steps, [m["val/baseline_longer_wins"] for _, m in evals], ls="--", label="longer response wins")
         right.legend(loc="best", fontsize=8)
     right.set(title=f"validation (best by {metric})", xlabel=step_name, ylabel="accuracy")
@@ -49,7 +59,9 @@ def accuracy_bars(path: str | Path, values: dict[str, float], counts: dict[str, 
     _save(fig, path)
 
 
-def kept_histogram(path: str | Path, values: Sequence[float], keep: Sequence[bool], lines: Sequence[float], title: str) -> None:
+def kept_histogram(
+    path: str | Path, values: Sequence[float], keep: Sequence[bool], lines: Sequence[float], title: str
+) -> None:
     """Histogram of probabilities, the kept ones on top of all, with the thresholds as dotted lines."""
     import numpy as np
 

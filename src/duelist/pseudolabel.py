@@ -41,8 +41,14 @@ def agreement(members: np.ndarray, combined: np.ndarray) -> np.ndarray:
     return ((members >= 0.5) == (combined >= 0.5)[:, None]).mean(axis=1)
 
 
-def select(combined: np.ndarray, members: np.ndarray, languages: np.ndarray, min_confidence: float,
-           require_agreement: bool, top_k_per_language: int | None) -> np.ndarray:
+def select(
+    combined: np.ndarray,
+    members: np.ndarray,
+    languages: np.ndarray,
+    min_confidence: float,
+    require_agreement: bool,
+    top_k_per_language: int | None,
+) -> np.ndarray:
     """Boolean mask of the rows to keep (see the module docstring for the rules)."""
     confidence = np.abs(combined - 0.5)
     keep = confidence >= min_confidence
@@ -59,7 +65,11 @@ def summary(rows_in: pd.DataFrame, kept: pd.DataFrame) -> dict[str, Any]:
     per_language = {}
     for language, n_in in rows_in["language"].value_counts().items():
         part = kept[kept["language"] == language]
-        per_language[str(language)] = {"rows": int(n_in), "kept": len(part), "share_model_a": float((part["p_a"] >= 0.5).mean()) if len(part) else None}
+        per_language[str(language)] = {
+            "rows": int(n_in),
+            "kept": len(part),
+            "share_model_a": float((part["p_a"] >= 0.5).mean()) if len(part) else None,
+        }
     return {
         "rows": len(rows_in),
         "kept": len(kept),
@@ -79,10 +89,17 @@ def teacher_scores(cfg: Any, teachers: list[Path], rows: pd.DataFrame, device: A
     texts = rows[["id", "prompt", "response_a", "response_b"]].astype(str)
     setup = {
         "rows": hashlib.sha256(pd.util.hash_pandas_object(texts, index=False).to_numpy().tobytes()).hexdigest(),
-        "teachers": [[str(t.resolve()), RunDir(t).checkpoint.stat().st_mtime_ns] for t in teachers],  # a retrained teacher is another
-        "shard_rows": size, "tta": cfg.labeling.tta, "precision": cfg.precision, "quantization": cfg.quantization,
+        "teachers": [
+            [str(t.resolve()), RunDir(t).checkpoint.stat().st_mtime_ns] for t in teachers
+        ],  # a retrained teacher is another
+        "shard_rows": size,
+        "tta": cfg.labeling.tta,
+        "precision": cfg.precision,
+        "quantization": cfg.quantization,
     }
-    open_shard_folder(folder, hashlib.sha256(json.dumps(setup, sort_keys=True).encode()).hexdigest()[:16], "pseudo-labelling")
+    open_shard_folder(
+        folder, hashlib.sha256(json.dumps(setup, sort_keys=True).encode()).hexdigest()[:16], "pseudo-labelling"
+    )
     n_shards = max(1, -(-len(rows) // size))
     columns = []
     for t, run in enumerate(teachers):
@@ -94,7 +111,10 @@ def teacher_scores(cfg: Any, teachers: list[Path], rows: pd.DataFrame, device: A
             scorer = Scorer(run, cfg, device, cfg.cache_dir)
             for s in tqdm(todo, desc=f"teacher {t}", unit="shard", disable=len(todo) == 1):
                 part = rows.iloc[s * size : (s + 1) * size]
-                write_parquet(files[s], pd.DataFrame({"id": part["id"].to_numpy(), "p_a": scorer.score(part, tta=cfg.labeling.tta)}))
+                write_parquet(
+                    files[s],
+                    pd.DataFrame({"id": part["id"].to_numpy(), "p_a": scorer.score(part, tta=cfg.labeling.tta)}),
+                )
             del scorer
         scored = pd.concat([pd.read_parquet(f) for f in files], ignore_index=True)
         assert scored["id"].tolist() == rows["id"].tolist()
@@ -113,16 +133,26 @@ def pseudolabel(cfg: Any) -> pd.DataFrame:
     teachers = pick_runs(cfg, members=list(pl.teachers), what="teachers")
     specialists = [str(t) for t in teachers if RunDir(t).specialty()]
     if specialists:
-        raise DuelistError(f"teachers {', '.join(specialists)}: specialists (data.languages) label only their languages; "
-                           f"pseudo-label with generalist runs (a specialist's rows: filter the file by language first)")
+        raise DuelistError(
+            f"teachers {', '.join(specialists)}: specialists (data.languages) label only their languages; "
+            f"pseudo-label with generalist runs (a specialist's rows: filter the file by language first)"
+        )
     rows = load_test(cfg.data.test)
     device = pick_device(cfg.device)
     log.info("pseudo-labelling %d rows with %d teacher(s) on %s, tta=%s", len(rows), len(teachers), device, pl.tta)
     members = teacher_scores(cfg, teachers, rows, device, output.with_suffix(".shards"))
     combined = ensemble.combine(members, ensemble.equal_weights(len(teachers))[ensemble.GLOBAL], pl.combine)
-    keep = select(combined, members, rows["language"].to_numpy(), pl.min_confidence, pl.require_agreement, pl.top_k_per_language)
+    keep = select(
+        combined, members, rows["language"].to_numpy(), pl.min_confidence, pl.require_agreement, pl.top_k_per_language
+    )
 
-    out = rows.assign(p_a=combined, teacher_agreement=agreement(members, combined), pseudo_label=True, round=int(pl.round), pseudolabel=pl.name)
+    out = rows.assign(
+        p_a=combined,
+        teacher_agreement=agreement(members, combined),
+        pseudo_label=True,
+        round=int(pl.round),
+        pseudolabel=pl.name,
+    )
     for i in range(members.shape[1]):
         out[f"p_a_teacher{i}"] = members[:, i]
     out["winner"] = np.where(combined >= 0.5, "model_a", "model_b")
@@ -134,13 +164,24 @@ def pseudolabel(cfg: Any) -> pd.DataFrame:
             f"{cfg.data.test}: no row passes the selection (min_confidence={pl.min_confidence}, require_agreement={pl.require_agreement}); "
             "lower labeling.min_confidence"
         )
-    report = {**summary(rows, kept), "teachers": [str(t) for t in teachers], "labeling": OmegaConf.to_container(pl, resolve=True)}
-    plots.kept_histogram(output.with_suffix(".png"), combined, keep, (0.5 - pl.min_confidence, 0.5 + pl.min_confidence), "teachers' combined P(A wins)")
+    report = {
+        **summary(rows, kept),
+        "teachers": [str(t) for t in teachers],
+        "labeling": OmegaConf.to_container(pl, resolve=True),
+    }
+    plots.kept_histogram(
+        output.with_suffix(".png"),
+        combined,
+        keep,
+        (0.5 - pl.min_confidence, 0.5 + pl.min_confidence),
+        "teachers' combined P(A wins)",
+    )
     write_json(output.with_suffix(".summary.json"), report)
     write_parquet(output, kept)  # last: the labelled file appears only when everything else is written
     shutil.rmtree(output.with_suffix(".shards"), ignore_errors=True)
-    print(f"pseudo-labels: kept {len(kept)} of {len(rows)} rows ({pl.labels} labels, share model_a {report['share_model_a']:.3f}) -> {output}")
+    print(
+        f"pseudo-labels: kept {len(kept)} of {len(rows)} rows ({pl.labels} labels, share model_a {report['share_model_a']:.3f}) -> {output}"
+    )
     for language, part in report["per_language"].items():
         print(f"  {language:>12}: kept {part['kept']:>6} of {part['rows']:>6}")
     return kept
-

@@ -42,7 +42,15 @@ log = logging.getLogger(__name__)
 STATES = "states"
 STATE_NAME = re.compile(r"^step-(\d{8})$")
 # config keys that cannot change what training computes: they may differ between a run and its resumption
-IGNORED = ("logger.", "cache_dir", "trainer.eval_batch_size", "trainer.save_every", "trainer.keep_states", "trainer.resume", "trainer.dist_timeout_min")
+IGNORED = (
+    "logger.",
+    "cache_dir",
+    "trainer.eval_batch_size",
+    "trainer.save_every",
+    "trainer.keep_states",
+    "trainer.resume",
+    "trainer.dist_timeout_min",
+)
 
 
 # ------------------------------------------------------------------------- nested values <-> JSON + tensors
@@ -116,7 +124,10 @@ def rng_state(generator: np.random.Generator) -> dict[str, Any]:
 
 def _numpy_state() -> dict[str, Any]:
     state = np.random.get_state(legacy=False)
-    return {**state, "state": {**state["state"], "key": state["state"]["key"].astype(np.int64)}}  # uint32 -> a safetensors dtype
+    return {
+        **state,
+        "state": {**state["state"], "key": state["state"]["key"].astype(np.int64)},
+    }  # uint32 -> a safetensors dtype
 
 
 def set_rng_state(state: dict[str, Any], generator: np.random.Generator) -> None:
@@ -186,10 +197,14 @@ def save_state(run: RunDir, state: TrainingState, keep: int) -> Path:
 
     final = run.path / STATES / f"step-{state.step:08d}"
     with atomic_dir(final) as tmp:
-        save_file({k: v.detach().cpu().contiguous() for k, v in state.weights.items()}, str(tmp / "trainable.safetensors"))
+        save_file(
+            {k: v.detach().cpu().contiguous() for k, v in state.weights.items()}, str(tmp / "trainable.safetensors")
+        )
         _write(tmp, "optimizer", state.optimizer)
-        arrays = {"batches": torch.from_numpy(np.concatenate(state.batches).astype(np.int64)),
-                  "batch_sizes": torch.tensor([len(b) for b in state.batches], dtype=torch.int64)}
+        arrays = {
+            "batches": torch.from_numpy(np.concatenate(state.batches).astype(np.int64)),
+            "batch_sizes": torch.tensor([len(b) for b in state.batches], dtype=torch.int64),
+        }
         rng: list[Any] = []
         for rank, process in enumerate(state.rng):
             rng.append(pack(process, arrays, f"rng{rank}"))
@@ -200,10 +215,20 @@ def save_state(run: RunDir, state: TrainingState, keep: int) -> Path:
             if run.has_checkpoint():
                 _link_tree(run.checkpoint, tmp / "best")
         info = {
-            "step": state.step, "epoch": state.epoch, "position": state.position, "tokens": state.tokens,
-            "elapsed_s": state.elapsed_s, "train_curve": state.train_curve, "evals": state.evals, "best": best,
-            "scheduler": pack(state.scheduler, arrays, "scheduler"), "scaler": pack(state.scaler, arrays, "scaler"), "rng": rng, "wandb_id": state.wandb_id,
-            "config": state.config, "processes": state.processes,
+            "step": state.step,
+            "epoch": state.epoch,
+            "position": state.position,
+            "tokens": state.tokens,
+            "elapsed_s": state.elapsed_s,
+            "train_curve": state.train_curve,
+            "evals": state.evals,
+            "best": best,
+            "scheduler": pack(state.scheduler, arrays, "scheduler"),
+            "scaler": pack(state.scaler, arrays, "scaler"),
+            "rng": rng,
+            "wandb_id": state.wandb_id,
+            "config": state.config,
+            "processes": state.processes,
         }
         save_file(arrays, str(tmp / "arrays.safetensors"))
         (tmp / "state.json").write_text(json.dumps(info, default=float))  # last: a state without it is incomplete
@@ -227,11 +252,24 @@ def load_state(path: Path) -> TrainingState:
         if not (path / "best").is_dir():
             raise ValueError("best/ (the best checkpoint so far) is missing")
     return TrainingState(
-        path=path, step=info["step"], epoch=info["epoch"], position=info["position"], batches=batches,
-        tokens=info["tokens"], elapsed_s=info["elapsed_s"], train_curve=[tuple(p) for p in info["train_curve"]],
-        evals=[(s, m) for s, m in info["evals"]], best=best, scheduler=unpack(info["scheduler"], arrays), scaler=unpack(info["scaler"], arrays),
-        rng=[unpack(r, arrays) for r in info["rng"]], wandb_id=info["wandb_id"], config=info["config"], processes=info["processes"],
-        weights=load_file(str(path / "trainable.safetensors")), optimizer=_read(path, "optimizer"),
+        path=path,
+        step=info["step"],
+        epoch=info["epoch"],
+        position=info["position"],
+        batches=batches,
+        tokens=info["tokens"],
+        elapsed_s=info["elapsed_s"],
+        train_curve=[tuple(p) for p in info["train_curve"]],
+        evals=[(s, m) for s, m in info["evals"]],
+        best=best,
+        scheduler=unpack(info["scheduler"], arrays),
+        scaler=unpack(info["scaler"], arrays),
+        rng=[unpack(r, arrays) for r in info["rng"]],
+        wandb_id=info["wandb_id"],
+        config=info["config"],
+        processes=info["processes"],
+        weights=load_file(str(path / "trainable.safetensors")),
+        optimizer=_read(path, "optimizer"),
     )
 
 
@@ -246,6 +284,7 @@ def restore_best(state: TrainingState, run: RunDir) -> None:
 
 def config_differences(saved: dict[str, Any], current: dict[str, Any]) -> list[str]:
     """``key: saved -> current`` for every setting that differs, except those in :data:`IGNORED`."""
+
     def flat(d: Any, prefix: str = "") -> dict[str, Any]:
         if not isinstance(d, dict):
             return {prefix.rstrip("."): d}
@@ -259,21 +298,29 @@ def config_differences(saved: dict[str, Any], current: dict[str, Any]) -> list[s
         for key, value in ADDED_KEYS.items():  # a run written before a model key existed was trained with its old value
             a.setdefault(f"model.{key}", value)
     keys = sorted(k for k in set(a) | set(b) if not any(k == i or k.startswith(i) for i in IGNORED))
-    return [f"{k}: {a.get(k, '(absent)')} -> {b.get(k, '(absent)')}" for k in keys if a.get(k, "(absent)") != b.get(k, "(absent)")]
+    return [
+        f"{k}: {a.get(k, '(absent)')} -> {b.get(k, '(absent)')}"
+        for k in keys
+        if a.get(k, "(absent)") != b.get(k, "(absent)")
+    ]
 
 
 def resolved(cfg: DictConfig) -> dict[str, Any]:
     return OmegaConf.to_container(cfg, resolve=True)  # type: ignore[return-value]
 
 
-def check_same_config(saved: dict[str, Any], cfg: DictConfig, where: Path, processes: int, saved_processes: int) -> None:
+def check_same_config(
+    saved: dict[str, Any], cfg: DictConfig, where: Path, processes: int, saved_processes: int
+) -> None:
     diff = config_differences(saved, resolved(cfg))
     if saved_processes != processes:
         diff.append(f"processes: {saved_processes} -> {processes}")
     if diff:
         shown = "; ".join(diff[:6]) + (f"; and {len(diff) - 6} more" if len(diff) > 6 else "")
-        raise DuelistError(f"{where}: was trained with other settings ({shown}); run the same command again to resume it, "
-                           f"trainer.resume=never to start over in this run dir (overwrites it), or another hydra.run.dir")
+        raise DuelistError(
+            f"{where}: was trained with other settings ({shown}); run the same command again to resume it, "
+            f"trainer.resume=never to start over in this run dir (overwrites it), or another hydra.run.dir"
+        )
 
 
 def find_state(cfg: DictConfig, run: RunDir, processes: int) -> TrainingState | None:
@@ -290,10 +337,14 @@ def find_state(cfg: DictConfig, run: RunDir, processes: int) -> TrainingState | 
         where = run.path
     else:
         path = Path(os.path.expanduser(how))
-        candidates = [path] if (path / "state.json").is_file() or STATE_NAME.match(path.name) else state_dirs(RunDir(path))
+        candidates = (
+            [path] if (path / "state.json").is_file() or STATE_NAME.match(path.name) else state_dirs(RunDir(path))
+        )
         if not candidates:
-            raise DuelistError(f"trainer.resume={how}: no saved training state there (a state is RUN/{STATES}/step-NNNNNNNN, "
-                               f"written every trainer.save_every steps); use trainer.resume=auto or never")
+            raise DuelistError(
+                f"trainer.resume={how}: no saved training state there (a state is RUN/{STATES}/step-NNNNNNNN, "
+                f"written every trainer.save_every steps); use trainer.resume=auto or never"
+            )
         where = path
     for i, candidate in enumerate(candidates):
         try:
@@ -305,8 +356,10 @@ def find_state(cfg: DictConfig, run: RunDir, processes: int) -> TrainingState | 
         check_same_config(state.config, cfg, where, processes, state.processes)
         log.info("resuming from %s (step %d, epoch %d)", candidate, state.step, state.epoch)
         return state
-    raise DuelistError(f"{where}: none of its {len(candidates)} saved training states can be read (see the warnings above); "
-                       f"trainer.resume=never starts over (overwrites the run dir)")
+    raise DuelistError(
+        f"{where}: none of its {len(candidates)} saved training states can be read (see the warnings above); "
+        f"trainer.resume=never starts over (overwrites the run dir)"
+    )
 
 
 def clean_states(run: RunDir, keep_up_to: Path | None) -> None:

@@ -79,7 +79,12 @@ def load_runs(roots: Iterable[str | Path], study: Optional[str] = None) -> list[
 
 def differing_settings(runs: list[Run]) -> pd.DataFrame:
     """One row per run, one column per setting whose value is not the same in every run."""
-    flat = pd.DataFrame([{k: json.dumps(v) if isinstance(v, (list, dict)) else v for k, v in flatten(r.config, sep=".").items()} for r in runs])
+    flat = pd.DataFrame(
+        [
+            {k: json.dumps(v) if isinstance(v, (list, dict)) else v for k, v in flatten(r.config, sep=".").items()}
+            for r in runs
+        ]
+    )
     keep = [c for c in flat.columns if not c.startswith(IGNORED) and flat[c].astype(str).nunique(dropna=False) > 1]
     return flat[keep]
 
@@ -124,6 +129,7 @@ def ensemble_command(runs: list[Run]) -> str:
     """``infer.py`` with the best run of each of the two best model names (or the two best runs of one model)."""
     metric = runs[0].metrics.get("optimized_metric", "val/accuracy")
     sign = 1 if metric in LOWER_IS_BETTER else -1
+
     def key(r: Run) -> float:
         value = r.metrics.get(metric)
         return np.inf if value is None or np.isnan(value) else sign * value
@@ -155,8 +161,10 @@ def _cell(value: Any) -> str:
 
 def _table_html(table: pd.DataFrame, best: int, table_id: str = "runs") -> str:
     head = "".join(f"<th>{html.escape(str(c))}</th>" for c in table.columns)
-    rows = [f"<tr{' class=best' if i == best else ''}>" + "".join(f"<td>{_cell(v)}</td>" for v in row) + "</tr>"
-            for i, row in enumerate(table.itertuples(index=False))]
+    rows = [
+        f"<tr{' class=best' if i == best else ''}>" + "".join(f"<td>{_cell(v)}</td>" for v in row) + "</tr>"
+        for i, row in enumerate(table.itertuples(index=False))
+    ]
     return f"<table id={table_id}><thead><tr>{head}</tr></thead><tbody>{''.join(rows)}</tbody></table>"
 
 
@@ -164,13 +172,31 @@ def _table_html(table: pd.DataFrame, best: int, table_id: str = "runs") -> str:
 def _accuracy_figure(table: pd.DataFrame) -> Any:
     import plotly.graph_objects as go
 
-    fig = go.Figure(go.Bar(x=table["run"], y=table["accuracy"], name="model", marker_color="#4c78a8",
-                           text=[f"{v:.3f}" for v in table["accuracy"]], textposition="outside"))
-    fig.add_trace(go.Scatter(x=table["run"], y=table["longer-wins rule"], mode="markers", name="longer-answer rule",
-                             marker=dict(symbol="line-ew-open", size=40, line=dict(width=3, color="#e45756"))))
+    fig = go.Figure(
+        go.Bar(
+            x=table["run"],
+            y=table["accuracy"],
+            name="model",
+            marker_color="#4c78a8",
+            text=[f"{v:.3f}" for v in table["accuracy"]],
+            textposition="outside",
+        )
+    )
+    fig.add_trace(
+        go.Scatter(
+            x=table["run"],
+            y=table["longer-wins rule"],
+            mode="markers",
+            name="longer-answer rule",
+            marker=dict(symbol="line-ew-open", size=40, line=dict(width=3, color="#e45756")),
+        )
+    )
     low = float(np.nanmin(np.r_[table["accuracy"], table["longer-wins rule"]]))
-    fig.update_layout(title="Validation accuracy per run (red: the longer-answer rule on the same rows)",
-                      yaxis=dict(title="accuracy", range=[max(0.0, low - 0.05), None]), xaxis_title="run")
+    fig.update_layout(
+        title="Validation accuracy per run (red: the longer-answer rule on the same rows)",
+        yaxis=dict(title="accuracy", range=[max(0.0, low - 0.05), None]),
+        xaxis_title="run",
+    )
     return fig
 
 
@@ -189,12 +215,20 @@ def _curves_figure(runs: list[Run], labels: list[str], metric: str) -> Any:
         evals = r.history.get(metric, [])
         if evals:
             steps, values = zip(*evals)
-            fig.add_trace(go.Scatter(x=steps, y=values, mode="lines+markers", name=name, legendgroup=name, line_color=color), 1, 1)
+            fig.add_trace(
+                go.Scatter(x=steps, y=values, mode="lines+markers", name=name, legendgroup=name, line_color=color), 1, 1
+            )
         train = r.history.get("train/loss", [])
         if train:
             steps, values = zip(*train)
             smooth = pd.Series(values).rolling(10, min_periods=1).mean()
-            fig.add_trace(go.Scatter(x=steps, y=smooth, mode="lines", name=name, legendgroup=name, showlegend=not evals, line_color=color), 1, 2)
+            fig.add_trace(
+                go.Scatter(
+                    x=steps, y=smooth, mode="lines", name=name, legendgroup=name, showlegend=not evals, line_color=color
+                ),
+                1,
+                2,
+            )
     fig.update_xaxes(title_text="optimizer step", rangemode="tozero")
     fig.update_yaxes(title_text=metric, row=1, col=1)
     fig.update_yaxes(title_text="cross-entropy", row=1, col=2)
@@ -209,7 +243,9 @@ def _language_figure(runs: list[Run], labels: list[str]) -> Any:
     for i, (r, name) in enumerate(zip(runs, labels)):
         by = r.metrics.get("val/accuracy_by_language") or {}
         fig.add_trace(go.Bar(x=list(by), y=list(by.values()), name=name, marker_color=_color(i, len(runs))))
-    fig.update_layout(title="Validation accuracy per language", barmode="group", xaxis_title="language", yaxis_title="accuracy")
+    fig.update_layout(
+        title="Validation accuracy per language", barmode="group", xaxis_title="language", yaxis_title="accuracy"
+    )
     return fig
 
 
@@ -220,25 +256,42 @@ def _study_figures(study_name: str, storage: str) -> tuple[list[tuple[str, Any]]
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     if storage.startswith("sqlite:///") and not Path(storage.removeprefix("sqlite:///")).is_file():
-        raise DuelistError(f"study {study_name!r}: no study database {storage.removeprefix('sqlite:///')}; pass --storage URL")
+        raise DuelistError(
+            f"study {study_name!r}: no study database {storage.removeprefix('sqlite:///')}; pass --storage URL"
+        )
     try:
         study = optuna.load_study(study_name=study_name, storage=storage)
     except KeyError as err:
-        raise DuelistError(f"study {study_name!r} not found in {_masked(storage)}; pass --storage URL or check the name") from err
+        raise DuelistError(
+            f"study {study_name!r} not found in {_masked(storage)}; pass --storage URL or check the name"
+        ) from err
     complete = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
     states = pd.Series([t.state.name for t in study.trials]).value_counts().to_dict()
-    trials = pd.DataFrame([{"trial": t.number, "state": t.state.name, "value": t.value, **t.params,
-                            "seconds": (t.datetime_complete - t.datetime_start).total_seconds() if t.datetime_complete else None}
-                           for t in study.trials])
-    line = (f"<h2>Optuna study <code>{html.escape(study_name)}</code></h2><p>Storage <code>{html.escape(_masked(storage))}</code>, "
-            f"direction {study.direction.name.lower()}, trials {html.escape(str(states))}.</p>"
-            + _table_html(trials, -1, "trials"))
+    trials = pd.DataFrame(
+        [
+            {
+                "trial": t.number,
+                "state": t.state.name,
+                "value": t.value,
+                **t.params,
+                "seconds": (t.datetime_complete - t.datetime_start).total_seconds() if t.datetime_complete else None,
+            }
+            for t in study.trials
+        ]
+    )
+    line = (
+        f"<h2>Optuna study <code>{html.escape(study_name)}</code></h2><p>Storage <code>{html.escape(_masked(storage))}</code>, "
+        f"direction {study.direction.name.lower()}, trials {html.escape(str(states))}.</p>"
+        + _table_html(trials, -1, "trials")
+    )
     figures = []
     if complete:
         figures.append(("Optimisation history", vis.plot_optimization_history(study)))
         varied = {k for t in complete for k in t.params if len({str(u.params.get(k)) for u in complete}) > 1}
         if len(complete) >= 2 and varied:
-            evaluator = optuna.importance.MeanDecreaseImpurityImportanceEvaluator(seed=0)  # fANOVA of optuna 2.x fails on numpy 2
+            evaluator = optuna.importance.MeanDecreaseImpurityImportanceEvaluator(
+                seed=0
+            )  # fANOVA of optuna 2.x fails on numpy 2
             figures.append(("Parameter importance", vis.plot_param_importances(study, evaluator=evaluator)))
             figures.append(("Parallel coordinates", vis.plot_parallel_coordinate(study)))
     return figures, line
@@ -263,7 +316,11 @@ def review_html(title: str, runs: list[Run], study: Optional[tuple[list[tuple[st
         best = best_index(runs)
         metric = runs[best].metrics.get("optimized_metric", "val/accuracy")
         labels = list(table["run"])
-        figures = [("", _accuracy_figure(table)), ("", _curves_figure(runs, labels, metric)), ("", _language_figure(runs, labels))]
+        figures = [
+            ("", _accuracy_figure(table)),
+            ("", _curves_figure(runs, labels, metric)),
+            ("", _language_figure(runs, labels)),
+        ]
         b = runs[best]
         summary = (
             f"<p>{len(runs)} finished run(s).</p>"
@@ -289,19 +346,27 @@ def review_html(title: str, runs: list[Run], study: Optional[tuple[list[tuple[st
         "<!doctype html><html><head><meta charset='utf-8'>"
         f"<title>duelist review: {html.escape(title)}</title><style>{STYLE}</style></head><body>"
         f"<h1>Review: <code>{html.escape(title)}</code></h1>"
-        + summary + study_line + ("<h2>Charts</h2>" + "".join(parts) if parts else "") + "</body></html>"
+        + summary
+        + study_line
+        + ("<h2>Charts</h2>" + "".join(parts) if parts else "")
+        + "</body></html>"
     )
 
 
-def write_review(roots: Iterable[str | Path], out: str | Path, title: str, study: Optional[str] = None,
-                 storage: Optional[str] = None) -> Path:
+def write_review(
+    roots: Iterable[str | Path], out: str | Path, title: str, study: Optional[str] = None, storage: Optional[str] = None
+) -> Path:
     """Write the page for the finished runs under ``roots`` (of ``study`` only, with its Optuna charts, when given)."""
     roots = list(roots)
-    study_part = _study_figures(study, storage or DEFAULT_STORAGE) if study is not None and storage is not None else None
+    study_part = (
+        _study_figures(study, storage or DEFAULT_STORAGE) if study is not None and storage is not None else None
+    )
     runs = load_runs(roots, study)
     if not runs and study_part is None:
         what = f"of study {study!r} " if study else ""
-        raise DuelistError(f"no finished run {what}under {', '.join(map(str, roots))}; pass the folder of a multirun (multirun/DATE/TIME)")
+        raise DuelistError(
+            f"no finished run {what}under {', '.join(map(str, roots))}; pass the folder of a multirun (multirun/DATE/TIME)"
+        )
     path = Path(out)
     write_text(path, review_html(title, runs, study_part))
     return path
@@ -318,25 +383,39 @@ def wandb_report(runs: list[Run], title: str) -> Any:
     logger = runs[0].config.get("logger", {})
     groups = {r.config.get("logger", {}).get("group") for r in runs}
     if logger.get("name") != "wandb" or len(groups) != 1 or None in groups:
-        raise DuelistError("--wandb-report needs the runs of one multirun logged to W&B (logger=wandb): they share one W&B group")
+        raise DuelistError(
+            "--wandb-report needs the runs of one multirun logged to W&B (logger=wandb): they share one W&B group"
+        )
     group = groups.pop()
     metric = runs[0].metrics.get("optimized_metric", "val/accuracy")
     settings = list(differing_settings(runs).columns)
-    runset = wr.Runset(entity=logger.get("entity") or "", project=logger.get("project") or "duelist", name=str(group),
-                       filters=f"Group = '{group}' and JobType = 'train'")
+    runset = wr.Runset(
+        entity=logger.get("entity") or "",
+        project=logger.get("project") or "duelist",
+        name=str(group),
+        filters=f"Group = '{group}' and JobType = 'train'",
+    )
     panels = [
         wr.LinePlot(title=f"validation {metric}", x="train/step", y=[metric]),
         wr.LinePlot(title="training loss", x="train/step", y=["train/loss"], smoothing_factor=0.8),
-        wr.ParallelCoordinatesPlot(title="settings and result",
-                                   columns=[*(wr.ParallelCoordinatesPlotColumn(metric=wr.Config(k)) for k in settings),
-                                            wr.ParallelCoordinatesPlotColumn(metric=wr.SummaryMetric(metric))]),
+        wr.ParallelCoordinatesPlot(
+            title="settings and result",
+            columns=[
+                *(wr.ParallelCoordinatesPlotColumn(metric=wr.Config(k)) for k in settings),
+                wr.ParallelCoordinatesPlotColumn(metric=wr.SummaryMetric(metric)),
+            ],
+        ),
         wr.ParameterImportancePlot(with_respect_to=metric),
         wr.RunComparer(diff_only="split"),
         wr.BarPlot(title=f"{metric} per run", metrics=[wr.SummaryMetric(metric)]),
     ]
-    return wr.Report(project=logger.get("project") or "duelist", entity=logger.get("entity") or "", title=f"duelist review: {title}",
-                     description=f"{len(runs)} runs of W&B group {group}; settings that differ: {', '.join(settings) or 'none'}",
-                     blocks=[wr.H1(text=f"Review of {title}"), wr.PanelGrid(runsets=[runset], panels=panels)])
+    return wr.Report(
+        project=logger.get("project") or "duelist",
+        entity=logger.get("entity") or "",
+        title=f"duelist review: {title}",
+        description=f"{len(runs)} runs of W&B group {group}; settings that differ: {', '.join(settings) or 'none'}",
+        blocks=[wr.H1(text=f"Review of {title}"), wr.PanelGrid(runsets=[runset], panels=panels)],
+    )
 
 
 class ReviewCallback(Callback):
@@ -361,8 +440,16 @@ class ReviewCallback(Callback):
 
             sweeper = config.hydra.sweeper
             group = sweeper.get("study_name") if "study_name" in sweeper else None
-            run = wandb.init(project=logger.project, entity=logger.entity, mode=logger.mode, group=group or str(config.hydra.sweep.dir),
-                             job_type="review", name="review", dir=str(config.hydra.sweep.dir), settings=wandb.Settings(silent=True))
+            run = wandb.init(
+                project=logger.project,
+                entity=logger.entity,
+                mode=logger.mode,
+                group=group or str(config.hydra.sweep.dir),
+                job_type="review",
+                name="review",
+                dir=str(config.hydra.sweep.dir),
+                settings=wandb.Settings(silent=True),
+            )
             run.log({"review": wandb.Html(path.read_text())})
             run.finish()
 
@@ -372,8 +459,13 @@ class ReviewCallback(Callback):
         sweeper = hydra_cfg.sweeper
         study = sweeper.get("study_name") if "study_name" in sweeper else None
         try:
-            return write_review([sweep_dir], sweep_dir / "review.html", study or str(sweep_dir),
-                                study=study, storage=sweeper.get("storage") if study else None)
+            return write_review(
+                [sweep_dir],
+                sweep_dir / "review.html",
+                study or str(sweep_dir),
+                study=study,
+                storage=sweeper.get("storage") if study else None,
+            )
         except Exception as err:  # the page must never fail a training run; no finished run yet is the usual case
             log.warning("review page not written: %s", str(err).splitlines()[0] if str(err) else type(err).__name__)
             return None
@@ -381,20 +473,33 @@ class ReviewCallback(Callback):
 
 @exit_cleanly_on_user_error
 def main(argv: Optional[list[str]] = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m duelist.review", description="Write the review page of a multirun or an Optuna study.")
-    parser.add_argument("dir", nargs="?", help="a folder of run dirs (a multirun's sweep dir); the page goes to DIR/review.html")
+    parser = argparse.ArgumentParser(
+        prog="python -m duelist.review", description="Write the review page of a multirun or an Optuna study."
+    )
+    parser.add_argument(
+        "dir", nargs="?", help="a folder of run dirs (a multirun's sweep dir); the page goes to DIR/review.html"
+    )
     parser.add_argument("--study", help="an Optuna study (hydra.sweeper.study_name): its runs and its Optuna charts")
-    parser.add_argument("--storage", default=os.environ.get("OPTUNA_STORAGE", DEFAULT_STORAGE), help="the study's Optuna storage URL")
-    parser.add_argument("--root", action="append", help="with --study: folders with its run dirs (default: multirun, outputs, runs)")
+    parser.add_argument(
+        "--storage", default=os.environ.get("OPTUNA_STORAGE", DEFAULT_STORAGE), help="the study's Optuna storage URL"
+    )
+    parser.add_argument(
+        "--root", action="append", help="with --study: folders with its run dirs (default: multirun, outputs, runs)"
+    )
     parser.add_argument("--out", help="where to write the page (default: DIR/review.html, or sweeps/<study>.html)")
-    parser.add_argument("--wandb-report", action="store_true",
-                        help="also publish a W&B Report with the same panels (runs logged with logger.mode=online; needs wandb login)")
+    parser.add_argument(
+        "--wandb-report",
+        action="store_true",
+        help="also publish a W&B Report with the same panels (runs logged with logger.mode=online; needs wandb login)",
+    )
     args = parser.parse_args(argv)
     if not args.dir and not args.study:
         parser.error("give a folder of runs (DIR) or --study NAME")
     if args.study:
         roots = [args.dir] if args.dir else (args.root or ["multirun", "outputs", "runs"])
-        suffix = "" if args.storage == DEFAULT_STORAGE else "-" + hashlib.sha256(args.storage.encode()).hexdigest()[:8]  # one page per storage
+        suffix = (
+            "" if args.storage == DEFAULT_STORAGE else "-" + hashlib.sha256(args.storage.encode()).hexdigest()[:8]
+        )  # one page per storage
         out = args.out or str(Path("sweeps") / f"{args.study}{suffix}.html")
         path = write_review(roots, out, args.study, study=args.study, storage=args.storage)
     else:
@@ -408,8 +513,10 @@ def main(argv: Optional[list[str]] = None) -> int:
         try:
             report.save()
         except Exception as err:  # not logged in, no network, runs not uploaded
-            raise DuelistError(f"--wandb-report: publishing failed ({str(err).splitlines()[0]}); log in (wandb login) and upload "
-                               f"offline runs first (wandb sync DIR/*/wandb/offline-run-*)") from err
+            raise DuelistError(
+                f"--wandb-report: publishing failed ({str(err).splitlines()[0]}); log in (wandb login) and upload "
+                f"offline runs first (wandb sync DIR/*/wandb/offline-run-*)"
+            ) from err
         print(f"W&B report: {report.url}")
     return 0
 

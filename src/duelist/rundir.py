@@ -68,9 +68,13 @@ class RunDir:
 
     def require_checkpoint(self) -> "RunDir":
         if not self.path.is_dir():
-            raise DuelistError(f"{self.path}: no such run dir; pass the Hydra run dir of a train.py run (python -m duelist.runs lists them)")
+            raise DuelistError(
+                f"{self.path}: no such run dir; pass the Hydra run dir of a train.py run (python -m duelist.runs lists them)"
+            )
         if not self.has_checkpoint():
-            raise DuelistError(f"{self.path}: not a finished run dir (no {CHECKPOINT}/{CONFIG}); pass the Hydra run dir of a train.py run")
+            raise DuelistError(
+                f"{self.path}: not a finished run dir (no {CHECKPOINT}/{CONFIG}); pass the Hydra run dir of a train.py run"
+            )
         return self
 
     # reading ----------------------------------------------------------------------------------------
@@ -85,7 +89,9 @@ class RunDir:
 
     def read_oof(self) -> pd.DataFrame:
         if not self.oof_file.is_file():
-            raise DuelistError(f"{self.path}: no {OOF}, so ensemble weights cannot be tuned; use ensemble=mean or retrain this run")
+            raise DuelistError(
+                f"{self.path}: no {OOF}, so ensemble weights cannot be tuned; use ensemble=mean or retrain this run"
+            )
         return pd.read_parquet(self.oof_file)
 
     def read_history(self) -> dict[str, list]:
@@ -97,7 +103,9 @@ class RunDir:
         """The languages of a specialist (trained with ``data.languages``, as WSDM names); None for a generalist."""
         from duelist.languages import language_name
 
-        languages = OmegaConf.select(self.read_checkpoint_config(), "data.languages", default=None)  # what infer.py rebuilds from
+        languages = OmegaConf.select(
+            self.read_checkpoint_config(), "data.languages", default=None
+        )  # what infer.py rebuilds from
         return sorted({language_name(x) for x in languages}) if languages else None
 
     def exported_from(self) -> str | None:

@@ -20,8 +20,24 @@ from duelist.errors import DuelistError, exit_cleanly_on_user_error
 from duelist.metrics import LOWER_IS_BETTER
 from duelist.rundir import RunDir, finished_runs
 
-DEFAULT_ROOTS = ("outputs", "multirun", "runs")  # Hydra's run and multirun dirs, and runs/NAME (hydra.run.dir=runs/NAME in the README)
-COLUMNS = ["run_dir", "model", "data", "languages", "study", "lora_r", "augment_swap", "val/accuracy", "val/log_loss", "best_step", "finished"]
+DEFAULT_ROOTS = (
+    "outputs",
+    "multirun",
+    "runs",
+)  # Hydra's run and multirun dirs, and runs/NAME (hydra.run.dir=runs/NAME in the README)
+COLUMNS = [
+    "run_dir",
+    "model",
+    "data",
+    "languages",
+    "study",
+    "lora_r",
+    "augment_swap",
+    "val/accuracy",
+    "val/log_loss",
+    "best_step",
+    "finished",
+]
 
 
 def _row(run: RunDir) -> Optional[dict]:
@@ -36,7 +52,9 @@ def _row(run: RunDir) -> Optional[dict]:
         "run_dir": str(run.path),
         "model": cfg.model.name,
         "data": cfg.data.name,
-        "languages": ",".join(map(str, cfg.data.languages)) if OmegaConf.select(cfg, "data.languages", default=None) else None,  # a specialist
+        "languages": ",".join(map(str, cfg.data.languages))
+        if OmegaConf.select(cfg, "data.languages", default=None)
+        else None,  # a specialist
         "study": OmegaConf.select(cfg, "logger.group", default=None, throw_on_missing=False),
         "lora_r": cfg.lora.r if cfg.lora.enabled and cfg.model.arch != "features" else None,
         "augment_swap": bool(cfg.augment.swap),
@@ -46,8 +64,12 @@ def _row(run: RunDir) -> Optional[dict]:
 
 
 def find_runs(
-    roots: Iterable[str] = DEFAULT_ROOTS, *, model: Optional[str] = None, study: Optional[str] = None,
-    data: Optional[str] = None, sort: str = "val/accuracy",
+    roots: Iterable[str] = DEFAULT_ROOTS,
+    *,
+    model: Optional[str] = None,
+    study: Optional[str] = None,
+    data: Optional[str] = None,
+    sort: str = "val/accuracy",
 ) -> pd.DataFrame:
     """Finished runs under ``roots``, best first by ``sort`` (lower first for log loss)."""
     rows = []
@@ -60,9 +82,13 @@ def find_runs(
         if value is not None:
             df = df[df[key] == value]
     if sort not in df.columns:
-        raise DuelistError(f"--sort {sort}: no run has this metric; known: {', '.join(c for c in df.columns if '/' in c)}")
+        raise DuelistError(
+            f"--sort {sort}: no run has this metric; known: {', '.join(c for c in df.columns if '/' in c)}"
+        )
     df = df.sort_values(sort, ascending=sort in LOWER_IS_BETTER, kind="stable", na_position="last")
-    return df[[c for c in COLUMNS if c in df.columns] + [c for c in df.columns if c not in COLUMNS]].reset_index(drop=True)
+    return df[[c for c in COLUMNS if c in df.columns] + [c for c in df.columns if c not in COLUMNS]].reset_index(
+        drop=True
+    )
 
 
 def candidates(runs: pd.DataFrame) -> pd.DataFrame:
@@ -83,7 +109,9 @@ def candidates(runs: pd.DataFrame) -> pd.DataFrame:
 def best_run(model: str, roots: Iterable[str] = DEFAULT_ROOTS, sort: str = "val/accuracy") -> str:
     runs = candidates(find_runs(roots, model=model, sort=sort))
     if runs.empty:
-        raise DuelistError(f"no finished run of model {model} under {', '.join(roots)}; train one or pass runs=[DIR,...]")
+        raise DuelistError(
+            f"no finished run of model {model} under {', '.join(roots)}; train one or pass runs=[DIR,...]"
+        )
     return str(runs.iloc[0]["run_dir"])
 
 
@@ -105,7 +133,9 @@ def best_models(k: int, roots: Iterable[str] = DEFAULT_ROOTS, sort: str = "val/a
 @exit_cleanly_on_user_error
 def main(argv: Optional[list[str]] = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m duelist.runs", description="List finished duelist runs.")
-    parser.add_argument("--root", action="append", help="folder to search (repeatable; default: outputs, multirun and runs)")
+    parser.add_argument(
+        "--root", action="append", help="folder to search (repeatable; default: outputs, multirun and runs)"
+    )
     parser.add_argument("--sort", default="val/accuracy", help="metric to sort by (val/log_loss sorts ascending)")
     parser.add_argument("--model", help="only runs of this model (model.name)")
     parser.add_argument("--study", help="only runs of this study (logger.group)")
@@ -116,7 +146,9 @@ def main(argv: Optional[list[str]] = None) -> int:
     if runs.empty:
         print("no finished runs found")
         return 0
-    shown = runs.head(args.top)[[c for c in COLUMNS if c in runs.columns] + ([args.sort] if args.sort not in COLUMNS else [])]
+    shown = runs.head(args.top)[
+        [c for c in COLUMNS if c in runs.columns] + ([args.sort] if args.sort not in COLUMNS else [])
+    ]
     with pd.option_context("display.max_colwidth", 80, "display.width", 200, "display.float_format", "{:.4f}".format):
         print(shown.to_string(index=False))
     return 0

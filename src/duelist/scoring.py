@@ -24,12 +24,12 @@ from omegaconf import OmegaConf
 from tqdm.auto import tqdm
 
 from duelist.batching import pad, sorted_batches
+from duelist.config import Precision, precision
 from duelist.data import swap_pairs
 from duelist.ensemble import least_confident_first
 from duelist.errors import DuelistError
 from duelist.feature_model import FeatureModel
 from duelist.formatting import PairEncoder
-from duelist.config import Precision, precision
 from duelist.modeling import half_weights, load_checkpoint, load_tokenizer, torch_dtype, vllm_dtype
 from duelist.rundir import RunDir
 from duelist.runs import best_models, best_run
@@ -57,8 +57,13 @@ class Deadline:
     left; it starts from the throughput measured so far and reports its own back.
     """
 
-    def __init__(self, seconds: float, clock: Callable[[], float] = time.monotonic, parent: "Deadline | None" = None,
-                 fresh: bool = False):
+    def __init__(
+        self,
+        seconds: float,
+        clock: Callable[[], float] = time.monotonic,
+        parent: "Deadline | None" = None,
+        fresh: bool = False,
+    ):
         self.clock = clock
         self.end = clock() + seconds
         self.parent = parent
@@ -86,8 +91,15 @@ class Deadline:
 
 @torch.no_grad()
 def predict_p_a(
-    model: torch.nn.Module, seqs: Sequence[Sequence[int]], pad_id: int, batch_size: int, device: torch.device,
-    amp: torch.dtype | None = None, desc: str = "predict", max_tokens: int | None = None, deadline: Deadline | None = None,
+    model: torch.nn.Module,
+    seqs: Sequence[Sequence[int]],
+    pad_id: int,
+    batch_size: int,
+    device: torch.device,
+    amp: torch.dtype | None = None,
+    desc: str = "predict",
+    max_tokens: int | None = None,
+    deadline: Deadline | None = None,
 ) -> np.ndarray:
     """P(A wins) for each sequence, in input order; batches are sorted by length to cut padding and
     hold at most ``batch_size`` rows and (when given) ``max_tokens`` padded tokens. With a ``deadline``,
@@ -122,8 +134,9 @@ def _check_runs(runs: Sequence[str]) -> list[Path]:
     return [RunDir(run).require_checkpoint().path for run in runs]
 
 
-def _least_confident_chunks(predict: Callable[[list, str], np.ndarray], ids: Sequence[Sequence[int]], order: np.ndarray, chunk: int,
-                            desc: str) -> np.ndarray:
+def _least_confident_chunks(
+    predict: Callable[[list, str], np.ndarray], ids: Sequence[Sequence[int]], order: np.ndarray, chunk: int, desc: str
+) -> np.ndarray:
     """Score the rows of ``order`` chunk by chunk, in that order, until the deadline leaves a chunk unfinished."""
     out = np.full(len(ids), np.nan)
     for start in range(0, len(order), chunk):
@@ -154,10 +167,25 @@ class Scorer:
 
     def predict(self, seqs: Sequence[Sequence[int]], desc: str, deadline: Deadline | None = None) -> np.ndarray:
         cfg = self.cfg
-        return predict_p_a(self.built.model, seqs, self.built.tokenizer.pad_token_id, cfg.batch_size, self.device, self.amp, desc,
-                           cfg.max_batch_tokens, deadline)
+        return predict_p_a(
+            self.built.model,
+            seqs,
+            self.built.tokenizer.pad_token_id,
+            cfg.batch_size,
+            self.device,
+            self.amp,
+            desc,
+            cfg.max_batch_tokens,
+            deadline,
+        )
 
-    def score(self, test: pd.DataFrame, tta: str | None = None, deadline: Deadline | None = None, order: np.ndarray | None = None) -> np.ndarray:
+    def score(
+        self,
+        test: pd.DataFrame,
+        tta: str | None = None,
+        deadline: Deadline | None = None,
+        order: np.ndarray | None = None,
+    ) -> np.ndarray:
         """P(A wins) for every row of ``test`` (``tta``: none | swap, default ``cfg.tta``).
 
         With a ``deadline``: every row is scored once first; the time left then goes to swap-TTA for the
@@ -185,14 +213,29 @@ class Scorer:
                 swapped = predict(swapped_ids, f"{name} swap")
             else:
                 scored = np.flatnonzero(~np.isnan(p_a))
-                swapped = _least_confident_chunks(predict, swapped_ids, scored[least_confident_first(p_a[scored])], chunk, f"{name} swap")
-                log.info("%s: swap-TTA on %d of %d rows within the time budget", name, int((~np.isnan(swapped)).sum()), len(test))
+                swapped = _least_confident_chunks(
+                    predict, swapped_ids, scored[least_confident_first(p_a[scored])], chunk, f"{name} swap"
+                )
+                log.info(
+                    "%s: swap-TTA on %d of %d rows within the time budget",
+                    name,
+                    int((~np.isnan(swapped)).sum()),
+                    len(test),
+                )
             p_a = np.where(np.isnan(swapped), p_a, (p_a + (1.0 - swapped)) / 2.0)
         return p_a
 
 
-def score_run(run_dir: Path, test: pd.DataFrame, cfg: Any, device: torch.device, cache_dir: str | None, tta: str | None = None,
-              deadline: Deadline | None = None, order: np.ndarray | None = None) -> np.ndarray:
+def score_run(
+    run_dir: Path,
+    test: pd.DataFrame,
+    cfg: Any,
+    device: torch.device,
+    cache_dir: str | None,
+    tta: str | None = None,
+    deadline: Deadline | None = None,
+    order: np.ndarray | None = None,
+) -> np.ndarray:
     """P(A wins) of one run for every test row: :meth:`Scorer.score` with the run loaded for this call."""
     return Scorer(run_dir, cfg, device, cache_dir).score(test, tta, deadline, order)
 
@@ -203,24 +246,40 @@ def score_run_vllm(run_dir: Path, test: pd.DataFrame, cfg: Any, tta: str) -> np.
     run = RunDir(run_dir)
     ckpt = run.checkpoint
     if not (ckpt / "model").is_dir():
-        raise DuelistError(f"{run_dir}: backend=vllm needs full weights (checkpoint/model/); merge the adapters first: python -m duelist.export {run_dir} --out MERGED")
+        raise DuelistError(
+            f"{run_dir}: backend=vllm needs full weights (checkpoint/model/); merge the adapters first: python -m duelist.export {run_dir} --out MERGED"
+        )
     run_cfg = run.read_checkpoint_config()
     if run_cfg.model.pooling != "model":
-        raise DuelistError(f"{run_dir}: backend=vllm pools the way the architecture does; this run uses model.pooling={run_cfg.model.pooling}: use backend=hf")
+        raise DuelistError(
+            f"{run_dir}: backend=vllm pools the way the architecture does; this run uses model.pooling={run_cfg.model.pooling}: use backend=hf"
+        )
     bf16 = torch.cuda.is_available() and torch.cuda.is_bf16_supported()
-    if run_cfg.model.arch == "gemma2" and (precision(cfg.precision) == Precision.fp16 or (precision(cfg.precision) == Precision.auto and torch.cuda.is_available() and not bf16)):
-        raise DuelistError(f"{run_dir}: backend=vllm refuses float16 for Gemma-2 and {'this GPU has no bf16 (T4, V100)' if not bf16 else 'precision=fp16 was asked for'}: "
-                           f"use backend=hf (precision=fp16, or quantization=int8 to fit a 9B model on a 16 GB GPU), or backend=vllm with a Qwen/Llama run")
+    if run_cfg.model.arch == "gemma2" and (
+        precision(cfg.precision) == Precision.fp16
+        or (precision(cfg.precision) == Precision.auto and torch.cuda.is_available() and not bf16)
+    ):
+        raise DuelistError(
+            f"{run_dir}: backend=vllm refuses float16 for Gemma-2 and {'this GPU has no bf16 (T4, V100)' if not bf16 else 'precision=fp16 was asked for'}: "
+            f"use backend=hf (precision=fp16, or quantization=int8 to fit a 9B model on a 16 GB GPU), or backend=vllm with a Qwen/Llama run"
+        )
     try:
         from vllm import LLM, TokensPrompt
     except ImportError as err:
-        raise DuelistError("backend=vllm needs vLLM: pip install 'duelist[vllm]' (Linux + CUDA GPU), or use backend=hf") from err
+        raise DuelistError(
+            "backend=vllm needs vLLM: pip install 'duelist[vllm]' (Linux + CUDA GPU), or use backend=hf"
+        ) from err
     if not torch.cuda.is_available():
         raise DuelistError("backend=vllm needs a CUDA GPU; on this machine use backend=hf")
     tokenizer = load_tokenizer(str(ckpt / "tokenizer"), what="tokenizer")
     encoder = PairEncoder.for_model(tokenizer, run_cfg.model)
-    llm = LLM(model=str(ckpt / "model"), tokenizer=str(ckpt / "tokenizer"), runner="pooling", max_model_len=run_cfg.model.max_length + 8,
-              dtype=vllm_dtype(cfg.precision))
+    llm = LLM(
+        model=str(ckpt / "model"),
+        tokenizer=str(ckpt / "tokenizer"),
+        runner="pooling",
+        max_model_len=run_cfg.model.max_length + 8,
+        dtype=vllm_dtype(cfg.precision),
+    )
 
     def classify(rows: pd.DataFrame) -> np.ndarray:
         ids = encoder.encode(rows, cfg.cache_dir)
@@ -240,7 +299,9 @@ def split_by_length(lengths: Sequence[int], parts: int) -> list[np.ndarray]:
     return [np.sort(order[k::parts]) for k in range(parts)]
 
 
-def _score_share(run_dir: str, rows: pd.DataFrame, cfg_dict: dict, device: str, cache_dir: str | None, seconds: float | None) -> np.ndarray:
+def _score_share(
+    run_dir: str, rows: pd.DataFrame, cfg_dict: dict, device: str, cache_dir: str | None, seconds: float | None
+) -> np.ndarray:
     """One worker process of data-parallel scoring (module level: it is started with ``spawn``)."""
     from omegaconf import OmegaConf
 
@@ -251,21 +312,29 @@ def _score_share(run_dir: str, rows: pd.DataFrame, cfg_dict: dict, device: str, 
     return score_run(Path(run_dir), rows, OmegaConf.create(cfg_dict), place, cache_dir, deadline=deadline)
 
 
-def score_run_parallel(run_dir: Path, test: pd.DataFrame, cfg: Any, devices: Sequence[str], deadline: Deadline | None) -> np.ndarray:
+def score_run_parallel(
+    run_dir: Path, test: pd.DataFrame, cfg: Any, devices: Sequence[str], deadline: Deadline | None
+) -> np.ndarray:
     """``score_run`` with one process per device (e.g. Kaggle's two T4s), rows split by :func:`split_by_length`."""
     import multiprocessing
     from concurrent.futures import ProcessPoolExecutor
 
     from omegaconf import OmegaConf
 
-    lengths = (test["prompt"].str.len() + test["response_a"].str.len() + test["response_b"].str.len()).to_numpy()  # characters: a proxy for tokens, before any tokenizer is loaded
+    lengths = (
+        test["prompt"].str.len() + test["response_a"].str.len() + test["response_b"].str.len()
+    ).to_numpy()  # characters: a proxy for tokens, before any tokenizer is loaded
     parts = split_by_length(lengths, len(devices))
     cfg_dict = OmegaConf.to_container(cfg, resolve=True)
     seconds = deadline.remaining() if deadline is not None else None
     out = np.full(len(test), np.nan)
     with ProcessPoolExecutor(len(devices), mp_context=multiprocessing.get_context("spawn")) as pool:
-        jobs = [pool.submit(_score_share, str(run_dir), test.iloc[idx].reset_index(drop=True), cfg_dict, dev, cfg.cache_dir, seconds)
-                for idx, dev in zip(parts, devices)]
+        jobs = [
+            pool.submit(
+                _score_share, str(run_dir), test.iloc[idx].reset_index(drop=True), cfg_dict, dev, cfg.cache_dir, seconds
+            )
+            for idx, dev in zip(parts, devices)
+        ]
         for idx, job in zip(parts, jobs):
             out[idx] = job.result()
     return out
@@ -283,10 +352,10 @@ def pick_runs(cfg: Any, members: list[str] | None = None, what: str = "ensemble.
         raise DuelistError(f"{what}={members}: use auto or a list of model names, e.g. [gemma2_9b, qwen2_5_14b]")
     members = list(members)
     if not members:
-        raise DuelistError(f"no runs: pass runs=[RUN_DIR,...] or name model families in {what} (e.g. ensemble=two_model)")
+        raise DuelistError(
+            f"no runs: pass runs=[RUN_DIR,...] or name model families in {what} (e.g. ensemble=two_model)"
+        )
     picked = [best_run(m, cfg.ensemble.roots, cfg.ensemble.select_by) for m in members]
     for model, run in zip(members, picked):
         log.info("%s %s: best run by %s is %s", what, model, cfg.ensemble.select_by, run)
     return _check_runs(picked)
-
-

@@ -42,8 +42,10 @@ def validation_rows(runs: Sequence[str | Path], ids: pd.Series) -> pd.DataFrame:
     found = valid.drop_duplicates("id").set_index("id")
     missing = ~ids.isin(found.index)
     if missing.any():
-        raise DuelistError(f"{run.path}: its data config's validation rows lack {int(missing.sum())} of the {len(ids)} shared OOF ids "
-                           f"(e.g. {ids[missing].iloc[0]}); the stacker needs the texts: run infer.py where the runs were trained, with the same data files")
+        raise DuelistError(
+            f"{run.path}: its data config's validation rows lack {int(missing.sum())} of the {len(ids)} shared OOF ids "
+            f"(e.g. {ids[missing].iloc[0]}); the stacker needs the texts: run infer.py where the runs were trained, with the same data files"
+        )
     return found.loc[ids.to_numpy()].reset_index()
 
 
@@ -52,9 +54,13 @@ def prompt_parts(prompts: pd.Series, parts: int = PARTS) -> np.ndarray:
     return np.array([int(hashlib.sha256(p.encode()).hexdigest()[:8], 16) % parts for p in normalized(prompts)])
 
 
-def _fit(x: pd.DataFrame, x_swapped: pd.DataFrame, target: np.ndarray, trees: Any, seed: int, extra: list[str]) -> FeatureModel:
+def _fit(
+    x: pd.DataFrame, x_swapped: pd.DataFrame, target: np.ndarray, trees: Any, seed: int, extra: list[str]
+) -> FeatureModel:
     both = pd.concat([x, x_swapped], ignore_index=True)
-    model, _ = FeatureModel.fit(both, np.concatenate([target, 1.0 - target]), np.ones(2 * len(x)), trees, seed, extra=extra)
+    model, _ = FeatureModel.fit(
+        both, np.concatenate([target, 1.0 - target]), np.ones(2 * len(x)), trees, seed, extra=extra
+    )
     return model
 
 
@@ -64,14 +70,18 @@ def fit(runs: Sequence[str | Path], trees: Any, seed: int = 0) -> tuple[dict[str
     check_trees(trees, "ensemble.trees")
     specialists = [str(r) for r in runs if RunDir(r).specialty()]
     if specialists:
-        raise DuelistError(f"ensemble=stack learns from rows every member scored; {', '.join(specialists)} is a specialist (data.languages): "
-                           f"use ensemble=weighted to route specialists, or stack generalist runs")
+        raise DuelistError(
+            f"ensemble=stack learns from rows every member scored; {', '.join(specialists)} is a specialist (data.languages): "
+            f"use ensemble=weighted to route specialists, or stack generalist runs"
+        )
     k = len(runs)
     oof = read_oof(runs)
     p_cols = [f"p_a_{i}" for i in range(k)]
     oof = oof[oof[p_cols].notna().all(axis=1)].reset_index(drop=True)
     if len(oof) < 2 * PARTS:
-        raise DuelistError(f"runs {', '.join(map(str, runs))} share {len(oof)} validation ids; the stacker needs more: train them on the same data and split")
+        raise DuelistError(
+            f"runs {', '.join(map(str, runs))} share {len(oof)} validation ids; the stacker needs more: train them on the same data and split"
+        )
     rows = validation_rows(runs, oof["id"])
     p = oof[p_cols].to_numpy()
     extra = pd.DataFrame(p, columns=member_columns(k))
@@ -86,7 +96,9 @@ def fit(runs: Sequence[str | Path], trees: Any, seed: int = 0) -> tuple[dict[str
         model = _fit(x[~held], x_swapped[~held], target[~held], trees, seed, list(extra.columns))
         honest[held] = model.predict(x[held], x_swapped[held])
     if np.isnan(honest).any():
-        raise DuelistError(f"the {len(oof)} shared OOF rows have too few distinct prompts for {PARTS} cross-fitting parts")
+        raise DuelistError(
+            f"the {len(oof)} shared OOF rows have too few distinct prompts for {PARTS} cross-fitting parts"
+        )
     model = _fit(x, x_swapped, target, trees, seed, list(extra.columns))
     mean = combine(p, np.full(k, 1.0 / k), "prob")
     report: dict[str, Any] = {
@@ -94,10 +106,16 @@ def fit(runs: Sequence[str | Path], trees: Any, seed: int = 0) -> tuple[dict[str
         "combine": "stack",
         "shared_oof_rows": int(len(oof)),
         "weights": {"*": [1.0] * k},  # every member is scored: the stacker reads them all
-        "oof/accuracy": {**{f"member{i}": accuracy(p[:, i], winner) for i in range(k)}, "mean": accuracy(mean, winner),
-                         "stack_cross_fitted": accuracy(honest, winner)},
-        "oof/log_loss": {**{f"member{i}": log_loss(p[:, i], target) for i in range(k)}, "mean": log_loss(mean, target),
-                         "stack_cross_fitted": log_loss(honest, target)},
+        "oof/accuracy": {
+            **{f"member{i}": accuracy(p[:, i], winner) for i in range(k)},
+            "mean": accuracy(mean, winner),
+            "stack_cross_fitted": accuracy(honest, winner),
+        },
+        "oof/log_loss": {
+            **{f"member{i}": log_loss(p[:, i], target) for i in range(k)},
+            "mean": log_loss(mean, target),
+            "stack_cross_fitted": log_loss(honest, target),
+        },
         "stack/top_features": [[name, gain] for name, gain in list(model.importance().items())[:10]],
     }
     return report, model

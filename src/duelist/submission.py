@@ -22,8 +22,8 @@ from duelist.errors import DuelistError
 from duelist.feature_model import FeatureModel
 from duelist.files import atomic_dir, write_csv, write_json, write_parquet
 from duelist.metrics import predicted_winner
-from duelist.rundir import RunDir
 from duelist.modeling import pick_device
+from duelist.rundir import RunDir
 from duelist.scoring import Deadline, is_feature_run, pick_runs, score_run, score_run_parallel, score_run_vllm
 
 log = logging.getLogger(__name__)
@@ -52,43 +52,71 @@ def ensemble_weights(cfg: Any, runs: list[Path]) -> tuple[dict[str, Any], Featur
     if ens.weights == "stack":
         report, stacker = stacking.fit(runs, ens.trees)
         acc, loss = report["oof/accuracy"], report["oof/log_loss"]
-        print(f"stacker: LightGBM on {len(runs)} members' OOF p_a and the pair's features, {report['shared_oof_rows']} shared OOF rows")
+        print(
+            f"stacker: LightGBM on {len(runs)} members' OOF p_a and the pair's features, {report['shared_oof_rows']} shared OOF rows"
+        )
         for name in acc:
-            note = "  (each part scored by a stacker trained on the other parts: the honest estimate)" if name == "stack_cross_fitted" else ""
+            note = (
+                "  (each part scored by a stacker trained on the other parts: the honest estimate)"
+                if name == "stack_cross_fitted"
+                else ""
+            )
             print(f"  OOF {name:>18}: accuracy {acc[name]:.4f}  log loss {loss[name]:.4f}{note}")
         return report, stacker
     specialties = [RunDir(r).specialty() for r in runs]
     if any(specialties):
         for run, languages in zip(runs, specialties):
-            log.info("%s: %s", run, f"specialist of {', '.join(languages)}: scores only those rows" if languages else "generalist: scores every row")
+            log.info(
+                "%s: %s",
+                run,
+                f"specialist of {', '.join(languages)}: scores only those rows"
+                if languages
+                else "generalist: scores every row",
+            )
     if ens.weights == "equal" or len(runs) == 1:
         if not any(specialties):
-            return {"runs": [str(r) for r in runs], "combine": ens.combine, "weights": ensemble.equal_weights(len(runs))}, None
+            return {
+                "runs": [str(r) for r in runs],
+                "combine": ens.combine,
+                "weights": ensemble.equal_weights(len(runs)),
+            }, None
         routes = ensemble.Routes(specialties)
-        report = {"runs": [str(r) for r in runs], "combine": ens.combine, "weights": routes.equal_weights(),
-                  "specialists": {str(r): s for r, s in zip(runs, specialties) if s}}
+        report = {
+            "runs": [str(r) for r in runs],
+            "combine": ens.combine,
+            "weights": routes.equal_weights(),
+            "specialists": {str(r): s for r, s in zip(runs, specialties) if s},
+        }
         print(f"ensemble weights (equal within each language's runs): {report['weights']}")
         return report, None
     report = ensemble.fit(runs, ens.combine, ens.grid_step, ens.per_language, ens.min_language_rows, specialties)
     acc, loss = report["oof/accuracy"], report["oof/log_loss"]
-    print(f"ensemble weights (tuned on {report['shared_oof_rows']} shared OOF rows, {ens.combine}): {report['weights']}")
+    print(
+        f"ensemble weights (tuned on {report['shared_oof_rows']} shared OOF rows, {ens.combine}): {report['weights']}"
+    )
     rows = report.get("oof/rows", {})  # specialists: each member's score is over the rows of its languages
     for name in acc:
-        note = {"ensemble": "  (weights tuned on these rows: optimistic)",
-                "ensemble_cross_fitted": "  (each fifth scored with weights tuned on the other four: the honest estimate)"}.get(name, "")
+        note = {
+            "ensemble": "  (weights tuned on these rows: optimistic)",
+            "ensemble_cross_fitted": "  (each fifth scored with weights tuned on the other four: the honest estimate)",
+        }.get(name, "")
         if name in rows and rows[name] != report["shared_oof_rows"]:
             langs = report["specialists"].get(report["runs"][int(name.removeprefix("member"))])
             note = f"  ({rows[name]} rows{': ' + ', '.join(langs) if langs else ''})"
         print(f"  OOF {name:>21}: accuracy {acc[name]:.4f}  log loss {loss[name]:.4f}{note}")
     for coverage, score in report.get("oof/cascade", {}).items():
-        print(f"  OOF cascade, member 2 on the {coverage:>4} least certain rows of member 1: accuracy {score['accuracy']:.4f}  log loss {score['log_loss']:.4f}")
+        print(
+            f"  OOF cascade, member 2 on the {coverage:>4} least certain rows of member 1: accuracy {score['accuracy']:.4f}  log loss {score['log_loss']:.4f}"
+        )
     return report, None
 
 
 def submit(cfg: Any) -> pd.DataFrame:
     """Score ``cfg.data.test`` with the chosen runs, combine them as configured and write the submission."""
     if cfg.backend == "vllm" and cfg.time_budget_min is not None:
-        raise DuelistError("backend=vllm does not follow time_budget_min (vLLM schedules its own batches); use backend=hf with a time budget")
+        raise DuelistError(
+            "backend=vllm does not follow time_budget_min (vLLM schedules its own batches); use backend=hf with a time budget"
+        )
     output = Path(cfg.output)
     if output.suffix.lower() != ".csv":
         raise DuelistError(f"output={cfg.output}: the submission must be a .csv file")
@@ -102,21 +130,31 @@ def submit(cfg: Any) -> pd.DataFrame:
     runs = pick_runs(cfg)
     cascade = bool(cfg.ensemble.cascade)
     if cascade and len(runs) != 2:
-        raise DuelistError(f"ensemble.cascade=true needs exactly two runs (got {len(runs)}): the first scores every row, the second the least certain ones")
+        raise DuelistError(
+            f"ensemble.cascade=true needs exactly two runs (got {len(runs)}): the first scores every row, the second the least certain ones"
+        )
     if cascade and (cfg.backend == "vllm" or len(cfg.devices) > 1):
-        raise DuelistError("ensemble.cascade=true runs on one device with backend=hf; drop devices=[...] / backend=vllm")
+        raise DuelistError(
+            "ensemble.cascade=true runs on one device with backend=hf; drop devices=[...] / backend=vllm"
+        )
     test = load_test(cfg.data.test)
     if cascade and cfg.ensemble.weights == "stack":
-        raise DuelistError("ensemble.cascade=true combines with weights; ensemble=stack reads every member on every row: drop one of them")
+        raise DuelistError(
+            "ensemble.cascade=true combines with weights; ensemble=stack reads every member on every row: drop one of them"
+        )
     report, stacker = ensemble_weights(cfg, runs)
     routes = ensemble.Routes([RunDir(r).specialty() for r in runs])
     languages = test["language"].astype(str).to_numpy()
     uncovered = routes.uncovered(languages)
     if uncovered:
-        raise DuelistError(f"{cfg.data.test}: rows in {', '.join(uncovered)} would be left unscored: every run is a specialist of other "
-                           f"languages; add a generalist run (trained without data.languages) to runs=[...]")
+        raise DuelistError(
+            f"{cfg.data.test}: rows in {', '.join(uncovered)} would be left unscored: every run is a specialist of other "
+            f"languages; add a generalist run (trained without data.languages) to runs=[...]"
+        )
     if cascade and routes.has_specialists:
-        raise DuelistError("ensemble.cascade=true needs two generalist runs; drop the specialist (data.languages) run or the cascade")
+        raise DuelistError(
+            "ensemble.cascade=true needs two generalist runs; drop the specialist (data.languages) run or the cascade"
+        )
     device = pick_device(cfg.device)
     for name in cfg.devices:
         pick_device(name, "devices")  # cuda:1 without a GPU fails here, with one line
@@ -147,7 +185,9 @@ def submit(cfg: Any) -> pd.DataFrame:
             first = i == 0
             order = None if first else ensemble.least_confident_first(probs["p_a_run0"].to_numpy())
             own = deadline.share(1, fresh=True) if deadline else None  # all the time left, at member 2's own speed
-            values = score_run(run, rows, cfg, device, cfg.cache_dir, tta="none" if first else None, deadline=own, order=order)
+            values = score_run(
+                run, rows, cfg, device, cfg.cache_dir, tta="none" if first else None, deadline=own, order=order
+            )
         elif is_feature_run(run):  # LightGBM on the CPU, seconds: no backend or devices to spread it over
             values = score_run(run, rows, cfg, device, cfg.cache_dir, deadline=share)
         elif cfg.backend == "vllm":
@@ -162,8 +202,11 @@ def submit(cfg: Any) -> pd.DataFrame:
     members = probs[[f"p_a_run{i}" for i in range(len(runs))]].to_numpy(dtype=float, copy=True)
     scored = np.flatnonzero(needed)
     if deadline is not None:
-        report["time_budget"] = {"minutes": cfg.time_budget_min, "used_s": clock() - started,
-                                 "rows_scored_per_run": [int(n) for n in probs.filter(like="p_a_run").notna().sum(axis=0)]}
+        report["time_budget"] = {
+            "minutes": cfg.time_budget_min,
+            "used_s": clock() - started,
+            "rows_scored_per_run": [int(n) for n in probs.filter(like="p_a_run").notna().sum(axis=0)],
+        }
         members[:, scored], unscored = fill_unscored(members[:, scored], test)  # among the members that count
         report["time_budget"]["rows_without_a_model_score"] = unscored
         if unscored:
@@ -171,7 +214,9 @@ def submit(cfg: Any) -> pd.DataFrame:
     members[:, [not keep for keep in needed]] = 0.5  # weight 0: any finite value leaves the combination unchanged
     if stacker is not None:
         probs["p_a"] = stacking.predict(stacker, test, members)
-        with atomic_dir(output.with_suffix(".stacker")) as tmp:  # booster.txt + columns.json: the stacker that wrote this submission
+        with atomic_dir(
+            output.with_suffix(".stacker")
+        ) as tmp:  # booster.txt + columns.json: the stacker that wrote this submission
             stacker.save(tmp)
     else:
         probs["p_a"] = ensemble.apply(members, languages, report["weights"], report["combine"])
@@ -179,6 +224,14 @@ def submit(cfg: Any) -> pd.DataFrame:
     write_json(output.with_suffix(".ensemble.json"), {**report, "tta": cfg.tta})
     write_parquet(output.with_suffix(".parquet"), probs)
     write_csv(output, submission)
-    log.info("wrote %s (%d rows), %s and %s", output, len(submission), output.with_suffix(".parquet"), output.with_suffix(".ensemble.json"))
-    print(f"submission: {output} ({len(submission)} rows; model_a {float((submission['winner'] == 'model_a').mean()):.3f})")
+    log.info(
+        "wrote %s (%d rows), %s and %s",
+        output,
+        len(submission),
+        output.with_suffix(".parquet"),
+        output.with_suffix(".ensemble.json"),
+    )
+    print(
+        f"submission: {output} ({len(submission)} rows; model_a {float((submission['winner'] == 'model_a').mean()):.3f})"
+    )
     return submission

@@ -46,19 +46,28 @@ def quoted(value: Any) -> str:
 
 
 class RetryingSweeperImpl(OptunaSweeperImpl):
-    def __init__(self, heartbeat_interval: int, grace_period: int, max_retry: int, storage: Optional[Any], **kwargs: Any) -> None:
+    def __init__(
+        self, heartbeat_interval: int, grace_period: int, max_retry: int, storage: Optional[Any], **kwargs: Any
+    ) -> None:
         super().__init__(storage=storage, **kwargs)
         self.heartbeat_interval = heartbeat_interval
         if heartbeat_interval > 0 and not (isinstance(storage, str) and not storage.startswith("redis")):
-            log.warning("hydra.sweeper.storage=%s: heartbeats need an RDB URL (sqlite, postgresql, mysql); a trial whose worker dies "
-                        "stays RUNNING", storage)
+            log.warning(
+                "hydra.sweeper.storage=%s: heartbeats need an RDB URL (sqlite, postgresql, mysql); a trial whose worker dies "
+                "stays RUNNING",
+                storage,
+            )
         elif heartbeat_interval > 0:
             if grace_period <= heartbeat_interval:
-                raise ValueError(f"hydra.sweeper.grace_period={grace_period} must be longer than heartbeat_interval={heartbeat_interval}")
+                raise ValueError(
+                    f"hydra.sweeper.grace_period={grace_period} must be longer than heartbeat_interval={heartbeat_interval}"
+                )
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", ExperimentalWarning)
                 self.storage = optuna.storages.RDBStorage(
-                    storage, heartbeat_interval=heartbeat_interval, grace_period=grace_period,
+                    storage,
+                    heartbeat_interval=heartbeat_interval,
+                    grace_period=grace_period,
                     failed_trial_callback=optuna.storages.RetryFailedTrialCallback(max_retry=max_retry),
                 )
 
@@ -70,10 +79,16 @@ class RetryingSweeperImpl(OptunaSweeperImpl):
             warnings.simplefilter("ignore", ExperimentalWarning)
             before = {t.number for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.WAITING,))}
             optuna.storages.fail_stale_trials(study)
-            queued = [t for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.WAITING,)) if t.number not in before]
+            queued = [
+                t
+                for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.WAITING,))
+                if t.number not in before
+            ]
         for t in queued:
-            log.warning("trial %s stopped sending heartbeats (its worker died): failed, and queued again with the same parameters",
-                        t.system_attrs.get("failed_trial"))
+            log.warning(
+                "trial %s stopped sending heartbeats (its worker died): failed, and queued again with the same parameters",
+                t.system_attrs.get("failed_trial"),
+            )
 
     def sweep(self, arguments: List[str]) -> None:
         if self._heartbeats() and self.study_name is not None:
@@ -83,21 +98,36 @@ class RetryingSweeperImpl(OptunaSweeperImpl):
                 pass  # a new study: nothing can be stale
         super().sweep(arguments)
 
-    def _configure_trials(self, trials: List[Trial], search_space_distributions: Dict[str, Any], fixed_params: Dict[str, Any]) -> Sequence[Sequence[str]]:
+    def _configure_trials(
+        self, trials: List[Trial], search_space_distributions: Dict[str, Any], fixed_params: Dict[str, Any]
+    ) -> Sequence[Sequence[str]]:
         overrides = super()._configure_trials(trials, search_space_distributions, fixed_params)
         assert self.config is not None and self.job_idx is not None
         sweep_dir = Path(str(self.config.hydra.sweep.dir)).resolve()
         out = []
         for i, (trial, trial_overrides) in enumerate(zip(trials, overrides)):
             recorded = trial.system_attrs.get(RUN_DIR)  # a retry: the run dir of the trial it repeats
-            run_dir = Path(recorded) if recorded else sweep_dir / str(trial.number)  # unique within the study, across commands
+            run_dir = (
+                Path(recorded) if recorded else sweep_dir / str(trial.number)
+            )  # unique within the study, across commands
             if recorded:  # RetryFailedTrialCallback names the first failed trial in system attribute failed_trial
-                log.info("trial %d retries trial %s: it continues in %s", trial.number, trial.system_attrs.get("failed_trial"), run_dir)
+                log.info(
+                    "trial %d retries trial %s: it continues in %s",
+                    trial.number,
+                    trial.system_attrs.get("failed_trial"),
+                    run_dir,
+                )
             else:
                 with warnings.catch_warnings():
                     warnings.simplefilter("ignore", FutureWarning)
                     trial.set_system_attr(RUN_DIR, str(run_dir))
-            out.append((*trial_overrides, f"hydra.sweep.dir={quoted(run_dir.parent)}", f"hydra.sweep.subdir={quoted(run_dir.name)}"))
+            out.append(
+                (
+                    *trial_overrides,
+                    f"hydra.sweep.dir={quoted(run_dir.parent)}",
+                    f"hydra.sweep.subdir={quoted(run_dir.name)}",
+                )
+            )
             if self._heartbeats():
                 self._start_heartbeat(trial._trial_id)
         if trials and self._heartbeats():
@@ -117,7 +147,15 @@ class RetryingSweeperImpl(OptunaSweeperImpl):
                     if storage.get_trial(trial_id).state.is_finished():
                         return
                     storage.record_heartbeat(trial_id)
-                except Exception as exc:  # a locked database, a dropped connection: keep beating, or the trial goes stale
-                    log.warning("heartbeat of trial id %d failed (%s: %s); retrying in %d s", trial_id, type(exc).__name__, exc, self.heartbeat_interval)
+                except (
+                    Exception
+                ) as exc:  # a locked database, a dropped connection: keep beating, or the trial goes stale
+                    log.warning(
+                        "heartbeat of trial id %d failed (%s: %s); retrying in %d s",
+                        trial_id,
+                        type(exc).__name__,
+                        exc,
+                        self.heartbeat_interval,
+                    )
 
         threading.Thread(target=beat, name=f"optuna-heartbeat-{trial_id}", daemon=True).start()

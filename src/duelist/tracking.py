@@ -39,15 +39,33 @@ class NullTracker:
 
 
 class WandbTracker(NullTracker):
-    def __init__(self, logger_cfg: Any, run_dir: str, config: dict[str, Any], name: str, tags: list[str], run_id: str | None = None):
+    def __init__(
+        self,
+        logger_cfg: Any,
+        run_dir: str,
+        config: dict[str, Any],
+        name: str,
+        tags: list[str],
+        run_id: str | None = None,
+    ):
         import wandb
 
         self.wandb = wandb
         # quiet: W&B's own ~30 lines (banner, history sparklines, summary) are replaced by the two lines logged here
         self.run = wandb.init(
-            project=logger_cfg.project, entity=logger_cfg.entity, mode=logger_cfg.mode, group=logger_cfg.group, job_type="train",
-            tags=[*logger_cfg.tags, *tags], dir=run_dir, config=config, name=logger_cfg.run_name or name, reinit="finish_previous",
-            settings=wandb.Settings(quiet=True, silent=True), id=run_id, resume="allow" if run_id else None,
+            project=logger_cfg.project,
+            entity=logger_cfg.entity,
+            mode=logger_cfg.mode,
+            group=logger_cfg.group,
+            job_type="train",
+            tags=[*logger_cfg.tags, *tags],
+            dir=run_dir,
+            config=config,
+            name=logger_cfg.run_name or name,
+            reinit="finish_previous",
+            settings=wandb.Settings(quiet=True, silent=True),
+            id=run_id,
+            resume="allow" if run_id else None,
         )
         self.run_id = self.run.id
         self.offline = logger_cfg.mode == "offline"
@@ -95,7 +113,9 @@ def flatten(values: dict[str, Any], sep: str = "/", prefix: str = "") -> dict[st
     return out
 
 
-def make_tracker(logger_cfg: Any, run_dir: str, config: dict[str, Any], name: str, tags: list[str] = (), run_id: str | None = None) -> NullTracker:
+def make_tracker(
+    logger_cfg: Any, run_dir: str, config: dict[str, Any], name: str, tags: list[str] = (), run_id: str | None = None
+) -> NullTracker:
     """``name``: the run's name when ``logger.run_name`` is null; ``tags``: added to ``logger.tags``; ``run_id``: continue
     that W&B run (a resumed training run)."""
     if logger_cfg.name == "none" or logger_cfg.mode == "disabled":

@@ -26,14 +26,44 @@ from tqdm.auto import tqdm
 from duelist import plots
 from duelist.batching import pad, train_batches
 from duelist.data import augment, load_train_valid
-from duelist.distributed import barrier, broadcast, full_state_dict, gather, init_distributed, optimizer_state, set_optimizer_state, wrap
+from duelist.distributed import (
+    barrier,
+    broadcast,
+    full_state_dict,
+    gather,
+    init_distributed,
+    optimizer_state,
+    set_optimizer_state,
+    wrap,
+)
 from duelist.errors import DuelistError
 from duelist.formatting import PairEncoder
-from duelist.scoring import autocast_dtype, predict_p_a, split_by_length
 from duelist.metrics import compute_metrics, is_better
-from duelist.resume import TrainingState, check_same_config, clean_states, find_state, load_state, remove_states, resolved, restore_best, rng_state, save_state, set_rng_state
+from duelist.modeling import (
+    Built,
+    build_model,
+    check_model_config,
+    cpu_bnb,
+    half_weights,
+    head_and_body_parameters,
+    require_bitsandbytes,
+    save_checkpoint,
+)
+from duelist.resume import (
+    TrainingState,
+    check_same_config,
+    clean_states,
+    find_state,
+    load_state,
+    remove_states,
+    resolved,
+    restore_best,
+    rng_state,
+    save_state,
+    set_rng_state,
+)
 from duelist.rundir import RunDir
-from duelist.modeling import Built, build_model, check_model_config, cpu_bnb, half_weights, head_and_body_parameters, require_bitsandbytes, save_checkpoint
+from duelist.scoring import autocast_dtype, predict_p_a, split_by_length
 from duelist.tracking import NullTracker, make_tracker
 
 log = logging.getLogger(__name__)
@@ -45,7 +75,9 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def pair_losses(logits: torch.Tensor, p_a: torch.Tensor, kl: torch.Tensor | None = None, temperature: float = 1.0) -> torch.Tensor:
+def pair_losses(
+    logits: torch.Tensor, p_a: torch.Tensor, kl: torch.Tensor | None = None, temperature: float = 1.0
+) -> torch.Tensor:
     """Per-row loss: cross-entropy with (soft) targets ``[p_a, 1 - p_a]``; rows where ``kl`` is true use
     distillation instead: ``T^2 * KL(teacher_T || student_T)`` with both distributions softened by
     ``temperature`` (the teacher's two-class logits are ``log p_a, log(1 - p_a)``)."""
@@ -66,14 +98,18 @@ def check_train_config(cfg: DictConfig) -> None:
     if t.batch_size < 1 or t.grad_accum < 1 or t.eval_batch_size < 1:
         raise DuelistError("trainer.batch_size, trainer.grad_accum and trainer.eval_batch_size must be >= 1")
     if t.save_every < 0 or t.keep_states < 1:
-        raise DuelistError(f"trainer.save_every={t.save_every}, trainer.keep_states={t.keep_states}: save_every must be >= 0 (0 = never), keep_states >= 1")
+        raise DuelistError(
+            f"trainer.save_every={t.save_every}, trainer.keep_states={t.keep_states}: save_every must be >= 0 (0 = never), keep_states >= 1"
+        )
     if cfg.augment.same_batch and not cfg.augment.swap:
         raise DuelistError("augment.same_batch=true needs augment.swap=true")
     if cfg.augment.same_batch and t.batch_size < 2:
         raise DuelistError("augment.same_batch=true needs trainer.batch_size >= 2 (a pair and its swap)")
     if t.optimizer == "adamw_8bit":
         if not (torch.cuda.is_available() and t.device != "cpu") and not cpu_bnb():
-            raise DuelistError("trainer.optimizer=adamw_8bit needs a CUDA GPU (bitsandbytes); on this machine use trainer.optimizer=adamw")
+            raise DuelistError(
+                "trainer.optimizer=adamw_8bit needs a CUDA GPU (bitsandbytes); on this machine use trainer.optimizer=adamw"
+            )
         require_bitsandbytes("trainer.optimizer=adamw_8bit")
     if not cfg.pseudolabel.temperature > 0:
         raise DuelistError(f"pseudolabel.temperature={cfg.pseudolabel.temperature}: must be > 0")
@@ -103,26 +139,40 @@ class Trainer:
         self.best: dict[str, Any] | None = None
         self.resumed: TrainingState | None = None  # set by train() when trainer.resume finds a state
 
-    def fit(self, built: Built, train_rows: pd.DataFrame, train_ids: list[list[int]], valid: pd.DataFrame, valid_ids: list[list[int]], tracker: Any) -> None:
+    def fit(
+        self,
+        built: Built,
+        train_rows: pd.DataFrame,
+        train_ids: list[list[int]],
+        valid: pd.DataFrame,
+        valid_ids: list[list[int]],
+        tracker: Any,
+    ) -> None:
         t, model = self.t, built.model
         pad_id = built.tokenizer.pad_token_id
         half = half_weights(model)
         self.amp = autocast_dtype(t.precision, self.device, half)
         if self.amp is None and half is not None:
-            raise DuelistError(f"trainer.precision={t.precision} with {str(half).removeprefix('torch.')} weights (model.dtype={self.cfg.model.dtype}): "
-                               f"the fp32 trainable parameters meet the half-precision base only under autocast; use trainer.precision=auto, bf16 or fp16")
+            raise DuelistError(
+                f"trainer.precision={t.precision} with {str(half).removeprefix('torch.')} weights (model.dtype={self.cfg.model.dtype}): "
+                f"the fp32 trainable parameters meet the half-precision base only under autocast; use trainer.precision=auto, bf16 or fp16"
+            )
         rng = np.random.default_rng(t.seed)
         lengths = [len(s) for s in train_ids]
         units = train_rows["pair"].to_numpy() if self.cfg.augment.same_batch else np.arange(len(train_rows))
         world, rank = self.dist.world, self.dist.rank
-        n_batches = len(train_batches(lengths, units, t.batch_size, False, np.random.default_rng(0))) // world  # per process
+        n_batches = (
+            len(train_batches(lengths, units, t.batch_size, False, np.random.default_rng(0))) // world
+        )  # per process
         steps_per_epoch = max(1, math.ceil(n_batches / t.grad_accum))
         total = t.max_steps if t.max_steps > 0 else max(1, math.ceil(steps_per_epoch * t.epochs))
         resumed = self.resumed
         if resumed is not None:  # the trainable weights as saved, on every process, before DDP/FSDP take the model
             missing = set(resumed.weights) - {n for n, p in model.named_parameters() if p.requires_grad}
             if missing:
-                raise DuelistError(f"{resumed.path}: holds weights this model does not train ({sorted(missing)[:3]}); trainer.resume=never starts over")
+                raise DuelistError(
+                    f"{resumed.path}: holds weights this model does not train ({sorted(missing)[:3]}); trainer.resume=never starts over"
+                )
             model.load_state_dict(resumed.weights, strict=False)
         # several processes: DDP replicas, or FSDP2 shards (in place, so the optimizer is built after it)
         forward = wrap(model, self.dist, self.device)
@@ -138,7 +188,13 @@ class Trainer:
         distill = torch.tensor(train_rows["pseudo_label"].to_numpy(dtype=bool) & (self.cfg.pseudolabel.loss == "kl"))
         # fp16 (GPUs without bf16, e.g. T4) needs loss scaling; bf16 and fp32 do not
         scaler = torch.amp.GradScaler(self.device.type, enabled=self.amp == torch.float16)
-        log.info("training %d rows (%d optimizer steps, %d per epoch) on %s", len(train_rows), total, steps_per_epoch, self.device)
+        log.info(
+            "training %d rows (%d optimizer steps, %d per epoch) on %s",
+            len(train_rows),
+            total,
+            steps_per_epoch,
+            self.device,
+        )
 
         step, micro, running, tokens, epoch, position, batches, before = 0, 0, [], 0, 0, 0, None, 0.0
         if resumed is not None:
@@ -146,27 +202,43 @@ class Trainer:
             sched.load_state_dict(resumed.scheduler)
             scaler.load_state_dict(resumed.scaler)
             set_rng_state(resumed.rng[rank], rng)
-            step, tokens, epoch, position, batches, before = (resumed.step, resumed.tokens, resumed.epoch, resumed.position,
-                                                               resumed.batches, resumed.elapsed_s)
+            step, tokens, epoch, position, batches, before = (
+                resumed.step,
+                resumed.tokens,
+                resumed.epoch,
+                resumed.position,
+                resumed.batches,
+                resumed.elapsed_s,
+            )
             micro = step * t.grad_accum  # states are saved between optimizer steps
             self.train_curve, self.evals, self.best = list(resumed.train_curve), list(resumed.evals), resumed.best
             self.resumed = resumed = None  # free the copies of the weights and optimizer state
-        kill_at = int(os.environ.get("DUELIST_TEST_KILL_AT_BATCH", "0"))  # tests only: SIGKILL this process after that many batches
+        kill_at = int(
+            os.environ.get("DUELIST_TEST_KILL_AT_BATCH", "0")
+        )  # tests only: SIGKILL this process after that many batches
         model.train()
         start = time.perf_counter()
-        bar = tqdm(total=total, initial=step, desc="train", unit="step", disable=not self.dist.main)  # one bar, not one per process
+        bar = tqdm(
+            total=total, initial=step, desc="train", unit="step", disable=not self.dist.main
+        )  # one bar, not one per process
         while step < total:
             if batches is None:
-                batches = train_batches(lengths, units, t.batch_size, t.group_by_length, rng)  # the same list on every process
+                batches = train_batches(
+                    lengths, units, t.batch_size, t.group_by_length, rng
+                )  # the same list on every process
             mine = batches[rank : len(batches) // world * world : world]
             for idx in mine[position:]:
                 ids, mask = pad([train_ids[i] for i in idx], pad_id)
                 with torch.autocast(self.device.type, dtype=self.amp, enabled=self.amp is not None):
                     logits = forward(input_ids=ids.to(self.device), attention_mask=mask.to(self.device)).logits
-                per_row = pair_losses(logits, targets[idx].to(self.device), distill[idx].to(self.device), self.cfg.pseudolabel.temperature)
+                per_row = pair_losses(
+                    logits, targets[idx].to(self.device), distill[idx].to(self.device), self.cfg.pseudolabel.temperature
+                )
                 loss = (per_row * weights[idx].to(self.device)).mean()
                 if not torch.isfinite(loss):
-                    raise FloatingPointError(f"loss is {loss.item()} at step {step}; lower trainer.lr or check the data")
+                    raise FloatingPointError(
+                        f"loss is {loss.item()} at step {step}; lower trainer.lr or check the data"
+                    )
                 scaler.scale(loss / t.grad_accum).backward()
                 running.append(loss.item())
                 tokens += int(mask.sum())
@@ -189,7 +261,15 @@ class Trainer:
                 running = []
                 self.train_curve.append((step, mean_loss))
                 elapsed = before + time.perf_counter() - start
-                tracker.log({"train/loss": mean_loss, "train/lr": sched.get_last_lr()[0], "train/tokens_per_s": tokens / elapsed, "train/epoch": epoch}, step)
+                tracker.log(
+                    {
+                        "train/loss": mean_loss,
+                        "train/lr": sched.get_last_lr()[0],
+                        "train/tokens_per_s": tokens / elapsed,
+                        "train/epoch": epoch,
+                    },
+                    step,
+                )
                 bar.update(1)
                 bar.set_postfix(loss=f"{mean_loss:.4f}", tok_s=f"{tokens / elapsed:.0f}")
                 if (t.eval_every > 0 and step % t.eval_every == 0 and step < total) or step == total:
@@ -198,20 +278,42 @@ class Trainer:
                     self.evaluate(built, valid, valid_ids, step, tracker, tokens / elapsed)
                     barrier(self.dist)
                 if t.save_every > 0 and step % t.save_every == 0 and step < total:
-                    self.save_state(model, opt, sched, scaler, rng, tracker, step=step, epoch=epoch, position=position,
-                                    batches=batches, tokens=tokens, elapsed_s=elapsed)
+                    self.save_state(
+                        model,
+                        opt,
+                        sched,
+                        scaler,
+                        rng,
+                        tracker,
+                        step=step,
+                        epoch=epoch,
+                        position=position,
+                        batches=batches,
+                        tokens=tokens,
+                        elapsed_s=elapsed,
+                    )
                 if step >= total:
                     break
             epoch += 1
             batches, position = None, 0
         bar.close()
 
-    def save_state(self, model: torch.nn.Module, opt: torch.optim.Optimizer, sched: Any, scaler: torch.amp.GradScaler,
-                   rng: np.random.Generator, tracker: Any, **where: Any) -> None:
+    def save_state(
+        self,
+        model: torch.nn.Module,
+        opt: torch.optim.Optimizer,
+        sched: Any,
+        scaler: torch.amp.GradScaler,
+        rng: np.random.Generator,
+        tracker: Any,
+        **where: Any,
+    ) -> None:
         """Write a resumable state (:mod:`duelist.resume`). Every process takes part: under FSDP the weights and the
         optimizer state are gathered, and each process's RNG states go to rank 0, which alone writes."""
         started = time.perf_counter()
-        trainable = {n: p for n, p in model.named_parameters() if p.requires_grad}  # not state_dict(): a 4-bit base would be packed
+        trainable = {
+            n: p for n, p in model.named_parameters() if p.requires_grad
+        }  # not state_dict(): a 4-bit base would be packed
         if self.dist.sharded:  # collective: the full weights of every shard, on rank 0
             weights = {k: v for k, v in full_state_dict(model).items() if k in trainable}
         else:
@@ -219,9 +321,21 @@ class Trainer:
         optimizer = optimizer_state(model, opt)
         rngs = gather(rng_state(rng), self.dist)
         if self.dist.main:
-            state = TrainingState(path=self.run_dir.path, train_curve=list(self.train_curve), evals=list(self.evals), best=self.best,
-                                  scheduler=sched.state_dict(), scaler=scaler.state_dict(), rng=rngs, wandb_id=tracker.run_id,
-                                  config=resolved(self.cfg), processes=self.dist.world, weights=weights, optimizer=optimizer, **where)
+            state = TrainingState(
+                path=self.run_dir.path,
+                train_curve=list(self.train_curve),
+                evals=list(self.evals),
+                best=self.best,
+                scheduler=sched.state_dict(),
+                scaler=scaler.state_dict(),
+                rng=rngs,
+                wandb_id=tracker.run_id,
+                config=resolved(self.cfg),
+                processes=self.dist.world,
+                weights=weights,
+                optimizer=optimizer,
+                **where,
+            )
             path = save_state(self.run_dir, state, self.t.keep_states)
             log.info("saved training state %s (%.1f s)", path, time.perf_counter() - started)
         barrier(self.dist)
@@ -230,8 +344,17 @@ class Trainer:
         """P(A wins) of every validation row on rank 0 (None elsewhere). Under DDP every process scores a share of the
         rows (dealt by length, :func:`~duelist.scoring.split_by_length`) and rank 0 gathers them, so validation takes
         1/world of the time instead of keeping the others waiting (NCCL's timeout would end the run)."""
+
         def score(seqs: list[list[int]]) -> np.ndarray:
-            return predict_p_a(built.model, seqs, built.tokenizer.pad_token_id, self.t.eval_batch_size, self.device, self.amp, desc="validate")
+            return predict_p_a(
+                built.model,
+                seqs,
+                built.tokenizer.pad_token_id,
+                self.t.eval_batch_size,
+                self.device,
+                self.amp,
+                desc="validate",
+            )
 
         if self.dist.world == 1 or self.dist.sharded:
             return score(valid_ids) if self.dist.main or self.dist.sharded else None
@@ -240,13 +363,26 @@ class Trainer:
         parts = gather((mine, score([valid_ids[i] for i in mine])), self.dist)
         if not self.dist.main:
             return None
-        log.info("validation: %d processes scored %s of %d rows", self.dist.world, " + ".join(str(len(rows)) for rows, _ in parts), len(valid_ids))
+        log.info(
+            "validation: %d processes scored %s of %d rows",
+            self.dist.world,
+            " + ".join(str(len(rows)) for rows, _ in parts),
+            len(valid_ids),
+        )
         p_a = np.full(len(valid_ids), np.nan)
         for rows, values in parts:
             p_a[rows] = values
         return p_a
 
-    def evaluate(self, built: Built, valid: pd.DataFrame, valid_ids: list[list[int]], step: int, tracker: Any, tokens_per_s: float) -> None:
+    def evaluate(
+        self,
+        built: Built,
+        valid: pd.DataFrame,
+        valid_ids: list[list[int]],
+        step: int,
+        tracker: Any,
+        tokens_per_s: float,
+    ) -> None:
         p_a = self.validation_p_a(built, valid_ids)
         if p_a is None:  # a DDP process other than rank 0: its share is with rank 0
             return
@@ -254,7 +390,9 @@ class Trainer:
         self.evals.append((step, metrics))
         tracker.log(metrics, step)
         log.info("step %d: val/accuracy=%.4f val/log_loss=%.4f", step, metrics["val/accuracy"], metrics["val/log_loss"])
-        better = is_better(metrics[self.metric], None if self.best is None else self.best["metrics"][self.metric], self.metric)
+        better = is_better(
+            metrics[self.metric], None if self.best is None else self.best["metrics"][self.metric], self.metric
+        )
         if self.dist.sharded:  # every process evaluates: all follow rank 0's decision, so all join the gather below
             better = broadcast(better, self.dist)
         if better:
@@ -278,8 +416,17 @@ def start_point(cfg: DictConfig, run: RunDir, processes: int) -> tuple[dict[str,
     return ({"state": str(state.path)} if state is not None else {}), state
 
 
-def write_outputs(cfg: DictConfig, run: RunDir, valid: pd.DataFrame, p_a: np.ndarray, metrics: dict[str, Any], train_curve: list,
-                  evals: list, tracker: Any, step_name: str = "optimizer step") -> None:
+def write_outputs(
+    cfg: DictConfig,
+    run: RunDir,
+    valid: pd.DataFrame,
+    p_a: np.ndarray,
+    metrics: dict[str, Any],
+    train_curve: list,
+    evals: list,
+    tracker: Any,
+    step_name: str = "optimizer step",
+) -> None:
     """What every finished run leaves besides its checkpoint: oof.parquet, history.json, the charts, the tracker's
     summary, and metrics.json last (its presence marks the run finished)."""
     oof = valid[["id", "winner", "language", "source", "fold"]].assign(p_a=p_a, target=valid["p_a"].to_numpy())
@@ -291,11 +438,24 @@ def write_outputs(cfg: DictConfig, run: RunDir, valid: pd.DataFrame, p_a: np.nda
     run.write_history(curves)
     plots.training_curves(run.path / "curves.png", train_curve, evals, cfg.optimized_metric, step_name)
     counts = valid["language"].value_counts().to_dict()
-    plots.accuracy_bars(run.path / "accuracy_by_language.png", metrics["val/accuracy_by_language"], counts, "validation accuracy by language")
+    plots.accuracy_bars(
+        run.path / "accuracy_by_language.png",
+        metrics["val/accuracy_by_language"],
+        counts,
+        "validation accuracy by language",
+    )
     tracker.summary(metrics)
     tracker.bar("val/accuracy_by_language", metrics["val/accuracy_by_language"], "language", "accuracy")
-    tracker.table("val/by_language", pd.DataFrame({"language": list(counts), "rows": list(counts.values()),
-                                                   "accuracy": [metrics["val/accuracy_by_language"].get(k) for k in counts]}))
+    tracker.table(
+        "val/by_language",
+        pd.DataFrame(
+            {
+                "language": list(counts),
+                "rows": list(counts.values()),
+                "accuracy": [metrics["val/accuracy_by_language"].get(k) for k in counts],
+            }
+        ),
+    )
     tracker.image("curves", str(run.path / "curves.png"))
     if cfg.logger.log_predictions:
         worst = oof.assign(error=(oof["p_a"] - oof["target"]).abs()).nlargest(cfg.logger.log_predictions, "error")
@@ -306,8 +466,10 @@ def write_outputs(cfg: DictConfig, run: RunDir, valid: pd.DataFrame, p_a: np.nda
 
 def report(cfg: DictConfig, run: RunDir, metrics: dict[str, Any]) -> float:
     value = float(metrics[cfg.optimized_metric])
-    print(f"{cfg.optimized_metric}={value:.4f} (val/accuracy={metrics['val/accuracy']:.4f}, "
-          f"longer-wins baseline={metrics['val/baseline_longer_wins']:.4f}, val/log_loss={metrics['val/log_loss']:.4f}); run dir: {run.path}")
+    print(
+        f"{cfg.optimized_metric}={value:.4f} (val/accuracy={metrics['val/accuracy']:.4f}, "
+        f"longer-wins baseline={metrics['val/baseline_longer_wins']:.4f}, val/log_loss={metrics['val/log_loss']:.4f}); run dir: {run.path}"
+    )
     return value
 
 
@@ -318,21 +480,38 @@ def train_feature_model(cfg: DictConfig, run: RunDir) -> float:
     from duelist.files import atomic_dir
 
     check_trees(cfg.model.trees, "model.trees")
-    log.info("model=features: LightGBM; lora, pseudolabel.loss and the trainer's optimisation settings do not apply (trainer.seed does)")
+    log.info(
+        "model=features: LightGBM; lora, pseudolabel.loss and the trainer's optimisation settings do not apply (trainer.seed does)"
+    )
     started = time.perf_counter()
     if cfg.trainer.resume == "auto" and run.is_finished():
         check_same_config(resolved(run.read_config()), cfg, run.path, 1, 1)
         value = float(run.read_metrics()[cfg.optimized_metric])
-        log.info("%s: already finished (%s=%.4f); trainer.resume=never trains it again", run.path, cfg.optimized_metric, value)
+        log.info(
+            "%s: already finished (%s=%.4f); trainer.resume=never trains it again",
+            run.path,
+            cfg.optimized_metric,
+            value,
+        )
         return value
     run.metrics_file.unlink(missing_ok=True)
     train_df, valid = load_train_valid(cfg.data)
     x, x_swapped = FeatureModel.features(train_df)
     target, weight = train_df["p_a"].to_numpy(dtype=float), train_df["weight"].to_numpy(dtype=float)
     if cfg.augment.swap:  # every pair in both orders, label flipped
-        x, target, weight = pd.concat([x, x_swapped], ignore_index=True), np.concatenate([target, 1.0 - target]), np.concatenate([weight, weight])
+        x, target, weight = (
+            pd.concat([x, x_swapped], ignore_index=True),
+            np.concatenate([target, 1.0 - target]),
+            np.concatenate([weight, weight]),
+        )
     x_valid, _ = FeatureModel.features(valid)
-    log.info("feature model: train %d rows (%d with swaps), valid %d rows, %d features", len(train_df), len(x), len(valid), x.shape[1])
+    log.info(
+        "feature model: train %d rows (%d with swaps), valid %d rows, %d features",
+        len(train_df),
+        len(x),
+        len(valid),
+        x.shape[1],
+    )
     baseline = compute_metrics(valid, np.full(len(valid), 0.5))["val/baseline_longer_wins"]
     hard = valid["winner"].isin(["model_a", "model_b"]).to_numpy()
     truth = valid["winner"].to_numpy()[hard]
@@ -340,8 +519,15 @@ def train_feature_model(cfg: DictConfig, run: RunDir) -> float:
     def evaluate(p_a: np.ndarray) -> dict[str, float]:
         return {"val/accuracy": float(np.mean(np.where(p_a[hard] >= 0.5, "model_a", "model_b") == truth))}
 
-    model, curves = FeatureModel.fit(x, target, weight, cfg.model.trees, cfg.trainer.seed, valid=(x_valid, valid["p_a"].to_numpy(dtype=float)),
-                                     evaluate=evaluate)
+    model, curves = FeatureModel.fit(
+        x,
+        target,
+        weight,
+        cfg.model.trees,
+        cfg.trainer.seed,
+        valid=(x_valid, valid["p_a"].to_numpy(dtype=float)),
+        evaluate=evaluate,
+    )
     p_a = model.predict(x_valid)
     n_trees = model.booster.num_trees()
     metrics = {
@@ -351,7 +537,9 @@ def train_feature_model(cfg: DictConfig, run: RunDir) -> float:
         "train/rows": len(x),
         "train/trees": n_trees,
         "train/features": len(model.columns),
-        "train/top_features": [[name, gain] for name, gain in list(model.importance().items())[:10]],  # total split gain
+        "train/top_features": [
+            [name, gain] for name, gain in list(model.importance().items())[:10]
+        ],  # total split gain
         "peak_rss_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6,
         "runtime_s": time.perf_counter() - started,
         "device": "cpu",
@@ -362,11 +550,24 @@ def train_feature_model(cfg: DictConfig, run: RunDir) -> float:
         OmegaConf.save(cfg, tmp / "config.yaml", resolve=True)
         model.save(tmp)
     accuracy = dict(curves.get("val/accuracy", []))
-    evals = [(step, {"val/accuracy": accuracy.get(step, float("nan")), "val/log_loss": value, "val/baseline_longer_wins": baseline})
-             for step, value in curves.get("val/log_loss", [])]
-    plots.importance_bars(run.path / "feature_importance.png", model.importance(), "feature model: total gain of each feature's splits")
+    evals = [
+        (
+            step,
+            {
+                "val/accuracy": accuracy.get(step, float("nan")),
+                "val/log_loss": value,
+                "val/baseline_longer_wins": baseline,
+            },
+        )
+        for step, value in curves.get("val/log_loss", [])
+    ]
+    plots.importance_bars(
+        run.path / "feature_importance.png", model.importance(), "feature model: total gain of each feature's splits"
+    )
     tags = [f"model={cfg.model.name}", f"data={cfg.data.name}", "features"]
-    tracker = make_tracker(cfg.logger, str(run.path), OmegaConf.to_container(cfg, resolve=True), name=run.path.name, tags=tags)
+    tracker = make_tracker(
+        cfg.logger, str(run.path), OmegaConf.to_container(cfg, resolve=True), name=run.path.name, tags=tags
+    )
     try:
         for step, m in evals:
             tracker.log({k: v for k, v in m.items() if k != "val/baseline_longer_wins"}, step)
@@ -393,7 +594,9 @@ def train(cfg: DictConfig, run_dir: str | Path) -> float:
     if not trainer.dist.main:
         logging.getLogger().setLevel(logging.WARNING)  # one copy of every info line (rank 0's); warnings still show
     if trainer.dist.sharded and cfg.lora.enabled and cfg.lora.qlora:
-        raise DuelistError("trainer.strategy=fsdp cannot shard 4-bit QLoRA weights: launch with --multi_gpu (DDP) or use lora=default / lora=none")
+        raise DuelistError(
+            "trainer.strategy=fsdp cannot shard 4-bit QLoRA weights: launch with --multi_gpu (DDP) or use lora=default / lora=none"
+        )
     check_model_config(cfg.model, cfg.lora, trainer.device)  # before any data is read
     # rank 0 alone decides where training starts (finished, a state, or from scratch) and tells the others, so every
     # process runs the same steps; an error there stops every process with the same line
@@ -407,7 +610,12 @@ def train(cfg: DictConfig, run_dir: str | Path) -> float:
     if "error" in decision:
         raise DuelistError(decision["error"])
     if "finished" in decision:  # the same command again after the run ended: nothing to do
-        log.info("%s: already finished (%s=%.4f); trainer.resume=never trains it again", run.path, cfg.optimized_metric, decision["finished"])
+        log.info(
+            "%s: already finished (%s=%.4f); trainer.resume=never trains it again",
+            run.path,
+            cfg.optimized_metric,
+            decision["finished"],
+        )
         return decision["finished"] if trainer.dist.main else float("nan")
     if decision.get("state") and not trainer.dist.main:
         trainer.resumed = load_state(Path(decision["state"]))
@@ -418,7 +626,13 @@ def train(cfg: DictConfig, run_dir: str | Path) -> float:
     train_ids = encoder.encode(train_rows, cfg.cache_dir, desc="tokenize train")
     valid_ids = encoder.encode(valid, cfg.cache_dir, desc="tokenize valid")
     n_trainable = sum(p.numel() for p in built.model.parameters() if p.requires_grad)
-    log.info("train %d rows (%d after augmentation), valid %d rows; %d trainable parameters", len(train_df), len(train_rows), len(valid), n_trainable)
+    log.info(
+        "train %d rows (%d after augmentation), valid %d rows; %d trainable parameters",
+        len(train_df),
+        len(train_rows),
+        len(valid),
+        n_trainable,
+    )
 
     if not trainer.dist.main:
         trainer.fit(built, train_rows, train_ids, valid, valid_ids, NullTracker())
@@ -441,7 +655,9 @@ def train(cfg: DictConfig, run_dir: str | Path) -> float:
             "train/rows": len(train_rows),
             "train/trainable_parameters": n_trainable,
             "train/tokens_per_s": best["train/tokens_per_s"],
-            "train/peak_gpu_memory_gb": torch.cuda.max_memory_allocated(trainer.device) / 1e9 if trainer.device.type == "cuda" else None,
+            "train/peak_gpu_memory_gb": torch.cuda.max_memory_allocated(trainer.device) / 1e9
+            if trainer.device.type == "cuda"
+            else None,
             "peak_rss_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6,  # Linux reports KiB
             "runtime_s": time.perf_counter() - started,
             "device": str(trainer.device),

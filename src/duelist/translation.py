@@ -48,11 +48,22 @@ def load_pairs_to_translate(path: str, on_bad_rows: str) -> pd.DataFrame:
 def fingerprint(pairs: pd.DataFrame, targets: list[str], cfg: Any) -> str:
     """What a shard folder belongs to: the rows, the target languages, the translating model and its settings."""
     g = cfg.generate
-    settings = {"generator": OmegaConf.to_container(g.generators[0], resolve=True), "backend": str(g.backend), "dtype": str(g.dtype),
-                "max_prompt_tokens": g.max_prompt_tokens, "shard_size": g.shard_size, "seed": g.seed,
-                "translate": OmegaConf.to_container(cfg.translate, resolve=True)}
+    settings = {
+        "generator": OmegaConf.to_container(g.generators[0], resolve=True),
+        "backend": str(g.backend),
+        "dtype": str(g.dtype),
+        "max_prompt_tokens": g.max_prompt_tokens,
+        "shard_size": g.shard_size,
+        "seed": g.seed,
+        "translate": OmegaConf.to_container(cfg.translate, resolve=True),
+    }
     texts = pd.util.hash_pandas_object(pairs[list(TEXT_COLUMNS)], index=False).to_numpy()
-    blob = json.dumps({"ids": list(pairs["id"]), "targets": targets, "settings": settings}, sort_keys=True, default=str).encode() + texts.tobytes()
+    blob = (
+        json.dumps(
+            {"ids": list(pairs["id"]), "targets": targets, "settings": settings}, sort_keys=True, default=str
+        ).encode()
+        + texts.tobytes()
+    )
     return hashlib.sha256(blob).hexdigest()[:16]
 
 
@@ -63,15 +74,20 @@ PROBLEMS = {
 }
 
 
-def translate_rows(backend: Any, rows: pd.DataFrame, language: str, t: Any, max_prompt_tokens: int, seed: int) -> pd.DataFrame:
+def translate_rows(
+    backend: Any, rows: pd.DataFrame, language: str, t: Any, max_prompt_tokens: int, seed: int
+) -> pd.DataFrame:
     """``rows`` with prompt and responses translated into ``language`` (each distinct non-empty text once; empty texts
     stay empty), and ``problem``: None, or why the row cannot be used (:data:`PROBLEMS`): a text that does not fit
     with the instruction is not sent (cut from the front, the instruction would be lost), a translation cut at
     ``translate.max_new_tokens`` (unless ``translate.keep_cut``) or empty would change the pair its label judged."""
     texts = list(dict.fromkeys(x for c in TEXT_COLUMNS for x in rows[c] if x.strip()))
     asks = {x: t.instruction.replace("{language}", language).replace("{text}", x) for x in texts}
-    fits = {x: len(backend.tokenizer(chat_text(backend.tokenizer, ask), add_special_tokens=False)["input_ids"]) <= max_prompt_tokens
-            for x, ask in asks.items()}
+    fits = {
+        x: len(backend.tokenizer(chat_text(backend.tokenizer, ask), add_special_tokens=False)["input_ids"])
+        <= max_prompt_tokens
+        for x, ask in asks.items()
+    }
     sent = [x for x in texts if fits[x]]
     outputs = backend.generate([asks[x] for x in sent], seed=seed) if sent else []
     done = dict(zip(sent, outputs))
@@ -81,8 +97,17 @@ def translate_rows(backend: Any, rows: pd.DataFrame, language: str, t: Any, max_
             problem_of[x] = "empty"
         elif cut and not t.keep_cut:
             problem_of[x] = "cut"
-    problems = [next((problem_of[x] for x in row if x in problem_of), None) for row in rows[list(TEXT_COLUMNS)].itertuples(index=False)]
-    return pd.DataFrame({"id": rows["id"].to_numpy(), **{c: [done.get(x, x) for x in rows[c]] for c in TEXT_COLUMNS}, "problem": problems})
+    problems = [
+        next((problem_of[x] for x in row if x in problem_of), None)
+        for row in rows[list(TEXT_COLUMNS)].itertuples(index=False)
+    ]
+    return pd.DataFrame(
+        {
+            "id": rows["id"].to_numpy(),
+            **{c: [done.get(x, x) for x in rows[c]] for c in TEXT_COLUMNS},
+            "problem": problems,
+        }
+    )
 
 
 def translate(cfg: Any) -> pd.DataFrame:
@@ -110,15 +135,26 @@ def translate(cfg: Any) -> pd.DataFrame:
         return folder / f"shard-{shard:05d}.{language}.parquet"
 
     todo = [(s, lang) for lang in targets for s in range(n_shards) if not shard_file(s, lang).is_file()]
-    log.info("translating %d pairs into %s: %d shards of %d rows, %d already done", len(pairs), ", ".join(targets),
-             n_shards * len(targets), g.shard_size, n_shards * len(targets) - len(todo))
+    log.info(
+        "translating %d pairs into %s: %d shards of %d rows, %d already done",
+        len(pairs),
+        ", ".join(targets),
+        n_shards * len(targets),
+        g.shard_size,
+        n_shards * len(targets) - len(todo),
+    )
     if todo:
         gen = g.generators[0]
-        backend = make_backend(gen, OmegaConf.merge(g, {"max_new_tokens": t.max_new_tokens, "temperature": 0.0}), device)
+        backend = make_backend(
+            gen, OmegaConf.merge(g, {"max_new_tokens": t.max_new_tokens, "temperature": 0.0}), device
+        )
         log.info("translator: %s (%s backend, greedy)", gen.name, g.backend)
         for shard, language in tqdm(todo, desc="translate", unit="shard"):
             rows = pairs[(pairs["shard"] == shard) & (pairs["language"] != language)]
-            write_parquet(shard_file(shard, language), translate_rows(backend, rows, language, t, g.max_prompt_tokens, g.seed + shard))
+            write_parquet(
+                shard_file(shard, language),
+                translate_rows(backend, rows, language, t, g.max_prompt_tokens, g.seed + shard),
+            )
         del backend
 
     parts, dropped = [], {}
@@ -130,16 +166,25 @@ def translate(cfg: Any) -> pd.DataFrame:
                 dropped[problem] = dropped.get(problem, 0) + int(n)
             done = done[done["problem"].isna()]
             source = by_id.loc[done["id"]].reset_index()
-            parts.append(source.assign(
-                **{c: done[c].to_numpy() for c in TEXT_COLUMNS},
-                id=[f"{i}@{language}" for i in done["id"]], source_id=done["id"].to_numpy(), source_language=source["language"].to_numpy(),
-                language=language, translated=True, source=[f"translated:{s}" for s in source["source"]],
-            ))
+            parts.append(
+                source.assign(
+                    **{c: done[c].to_numpy() for c in TEXT_COLUMNS},
+                    id=[f"{i}@{language}" for i in done["id"]],
+                    source_id=done["id"].to_numpy(),
+                    source_language=source["language"].to_numpy(),
+                    language=language,
+                    translated=True,
+                    source=[f"translated:{s}" for s in source["source"]],
+                )
+            )
     columns = CANONICAL_COLUMNS + ["source_language"]
     result = pd.concat(parts, ignore_index=True)[columns] if parts else pd.DataFrame(columns=columns)
     write_parquet(output, result)
     for problem, n in sorted(dropped.items()):
         log.warning("%d translated pairs left out: %s", n, PROBLEMS.get(problem, problem))
     counts = result["language"].value_counts().to_dict()
-    print(f"translated {len(result)} pairs ({counts}) from {len(pairs)} -> {output}" + (f"; left out: {dropped}" if dropped else ""))
+    print(
+        f"translated {len(result)} pairs ({counts}) from {len(pairs)} -> {output}"
+        + (f"; left out: {dropped}" if dropped else "")
+    )
     return result

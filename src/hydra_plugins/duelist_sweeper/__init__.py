@@ -14,4 +14,6 @@ if find_spec("hydra_plugins.hydra_optuna_sweeper") is not None and find_spec("op
         def __init__(self, heartbeat_interval: int, grace_period: int, max_retry: int, **kwargs: Any) -> None:
             self.sweeper = RetryingSweeperImpl(heartbeat_interval, grace_period, max_retry, **kwargs)
 
-    ConfigStore.instance().store(group="hydra/sweeper", name="duelist_optuna", node=DuelistOptunaSweeperConf, provider="duelist")
+    ConfigStore.instance().store(
+        group="hydra/sweeper", name="duelist_optuna", node=DuelistOptunaSweeperConf, provider="duelist"
+    )
