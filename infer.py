@@ -3,7 +3,7 @@
 python infer.py runs=[RUN_DIR] data.test=test.parquet output=submission.csv      # task=submit (default)
 python infer.py task=pseudolabel labeling=confident runs=[TEACHER] data.test=pairs.parquet output=pl.parquet
 python infer.py task=generate generate=hf data.test=prompts.parquet output=pairs.parquet
-python infer.py task=translate generate=hf data.test=pairs.parquet output=translated.parquet +translate.to=[Russian,Vietnamese]
+python infer.py task=translate generate=hf data.test=pairs.parquet output=tr.parquet +translate.to=[Russian]
 """
 
 import sys
@@ -12,33 +12,23 @@ from pathlib import Path
 import hydra
 from omegaconf import DictConfig
 
-from duelist.config import Task, check_command_line, register_configs
-from duelist.errors import exit_cleanly_on_user_error
-from duelist.generation import generate
-from duelist.logs import quiet_library_logs
-from duelist.pseudolabel import pseudolabel
-from duelist.submission import submit
-from duelist.translation import translate
+from duelist.core.config import check_command_line, register_configs
+from duelist.core.errors import exit_cleanly_on_user_error
+from duelist.core.logs import quiet_library_logs
+from duelist.tasks.infer import infer
 
 register_configs()
 quiet_library_logs()
-
-TASKS = {
-    Task.submit: submit,
-    Task.pseudolabel: pseudolabel,
-    Task.generate: generate,
-    Task.translate: translate,
-}  # each takes the composed config
 
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="infer")
 @exit_cleanly_on_user_error
 def main(cfg: DictConfig) -> None:
-    TASKS[cfg.task](cfg)
+    infer(cfg)
 
 
 if __name__ == "__main__":
     exit_cleanly_on_user_error(check_command_line)(
         Path(__file__).parent / "conf", "infer", sys.argv[1:]
-    )  # a typo: one line, exit 2
+    )  # a typo: exit 2
     main()

@@ -7,10 +7,10 @@ import hydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
-from duelist.config import check_command_line, register_configs
-from duelist.errors import exit_cleanly_on_user_error
-from duelist.logs import quiet_library_logs
-from duelist.training import train
+from duelist.core.config import check_command_line, register_configs
+from duelist.core.errors import exit_cleanly_on_user_error
+from duelist.core.logs import quiet_library_logs
+from duelist.tasks.train import train
 
 register_configs()
 quiet_library_logs()
@@ -25,5 +25,5 @@ def main(cfg: DictConfig) -> float:
 if __name__ == "__main__":
     exit_cleanly_on_user_error(check_command_line)(
         Path(__file__).parent / "conf", "train", sys.argv[1:]
-    )  # a typo: one line, exit 2
+    )  # a typo: exit 2
     main()

@@ -1,6 +1,7 @@
 """The feature model (``model=features``) on the bundled sample: every fold, against the longer-answer rule.
 
-    python bench/feature_model.py [--early-stopping 0]   # writes outputs/bench/feature-model-<host>.json (--out bench/results/... to commit)
+    python bench/feature_model.py [--early-stopping 0]   # writes outputs/bench/feature-model-<host>.json (--out
+    bench/results/... to commit)
 
 Trains ``python train.py model=features data.fold=K`` for K = 0..4 in this process (run dirs under a temporary
 folder) and reports each fold's validation accuracy, the longer-answer rule's on the same rows, log loss,
@@ -24,9 +25,9 @@ ROOT = Path(__file__).resolve().parents[1]
 def main() -> None:
     from hydra import compose, initialize_config_dir
 
-    from duelist.bench import git_commit, versions
-    from duelist.config import register_configs
-    from duelist.training import train
+    from duelist.core.config import register_configs
+    from duelist.tasks.train import train
+    from duelist.tools.bench import git_commit, versions
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument(
@@ -65,7 +66,8 @@ def main() -> None:
     mean = {k: sum(f[k] for f in folds) / len(folds) for k in ("accuracy", "longer_wins", "log_loss")}
     for f in folds:
         print(
-            f"fold {f['fold']}: {f['rows']} pairs  features {f['accuracy']:.4f}  longer-answer rule {f['longer_wins']:.4f}  "
+            f"fold {f['fold']}: {f['rows']} pairs  features {f['accuracy']:.4f}  longer-answer rule "
+            f"{f['longer_wins']:.4f}  "
             f"log loss {f['log_loss']:.4f}  {f['seconds']:.1f} s"
         )
     print(f"mean: features {mean['accuracy']:.4f}  rule {mean['longer_wins']:.4f}  log loss {mean['log_loss']:.4f}")

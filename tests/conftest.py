@@ -19,7 +19,7 @@ import pytest  # noqa: E402
 import torch  # noqa: E402
 from hydra import compose, initialize_config_dir  # noqa: E402
 
-from duelist.config import register_configs  # noqa: E402
+from duelist.core.config import register_configs  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 CONF = ROOT / "conf"
@@ -66,7 +66,8 @@ def _isolated_env(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.
 
 
 def html_tables(page: str) -> dict[str, list[dict[str, str]]]:
-    """The ``<table id=...>`` tables of an HTML page as lists of {header: cell text} (an independent reader of our pages)."""
+    """The ``<table id=...>`` tables of an HTML page as lists of {header: cell text} (an independent reader of our
+    pages)."""
     from html.parser import HTMLParser
 
     tables: dict[str, list[list[str]]] = {}

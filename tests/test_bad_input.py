@@ -10,9 +10,9 @@ import pytest
 import torch
 
 from conftest import TINY, WSDM_EXAMPLE, compose_infer, compose_train, run_cli
-from duelist.data import load_pairs, load_test
-from duelist.errors import DuelistError
-from duelist.training import train
+from duelist.core.errors import DuelistError
+from duelist.data.reading import load_pairs, load_test
+from duelist.tasks.train import train
 
 
 def good_rows(n: int = 6) -> pd.DataFrame:
@@ -129,7 +129,7 @@ def test_infer_cli_run_dir_without_checkpoint(tmp_path) -> None:
 
 
 def test_quantized_inference_without_cuda(tmp_path) -> None:
-    from duelist.modeling import check_quantization
+    from duelist.core.hardware import check_quantization
 
     with pytest.raises(DuelistError, match="quantization=int8 needs a CUDA GPU"):
         check_quantization("int8", torch.device("cpu"))
@@ -321,12 +321,13 @@ def test_lmsys_bad_one_hot_is_a_bad_label(tmp_path) -> None:
 def test_lora_rank_without_adapters_is_refused() -> None:
     import torch
 
-    from duelist.modeling import check_model_config
+    from duelist.models.network_build import check_model_config
 
     cfg = compose_train(["lora=none", "lora.r=8"])
     with pytest.raises(
         DuelistError,
-        match=r"^lora.r=8 has no effect: adapters are off \(lora=none: full fine-tuning of every weight\)\. Drop lora=none",
+        match=r"^lora.r=8 has no effect: adapters are off \(lora=none: full fine-tuning of every weight\)\. "
+        r"Drop lora=none",
     ):
         check_model_config(cfg.model, cfg.lora, torch.device("cpu"))
 
@@ -337,9 +338,9 @@ def test_infer_vllm_backend_errors_are_one_line(tmp_path) -> None:
     assert res.returncode == 0, res.stderr[-2000:]
     out = tmp_path / "submission.csv"
     res = run_cli("infer.py", [f"runs=[{run}]", f"data.test={WSDM_EXAMPLE}", f"output={out}", "backend=vllm"])
-    assert_one_line_error(res, "backend=vllm needs full weights", "python -m duelist.export")
+    assert_one_line_error(res, "backend=vllm needs full weights", "python -m duelist export")
     merged = tmp_path / "merged"
-    from duelist.export import export_run
+    from duelist.tools.export import export_run
 
     export_run(run, merged)
     res = run_cli("infer.py", [f"runs=[{merged}]", f"data.test={WSDM_EXAMPLE}", f"output={out}", "backend=vllm"])
@@ -358,7 +359,7 @@ def test_infer_vllm_backend_errors_are_one_line(tmp_path) -> None:
 
 @pytest.mark.fast
 def test_a_gpu_device_on_a_cpu_machine_is_named_as_the_user_set_it(monkeypatch) -> None:
-    from duelist.modeling import pick_device
+    from duelist.core.hardware import pick_device
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     with pytest.raises(DuelistError) as err:

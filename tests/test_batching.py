@@ -8,8 +8,8 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from duelist.batching import pad, sorted_batches, train_batches
-from duelist.scoring import predict_p_a
+from duelist.core.batching import pad, sorted_batches, train_batches
+from duelist.models.network_scoring import predict_p_a
 
 pytestmark = pytest.mark.fast  # the developer tier: python -m pytest -m fast
 
@@ -104,8 +104,7 @@ def test_token_budget_predictions_come_back_in_input_order(seqs, max_tokens) -> 
 
 def test_precision_is_bf16_where_supported_else_fp16(monkeypatch) -> None:
     """T4 (no bf16) gets fp16, Ampere/Hopper get bf16, CPU stays fp32; explicit choices are kept."""
-    from duelist.modeling import torch_dtype
-    from duelist.scoring import autocast_dtype
+    from duelist.core.hardware import autocast_dtype, torch_dtype
 
     gpu, cpu = torch.device("cuda"), torch.device("cpu")
     for supported, expected in ((True, torch.bfloat16), (False, torch.float16)):

@@ -9,7 +9,7 @@ import pytest
 import torch
 from transformers import AutoConfig
 
-from duelist import bench
+from duelist.tools import bench
 
 
 @pytest.mark.fast
@@ -67,7 +67,7 @@ def test_token_budget_computes_far_fewer_padded_tokens_than_naive_padding(tmp_pa
         and saved["versions"]["torch"] == torch.__version__
         and len(saved["commit"]) == 40
     )
-    warm, rest = seen[:1], seen[1:]
+    rest = seen[1:]  # after the warm-up batch
     naive_batches = rows // batch
     naive, budget = sum(rest[:naive_batches]), sum(rest[naive_batches:])
     assert naive == rows * max_length  # every row padded to max_length

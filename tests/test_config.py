@@ -100,7 +100,7 @@ def test_an_infer_value_outside_a_fixed_choice_fails_at_compose_time(override: s
 def test_precision_has_one_vocabulary_with_torch_aliases() -> None:
     import torch
 
-    from duelist.modeling import torch_dtype, vllm_dtype
+    from duelist.core.hardware import torch_dtype, vllm_dtype
 
     cpu = torch.device("cpu")
     assert (vllm_dtype("auto"), vllm_dtype("fp16"), vllm_dtype("bfloat16")) == (
@@ -158,8 +158,8 @@ def test_every_yaml_key_has_a_comment() -> None:
 
 
 def test_translate_targets_are_added_with_plus_and_typos_fail() -> None:
-    from duelist.config import check_command_line
-    from duelist.errors import DuelistError
+    from duelist.core.config import check_command_line
+    from duelist.core.errors import DuelistError
 
     cfg = compose_infer(
         ["task=translate", "+translate.to=[Russian,Vietnamese]", "data.test=t.parquet", "output=o.parquet"]
@@ -189,7 +189,7 @@ def test_attention_auto_never_picks_sdpa_for_gemma2(monkeypatch) -> None:
 
     import torch
 
-    from duelist.modeling import attention
+    from duelist.models.network_build import attention
 
     gemma, llama = compose_train(["model=gemma2_9b"]).model, compose_train(["model=llama3_1_8b"]).model
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
@@ -212,8 +212,8 @@ def test_attention_auto_never_picks_sdpa_for_gemma2(monkeypatch) -> None:
 
 
 def test_conf_dir_is_found_without_the_source_layout(tmp_path, monkeypatch) -> None:
-    from duelist.config import conf_dir
-    from duelist.errors import DuelistError
+    from duelist.core.config import conf_dir
+    from duelist.core.errors import DuelistError
 
     monkeypatch.chdir(tmp_path)  # not a checkout: the installed package's checkout is the fallback
     assert conf_dir() == CONF
@@ -225,14 +225,15 @@ def test_conf_dir_is_found_without_the_source_layout(tmp_path, monkeypatch) -> N
     monkeypatch.setenv("DUELIST_CONF", str(tmp_path / "nowhere"))
     monkeypatch.chdir(tmp_path / "conf")
     monkeypatch.setattr(
-        "duelist.config.__file__", str(tmp_path / "venv" / "lib" / "site-packages" / "duelist" / "config.py")
+        "duelist.core.config.__file__",
+        str(tmp_path / "venv" / "lib" / "site-packages" / "duelist" / "core" / "config.py"),
     )  # a wheel install
     with pytest.raises(DuelistError, match="no conf/ folder with train.yaml .*set DUELIST_CONF"):
         conf_dir()
 
 
 def test_run_configs_written_before_a_model_key_existed_read_with_the_value_they_were_trained_with(tmp_path) -> None:
-    from duelist.rundir import RunDir
+    from duelist.runs.run_dir import RunDir
 
     cfg = compose_train([])
     old = OmegaConf.to_container(cfg, resolve=True)

@@ -9,8 +9,10 @@ import pandas as pd
 import pytest
 
 from conftest import WSDM_EXAMPLE, compose_train
-from duelist.data import assign_folds, augment, load_pairs, load_test, load_train_valid, swap_pairs
-from duelist.errors import DuelistError
+from duelist.core.errors import DuelistError
+from duelist.data.pairs import swap_pairs
+from duelist.data.reading import load_pairs, load_test
+from duelist.data.splits import assign_folds, augment, load_train_valid
 
 pytestmark = pytest.mark.fast  # the developer tier: python -m pytest -m fast
 
@@ -185,7 +187,7 @@ def test_leakage_guard_with_a_fixed_validation_file(tmp_path, caplog) -> None:
 
 @pytest.mark.fast
 def test_languages_are_one_vocabulary_of_wsdm_names(tmp_path) -> None:
-    from duelist.languages import language_name
+    from duelist.core.languages import language_name
 
     hand = {
         "da": "Danish",
@@ -217,7 +219,7 @@ def test_languages_are_one_vocabulary_of_wsdm_names(tmp_path) -> None:
 
 @pytest.mark.fast
 def test_stratified_sample_has_no_position_bias() -> None:
-    from duelist.data import stratified_sample
+    from duelist.data.splits import stratified_sample
 
     n = 10_000
     df = pd.DataFrame(

@@ -68,7 +68,8 @@ def test_two_processes_match_one_within_tolerance(tmp_path) -> None:
 
     m1, m2 = (json.loads((tmp_path / r / "metrics.json").read_text()) for r in ("one", "two"))
     assert (m1["processes"], m2["processes"]) == (1, 2)
-    # each of the 2 processes takes half of the 40 batches of 4; info lines are printed once (rank 0's), not once per process
+    # each of the 2 processes takes half of the 40 batches of 4; info lines are printed once (rank 0's), not once per
+    # process
     assert len(re.findall(r"training \d+ rows \(\d+ optimizer steps, 20 per epoch\)", two.stdout + two.stderr)) == 1
     # validation: each process scores its share (rank 0 alone would keep the other waiting past NCCL's timeout)
     shares = re.findall(r"validation: 2 processes scored (\d+) \+ (\d+) of (\d+) rows", two.stdout + two.stderr)
@@ -85,7 +86,8 @@ def test_two_processes_match_one_within_tolerance(tmp_path) -> None:
         tmp_path / "two" / "checkpoint" / "adapter" / "adapter_model.safetensors"
     ).is_file()  # written once, by rank 0
 
-    # both processes killed (SIGKILL) after the step-4 state, in step 5; the same launch again resumes and ends identically
+    # both processes killed (SIGKILL) after the step-4 state, in step 5; the same launch again resumes and ends
+    # identically
     killed = [*COMMON, "trainer.batch_size=4", "trainer.save_every=2", f"hydra.run.dir={tmp_path / 'killed'}"]
     dead = launch("--multi_gpu", killed, tmp_path, env={"DUELIST_TEST_KILL_AT_BATCH": "5"})
     assert dead.returncode != 0 and [p.name for p in sorted((tmp_path / "killed" / "states").iterdir())] == [
@@ -117,7 +119,8 @@ def test_fsdp_full_fine_tuning_matches_one_process(tmp_path) -> None:
     assert abs(m2["val/log_loss"] - m1["val/log_loss"]) < 1e-5  # stated tolerance: float summation order only
     p1, p2 = (pd.read_parquet(tmp_path / r / "oof.parquet") for r in ("one", "two"))
     np.testing.assert_allclose(p2["p_a"], p1["p_a"], atol=1e-5)
-    # the full (gathered) weights were saved once: infer.py rebuilds the model from them alone and gets the OOF probabilities back
+    # the full (gathered) weights were saved once: infer.py rebuilds the model from them alone and gets the OOF
+    # probabilities back
     valid = tmp_path / "valid.parquet"
     ids = set(p2["id"])
     pd.concat(

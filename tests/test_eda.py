@@ -11,7 +11,7 @@ import pandas as pd
 import pytest
 
 from conftest import ROOT, html_tables
-from duelist.modeling import load_tokenizer
+from duelist.models.network_build import load_tokenizer
 
 PANDALM = ROOT / "src/duelist/assets/sample/pandalm_test.parquet"
 
@@ -25,7 +25,8 @@ def test_eda_report_matches_pandas(tmp_path) -> None:
         [
             sys.executable,
             "-m",
-            "duelist.eda",
+            "duelist",
+            "eda",
             "data=files",
             f"data.train={PANDALM}",
             f"data.valid={tmp_path / 'valid.parquet'}",
@@ -110,7 +111,8 @@ def test_eda_prompt_overlap_between_sources(tmp_path) -> None:
         [
             sys.executable,
             "-m",
-            "duelist.eda",
+            "duelist",
+            "eda",
             "data=files",
             f"data.train=[{tmp_path / 'main.parquet'},{{path:{tmp_path / 'extra.parquet'},validate:false}}]",
             f"data.valid={tmp_path / 'valid.parquet'}",

@@ -13,10 +13,10 @@ import pytest
 from omegaconf import OmegaConf
 
 from conftest import TINY, WSDM_EXAMPLE, compose_infer, compose_train, run_cli
-from duelist import ensemble
-from duelist.errors import DuelistError
-from duelist.runs import best_run, find_runs
-from duelist.training import train
+from duelist.core.errors import DuelistError
+from duelist.predict import ensemble
+from duelist.runs.registry import best_run, find_runs
+from duelist.tasks.train import train
 
 
 def fake_run(
@@ -61,7 +61,8 @@ def test_registry_sorts_and_filters(tmp_path) -> None:
         [
             sys.executable,
             "-m",
-            "duelist.runs",
+            "duelist",
+            "runs",
             "--root",
             str(tmp_path),
             "--sort",
@@ -113,7 +114,7 @@ def test_weights_recover_the_better_member_and_accuracy_checks_out(tmp_path) -> 
     ids = [f"x{i}" for i in range(n)]
     write_oof(tmp_path / "noise", ids, noise, winner, "en")
     write_oof(tmp_path / "good", ids[::-1], good[::-1], winner[::-1], "en")  # another row order: joined on id
-    report = ensemble.fit([tmp_path / "noise", tmp_path / "good"], "prob", 0.05, False, 200)
+    report = ensemble.fit([tmp_path / "noise", tmp_path / "good"], ensemble.Tuning("prob", 0.05, False, 200))
     w = report["weights"]["*"]
     assert w[1] >= 0.8 and abs(sum(w) - 1) < 1e-9
     # the ensemble's OOF accuracy, recomputed here from the weights
@@ -140,7 +141,7 @@ def test_per_language_weights(tmp_path) -> None:
     ids = [f"y{i}" for i in range(n)]
     write_oof(tmp_path / "m0", ids, m0, winner, lang)
     write_oof(tmp_path / "m1", ids, m1, winner, lang)
-    report = ensemble.fit([tmp_path / "m0", tmp_path / "m1"], "logit", 0.05, True, 200)
+    report = ensemble.fit([tmp_path / "m0", tmp_path / "m1"], ensemble.Tuning("logit", 0.05, True, 200))
     assert report["weights"]["en"][0] >= 0.8 and report["weights"]["ru"][1] >= 0.8
     assert (
         report["oof/accuracy"]["ensemble"]
@@ -246,7 +247,7 @@ def test_cross_fitted_score_and_cascade_coverage_recomputed_independently(tmp_pa
     ids = [f"z{i}" for i in range(n)]
     write_oof(tmp_path / "m0", ids, m0, winner, "en")
     write_oof(tmp_path / "m1", ids, m1, winner, "en")
-    report = ensemble.fit([tmp_path / "m0", tmp_path / "m1"], "prob", 0.05, False, 200)
+    report = ensemble.fit([tmp_path / "m0", tmp_path / "m1"], ensemble.Tuning("prob", 0.05, False, 200))
     p = np.column_stack([m0, m1])
 
     part = np.random.default_rng(0).permutation(n) % 5  # the documented split: five parts, seed 0
@@ -287,7 +288,7 @@ def test_the_registry_never_picks_a_specialist_as_a_member(tmp_path) -> None:
 
 @pytest.mark.fast
 def test_members_auto_picks_the_best_run_of_the_two_best_model_names(tmp_path) -> None:
-    from duelist.scoring import pick_runs
+    from duelist.runs.registry import pick_runs
 
     fake_run(tmp_path, "g1", "tiny_gemma2", 0.61, 0.66)
     fake_run(tmp_path, "g2", "tiny_gemma2", 0.66, 0.64)
@@ -300,7 +301,8 @@ def test_members_auto_picks_the_best_run_of_the_two_best_model_names(tmp_path) -
     fake_run(only_one, "g", "tiny_gemma2", 0.6, 0.6)
     with pytest.raises(
         DuelistError,
-        match=r"needs finished runs of 2 model names under .*one; found only tiny_gemma2\. Train another model family \(on a CPU: python train.py and python train.py experiment=minilm_full are two",
+        match=r"needs finished runs of 2 model names under .*one; found only tiny_gemma2\. Train another model family "
+        r"\(on a CPU: python train.py and python train.py experiment=minilm_full are two",
     ):
         pick_runs(compose_infer(["ensemble=two_model", f"ensemble.roots=[{only_one}]", "data.test=x.parquet"]))
     with pytest.raises(DuelistError, match="use auto or a list"):
@@ -308,8 +310,8 @@ def test_members_auto_picks_the_best_run_of_the_two_best_model_names(tmp_path) -
 
 
 def test_a_member_with_weight_zero_is_not_scored(tmp_path, monkeypatch) -> None:
-    from duelist import submission
-    from duelist.ensemble import GLOBAL
+    from duelist.predict.ensemble import GLOBAL
+    from duelist.tasks import submit as submission
 
     a, b = fake_run(tmp_path, "a", "tiny_gemma2", 0.7, 0.6), fake_run(tmp_path, "b", "tiny_qwen2", 0.5, 0.7)
     monkeypatch.setattr(
@@ -322,7 +324,7 @@ def test_a_member_with_weight_zero_is_not_scored(tmp_path, monkeypatch) -> None:
     )
     scored, budget_runs_out = [], [False]
 
-    def fake_score(run, test, cfg, device, cache_dir, **kw):
+    def fake_score(run, test, cfg, device, **kw):
         scored.append(run.name)
         return np.array([0.8, np.nan, np.nan]) if budget_runs_out[0] else np.linspace(0.1, 0.9, len(test))
 

@@ -11,10 +11,11 @@ import torch
 from omegaconf import OmegaConf
 
 from conftest import TINY, compose_train
-from duelist.data import load_pairs, load_train_valid, parse_sources
-from duelist.errors import DuelistError
-from duelist.modeling import build_model
-from duelist.training import seed_everything, train
+from duelist.core.errors import DuelistError
+from duelist.data.reading import load_pairs
+from duelist.data.splits import load_train_valid, parse_sources
+from duelist.models.network_build import build_model
+from duelist.tasks.train import seed_everything, train
 
 
 def chat(*turns: tuple[str, str]) -> list[dict]:
@@ -191,8 +192,8 @@ def test_language_filter_and_quota_apply_to_training_rows_only(tmp_path) -> None
 
 def test_zero_loss_weight_leaves_the_model_untouched(tmp_path) -> None:
     """Per-source weights reach the loss: with every row at weight 0 (and no weight decay) training changes nothing."""
-    from duelist.formatting import PairEncoder
-    from duelist.scoring import predict_p_a
+    from duelist.data.encoding import PairEncoder
+    from duelist.models.network_scoring import predict_p_a
 
     rows = pd.read_parquet("src/duelist/assets/sample/pandalm_test.parquet").iloc[:120]
     rows = rows[rows["winner"] != "tie"]

@@ -7,9 +7,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from duelist.errors import DuelistError
-from duelist.formatting import Frame, PairEncoder, assemble
-from duelist.modeling import load_tokenizer
+from duelist.core.errors import DuelistError
+from duelist.data.encoding import Frame, PairEncoder, assemble
+from duelist.models.network_build import load_tokenizer
 
 pytestmark = pytest.mark.fast  # the developer tier: python -m pytest -m fast
 

@@ -6,8 +6,8 @@ import pandas as pd
 import pytest
 
 from conftest import compose_infer, run_cli
-from duelist import generation
-from duelist.errors import DuelistError
+from duelist.core.errors import DuelistError
+from duelist.tasks import generate as generation
 
 
 def prompts_file(tmp_path, n: int = 30):
@@ -121,7 +121,7 @@ def test_generate_cli_errors_are_one_line(tmp_path) -> None:
 
 @pytest.mark.fast
 def test_a_long_prompt_keeps_its_end_where_the_generation_prompt_is() -> None:
-    from duelist.modeling import load_tokenizer
+    from duelist.models.network_build import load_tokenizer
 
     tok = load_tokenizer("pkg:duelist/assets/tiny_tokenizer")  # has a Gemma-style chat template
     long_prompt = "word " * 500

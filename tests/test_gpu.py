@@ -8,8 +8,8 @@ import pytest
 import torch
 
 from conftest import TINY, compose_train
-from duelist.modeling import build_model, load_checkpoint
-from duelist.training import train
+from duelist.models.network_build import build_model, load_checkpoint
+from duelist.tasks.train import train
 
 pytestmark = pytest.mark.gpu
 
@@ -58,10 +58,10 @@ def test_8bit_adamw_trains(tmp_path) -> None:
 def test_quantized_inference_close_to_16_bit(tmp_path, kind: str) -> None:
     pytest.importorskip("bitsandbytes")
     from conftest import WSDM_EXAMPLE
-    from duelist.data import load_test
-    from duelist.export import export_run
-    from duelist.formatting import PairEncoder
-    from duelist.scoring import predict_p_a
+    from duelist.data.encoding import PairEncoder
+    from duelist.data.reading import load_test
+    from duelist.models.network_scoring import predict_p_a
+    from duelist.tools.export import export_run
 
     train(compose_train([*TINY, "trainer.device=cuda"]), tmp_path / "run")
     export_run(tmp_path / "run", tmp_path / "merged")

@@ -16,13 +16,15 @@ import pytest
 import torch
 
 from conftest import TINY, WSDM_EXAMPLE, compose_train
-from duelist.data import load_test, load_train_valid
-from duelist.errors import DuelistError
-from duelist.formatting import PairEncoder
-from duelist.modeling import build_model, half_weights, load_checkpoint
-from duelist.rundir import RunDir
-from duelist.scoring import autocast_dtype, predict_p_a
-from duelist.training import train
+from duelist.core.errors import DuelistError
+from duelist.core.hardware import autocast_dtype, half_weights
+from duelist.data.encoding import PairEncoder
+from duelist.data.reading import load_test
+from duelist.data.splits import load_train_valid
+from duelist.models.network_build import build_model, load_checkpoint
+from duelist.models.network_scoring import predict_p_a
+from duelist.runs.run_dir import RunDir
+from duelist.tasks.train import train
 
 CPU = torch.device("cpu")
 QLORA = [*TINY, "lora=qlora", "lora.r=8", "lora.dropout=0.0", "trainer.lr=1e-3"]
@@ -97,7 +99,8 @@ def test_every_trainable_parameter_is_fp32_over_a_half_precision_base(lora: str,
 
 @pytest.mark.parametrize("lora", ["none", "default"])
 def test_fp16_weights_with_fp16_autocast_and_grad_scaler_train(tmp_path, lora: str) -> None:
-    """The Kaggle T4 path (fp16 weights, fp16 autocast, GradScaler): it crashed with 'Attempting to unscale FP16 gradients'."""
+    """The Kaggle T4 path (fp16 weights, fp16 autocast, GradScaler): it crashed with 'Attempting to unscale FP16
+    gradients'."""
     train(
         compose_train([*TINY, f"lora={lora}", "model.dtype=fp16", "trainer.precision=fp16", "trainer.max_steps=2"]),
         tmp_path,
@@ -107,7 +110,8 @@ def test_fp16_weights_with_fp16_autocast_and_grad_scaler_train(tmp_path, lora: s
 
 
 def test_bf16_training_keeps_updates_smaller_than_bf16_resolution(tmp_path) -> None:
-    """lr 1e-5 on weights of std 0.02: each update is below bf16's spacing there (~8e-5); kept in bf16 most weights never move."""
+    """lr 1e-5 on weights of std 0.02: each update is below bf16's spacing there (~8e-5); kept in bf16 most weights
+    never move."""
     overrides = [
         *TINY,
         "lora=none",
@@ -150,8 +154,8 @@ def test_qlora_gradient_checkpointing_stays_non_reentrant(cpu_bnb) -> None:
 
 
 def test_export_of_a_qlora_run_matches_the_adapter_and_rescores_the_oof(qlora_runs, tmp_path) -> None:
-    from duelist.export import export_run
-    from duelist.metrics import predicted_winner
+    from duelist.core.metrics import predicted_winner
+    from duelist.tools.export import export_run
 
     run, merged = qlora_runs["random"], tmp_path / "merged"
     export_run(run, merged)  # no DUELIST_CPU_BNB: merging reproduces the 4-bit rounding on any device
@@ -174,7 +178,7 @@ def test_export_of_a_qlora_run_matches_the_adapter_and_rescores_the_oof(qlora_ru
 
 @pytest.mark.parametrize("kind", ["int8", "nf4"])
 def test_quantized_scoring_stays_close_to_full_precision(qlora_runs, tmp_path, cpu_bnb, kind: str) -> None:
-    from duelist.export import export_run
+    from duelist.tools.export import export_run
 
     merged = tmp_path / "merged"
     export_run(qlora_runs["pretrained"], merged)
@@ -213,7 +217,7 @@ def test_a_data_parallel_worker_loads_quantized_weights_onto_its_own_gpu(qlora_r
     """Without a GPU: record where the 4-bit load would place the model for the worker of cuda:1."""
     from transformers import AutoModelForSequenceClassification
 
-    from duelist.export import export_run
+    from duelist.tools.export import export_run
 
     merged = tmp_path / "merged"
     export_run(qlora_runs["random"], merged)
@@ -236,18 +240,17 @@ def test_a_data_parallel_worker_loads_quantized_weights_onto_its_own_gpu(qlora_r
 def test_vllm_refuses_a_gemma2_run_on_a_gpu_without_bf16(tmp_path, monkeypatch) -> None:
     from omegaconf import OmegaConf
 
-    from duelist.scoring import score_run_vllm
+    from duelist.models.network_scoring import VllmScorer
 
     run = tmp_path / "run"
     (run / "checkpoint" / "model").mkdir(parents=True)
     for model, refused in (("tiny_gemma2", True), ("tiny_qwen2", False)):
         OmegaConf.save(compose_train([f"model={model}"]), run / "checkpoint" / "config.yaml")
-        test = load_test(str(WSDM_EXAMPLE))
         infer_cfg = OmegaConf.create({"precision": "auto", "cache_dir": None})
         monkeypatch.setattr(torch.cuda, "is_available", lambda: True)  # a T4: CUDA without bf16
         monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: False)
         with pytest.raises(DuelistError) as err:
-            score_run_vllm(run, test, infer_cfg, "none")
+            VllmScorer(run, infer_cfg)
         assert ("refuses float16 for Gemma-2" in str(err.value)) == refused, str(err.value)
         if refused:
             assert "backend=hf" in str(err.value)
@@ -257,7 +260,7 @@ def test_vllm_refuses_a_gemma2_run_on_a_gpu_without_bf16(tmp_path, monkeypatch) 
 def test_sequences_end_in_a_real_token_so_hf_and_vllm_pool_the_same_position(model: str) -> None:
     """HF pools the rightmost non-pad token, vLLM the last one: compare HF's padded-batch logits with the head applied
     by hand to each unpadded sequence's last hidden state."""
-    from duelist.batching import pad
+    from duelist.core.batching import pad
 
     cfg = compose_train([*TINY, f"model={model}", "lora=none"])
     built = build_model(cfg.model, cfg.lora, CPU, seed=0)
@@ -281,7 +284,7 @@ def test_sequences_end_in_a_real_token_so_hf_and_vllm_pool_the_same_position(mod
 
 
 def test_a_template_ending_in_the_pad_token_is_refused() -> None:
-    from duelist.modeling import load_tokenizer
+    from duelist.models.network_build import load_tokenizer
 
     cfg = compose_train(["model=tiny_gemma2"]).model
     tok = load_tokenizer(cfg.name_or_path)
@@ -292,12 +295,12 @@ def test_a_template_ending_in_the_pad_token_is_refused() -> None:
 
 
 def test_kaggle_package_ships_bitsandbytes_when_it_needs_it(qlora_runs, tmp_path) -> None:
-    from duelist.kaggle import needs_bitsandbytes, requirements
+    from duelist.tools.kaggle import needed_packages, requirements
 
     run = str(qlora_runs["random"])
-    assert needs_bitsandbytes([run], merge=False, quantization="none")  # a 4-bit base loads with bitsandbytes
-    assert not needs_bitsandbytes([run], merge=True, quantization="none")  # merged: plain weights
-    assert needs_bitsandbytes([run], merge=True, quantization="int8")
+    assert "bitsandbytes" in needed_packages([run], merge=False, quantization="none")  # a 4-bit base loads with it
+    assert "bitsandbytes" not in needed_packages([run], merge=True, quantization="none")  # merged: plain weights
+    assert "bitsandbytes" in needed_packages([run], merge=True, quantization="int8")
     assert "bitsandbytes" in requirements(extras=["qlora"]) and "bitsandbytes" not in requirements()
 
 
@@ -307,8 +310,8 @@ def test_kaggle_package_ships_bitsandbytes_when_it_needs_it(qlora_runs, tmp_path
     ids=["qlora", "fp16"],
 )
 def test_killed_run_resumes_identically_on_4bit_and_fp16_paths(tmp_path, setting) -> None:
-    """Resume on the GPU recipes' paths: adapters over a 4-bit base (only they are saved and reloaded), and fp16 autocast
-    whose GradScaler state (scale, growth tracker) is part of the saved state."""
+    """Resume on the GPU recipes' paths: adapters over a 4-bit base (only they are saved and reloaded), and fp16
+    autocast whose GradScaler state (scale, growth tracker) is part of the saved state."""
     from test_resume import same_results
 
     from conftest import run_cli

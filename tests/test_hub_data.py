@@ -1,4 +1,5 @@
-"""Hugging Face ``datasets`` sources (``hf:NAME[#CONFIG][@SPLIT]``), offline: save_to_disk folders and local data files."""
+"""Hugging Face ``datasets`` sources (``hf:NAME[#CONFIG][@SPLIT]``), offline: save_to_disk folders and local data
+files."""
 
 from __future__ import annotations
 
@@ -6,8 +7,9 @@ import pandas as pd
 import pytest
 
 from conftest import compose_train
-from duelist.data import load_pairs, load_train_valid
-from duelist.errors import DuelistError
+from duelist.core.errors import DuelistError
+from duelist.data.reading import load_pairs
+from duelist.data.splits import load_train_valid
 
 pytestmark = pytest.mark.fast
 

@@ -21,7 +21,7 @@ def test_package_installs_offline_and_runs_infer(tmp_path) -> None:
     assert res.returncode == 0, res.stderr[-2000:]
     pkg = tmp_path / "pkg"
     res = subprocess.run(
-        [sys.executable, "-m", "duelist.kaggle", "--run", str(run), "--out", str(pkg), "--merge"],
+        [sys.executable, "-m", "duelist", "kaggle", "--run", str(run), "--out", str(pkg), "--merge"],
         capture_output=True,
         text=True,
         timeout=900,

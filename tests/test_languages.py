@@ -9,8 +9,8 @@ import pandas as pd
 import pytest
 
 from conftest import DATA, ROOT, WSDM_EXAMPLE
-from duelist.data import load_pairs, load_test
-from duelist.languages import detect_languages
+from duelist.core.languages import detect_languages
+from duelist.data.reading import load_pairs, load_test
 
 pytestmark = pytest.mark.fast
 SAMPLE = ROOT / "src/duelist/assets/sample"
@@ -23,7 +23,8 @@ def test_short_prompts_in_17_languages() -> None:
     got = list(detect_languages(texts))
     assert np.mean([g == t for g, t in zip(got, truth)]) >= 0.95
     by_language = {lang: [g for g, t in zip(got, truth) if t == lang] for lang in samples}
-    # every script the issue names, without a miss: CJK, Cyrillic (Russian vs Ukrainian), Arabic script, Vietnamese, Korean
+    # every script the issue names, without a miss: CJK, Cyrillic (Russian vs Ukrainian), Arabic script, Vietnamese,
+    # Korean
     for lang in ("Chinese", "Japanese", "Korean", "Russian", "Ukrainian", "Persian", "Arabic", "Vietnamese"):
         assert by_language[lang] == [lang] * 6, (lang, by_language[lang])
     assert all(sum(g == lang for g in found) >= 5 for lang, found in by_language.items())

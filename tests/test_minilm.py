@@ -45,7 +45,7 @@ def test_minilm_train_then_infer(tmp_path, lora: str) -> None:
     # the reloaded model (mean pooling, length buckets) gives the validation rows the p_a of oof.parquet
     from omegaconf import OmegaConf
 
-    from duelist.data import load_train_valid
+    from duelist.data.splits import load_train_valid
 
     _, valid = load_train_valid(OmegaConf.load(run / "config.yaml").data)
     valid[["id", "prompt", "response_a", "response_b"]].to_parquet(tmp_path / "valid.parquet")

@@ -11,8 +11,8 @@ import pandas as pd
 import pytest
 
 from conftest import TINY, WSDM_EXAMPLE, compose_train, run_cli
-from duelist.rundir import RunDir
-from duelist.training import train
+from duelist.runs.run_dir import RunDir
+from duelist.tasks.train import train
 
 SMALL = ["data.max_rows=200", "logger=none"]  # the split every run below shares (TINY uses the same rows)
 
@@ -31,12 +31,19 @@ def runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 
 @pytest.mark.fast
 def test_runs_written_before_the_new_model_keys_still_resume_and_count_as_finished() -> None:
-    from duelist.resume import config_differences, resolved
+    from duelist.runs.states import config_differences, resolved
 
     cfg = compose_train([])
     old = resolved(cfg)
-    del old["model"]["trees"], old["model"]["language_tag"]  # a run dir written before these keys existed
+    del old["model"]["language_tag"]  # a run dir written before this key existed
+    old["model"]["trees"] = None  # and when one schema served both kinds (the other kind's keys were None)
     assert config_differences(old, resolved(cfg)) == []
+    features = resolved(compose_train(["model=features"]))
+    old_features = {
+        **features,
+        "model": {**features["model"], "name_or_path": None, "pooling": None, "max_length": None},
+    }
+    assert config_differences(old_features, features) == []
     assert config_differences(old, resolved(compose_train(["model.language_tag=true"]))) == [
         "model.language_tag: False -> True"
     ]
@@ -44,7 +51,7 @@ def test_runs_written_before_the_new_model_keys_still_resume_and_count_as_finish
 
 @pytest.mark.fast
 def test_early_stopping_keeps_the_round_with_the_lowest_validation_log_loss() -> None:
-    from duelist.feature_model import FeatureModel
+    from duelist.models.trees import FeatureModel
 
     rng = np.random.default_rng(0)
     x = pd.DataFrame(rng.normal(size=(600, 4)), columns=list("abcd"))
@@ -91,7 +98,7 @@ def test_early_stopping_keeps_the_round_with_the_lowest_validation_log_loss() ->
 
 @pytest.mark.fast
 def test_text_features_by_hand() -> None:
-    from duelist.features import pair_features, text_features
+    from duelist.data.features import pair_features, text_features
 
     text = "# Title\n\n- one\n- two\n1. three\n\n**bold** and [a link](http://x.org)\n```py\nprint(1)\n```\n| a | b |\n"
     f = text_features(text)
@@ -160,8 +167,8 @@ def test_feature_model_beats_the_longer_answer_rule_and_infer_reloads_it(tmp_pat
     # LightGBM reads the saved text model by itself: swap-TTA is the mean of p_a and 1 - p_a of the exchanged pair
     import lightgbm as lgb
 
-    from duelist.data import load_test
-    from duelist.features import pair_features
+    from duelist.data.features import pair_features
+    from duelist.data.reading import load_test
 
     booster = lgb.Booster(model_file=str(run / "checkpoint" / "booster.txt"))
     columns = json.loads((run / "checkpoint" / "columns.json").read_text())["columns"]
@@ -170,11 +177,11 @@ def test_feature_model_beats_the_longer_answer_rule_and_infer_reloads_it(tmp_pat
     np.testing.assert_allclose(probs["p_a"], expected, atol=1e-12)
     assert list(probs["language"]) == ["Spanish", "English", "Portuguese"]
 
-    from duelist.errors import DuelistError
-    from duelist.export import export_run
-    from duelist.kaggle import needs_lightgbm
+    from duelist.core.errors import DuelistError
+    from duelist.tools.export import export_run
+    from duelist.tools.kaggle import needed_packages
 
-    assert needs_lightgbm([str(run)])  # the Kaggle package ships LightGBM for it (and leaves it out for network runs)
+    assert needed_packages([str(run)], merge=False, quantization="none") == {"lightgbm"}  # the Kaggle package ships it
 
     with pytest.raises(DuelistError, match="a feature-model run .* has nothing to merge"):
         export_run(run, tmp_path / "merged")
@@ -189,7 +196,7 @@ def test_specialist_scores_only_its_language_and_routes_with_the_generalist(runs
     )  # the specialist's validation rows line up
     assert RunDir(zh).specialty() == ["Chinese"] and RunDir(gen).specialty() is None
 
-    from duelist.data import load_train_valid
+    from duelist.data.splits import load_train_valid
 
     _, valid = load_train_valid(compose_train(SMALL).data)
     test = pd.concat(
@@ -246,9 +253,10 @@ def test_specialist_scores_only_its_language_and_routes_with_the_generalist(runs
     ]
     assert w[0] == pytest.approx(grid[int(np.argmin(np.round(losses, 10)))])
 
-    # equal weights (ensemble=mean) route the same way and need no OOF: 1/2 on Chinese rows, the generalist alone elsewhere
+    # equal weights (ensemble=mean) route the same way and need no OOF: 1/2 on Chinese rows, the generalist alone
+    # elsewhere
     from conftest import compose_infer
-    from duelist.submission import ensemble_weights
+    from duelist.tasks.submit import ensemble_weights
 
     report, _ = ensemble_weights(
         compose_infer(["ensemble=mean", f"runs=[{gen},{zh}]", "data.test=t.parquet"]), [gen, zh]
@@ -256,8 +264,8 @@ def test_specialist_scores_only_its_language_and_routes_with_the_generalist(runs
     assert report["weights"] == {"*": [1.0, 0.0], "Chinese": [0.5, 0.5]}
 
     # specialists alone: a language none of them covers is refused in one line before any scoring
-    from duelist.errors import DuelistError
-    from duelist.submission import submit
+    from duelist.core.errors import DuelistError
+    from duelist.tasks.submit import submit
 
     with pytest.raises(DuelistError, match=r"rows in .*English.*Spanish.* would be left unscored.*add a generalist"):
         submit(
@@ -267,8 +275,8 @@ def test_specialist_scores_only_its_language_and_routes_with_the_generalist(runs
 
 
 def test_language_tag_opens_the_input_with_the_row_language(runs) -> None:
-    from duelist.formatting import PairEncoder
-    from duelist.modeling import load_tokenizer
+    from duelist.data.encoding import PairEncoder
+    from duelist.models.network_build import load_tokenizer
 
     cfg = RunDir(runs["zh"]).read_checkpoint_config()
     assert cfg.model.language_tag is True
@@ -282,8 +290,8 @@ def test_language_tag_opens_the_input_with_the_row_language(runs) -> None:
 
 
 def test_stack_is_cross_fitted(runs, tmp_path, monkeypatch) -> None:
-    from duelist import stacking
-    from duelist.feature_model import FeatureModel
+    from duelist.models.trees import FeatureModel
+    from duelist.predict import stacking
 
     fits: list[set] = []
     predicted: list[tuple[set, set]] = []
@@ -310,7 +318,8 @@ def test_stack_is_cross_fitted(runs, tmp_path, monkeypatch) -> None:
         assert rows and not rows & seen  # no row is scored by a stacker that saw it
         scored |= rows
     assert len(scored) == report["shared_oof_rows"]  # every shared row scored once, cross-fitted
-    from duelist.data import load_train_valid, normalized
+    from duelist.data.pairs import normalized
+    from duelist.data.splits import load_train_valid
 
     _, valid = load_train_valid(compose_train(SMALL).data)
     parts = pd.Series(stacking.prompt_parts(valid["prompt"])).groupby(normalized(valid["prompt"]).to_numpy()).nunique()
@@ -327,7 +336,7 @@ def test_stack_is_cross_fitted(runs, tmp_path, monkeypatch) -> None:
     assert res.returncode == 0, res.stderr[-3000:]
     assert re.search(r"OOF +stack_cross_fitted: accuracy [0-9.]+ .*the honest estimate", res.stdout)
     assert (out.with_suffix(".stacker") / "booster.txt").is_file() and len(pd.read_csv(out)) == 3
-    from duelist.errors import DuelistError
+    from duelist.core.errors import DuelistError
 
     with pytest.raises(DuelistError, match="is a specialist"):
         stacking.fit([members[0], runs["zh"]], compose_infer_stack().ensemble.trees)
@@ -385,7 +394,7 @@ class EchoTranslator:
 
 @pytest.mark.fast
 def test_translate_rows_maps_every_text_and_leaves_out_what_would_mislabel() -> None:
-    from duelist.translation import translate_rows
+    from duelist.tasks.translate import translate_rows
 
     t = compose_infer_stack().translate
     rows = pd.DataFrame(
@@ -419,7 +428,7 @@ def test_translate_rows_maps_every_text_and_leaves_out_what_would_mislabel() -> 
 
 
 def test_translate_keeps_labels_resumes_and_trains_as_extra_data(tmp_path) -> None:
-    from duelist.data import load_train_valid
+    from duelist.data.splits import load_train_valid
 
     rows = short_pairs()
     rows.to_parquet(tmp_path / "pairs.parquet")

@@ -10,8 +10,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from conftest import TINY, run_cli
-from duelist.modeling import load_checkpoint
-from duelist.scoring import split_by_length
+from duelist.models.network_build import load_checkpoint
+from duelist.models.network_scoring import split_by_length
 
 
 @pytest.mark.fast

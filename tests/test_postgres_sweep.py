@@ -84,7 +84,10 @@ def test_two_workers_share_one_study(tmp_path, postgres_url) -> None:
         check=True,
         capture_output=True,
     )
-    space = "hydra.sweeper.params={trainer.lr: 'choice(1e-4, 3e-4, 1e-3)', trainer.head_lr: 'choice(1e-3)', trainer.epochs: 'choice(1)', trainer.grad_accum: 'choice(1, 2)'}"
+    space = (
+        "hydra.sweeper.params={trainer.lr: 'choice(1e-4, 3e-4, 1e-3)', trainer.head_lr: 'choice(1e-3)', "
+        "trainer.epochs: 'choice(1)', trainer.grad_accum: 'choice(1, 2)'}"
+    )
     env = {**os.environ, "OPTUNA_STORAGE": postgres_url, "PYTHONUNBUFFERED": "1"}
     workers = [
         subprocess.Popen(

@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 
 from conftest import TINY, compose_infer, run_cli
-from duelist.pseudolabel import agreement, select
+from duelist.tasks.pseudolabel import agreement, select
 
 
 @pytest.mark.fast
@@ -134,8 +134,9 @@ def test_teacher_generate_pseudolabel_student(tmp_path, teacher) -> None:
 def test_crashed_labelling_scores_only_the_missing_shards(tmp_path, monkeypatch, teacher) -> None:
     """A crash on the third shard (out of memory, a lost machine): the same command again scores the three missing
     shards only, and its output equals the uninterrupted run's."""
-    from duelist import pseudolabel, scoring
-    from duelist.errors import DuelistError
+    from duelist.core.errors import DuelistError
+    from duelist.models import network_scoring
+    from duelist.tasks import pseudolabel
 
     rows = pd.read_parquet("src/duelist/assets/sample/pandalm_test.parquet").iloc[:200]
     rows.to_parquet(tmp_path / "pairs.parquet")
@@ -150,7 +151,7 @@ def test_crashed_labelling_scores_only_the_missing_shards(tmp_path, monkeypatch,
     assert not (tmp_path / "ref.shards").exists()  # removed once the labelled file is written
 
     calls, crash_at = [], [3]
-    real = scoring.Scorer.score
+    real = network_scoring.HFScorer.score
 
     def crashing(self, test, *a, **k):
         calls.append(len(test))
@@ -158,7 +159,7 @@ def test_crashed_labelling_scores_only_the_missing_shards(tmp_path, monkeypatch,
             raise RuntimeError("simulated crash (CUDA out of memory)")
         return real(self, test, *a, **k)
 
-    monkeypatch.setattr(scoring.Scorer, "score", crashing)
+    monkeypatch.setattr(network_scoring.HFScorer, "score", crashing)
     cfg = compose_infer([*args, f"output={tmp_path / 'pl.parquet'}"])
     with pytest.raises(RuntimeError, match="simulated crash"):
         pseudolabel.pseudolabel(cfg)

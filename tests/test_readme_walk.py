@@ -1,6 +1,7 @@
-"""A newcomer's walk through the README: every command of the blocks marked ``<!-- readme-walk ... -->`` runs as
-written, in order, in a fresh folder (with the ``# on a CPU: key=value`` substitutes the README gives), and exits 0
-without a traceback or a warning the user cannot act on."""
+"""A newcomer's walk through the docs: every command of the blocks marked ``<!-- readme-walk ... -->`` in the README
+and the pages of ``docs/`` runs as written, in the order of :data:`WALKED`, in a fresh folder (with the
+``# on a CPU: key=value`` substitutes a block gives), and exits 0 without a traceback or a warning the user cannot
+act on."""
 
 from __future__ import annotations
 
@@ -17,17 +18,19 @@ import pytest
 
 from conftest import ROOT
 
-pytestmark = pytest.mark.slow
-
 MARK = "<!-- readme-walk"
 # lines a user may see that are not warnings about their run (the data files' own bad rows are counted on purpose)
 EXPECTED = re.compile(r"dropped \d+ of \d+ rows with bad values")
 
 
-def walked_commands(readme: str) -> list[str]:
-    """The commands of every marked ```bash block, continuation lines joined, CPU substitutes applied."""
+# the pages with walked blocks, in the order a reader follows them (later blocks use what earlier ones made)
+WALKED = ["README.md", "docs/train-and-infer.md", "docs/gpu-and-kaggle.md", "docs/extra-data.md"]
+
+
+def walked_commands(page: str) -> list[str]:
+    """The commands of every marked ```bash block of a page, continuation lines joined, CPU substitutes applied."""
     commands = []
-    for part in readme.split(MARK)[1:]:
+    for part in page.split(MARK)[1:]:
         block = part.split("```bash\n", 1)[1].split("```", 1)[0]
         joined = re.sub(r"\\\n\s*", "", block)
         for line in joined.splitlines():
@@ -43,14 +46,28 @@ def walked_commands(readme: str) -> list[str]:
     return commands
 
 
+def all_commands() -> list[str]:
+    return [command for page in WALKED for command in walked_commands((ROOT / page).read_text())]
+
+
+@pytest.mark.fast
+def test_every_page_with_walked_blocks_is_walked() -> None:
+    marked = {
+        str(p.relative_to(ROOT)) for p in [ROOT / "README.md", *(ROOT / "docs").glob("*.md")] if MARK in p.read_text()
+    }
+    assert marked <= set(WALKED), marked - set(WALKED)
+
+
+@pytest.mark.fast
 def test_the_commands_are_found_and_substituted() -> None:
-    commands = walked_commands((ROOT / "README.md").read_text())
-    assert commands[0] == "python -m duelist.example_data"
+    commands = all_commands()
+    assert commands[0] == "python -m duelist example-data"
     parallel = [c for c in commands if "devices=" in c]
     assert parallel and all("devices=[cpu,cpu]" in c for c in parallel)
     assert any("runs=[runs/student2_a,runs/student2_b]" in c for c in commands)
 
 
+@pytest.mark.slow
 def test_readme_cpu_path_runs_as_written(tmp_path) -> None:
     # a fresh clone's files (the commands run from a checkout; the Kaggle packager builds duelist's wheel from src/)
     for name in ("train.py", "infer.py", "pyproject.toml", "README.md"):
@@ -59,7 +76,7 @@ def test_readme_cpu_path_runs_as_written(tmp_path) -> None:
         shutil.copytree(ROOT / folder, tmp_path / folder, ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
     env = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}", "PYTHONUNBUFFERED": "1"}
     timings = []
-    for command in walked_commands((ROOT / "README.md").read_text()):
+    for command in all_commands():
         start = time.perf_counter()
         res = subprocess.run(
             ["bash", "-c", command], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=900

@@ -1,4 +1,5 @@
-"""Resume after an interruption: a run killed hard (SIGKILL) and started again ends exactly where the uninterrupted run does.
+"""Resume after an interruption: a run killed hard (SIGKILL) and started again ends exactly where the uninterrupted run
+does.
 
 The kill is real: ``DUELIST_TEST_KILL_AT_BATCH=N`` (test-only) makes the training process SIGKILL itself after its N-th
 forward/backward pass, so it dies at a known point — after a state was saved, in the middle of the next interval and in
@@ -18,9 +19,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from conftest import compose_train, run_cli
-from duelist.errors import DuelistError
-from duelist.resume import config_differences, find_state, pack, unpack
-from duelist.rundir import RunDir
+from duelist.core.errors import DuelistError
+from duelist.runs.run_dir import RunDir
+from duelist.runs.states import config_differences, find_state, pack, unpack
 
 # augment=swap doubles the ~48 training rows: 12 batches of 8, 6 steps of 2 accumulated batches per epoch; 9 steps cross
 # into the second epoch. Evaluations every 2 steps, states every 3 (after steps 3 and 6, the end of epoch 0). Pass 15 is
@@ -93,7 +94,7 @@ def test_killed_lora_run_resumes_to_the_same_results(tmp_path) -> None:
     assert len(list((run / "wandb").glob("offline-run-*"))) == 2 and len(ids) == 1
 
     # the same command after the end: nothing to do, the finished run's metric is returned
-    from duelist.training import train
+    from duelist.tasks.train import train
 
     done = json.loads((run / "metrics.json").read_text())
     assert train(compose_train([*args, "logger=none"]), run) == done["val/accuracy"]
@@ -198,12 +199,14 @@ def test_pack_round_trips_through_json_and_safetensors(value) -> None:
 def test_starting_over_clears_what_an_abandoned_attempt_left(tmp_path) -> None:
     """trainer.resume=never: old states (which a later kill could otherwise resume, or which would push the new ones
     out of keep_states), half-written ones and a finished run's metrics.json are removed before training."""
-    from duelist.training import start_point
+    from duelist.models.kinds import kind_of
+    from duelist.tasks.train import start_point
 
     run = tmp_path / "run"
     for name in ("step-00000500", ".step-00000550.x.tmp"):
         (run / "states" / name).mkdir(parents=True)
     (run / "metrics.json").write_text("{}")
-    decision, state = start_point(compose_train(["model=tiny_gemma2", "trainer.resume=never"]), RunDir(run), 1)
+    cfg = compose_train(["model=tiny_gemma2", "trainer.resume=never"])
+    decision, state = start_point(cfg, RunDir(run), kind_of(cfg.model), 1)
     assert (decision, state) == ({}, None)
     assert list((run / "states").iterdir()) == [] and not (run / "metrics.json").exists()

@@ -55,7 +55,7 @@ def test_plain_multirun_writes_a_review_page_and_groups_wandb_runs(tmp_path) -> 
         assert list((sweep / job / "wandb").glob("offline-run-*/run-*.wandb"))
 
     # the W&B Report: built with the multirun's runset and the page's panels (publishing needs an online account)
-    from duelist.review import load_runs, wandb_report
+    from duelist.tools.review import load_runs, wandb_report
 
     report = wandb_report(load_runs([sweep]), str(sweep))
     grid = report.blocks[1]
@@ -74,7 +74,7 @@ def test_plain_multirun_writes_a_review_page_and_groups_wandb_runs(tmp_path) -> 
     assert [c.metric.name for c in grid.panels[2].columns] == ["lora.r", "val/accuracy"]
     assert grid.panels[0].y == ["val/accuracy"] and grid.panels[3].with_respect_to == "val/accuracy"
     offline = subprocess.run(
-        [sys.executable, "-m", "duelist.review", str(sweep), "--wandb-report"], capture_output=True, text=True
+        [sys.executable, "-m", "duelist", "review", str(sweep), "--wandb-report"], capture_output=True, text=True
     )
     assert (
         offline.returncode == 2
@@ -85,7 +85,7 @@ def test_plain_multirun_writes_a_review_page_and_groups_wandb_runs(tmp_path) -> 
 
     # on demand, for the same folder
     again = subprocess.run(
-        [sys.executable, "-m", "duelist.review", str(sweep), "--out", str(tmp_path / "again.html")],
+        [sys.executable, "-m", "duelist", "review", str(sweep), "--out", str(tmp_path / "again.html")],
         capture_output=True,
         text=True,
         cwd=tmp_path,
@@ -93,7 +93,7 @@ def test_plain_multirun_writes_a_review_page_and_groups_wandb_runs(tmp_path) -> 
     assert again.returncode == 0, again.stderr
     assert html_tables((tmp_path / "again.html").read_text())["runs"] == rows
     parent = subprocess.run(
-        [sys.executable, "-m", "duelist.review", str(tmp_path)],
+        [sys.executable, "-m", "duelist", "review", str(tmp_path)],
         capture_output=True,
         text=True,
         cwd=tmp_path / "m" / "0",
@@ -102,7 +102,7 @@ def test_plain_multirun_writes_a_review_page_and_groups_wandb_runs(tmp_path) -> 
         parent.returncode == 0 and len(html_tables((tmp_path / "review.html").read_text())["runs"]) == 2
     )  # runs at any depth
     nothing = subprocess.run(
-        [sys.executable, "-m", "duelist.review", str(sweep / "0" / ".hydra")], capture_output=True, text=True
+        [sys.executable, "-m", "duelist", "review", str(sweep / "0" / ".hydra")], capture_output=True, text=True
     )
     assert nothing.returncode == 2 and "no finished run" in nothing.stderr
 

@@ -64,7 +64,10 @@ def test_study_persists_records_failures_and_resumes(tmp_path) -> None:
     # two trials of a seeded random sampler (it draws lr=1e12, then 3e-4); lr=1e12 blows the loss up to NaN:
     # that trial fails and the study goes on. (The grid sampler is avoided: optuna 2.x raises when its last
     # grid point is told as failed.)
-    space = "hydra.sweeper.params={trainer.lr: 'choice(3e-4, 1e12)', trainer.head_lr: 'choice(1e-3)', trainer.epochs: 'choice(1)', trainer.grad_accum: 'choice(1)'}"
+    space = (
+        "hydra.sweeper.params={trainer.lr: 'choice(3e-4, 1e12)', trainer.head_lr: 'choice(1e-3)', "
+        "trainer.epochs: 'choice(1)', trainer.grad_accum: 'choice(1)'}"
+    )
     res = run_cli(
         "train.py",
         [
@@ -100,7 +103,20 @@ def test_study_persists_records_failures_and_resumes(tmp_path) -> None:
     assert len(optuna.load_study(study_name="t", storage=storage).trials) == 3
 
     out = subprocess.run(
-        [sys.executable, "-m", "duelist.review", "--study", "t", "--storage", storage, "--root", "m1", "--root", "m2"],
+        [
+            sys.executable,
+            "-m",
+            "duelist",
+            "review",
+            "--study",
+            "t",
+            "--storage",
+            storage,
+            "--root",
+            "m1",
+            "--root",
+            "m2",
+        ],
         capture_output=True,
         text=True,
         cwd=tmp_path,
@@ -115,14 +131,14 @@ def test_study_persists_records_failures_and_resumes(tmp_path) -> None:
     complete = sum(t.state.name == "COMPLETE" for t in trials)  # the resumed TPE trial may draw the failing lr too
     assert len(html_tables(page)["runs"]) == complete >= 1 and len(html_tables(page)["trials"]) == len(trials) == 3
     missing = subprocess.run(
-        [sys.executable, "-m", "duelist.review", "--study", "nope", "--storage", storage],
+        [sys.executable, "-m", "duelist", "review", "--study", "nope", "--storage", storage],
         capture_output=True,
         text=True,
         cwd=tmp_path,
     )
     assert missing.returncode == 2 and "study 'nope' not found" in missing.stderr
     nodb = subprocess.run(
-        [sys.executable, "-m", "duelist.review", "--study", "t"], capture_output=True, text=True, cwd=tmp_path
+        [sys.executable, "-m", "duelist", "review", "--study", "t"], capture_output=True, text=True, cwd=tmp_path
     )
     assert (
         nodb.returncode == 2 and "no study database" in nodb.stderr and not (tmp_path / "sweeps" / "optuna.db").exists()
@@ -135,7 +151,10 @@ def test_trial_of_a_killed_worker_is_retried_and_resumes_in_its_run_dir(tmp_path
     import optuna
 
     storage = f"sqlite:///{tmp_path / 'study.db'}"
-    space = "hydra.sweeper.params={trainer.lr: 'choice(1e-4, 3e-4)', trainer.head_lr: 'choice(1e-3)', trainer.epochs: 'choice(1)', trainer.grad_accum: 'choice(2)'}"
+    space = (
+        "hydra.sweeper.params={trainer.lr: 'choice(1e-4, 3e-4)', trainer.head_lr: 'choice(1e-3)', "
+        "trainer.epochs: 'choice(1)', trainer.grad_accum: 'choice(2)'}"
+    )
     common = [
         "-m",
         "sweep=optim",
@@ -183,7 +202,7 @@ def test_trial_of_a_killed_worker_is_retried_and_resumes_in_its_run_dir(tmp_path
 def test_paths_in_sweep_overrides_stay_literal() -> None:
     from hydra.core.override_parser.overrides_parser import OverridesParser
 
-    from duelist.sweeper import quoted
+    from duelist.tools.sweeper import quoted
 
     parser = OverridesParser.create()
     for path in ("/tmp/a b/c", "/tmp/it's/x=1,2", "/tmp/back\\slash"):

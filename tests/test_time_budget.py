@@ -11,10 +11,12 @@ import pytest
 import torch
 
 from conftest import TINY, compose_infer, compose_train
-from duelist import scoring, submission
-from duelist.data import load_pairs
-from duelist.modeling import Built, build_model
-from duelist.scoring import Deadline
+from duelist.core.time_budget import Deadline
+from duelist.data.reading import load_pairs
+from duelist.models import network_scoring
+from duelist.models.kinds import score_run
+from duelist.models.network_build import Built, build_model
+from duelist.tasks import submit as submission
 
 COST = 1e-3  # fake seconds per padded token
 
@@ -60,7 +62,9 @@ def setup(tmp_path, monkeypatch):
     cfg = compose_train(TINY)
     built = build_model(cfg.model, cfg.lora, torch.device("cpu"), seed=0)
     timed = Timed(built.model, clock)
-    monkeypatch.setattr(scoring, "load_checkpoint", lambda run_dir, device, **kw: (Built(timed, built.tokenizer), cfg))
+    monkeypatch.setattr(
+        network_scoring, "load_checkpoint", lambda run_dir, device, **kw: (Built(timed, built.tokenizer), cfg)
+    )
     monkeypatch.setattr(submission, "clock", clock)
     rows = (
         load_pairs("pkg:duelist/assets/sample/pandalm_test.parquet", on_bad_rows="drop")
@@ -91,13 +95,13 @@ def test_leftover_time_goes_to_tta_for_the_least_confident_rows(setup) -> None:
 
     run = Path(tmp_path / "run")
     cfg = infer_cfg(tmp_path, "tta=swap")
-    plain = scoring.score_run(run, rows, cfg, torch.device("cpu"), None, tta="none")
+    plain = score_run(run, rows, cfg, torch.device("cpu"), tta="none")
     first_pass_tokens = timed.tokens
-    full_tta = scoring.score_run(run, rows, cfg, torch.device("cpu"), None, tta="swap")
+    full_tta = score_run(run, rows, cfg, torch.device("cpu"), tta="swap")
 
     budget = 1.5 * first_pass_tokens * COST  # the first pass and about half of the swapped pass
     start = clock.t
-    p = scoring.score_run(run, rows, cfg, torch.device("cpu"), None, tta="swap", deadline=Deadline(budget, clock))
+    p = score_run(run, rows, cfg, torch.device("cpu"), tta="swap", deadline=Deadline(budget, clock))
     assert clock.t - start <= budget  # never over the budget
     assert not np.isnan(p).any()  # every row scored once
     tta_rows = np.flatnonzero(~np.isclose(p, plain, atol=1e-9))
@@ -113,7 +117,7 @@ def test_leftover_time_goes_to_tta_for_the_least_confident_rows(setup) -> None:
 def test_a_budget_too_small_still_writes_a_complete_submission(setup) -> None:
     clock, timed, rows, tmp_path = setup
 
-    scoring.score_run(Path(tmp_path / "run"), rows, infer_cfg(tmp_path), torch.device("cpu"), None, tta="none")
+    score_run(Path(tmp_path / "run"), rows, infer_cfg(tmp_path), torch.device("cpu"), tta="none")
     first_pass_s = timed.tokens * COST
     minutes = 0.4 * first_pass_s / 60  # less than half of one pass
     start = clock.t
@@ -140,15 +144,14 @@ def test_cascade_second_member_scores_the_least_certain_rows_first(setup, monkey
     models = {"run": timed, "run2": other}
     tokenizer = build_model(cfg.model, cfg.lora, torch.device("cpu"), seed=0).tokenizer
     monkeypatch.setattr(
-        scoring, "load_checkpoint", lambda run_dir, device, **kw: (Built(models[Path(run_dir).name], tokenizer), cfg)
+        network_scoring,
+        "load_checkpoint",
+        lambda run_dir, device, **kw: (Built(models[Path(run_dir).name], tokenizer), cfg),
     )
     (tmp_path / "run2" / "checkpoint").mkdir(parents=True)
     (tmp_path / "run2" / "checkpoint" / "config.yaml").write_text("model: {}\n")
     device = torch.device("cpu")
-    plain = [
-        scoring.score_run(Path(tmp_path / n), rows, infer_cfg(tmp_path), device, None, tta="none")
-        for n in ("run", "run2")
-    ]
+    plain = [score_run(Path(tmp_path / n), rows, infer_cfg(tmp_path), device, tta="none") for n in ("run", "run2")]
     pass_s = timed.tokens * COST  # one pass of one member (both see the same padded tokens)
 
     minutes = (
@@ -187,11 +190,13 @@ def test_cascade_with_a_slower_second_member_stays_within_the_budget(setup, monk
     tokenizer = build_model(cfg.model, cfg.lora, torch.device("cpu"), seed=0).tokenizer
     models = {"run": timed, "run2": other}
     monkeypatch.setattr(
-        scoring, "load_checkpoint", lambda run_dir, device, **kw: (Built(models[Path(run_dir).name], tokenizer), cfg)
+        network_scoring,
+        "load_checkpoint",
+        lambda run_dir, device, **kw: (Built(models[Path(run_dir).name], tokenizer), cfg),
     )
     (tmp_path / "run2" / "checkpoint").mkdir(parents=True)
     (tmp_path / "run2" / "checkpoint" / "config.yaml").write_text("model: {}\n")
-    scoring.score_run(Path(tmp_path / "run"), rows, infer_cfg(tmp_path), torch.device("cpu"), None, tta="none")
+    score_run(Path(tmp_path / "run"), rows, infer_cfg(tmp_path), torch.device("cpu"), tta="none")
     pass_s = timed.tokens * COST  # one pass of member 1; member 2 needs five times that
     minutes = 2.0 * pass_s / 60 / 0.98  # member 1's pass and a fifth of member 2's
     start = clock.t

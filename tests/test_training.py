@@ -10,11 +10,12 @@ import pytest
 import torch
 
 from conftest import TINY, compose_train, run_cli
-from duelist.data import load_pairs
-from duelist.formatting import PairEncoder
-from duelist.modeling import build_model, load_checkpoint, save_checkpoint
-from duelist.scoring import predict_p_a
-from duelist.training import pair_losses, train
+from duelist.data.encoding import PairEncoder
+from duelist.data.reading import load_pairs
+from duelist.models.network_build import build_model, load_checkpoint, save_checkpoint
+from duelist.models.network_scoring import predict_p_a
+from duelist.models.network_training import pair_losses
+from duelist.tasks.train import train
 
 SAMPLE = [
     "src/duelist/assets/sample/hh_rlhf_harmless_test.parquet",
@@ -246,12 +247,12 @@ def test_wandb_offline_run_is_written_and_finished_on_failure(tmp_path, monkeypa
     assert len(runs) == 1 and runs[0].stat().st_size > 0
     assert wandb.run is None
 
-    from duelist import training
+    from duelist.models.network_training import NetworkTraining
 
     def boom(*args, **kwargs):
         raise RuntimeError("simulated crash")
 
-    monkeypatch.setattr(training.Trainer, "fit", boom)
+    monkeypatch.setattr(NetworkTraining, "fit", boom)
     with pytest.raises(RuntimeError, match="simulated crash"):
         train(cfg, tmp_path / "crash")
     assert wandb.run is None  # finished even though the job failed
@@ -287,7 +288,7 @@ def test_gemma2_softcapping_switch_and_reward_model_head(tmp_path) -> None:
 
 
 def test_head_has_its_own_learning_rate() -> None:
-    from duelist.modeling import head_and_body_parameters
+    from duelist.models.network_build import head_and_body_parameters
 
     cfg = compose_train([*TINY, "lora.r=4"])
     model = build_model(cfg.model, cfg.lora, torch.device("cpu"), seed=0).model

@@ -1,5 +1,6 @@
-"""``hydra/sweeper=duelist_optuna``: Hydra finds sweepers in ``hydra_plugins`` only; the work is in :mod:`duelist.sweeper`.
-Without hydra-optuna-sweeper (a scoring-only install, such as the Kaggle package) there is nothing to register."""
+"""``hydra/sweeper=duelist_optuna``: Hydra finds sweepers in ``hydra_plugins`` only; the work is in
+:mod:`duelist.tools.sweeper`. Without hydra-optuna-sweeper (a scoring-only install, such as the Kaggle package) there is
+nothing to register."""
 
 from importlib.util import find_spec
 from typing import Any
@@ -8,7 +9,7 @@ if find_spec("hydra_plugins.hydra_optuna_sweeper") is not None and find_spec("op
     from hydra.core.config_store import ConfigStore
     from hydra_plugins.hydra_optuna_sweeper.optuna_sweeper import OptunaSweeper
 
-    from duelist.sweeper import DuelistOptunaSweeperConf, RetryingSweeperImpl
+    from duelist.tools.sweeper import DuelistOptunaSweeperConf, RetryingSweeperImpl
 
     class DuelistOptunaSweeper(OptunaSweeper):
         def __init__(self, heartbeat_interval: int, grace_period: int, max_retry: int, **kwargs: Any) -> None:

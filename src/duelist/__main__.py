@@ -1,0 +1,41 @@
+"""``python -m duelist COMMAND [ARGS]``: duelist's tools, one command each (``train.py`` and ``infer.py`` train and
+score; these look after runs and ship them).
+
+    python -m duelist runs [--sort M] [--model NAME] [--root DIR]   the finished runs, best first
+    python -m duelist review DIR | --study NAME                      the review page of a multirun or an Optuna study
+    python -m duelist export RUN --out DIR                           LoRA adapters merged into the weights
+    python -m duelist kaggle --run RUN [--run RUN] --out DIR         the offline Kaggle package
+    python -m duelist bench --model NAME [--train]                   inference and training speed, MFU
+    python -m duelist eda data=files data.train=FILE                 a data report (train.py's config and overrides)
+    python -m duelist example-data [--out DIR]                       example files from the bundled sample
+"""
+
+from __future__ import annotations
+
+import importlib
+import sys
+
+COMMANDS = {
+    "runs": "duelist.runs.registry",
+    "review": "duelist.tools.review",
+    "export": "duelist.tools.export",
+    "kaggle": "duelist.tools.kaggle",
+    "bench": "duelist.tools.bench",
+    "eda": "duelist.tools.eda",
+    "example-data": "duelist.tools.example_data",
+}
+
+
+def main(argv: list[str]) -> int:
+    if not argv or argv[0] not in COMMANDS:
+        print(__doc__.strip(), file=sys.stderr if argv and argv[0] not in ("-h", "--help") else sys.stdout)
+        if argv and argv[0] not in ("-h", "--help"):
+            print(f"\nerror: unknown command {argv[0]!r}; one of {', '.join(COMMANDS)}", file=sys.stderr)
+            return 2
+        return 0 if argv else 2
+    result = importlib.import_module(COMMANDS[argv[0]]).main(argv[1:])
+    return result if isinstance(result, int) else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

@@ -1,0 +1,327 @@
+"""Turn a (prompt, response A, response B) pair into one token sequence within a token budget.
+
+The sequence is a fixed frame (plain markers, or the model's chat template) with three slots.
+Budget: the prompt is capped at ``prompt_max_tokens``; the two responses share the rest in
+proportion to their lengths; space the responses don't need goes back to the prompt. A part
+that is cut keeps its head and its tail around a visible cut marker, and every part keeps at
+least one head and one tail token: no response is ever dropped.
+
+Optionally (``model.length_hint``) the frame opens with what the longer-answer rule sees, which a
+cut text hides: ``buckets`` writes ``Length: A much longer`` / ``A longer`` / ``similar`` / ``B longer``
+/ ``B much longer`` (from the ratio of the responses' character counts), ``chars`` writes both counts
+(``Length: A 1,240 chars, B 310 chars``). The counts are of the whole texts, before any cut. With
+``model.language_tag`` it opens with the row's language first (``Language: Russian``: given, or detected from the
+prompt; a label outside the WSDM names is ``other``), so one multilingual model can condition on it.
+
+Tokenised tables are cached on disk (parquet, keyed by tokenizer, frame, budget and the text)
+and reused by later runs.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import pandas as pd
+from tqdm.auto import tqdm
+
+from duelist.core.errors import DuelistError
+from duelist.core.files import write_parquet
+from duelist.core.languages import CODES
+
+log = logging.getLogger(__name__)
+
+CUT_MARKER = " [...] "
+SLOTS = ("\x00HINT\x00", "\x00PROMPT\x00", "\x00RESPONSE_A\x00", "\x00RESPONSE_B\x00")
+PLAIN_FRAME = "{hint}Prompt:\n{prompt}\n\nResponse A:\n{a}\n\nResponse B:\n{b}\n\nWhich response is better?"
+LENGTH_HINTS = ("none", "buckets", "chars")
+LONGER, MUCH_LONGER = 1.25, 2.0  # character-count ratios where "longer" and "much longer" begin
+
+
+def length_hint(mode: str, len_a: int, len_b: int) -> str:
+    """The text that opens the frame for responses of ``len_a`` and ``len_b`` characters ("" for ``none``)."""
+    if mode == "none":
+        return ""
+    if mode == "chars":
+        return f"Length: A {len_a:,} chars, B {len_b:,} chars\n\n"
+    ratio = (len_a + 1) / (len_b + 1)
+    longer = "A" if ratio >= 1 else "B"
+    ratio = max(ratio, 1 / ratio)
+    word = "much longer" if ratio >= MUCH_LONGER else "longer" if ratio >= LONGER else None
+    return f"Length: {longer} {word}\n\n" if word else "Length: similar\n\n"
+
+
+TAG_NAMES = frozenset(CODES.values()) | {"unknown"}  # the tag names a known language; any other label is "other"
+
+
+def language_tag(language: Any) -> str:
+    """The text that opens the frame with ``model.language_tag=true``."""
+    name = (
+        language
+        if isinstance(language, str) and language in TAG_NAMES
+        else "other"
+        if isinstance(language, str) and language
+        else "unknown"
+    )
+    return f"Language: {name}\n\n"
+
+
+@dataclass(frozen=True)
+class Frame:
+    """Token ids around the three slots, and the special tokens the tokenizer wraps them in."""
+
+    prefix: tuple[int, ...]
+    mid_p: tuple[int, ...]
+    mid_a: tuple[int, ...]
+    mid_b: tuple[int, ...]
+    suffix: tuple[int, ...]
+    special_head: tuple[int, ...]
+    special_tail: tuple[int, ...]
+    marker: tuple[int, ...]
+
+    @property
+    def overhead(self) -> int:
+        return (
+            len(self.prefix)
+            + len(self.mid_p)
+            + len(self.mid_a)
+            + len(self.mid_b)
+            + len(self.suffix)
+            + len(self.special_head)
+            + len(self.special_tail)
+        )
+
+    @property
+    def min_part(self) -> int:
+        """Smallest budget a cut part can have: one head token, the marker, one tail token."""
+        return len(self.marker) + 2
+
+
+def _ids(tokenizer: Any, text: str) -> tuple[int, ...]:
+    return tuple(tokenizer(text, add_special_tokens=False)["input_ids"]) if text else ()
+
+
+def build_frame(tokenizer: Any, template: str) -> Frame:
+    """Tokenise the fixed text of the chosen template once."""
+    content = PLAIN_FRAME.format(hint=SLOTS[0], prompt=SLOTS[1], a=SLOTS[2], b=SLOTS[3])
+    if template == "chat":
+        if not getattr(tokenizer, "chat_template", None):
+            raise DuelistError("model.template=chat but the tokenizer has no chat template; use model.template=plain")
+        text = tokenizer.apply_chat_template(
+            [{"role": "user", "content": content}], tokenize=False, add_generation_prompt=True
+        )
+        head: tuple[int, ...] = ()
+        tail: tuple[int, ...] = ()  # the chat template writes its own special tokens
+    elif template == "plain":
+        text = content
+        probe = "a"
+        bare = list(_ids(tokenizer, probe))
+        wrapped = list(tokenizer(probe, add_special_tokens=True)["input_ids"])
+        at = next(i for i in range(len(wrapped) - len(bare) + 1) if wrapped[i : i + len(bare)] == bare)
+        head, tail = tuple(wrapped[:at]), tuple(wrapped[at + len(bare) :])
+    else:
+        raise DuelistError(f"model.template={template!r}: use plain or chat")
+    before, rest = text.split(SLOTS[0])
+    mid_p, rest = rest.split(SLOTS[1])
+    mid_a, rest = rest.split(SLOTS[2])
+    mid_b, after = rest.split(SLOTS[3])
+    return Frame(
+        _ids(tokenizer, before),
+        _ids(tokenizer, mid_p),
+        _ids(tokenizer, mid_a),
+        _ids(tokenizer, mid_b),
+        _ids(tokenizer, after),
+        head,
+        tail,
+        _ids(tokenizer, CUT_MARKER),
+    )
+
+
+def cut(ids: Sequence[int], budget: int, marker: Sequence[int]) -> list[int]:
+    """Keep ``ids`` whole if they fit; else head + marker + tail, exactly ``budget`` tokens."""
+    if len(ids) <= budget:
+        return list(ids)
+    keep = budget - len(marker)
+    head = (keep + 1) // 2
+    tail = keep - head
+    return list(ids[:head]) + list(marker) + list(ids[len(ids) - tail :])
+
+
+def allocate(n_prompt: int, n_a: int, n_b: int, available: int, prompt_max: int, min_part: int) -> tuple[int, int, int]:
+    """Token budgets for prompt, A and B; they sum to at most ``available``."""
+    floor_p, floor_a, floor_b = min(n_prompt, min_part), min(n_a, min_part), min(n_b, min_part)
+    if floor_p + floor_a + floor_b > available:
+        raise ValueError("budget too small")
+    bp = max(floor_p, min(n_prompt, prompt_max, available - floor_a - floor_b))
+    rest = available - bp
+    if n_a + n_b <= rest:
+        ba, bb = n_a, n_b
+    else:
+        ba = int(round(rest * n_a / (n_a + n_b)))
+        ba = min(n_a, max(floor_a, min(ba, rest - floor_b)))
+        bb = min(n_b, rest - ba)
+        ba = min(n_a, rest - bb)  # give B's unused share back to A
+    bp = min(n_prompt, available - ba - bb)  # space the responses don't need goes back to the prompt
+    return bp, ba, bb
+
+
+def min_length(frame: Frame) -> int:
+    return frame.overhead + 3 * frame.min_part
+
+
+def assemble(
+    frame: Frame,
+    prompt: Sequence[int],
+    a: Sequence[int],
+    b: Sequence[int],
+    max_length: int,
+    prompt_max: int,
+    hint: Sequence[int] = (),
+) -> list[int]:
+    available = max_length - frame.overhead - len(hint)
+    bp, ba, bb = allocate(len(prompt), len(a), len(b), available, prompt_max, frame.min_part)
+    body = (
+        list(frame.prefix)
+        + list(hint)
+        + list(frame.mid_p)
+        + cut(prompt, bp, frame.marker)
+        + list(frame.mid_a)
+        + cut(a, ba, frame.marker)
+    )
+    body += list(frame.mid_b) + cut(b, bb, frame.marker) + list(frame.suffix)
+    return list(frame.special_head) + body + list(frame.special_tail)
+
+
+class PairEncoder:
+    """Encodes canonical rows for one tokenizer, template and budget."""
+
+    def __init__(
+        self,
+        tokenizer: Any,
+        template: str,
+        max_length: int,
+        prompt_max_tokens: int,
+        length_hint: str = "none",
+        language_tag: bool = False,
+    ):
+        self.tokenizer = tokenizer
+        self.language_tag = bool(language_tag)
+        self.template = template
+        self.max_length = int(max_length)
+        self.prompt_max_tokens = int(prompt_max_tokens)
+        self.length_hint = str(length_hint)
+        if self.length_hint not in LENGTH_HINTS:
+            raise ValueError(f"length_hint={length_hint!r}: one of {LENGTH_HINTS}")
+        self.frame = build_frame(tokenizer, template)
+        ending = list(self.frame.suffix) + list(self.frame.special_tail)
+        if ending and ending[-1] == tokenizer.pad_token_id:
+            # Hugging Face classifies from the rightmost non-pad token, vLLM from the last one: they must be the same
+            # token
+            raise DuelistError(
+                f"the {template} template of this tokenizer ends in its pad token (id {tokenizer.pad_token_id}): "
+                f"the classifier would read an earlier token; give the tokenizer a pad token of its own"
+            )
+        self._hints: dict[str, tuple[int, ...]] = {}
+        extremes = [
+            (10**9, 10**9),
+            (10**9, 1),
+            (1, 10**9),
+            (150, 100),
+            (100, 150),
+        ]  # widest counts, every bucket phrase
+        tags = sorted(TAG_NAMES | {"other"}) if self.language_tag else [None]
+        longest_hint = max(len(self._hint_ids(a, b, tag)) for a, b in extremes for tag in tags)
+        needed = min_length(self.frame) + longest_hint
+        if self.max_length < needed:
+            raise DuelistError(
+                f"model.max_length={self.max_length} is too small for the {template} template of this tokenizer: "
+                f"it needs at least {needed} tokens (frame {self.frame.overhead} + length hint {longest_hint} + 3 "
+                f"parts of {self.frame.min_part})"
+            )
+
+    @classmethod
+    def for_model(cls, tokenizer: Any, model_cfg: Any) -> "PairEncoder":
+        """The encoder a model config describes (``model.template``, ``max_length``, ``prompt_max_tokens``,
+        ``length_hint``, ``language_tag``)."""
+        return cls(
+            tokenizer,
+            model_cfg.template,
+            model_cfg.max_length,
+            model_cfg.prompt_max_tokens,
+            model_cfg.length_hint,
+            bool(model_cfg.get("language_tag") or False),
+        )
+
+    def _hint_ids(self, len_a: int, len_b: int, language: Any = None) -> tuple[int, ...]:
+        text = (language_tag(language) if self.language_tag else "") + length_hint(self.length_hint, len_a, len_b)
+        if text not in self._hints:
+            self._hints[text] = _ids(self.tokenizer, text)
+        return self._hints[text]
+
+    def encode_one(self, prompt: str, a: str, b: str, language: str | None = None) -> list[int]:
+        tok = self.tokenizer
+        return assemble(
+            self.frame,
+            _ids(tok, prompt),
+            _ids(tok, a),
+            _ids(tok, b),
+            self.max_length,
+            self.prompt_max_tokens,
+            self._hint_ids(len(a), len(b), language),
+        )
+
+    def fingerprint(self) -> str:
+        tok = self.tokenizer
+        backend = getattr(tok, "backend_tokenizer", None)
+        vocab = backend.to_str() if backend is not None else repr(sorted(tok.get_vocab().items()))
+        parts = [
+            vocab,
+            repr(self.frame),
+            str(self.max_length),
+            str(self.prompt_max_tokens),
+            self.template,
+            self.length_hint,
+        ]
+        parts += ["language_tag"] if self.language_tag else []
+        return hashlib.sha256("\x1f".join(parts).encode()).hexdigest()[:16]
+
+    def encode(self, df: pd.DataFrame, cache_dir: str | None = None, desc: str = "tokenize") -> list[list[int]]:
+        """Token ids for every row of ``df`` (same order); cached under ``cache_dir`` when given."""
+        cache_file = None
+        if cache_dir:
+            columns = ["prompt", "response_a", "response_b"] + (
+                ["language"] if self.language_tag and "language" in df else []
+            )
+            text_hash = pd.util.hash_pandas_object(df[columns], index=False).to_numpy()
+            key = hashlib.sha256(self.fingerprint().encode() + text_hash.tobytes()).hexdigest()[:24]
+            cache_file = Path(cache_dir) / "tokenized" / f"{key}.parquet"
+            if cache_file.exists():
+                cached = pd.read_parquet(cache_file)
+                if len(cached) == len(df):
+                    log.info("%s: reused cached tokens %s", desc, cache_file)
+                    return [x.tolist() for x in cached["input_ids"]]  # numpy int32 -> Python ints, at C speed
+        out: list[list[int]] = []
+        tok = self.tokenizer
+        chunk = 512
+        with tqdm(total=len(df), desc=desc, unit="rows", leave=False) as bar:
+            for start in range(0, len(df), chunk):
+                part = df.iloc[start : start + chunk]
+                enc = [
+                    tok(part[c].tolist(), add_special_tokens=False)["input_ids"]
+                    for c in ("prompt", "response_a", "response_b")
+                ]
+                languages = part["language"] if self.language_tag and "language" in part else [None] * len(part)
+                hints = [
+                    self._hint_ids(len(a), len(b), lang)
+                    for a, b, lang in zip(part["response_a"], part["response_b"], languages)
+                ]
+                for p, a, b, h in zip(*enc, hints):
+                    out.append(assemble(self.frame, p, a, b, self.max_length, self.prompt_max_tokens, h))
+                bar.update(len(part))
+        if cache_file is not None:
+            write_parquet(cache_file, pd.DataFrame({"input_ids": [np.asarray(x, dtype=np.int32) for x in out]}))
+        return out

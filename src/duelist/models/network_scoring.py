@@ -1,0 +1,273 @@
+"""Scoring pairs with a trained network: the one prediction path that training, the benchmark, export,
+pseudo-labelling and the submission all use.
+
+- :func:`predict_p_a`: P(A wins) for token sequences, batches sorted by length under a row and a token budget, order
+  restored, never starting a batch a :class:`~duelist.core.time_budget.Deadline` says would overrun;
+- :func:`network_scorer`: a run's scorer for ``infer.py``'s settings: :class:`HFScorer` (transformers, optional
+  swap-TTA within the deadline), :class:`VllmScorer` (``backend=vllm``: vLLM's pooling runner on merged weights) or
+  :class:`ParallelScorer` (``devices=[...]``: one process per device, rows dealt by length).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import numpy as np
+import pandas as pd
+import torch
+from tqdm.auto import tqdm
+
+from duelist.core.batching import pad, sorted_batches
+from duelist.core.config import Precision, precision
+from duelist.core.errors import DuelistError
+from duelist.core.hardware import autocast_dtype, half_weights, require_vllm, vllm_dtype
+from duelist.core.metrics import least_confident_first
+from duelist.core.time_budget import Deadline
+from duelist.data.encoding import PairEncoder
+from duelist.data.pairs import swap_pairs
+from duelist.models.network_build import load_checkpoint, load_tokenizer
+from duelist.runs.run_dir import RunDir
+
+log = logging.getLogger(__name__)
+
+
+@torch.no_grad()
+def predict_p_a(
+    model: torch.nn.Module,
+    seqs: Sequence[Sequence[int]],
+    pad_id: int,
+    batch_size: int,
+    device: torch.device,
+    amp: torch.dtype | None = None,
+    desc: str = "predict",
+    max_tokens: int | None = None,
+    deadline: Deadline | None = None,
+) -> np.ndarray:
+    """P(A wins) for each sequence, in input order; batches are sorted by length to cut padding and
+    hold at most ``batch_size`` rows and (when given) ``max_tokens`` padded tokens. With a ``deadline``,
+    a batch predicted not to fit is not started: its rows stay NaN."""
+    was_training = model.training
+    model.eval()
+    out = np.full(len(seqs), np.nan, dtype=np.float64)
+    tokens = 0
+    start = time.perf_counter()
+    with tqdm(total=len(seqs), desc=desc, unit="rows", leave=False) as bar:
+        for idx in sorted_batches([len(s) for s in seqs], batch_size, max_tokens):
+            ids, mask = pad([seqs[i] for i in idx], pad_id)
+            if deadline is not None and not deadline.fits(ids.numel()):
+                log.warning("%s: time budget reached, %d rows left unscored", desc, int(np.isnan(out).sum()))
+                break
+            began = deadline.clock() if deadline is not None else 0.0
+            with torch.autocast(device.type, dtype=amp, enabled=amp is not None):
+                logits = model(input_ids=ids.to(device), attention_mask=mask.to(device)).logits
+            out[idx] = torch.softmax(logits.float(), dim=-1)[:, 0].cpu().numpy()
+            if deadline is not None:
+                deadline.record(ids.numel(), deadline.clock() - began)
+            tokens += int(mask.sum())
+            bar.update(len(idx))
+            bar.set_postfix(tok_s=f"{tokens / max(time.perf_counter() - start, 1e-9):.0f}")
+    model.train(was_training)
+    return out
+
+
+def _least_confident_chunks(
+    predict: Callable[[list, str], np.ndarray], ids: Sequence[Sequence[int]], order: np.ndarray, chunk: int, desc: str
+) -> np.ndarray:
+    """Score the rows of ``order`` chunk by chunk, in that order, until the deadline leaves a chunk unfinished."""
+    out = np.full(len(ids), np.nan)
+    for start in range(0, len(order), chunk):
+        rows = order[start : start + chunk]
+        out[rows] = predict([ids[i] for i in rows], desc)
+        if np.isnan(out[rows]).any():
+            break
+    return out
+
+
+class HFScorer:
+    """One run's network (transformers), loaded once, scoring any number of row sets (:meth:`score`)."""
+
+    def __init__(self, run_dir: Path, cfg: Any, device: torch.device):
+        self.run_dir, self.cfg, self.device, self.cache_dir = Path(run_dir), cfg, device, cfg.cache_dir
+        self.built, run_cfg = load_checkpoint(run_dir, device, quantization=cfg.quantization, device_map=cfg.device_map)
+        self.encoder = PairEncoder.for_model(self.built.tokenizer, run_cfg.model)
+        self.amp = autocast_dtype(cfg.precision, device, half_weights(self.built.model))
+
+    def predict(self, seqs: Sequence[Sequence[int]], desc: str, deadline: Deadline | None = None) -> np.ndarray:
+        cfg = self.cfg
+        return predict_p_a(
+            self.built.model,
+            seqs,
+            self.built.tokenizer.pad_token_id,
+            cfg.batch_size,
+            self.device,
+            self.amp,
+            desc,
+            cfg.max_batch_tokens,
+            deadline,
+        )
+
+    def score(
+        self,
+        test: pd.DataFrame,
+        tta: str | None = None,
+        deadline: Deadline | None = None,
+        order: np.ndarray | None = None,
+    ) -> np.ndarray:
+        """P(A wins) for every row of ``test`` (``tta``: none | swap, default ``cfg.tta``).
+
+        With a ``deadline``: every row is scored once first; the time left then goes to swap-TTA for the
+        least confident rows first, in chunks; rows the budget did not reach keep NaN (first pass) or their
+        single score (TTA). With ``order`` (and a deadline), the first pass goes through the rows in that order
+        (a cascade's second member: the rows the first is least sure of first)."""
+        tta = self.cfg.tta if tta is None else tta
+        name = self.run_dir.name
+        chunk = max(4 * self.cfg.batch_size, 64)
+
+        def predict(seqs: Sequence[Sequence[int]], desc: str) -> np.ndarray:
+            return self.predict(seqs, desc, deadline)
+
+        ids = self.encoder.encode(test, self.cache_dir)
+        if order is not None and deadline is not None:
+            p_a = _least_confident_chunks(predict, ids, np.asarray(order), chunk, name)
+        else:
+            p_a = predict(ids, name)
+        if tta == "swap":
+            swapped_ids = self.encoder.encode(swap_pairs(test), self.cache_dir)
+            if deadline is None:
+                swapped = predict(swapped_ids, f"{name} swap")
+            else:
+                scored = np.flatnonzero(~np.isnan(p_a))
+                swapped = _least_confident_chunks(
+                    predict, swapped_ids, scored[least_confident_first(p_a[scored])], chunk, f"{name} swap"
+                )
+                log.info(
+                    "%s: swap-TTA on %d of %d rows within the time budget",
+                    name,
+                    int((~np.isnan(swapped)).sum()),
+                    len(test),
+                )
+            p_a = np.where(np.isnan(swapped), p_a, (p_a + (1.0 - swapped)) / 2.0)
+        return p_a
+
+
+class VllmScorer:
+    """``backend=vllm``: vLLM's pooling runner (``LLM(..., runner="pooling").classify``) over a merged checkpoint; the
+    same token ids as the HF path (our encoding), vLLM schedules the batches itself (no time budget, no row order)."""
+
+    def __init__(self, run_dir: Path, cfg: Any):
+        run = RunDir(run_dir)
+        ckpt = run.checkpoint
+        if not (ckpt / "model").is_dir():
+            raise DuelistError(
+                f"{run_dir}: backend=vllm needs full weights (checkpoint/model/); merge the adapters first: "
+                f"python -m duelist export {run_dir} --out MERGED"
+            )
+        run_cfg = run.read_checkpoint_config()
+        if run_cfg.model.pooling != "model":
+            raise DuelistError(
+                f"{run_dir}: backend=vllm pools the way the architecture does; this run uses "
+                f"model.pooling={run_cfg.model.pooling}: use backend=hf"
+            )
+        bf16 = torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+        asked = precision(cfg.precision)
+        if run_cfg.model.arch == "gemma2" and (
+            asked == Precision.fp16 or (asked == Precision.auto and torch.cuda.is_available() and not bf16)
+        ):
+            why = "this GPU has no bf16 (T4, V100)" if not bf16 else "precision=fp16 was asked for"
+            raise DuelistError(
+                f"{run_dir}: backend=vllm refuses float16 for Gemma-2 and {why}: use backend=hf (precision=fp16, or "
+                f"quantization=int8 to fit a 9B model on a 16 GB GPU), or backend=vllm with a Qwen/Llama run"
+            )
+        require_vllm("backend=vllm", "backend=hf")
+        from vllm import LLM
+
+        self.cfg = cfg
+        self.encoder = PairEncoder.for_model(load_tokenizer(str(ckpt / "tokenizer"), what="tokenizer"), run_cfg.model)
+        self.llm = LLM(
+            model=str(ckpt / "model"),
+            tokenizer=str(ckpt / "tokenizer"),
+            runner="pooling",
+            max_model_len=run_cfg.model.max_length + 8,
+            dtype=vllm_dtype(cfg.precision),
+        )
+
+    def classify(self, rows: pd.DataFrame) -> np.ndarray:
+        from vllm import TokensPrompt
+
+        ids = self.encoder.encode(rows, self.cfg.cache_dir)
+        outputs = self.llm.classify([TokensPrompt(prompt_token_ids=list(i)) for i in ids], use_tqdm=True)
+        return np.array([o.outputs.probs[0] for o in outputs], dtype=np.float64)
+
+    def score(
+        self, rows: pd.DataFrame, tta: str | None = None, deadline: Deadline | None = None, order: Any = None
+    ) -> np.ndarray:
+        p_a = self.classify(rows)
+        if (self.cfg.tta if tta is None else tta) == "swap":
+            p_a = (p_a + (1.0 - self.classify(swap_pairs(rows)))) / 2.0
+        return p_a
+
+
+def split_by_length(lengths: Sequence[int], parts: int) -> list[np.ndarray]:
+    """Row indices for ``parts`` workers: rows sorted by length and dealt round-robin, so every worker gets
+    the same mix of long and short rows and they finish together. Every row is in exactly one part."""
+    order = np.argsort(-np.asarray(lengths), kind="stable")
+    return [np.sort(order[k::parts]) for k in range(parts)]
+
+
+def _score_share(
+    run_dir: str, rows: pd.DataFrame, cfg_dict: dict, device: str, tta: str | None, seconds: float | None
+) -> np.ndarray:
+    """One worker process of data-parallel scoring (module level: it is started with ``spawn``)."""
+    from omegaconf import OmegaConf
+
+    deadline = Deadline(seconds) if seconds is not None else None
+    place = torch.device(device)
+    if place.type == "cuda":
+        torch.cuda.set_device(place)  # this worker's GPU for everything it allocates (a fresh process starts on GPU 0)
+    return HFScorer(Path(run_dir), OmegaConf.create(cfg_dict), place).score(rows, tta, deadline)
+
+
+class ParallelScorer:
+    """``devices=[...]``: :class:`HFScorer` in one process per device (e.g. Kaggle's two T4s), rows split by
+    :func:`split_by_length`; each call starts the processes, which load the run (no row order: a cascade runs on one
+    device)."""
+
+    def __init__(self, run_dir: Path, cfg: Any, devices: Sequence[str]):
+        self.run_dir, self.cfg, self.devices = Path(run_dir), cfg, list(devices)
+
+    def score(
+        self, rows: pd.DataFrame, tta: str | None = None, deadline: Deadline | None = None, order: Any = None
+    ) -> np.ndarray:
+        import multiprocessing
+        from concurrent.futures import ProcessPoolExecutor
+
+        from omegaconf import OmegaConf
+
+        text = rows["prompt"].str.len() + rows["response_a"].str.len() + rows["response_b"].str.len()
+        parts = split_by_length(text.to_numpy(), len(self.devices))  # characters: a proxy for tokens
+        cfg_dict = OmegaConf.to_container(self.cfg, resolve=True)
+        seconds = deadline.remaining() if deadline is not None else None
+        out = np.full(len(rows), np.nan)
+        with ProcessPoolExecutor(len(self.devices), mp_context=multiprocessing.get_context("spawn")) as pool:
+            jobs = [
+                pool.submit(
+                    _score_share, str(self.run_dir), rows.iloc[idx].reset_index(drop=True), cfg_dict, dev, tta, seconds
+                )
+                for idx, dev in zip(parts, self.devices)
+            ]
+            for idx, job in zip(parts, jobs):
+                out[idx] = job.result()
+        return out
+
+
+def network_scorer(run_dir: Path, cfg: Any, device: torch.device) -> HFScorer | VllmScorer | ParallelScorer:
+    """The scorer ``infer.py``'s settings ask for: ``backend=vllm``, several ``devices``, or transformers on
+    ``device``."""
+    if cfg.backend == "vllm":
+        return VllmScorer(run_dir, cfg)
+    if len(cfg.devices) > 1:
+        return ParallelScorer(run_dir, cfg, cfg.devices)
+    return HFScorer(run_dir, cfg, device)

@@ -1,0 +1,375 @@
+"""Training a network: the network kind's training job, a loop one reads top to bottom.
+
+AdamW with its own learning rate for the head, warmup + cosine, gradient accumulation, autocast (GradScaler for
+fp16), validation every ``trainer.eval_every`` steps keeping the best checkpoint, a resumable state every
+``trainer.save_every`` steps, and one process per GPU under ``accelerate launch`` / ``torchrun`` (DDP or FSDP2).
+The loop's progress is one :class:`~duelist.runs.states.TrainingState`: what a saved state holds is what the loop
+reads back.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import signal
+import time
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+from omegaconf import DictConfig
+from tqdm.auto import tqdm
+
+from duelist.core.batching import pad, train_batches
+from duelist.core.errors import DuelistError
+from duelist.core.hardware import autocast_dtype, half_weights
+from duelist.core.metrics import compute_metrics, is_better
+from duelist.data.encoding import PairEncoder
+from duelist.data.splits import augment
+from duelist.models.distributed import (
+    barrier,
+    broadcast,
+    full_state_dict,
+    gather,
+    init_distributed,
+    optimizer_state,
+    set_optimizer_state,
+    wrap,
+)
+from duelist.models.interface import Fitted
+from duelist.models.network_build import Built, build_model, head_and_body_parameters, save_checkpoint
+from duelist.models.network_scoring import predict_p_a, split_by_length
+from duelist.runs.run_dir import RunDir
+from duelist.runs.states import SavedState, TrainingState, resolved, rng_state, save_state, set_rng_state
+
+log = logging.getLogger(__name__)
+
+KILL_SWITCH = "DUELIST_TEST_KILL_AT_BATCH"  # tests only: N = SIGKILL this process after its N-th training pass
+
+
+def pair_losses(
+    logits: torch.Tensor, p_a: torch.Tensor, kl: torch.Tensor | None = None, temperature: float = 1.0
+) -> torch.Tensor:
+    """Per-row loss: cross-entropy with (soft) targets ``[p_a, 1 - p_a]``; rows where ``kl`` is true use
+    distillation instead: ``T^2 * KL(teacher_T || student_T)`` with both distributions softened by
+    ``temperature`` (the teacher's two-class logits are ``log p_a, log(1 - p_a)``)."""
+    logits = logits.float()
+    target = torch.stack([p_a, 1.0 - p_a], dim=-1)
+    losses = -(target * torch.log_softmax(logits, dim=-1)).sum(-1)
+    if kl is None or not bool(kl.any()):
+        return losses
+    t = float(temperature)
+    teacher = torch.log_softmax(torch.log(target.clamp(1e-6, 1.0)) / t, dim=-1)
+    student = torch.log_softmax(logits / t, dim=-1)
+    distill = (teacher.exp() * (teacher - student)).sum(-1) * t * t
+    return torch.where(kl, distill, losses)
+
+
+def make_optimizer(name: str, groups: list[dict[str, Any]], weight_decay: float) -> torch.optim.Optimizer:
+    """``adamw`` (torch) or ``adamw_8bit`` (bitsandbytes: optimizer state in 8 bit, about 75% less of it; CUDA only)."""
+    if name == "adamw":
+        return torch.optim.AdamW(groups, weight_decay=weight_decay)
+    import bitsandbytes as bnb  # adamw_8bit
+
+    return bnb.optim.AdamW8bit(groups, weight_decay=weight_decay)
+
+
+def install_kill_switch(model: torch.nn.Module) -> None:
+    """Tests only (``DUELIST_TEST_KILL_AT_BATCH=N``): this process SIGKILLs itself as its training pass N + 1 starts,
+    i.e. right after pass N, so a test can kill a run at a known point. A hook on the model: the loop knows nothing."""
+    after = int(os.environ.get(KILL_SWITCH, "0"))
+    if after <= 0:
+        return
+    passes = [0]
+
+    def count(module: torch.nn.Module, args: Any) -> None:
+        if module.training:
+            passes[0] += 1
+            if passes[0] > after:
+                os.kill(os.getpid(), signal.SIGKILL)
+
+    model.register_forward_pre_hook(count)
+
+
+class RowLosses:
+    """Each training row's target, loss weight and loss (cross-entropy, or distillation for pseudo-labelled rows with
+    ``pseudolabel=kl``), as one weighted mean per batch."""
+
+    def __init__(self, rows: pd.DataFrame, pseudolabel: Any, device: torch.device):
+        self.device, self.temperature = device, pseudolabel.temperature
+        self.targets = torch.tensor(rows["p_a"].to_numpy(), dtype=torch.float32)
+        self.weights = torch.tensor(rows["weight"].to_numpy(), dtype=torch.float32)  # per-source loss weights
+        self.distill = torch.tensor(rows["pseudo_label"].to_numpy(dtype=bool) & (pseudolabel.loss == "kl"))
+
+    def __call__(self, logits: torch.Tensor, idx: np.ndarray) -> torch.Tensor:
+        dev = self.device
+        per_row = pair_losses(logits, self.targets[idx].to(dev), self.distill[idx].to(dev), self.temperature)
+        return (per_row * self.weights[idx].to(dev)).mean()
+
+
+class NetworkTraining:
+    """The network kind's :class:`~duelist.models.interface.TrainingJob`: this process's part of one run."""
+
+    def __init__(self, cfg: DictConfig, run: RunDir):
+        self.cfg, self.run, self.t = cfg, run, cfg.trainer
+        self.metric = cfg.optimized_metric
+        self.dist, self.device = init_distributed(self.t.device, self.t.strategy, self.t.dist_timeout_min)
+        if self.dist.sharded and cfg.lora.enabled and cfg.lora.qlora:
+            raise DuelistError(
+                "trainer.strategy=fsdp cannot shard 4-bit QLoRA weights: launch with --multi_gpu (DDP) or use "
+                "lora=default / lora=none"
+            )
+        self.amp: torch.dtype | None = None  # set by fit(), from the precision and the model's weights
+        self.state = TrainingState()
+
+    def fit(self, train: pd.DataFrame, valid: pd.DataFrame, tracker: Any, resume: SavedState | None) -> Fitted:
+        cfg = self.cfg
+        built = build_model(cfg.model, cfg.lora, self.device, cfg.trainer.seed, cfg.trainer.gradient_checkpointing)
+        encoder = PairEncoder.for_model(built.tokenizer, cfg.model)
+        rows = augment(train, cfg.augment.swap, cfg.augment.same_batch)
+        ids = encoder.encode(rows, cfg.cache_dir, desc="tokenize train")
+        valid_ids = encoder.encode(valid, cfg.cache_dir, desc="tokenize valid")
+        trainable = sum(p.numel() for p in built.model.parameters() if p.requires_grad)
+        log.info(
+            "train %d rows (%d after augmentation), valid %d rows; %d trainable parameters",
+            len(train),
+            len(rows),
+            len(valid),
+            trainable,
+        )
+        install_kill_switch(built.model)
+        self.loop(built, rows, ids, valid, valid_ids, tracker, resume)
+        best = self.state.best
+        assert best is not None  # the loop always evaluates at its last step
+        metrics = {
+            **best["metrics"],
+            "best_step": best["step"],
+            "train/rows": len(rows),
+            "train/trainable_parameters": trainable,
+            "train/tokens_per_s": best["train/tokens_per_s"],
+            "train/peak_gpu_memory_gb": torch.cuda.max_memory_allocated(self.device) / 1e9
+            if self.device.type == "cuda"
+            else None,
+            "device": str(self.device),
+            "train/autocast": str(self.amp).removeprefix("torch.") if self.amp is not None else "none",
+            "processes": self.dist.world,
+            "strategy": self.dist.strategy,
+        }
+        return Fitted(best["p_a"], metrics, self.state.train_curve, self.state.evals)
+
+    def loop(
+        self,
+        built: Built,
+        rows: pd.DataFrame,
+        ids: list[list[int]],
+        valid: pd.DataFrame,
+        valid_ids: list[list[int]],
+        tracker: Any,
+        resume: SavedState | None,
+    ) -> None:
+        t, model = self.t, built.model
+        self.amp = self.autocast(model)
+        rng = np.random.default_rng(t.seed)
+        lengths = [len(s) for s in ids]
+        units = rows["pair"].to_numpy() if self.cfg.augment.same_batch else np.arange(len(rows))
+        per_epoch = self.steps_per_epoch(lengths, units)
+        total = t.max_steps if t.max_steps > 0 else max(1, math.ceil(per_epoch * t.epochs))
+        if resume is not None:  # the trainable weights as saved, on every process, before DDP/FSDP take the model
+            self.load_trainable(model, resume)
+        forward = wrap(model, self.dist, self.device)  # DDP replicas, or FSDP2 shards in place: optimizer after it
+        groups, opt, sched = self.optimizer(model, total)
+        scaler = torch.amp.GradScaler(self.device.type, enabled=self.amp == torch.float16)  # fp16 needs loss scaling
+        losses = RowLosses(rows, self.cfg.pseudolabel, self.device)
+        log.info("training %d rows (%d optimizer steps, %d per epoch) on %s", len(rows), total, per_epoch, self.device)
+        if resume is not None:
+            set_optimizer_state(model, opt, resume.optimizer)
+            sched.load_state_dict(resume.scheduler)
+            scaler.load_state_dict(resume.scaler)
+            set_rng_state(resume.rng[self.dist.rank], rng)
+            self.state = resume.progress
+            resume.weights, resume.optimizer = {}, {}  # loaded: free the copies (a 9B model's are gigabytes)
+        state, running, before = self.state, [], self.state.elapsed_s
+        model.train()
+        start = time.perf_counter()
+        bar = tqdm(total=total, initial=state.step, desc="train", unit="step", disable=not self.dist.main)
+        while state.step < total:
+            if state.batches is None:  # a new epoch: the same order on every process
+                state.batches = train_batches(lengths, units, t.batch_size, t.group_by_length, rng)
+            mine = state.batches[
+                self.dist.rank : len(state.batches) // self.dist.world * self.dist.world : self.dist.world
+            ]
+            for idx in mine[state.position :]:
+                batch, mask = pad([ids[i] for i in idx], built.tokenizer.pad_token_id)
+                with torch.autocast(self.device.type, dtype=self.amp, enabled=self.amp is not None):
+                    logits = forward(input_ids=batch.to(self.device), attention_mask=mask.to(self.device)).logits
+                loss = losses(logits, idx)
+                if not torch.isfinite(loss):
+                    raise FloatingPointError(
+                        f"loss is {loss.item()} at step {state.step}; lower trainer.lr or check the data"
+                    )
+                scaler.scale(loss / t.grad_accum).backward()
+                running.append(loss.item())
+                state.tokens += int(mask.sum())
+                state.position += 1
+                if len(running) < t.grad_accum:
+                    continue
+                self.optimizer_step(groups, opt, sched, scaler)
+                state.step += 1
+                state.train_curve.append((state.step, float(np.mean(running))))
+                running = []
+                state.elapsed_s = before + time.perf_counter() - start
+                self.log_step(tracker, bar, sched)
+                if (t.eval_every > 0 and state.step % t.eval_every == 0) or state.step == total:
+                    self.evaluate(built, valid, valid_ids, tracker)
+                if t.save_every > 0 and state.step % t.save_every == 0 and state.step < total:
+                    self.save_state(model, opt, sched, scaler, rng, tracker)
+                if state.step >= total:
+                    break
+            state.epoch += 1
+            state.batches, state.position = None, 0
+        bar.close()
+
+    # the loop's steps -------------------------------------------------------------------------------
+    def autocast(self, model: torch.nn.Module) -> torch.dtype | None:
+        """The forward pass's autocast dtype; a half-precision base needs one (the trainable parameters are fp32)."""
+        half = half_weights(model)
+        amp = autocast_dtype(self.t.precision, self.device, half)
+        if amp is None and half is not None:
+            raise DuelistError(
+                f"trainer.precision={self.t.precision} with {str(half).removeprefix('torch.')} weights "
+                f"(model.dtype={self.cfg.model.dtype}): the fp32 trainable parameters meet the half-precision base "
+                "only "
+                f"under autocast; use trainer.precision=auto, bf16 or fp16"
+            )
+        return amp
+
+    def steps_per_epoch(self, lengths: list[int], units: np.ndarray) -> int:
+        batches = len(train_batches(lengths, units, self.t.batch_size, False, np.random.default_rng(0)))
+        return max(1, math.ceil(batches // self.dist.world / self.t.grad_accum))  # each process takes 1/world
+
+    def load_trainable(self, model: torch.nn.Module, resume: SavedState) -> None:
+        missing = set(resume.weights) - {n for n, p in model.named_parameters() if p.requires_grad}
+        if missing:
+            raise DuelistError(
+                f"{resume.path}: holds weights this model does not train ({sorted(missing)[:3]}); "
+                f"trainer.resume=never starts over"
+            )
+        model.load_state_dict(resume.weights, strict=False)
+
+    def optimizer(self, model: torch.nn.Module, total: int) -> tuple[list[dict[str, Any]], torch.optim.Optimizer, Any]:
+        from transformers import get_cosine_schedule_with_warmup
+
+        t = self.t
+        head, body = head_and_body_parameters(model)
+        groups = [g for g in ({"params": body, "lr": t.lr}, {"params": head, "lr": t.head_lr}) if g["params"]]
+        opt = make_optimizer(t.optimizer, groups, t.weight_decay)
+        return groups, opt, get_cosine_schedule_with_warmup(opt, int(t.warmup_ratio * total), total)
+
+    def optimizer_step(self, groups: list[dict[str, Any]], opt: Any, sched: Any, scaler: torch.amp.GradScaler) -> None:
+        scaler.unscale_(opt)
+        torch.nn.utils.clip_grad_norm_([p for g in groups for p in g["params"]], self.t.max_grad_norm)
+        scale = scaler.get_scale()
+        scaler.step(opt)  # fp16: skipped when the scaled gradients overflowed (then the scale shrinks)
+        scaler.update()
+        if not scaler.is_enabled() or scaler.get_scale() >= scale:
+            sched.step()  # the schedule follows the steps the optimizer took
+        opt.zero_grad(set_to_none=True)
+
+    def log_step(self, tracker: Any, bar: Any, sched: Any) -> None:
+        state = self.state
+        step, loss = state.train_curve[-1]
+        speed = state.tokens / state.elapsed_s
+        tracker.log(
+            {
+                "train/loss": loss,
+                "train/lr": sched.get_last_lr()[0],
+                "train/tokens_per_s": speed,
+                "train/epoch": state.epoch,
+            },
+            step,
+        )
+        bar.update(1)
+        bar.set_postfix(loss=f"{loss:.4f}", tok_s=f"{speed:.0f}")
+
+    def evaluate(self, built: Built, valid: pd.DataFrame, valid_ids: list[list[int]], tracker: Any) -> None:
+        """Validation: every process takes part (DDP: each scores its share of the rows; FSDP: the whole fold, its
+        forward pass gathers the sharded parameters); rank 0 alone writes the best checkpoint."""
+        state = self.state
+        p_a = self.validation_p_a(built, valid_ids)
+        if p_a is not None:  # every FSDP process; under DDP rank 0 alone (the other processes' shares are with it)
+            metrics = compute_metrics(valid, p_a)
+            state.evals.append((state.step, metrics))
+            tracker.log(metrics, state.step)
+            log.info(
+                "step %d: val/accuracy=%.4f val/log_loss=%.4f",
+                state.step,
+                metrics["val/accuracy"],
+                metrics["val/log_loss"],
+            )
+            best = None if state.best is None else state.best["metrics"][self.metric]
+            better = is_better(metrics[self.metric], best, self.metric)
+            if self.dist.sharded:  # all follow rank 0's decision, so all join the gather below
+                better = broadcast(better, self.dist)
+            if better:
+                speed = state.tokens / state.elapsed_s
+                state.best = {"step": state.step, "metrics": metrics, "p_a": p_a, "train/tokens_per_s": speed}
+                weights = full_state_dict(built.model) if self.dist.sharded else None  # collective: every process
+                if self.dist.main:
+                    save_checkpoint(built, self.cfg, self.run.checkpoint, weights)
+        barrier(self.dist)
+
+    def validation_p_a(self, built: Built, valid_ids: list[list[int]]) -> np.ndarray | None:
+        """P(A wins) of every validation row on rank 0 (None elsewhere under DDP). Under DDP every process scores a
+        share of the rows (dealt by length) and rank 0 gathers them, so validation takes 1/world of the time instead
+        of keeping the others waiting (NCCL's timeout would end the run)."""
+
+        def score(seqs: list[list[int]]) -> np.ndarray:
+            pad_id = built.tokenizer.pad_token_id
+            return predict_p_a(
+                built.model, seqs, pad_id, self.t.eval_batch_size, self.device, self.amp, desc="validate"
+            )
+
+        if self.dist.world == 1 or self.dist.sharded:
+            return score(valid_ids)
+        mine = split_by_length([len(s) for s in valid_ids], self.dist.world)[self.dist.rank]
+        parts = gather((mine, score([valid_ids[i] for i in mine])), self.dist)
+        if not self.dist.main:
+            return None
+        shares = " + ".join(str(len(rows)) for rows, _ in parts)
+        log.info("validation: %d processes scored %s of %d rows", self.dist.world, shares, len(valid_ids))
+        p_a = np.full(len(valid_ids), np.nan)
+        for rows, values in parts:
+            p_a[rows] = values
+        return p_a
+
+    def save_state(
+        self, model: torch.nn.Module, opt: Any, sched: Any, scaler: Any, rng: np.random.Generator, tracker: Any
+    ) -> None:
+        """Write a resumable state (:mod:`duelist.runs.states`). Every process takes part: under FSDP the weights and
+        the optimizer state are gathered, and each process's RNG states go to rank 0, which alone writes."""
+        started = time.perf_counter()
+        trainable = {n: p for n, p in model.named_parameters() if p.requires_grad}  # not state_dict(): 4-bit is packed
+        if self.dist.sharded:  # collective: the full weights of every shard, on rank 0
+            weights = {k: v for k, v in full_state_dict(model).items() if k in trainable}
+        else:
+            weights = {k: p.detach() for k, p in trainable.items()}
+        optimizer = optimizer_state(model, opt)
+        rngs = gather(rng_state(rng), self.dist)
+        if self.dist.main:
+            saved = SavedState(
+                path=self.run.path,
+                progress=self.state,
+                scheduler=sched.state_dict(),
+                scaler=scaler.state_dict(),
+                rng=rngs,
+                wandb_id=tracker.run_id,
+                config=resolved(self.cfg),
+                processes=self.dist.world,
+                weights=weights,
+                optimizer=optimizer,
+            )
+            path = save_state(self.run, saved, self.t.keep_states)
+            log.info("saved training state %s (%.1f s)", path, time.perf_counter() - started)
+        barrier(self.dist)

@@ -1,0 +1,348 @@
+"""Generate new response pairs for extra prompts with two or more generator models.
+
+``python infer.py task=generate generate=hf data.test=prompts.parquet output=pairs.parquet`` reads
+prompts (a ``prompt`` column, or any supported pair layout), drops repeated prompts, applies
+``generate.max_prompts`` and ``generate.language_quota`` (seeded), gives each prompt two distinct
+generators (seeded: which is A and which is B), and writes ``pairs.parquet`` in the canonical layout
+with the generator names in ``model_a``/``model_b`` and no winner — ready for
+``infer.py task=pseudolabel``.
+
+Work is written in shards under ``pairs.shards/``: one file per (shard, generator), then one per
+shard. Running the same command after a crash skips every finished part; the folder remembers
+the setup it belongs to and refuses to mix shards of another one.
+
+Backends behind one interface (``generate(texts) -> texts``): ``hf`` (transformers ``generate``,
+prompts sorted by length into batches) and ``vllm`` (``LLM.generate``, optional extra, GPU only).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import math
+from pathlib import Path
+from typing import Any, Protocol, Sequence
+
+import numpy as np
+import pandas as pd
+import torch
+from omegaconf import OmegaConf
+from tqdm.auto import tqdm
+
+from duelist.core.errors import DuelistError
+from duelist.core.files import open_shard_folder, resolve_path, write_parquet
+from duelist.core.hardware import pick_device, require_vllm, torch_dtype, vllm_dtype
+from duelist.core.languages import detect_languages, language_names
+from duelist.data.pairs import CANONICAL_COLUMNS, is_text, normalized
+from duelist.data.reading import canonicalize, find_layout, read_table
+from duelist.models.network_build import load_tokenizer
+
+log = logging.getLogger(__name__)
+
+
+# ----------------------------------------------------------------------------- prompts
+
+
+def load_prompts(path: str, on_bad_rows: str) -> pd.DataFrame:
+    """``id, prompt, language`` from a prompt-only file or any pair layout; one row per distinct prompt."""
+    raw = read_table(path)
+    if len(raw) == 0:
+        raise DuelistError(f"{path}: the file has no rows")
+    if find_layout(raw.columns) is not None:
+        df = canonicalize(raw, path, labelled=False, ties="soft", on_bad_rows=on_bad_rows)
+    elif "prompt" in raw.columns:
+        df = pd.DataFrame(
+            {
+                "id": raw["id"].astype(str) if "id" in raw else [f"{Path(path).stem}-{i}" for i in range(len(raw))],
+                "prompt": raw["prompt"],
+                "language": language_names(raw["language"]) if "language" in raw else "unknown",
+            }
+        )
+        bad = ~df["prompt"].map(is_text)
+        if bad.any():
+            i = int(np.flatnonzero(bad.to_numpy())[0])
+            if on_bad_rows == "fail":
+                raise DuelistError(
+                    f"{path}: row {i} (id={df['id'].iloc[i]}): column prompt is empty or not text; fix the file or set "
+                    "data.on_bad_rows=drop"
+                )
+            log.warning("%s: dropped %d rows without a prompt text", path, int(bad.sum()))
+            df = df[~bad]
+        if "language" not in raw:  # named by the prompt's detected language (generate.language_quota applies to it)
+            df["language"] = detect_languages(df["prompt"]).to_numpy()
+    else:
+        raise DuelistError(f"{path}: no 'prompt' column; give a file with prompt[, id, language] or any pair layout")
+    df = df[["id", "prompt", "language"]].reset_index(drop=True)
+    return df[~normalized(df["prompt"]).duplicated()].reset_index(drop=True)
+
+
+def choose_prompts(df: pd.DataFrame, max_prompts: int | None, quota: dict[str, int], seed: int) -> pd.DataFrame:
+    """A seeded shuffle, then at most ``quota[language]`` per language and ``max_prompts`` in all."""
+    df = df.sample(frac=1.0, random_state=seed).reset_index(drop=True)
+    if quota:
+        rank = df.groupby("language").cumcount()
+        cap = df["language"].map(lambda lang: quota.get(lang, math.inf))
+        df = df[rank < cap].reset_index(drop=True)
+    if max_prompts is not None:
+        df = df.iloc[:max_prompts].reset_index(drop=True)
+    return df
+
+
+def assign_pairs(n: int, n_generators: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """For each prompt two distinct generator indices (A, B), uniformly over ordered pairs, seeded."""
+    if n_generators < 2:
+        raise DuelistError("generate.generators: name at least two generator models (a pair needs two responses)")
+    rng = np.random.default_rng(seed)
+    a = rng.integers(0, n_generators, size=n)
+    b = (a + rng.integers(1, n_generators, size=n)) % n_generators  # never equal to a
+    return a, b
+
+
+# ----------------------------------------------------------------------------- backends
+
+
+class Backend(Protocol):
+    """``generate`` returns one text per prompt; afterwards ``at_limit[i]`` says whether text i stopped at
+    ``max_new_tokens`` (cut) rather than at the end of its answer."""
+
+    tokenizer: Any
+    at_limit: list[bool]
+
+    def generate(self, prompts: Sequence[str], seed: int) -> list[str]: ...
+
+
+def chat_text(tokenizer: Any, prompt: str) -> str:
+    """The prompt as the generator's chat template renders a user turn (plain text if it has none)."""
+    if getattr(tokenizer, "chat_template", None):
+        return tokenizer.apply_chat_template(
+            [{"role": "user", "content": prompt}], tokenize=False, add_generation_prompt=True
+        )
+    return prompt
+
+
+def prompt_ids(tokenizer: Any, prompt: str, max_tokens: int) -> list[int]:
+    """The chat-formatted prompt's token ids; a long one keeps its end (the chat template's generation prompt comes
+    last: cut from the right, the generator would continue the user's text instead of answering)."""
+    return tokenizer(chat_text(tokenizer, prompt), add_special_tokens=False)["input_ids"][-max_tokens:]
+
+
+class HFBackend:
+    """transformers ``generate``: prompts sorted by length, left-padded batches of ``batch_size``."""
+
+    def __init__(self, gen: Any, cfg: Any, device: torch.device):
+        from transformers import AutoConfig, AutoModelForCausalLM
+
+        self.cfg, self.device = cfg, device
+        self.tokenizer = load_tokenizer(gen.name_or_path)
+        self.tokenizer.padding_side = "left"
+        dtype = torch_dtype(cfg.dtype, device)
+        if gen.init == "random":
+            overrides = (
+                OmegaConf.to_container(gen.config_overrides)
+                if OmegaConf.is_config(gen.config_overrides)
+                else dict(gen.config_overrides)
+            )
+            config = AutoConfig.for_model(
+                gen.arch,
+                vocab_size=len(self.tokenizer),
+                pad_token_id=self.tokenizer.pad_token_id,
+                eos_token_id=self.tokenizer.eos_token_id,
+                **overrides,
+            )
+            torch.manual_seed(cfg.seed)
+            self.model = AutoModelForCausalLM.from_config(config, dtype=dtype)
+        elif gen.init == "pretrained":
+            try:
+                self.model = AutoModelForCausalLM.from_pretrained(resolve_path(gen.name_or_path), dtype=dtype)
+            except Exception as err:
+                raise DuelistError(
+                    f"generator {gen.name}: cannot load {gen.name_or_path} ({str(err).splitlines()[0]}); pass a local "
+                    "folder"
+                ) from err
+        else:
+            raise DuelistError(f"generator {gen.name}: init={gen.init!r}; use pretrained or random")
+        self.model.to(device).eval()
+
+    @torch.no_grad()
+    def generate(self, prompts: Sequence[str], seed: int) -> list[str]:
+        cfg, tok = self.cfg, self.tokenizer
+        encoded = [prompt_ids(tok, p, cfg.max_prompt_tokens) for p in prompts]
+        order = np.argsort([len(e) for e in encoded], kind="stable")  # similar lengths share a batch: little padding
+        out: list[str] = [""] * len(prompts)
+        self.at_limit = [False] * len(prompts)
+        torch.manual_seed(seed)
+        for start in range(0, len(order), cfg.batch_size):
+            idx = order[start : start + cfg.batch_size]
+            batch = tok.pad({"input_ids": [encoded[i] for i in idx]}, return_tensors="pt", padding=True)
+            sampling = (
+                dict(do_sample=True, temperature=cfg.temperature, top_p=cfg.top_p)
+                if cfg.temperature > 0
+                else dict(do_sample=False)
+            )
+            generated = self.model.generate(
+                input_ids=batch["input_ids"].to(self.device),
+                attention_mask=batch["attention_mask"].to(self.device),
+                max_new_tokens=cfg.max_new_tokens,
+                pad_token_id=tok.pad_token_id,
+                **sampling,
+            )
+            new = generated[:, batch["input_ids"].shape[1] :]
+            last = new[:, -1].tolist()
+            for j, (i, text) in enumerate(zip(idx, tok.batch_decode(new, skip_special_tokens=True))):
+                out[i] = text.strip()
+                # finished sequences are padded after their end-of-sequence token; a cut one fills every new position
+                self.at_limit[i] = new.shape[1] == cfg.max_new_tokens and last[j] not in (
+                    tok.pad_token_id,
+                    tok.eos_token_id,
+                )
+        return out
+
+
+class VLLMBackend:
+    """vLLM ``LLM.generate`` with the generator's chat template; vLLM schedules and batches by itself."""
+
+    def __init__(self, gen: Any, cfg: Any, device: torch.device):
+        from vllm import LLM  # check_backend() made sure it imports
+
+        self.cfg = cfg
+        self.llm = LLM(
+            model=resolve_path(gen.name_or_path),
+            dtype=vllm_dtype(cfg.dtype),
+            seed=cfg.seed,
+            gpu_memory_utilization=cfg.gpu_memory_utilization,
+            max_model_len=cfg.max_prompt_tokens + cfg.max_new_tokens,
+        )
+        self.tokenizer = self.llm.get_tokenizer()
+
+    def generate(self, prompts: Sequence[str], seed: int) -> list[str]:
+        from vllm import SamplingParams
+
+        cfg = self.cfg
+        ids = [prompt_ids(self.tokenizer, p, cfg.max_prompt_tokens) for p in prompts]
+        order = np.argsort([len(i) for i in ids], kind="stable")
+        params = SamplingParams(temperature=cfg.temperature, top_p=cfg.top_p, max_tokens=cfg.max_new_tokens, seed=seed)
+        results = self.llm.generate([{"prompt_token_ids": ids[i]} for i in order], params, use_tqdm=True)
+        out: list[str] = [""] * len(prompts)
+        self.at_limit = [False] * len(prompts)
+        for i, result in zip(order, results):
+            out[i] = result.outputs[0].text.strip()
+            self.at_limit[i] = result.outputs[0].finish_reason == "length"
+        return out
+
+
+def check_backend(cfg: Any) -> None:
+    """Stop before anything is written when the backend cannot run here (a failed check must not leave a shard folder
+    that a later call with another backend would refuse as "a different setup")."""
+    if cfg.backend != "vllm":
+        return
+    require_vllm("generate.backend=vllm", "generate=hf")
+    for gen in cfg.generators:
+        if gen.init != "pretrained":
+            raise DuelistError(
+                f"generator {gen.name}: the vllm backend loads pretrained weights only (init=pretrained)"
+            )
+
+
+def make_backend(gen: Any, cfg: Any, device: torch.device) -> Backend:
+    if cfg.backend == "hf":
+        return HFBackend(gen, cfg, device)
+    return VLLMBackend(gen, cfg, device)
+
+
+# ----------------------------------------------------------------------------- shards
+
+
+def fingerprint(prompts: pd.DataFrame, cfg: Any) -> str:
+    """What a shard folder belongs to: the chosen prompts and every setting that changes the output."""
+    settings = OmegaConf.to_container(cfg, resolve=True)
+    settings.pop("batch_size", None)  # batching changes nothing in the output's meaning
+    blob = json.dumps({"ids": list(prompts["id"]), "settings": settings}, sort_keys=True, default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def generate(cfg: Any) -> pd.DataFrame:
+    """Generate the response pairs described by ``cfg.generate`` for the prompts in ``cfg.data.test``."""
+    g = cfg.generate
+    output = Path(cfg.output)
+    names = [gen.name for gen in g.generators]
+    prompts = choose_prompts(
+        load_prompts(cfg.data.test, cfg.data.on_bad_rows), g.max_prompts, dict(g.language_quota), g.seed
+    )
+    a, b = assign_pairs(len(prompts), len(names), g.seed)
+    prompts = prompts.assign(gen_a=a, gen_b=b, shard=np.arange(len(prompts)) // g.shard_size)
+    n_shards = int(prompts["shard"].max()) + 1 if len(prompts) else 0
+    folder = output.with_suffix(".shards")
+    check_backend(g)
+    device = pick_device(cfg.device)
+    open_shard_folder(folder, fingerprint(prompts[["id"]], g), "generation")
+
+    def part_file(shard: int, gen: int) -> Path:
+        return folder / f"shard-{shard:05d}.{names[gen]}.parquet"
+
+    log.info(
+        "generating responses for %d prompts in %d shards with %s (%s backend)",
+        len(prompts),
+        n_shards,
+        ", ".join(names),
+        g.backend,
+    )
+    for k, gen in enumerate(g.generators):
+        mine = prompts[(prompts["gen_a"] == k) | (prompts["gen_b"] == k)]
+        todo = [
+            s
+            for s in range(n_shards)
+            if not part_file(s, k).is_file() and not (folder / f"shard-{s:05d}.parquet").is_file()
+        ]
+        if not todo:
+            log.info("%s: every shard already done", gen.name)
+            continue
+        backend = make_backend(gen, g, device)
+        for shard in tqdm(todo, desc=f"generate {gen.name}", unit="shard"):
+            rows = mine[mine["shard"] == shard]
+            texts = backend.generate(list(rows["prompt"]), seed=g.seed + 1000 * shard + k) if len(rows) else []
+            write_parquet(part_file(shard, k), pd.DataFrame({"id": rows["id"].to_numpy(), "response": texts}))
+        del backend
+
+    for shard in range(n_shards):  # join each shard's parts into pairs
+        final = folder / f"shard-{shard:05d}.parquet"
+        if final.is_file():
+            continue
+        rows = prompts[prompts["shard"] == shard]
+        parts = {
+            k: pd.read_parquet(part_file(shard, k)).set_index("id")["response"]
+            for k in range(len(names))
+            if part_file(shard, k).is_file()
+        }
+        pairs = pd.DataFrame(
+            {
+                "id": rows["id"].to_numpy(),
+                "prompt": rows["prompt"].to_numpy(),
+                "response_a": [parts[k][i] for k, i in zip(rows["gen_a"], rows["id"])],
+                "response_b": [parts[k][i] for k, i in zip(rows["gen_b"], rows["id"])],
+                "model_a": [names[k] for k in rows["gen_a"]],
+                "model_b": [names[k] for k in rows["gen_b"]],
+                "language": rows["language"].to_numpy(),
+            }
+        )
+        write_parquet(final, pairs)
+        for k in range(len(names)):
+            part_file(shard, k).unlink(missing_ok=True)
+
+    shards = [pd.read_parquet(folder / f"shard-{s:05d}.parquet") for s in range(n_shards)]
+    pairs = (
+        pd.concat(shards, ignore_index=True)
+        if shards
+        else pd.DataFrame(columns=["id", "prompt", "response_a", "response_b", "model_a", "model_b", "language"])
+    )
+    empty = ~(pairs["response_a"].str.strip().ne("") & pairs["response_b"].str.strip().ne(""))
+    if empty.any():
+        log.warning("%d of %d pairs have an empty response and are left out", int(empty.sum()), len(pairs))
+    pairs = pairs[~empty].reset_index(drop=True)
+    pairs = pairs.assign(
+        winner=None, source=f"generated:{g.name}", p_a=math.nan, pseudo_label=False, translated=False, source_id=None
+    )[CANONICAL_COLUMNS]
+    write_parquet(output, pairs)
+    counts = pairs.groupby(["model_a", "model_b"]).size().to_dict()
+    print(f"generated {len(pairs)} pairs from {len(prompts)} prompts -> {output} (pairs per generator pair: {counts})")
+    return pairs

@@ -1,0 +1,236 @@
+"""task=submit: score the test file with the chosen runs, combine them and write the Kaggle submission.
+
+``python infer.py runs=[RUN_DIR,...] data.test=test.parquet output=submission.csv [tta=swap]``
+writes ``submission.csv`` (``id,winner``: every test id once, in input order) and, next to it,
+``submission.parquet`` with ``p_a`` per run and combined, and ``submission.ensemble.json`` with the
+weights used (``ensemble=mean``: equal; ``weighted``/``two_model``: tuned on the runs' OOF rows).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import pandas as pd
+
+from duelist.core.errors import DuelistError
+from duelist.core.files import atomic_dir, write_csv, write_json, write_parquet
+from duelist.core.hardware import pick_device
+from duelist.core.metrics import least_confident_first, longer_answer_p_a, predicted_winner
+from duelist.core.time_budget import Deadline
+from duelist.data.reading import load_test
+from duelist.models.kinds import score_run
+from duelist.models.trees import FeatureModel
+from duelist.predict import ensemble, stacking
+from duelist.runs.registry import pick_runs
+from duelist.runs.run_dir import RunDir
+
+log = logging.getLogger(__name__)
+
+clock: Callable[[], float] = time.monotonic  # the time budget's clock (tests replace it with a fake one)
+
+
+def fill_unscored(members: np.ndarray, test: pd.DataFrame) -> tuple[np.ndarray, int]:
+    """Members' NaN (not reached in the time budget) take the mean of the row's other members; rows no member
+    scored get the longer-answer rule (p_a 0.55 / 0.45, 0.5 for equal lengths). Returns the filled matrix and that row
+    count."""
+    members = members.copy()
+    row_mean = np.nanmean(np.where(np.isnan(members).all(axis=1, keepdims=True), 0.5, members), axis=1)
+    missing = np.isnan(members)
+    members[missing] = np.broadcast_to(row_mean[:, None], members.shape)[missing]
+    none = missing.all(axis=1)
+    if none.any():
+        members[none] = longer_answer_p_a(test["response_a"], test["response_b"])[none, None]
+    return members, int(none.sum())
+
+
+def ensemble_weights(cfg: Any, runs: list[Path]) -> tuple[dict[str, Any], FeatureModel | None]:
+    """The ensemble's report (weights, OOF scores) and, for ``ensemble.weights=stack``, the stacker."""
+    ens = cfg.ensemble
+    if ens.weights == "stack":
+        report, stacker = stacking.fit(runs, ens.trees)
+        acc, loss = report["oof/accuracy"], report["oof/log_loss"]
+        print(
+            f"stacker: LightGBM on {len(runs)} members' OOF p_a and the pair's features, {report['shared_oof_rows']} "
+            "shared OOF rows"
+        )
+        for name in acc:
+            note = (
+                "  (each part scored by a stacker trained on the other parts: the honest estimate)"
+                if name == "stack_cross_fitted"
+                else ""
+            )
+            print(f"  OOF {name:>18}: accuracy {acc[name]:.4f}  log loss {loss[name]:.4f}{note}")
+        return report, stacker
+    specialties = [RunDir(r).specialty() for r in runs]
+    if any(specialties):
+        for run, languages in zip(runs, specialties):
+            log.info(
+                "%s: %s",
+                run,
+                f"specialist of {', '.join(languages)}: scores only those rows"
+                if languages
+                else "generalist: scores every row",
+            )
+    if ens.weights == "equal" or len(runs) == 1:
+        if not any(specialties):
+            return {
+                "runs": [str(r) for r in runs],
+                "combine": ens.combine,
+                "weights": ensemble.equal_weights(len(runs)),
+            }, None
+        routes = ensemble.Routes(specialties)
+        report = {
+            "runs": [str(r) for r in runs],
+            "combine": ens.combine,
+            "weights": routes.equal_weights(),
+            "specialists": {str(r): s for r, s in zip(runs, specialties) if s},
+        }
+        print(f"ensemble weights (equal within each language's runs): {report['weights']}")
+        return report, None
+    report = ensemble.fit(runs, ensemble.Tuning.of(ens), specialties)
+    acc, loss = report["oof/accuracy"], report["oof/log_loss"]
+    print(
+        f"ensemble weights (tuned on {report['shared_oof_rows']} shared OOF rows, {ens.combine}): {report['weights']}"
+    )
+    rows = report.get("oof/rows", {})  # specialists: each member's score is over the rows of its languages
+    for name in acc:
+        note = {
+            "ensemble": "  (weights tuned on these rows: optimistic)",
+            "ensemble_cross_fitted": "  (each fifth scored with weights tuned on the other four: the honest estimate)",
+        }.get(name, "")
+        if name in rows and rows[name] != report["shared_oof_rows"]:
+            langs = report["specialists"].get(report["runs"][int(name.removeprefix("member"))])
+            note = f"  ({rows[name]} rows{': ' + ', '.join(langs) if langs else ''})"
+        print(f"  OOF {name:>21}: accuracy {acc[name]:.4f}  log loss {loss[name]:.4f}{note}")
+    for coverage, score in report.get("oof/cascade", {}).items():
+        print(
+            f"  OOF cascade, member 2 on the {coverage:>4} least certain rows of member 1: accuracy "
+            f"{score['accuracy']:.4f}  log loss {score['log_loss']:.4f}"
+        )
+    return report, None
+
+
+def submit(cfg: Any) -> pd.DataFrame:
+    """Score ``cfg.data.test`` with the chosen runs, combine them as configured and write the submission (the rules
+    between settings were checked before: :func:`duelist.tasks.checks.check_infer_config`)."""
+    started = clock()
+    deadline = None
+    if cfg.time_budget_min is not None:
+        budget_s = 60.0 * cfg.time_budget_min
+        deadline = Deadline(budget_s - min(30.0, 0.02 * budget_s), clock)  # a reserve for writing the outputs
+    runs = pick_runs(cfg)
+    test = load_test(cfg.data.test)
+    report, stacker = ensemble_weights(cfg, runs)
+    languages = test["language"].astype(str).to_numpy()  # given, or detected from the prompt
+    routes = ensemble.Routes([RunDir(r).specialty() for r in runs])
+    check_routes(cfg, routes, languages)
+    needed = members_to_score(cfg, runs, report)
+    probs = score_members(cfg, runs, test, routes, needed, deadline)
+    members = probs[[f"p_a_run{i}" for i in range(len(runs))]].to_numpy(dtype=float, copy=True)
+    if deadline is not None:
+        report["time_budget"] = {
+            "minutes": cfg.time_budget_min,
+            "used_s": clock() - started,
+            "rows_scored_per_run": [int(n) for n in probs.filter(like="p_a_run").notna().sum(axis=0)],
+        }
+        scored = np.flatnonzero(needed)
+        members[:, scored], unscored = fill_unscored(members[:, scored], test)  # among the members that count
+        report["time_budget"]["rows_without_a_model_score"] = unscored
+        if unscored:
+            log.warning("time budget: %d rows got no model score; they use the longer-answer rule", unscored)
+    members[:, [not keep for keep in needed]] = 0.5  # weight 0: any finite value leaves the combination unchanged
+    output = Path(cfg.output)
+    if stacker is not None:
+        probs["p_a"] = stacking.predict(stacker, test, members)
+        with atomic_dir(output.with_suffix(".stacker")) as tmp:  # booster.txt + columns.json: the stacker used
+            stacker.save(tmp)
+    else:
+        probs["p_a"] = ensemble.apply(members, languages, report["weights"], report["combine"])
+    return write_submission(cfg, output, test, probs, report)
+
+
+def check_routes(cfg: Any, routes: ensemble.Routes, languages: np.ndarray) -> None:
+    """Every test row has a run that scores it; a cascade has two generalists."""
+    uncovered = routes.uncovered(languages)
+    if uncovered:
+        raise DuelistError(
+            f"{cfg.data.test}: rows in {', '.join(uncovered)} would be left unscored: every run is a specialist of "
+            "other "
+            f"languages; add a generalist run (trained without data.languages) to runs=[...]"
+        )
+    if cfg.ensemble.cascade and routes.has_specialists:
+        raise DuelistError(
+            "ensemble.cascade=true needs two generalist runs; drop the specialist (data.languages) run or the cascade"
+        )
+
+
+def members_to_score(cfg: Any, runs: list[Path], report: dict[str, Any]) -> list[bool]:
+    """A run with weight 0 in every language changes no answer: it is not scored (under a time budget its share goes
+    to the members that count; recorded in the report). A cascade scores both members."""
+    needed = [bool(cfg.ensemble.cascade) or any(w[i] > 0 for w in report["weights"].values()) for i in range(len(runs))]
+    skipped = [str(run) for run, keep in zip(runs, needed) if not keep]
+    if skipped:
+        report["not_scored_weight_0"] = skipped
+        log.info("weight 0: not scoring %s", ", ".join(skipped))
+    return needed
+
+
+def score_members(
+    cfg: Any,
+    runs: list[Path],
+    test: pd.DataFrame,
+    routes: ensemble.Routes,
+    needed: list[bool],
+    deadline: Deadline | None,
+) -> pd.DataFrame:
+    """``id, language`` and each run's p_a (column ``p_a_run{i}``; NaN where it did not score). With a budget each run
+    gets an equal share of the time still left; a cascade's first member scores every row once (no TTA), its second
+    the rows the first is least sure of first, in the time left, at its own speed."""
+    cascade = bool(cfg.ensemble.cascade)
+    device = pick_device(cfg.device)
+    log.info("scoring %d test rows with %d run(s) on %s, tta=%s", len(test), sum(needed), device, cfg.tta)
+    if len(cfg.devices) > 1:
+        log.info("data parallel over %s: rows dealt by length so the processes finish together", ", ".join(cfg.devices))
+    languages = test["language"].astype(str).to_numpy()
+    probs = pd.DataFrame({"id": test["id"], "language": test["language"]})
+    for i, run in enumerate(runs):
+        column = np.full(len(test), np.nan)
+        mine = routes.scores(i, languages)  # a specialist scores the rows of its languages only
+        if needed[i] and mine.any():
+            rows = test if mine.all() else test[mine].reset_index(drop=True)
+            log.info("%s: scoring %d of %d rows", run, len(rows), len(test))
+            if cascade:
+                first = i == 0
+                order = None if first else least_confident_first(probs["p_a_run0"].to_numpy())
+                own = deadline.share(1, fresh=True) if deadline else None
+                column[mine] = score_run(
+                    run, rows, cfg, device, tta="none" if first else None, deadline=own, order=order
+                )
+            else:
+                share = deadline.share(sum(needed[i:])) if deadline else None
+                column[mine] = score_run(run, rows, cfg, device, deadline=share)
+        probs[f"p_a_run{i}"] = column
+    return probs
+
+
+def write_submission(
+    cfg: Any, output: Path, test: pd.DataFrame, probs: pd.DataFrame, report: dict[str, Any]
+) -> pd.DataFrame:
+    submission = pd.DataFrame({"id": test["id"], "winner": predicted_winner(probs["p_a"].to_numpy())})
+    write_json(output.with_suffix(".ensemble.json"), {**report, "tta": cfg.tta})
+    write_parquet(output.with_suffix(".parquet"), probs)
+    write_csv(output, submission)
+    log.info(
+        "wrote %s (%d rows), %s and %s",
+        output,
+        len(submission),
+        output.with_suffix(".parquet"),
+        output.with_suffix(".ensemble.json"),
+    )
+    share_a = float((submission["winner"] == "model_a").mean())
+    print(f"submission: {output} ({len(submission)} rows; model_a {share_a:.3f})")
+    return submission

