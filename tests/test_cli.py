@@ -11,7 +11,9 @@ pytestmark = pytest.mark.fast
 
 
 def duelist(*args: str, cwd=None) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "duelist", *args], capture_output=True, text=True, cwd=cwd, timeout=300)
+    return subprocess.run(
+        [sys.executable, "-m", "duelist", *args], capture_output=True, text=True, cwd=cwd, timeout=300
+    )
 
 
 def test_without_a_command_it_lists_them_and_fails() -> None:

@@ -13,7 +13,7 @@ from conftest import CONF, compose_infer, compose_train
 
 pytestmark = pytest.mark.fast  # the developer tier: python -m pytest -m fast
 
-GROUPS = ["model", "lora", "data", "augment", "trainer", "logger", "pseudolabel", "experiment"]
+GROUPS = ["model", "lora", "data", "augment", "trainer", "logger", "distillation", "experiment"]
 
 
 def options(group: str) -> list[str]:
@@ -41,7 +41,7 @@ def test_default_job_is_minilm_on_sample() -> None:
         full.model.name == "minilm_full"
     )  # its own family in the registry: ensemble=two_model pairs it with the LoRA runs
     tiny = compose_train(["model=tiny_gemma2"])  # a model file describes the network only: no other group changes
-    for group in ("lora", "trainer", "data", "augment", "logger", "pseudolabel"):
+    for group in ("lora", "trainer", "data", "augment", "logger", "distillation"):
         assert tiny[group] == cfg[group], group
     assert compose_train(["trainer.lr=1e-4"]).trainer.lr == 1e-4  # the command line beats the defaults
 
@@ -68,7 +68,7 @@ def test_typo_fails_at_compose_time(override: str) -> None:
         ("trainer.optimizer=sgd", "adamw, adamw_8bit"),
         ("optimized_metric=val/acc", "val/accuracy, val/log_loss"),
         ("data.ties=keep", "drop, soft"),
-        ("pseudolabel.loss=mse", "ce, kl"),
+        ("distillation.loss=mse", "ce, kl"),
         ("model.arch=gpt2", "gemma2, qwen2, llama, bert"),
     ],
 )

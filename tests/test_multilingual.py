@@ -37,6 +37,7 @@ def test_runs_written_before_the_new_model_keys_still_resume_and_count_as_finish
     old = resolved(cfg)
     del old["model"]["language_tag"]  # a run dir written before this key existed
     old["model"]["trees"] = None  # and when one schema served both kinds (the other kind's keys were None)
+    old["pseudolabel"] = old.pop("distillation")  # and before train.py's distillation group had its name
     assert config_differences(old, resolved(cfg)) == []
     features = resolved(compose_train(["model=features"]))
     old_features = {
@@ -47,6 +48,20 @@ def test_runs_written_before_the_new_model_keys_still_resume_and_count_as_finish
     assert config_differences(old, resolved(compose_train(["model.language_tag=true"]))) == [
         "model.language_tag: False -> True"
     ]
+
+
+@pytest.mark.fast
+def test_a_run_dir_written_before_the_renames_reads_with_todays_names(tmp_path) -> None:
+    from omegaconf import OmegaConf
+
+    from duelist.runs.states import resolved
+
+    old = resolved(compose_train([]))
+    old["pseudolabel"] = old.pop("distillation")
+    del old["model"]["pooling"]
+    (tmp_path / "config.yaml").write_text(OmegaConf.to_yaml(old))
+    cfg = RunDir(tmp_path).read_config()
+    assert "pseudolabel" not in cfg and cfg.distillation.loss == "ce" and cfg.model.pooling == "model"
 
 
 @pytest.mark.fast

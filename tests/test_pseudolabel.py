@@ -118,7 +118,7 @@ def test_teacher_generate_pseudolabel_student(tmp_path, teacher) -> None:
             "data=files",
             f"data.train=[pkg:duelist/assets/sample/pandalm_test.parquet,{{path:{pl},weight:0.5}}]",
             "data.on_bad_rows=drop",
-            "pseudolabel=kl",
+            "distillation=kl",
             f"hydra.run.dir={student}",
         ],
     )

@@ -239,14 +239,23 @@ def model_schema(model: Any) -> str:
     return "trees" if str(model.get("arch")) == TreesArch.features.value else "network"
 
 
-def with_added_keys(model: Any) -> Any:
-    """A saved network config written before a key existed gets the value its run was trained with
-    (:data:`ADDED_NETWORK_KEYS`); ``model`` is changed in place (a DictConfig or a plain dict) and returned."""
-    if model_schema(model) == "network":
+# top-level keys renamed since runs were first written: old name -> new name
+RENAMED_KEYS = {"pseudolabel": "distillation"}
+
+
+def upgraded(cfg: Any) -> Any:
+    """A run's saved config (a DictConfig or a plain dict) as this version names it, with the values its run was
+    trained with: renamed keys (:data:`RENAMED_KEYS`) under their new names, and network keys added after the run was
+    written (:data:`ADDED_NETWORK_KEYS`) with their old values. Changed in place and returned."""
+    for old, new in RENAMED_KEYS.items():
+        if old in cfg and new not in cfg:
+            cfg[new] = cfg.pop(old)
+    model = cfg.get("model")
+    if model is not None and hasattr(model, "keys") and model_schema(model) == "network":
         for key, value in ADDED_NETWORK_KEYS.items():
             if key not in model:
                 model[key] = value
-    return model
+    return cfg
 
 
 def flatten(values: dict[str, Any], sep: str = ".", prefix: str = "") -> dict[str, Any]:
@@ -334,8 +343,9 @@ class LoggerConfig:
 
 
 @dataclass
-class PseudolabelConfig:
-    """train.py: how rows of pseudo-labelled files (``pseudo_label=true``) are learnt."""
+class DistillationConfig:
+    """train.py: how rows of pseudo-labelled files (``pseudo_label=true``, written by ``infer.py task=pseudolabel``)
+    are learnt from their teachers' probabilities."""
 
     loss: PseudoLoss = MISSING
     temperature: float = MISSING
@@ -349,7 +359,7 @@ class TrainConfig:
     augment: AugmentConfig = MISSING
     trainer: TrainerConfig = MISSING
     logger: LoggerConfig = MISSING
-    pseudolabel: PseudolabelConfig = MISSING
+    distillation: DistillationConfig = MISSING
     optimized_metric: Metric = MISSING  # type: ignore[valid-type]
     cache_dir: str = MISSING
 

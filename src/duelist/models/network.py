@@ -50,8 +50,8 @@ class NetworkKind:
             raise DuelistError("augment.same_batch=true needs trainer.batch_size >= 2 (a pair and its swap)")
         if t.optimizer == "adamw_8bit":
             check_8bit_optimizer(t.device)
-        if not cfg.pseudolabel.temperature > 0:
-            raise DuelistError(f"pseudolabel.temperature={cfg.pseudolabel.temperature}: must be > 0")
+        if not cfg.distillation.temperature > 0:
+            raise DuelistError(f"distillation.temperature={cfg.distillation.temperature}: must be > 0")
         check_model_config(cfg.model, cfg.lora, pick_device(t.device, "trainer.device"))
 
     def tags(self, cfg: DictConfig) -> list[str]:

@@ -95,13 +95,13 @@ def install_kill_switch(model: torch.nn.Module) -> None:
 
 class RowLosses:
     """Each training row's target, loss weight and loss (cross-entropy, or distillation for pseudo-labelled rows with
-    ``pseudolabel=kl``), as one weighted mean per batch."""
+    ``distillation=kl``), as one weighted mean per batch."""
 
-    def __init__(self, rows: pd.DataFrame, pseudolabel: Any, device: torch.device):
-        self.device, self.temperature = device, pseudolabel.temperature
+    def __init__(self, rows: pd.DataFrame, distillation: Any, device: torch.device):
+        self.device, self.temperature = device, distillation.temperature
         self.targets = torch.tensor(rows["p_a"].to_numpy(), dtype=torch.float32)
         self.weights = torch.tensor(rows["weight"].to_numpy(), dtype=torch.float32)  # per-source loss weights
-        self.distill = torch.tensor(rows["pseudo_label"].to_numpy(dtype=bool) & (pseudolabel.loss == "kl"))
+        self.distill = torch.tensor(rows["pseudo_label"].to_numpy(dtype=bool) & (distillation.loss == "kl"))
 
     def __call__(self, logits: torch.Tensor, idx: np.ndarray) -> torch.Tensor:
         dev = self.device
@@ -181,7 +181,7 @@ class NetworkTraining:
         forward = wrap(model, self.dist, self.device)  # DDP replicas, or FSDP2 shards in place: optimizer after it
         groups, opt, sched = self.optimizer(model, total)
         scaler = torch.amp.GradScaler(self.device.type, enabled=self.amp == torch.float16)  # fp16 needs loss scaling
-        losses = RowLosses(rows, self.cfg.pseudolabel, self.device)
+        losses = RowLosses(rows, self.cfg.distillation, self.device)
         log.info("training %d rows (%d optimizer steps, %d per epoch) on %s", len(rows), total, per_epoch, self.device)
         if resume is not None:
             set_optimizer_state(model, opt, resume.optimizer)

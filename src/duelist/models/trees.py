@@ -296,7 +296,7 @@ class TreesKind:
     # as given); trainer.seed seeds LightGBM
     unused = (
         "lora.",
-        "pseudolabel.",
+        "distillation.",
         "augment.same_batch",
         *(f"trainer.{f.name}" for f in fields(TrainerConfig) if f.name != "seed"),
     )
@@ -304,7 +304,7 @@ class TreesKind:
     def check(self, cfg: DictConfig) -> None:
         check_trees(cfg.model.trees, "model.trees")
         log.info(
-            "model=features: LightGBM; lora, pseudolabel and the trainer's settings other than its seed do not apply"
+            "model=features: LightGBM; lora, distillation and the trainer's settings other than its seed do not apply"
         )
 
     def tags(self, cfg: DictConfig) -> list[str]:

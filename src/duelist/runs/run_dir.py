@@ -20,7 +20,7 @@ from typing import Any, Iterator
 import pandas as pd
 from omegaconf import DictConfig, OmegaConf
 
-from duelist.core.config import with_added_keys
+from duelist.core.config import upgraded
 from duelist.core.errors import DuelistError
 from duelist.core.files import write_json, write_parquet, write_text
 
@@ -82,10 +82,10 @@ class RunDir:
 
     # reading ----------------------------------------------------------------------------------------
     def read_config(self) -> DictConfig:
-        return _upgraded(OmegaConf.load(self.config_file))  # type: ignore[arg-type]
+        return upgraded(OmegaConf.load(self.config_file))  # type: ignore[arg-type]
 
     def read_checkpoint_config(self) -> DictConfig:
-        return _upgraded(OmegaConf.load(self.checkpoint_config_file))  # type: ignore[arg-type]
+        return upgraded(OmegaConf.load(self.checkpoint_config_file))  # type: ignore[arg-type]
 
     def read_metrics(self) -> dict[str, Any]:
         return json.loads(self.metrics_file.read_text())
@@ -132,13 +132,6 @@ class RunDir:
 
     def write_exported_from(self, source: "RunDir") -> None:
         write_json(self.path / EXPORTED_FROM, {"run": str(source.path.resolve())})  # absolute: found from any directory
-
-
-def _upgraded(cfg: DictConfig) -> DictConfig:
-    """A config written before a network key existed gets the value its run was trained with."""
-    if isinstance(cfg.get("model"), DictConfig):
-        with_added_keys(cfg.model)
-    return cfg
 
 
 def finished_runs(root: str | Path) -> Iterator[RunDir]:

@@ -35,7 +35,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from duelist.core.errors import DuelistError
 from duelist.core.files import atomic_dir
-from duelist.core.config import flatten, with_added_keys
+from duelist.core.config import flatten, upgraded
 from duelist.runs.run_dir import RunDir
 
 log = logging.getLogger(__name__)
@@ -299,8 +299,7 @@ def config_differences(saved: dict[str, Any], current: dict[str, Any], ignore: I
     or prefixes ending in ``.``: settings the model kind does not use). A key that one side lacks and the other has as
     None is the same (a schema that gained or lost a key that does not apply); network keys added after a run was
     written count with the value it was trained with."""
-    if isinstance(saved.get("model"), dict):
-        saved = {**saved, "model": with_added_keys(dict(saved["model"]))}
+    saved = upgraded({**saved, "model": dict(saved["model"])} if isinstance(saved.get("model"), dict) else dict(saved))
     a, b = flatten(saved), flatten(current)
     skip = (*IGNORED, *ignore)
     keys = sorted(k for k in set(a) | set(b) if not any(k == i or (i.endswith(".") and k.startswith(i)) for i in skip))
