@@ -14,22 +14,12 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from conftest import ROOT, run_cli
+from conftest import ROOT, TINY, run_cli
 
 pytestmark = pytest.mark.slow
 
 # group_by_length off and no dropout: 2 processes x 4 rows see exactly the rows of 1 process x 8 rows per step
-COMMON = [
-    "model=tiny_gemma2",
-    "lora=default",
-    "trainer.lr=3e-4",
-    "trainer.warmup_ratio=0.05",
-    "logger=none",
-    "data.max_rows=200",
-    "trainer.max_steps=6",
-    "trainer.group_by_length=false",
-    "lora.dropout=0.0",
-]
+COMMON = [*(a for a in TINY if "batch_size" not in a), "trainer.group_by_length=false", "lora.dropout=0.0"]
 
 
 def launch(mode: str, args: list[str], cwd: Path, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:

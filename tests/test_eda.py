@@ -16,29 +16,18 @@ from duelist.models.network_build import load_tokenizer
 PANDALM = ROOT / "src/duelist/assets/sample/pandalm_test.parquet"
 
 
+def run_eda(folder, *overrides: str) -> subprocess.CompletedProcess:
+    """``python -m duelist eda data=files model=tiny_llama logger=none OVERRIDES`` writing into ``folder/eda``."""
+    args = ["data=files", "model=tiny_llama", "logger=none", *overrides, f"hydra.run.dir={folder / 'eda'}"]
+    return subprocess.run([sys.executable, "-m", "duelist", "eda", *args], capture_output=True, text=True, cwd=folder)
+
+
 def test_eda_report_matches_pandas(tmp_path) -> None:
     raw = pd.read_parquet(PANDALM)
     valid = raw.iloc[:50].assign(id=lambda d: "v" + d["id"])  # a validation file sharing 50 prompts
     valid.to_parquet(tmp_path / "valid.parquet")
     out = tmp_path / "eda"
-    res = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "duelist",
-            "eda",
-            "data=files",
-            f"data.train={PANDALM}",
-            f"data.valid={tmp_path / 'valid.parquet'}",
-            "model=tiny_llama",
-            "model.max_length=256",
-            "logger=none",
-            f"hydra.run.dir={out}",
-        ],
-        capture_output=True,
-        text=True,
-        cwd=tmp_path,
-    )
+    res = run_eda(tmp_path, f"data.train={PANDALM}", f"data.valid={tmp_path / 'valid.parquet'}", "model.max_length=256")
     assert res.returncode == 0, res.stderr[-3000:]
     eda = json.loads((out / "eda.json").read_text())
     assert "<img src='data:image/png;base64," in (out / "eda.html").read_text()
@@ -107,23 +96,8 @@ def test_eda_prompt_overlap_between_sources(tmp_path) -> None:
     for name, df in (("main", main), ("extra", extra), ("valid", valid)):
         df.to_parquet(tmp_path / f"{name}.parquet")
     out = tmp_path / "eda"
-    res = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "duelist",
-            "eda",
-            "data=files",
-            f"data.train=[{tmp_path / 'main.parquet'},{{path:{tmp_path / 'extra.parquet'},validate:false}}]",
-            f"data.valid={tmp_path / 'valid.parquet'}",
-            "model=tiny_llama",
-            "logger=none",
-            f"hydra.run.dir={out}",
-        ],
-        capture_output=True,
-        text=True,
-        cwd=tmp_path,
-    )
+    sources = f"data.train=[{tmp_path / 'main.parquet'},{{path:{tmp_path / 'extra.parquet'},validate:false}}]"
+    res = run_eda(tmp_path, sources, f"data.valid={tmp_path / 'valid.parquet'}")
     assert res.returncode == 0, res.stderr[-3000:]
     overlap = json.loads((out / "eda.json").read_text())["prompt_overlap_between_sources"]
     norm = lambda s: set(s.str.lower().str.split().str.join(" "))  # noqa: E731
