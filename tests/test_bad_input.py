@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 import torch
@@ -373,3 +374,58 @@ def test_a_gpu_device_on_a_cpu_machine_is_named_as_the_user_set_it(monkeypatch) 
         DuelistError, match=r"^trainer.device: cuda asked for, .* use trainer.device=auto or trainer.device=cpu"
     ):
         pick_device("cuda", "trainer.device")
+
+
+@pytest.mark.fast
+def test_text_columns_that_look_numeric_stay_text(tmp_path) -> None:
+    """Answers "4" and "2" in every row: CSV and JSON Lines files keep them as texts (a test file is not refused)."""
+    rows = [
+        {"id": "q1", "prompt": "2+2?", "response_a": "4", "response_b": "5"},
+        {"id": "q2", "prompt": "1+1?", "response_a": "2", "response_b": "3"},
+    ]
+    pd.DataFrame(rows).to_csv(tmp_path / "numbers.csv", index=False)
+    (tmp_path / "numbers.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    for name in ("numbers.csv", "numbers.jsonl"):
+        test = load_test(str(tmp_path / name))
+        assert list(test["response_a"]) == ["4", "2"] and list(test["response_b"]) == ["5", "3"], name
+
+
+@pytest.mark.fast
+def test_ids_are_read_as_written_and_a_missing_one_is_named(tmp_path) -> None:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    texts = {"prompt": ["a", "b", "c"], "response_a": ["x", "y", "z"], "response_b": ["u", "v", "w"]}
+    ids = [101, 9007199254740993, 103]  # integers; the second is beyond float precision
+    pq.write_table(pa.table({"id": pa.array(ids, pa.int64()), **texts}), tmp_path / "ints.parquet")
+    assert list(load_test(str(tmp_path / "ints.parquet"))["id"]) == ["101", "9007199254740993", "103"]
+    lines = "".join(
+        json.dumps({"id": i, "prompt": p, "response_a": "x", "response_b": "y"}) + "\n" for i, p in zip(ids, "abc")
+    )
+    (tmp_path / "ints.jsonl").write_text(lines)
+    assert list(load_test(str(tmp_path / "ints.jsonl"))["id"]) == ["101", "9007199254740993", "103"]
+    # one null id: one line naming the row, for a parquet integer column (pandas would read 101.0) and JSON Lines
+    pq.write_table(pa.table({"id": pa.array([101, None, 103], pa.int64()), **texts}), tmp_path / "null.parquet")
+    nulls = lines.replace('"id": 9007199254740993', '"id": null')
+    (tmp_path / "null.jsonl").write_text(nulls)
+    pd.DataFrame({"id": ["101", "", "103"], **texts}).to_csv(tmp_path / "null.csv", index=False)
+    for name in ("null.parquet", "null.jsonl", "null.csv"):
+        with pytest.raises(DuelistError, match=rf"{name}: row 1 has no id \(1 row\(s\) in all\)"):
+            load_test(str(tmp_path / name))
+
+
+@pytest.mark.fast
+def test_ids_of_chosen_rejected_files_do_not_depend_on_the_seed(tmp_path) -> None:
+    """Files without ids in the prompt/chosen/rejected layout: the ids come from the texts as written, not from the
+    seeded A/B placement, so training (data.split_seed) and task=translate (seed 42) name the same pair the same."""
+    rng = np.random.default_rng(0)
+    pd.DataFrame(
+        {
+            "prompt": [f"question {i}" for i in range(40)],
+            "chosen": [f"good {i}" for i in range(40)],
+            "rejected": [f"bad {i} " * int(rng.integers(1, 4)) for i in range(40)],
+        }
+    ).to_parquet(tmp_path / "prefs.parquet")
+    one, other = (load_pairs(str(tmp_path / "prefs.parquet"), seed=seed) for seed in (1, 7))
+    assert list(one["id"]) == list(other["id"])
+    assert (one["response_a"] != other["response_a"]).any()  # the placement itself does depend on the seed

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import re
 import subprocess
@@ -28,7 +29,10 @@ def fake_run(
     study: str | None = None,
     finished: bool = True,
     extra: tuple = (),
+    fold: int = 0,
 ):
+    """A finished run dir as train.py leaves it, without weights: config, metrics and the ids of its validation rows
+    (``fold``: which of five sets of 20 rows)."""
     run = root / name
     run.mkdir(parents=True)
     cfg = compose_train(
@@ -39,6 +43,10 @@ def fake_run(
     OmegaConf.save(cfg, run / "checkpoint" / "config.yaml")  # the weights themselves are not needed by the registry
     if finished:
         (run / "metrics.json").write_text(json.dumps({"val/accuracy": acc, "val/log_loss": loss, "best_step": 1}))
+        ids = [f"f{fold}-{i}" for i in range(20)]
+        pd.DataFrame({"id": ids, "p_a": 0.5, "winner": "model_a", "language": "en", "target": 1.0}).to_parquet(
+            run / "oof.parquet"
+        )
     return run
 
 
@@ -95,12 +103,15 @@ def member(rng, truth: np.ndarray, strength: float, sd: float) -> np.ndarray:
     return np.clip(0.5 + (truth - 0.5) * strength + rng.normal(0, sd, len(truth)), 0.01, 0.99)
 
 
-def write_oof(run, ids, p_a, winner, language) -> None:
+def write_oof(run, ids, p_a, winner, language, prompts=None) -> None:
+    """An ``oof.parquet`` as train.py writes it (``prompts``: the rows' prompts, kept as their key; None: a run written
+    before oof.parquet kept it)."""
     run.mkdir(parents=True, exist_ok=True)
     target = np.where(np.asarray(winner) == "model_a", 1.0, 0.0)
-    pd.DataFrame(
-        {"id": ids, "p_a": p_a, "winner": winner, "language": language, "fold": 0, "target": target}
-    ).to_parquet(run / "oof.parquet")
+    oof = pd.DataFrame({"id": ids, "p_a": p_a, "winner": winner, "language": language, "fold": 0, "target": target})
+    if prompts is not None:
+        oof["prompt_key"] = [hashlib.sha256(" ".join(p.lower().split()).encode()).hexdigest() for p in prompts]
+    oof.to_parquet(run / "oof.parquet")
 
 
 @pytest.mark.fast
@@ -159,11 +170,13 @@ def test_two_model_ensemble_end_to_end(tmp_path) -> None:
     )  # members: auto
     assert res.returncode == 0, res.stderr[-3000:]
     assert re.search(r"OOF +ensemble: accuracy", res.stdout) and re.search(r"OOF +member0: accuracy", res.stdout)
-    assert re.search(r"OOF +ensemble_cross_fitted: accuracy .* the honest estimate", res.stdout)
-    assert re.search(r"OOF cascade, member 2 on the +25% least certain rows", res.stdout)
+    assert re.search(
+        r"OOF +ensemble_cross_fitted: accuracy .* grouped by prompt, scored with weights tuned", res.stdout
+    )
+    assert re.search(r"OOF cascade \(cross-fitted\), member 2 on the +25% least certain rows", res.stdout)
     report = json.loads(out.with_suffix(".ensemble.json").read_text())
     assert sorted(report["runs"]) == [str(root / "tiny_gemma2"), str(root / "tiny_llama")]
-    assert set(report["oof/cascade"]) == {"25%", "50%", "100%"}
+    assert set(report["oof/cascade_cross_fitted"]) == {"25%", "50%", "100%"}
     w = report["weights"]["*"]
     probs = pd.read_parquet(out.with_suffix(".parquet"))
     expected = sum(
@@ -238,39 +251,48 @@ def grid_best(p: np.ndarray, target: np.ndarray) -> float:
 
 
 @pytest.mark.fast
-def test_cross_fitted_score_and_cascade_coverage_recomputed_independently(tmp_path) -> None:
+@pytest.mark.parametrize("grouped", [True, False], ids=["prompt-grouped parts", "runs without prompt keys"])
+def test_cross_fitted_score_and_cascade_recomputed_independently(tmp_path, grouped) -> None:
+    """Weights and the cascade are both cross-fitted: every row is combined with weights tuned on the other parts,
+    which are grouped by prompt (10 rows per prompt here), or random for runs written before oof kept the prompt."""
     rng = np.random.default_rng(3)
     n = 1000
     winner = rng.choice(["model_a", "model_b"], n)
     truth = (winner == "model_a").astype(float)
     m0, m1 = member(rng, truth, 0.3, 0.25), member(rng, truth, 0.3, 0.25)
     ids = [f"z{i}" for i in range(n)]
-    write_oof(tmp_path / "m0", ids, m0, winner, "en")
-    write_oof(tmp_path / "m1", ids, m1, winner, "en")
+    prompts = [f"Prompt  number {i // 10}" for i in range(n)] if grouped else None
+    write_oof(tmp_path / "m0", ids, m0, winner, "en", prompts)
+    write_oof(tmp_path / "m1", ids, m1, winner, "en", prompts)
     report = ensemble.fit([tmp_path / "m0", tmp_path / "m1"], ensemble.Tuning("prob", 0.05, False, 200))
     p = np.column_stack([m0, m1])
 
-    part = np.random.default_rng(0).permutation(n) % 5  # the documented split: five parts, seed 0
-    honest = np.empty(n)
+    if grouped:  # the part of a prompt: its normalised text's sha256, first 8 hex digits, modulo 5
+        keys = [hashlib.sha256(f"prompt number {i // 10}".encode()).hexdigest() for i in range(n)]
+        part = np.array([int(k[:8], 16) % 5 for k in keys])
+        assert all(len(set(part[i : i + 10])) == 1 for i in range(0, n, 10))  # a prompt's rows share a part
+    else:
+        part = np.random.default_rng(0).permutation(n) % 5  # the documented fallback: random parts, seed 0
+    assert report["cross_fitting"]["rows"].startswith("grouped by prompt" if grouped else "random")
+    weight = np.empty(n)
     for k in range(5):
-        w = grid_best(p[part != k], truth[part != k])
-        honest[part == k] = w * m0[part == k] + (1 - w) * m1[part == k]
+        weight[part == k] = grid_best(p[part != k], truth[part != k])
+    honest = weight * m0 + (1 - weight) * m1
     acc = float(np.mean(np.where(honest >= 0.5, "model_a", "model_b") == winner))
     assert report["oof/accuracy"]["ensemble_cross_fitted"] == pytest.approx(acc)
     assert (
         report["oof/log_loss"]["ensemble_cross_fitted"] >= report["oof/log_loss"]["ensemble"] - 1e-12
     )  # tuned in-sample is optimistic
+    assert report["weights"]["*"][0] == pytest.approx(grid_best(p, truth))
 
-    w = grid_best(p, truth)
-    assert report["weights"]["*"][0] == pytest.approx(w)
-    combined = w * m0 + (1 - w) * m1
     unsure = np.argsort(np.abs(m0 - 0.5), kind="stable")
     for share, key in ((0.25, "25%"), (0.5, "50%"), (1.0, "100%")):
         q = m0.copy()
-        q[unsure[: int(share * n)]] = combined[unsure[: int(share * n)]]
+        q[unsure[: int(share * n)]] = honest[unsure[: int(share * n)]]
         expected = float(np.mean(np.where(q >= 0.5, "model_a", "model_b") == winner))
-        assert report["oof/cascade"][key]["accuracy"] == pytest.approx(expected)
-    assert report["oof/cascade"]["100%"]["accuracy"] == pytest.approx(report["oof/accuracy"]["ensemble"])
+        assert report["oof/cascade_cross_fitted"][key]["accuracy"] == pytest.approx(expected)
+    assert report["oof/cascade_cross_fitted"]["100%"]["accuracy"] == pytest.approx(acc)
+    assert "not account" in report["cross_fitting"]["not_accounted_for"]
 
 
 @pytest.mark.fast
@@ -297,6 +319,23 @@ def test_members_auto_picks_the_best_run_of_the_two_best_model_names(tmp_path) -
     cfg = compose_infer(["ensemble=two_model", f"ensemble.roots=[{tmp_path}]", "data.test=x.parquet"])
     assert cfg.ensemble.members == "auto"
     assert [p.name for p in pick_runs(cfg)] == ["g2", "q1"]
+    # members are compared only with runs validated on the same rows: a luckier run of another fold is not picked
+    fake_run(tmp_path, "g9", "tiny_gemma2", 0.90, 0.50, fold=3)
+    assert [p.name for p in pick_runs(cfg)] == ["g2", "q1"]
+    fake_run(tmp_path, "q9", "tiny_qwen2", 0.85, 0.55, fold=3)  # with both families on fold 3, fold 3 scores best
+    assert [p.name for p in pick_runs(cfg)] == ["g9", "q9"]
+    named = compose_infer(["ensemble.members=[tiny_llama,tiny_qwen2]", f"ensemble.roots=[{tmp_path}]", "data.test=x"])
+    assert [p.name for p in pick_runs(named)] == ["l1", "q1"]  # tiny_llama has a fold-0 run only: fold 0
+    fake_run(tmp_path / "elsewhere", "l7", "tiny_llama", 0.8, 0.5, fold=4)
+    apart = compose_infer(
+        [
+            "ensemble.members=[tiny_llama,tiny_qwen2]",
+            f"ensemble.roots=[{tmp_path / 'elsewhere'},{tmp_path / 'q9'}]",
+            "data.test=x",
+        ]
+    )
+    with pytest.raises(DuelistError, match=r"no runs of tiny_llama, tiny_qwen2 were validated on the same rows"):
+        pick_runs(apart)
     only_one = tmp_path / "one"
     fake_run(only_one, "g", "tiny_gemma2", 0.6, 0.6)
     with pytest.raises(
@@ -318,7 +357,7 @@ def test_a_member_with_weight_zero_is_not_scored(tmp_path, monkeypatch) -> None:
         submission,
         "ensemble_weights",
         lambda cfg, runs: (
-            {"runs": [str(r) for r in runs], "combine": "prob", "weights": {GLOBAL: [1.0, 0.0], "Chinese": [0.0, 0.0]}},
+            {"runs": [str(r) for r in runs], "combine": "prob", "weights": {GLOBAL: [1.0, 0.0], "Spanish": [1.0, 0.0]}},
             None,
         ),
     )

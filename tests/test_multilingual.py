@@ -333,14 +333,13 @@ def test_stack_is_cross_fitted(runs, tmp_path, monkeypatch) -> None:
         assert rows and not rows & seen  # no row is scored by a stacker that saw it
         scored |= rows
     assert len(scored) == report["shared_oof_rows"]  # every shared row scored once, cross-fitted
-    from duelist.data.pairs import normalized
+    from duelist.data.pairs import normalized, prompt_keys, prompt_parts
     from duelist.data.splits import load_train_valid
 
     _, valid = load_train_valid(compose_train(SMALL).data)
-    parts = pd.Series(stacking.prompt_parts(valid["prompt"])).groupby(normalized(valid["prompt"]).to_numpy()).nunique()
-    assert (parts == 1).all() and stacking.prompt_parts(
-        valid["prompt"]
-    ).max() == stacking.PARTS - 1  # a prompt's rows share a part
+    part = prompt_parts(prompt_keys(valid["prompt"]), stacking.PARTS)
+    by_prompt = pd.Series(part).groupby(normalized(valid["prompt"]).to_numpy()).nunique()
+    assert (by_prompt == 1).all() and part.max() == stacking.PARTS - 1  # a prompt's rows share a part
     assert set(report["oof/accuracy"]) == {"member0", "member1", "mean", "stack_cross_fitted"}
 
     out = tmp_path / "sub.csv"
@@ -500,3 +499,80 @@ def test_translate_keeps_labels_resumes_and_trains_as_extra_data(tmp_path) -> No
         valid["id"]
     )  # (the tiny model's gibberish
     # translations may repeat, and repeated pairs are deduplicated)
+
+
+@pytest.mark.fast
+def test_translations_of_validation_pairs_never_train_whatever_their_ids(tmp_path, monkeypatch) -> None:
+    """The leakage guard finds a translation's source by its texts: a translation made from a copy of a validation pair
+    under another id (dropped by dedup, or in a file that is not in data.train at all) or from a pair whose prompt is a
+    validation prompt never trains."""
+    from conftest import compose_infer
+    from duelist.data.pairs import normalized, pair_keys
+    from duelist.data.reading import load_pairs
+    from duelist.data.splits import load_train_valid
+    from duelist.tasks import translate as task
+
+    sample = load_pairs("pkg:duelist/assets/sample/hh_rlhf_harmless_test.parquet", on_bad_rows="drop")
+    sample = sample[~pair_keys(sample).duplicated()].iloc[:40]  # 40 distinct pairs
+    sample = sample[["id", "prompt", "response_a", "response_b", "winner", "language"]].reset_index(drop=True)
+    sample.to_parquet(tmp_path / "train.parquet")
+    copies = sample.assign(id="copy-" + sample["id"])  # the same pairs under other ids
+    copies.to_parquet(tmp_path / "extra.parquet")
+    others = sample.assign(id="other-" + sample["id"], response_a=sample["response_a"] + " (another answer)")
+    others.to_parquet(tmp_path / "others.parquet")  # other pairs for the same prompts
+    monkeypatch.setattr(task, "make_backend", lambda gen, cfg, device: EchoTranslator())
+    for name in ("extra", "others"):
+        cfg = compose_infer(
+            [
+                "task=translate",
+                "generate=tiny",
+                f"data.test={tmp_path / name}.parquet",
+                f"output={tmp_path / name}-ru.parquet",
+                "+translate.to=[Russian]",
+                "generate.max_prompt_tokens=100000",
+            ]
+        )
+        task.translate(cfg)
+
+    def trained_translations(*files: str) -> tuple[pd.DataFrame, pd.DataFrame]:
+        paths = ",".join(str(tmp_path / f) for f in files)
+        data = compose_train(["data=files", f"data.train=[{paths}]", "data.n_folds=5"]).data
+        train_rows, valid = load_train_valid(data)
+        return train_rows[train_rows["translated"]], valid
+
+    source = {f"copy-{i}": row for i, row in sample.set_index("id").iterrows()}
+    source |= {f"other-{i}": row for i, row in others.assign(id=sample["id"]).set_index("id").iterrows()}
+    for files in (
+        ["train.parquet", "extra.parquet", "extra-ru.parquet", "others-ru.parquet"],  # copies dropped by dedup
+        ["train.parquet", "extra-ru.parquet", "others-ru.parquet"],
+    ):  # the translated file's source is not in data.train
+        translated, valid = trained_translations(*files)
+        valid_prompts = set(normalized(valid["prompt"]))
+        made_from = pd.DataFrame([source[i] for i in translated["source_id"]])
+        assert len(translated) and len(valid)
+        assert not normalized(made_from["prompt"]).isin(valid_prompts).any()  # checked on the texts, independently
+        # every translation of a pair (or a prompt) that validates was left out, and only those
+        kept = {i for i in source if normalized(pd.Series([source[i]["prompt"]])).iloc[0] not in valid_prompts}
+        assert set(translated["source_id"]) == kept
+
+
+def test_runs_written_by_earlier_versions_still_count_as_finished(tmp_path) -> None:
+    """A network run and a feature-model run whose config.yaml an earlier version wrote (one model schema for both
+    kinds, the other kind's keys None; no model.language_tag; train.py's distillation group named pseudolabel): the
+    same command again finds them finished and trains nothing."""
+    import yaml
+
+    for name, overrides in (("network", TINY), ("features", ["model=features", *SMALL])):
+        run = tmp_path / name
+        value = train(compose_train(overrides), run)
+        old = yaml.safe_load((run / "config.yaml").read_text())
+        old["pseudolabel"] = old.pop("distillation")
+        if name == "network":
+            del old["model"]["language_tag"]
+            old["model"]["trees"] = None
+        else:
+            old["model"].update(dict.fromkeys(["name_or_path", "init", "pooling", "template", "max_length"], None))
+        (run / "config.yaml").write_text(yaml.safe_dump(old))
+        before = (run / "metrics.json").stat().st_mtime_ns
+        assert train(compose_train(overrides), run) == value
+        assert (run / "metrics.json").stat().st_mtime_ns == before, name  # not trained again

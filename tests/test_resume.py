@@ -210,3 +210,42 @@ def test_starting_over_clears_what_an_abandoned_attempt_left(tmp_path) -> None:
     decision, state = start_point(cfg, RunDir(run), kind_of(cfg.model), 1)
     assert (decision, state) == ({}, None)
     assert list((run / "states").iterdir()) == [] and not (run / "metrics.json").exists()
+
+
+@pytest.mark.slow
+def test_a_state_resumes_only_on_the_rows_it_was_trained_on_and_from_another_run_dir(tmp_path) -> None:
+    """A data file rewritten in place after the kill (the January workflow regenerates pl1.parquet) is refused,
+    naming it; trainer.resume=PATH continues another run dir's state and ends where the uninterrupted run does."""
+    from duelist.data.reading import load_pairs
+
+    rows = load_pairs("pkg:duelist/assets/sample/pandalm_test.parquet", on_bad_rows="drop").iloc[:120]
+    data = tmp_path / "pl1.parquet"
+    rows.to_parquet(data)
+    args = [
+        "model=tiny_gemma2",
+        "lora=default",
+        "trainer.lr=3e-4",
+        "data=files",
+        f"data.train={data}",
+        "logger=none",
+        "trainer.max_steps=6",
+        "trainer.batch_size=8",
+        "trainer.save_every=2",
+        "trainer.eval_batch_size=32",
+    ]
+    ref = run_cli("train.py", [*args, f"hydra.run.dir={tmp_path / 'ref'}"])
+    assert ref.returncode == 0, ref.stderr[-2000:]
+    first = tmp_path / "first"
+    assert killed(args, first, {"DUELIST_TEST_KILL_AT_BATCH": "5"}) == ["step-00000002", "step-00000004"]
+
+    rows.iloc[:100].to_parquet(data)  # rewritten in place: other rows
+    res = run_cli("train.py", [*args, f"hydra.run.dir={first}"])
+    assert res.returncode == 2 and not (first / "metrics.json").exists()
+    assert (
+        res.stderr.strip().splitlines()[-1].startswith(f"error: {data}: its rows are not the ones the training state")
+    )
+    rows.to_parquet(data)  # as it was: another run dir continues from the first one's newest state
+    res = run_cli("train.py", [*args, f"trainer.resume={first}", f"hydra.run.dir={tmp_path / 'second'}"])
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert f"resuming from {first / 'states' / 'step-00000004'} (step 4, epoch 0)" in res.stdout + res.stderr
+    same_results(tmp_path / "ref", tmp_path / "second")

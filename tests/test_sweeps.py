@@ -45,6 +45,7 @@ def test_slurm_launcher_composes() -> None:
         cfg.hydra.launcher.partition == "gpu"
         and cfg.hydra.launcher.gpus_per_node == 1
         and cfg.hydra.launcher.timeout_min == 720
+        and cfg.hydra.launcher.max_num_timeout == 3  # a job stopped at timeout_min is queued again, in its run dir
     )
 
 
@@ -207,3 +208,40 @@ def test_paths_in_sweep_overrides_stay_literal() -> None:
     parser = OverridesParser.create()
     for path in ("/tmp/a b/c", "/tmp/it's/x=1,2", "/tmp/back\\slash"):
         assert parser.parse_override(f"hydra.sweep.dir={quoted(path)}").value() == path
+
+
+@pytest.mark.fast
+def test_two_workers_that_find_the_same_dead_trial_retry_it_once(tmp_path) -> None:
+    """Two sweep workers (two storages on one SQLite file) see the same stale trial: the first fails it and queues
+    the retry, the second finds it already failed and carries on (Optuna would raise: it cannot update a finished
+    trial)."""
+    import time
+    import warnings
+
+    import optuna
+
+    from duelist.tools.sweeper import fail_stale_trials
+
+    url = f"sqlite:///{tmp_path / 'study.db'}"
+    warnings.simplefilter("ignore")
+
+    def worker() -> optuna.Study:
+        storage = optuna.storages.RDBStorage(
+            url,
+            heartbeat_interval=1,
+            grace_period=2,
+            failed_trial_callback=optuna.storages.RetryFailedTrialCallback(max_retry=2),
+        )
+        return optuna.create_study(study_name="s", storage=storage, load_if_exists=True)
+
+    first, second = worker(), worker()
+    dead = first.ask()  # a running trial whose worker died after its last heartbeat
+    first._storage.record_heartbeat(dead._trial_id)
+    time.sleep(3)  # past the grace period
+    backend = second._storage._backend
+    seen = backend._get_stale_trial_ids(second._study_id)  # both workers look at the same moment ...
+    assert fail_stale_trials(first) == [0]  # ... the first fails it and queues the retry first
+    backend._get_stale_trial_ids = lambda study_id: seen
+    assert fail_stale_trials(second) == []  # already failed by the other worker: not an error, not a second retry
+    states = [t.state.name for t in second.get_trials(deepcopy=False)]
+    assert states == ["FAIL", "WAITING"]  # one retry queued

@@ -386,6 +386,7 @@ class EnsembleConfig:
     grid_step: Optional[float] = None
     cascade: Optional[bool] = None
     trees: Optional[TreesConfig] = None
+    stacker: Optional[str] = None
 
 
 @dataclass

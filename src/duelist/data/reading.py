@@ -125,6 +125,55 @@ def check_csv(path: str, real: str) -> None:
             ) from err
 
 
+# columns read as text whatever their values look like (answers "4" and "2" stay texts; ids stay as written)
+STRING_COLUMNS = (
+    "id",
+    "question_id",
+    "prompt",
+    "response_a",
+    "response_b",
+    "chosen",
+    "rejected",
+    "winner",
+    "model_a",
+    "model_b",
+    "language",
+    "source",
+    "source_id",
+)
+
+
+def read_parquet(real: str) -> pd.DataFrame:
+    """A parquet file; an integer id column with nulls keeps its integers (pandas would turn them into floats,
+    ``101`` into ``101.0``)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    df = pd.read_parquet(real)
+    if "id" in df and pa.types.is_integer(pq.read_schema(real).field("id").type):
+        df["id"] = pq.read_table(real, columns=["id"]).column("id").cast(pa.string()).to_pylist()
+    return df
+
+
+def read_json(path: str, real: str, lines: bool) -> pd.DataFrame:
+    """A JSON Lines file (or one JSON array of records) with every value as written: strings stay strings, numbers
+    stay numbers, null is null (pandas' type guessing would turn answers "4" into integers and ids into floats)."""
+    with open(real, encoding="utf-8") as f:
+        if not lines:
+            records = json.load(f)
+        else:
+            records = []
+            for n, line in enumerate(f, start=1):
+                if line.strip():
+                    try:
+                        records.append(json.loads(line))
+                    except ValueError as err:
+                        raise DuelistError(f"{path}: line {n} is not valid JSON ({err}); fix the file") from err
+    if not isinstance(records, list) or not all(isinstance(r, dict) for r in records):
+        raise DuelistError(f"{path}: expected one JSON object per line (or a JSON list of objects)")
+    return pd.DataFrame(records, dtype=object)
+
+
 def read_table(path: str) -> pd.DataFrame:
     """Read a parquet, csv or jsonl file, or a ``hf:`` dataset; any failure is one clear line naming the file."""
     if path.startswith(HUB_PREFIX):
@@ -137,12 +186,12 @@ def read_table(path: str) -> pd.DataFrame:
     suffix = Path(real).suffix.lower()
     try:
         if suffix == ".parquet":
-            df = pd.read_parquet(real)
+            df = read_parquet(real)
         elif suffix == ".csv":
             check_csv(path, real)
-            df = pd.read_csv(real, keep_default_na=False, na_values=[""], dtype={"id": str})
+            df = pd.read_csv(real, keep_default_na=False, na_values=[""], dtype=dict.fromkeys(STRING_COLUMNS, str))
         elif suffix in (".jsonl", ".json"):
-            df = pd.read_json(real, lines=suffix == ".jsonl", dtype={"id": str})
+            df = read_json(path, real, lines=suffix == ".jsonl")
         else:
             raise DuelistError(f"{path}: unsupported file type '{suffix}' (use .parquet, .csv or .jsonl)")
     except DuelistError:
@@ -153,6 +202,17 @@ def read_table(path: str) -> pd.DataFrame:
             f"{path}: cannot read as {suffix.lstrip('.')} ({first}); is the file complete and in that format?"
         ) from err
     return df
+
+
+ID_TEXTS = ("prompt", "response_a", "response_b", "chosen", "rejected", "conversation_a", "conversation_b")
+
+
+def id_text(value: Any) -> str:
+    """An id as text, as written: ``101`` is ``"101"``; a whole float (an integer column that had nulls somewhere
+    upstream) is its integer."""
+    if isinstance(value, (float, np.floating)) and float(value).is_integer():
+        return str(int(value))
+    return str(value)
 
 
 class Malformed(str):
@@ -321,12 +381,19 @@ def canonicalize(
     layout = detect_layout(raw.columns, path)
     df = LAYOUTS[layout][1](raw, seed).reset_index(drop=True)
     if "id" not in df or df["id"].isna().all():
-        # ids unique across sources (the file's name and a digest of its texts) and stable across runs
-        digest = hashlib.sha256(
-            pd.util.hash_pandas_object(df[list(TEXT_COLUMNS)].astype(str), index=False).to_numpy().tobytes()
-        ).hexdigest()[:8]
+        # ids unique across sources (the file's name and a digest of its texts as written: not of the A/B placement,
+        # which is seeded) and the same on every run
+        texts = raw[[c for c in ID_TEXTS if c in raw]].astype(str)
+        digest = hashlib.sha256(pd.util.hash_pandas_object(texts, index=False).to_numpy().tobytes()).hexdigest()[:8]
         df["id"] = [f"{Path(path).stem}-{digest}-{i}" for i in range(len(df))]
-    df["id"] = df["id"].astype(str)
+    missing = df["id"].isna().to_numpy()
+    if missing.any():
+        i = int(np.flatnonzero(missing)[0])
+        raise DuelistError(
+            f"{path}: row {i} has no id ({int(missing.sum())} row(s) in all); give every row an id, or leave the id "
+            "column out and duelist makes them"
+        )
+    df["id"] = [id_text(v) for v in df["id"]]
     if "source" not in df:
         df["source"] = Path(path).stem
     detect = "language" not in df  # a file without languages (the WSDM test file, extra data): detected below
@@ -341,11 +408,8 @@ def canonicalize(
     # rows written by `infer.py task=translate` carry translated=True and the id of the row they translate: they train
     # but never validate
     df["translated"] = df["translated"].fillna(False).astype(bool) if "translated" in df else False
-    df["source_id"] = (
-        [str(x) if isinstance(x, str) or (x is not None and not pd.isna(x)) else None for x in df["source_id"]]
-        if "source_id" in df
-        else None
-    )
+    for col in ("source_id", "source_pair", "source_prompt"):  # a translation's source (see data.pairs)
+        df[col] = [None if is_null(x) else id_text(x) for x in df[col]] if col in df else None
 
     bad: list[tuple[int, str]] = []
     empty: dict[str, int] = {}

@@ -8,6 +8,7 @@ validation (pseudo-labelled and translated files never are).
 
 from __future__ import annotations
 
+import hashlib
 import logging
 from dataclasses import dataclass
 from typing import Any
@@ -17,8 +18,8 @@ import pandas as pd
 
 from duelist.core.errors import DuelistError
 from duelist.core.languages import language_name
-from duelist.data.pairs import normalized, pair_keys, swap_pairs
-from duelist.data.reading import load_pairs
+from duelist.data.pairs import normalized, pair_keys, prompt_keys, swap_pairs
+from duelist.data.reading import as_list, load_pairs
 
 log = logging.getLogger(__name__)
 
@@ -104,7 +105,8 @@ def dedup(df: pd.DataFrame) -> pd.DataFrame:
 
 
 def load_sources(data_cfg: Any) -> pd.DataFrame:
-    """All training sources in one table with ``weight`` and ``validate`` columns, capped and deduplicated."""
+    """All training sources in one table with ``weight``, ``validate`` and ``file`` (the source it came from) columns,
+    capped and deduplicated."""
     frames = []
     for source in parse_sources(data_cfg.train):
         df = load_pairs(
@@ -116,7 +118,7 @@ def load_sources(data_cfg: Any) -> pd.DataFrame:
             df["pseudo_label"].to_numpy(dtype=bool) | df["translated"].to_numpy(dtype=bool)
         )  # pseudo-labels and translations never validate
         validate = may if source.validate is None else np.full(len(df), bool(source.validate)) & may
-        frames.append(df.assign(weight=float(source.weight), validate=validate))
+        frames.append(df.assign(weight=float(source.weight), validate=validate, file=source.path))
     df = pd.concat(frames, ignore_index=True)
     dup = df["id"].duplicated()
     if dup.any():
@@ -138,6 +140,19 @@ def language_quota(df: pd.DataFrame, quota: Any, seed: int) -> pd.DataFrame:
     return pd.concat(parts, ignore_index=True)
 
 
+def translations_of(train: pd.DataFrame, valid: pd.DataFrame) -> np.ndarray:
+    """Translated training rows made from a validation pair, or from a pair whose prompt is a validation prompt. Found
+    by the keys of their source texts (``source_pair``, ``source_prompt``), so a copy of the pair under another id (a
+    duplicate that dedup dropped, another file, an id that seeded placement gave) is found too; translations written
+    before those keys existed are found by ``source_id`` alone."""
+    translated = train["translated"].to_numpy(dtype=bool)
+    by_text = train["source_pair"].isin(set(pair_keys(valid))) | train["source_prompt"].isin(
+        set(prompt_keys(valid["prompt"]))
+    )
+    by_id = train["source_pair"].isna() & train["source_id"].isin(set(valid["id"]))
+    return translated & (by_text | by_id).to_numpy()
+
+
 def load_train_valid(data_cfg: Any) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Train and validation rows, each with ``fold``, ``weight`` and ``validate`` columns.
 
@@ -150,9 +165,6 @@ def load_train_valid(data_cfg: Any) -> tuple[pd.DataFrame, pd.DataFrame]:
     validation keeps the real language mix.
     """
     train = load_sources(data_cfg)
-    prompt_of = (
-        dict(zip(train["id"], normalized(train["prompt"]))) if train["translated"].any() else {}
-    )  # what a translation's source row asked
     if data_cfg.max_rows:
         train = stratified_sample(train, int(data_cfg.max_rows), data_cfg.split_seed)
     if data_cfg.valid:
@@ -169,7 +181,7 @@ def load_train_valid(data_cfg: Any) -> tuple[pd.DataFrame, pd.DataFrame]:
                 f"data.valid: id {sorted(overlap)[0]} is also in data.train; validation rows must not be trained on"
             )
         train = train.assign(fold=0)
-        valid = valid.assign(fold=-1, weight=1.0, validate=True)
+        valid = valid.assign(fold=-1, weight=1.0, validate=True, file=", ".join(as_list(data_cfg.valid)))
     else:
         if not 0 <= data_cfg.fold < data_cfg.n_folds:
             raise DuelistError(f"data.fold={data_cfg.fold}: must be in 0..{data_cfg.n_folds - 1}")
@@ -194,12 +206,8 @@ def load_train_valid(data_cfg: Any) -> tuple[pd.DataFrame, pd.DataFrame]:
             )
         train, valid = train[~is_valid].reset_index(drop=True), train[is_valid].reset_index(drop=True)
     valid_prompts = set(normalized(valid["prompt"]))
-    copies = train["translated"] & (
-        train["source_id"].isin(set(valid["id"])) | train["source_id"].map(prompt_of).isin(valid_prompts)
-    )
-    if (
-        copies.any()
-    ):  # a translation of a validation row (or of a row with a validation prompt) is that row in another language
+    copies = translations_of(train, valid)
+    if copies.any():  # a translation of a validation pair (or of a pair with a validation prompt) is that pair again
         log.warning(
             "dropped %d translated training rows whose source row is a validation row or has a validation prompt",
             int(copies.sum()),
@@ -236,3 +244,15 @@ def augment(df: pd.DataFrame, swap: bool, same_batch: bool) -> pd.DataFrame:
     if same_batch:
         both = both.sort_values("pair", kind="stable").reset_index(drop=True)
     return both
+
+
+def fingerprints(train: pd.DataFrame, valid: pd.DataFrame) -> dict[str, str]:
+    """A digest of the rows each data file gives training and validation (ids, texts, labels, weights, folds, in
+    order), by file: a resumed run checks it trains on the rows it started with and can name the file that changed."""
+    rows = pd.concat([train.assign(part="train"), valid.assign(part="valid")], ignore_index=True)
+    columns = ["part", "id", "prompt", "response_a", "response_b", "p_a", "weight", "fold"]
+    out = {}
+    for file, group in rows.groupby("file", sort=True):
+        digest = pd.util.hash_pandas_object(group[columns].astype(str), index=False).to_numpy().tobytes()
+        out[str(file)] = hashlib.sha256(digest).hexdigest()[:16]
+    return out

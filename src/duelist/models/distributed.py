@@ -145,8 +145,22 @@ def optimizer_state(model: torch.nn.Module, opt: torch.optim.Optimizer) -> dict[
     return get_optimizer_state_dict(model, opt, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
 
 
-def set_optimizer_state(model: torch.nn.Module, opt: torch.optim.Optimizer, state: dict[str, Any]) -> None:
-    """Load what :func:`optimizer_state` returned (the full state; FSDP keeps each process's shard of it)."""
+def set_optimizer_state(
+    model: torch.nn.Module, opt: torch.optim.Optimizer, state: dict[str, Any], dist: Distributed
+) -> None:
+    """Load what :func:`optimizer_state` returned (the full state; FSDP keeps each process's shard of it). With several
+    processes only rank 0 holds it (read from the saved state) and sends it to the others, so no process but rank 0
+    keeps a full copy in memory (a 9B model's is about 100 GB)."""
     from torch.distributed.checkpoint.state_dict import StateDictOptions, set_optimizer_state_dict
 
-    set_optimizer_state_dict(model, opt, state, options=StateDictOptions(full_state_dict=True))
+    several = dist.world > 1
+    options = StateDictOptions(full_state_dict=True, broadcast_from_rank0=several)
+    set_optimizer_state_dict(model, opt, state if dist.main or not several else {}, options=options)
+
+
+def set_sharded_weights(model: torch.nn.Module, weights: dict[str, torch.Tensor], dist: Distributed) -> None:
+    """FSDP: rank 0's full copy of the trainable weights (read from a saved state) sent to every process's shards."""
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict
+
+    options = StateDictOptions(full_state_dict=True, broadcast_from_rank0=True, strict=False)
+    set_model_state_dict(model, weights if dist.main else {}, options=options)

@@ -27,7 +27,7 @@ from duelist.core.errors import DuelistError
 from duelist.core.hardware import autocast_dtype, half_weights
 from duelist.core.metrics import compute_metrics, is_better
 from duelist.data.encoding import PairEncoder
-from duelist.data.splits import augment
+from duelist.data.splits import augment, fingerprints
 from duelist.models.distributed import (
     barrier,
     broadcast,
@@ -36,6 +36,7 @@ from duelist.models.distributed import (
     init_distributed,
     optimizer_state,
     set_optimizer_state,
+    set_sharded_weights,
     wrap,
 )
 from duelist.models.interface import Fitted
@@ -139,10 +140,12 @@ class NetworkTraining:
             len(valid),
             trainable,
         )
+        self.data = fingerprints(train, valid)  # saved with every state: a resume checks it trains on the same rows
         install_kill_switch(built.model)
         self.loop(built, rows, ids, valid, valid_ids, tracker, resume)
         best = self.state.best
-        assert best is not None  # the loop always evaluates at its last step
+        if best is None:  # a DDP process other than rank 0: rank 0 scored the validation rows and keeps the best
+            return Fitted(np.empty(0), {})
         metrics = {
             **best["metrics"],
             "best_step": best["step"],
@@ -176,15 +179,19 @@ class NetworkTraining:
         units = rows["pair"].to_numpy() if self.cfg.augment.same_batch else np.arange(len(rows))
         per_epoch = self.steps_per_epoch(lengths, units)
         total = t.max_steps if t.max_steps > 0 else max(1, math.ceil(per_epoch * t.epochs))
-        if resume is not None:  # the trainable weights as saved, on every process, before DDP/FSDP take the model
-            self.load_trainable(model, resume)
+        if resume is not None and self.dist.main and not self.dist.sharded:  # the trainable weights as saved, on
+            self.load_trainable(model, resume)  # rank 0: DDP's start copies rank 0's parameters to every process
         forward = wrap(model, self.dist, self.device)  # DDP replicas, or FSDP2 shards in place: optimizer after it
+        if resume is not None and self.dist.sharded:  # rank 0's copy, sent to every process's shards
+            if self.dist.main:
+                self.load_trainable(model, resume, check_only=True)
+            set_sharded_weights(model, resume.weights, self.dist)
         groups, opt, sched = self.optimizer(model, total)
         scaler = torch.amp.GradScaler(self.device.type, enabled=self.amp == torch.float16)  # fp16 needs loss scaling
         losses = RowLosses(rows, self.cfg.distillation, self.device)
         log.info("training %d rows (%d optimizer steps, %d per epoch) on %s", len(rows), total, per_epoch, self.device)
         if resume is not None:
-            set_optimizer_state(model, opt, resume.optimizer)
+            set_optimizer_state(model, opt, resume.optimizer, self.dist)  # from rank 0 alone
             sched.load_state_dict(resume.scheduler)
             scaler.load_state_dict(resume.scaler)
             set_rng_state(resume.rng[self.dist.rank], rng)
@@ -249,14 +256,15 @@ class NetworkTraining:
         batches = len(train_batches(lengths, units, self.t.batch_size, False, np.random.default_rng(0)))
         return max(1, math.ceil(batches // self.dist.world / self.t.grad_accum))  # each process takes 1/world
 
-    def load_trainable(self, model: torch.nn.Module, resume: SavedState) -> None:
+    def load_trainable(self, model: torch.nn.Module, resume: SavedState, check_only: bool = False) -> None:
         missing = set(resume.weights) - {n for n, p in model.named_parameters() if p.requires_grad}
         if missing:
             raise DuelistError(
                 f"{resume.path}: holds weights this model does not train ({sorted(missing)[:3]}); "
                 f"trainer.resume=never starts over"
             )
-        model.load_state_dict(resume.weights, strict=False)
+        if not check_only:
+            model.load_state_dict(resume.weights, strict=False)
 
     def optimizer(self, model: torch.nn.Module, total: int) -> tuple[list[dict[str, Any]], torch.optim.Optimizer, Any]:
         from transformers import get_cosine_schedule_with_warmup
@@ -367,6 +375,7 @@ class NetworkTraining:
                 wandb_id=tracker.run_id,
                 config=resolved(self.cfg),
                 processes=self.dist.world,
+                data=self.data,
                 weights=weights,
                 optimizer=optimizer,
             )

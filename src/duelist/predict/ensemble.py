@@ -25,6 +25,7 @@ import pandas as pd
 
 from duelist.core.errors import DuelistError
 from duelist.core.metrics import accuracy, least_confident_first, log_loss
+from duelist.data.pairs import prompt_parts
 from duelist.runs.run_dir import RunDir
 
 log = logging.getLogger(__name__)
@@ -62,19 +63,22 @@ def tune_weights(p: np.ndarray, target: np.ndarray, winner: np.ndarray, how: str
 
 def read_oof(runs: Sequence[str | Path]) -> pd.DataFrame:
     """One row per validation id of any run: ``p_a_<i>`` per member (NaN where member i did not validate that row, e.g.
-    a specialist on another language's rows), target, winner, language."""
+    a specialist on another language's rows), target, winner, language and the prompt's key (None for runs written
+    before ``oof.parquet`` kept it)."""
     merged, order = None, []
     for i, run in enumerate(runs):
         oof = RunDir(run).read_oof()
         order.append(oof["id"])
         if "target" not in oof:
             oof["target"] = np.where(oof["winner"] == "model_a", 1.0, np.where(oof["winner"] == "model_b", 0.0, 0.5))
-        oof = oof[["id", "p_a", "target", "winner", "language"]].rename(columns={"p_a": f"p_a_{i}"})
+        if "prompt_key" not in oof:  # a run written before oof.parquet kept it
+            oof["prompt_key"] = None
+        oof = oof[["id", "p_a", "target", "winner", "language", "prompt_key"]].rename(columns={"p_a": f"p_a_{i}"})
         if merged is None:
             merged = oof
         else:
             merged = merged.merge(oof, on="id", how="outer", suffixes=("", "_new"))
-            for column in ("target", "winner", "language"):
+            for column in ("target", "winner", "language", "prompt_key"):
                 merged[column] = merged[column].where(merged[column].notna(), merged.pop(f"{column}_new"))
             merged = merged.drop(columns=[c for c in merged.columns if c.endswith("_new")])
     assert merged is not None
@@ -86,6 +90,11 @@ def read_oof(runs: Sequence[str | Path]) -> pd.DataFrame:
 
 CROSS_FIT_PARTS = 5
 CASCADE_COVERAGE = (0.25, 0.5, 1.0)
+MIN_SHARED = 0.9  # members sharing fewer of their validation rows than this are warned about
+NOT_ACCOUNTED_FOR = (
+    "the members were chosen on these same OOF rows (the best of several trials, the best evaluation step): "
+    "the cross-fitted figure does not account for that selection, so it is still somewhat optimistic"
+)
 
 
 class Routes:
@@ -160,9 +169,19 @@ class Oof:
     target: np.ndarray
     winner: np.ndarray
     languages: np.ndarray
+    prompts: np.ndarray  # the prompts' keys (None where a run did not record them)
 
     def __getitem__(self, rows: np.ndarray) -> "Oof":
-        return Oof(self.p[rows], self.target[rows], self.winner[rows], self.languages[rows])
+        return Oof(self.p[rows], self.target[rows], self.winner[rows], self.languages[rows], self.prompts[rows])
+
+    def parts(self, parts: int = CROSS_FIT_PARTS) -> tuple[np.ndarray, str]:
+        """Cross-fitting parts grouped by prompt (rows of one prompt share a part, as the stacker's do), and how they
+        were made; rows of runs written before ``oof.parquet`` kept the prompt's key fall back to random parts."""
+        if all(isinstance(key, str) for key in self.prompts):
+            return prompt_parts(pd.Series(self.prompts), parts), "grouped by prompt"
+        return np.random.default_rng(0).permutation(
+            len(self.p)
+        ) % parts, "random (a run's oof.parquet has no prompt_key)"
 
     def __len__(self) -> int:
         return len(self.p)
@@ -214,28 +233,26 @@ def tune(oof: Oof, tuning: Tuning, routes: Routes | None = None) -> dict[str, np
 
 
 def cross_fitted(
-    oof: Oof, tuning: Tuning, routes: Routes | None = None, parts: int = CROSS_FIT_PARTS, seed: int = 0
+    oof: Oof, tuning: Tuning, routes: Routes | None = None
+) -> list[tuple[np.ndarray, dict[str, np.ndarray]]]:
+    """Cross-fitting: the rows cut in :data:`CROSS_FIT_PARTS` parts (:meth:`Oof.parts`) and, for each, the weights
+    tuned on the other parts: ``(rows of the part, weights)``. Every row is then combined with weights that never saw
+    it (an honest OOF score, up to the choice of the members themselves)."""
+    part, _ = oof.parts()
+    fewer = replace(tuning, min_language_rows=tuning.min_language_rows * (CROSS_FIT_PARTS - 1) // CROSS_FIT_PARTS)
+    return [(part == k, tune(oof[part != k], fewer, routes)) for k in range(CROSS_FIT_PARTS) if (part == k).any()]
+
+
+def combined(
+    oof: Oof, folds: list[tuple[np.ndarray, dict[str, np.ndarray]]], how: str, reached: np.ndarray | None = None
 ) -> np.ndarray:
-    """Ensemble p_a where every row is combined with weights tuned on the other parts of the rows (an honest OOF
-    score)."""
-    part = np.random.default_rng(seed).permutation(len(oof)) % parts
-    fewer = replace(tuning, min_language_rows=tuning.min_language_rows * (parts - 1) // parts)
-    out = np.empty(len(oof))
-    for k in range(parts):
-        held, rest = part == k, part != k
-        if not held.any():
-            continue
-        weights = tune(oof[rest], fewer, routes)
-        out[held] = apply(oof.p[held], oof.languages[held], weights, tuning.combine)
-    return out
-
-
-def cascade(p: np.ndarray, languages: np.ndarray, weights: dict[str, Any], how: str, reached: np.ndarray) -> np.ndarray:
-    """Member 0 alone where member 1 did not score the row (``reached`` false), the weighted combination where it
-    did."""
-    out = p[:, 0].astype(np.float64).copy()
-    if reached.any():
-        out[reached] = apply(p[reached], languages[reached], weights, how)
+    """Each part's rows combined with its own weights; with ``reached`` (a cascade) only those rows, member 0 alone
+    elsewhere."""
+    out = oof.p[:, 0].astype(np.float64).copy()
+    for held, weights in folds:
+        rows = held if reached is None else held & reached
+        if rows.any():
+            out[rows] = apply(oof.p[rows], oof.languages[rows], weights, how)
     return out
 
 
@@ -265,6 +282,7 @@ def fit(
         table["target"].to_numpy(),
         table["winner"].to_numpy(),
         table["language"].astype(str).to_numpy(),
+        table["prompt_key"].to_numpy(dtype=object),
     )
     rows = evaluated_rows(every.p, every.languages, routes)
     if not rows.any():
@@ -273,6 +291,13 @@ def fit(
             "(data.split_seed, data.fold)"
         )
     oof = every[rows]
+    shared = shared_share(every, routes)
+    if shared < MIN_SHARED:
+        log.warning(
+            "the members share %.0f%% of their validation rows: weights are tuned and scored on those alone; for an "
+            "ensemble that represents them, train the members on the same data, data.split_seed and data.fold",
+            100 * shared,
+        )
     p, target, winner, languages = oof.p, oof.target, oof.winner, oof.languages
     weights = tune(oof, tuning, routes)
     ensemble_p = apply(p, languages, weights, how)
@@ -281,6 +306,7 @@ def fit(
         "runs": [str(r) for r in runs],
         "combine": how,
         "shared_oof_rows": int(len(p)),
+        "shared_share": shared,  # of the validation rows of the generalist that validated most
         "weights": {lang: [float(x) for x in w] for lang, w in weights.items()},
         "oof/accuracy": {
             **{f"member{i}": accuracy(p[scored[i], i], winner[scored[i]]) for i in range(k)},
@@ -296,21 +322,36 @@ def fit(
         report["oof/rows"] = {f"member{i}": int(scored[i].sum()) for i in range(k)}
         if routes.generalists:  # a specialist's validation rows should be the generalists' rows of its languages
             report["specialist_coverage"] = specialist_coverage(runs, every, routes)
-    honest = cross_fitted(oof, tuning, routes)
+    folds = cross_fitted(oof, tuning, routes)
+    honest = combined(oof, folds, how)
     report["oof/accuracy"]["ensemble_cross_fitted"] = accuracy(honest, winner)
     report["oof/log_loss"]["ensemble_cross_fitted"] = log_loss(honest, target)
-    if k == 2 and not routes.has_specialists:
+    report["cross_fitting"] = {
+        "parts": CROSS_FIT_PARTS,
+        "rows": oof.parts()[1],
+        "not_accounted_for": NOT_ACCOUNTED_FOR,
+    }
+    if k == 2 and not routes.has_specialists:  # cross-fitted too: each part with the weights of the other parts
         order = least_confident_first(p[:, 0])
-        report["oof/cascade"] = {}
+        report["oof/cascade_cross_fitted"] = {}
         for share in CASCADE_COVERAGE:
             reached = np.zeros(len(p), dtype=bool)
             reached[order[: int(round(share * len(p)))]] = True
-            q = cascade(p, languages, weights, how, reached)
-            report["oof/cascade"][f"{int(share * 100)}%"] = {
+            q = combined(oof, folds, how, reached)
+            report["oof/cascade_cross_fitted"][f"{int(share * 100)}%"] = {
                 "accuracy": accuracy(q, winner),
                 "log_loss": log_loss(q, target),
             }
     return report
+
+
+def shared_share(every: Oof, routes: Routes) -> float:
+    """Rows every generalist validated, as a share of the rows of the generalist that validated most (1.0 when
+    they were trained on the same split; 0 for runs of different folds)."""
+    if not routes.generalists:
+        return 1.0
+    own = max(int((~np.isnan(every.p[:, i])).sum()) for i in routes.generalists)
+    return float(_complete(every.p, routes.generalists).sum() / own) if own else 0.0
 
 
 def specialist_coverage(runs: Sequence[str | Path], every: Oof, routes: Routes) -> dict[str, float]:

@@ -11,7 +11,7 @@ of both orders.
 
 from __future__ import annotations
 
-import hashlib
+import json
 import logging
 from pathlib import Path
 from typing import Any, Sequence
@@ -20,8 +20,9 @@ import numpy as np
 import pandas as pd
 
 from duelist.core.errors import DuelistError
+from duelist.core.files import atomic_dir, write_json
 from duelist.core.metrics import accuracy, log_loss
-from duelist.data.pairs import normalized
+from duelist.data.pairs import prompt_keys, prompt_parts
 from duelist.data.splits import load_train_valid
 from duelist.models.trees import FeatureModel, check_trees
 from duelist.predict.ensemble import combine, read_oof
@@ -49,11 +50,6 @@ def validation_rows(runs: Sequence[str | Path], ids: pd.Series) -> pd.DataFrame:
             "with the same data files"
         )
     return found.loc[ids.to_numpy()].reset_index()
-
-
-def prompt_parts(prompts: pd.Series, parts: int = PARTS) -> np.ndarray:
-    """Part of every row, from a hash of its normalised prompt: rows of one prompt share a part."""
-    return np.array([int(hashlib.sha256(p.encode()).hexdigest()[:8], 16) % parts for p in normalized(prompts)])
 
 
 def _fit(
@@ -91,7 +87,7 @@ def fit(runs: Sequence[str | Path], trees: Any, seed: int = 0) -> tuple[dict[str
     extra = pd.DataFrame(p, columns=member_columns(k))
     x, x_swapped = FeatureModel.features(rows, extra)
     target, winner = oof["target"].to_numpy(dtype=float), oof["winner"].to_numpy()
-    part = prompt_parts(rows["prompt"])
+    part = prompt_parts(prompt_keys(rows["prompt"]), PARTS)
     honest = np.full(len(oof), np.nan)
     for j in range(PARTS):
         held = part == j
@@ -129,3 +125,33 @@ def predict(model: FeatureModel, test: pd.DataFrame, members: np.ndarray) -> np.
     """The stacker's p_a for the test rows from their members' p_a (columns of ``members``), both orders averaged."""
     x, x_swapped = FeatureModel.features(test, pd.DataFrame(members, columns=member_columns(members.shape[1])))
     return model.predict(x, x_swapped)
+
+
+REPORT = "stacker.json"
+
+
+def save(model: FeatureModel, report: dict[str, Any], folder: str | Path) -> None:
+    """The fitted stacker as an ensemble artifact (written atomically): LightGBM's text model and its columns, and the
+    report it was fitted with (the members it expects, their OOF scores). Text and JSON only."""
+    with atomic_dir(folder) as tmp:
+        model.save(tmp)
+        write_json(tmp / REPORT, report)
+
+
+def load(folder: str | Path, runs: Sequence[str | Path]) -> tuple[dict[str, Any], FeatureModel]:
+    """A stacker saved by :func:`save` for these ``runs`` (``ensemble.stacker=FOLDER``): scoring with it needs neither
+    the training data nor a refit, so it runs from the offline Kaggle package."""
+    folder = Path(folder)
+    if not (folder / REPORT).is_file():
+        raise DuelistError(
+            f"ensemble.stacker={folder}: no {REPORT} there; pass the SUBMISSION.stacker folder an earlier "
+            "infer.py ensemble=stack wrote"
+        )
+    report = json.loads((folder / REPORT).read_text())
+    model = FeatureModel.load(folder)
+    if len(model.extra) != len(runs):
+        raise DuelistError(
+            f"ensemble.stacker={folder}: it combines {len(model.extra)} members and runs=[...] names {len(runs)}; "
+            f"pass the runs it was fitted on, in that order ({', '.join(report['runs'])})"
+        )
+    return {**report, "stacker": str(folder.resolve())}, model

@@ -9,11 +9,12 @@ by ``train()``). ``infer.py`` picks ensemble members with the same code.
 from __future__ import annotations
 
 import argparse
+import hashlib
 import logging
-import sys
 from pathlib import Path
 from typing import Any, Iterable, Optional
 
+import numpy as np
 import pandas as pd
 from omegaconf import OmegaConf
 
@@ -118,19 +119,59 @@ def best_run(model: str, roots: Iterable[str] = DEFAULT_ROOTS, sort: str = "val/
     return str(runs.iloc[0]["run_dir"])
 
 
-def best_models(k: int, roots: Iterable[str] = DEFAULT_ROOTS, sort: str = "val/accuracy") -> list[str]:
-    """The ``k`` best model names (each judged by its best run), best first. Fewer than ``k`` names trained: one line
-    that says which command trains another."""
+def validation_rows(run_dir: str) -> str:
+    """Which rows a run was validated on: a digest of its ``oof.parquet`` ids ("" when it has none)."""
+    oof = RunDir(run_dir).oof_file
+    if not oof.is_file():
+        return ""
+    ids = sorted(map(str, pd.read_parquet(oof, columns=["id"])["id"]))
+    return hashlib.sha256("\x00".join(ids).encode()).hexdigest()[:16]
+
+
+def pick_members(members: Any, roots: Iterable[str], sort: str) -> list[str]:
+    """The best run of each model named in ``members`` (``auto``: of the two best model names), compared only with
+    runs validated on the same rows: runs are grouped by their validation rows (another fold, seed or data file is
+    another group) and the members come from one group, the one where their best runs score best together (with every
+    fold trained, that is picking per fold). Names without runs in one shared group: one line."""
+    auto = members == "auto"
     runs = candidates(find_runs(roots, sort=sort))
     names = list(dict.fromkeys(runs["model"])) if not runs.empty else []
-    if len(names) < k:
+    if auto and len(names) < 2:
         found = f"only {', '.join(names)}" if names else "none"
         raise DuelistError(
-            f"ensemble.members=auto needs finished runs of {k} model names under {', '.join(roots)}; found {found}. "
-            f"Train another model family (on a CPU: python train.py and python train.py experiment=minilm_full are two; "
-            f"on a GPU: python train.py experiment=wsdm_gemma2_9b model=qwen2_5_14b ...), or pass runs=[RUN_DIR,...]"
+            f"ensemble.members=auto needs finished runs of 2 model names under {', '.join(roots)}; found {found}. "
+            "Train another model family (on a CPU: python train.py and python train.py experiment=minilm_full are two; "
+            "on a GPU: python train.py experiment=wsdm_gemma2_9b model=qwen2_5_14b ...), or pass runs=[RUN_DIR,...]"
         )
-    return names[:k]
+    absent = [] if auto else [m for m in members if m not in names]
+    if absent:
+        raise DuelistError(
+            f"no finished run of model {absent[0]} under {', '.join(roots)}; train one or pass runs=[DIR,...]"
+        )
+    runs = runs.assign(validation=[validation_rows(r) for r in runs["run_dir"]])
+    options = []
+    for rows, group in runs.groupby("validation", sort=False):
+        here = list(dict.fromkeys(group["model"]))  # best first
+        wanted = here[:2] if auto else members
+        if len(wanted) == (2 if auto else len(members)) and set(wanted) <= set(here):
+            best = [group[group["model"] == name].iloc[0] for name in wanted]
+            score = float(np.mean([b[sort] for b in best]))
+            options.append((score if sort in LOWER_IS_BETTER else -score, [str(b["run_dir"]) for b in best]))
+    if not options:
+        wanted = "any two model names" if auto else ", ".join(members)
+        raise DuelistError(
+            f"ensemble.members: no runs of {wanted} were validated on the same rows (their folds, data.split_seed or "
+            "data files differ), so their OOF predictions cannot be compared or combined: train them on the same "
+            "data, data.split_seed and data.fold, or pass runs=[RUN_DIR,...]"
+        )
+    options.sort(key=lambda option: option[0])
+    if len(options) > 1:
+        log.info(
+            "ensemble.members: %d sets of validation rows (folds) hold every member; picked the one where the "
+            "members score best together",
+            len(options),
+        )
+    return options[0][1]
 
 
 def pick_runs(cfg: Any, members: list[str] | None = None, what: str = "ensemble.members") -> list[Path]:
@@ -140,16 +181,19 @@ def pick_runs(cfg: Any, members: list[str] | None = None, what: str = "ensemble.
     if cfg.runs:
         return _checked(cfg.runs)
     members = cfg.ensemble.members if members is None else members
-    if members == "auto":
-        members = best_models(2, cfg.ensemble.roots, cfg.ensemble.select_by)
-    elif isinstance(members, str) or not hasattr(members, "__iter__"):
+    if members != "auto" and (isinstance(members, str) or not hasattr(members, "__iter__")):
         raise DuelistError(f"{what}={members}: use auto or a list of model names, e.g. [gemma2_9b, qwen2_5_14b]")
-    members = list(members)
-    if not members:
-        raise DuelistError(f"no runs: pass runs=[RUN_DIR,...] or name model families in {what} (e.g. ensemble=two_model)")
-    picked = [best_run(m, cfg.ensemble.roots, cfg.ensemble.select_by) for m in members]
-    for model, run in zip(members, picked):
-        log.info("%s %s: best run by %s is %s", what, model, cfg.ensemble.select_by, run)
+    if members != "auto" and not list(members):
+        raise DuelistError(
+            f"no runs: pass runs=[RUN_DIR,...] or name model families in {what} (e.g. ensemble=two_model)"
+        )
+    roots, sort = cfg.ensemble.roots, cfg.ensemble.select_by
+    if what == "teachers":  # labelling needs no shared validation rows: the best run of each model
+        picked = [best_run(m, roots, sort) for m in members]
+    else:
+        picked = pick_members(members if members == "auto" else list(members), roots, sort)
+    for run in picked:
+        log.info("%s: best run by %s: %s", what, sort, run)
     return _checked(picked)
 
 
@@ -179,4 +223,3 @@ def main(argv: Optional[list[str]] = None) -> int:
     with pd.option_context("display.max_colwidth", 80, "display.width", 200, "display.float_format", "{:.4f}".format):
         print(shown.to_string(index=False))
     return 0
-

@@ -2,7 +2,7 @@
 
     RUN/config.yaml           the resolved config of the run
     RUN/checkpoint/           the best model; checkpoint/config.yaml is what infer.py rebuilds from
-    RUN/oof.parquet           validation predictions of that checkpoint (id, p_a, winner, language, fold, source, target)
+    RUN/oof.parquet           validation predictions of that checkpoint (id, p_a, winner, language, ..., prompt_key)
     RUN/history.json          the curves: [step, value] pairs of train/loss and of every validation metric
     RUN/metrics.json          final numbers; written last, so its presence marks a finished run
     RUN/exported_from.json    only in copies written by ``python -m duelist export``: which run it was made from
@@ -72,11 +72,13 @@ class RunDir:
     def require_checkpoint(self) -> "RunDir":
         if not self.path.is_dir():
             raise DuelistError(
-                f"{self.path}: no such run dir; pass the Hydra run dir of a train.py run (python -m duelist.runs lists them)"
+                f"{self.path}: no such run dir; pass the Hydra run dir of a train.py run (python -m duelist.runs lists "
+                "them)"
             )
         if not self.has_checkpoint():
             raise DuelistError(
-                f"{self.path}: not a finished run dir (no {CHECKPOINT}/{CONFIG}); pass the Hydra run dir of a train.py run"
+                f"{self.path}: not a finished run dir (no {CHECKPOINT}/{CONFIG}); pass the Hydra run dir of a train.py "
+                "run"
             )
         return self
 
@@ -98,7 +100,8 @@ class RunDir:
         return pd.read_parquet(self.oof_file)
 
     def read_history(self) -> dict[str, list]:
-        """``{"train/loss": [[step, value], ...], "val/accuracy": [...], ...}``; empty for runs from before it existed."""
+        """``{"train/loss": [[step, value], ...], "val/accuracy": [...], ...}``; empty for runs from before it
+        existed."""
         file = self.path / HISTORY
         return json.loads(file.read_text()) if file.is_file() else {}
 

@@ -33,9 +33,9 @@ import numpy as np
 import torch
 from omegaconf import DictConfig, OmegaConf
 
+from duelist.core.config import flatten, upgraded
 from duelist.core.errors import DuelistError
 from duelist.core.files import atomic_dir
-from duelist.core.config import flatten, upgraded
 from duelist.runs.run_dir import RunDir
 
 log = logging.getLogger(__name__)
@@ -171,12 +171,14 @@ class SavedState:
     wandb_id: str | None
     config: dict[str, Any]
     processes: int
+    data: dict[str, str] = field(default_factory=dict)  # digest of each data file's rows (data.splits.fingerprints)
     weights: dict[str, torch.Tensor] = field(repr=False, default_factory=dict)
     optimizer: dict[str, Any] = field(repr=False, default_factory=dict)
 
 
 def state_dirs(run: RunDir) -> list[Path]:
-    """Complete states of ``run``, newest first (a half-written one is a hidden ``.step-*.tmp`` folder, never listed)."""
+    """Complete states of ``run``, newest first (a half-written one is a hidden ``.step-*.tmp`` folder, never
+    listed)."""
     folder = run.path / STATES
     if not folder.is_dir():
         return []
@@ -238,6 +240,7 @@ def save_state(run: RunDir, state: SavedState, keep: int) -> Path:
             "wandb_id": state.wandb_id,
             "config": state.config,
             "processes": state.processes,
+            "data": state.data,
         }
         save_file(arrays, str(tmp / "arrays.safetensors"))
         (tmp / "state.json").write_text(json.dumps(info, default=float))  # last: a state without it is incomplete
@@ -246,8 +249,9 @@ def save_state(run: RunDir, state: SavedState, keep: int) -> Path:
     return final
 
 
-def load_state(path: Path) -> SavedState:
-    """Read a state folder completely (any damage raises here, not halfway through training)."""
+def load_state(path: Path, tensors: bool = True) -> SavedState:
+    """Read a state folder completely (any damage raises here, not halfway through training); ``tensors=False``: all
+    but the weights and the optimizer state (a process other than rank 0, which receives them from rank 0)."""
     from safetensors.torch import load_file
 
     info = json.loads((path / "state.json").read_text())
@@ -280,8 +284,9 @@ def load_state(path: Path) -> SavedState:
         wandb_id=info["wandb_id"],
         config=info["config"],
         processes=info["processes"],
-        weights=load_file(str(path / "trainable.safetensors")),
-        optimizer=_read(path, "optimizer"),
+        data=info.get("data", {}),  # empty: a state written before data fingerprints
+        weights=load_file(str(path / "trainable.safetensors")) if tensors else {},
+        optimizer=_read(path, "optimizer") if tensors else {},
     )
 
 
@@ -311,7 +316,12 @@ def resolved(cfg: DictConfig) -> dict[str, Any]:
 
 
 def check_same_config(
-    saved: dict[str, Any], cfg: DictConfig, where: Path, processes: int, saved_processes: int, ignore: Iterable[str] = ()
+    saved: dict[str, Any],
+    cfg: DictConfig,
+    where: Path,
+    processes: int,
+    saved_processes: int,
+    ignore: Iterable[str] = (),
 ) -> None:
     """Refuse to continue (or to call finished) a run trained with other settings, naming the keys."""
     diff = config_differences(saved, resolved(cfg), ignore)
@@ -325,8 +335,24 @@ def check_same_config(
         )
 
 
+def check_same_data(state: SavedState, current: dict[str, str]) -> None:
+    """Refuse to resume on other rows: a data file rewritten since the state was saved (the January workflow
+    regenerates its pseudo-labelled files) would train on other rows, and the saved best predictions would be paired
+    with other validation rows. ``current``: :func:`duelist.data.splits.fingerprints` of the rows loaded now."""
+    if not state.data:  # written before states recorded their data
+        return
+    changed = sorted(f for f in set(state.data) | set(current) if state.data.get(f) != current.get(f))
+    if changed:
+        more = f" (and {len(changed) - 1} more file(s))" if len(changed) > 1 else ""
+        raise DuelistError(
+            f"{changed[0]}: its rows are not the ones the training state {state.path} was trained on{more}; resuming "
+            "would train on other rows: put the file back as it was, or start over with trainer.resume=never"
+        )
+
+
 def find_state(cfg: DictConfig, run: RunDir, processes: int, ignore: Iterable[str] = ()) -> SavedState | None:
-    """The state ``trainer.resume`` asks for: ``auto`` the newest usable one in ``run`` (None when there is none: a fresh
+    """The state ``trainer.resume`` asks for: ``auto`` the newest usable one in ``run`` (None when there is none: a
+    fresh
     start), ``never`` None, or PATH (a state folder, or a run dir's newest usable state). Refuses a state trained with a
     different config; an unreadable state is skipped with a warning for the one before it."""
     how = cfg.trainer.resume

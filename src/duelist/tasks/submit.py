@@ -17,7 +17,7 @@ import numpy as np
 import pandas as pd
 
 from duelist.core.errors import DuelistError
-from duelist.core.files import atomic_dir, write_csv, write_json, write_parquet
+from duelist.core.files import write_csv, write_json, write_parquet
 from duelist.core.hardware import pick_device
 from duelist.core.metrics import least_confident_first, longer_answer_p_a, predicted_winner
 from duelist.core.time_budget import Deadline
@@ -51,7 +51,11 @@ def ensemble_weights(cfg: Any, runs: list[Path]) -> tuple[dict[str, Any], Featur
     """The ensemble's report (weights, OOF scores) and, for ``ensemble.weights=stack``, the stacker."""
     ens = cfg.ensemble
     if ens.weights == "stack":
-        report, stacker = stacking.fit(runs, ens.trees)
+        if ens.stacker:  # fitted before (the Kaggle package): no training data needed
+            report, stacker = stacking.load(ens.stacker, runs)
+            print(f"stacker: {ens.stacker}, fitted on {report['shared_oof_rows']} shared OOF rows")
+        else:
+            report, stacker = stacking.fit(runs, ens.trees)
         acc, loss = report["oof/accuracy"], report["oof/log_loss"]
         print(
             f"stacker: LightGBM on {len(runs)} members' OOF p_a and the pair's features, {report['shared_oof_rows']} "
@@ -100,17 +104,21 @@ def ensemble_weights(cfg: Any, runs: list[Path]) -> tuple[dict[str, Any], Featur
     for name in acc:
         note = {
             "ensemble": "  (weights tuned on these rows: optimistic)",
-            "ensemble_cross_fitted": "  (each fifth scored with weights tuned on the other four: the honest estimate)",
+            "ensemble_cross_fitted": "  (each fifth, grouped by prompt, scored with weights tuned on the other four)",
         }.get(name, "")
         if name in rows and rows[name] != report["shared_oof_rows"]:
             langs = report["specialists"].get(report["runs"][int(name.removeprefix("member"))])
             note = f"  ({rows[name]} rows{': ' + ', '.join(langs) if langs else ''})"
         print(f"  OOF {name:>21}: accuracy {acc[name]:.4f}  log loss {loss[name]:.4f}{note}")
-    for coverage, score in report.get("oof/cascade", {}).items():
+    for coverage, score in report.get("oof/cascade_cross_fitted", {}).items():
         print(
-            f"  OOF cascade, member 2 on the {coverage:>4} least certain rows of member 1: accuracy "
+            f"  OOF cascade (cross-fitted), member 2 on the {coverage:>4} least certain rows of member 1: accuracy "
             f"{score['accuracy']:.4f}  log loss {score['log_loss']:.4f}"
         )
+    print(
+        f"  cross-fitted parts: {report['cross_fitting']['rows']}; not accounted for: "
+        f"{report['cross_fitting']['not_accounted_for']}"
+    )
     return report, None
 
 
@@ -146,8 +154,8 @@ def submit(cfg: Any) -> pd.DataFrame:
     output = Path(cfg.output)
     if stacker is not None:
         probs["p_a"] = stacking.predict(stacker, test, members)
-        with atomic_dir(output.with_suffix(".stacker")) as tmp:  # booster.txt + columns.json: the stacker used
-            stacker.save(tmp)
+        if not cfg.ensemble.stacker:  # the fitted stacker, for ensemble.stacker=... (the Kaggle package)
+            stacking.save(stacker, report, output.with_suffix(".stacker"))
     else:
         probs["p_a"] = ensemble.apply(members, languages, report["weights"], report["combine"])
     return write_submission(cfg, output, test, probs, report)

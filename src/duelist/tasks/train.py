@@ -22,7 +22,8 @@ from omegaconf import DictConfig, OmegaConf
 from duelist.core import plots
 from duelist.core.errors import DuelistError
 from duelist.core.tracking import NullTracker, make_tracker
-from duelist.data.splits import load_train_valid
+from duelist.data.pairs import prompt_keys
+from duelist.data.splits import fingerprints, load_train_valid
 from duelist.models.distributed import broadcast
 from duelist.models.interface import Fitted, ModelKind
 from duelist.models.kinds import kind_of
@@ -30,6 +31,7 @@ from duelist.runs.run_dir import RunDir
 from duelist.runs.states import (
     SavedState,
     check_same_config,
+    check_same_data,
     clean_states,
     find_state,
     load_state,
@@ -99,8 +101,10 @@ def train(cfg: DictConfig, run_dir: str | Path) -> float:
         )
         return value if main else float("nan")
     if decision.get("state") and not main:
-        resume = load_state(Path(decision["state"]))
+        resume = load_state(Path(decision["state"]), tensors=False)  # rank 0 sends the weights and optimizer
     train_rows, valid = load_train_valid(cfg.data)
+    if resume is not None:  # every process holds the state: all refuse together
+        check_same_data(resume, fingerprints(train_rows, valid))
     if not main:
         job.fit(train_rows, valid, NullTracker(), resume)
         return float("nan")  # rank 0 writes the run dir and reports the metric
@@ -132,8 +136,10 @@ def write_outputs(
 ) -> None:
     """What every finished run leaves besides its checkpoint: oof.parquet, history.json, the charts, the tracker's
     summary, and metrics.json last (its presence marks the run finished)."""
-    oof = valid[["id", "winner", "language", "source", "fold"]].assign(p_a=fitted.p_a, target=valid["p_a"].to_numpy())
-    oof = oof[["id", "p_a", "winner", "language", "fold", "source", "target"]]
+    oof = valid[["id", "winner", "language", "source", "fold"]].assign(
+        p_a=fitted.p_a, target=valid["p_a"].to_numpy(), prompt_key=prompt_keys(valid["prompt"]).to_numpy()
+    )
+    oof = oof[["id", "p_a", "winner", "language", "fold", "source", "target", "prompt_key"]]
     run.write_oof(oof)
     curves = {"train/loss": [list(point) for point in fitted.train_curve]}
     for key in ("val/accuracy", "val/log_loss"):

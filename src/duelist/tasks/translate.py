@@ -32,7 +32,7 @@ from tqdm.auto import tqdm
 from duelist.core.files import open_shard_folder, write_parquet
 from duelist.core.hardware import pick_device
 from duelist.core.languages import language_name
-from duelist.data.pairs import CANONICAL_COLUMNS, TEXT_COLUMNS
+from duelist.data.pairs import CANONICAL_COLUMNS, TEXT_COLUMNS, pair_keys, prompt_keys
 from duelist.data.reading import canonicalize, read_table
 from duelist.tasks.generate import chat_text, check_backend, make_backend
 
@@ -164,6 +164,8 @@ def translate(cfg: Any) -> pd.DataFrame:
                     **{c: done[c].to_numpy() for c in TEXT_COLUMNS},
                     id=[f"{i}@{language}" for i in done["id"]],
                     source_id=done["id"].to_numpy(),
+                    source_pair=pair_keys(source).to_numpy(),  # keys of the texts it was made from: the leakage
+                    source_prompt=prompt_keys(source["prompt"]).to_numpy(),  # guard finds them under any id
                     source_language=source["language"].to_numpy(),
                     language=language,
                     translated=True,

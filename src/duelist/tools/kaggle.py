@@ -34,6 +34,7 @@ from duelist.core.files import atomic_dir
 from duelist.core.logs import quiet_library_logs
 from duelist.models.kinds import run_kind
 from duelist.models.network import MINILM_WHEEL
+from duelist.predict import stacking
 from duelist.runs.run_dir import RunDir
 from duelist.tools.export import export_run
 
@@ -91,7 +92,11 @@ def needed_packages(runs: Sequence[str], merge: bool, quantization: str) -> set[
     return needed
 
 
-def build(runs: Sequence[str], out: str | Path, merge: bool, quantization: str = "none") -> Path:
+def build(
+    runs: Sequence[str], out: str | Path, merge: bool, quantization: str = "none", stacker: str | None = None
+) -> Path:
+    """The package; ``stacker``: a fitted stacker (SUBMISSION.stacker of an ``ensemble=stack`` run on these runs,
+    in this order): the package then scores with ``ensemble=stack`` and that stacker, no training data needed."""
     out = Path(out)
     root = conf_dir().parent
     if not (root / "infer.py").is_file() or not (root / "src" / "duelist").is_dir():
@@ -132,6 +137,11 @@ def build(runs: Sequence[str], out: str | Path, merge: bool, quantization: str =
         shutil.copy2(root / "infer.py", tmp / "infer.py")
         shutil.copytree(root / "conf", tmp / "conf")
         run_list = ",".join(f"$HERE/runs/{n}" for n in names)
+        stack = ""
+        if stacker:
+            stacking.load(stacker, runs)  # it combines these runs: one line otherwise
+            shutil.copytree(stacker, tmp / "stacker")
+            stack = 'ensemble=stack "ensemble.stacker=$HERE/stacker" '
         (tmp / "run.sh").write_text(
             "#!/usr/bin/env bash\n"
             "# usage: bash run.sh TEST_FILE [OUTPUT_CSV] [more infer.py overrides, e.g. tta=swap time_budget_min=690]\n"
@@ -145,6 +155,7 @@ def build(runs: Sequence[str], out: str | Path, merge: bool, quantization: str =
             'HF_HUB_OFFLINE=1 WANDB_MODE=disabled python "$HERE/infer.py" '
             f'"runs=[{run_list}]" "data.test=$TEST" "output=$OUT" '
             '"hydra.run.dir=${TMPDIR:-/tmp}/duelist-infer" '
+            + stack
             + (f"quantization={quantization} " if quantization != "none" else "")
             + '"$@"\n'
         )
@@ -177,5 +188,11 @@ def main(argv: Sequence[str] | None = None) -> Path:
         help="score with the weights quantized (int8 | nf4: a 9B model on a 16 GB T4); ships bitsandbytes and sets it "
         "in run.sh",
     )
+    parser.add_argument(
+        "--stacker",
+        help="a fitted stacker (the SUBMISSION.stacker folder of infer.py ensemble=stack on these runs, in this "
+        "order): "
+        "the package scores with it",
+    )
     args = parser.parse_args(argv)
-    return build(args.run, args.out, args.merge, args.quantization)
+    return build(args.run, args.out, args.merge, args.quantization, args.stacker)

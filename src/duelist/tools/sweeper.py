@@ -45,6 +45,31 @@ def quoted(value: Any) -> str:
     return "'" + str(value).replace("'", "\\'") + "'"
 
 
+def fail_stale_trials(study: optuna.Study) -> list[int]:
+    """Fail the study's RUNNING trials whose heartbeat stopped and queue each again (the storage's failed-trial
+    callback: ``RetryFailedTrialCallback``); returns their numbers. Several workers may find the same stale trial at
+    once: a trial another worker failed first (Optuna refuses to update a finished trial) is theirs, not an error."""
+    storage = study._storage  # Optuna wraps an RDB storage in a cache, which knows how to reach it (_backend)
+    rdb = getattr(storage, "_backend", storage)
+    if not (isinstance(rdb, optuna.storages.RDBStorage) and storage.is_heartbeat_enabled()):
+        return []
+    failed = []
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ExperimentalWarning)
+        for trial_id in rdb._get_stale_trial_ids(study._study_id):
+            try:
+                if storage.set_trial_state(trial_id, optuna.trial.TrialState.FAIL):
+                    failed.append(trial_id)
+            except RuntimeError:  # already finished: another worker failed it first
+                continue
+        retry = storage.get_failed_trial_callback()
+        for trial_id in failed:
+            trial = storage.get_trial(trial_id)
+            if retry is not None:
+                retry(study, trial)
+    return [storage.get_trial(trial_id).number for trial_id in failed]
+
+
 class RetryingSweeperImpl(OptunaSweeperImpl):
     def __init__(
         self, heartbeat_interval: int, grace_period: int, max_retry: int, storage: Optional[Any], **kwargs: Any
@@ -77,20 +102,11 @@ class RetryingSweeperImpl(OptunaSweeperImpl):
         return isinstance(self.storage, optuna.storages.RDBStorage) and self.storage.is_heartbeat_enabled()
 
     def _fail_stale_trials(self, study: optuna.Study) -> None:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", ExperimentalWarning)
-            before = {t.number for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.WAITING,))}
-            optuna.storages.fail_stale_trials(study)
-            queued = [
-                t
-                for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.WAITING,))
-                if t.number not in before
-            ]
-        for t in queued:
+        for number in fail_stale_trials(study):
             log.warning(
                 "trial %s stopped sending heartbeats (its worker died): failed, and queued again with the same "
                 "parameters",
-                t.system_attrs.get("failed_trial"),
+                number,
             )
 
     def sweep(self, arguments: List[str]) -> None:
