@@ -340,7 +340,14 @@ def generate(cfg: Any) -> pd.DataFrame:
         log.warning("%d of %d pairs have an empty response and are left out", int(empty.sum()), len(pairs))
     pairs = pairs[~empty].reset_index(drop=True)
     pairs = pairs.assign(
-        winner=None, source=f"generated:{g.name}", p_a=math.nan, pseudo_label=False, translated=False, source_id=None
+        winner=None,
+        source=f"generated:{g.name}",
+        p_a=math.nan,
+        pseudo_label=False,
+        translated=False,
+        source_id=None,  # new pairs of a prompt: made from no pair (a prompt's rows stay in one fold when split)
+        source_pair=None,
+        source_prompt=None,
     )[CANONICAL_COLUMNS]
     write_parquet(output, pairs)
     counts = pairs.groupby(["model_a", "model_b"]).size().to_dict()
