@@ -69,7 +69,7 @@ def test_typo_fails_at_compose_time(override: str) -> None:
         ("optimized_metric=val/acc", "val/accuracy, val/log_loss"),
         ("data.ties=keep", "drop, soft"),
         ("distillation.loss=mse", "ce, kl"),
-        ("model.arch=gpt2", "gemma2, qwen2, llama, bert"),
+        ("model.pooling=cls", "model, mean"),
     ],
 )
 def test_a_value_outside_a_fixed_choice_fails_at_compose_time_with_the_choices(override: str, allowed: str) -> None:
@@ -246,3 +246,15 @@ def test_run_configs_written_before_a_model_key_existed_read_with_the_value_they
         assert (
             model.pooling == "model" and model.length_hint == "none"
         )  # [CLS] pooler, no length line: how they trained
+
+
+def test_any_hugging_face_sequence_classifier_type_is_a_model_arch_and_a_typo_names_the_close_ones() -> None:
+    from duelist.core.errors import DuelistError
+    from duelist.tasks.checks import check_train_config
+
+    check_train_config(compose_train(["model=tiny_qwen2", "model.arch=qwen3", "logger=none"]))  # no code knows qwen3
+    check_train_config(compose_train(["model=tiny_qwen2", "model.arch=mistral", "logger=none"]))
+    with pytest.raises(DuelistError, match=r"model.arch=qwen33: transformers has no \*ForSequenceClassification .*"):
+        check_train_config(compose_train(["model=tiny_qwen2", "model.arch=qwen33", "logger=none"]))
+    with pytest.raises(DuelistError, match=r"close: qwen3, "):
+        check_train_config(compose_train(["model=tiny_qwen2", "model.arch=qwen33", "logger=none"]))

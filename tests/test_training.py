@@ -132,9 +132,20 @@ def test_tta_swap_averages_both_orders(tmp_path) -> None:
     np.testing.assert_allclose(swap["p_a"], (plain["p_a"] + 1 - p_swapped) / 2, atol=1e-6)
 
 
-@pytest.mark.parametrize("model,lora", [("tiny_gemma2", "default"), ("tiny_qwen2", "none"), ("tiny_llama", "default")])
+@pytest.mark.parametrize(
+    "model,lora",
+    [
+        ("tiny_gemma2", "default"),
+        ("tiny_qwen2", "none"),
+        ("tiny_llama", "default"),
+        ("tiny_qwen2 arch=qwen3", "default"),
+    ],
+)
 def test_checkpoint_reload_gives_identical_logits(tmp_path, model: str, lora: str) -> None:
-    cfg = compose_train([*TINY, f"model={model}", f"lora={lora}", *(["lora.r=4"] if lora != "none" else [])])
+    # the last: a model type no code of duelist names (any *ForSequenceClassification type is a model.arch)
+    name, _, arch = model.partition(" arch=")
+    overrides = [f"model={name}", f"lora={lora}", *(["lora.r=4"] if lora != "none" else [])]
+    cfg = compose_train([*TINY, *overrides, *([f"model.arch={arch}"] if arch else [])])
     built = build_model(cfg.model, cfg.lora, torch.device("cpu"), seed=0)
     torch.manual_seed(1)
     with torch.no_grad():  # stand-in for training: move every trainable weight (adapters, head) off its init
@@ -149,6 +160,7 @@ def test_checkpoint_reload_gives_identical_logits(tmp_path, model: str, lora: st
         a = built.model(input_ids=ids).logits
         b = reloaded.model(input_ids=ids).logits
     assert torch.equal(a, b)
+    assert reloaded.model.config.model_type == (arch or cfg.model.arch)
     head = [n for n, _ in reloaded.model.named_parameters() if "score" in n or "classifier" in n]
     assert head, "the classification head must be part of the checkpoint"
 

@@ -53,15 +53,6 @@ def precision(name: Any) -> Precision:
 Metric = Choice("Metric", {"val/accuracy": "val/accuracy", "val/log_loss": "val/log_loss"})  # type: ignore[call-overload]
 
 
-class Arch(Choice):
-    """A network's Hugging Face ``model_type``: it selects the architecture-specific options (Gemma-2's softcapping)."""
-
-    gemma2 = "gemma2"
-    qwen2 = "qwen2"
-    llama = "llama"
-    bert = "bert"
-
-
 class TreesArch(Choice):
     features = "features"  # gradient-boosted trees (LightGBM) on hand-made pair features (duelist.models.trees)
 
@@ -163,6 +154,7 @@ class Task(Choice):
     pseudolabel = "pseudolabel"
     generate = "generate"
     translate = "translate"
+    oof = "oof"
 
 
 class Quantization(Choice):
@@ -201,7 +193,7 @@ class NetworkModelConfig:
     """``model=<a network>``: a Hugging Face sequence classifier, its tokenizer and the token budget of a pair."""
 
     name: str = MISSING
-    arch: Arch = MISSING
+    arch: str = MISSING  # any Hugging Face model_type with a *ForSequenceClassification class (checked before a job)
     name_or_path: str = MISSING
     init: Init = MISSING
     config_overrides: Dict[str, Any] = MISSING
@@ -547,6 +539,17 @@ _FLAGS_WITH_VALUE = {"--cfg", "-c", "--package", "-p", "--info", "-i", "--experi
 _OTHER_CONFIG = {"--config-path", "-cp", "--config-name", "-cn", "--config-dir", "-cd"}
 
 
+def entry_point_groups(config_dir: Path) -> dict[str, list[str]]:
+    """The config groups each entry point composes (``train``, ``infer``: the groups of its defaults list)."""
+    import yaml
+
+    groups = {}
+    for name in ("train", "infer"):
+        defaults = yaml.safe_load((Path(config_dir) / f"{name}.yaml").read_text()).get("defaults", [])
+        groups[name] = [next(iter(d)) for d in defaults if isinstance(d, dict) and not next(iter(d)).startswith("over")]
+    return groups
+
+
 def _one_line(err: Exception, overrides: list[str], config_dir: Path, config_name: str) -> str:
     """Hydra's several-line composition error as one line that names the setting and what is allowed."""
     import re
@@ -559,6 +562,11 @@ def _one_line(err: Exception, overrides: list[str], config_dir: Path, config_nam
         return f"{group}={option}: no such option in conf/{group}/; available: {', '.join(options)}"
     key = re.search(r"Could not override '([^']+)'", text) or re.search(r"Error merging override ([^=\s]+)=", text)
     key = key.group(1) if key else None
+    if key and "No match in the defaults list" in text:  # a group of the other entry point
+        groups = entry_point_groups(config_dir)
+        owner = next((f"; it is a group of {name}.py" for name, own in groups.items() if key in own), "")
+        own = ", ".join(groups[config_name])
+        return f"{key}: not a group of {config_name}.py{owner}; {config_name}.py's groups: {own}"
     if key and cause is not None and type(cause).__name__ in ("ConfigKeyError", "ConfigAttributeError"):
         parent, _, leaf = key.rpartition(".")
         known = ""

@@ -31,6 +31,15 @@ FILE_MODE = 0o666 & ~_umask()  # what a plain open() would give (mkstemp makes 0
 DIR_MODE = 0o777 & ~_umask()
 
 
+def shown(path: str | Path) -> str:
+    """A path as a user would type it here: relative to the working directory when it lies below it, else absolute."""
+    path = Path(path).resolve()
+    try:
+        return str(path.relative_to(Path.cwd().resolve()))
+    except ValueError:
+        return str(path)
+
+
 def resolve_path(path: str) -> str:
     """Expand ``~`` and ``pkg:<package>/<sub/path>`` (a file shipped inside an installed package)."""
     if not path.startswith(PKG_PREFIX):

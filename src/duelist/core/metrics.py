@@ -56,6 +56,8 @@ def compute_metrics(valid: pd.DataFrame, p_a: np.ndarray, prefix: str = "val") -
     hard = np.isin(winner, HARD)
     pred, truth = predicted_winner(p_a)[hard], winner[hard]
 
+    languages = valid.reset_index(drop=True).groupby("language").indices
+
     def by(column: str) -> dict[str, float]:
         groups = valid.reset_index(drop=True).groupby(column).indices
         return {str(k): accuracy(p_a[idx], winner[idx]) for k, idx in groups.items() if hard[idx].any()}
@@ -64,6 +66,7 @@ def compute_metrics(valid: pd.DataFrame, p_a: np.ndarray, prefix: str = "val") -
         f"{prefix}/accuracy": accuracy(p_a, winner),
         f"{prefix}/log_loss": log_loss(p_a, valid["p_a"].to_numpy()),
         f"{prefix}/accuracy_by_language": by("language"),
+        f"{prefix}/rows_by_language": {str(k): int(hard[idx].sum()) for k, idx in languages.items() if hard[idx].any()},
         f"{prefix}/accuracy_by_source": by("source"),
         f"{prefix}/position_bias": {
             "pred_a_share": float(np.mean(pred == "model_a")) if len(pred) else float("nan"),

@@ -27,11 +27,11 @@ from typing import Any, Sequence
 
 import numpy as np
 import pandas as pd
-from tqdm.auto import tqdm
 
 from duelist.core.errors import DuelistError
 from duelist.core.files import write_parquet
 from duelist.core.languages import CODES
+from duelist.core.progress import Progress
 
 log = logging.getLogger(__name__)
 
@@ -307,7 +307,7 @@ class PairEncoder:
         out: list[list[int]] = []
         tok = self.tokenizer
         chunk = 512
-        with tqdm(total=len(df), desc=desc, unit="rows", leave=False) as bar:
+        with Progress(len(df), desc, "rows") as bar:
             for start in range(0, len(df), chunk):
                 part = df.iloc[start : start + chunk]
                 enc = [

@@ -14,6 +14,7 @@ architecture (``init: random`` + ``config_overrides``) for fast tests. Checkpoin
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import os
 from dataclasses import dataclass
@@ -42,7 +43,7 @@ HEAD_NAMES = ("classifier", "score")  # names of the sequence-classification hea
 
 
 def _gemma2_options(model_cfg: Any) -> dict[str, Any]:
-    # The plan trains with attention and final-logit softcapping off; ``model.softcapping=true`` keeps
+    # The WSDM recipe trains with attention and final-logit softcapping off; ``model.softcapping=true`` keeps
     # the pretrained values (50.0 / 30.0 for Gemma-2).
     return {} if model_cfg.softcapping else {"attn_logit_softcapping": None, "final_logit_softcapping": None}
 
@@ -51,13 +52,8 @@ def _no_options(model_cfg: Any) -> dict[str, Any]:
     return {}
 
 
-# arch (Hugging Face model_type) -> extra config values derived from our model config
-ARCHITECTURES: dict[str, Callable[[Any], dict[str, Any]]] = {
-    "gemma2": _gemma2_options,
-    "qwen2": _no_options,
-    "llama": _no_options,
-    "bert": _no_options,
-}
+# arch (Hugging Face model_type) -> extra config values derived from our model config; any other type has none
+ARCHITECTURES: dict[str, Callable[[Any], dict[str, Any]]] = {"gemma2": _gemma2_options}
 
 
 def attention(model_cfg: Any) -> str:
@@ -174,8 +170,25 @@ def load_tokenizer(path: str, what: str = "name_or_path") -> Any:
     return tok
 
 
+def check_arch(arch: str) -> None:
+    """``model.arch`` must be a Hugging Face ``model_type`` with a sequence-classification head in the installed
+    transformers (any of them trains: the options of :data:`ARCHITECTURES` are extras where duelist knows them)."""
+    from transformers.models.auto.modeling_auto import MODEL_FOR_SEQUENCE_CLASSIFICATION_MAPPING_NAMES as KNOWN
+
+    if arch not in KNOWN:
+        import difflib
+
+        close = difflib.get_close_matches(arch, list(KNOWN), n=5, cutoff=0.5)
+        raise DuelistError(
+            f"model.arch={arch}: transformers has no *ForSequenceClassification model of that type"
+            + (f"; close: {', '.join(close)}" if close else "")
+            + " (model.arch is the model_type in the checkpoint's config.json; see docs/configs.md#adding-a-model)"
+        )
+
+
 def check_model_config(model_cfg: Any, lora_cfg: Any, device: torch.device) -> None:
     """Stop before loading anything when the combination cannot work here."""
+    check_arch(model_cfg.arch)
     if not lora_cfg.enabled and (lora_cfg.r or lora_cfg.alpha):
         keys = " and ".join(f"lora.{k}={lora_cfg[k]}" for k in ("r", "alpha") if lora_cfg[k])
         raise DuelistError(
@@ -219,7 +232,7 @@ def _quantization(lora_cfg: Any, inference: str = "none", compute: torch.dtype =
 
 def config_extras(model_cfg: Any) -> dict[str, Any]:
     """Values set on the Hugging Face config: the architecture's options, then ``model.config_overrides``."""
-    extra = dict(ARCHITECTURES[model_cfg.arch](model_cfg))
+    extra = dict(ARCHITECTURES.get(model_cfg.arch, _no_options)(model_cfg))
     overrides = model_cfg.config_overrides
     extra.update(OmegaConf.to_container(overrides) if isinstance(overrides, DictConfig) else dict(overrides))
     return extra
@@ -356,17 +369,82 @@ def head_and_body_parameters(model: torch.nn.Module) -> tuple[list[torch.nn.Para
     return head, body
 
 
+def adapter_card(run_config: DictConfig, metrics: Optional[dict[str, Any]], step: Optional[int]) -> str:
+    """The adapter's README (a Hugging Face model card): what it predicts, its base, adapters, data, the validation
+    numbers of the kept step, and how to load it (with duelist: PEFT alone does not rebuild the input format)."""
+    m, lora, data = run_config.model, run_config.lora, run_config.data
+    sources = [data.train] if isinstance(data.train, str) else list(data.train)
+    train = ", ".join(str(s if isinstance(s, str) else s.get("path")) for s in sources)
+    pretrained = m.init == "pretrained"
+    base = m.name_or_path if pretrained else f"{m.arch} built from its config, random weights (base/)"
+    validation = (
+        f"fold {data.fold} of {data.n_folds} (split seed {data.split_seed})" if data.valid is None else str(data.valid)
+    )
+    lines = [
+        "---",
+        "library_name: peft",
+        *([f"base_model: {m.name_or_path}"] if pretrained and not str(m.name_or_path).startswith("pkg:") else []),
+        "tags: [duelist, human-preference, pairwise, sequence-classification, lora]",
+        "---",
+        "",
+        f"# duelist LoRA adapter: {m.name} on {data.name}",
+        "",
+        "Predicts which of two chatbot responses a person preferred: prompt, response_a and response_b in, P(A wins)",
+        "out (one logit through a sigmoid; the WSDM Cup 2025 Multilingual Chatbot Arena task, metric accuracy).",
+        "",
+        f"- **base**: {base}",
+        f"- **adapters**: LoRA r={lora.r}, alpha={lora.alpha}, dropout={lora.dropout}, on {lora.target_modules}"
+        + (" over a 4-bit NF4 base (QLoRA)" if lora.qlora else "")
+        + "; the classification head is trained fully and saved with them",
+        f"- **input**: template {m.template}, at most {m.max_length} tokens per pair (config.yaml next to this folder)",
+        f"- **data**: {data.name} ({train}); validation: {validation}",
+    ]
+    if metrics is not None:
+        lines.append(
+            f"- **validation** at step {step}: accuracy {metrics['val/accuracy']:.4f} (the longer-answer rule: "
+            f"{metrics['val/baseline_longer_wins']:.4f}), log loss {metrics['val/log_loss']:.4f}, on "
+            f"{metrics['val/rows']} pairs"
+        )
+    lines += [
+        "",
+        "## Load it",
+        "",
+        "duelist loads the run dir (the folder that holds this `checkpoint/`):",
+        "",
+        "```bash",
+        "python infer.py runs=[RUN_DIR] data.test=test.parquet          # a submission",
+        "python -m duelist export run=RUN_DIR out=MERGED                 # the adapters merged into the weights",
+        "```",
+        "",
+        "or in Python: `from duelist.models.network_build import load_checkpoint; built, cfg = "
+        'load_checkpoint("RUN_DIR", torch.device("cpu"))`.',
+        "",
+    ]
+    return "\n".join(lines)
+
+
 def save_checkpoint(
-    built: Built, run_config: DictConfig, target: str | Path, state_dict: Optional[dict[str, torch.Tensor]] = None
+    built: Built,
+    run_config: DictConfig,
+    target: str | Path,
+    state_dict: Optional[dict[str, torch.Tensor]] = None,
+    metrics: Optional[dict[str, Any]] = None,
+    step: Optional[int] = None,
 ) -> None:
     """Write ``target`` atomically: it appears complete or not at all. ``state_dict``: the full weights
-    when the model itself is sharded (FSDP), else the model's own are saved."""
+    when the model itself is sharded (FSDP), else the model's own are saved; ``metrics`` (of ``step``): the validation
+    numbers the adapter's card states."""
     with atomic_dir(target) as tmp:
         OmegaConf.save(run_config, tmp / CONFIG, resolve=True)
         built.tokenizer.save_pretrained(tmp / "tokenizer")
         model = built.model
         if hasattr(model, "peft_config"):
             model.save_pretrained(tmp / "adapter", safe_serialization=True, state_dict=state_dict)
+            settings = json.loads((tmp / "adapter" / "adapter_config.json").read_text())
+            m = run_config.model  # random weights: the base/ folder beside the adapter
+            settings["base_model_name_or_path"] = m.name_or_path if m.init == "pretrained" else "base"
+            (tmp / "adapter" / "adapter_config.json").write_text(json.dumps(settings, indent=2, sort_keys=True))
+            (tmp / "adapter" / "README.md").write_text(adapter_card(run_config, metrics, step))
             if built.init_state is not None:
                 import copy
 

@@ -18,13 +18,14 @@ from typing import Any, Callable, Sequence
 import numpy as np
 import pandas as pd
 import torch
-from tqdm.auto import tqdm
 
 from duelist.core.batching import pad, sorted_batches
 from duelist.core.config import Precision, precision
 from duelist.core.errors import DuelistError
+from duelist.core.files import shown
 from duelist.core.hardware import autocast_dtype, half_weights, require_vllm, vllm_dtype
 from duelist.core.metrics import least_confident_first
+from duelist.core.progress import Progress
 from duelist.core.time_budget import Deadline
 from duelist.data.encoding import PairEncoder
 from duelist.data.pairs import swap_pairs
@@ -45,16 +46,18 @@ def predict_p_a(
     desc: str = "predict",
     max_tokens: int | None = None,
     deadline: Deadline | None = None,
+    quiet: bool = False,
 ) -> np.ndarray:
     """P(A wins) for each sequence, in input order; batches are sorted by length to cut padding and
     hold at most ``batch_size`` rows and (when given) ``max_tokens`` padded tokens. With a ``deadline``,
-    a batch predicted not to fit is not started: its rows stay NaN."""
+    a batch predicted not to fit is not started: its rows stay NaN. ``quiet``: no progress lines off a terminal (a
+    validation pass)."""
     was_training = model.training
     model.eval()
     out = np.full(len(seqs), np.nan, dtype=np.float64)
     tokens = 0
     start = time.perf_counter()
-    with tqdm(total=len(seqs), desc=desc, unit="rows", leave=False) as bar:
+    with Progress(len(seqs), desc, "rows", quiet=quiet) as bar:
         for idx in sorted_batches([len(s) for s in seqs], batch_size, max_tokens):
             ids, mask = pad([seqs[i] for i in idx], pad_id)
             if deadline is not None and not deadline.fits(ids.numel()):
@@ -67,8 +70,7 @@ def predict_p_a(
             if deadline is not None:
                 deadline.record(ids.numel(), deadline.clock() - began)
             tokens += int(mask.sum())
-            bar.update(len(idx))
-            bar.set_postfix(tok_s=f"{tokens / max(time.perf_counter() - start, 1e-9):.0f}")
+            bar.update(len(idx), tok_s=f"{tokens / max(time.perf_counter() - start, 1e-9):,.0f}")
     model.train(was_training)
     return out
 
@@ -123,7 +125,7 @@ class HFScorer:
         single score (TTA). With ``order`` (and a deadline), the first pass goes through the rows in that order
         (a cascade's second member: the rows the first is least sure of first)."""
         tta = self.cfg.tta if tta is None else tta
-        name = self.run_dir.name
+        name = f"score {shown(self.run_dir)}"
         chunk = max(4 * self.cfg.batch_size, 64)
 
         def predict(seqs: Sequence[Sequence[int]], desc: str) -> np.ndarray:
@@ -163,7 +165,7 @@ class VllmScorer:
         if not (ckpt / "model").is_dir():
             raise DuelistError(
                 f"{run_dir}: backend=vllm needs full weights (checkpoint/model/); merge the adapters first: "
-                f"python -m duelist export {run_dir} --out MERGED"
+                f"python -m duelist export run={run_dir} out=MERGED"
             )
         run_cfg = run.read_checkpoint_config()
         if run_cfg.model.pooling != "model":

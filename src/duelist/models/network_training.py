@@ -20,12 +20,12 @@ import numpy as np
 import pandas as pd
 import torch
 from omegaconf import DictConfig
-from tqdm.auto import tqdm
 
 from duelist.core.batching import pad, train_batches
 from duelist.core.errors import DuelistError
 from duelist.core.hardware import autocast_dtype, half_weights
 from duelist.core.metrics import compute_metrics, is_better
+from duelist.core.progress import Progress, duration
 from duelist.data.encoding import PairEncoder
 from duelist.data.splits import augment, fingerprints
 from duelist.models.distributed import (
@@ -200,7 +200,13 @@ class NetworkTraining:
         state, running, before = self.state, [], self.state.elapsed_s
         model.train()
         start = time.perf_counter()
-        bar = tqdm(total=total, initial=state.step, desc="train", unit="step", disable=not self.dist.main)
+        bar = Progress(
+            total, "train", "steps", initial=state.step, enabled=self.dist.main
+        )  # one bar, not one per process
+        evals_left = sum(
+            1 for s in range(state.step + 1, total + 1) if (t.eval_every > 0 and s % t.eval_every == 0) or s == total
+        )
+        eval_seconds: list[float] = []
         while state.step < total:
             if state.batches is None:  # a new epoch: the same order on every process
                 state.batches = train_batches(lengths, units, t.batch_size, t.group_by_length, rng)
@@ -227,11 +233,17 @@ class NetworkTraining:
                 state.train_curve.append((state.step, float(np.mean(running))))
                 running = []
                 state.elapsed_s = before + time.perf_counter() - start
+                bar.still_to_come = evals_left * (float(np.mean(eval_seconds)) if eval_seconds else 0.0)
                 self.log_step(tracker, bar, sched)
+                bar.pause()  # the training rate and ETA count training steps; the ETA adds the validations left
                 if (t.eval_every > 0 and state.step % t.eval_every == 0) or state.step == total:
+                    began = time.perf_counter()
                     self.evaluate(built, valid, valid_ids, tracker)
+                    eval_seconds.append(time.perf_counter() - began)
+                    evals_left -= 1
                 if t.save_every > 0 and state.step % t.save_every == 0 and state.step < total:
                     self.save_state(model, opt, sched, scaler, rng, tracker)
+                bar.resume()
                 if state.step >= total:
                     break
             state.epoch += 1
@@ -298,8 +310,8 @@ class NetworkTraining:
             },
             step,
         )
-        bar.update(1)
-        bar.set_postfix(loss=f"{loss:.4f}", tok_s=f"{speed:.0f}")
+        eta = bar.eta()
+        bar.update(1, loss=f"{loss:.4f}", tok_s=f"{speed:,.0f}", run_ETA=duration(eta) if eta is not None else "?")
 
     def evaluate(self, built: Built, valid: pd.DataFrame, valid_ids: list[list[int]], tracker: Any) -> None:
         """Validation: every process takes part (DDP: each scores its share of the rows; FSDP: the whole fold, its
@@ -325,7 +337,7 @@ class NetworkTraining:
                 state.best = {"step": state.step, "metrics": metrics, "p_a": p_a, "train/tokens_per_s": speed}
                 weights = full_state_dict(built.model) if self.dist.sharded else None  # collective: every process
                 if self.dist.main:
-                    save_checkpoint(built, self.cfg, self.run.checkpoint, weights)
+                    save_checkpoint(built, self.cfg, self.run.checkpoint, weights, metrics, state.step)
         barrier(self.dist)
 
     def validation_p_a(self, built: Built, valid_ids: list[list[int]]) -> np.ndarray | None:
@@ -336,7 +348,7 @@ class NetworkTraining:
         def score(seqs: list[list[int]]) -> np.ndarray:
             pad_id = built.tokenizer.pad_token_id
             return predict_p_a(
-                built.model, seqs, pad_id, self.t.eval_batch_size, self.device, self.amp, desc="validate"
+                built.model, seqs, pad_id, self.t.eval_batch_size, self.device, self.amp, desc="validate", quiet=True
             )
 
         if self.dist.world == 1 or self.dist.sharded:

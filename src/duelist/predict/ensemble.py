@@ -73,12 +73,16 @@ def read_oof(runs: Sequence[str | Path]) -> pd.DataFrame:
             oof["target"] = np.where(oof["winner"] == "model_a", 1.0, np.where(oof["winner"] == "model_b", 0.0, 0.5))
         if "prompt_key" not in oof:  # a run written before oof.parquet kept it
             oof["prompt_key"] = None
-        oof = oof[["id", "p_a", "target", "winner", "language", "prompt_key"]].rename(columns={"p_a": f"p_a_{i}"})
+        if "rule_p_a" not in oof:  # the same: the longer-answer rule's p_a is not known
+            oof["rule_p_a"] = np.nan
+        oof = oof[["id", "p_a", "target", "winner", "language", "prompt_key", "rule_p_a"]].rename(
+            columns={"p_a": f"p_a_{i}"}
+        )
         if merged is None:
             merged = oof
         else:
             merged = merged.merge(oof, on="id", how="outer", suffixes=("", "_new"))
-            for column in ("target", "winner", "language", "prompt_key"):
+            for column in ("target", "winner", "language", "prompt_key", "rule_p_a"):
                 merged[column] = merged[column].where(merged[column].notna(), merged.pop(f"{column}_new"))
             merged = merged.drop(columns=[c for c in merged.columns if c.endswith("_new")])
     assert merged is not None
@@ -317,6 +321,12 @@ def fit(
             "ensemble": log_loss(ensemble_p, target),
         },
     }
+    if k > 1:  # every member with the same weight (ensemble=mean)
+        mean = apply(p, languages, routes.equal_weights(), how)
+        report["oof/accuracy"]["mean"], report["oof/log_loss"]["mean"] = accuracy(mean, winner), log_loss(mean, target)
+    rule = table["rule_p_a"].to_numpy(dtype=float)[rows]
+    if not np.isnan(rule).any():  # the longer-answer rule on the same rows (older oof.parquet files lack it)
+        report["oof/rule_accuracy"] = accuracy(rule, winner)
     if routes.has_specialists:
         report["specialists"] = {str(runs[i]): sorted(s) for i, s in enumerate(routes.specialties) if s is not None}
         report["oof/rows"] = {f"member{i}": int(scored[i].sum()) for i in range(k)}

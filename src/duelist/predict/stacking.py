@@ -21,7 +21,7 @@ import pandas as pd
 
 from duelist.core.errors import DuelistError
 from duelist.core.files import atomic_dir, write_json
-from duelist.core.metrics import accuracy, log_loss
+from duelist.core.metrics import accuracy, log_loss, longer_answer_p_a
 from duelist.data.pairs import prompt_keys, prompt_parts
 from duelist.data.splits import load_train_valid
 from duelist.models.trees import FeatureModel, check_trees
@@ -116,6 +116,7 @@ def fit(runs: Sequence[str | Path], trees: Any, seed: int = 0) -> tuple[dict[str
             "mean": log_loss(mean, target),
             "stack_cross_fitted": log_loss(honest, target),
         },
+        "oof/rule_accuracy": accuracy(longer_answer_p_a(rows["response_a"], rows["response_b"]), winner),
         "stack/top_features": [[name, gain] for name, gain in list(model.importance().items())[:10]],
     }
     return report, model

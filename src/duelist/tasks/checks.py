@@ -43,8 +43,21 @@ def _output(cfg: Any, suffix: str, what: str) -> None:
 
 def check_infer_config(cfg: DictConfig) -> None:
     """infer.py: the rules of the task ``cfg.task`` asks for."""
-    check_nothing_missing(cfg, ["data.test"])
+    if cfg.task == Task.submit and not cfg.runs and not cfg.ensemble.members and OmegaConf.is_missing(cfg.data, "test"):
+        raise DuelistError(
+            "which runs, and which file? python infer.py runs=[RUN_DIR,...] data.test=test.parquet (or "
+            "ensemble=two_model data.test=... to pick the runs; python -m duelist runs lists them)"
+        )
     task = cfg.task
+    if task == Task.oof:  # the runs' validation rows: no test file
+        if not cfg.runs and not cfg.ensemble.members:
+            raise DuelistError(
+                "task=oof: which runs? runs=[RUN_DIR,...] or ensemble=two_model (python -m duelist runs lists them)"
+            )
+        if cfg.ensemble.stacker:
+            raise DuelistError("task=oof fits the ensemble on the runs' OOF rows; drop ensemble.stacker")
+        return
+    check_nothing_missing(cfg, ["data.test"])
     if task == Task.submit:
         _output(cfg, ".csv", "the submission must be a .csv file")
         if cfg.time_budget_min is not None and cfg.time_budget_min <= 0:

@@ -28,12 +28,12 @@ import numpy as np
 import pandas as pd
 import torch
 from omegaconf import OmegaConf
-from tqdm.auto import tqdm
 
 from duelist.core.errors import DuelistError
 from duelist.core.files import open_shard_folder, resolve_path, write_parquet
 from duelist.core.hardware import pick_device, require_vllm, torch_dtype, vllm_dtype
 from duelist.core.languages import detect_languages, language_names
+from duelist.core.progress import progress
 from duelist.data.pairs import CANONICAL_COLUMNS, is_text, normalized
 from duelist.data.reading import canonicalize, find_layout, read_table
 from duelist.models.network_build import load_tokenizer
@@ -298,7 +298,7 @@ def generate(cfg: Any) -> pd.DataFrame:
             log.info("%s: every shard already done", gen.name)
             continue
         backend = make_backend(gen, g, device)
-        for shard in tqdm(todo, desc=f"generate {gen.name}", unit="shard"):
+        for shard in progress(todo, f"generate {gen.name}", "shards"):
             rows = mine[mine["shard"] == shard]
             texts = backend.generate(list(rows["prompt"]), seed=g.seed + 1000 * shard + k) if len(rows) else []
             write_parquet(part_file(shard, k), pd.DataFrame({"id": rows["id"].to_numpy(), "response": texts}))

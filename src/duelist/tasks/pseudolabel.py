@@ -23,12 +23,12 @@ from typing import Any
 import numpy as np
 import pandas as pd
 from omegaconf import OmegaConf
-from tqdm.auto import tqdm
 
 from duelist.core import plots
 from duelist.core.errors import DuelistError
 from duelist.core.files import open_shard_folder, write_json, write_parquet
 from duelist.core.hardware import pick_device
+from duelist.core.progress import progress
 from duelist.data.reading import load_test
 from duelist.models.kinds import load_scorer
 from duelist.predict import ensemble
@@ -109,7 +109,7 @@ def teacher_scores(cfg: Any, teachers: list[Path], rows: pd.DataFrame, device: A
             log.info("teacher %d (%s): %d of %d shards already scored", t, run.name, n_shards - len(todo), n_shards)
         if todo:
             scorer = load_scorer(run, cfg, device)
-            for s in tqdm(todo, desc=f"teacher {t}", unit="shard", disable=len(todo) == 1):
+            for s in progress(todo, f"teacher {t}", "shards"):
                 part = rows.iloc[s * size : (s + 1) * size]
                 write_parquet(
                     files[s],

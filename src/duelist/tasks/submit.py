@@ -17,8 +17,9 @@ import numpy as np
 import pandas as pd
 
 from duelist.core.errors import DuelistError
-from duelist.core.files import write_csv, write_json, write_parquet
+from duelist.core.files import shown, write_csv, write_json, write_parquet
 from duelist.core.hardware import pick_device
+from duelist.core.logs import closing
 from duelist.core.metrics import least_confident_first, longer_answer_p_a, predicted_winner
 from duelist.core.time_budget import Deadline
 from duelist.data.reading import load_test
@@ -53,21 +54,11 @@ def ensemble_weights(cfg: Any, runs: list[Path]) -> tuple[dict[str, Any], Featur
     if ens.weights == "stack":
         if ens.stacker:  # fitted before (the Kaggle package): no training data needed
             report, stacker = stacking.load(ens.stacker, runs)
-            print(f"stacker: {ens.stacker}, fitted on {report['shared_oof_rows']} shared OOF rows")
+            how = f"the stacker {ens.stacker}, fitted on {report['shared_oof_rows']} shared OOF rows"
         else:
             report, stacker = stacking.fit(runs, ens.trees)
-        acc, loss = report["oof/accuracy"], report["oof/log_loss"]
-        print(
-            f"stacker: LightGBM on {len(runs)} members' OOF p_a and the pair's features, {report['shared_oof_rows']} "
-            "shared OOF rows"
-        )
-        for name in acc:
-            note = (
-                "  (each part scored by a stacker trained on the other parts: the honest estimate)"
-                if name == "stack_cross_fitted"
-                else ""
-            )
-            print(f"  OOF {name:>18}: accuracy {acc[name]:.4f}  log loss {loss[name]:.4f}{note}")
+            how = f"LightGBM on the members' p_a and the pair's features, {report['shared_oof_rows']} OOF rows"
+        show_report(report, how, runs)
         return report, stacker
     specialties = [RunDir(r).specialty() for r in runs]
     if any(specialties):
@@ -93,33 +84,65 @@ def ensemble_weights(cfg: Any, runs: list[Path]) -> tuple[dict[str, Any], Featur
             "weights": routes.equal_weights(),
             "specialists": {str(r): s for r, s in zip(runs, specialties) if s},
         }
-        print(f"ensemble weights (equal within each language's runs): {report['weights']}")
+        print("ensemble weights: equal within each language's runs")
+        print("\n".join(weights_table(report["weights"], [shown(r) for r in runs])))
         return report, None
     report = ensemble.fit(runs, ensemble.Tuning.of(ens), specialties)
-    acc, loss = report["oof/accuracy"], report["oof/log_loss"]
-    print(
-        f"ensemble weights (tuned on {report['shared_oof_rows']} shared OOF rows, {ens.combine}): {report['weights']}"
-    )
-    rows = report.get("oof/rows", {})  # specialists: each member's score is over the rows of its languages
-    for name in acc:
-        note = {
-            "ensemble": "  (weights tuned on these rows: optimistic)",
-            "ensemble_cross_fitted": "  (each fifth, grouped by prompt, scored with weights tuned on the other four)",
-        }.get(name, "")
-        if name in rows and rows[name] != report["shared_oof_rows"]:
-            langs = report["specialists"].get(report["runs"][int(name.removeprefix("member"))])
-            note = f"  ({rows[name]} rows{': ' + ', '.join(langs) if langs else ''})"
-        print(f"  OOF {name:>21}: accuracy {acc[name]:.4f}  log loss {loss[name]:.4f}{note}")
-    for coverage, score in report.get("oof/cascade_cross_fitted", {}).items():
-        print(
-            f"  OOF cascade (cross-fitted), member 2 on the {coverage:>4} least certain rows of member 1: accuracy "
-            f"{score['accuracy']:.4f}  log loss {score['log_loss']:.4f}"
-        )
-    print(
-        f"  cross-fitted parts: {report['cross_fitting']['rows']}; not accounted for: "
-        f"{report['cross_fitting']['not_accounted_for']}"
-    )
+    show_report(report, f"weights tuned on {report['shared_oof_rows']} shared OOF rows ({ens.combine} of p_a)", runs)
     return report, None
+
+
+SCORES = {  # the combinations an OOF report scores: how each is shown, and what it means
+    "ensemble": ("ensemble", "weights tuned on these rows: optimistic"),
+    "ensemble_cross_fitted": ("ensemble, cross-fitted", "each part scored with weights tuned on the others"),
+    "mean": ("mean", "equal weights"),
+    "stack_cross_fitted": ("stack, cross-fitted", "each part scored by a stacker trained on the others"),
+}
+
+
+def show_report(report: dict[str, Any], how: str, runs: list[Path]) -> None:
+    """An ensemble's OOF report as a user reads it: one row per member (named by run), the longer-answer rule on the
+    same rows, the combinations (as tuned, cross-fitted), the cascade; then the weights, one row per language."""
+    names = [shown(r) for r in runs]
+    acc, loss, rows = report["oof/accuracy"], report["oof/log_loss"], report.get("oof/rows", {})
+    width = max(len(n) for n in [*names, "ensemble, cross-fitted"]) + 2
+    lines = [f"ensemble of {len(names)}: {how}", f"  {'OOF':<{width}} accuracy  log loss"]
+    for i, name in enumerate(names):
+        member = f"member{i}"
+        note = ""
+        if member in rows and rows[member] != report["shared_oof_rows"]:
+            langs = report["specialists"].get(report["runs"][i])
+            note = f"  ({rows[member]} rows{': ' + ', '.join(langs) if langs else ''})"
+        lines.append(f"  {name:<{width}} {acc[member]:.4f}    {loss[member]:.4f}{note}")
+    if "oof/rule_accuracy" in report:
+        lines.append(f"  {'longer-answer rule':<{width}} {report['oof/rule_accuracy']:.4f}")
+    for key, (label, note) in SCORES.items():
+        if key in acc:
+            lines.append(f"  {label:<{width}} {acc[key]:.4f}    {loss[key]:.4f}  ({note})")
+    for coverage, score in report.get("oof/cascade_cross_fitted", {}).items():
+        lines.append(
+            f"  {'cascade ' + coverage:<{width}} {score['accuracy']:.4f}    {score['log_loss']:.4f}  (cross-fitted; "
+            f"{names[1]} on the {coverage} rows {names[0]} is least sure of)"
+        )
+    if "cross_fitting" in report:
+        parts = report["cross_fitting"]
+        lines.append(f"  cross-fitting: {parts['parts']} parts ({parts['rows']})")
+        lines.append(f"  not accounted for: {parts['not_accounted_for']}")
+    if report["combine"] != "stack":
+        lines.extend(weights_table(report["weights"], names))
+    for line in lines:
+        print(line)
+
+
+def weights_table(weights: dict[str, Any], names: list[str]) -> list[str]:
+    """Weights as a small table: one row per language (``*``: every other language), one column per member."""
+    first = max(len("language"), *(len(k) for k in weights)) + 2
+    cols = [max(len(n), 6) + 2 for n in names]
+    lines = ["  " + "weights".ljust(first) + "".join(n.ljust(w) for n, w in zip(names, cols))]
+    for lang, w in sorted(weights.items(), key=lambda kv: (kv[0] != "*", kv[0])):
+        label = "* (all others)" if lang == "*" and len(weights) > 1 else "*" if lang == "*" else lang
+        lines.append("  " + label.ljust(first) + "".join(f"{x:.2f}".ljust(c) for x, c in zip(w, cols)))
+    return lines
 
 
 def submit(cfg: Any) -> pd.DataFrame:
@@ -159,6 +182,27 @@ def submit(cfg: Any) -> pd.DataFrame:
     else:
         probs["p_a"] = ensemble.apply(members, languages, report["weights"], report["combine"])
     return write_submission(cfg, output, test, probs, report)
+
+
+def oof_report(cfg: Any) -> dict[str, Any]:
+    """``task=oof``: how the chosen runs do together on their validation rows, without a test file: each member, the
+    longer-answer rule, their mean, the tuned weights as tuned and cross-fitted (or the cross-fitted stacker), written
+    next to ``output`` as ``.ensemble.json`` (the report ``task=submit`` writes there)."""
+    runs = pick_runs(cfg)
+    ens = cfg.ensemble
+    if ens.weights == "stack":
+        report, _ = ensemble_weights(cfg, runs)
+    else:
+        specialties = [RunDir(r).specialty() for r in runs]
+        report = ensemble.fit(runs, ensemble.Tuning.of(ens), specialties)
+        if ens.weights == "equal":  # the mean is what scores with ensemble=mean; the tuned rows show what tuning adds
+            report["weights"] = ensemble.Routes(specialties).equal_weights()
+        how = f"{report['shared_oof_rows']} shared OOF rows, {ens.combine} of p_a, weights {ens.weights}"
+        show_report(report, how, runs)
+    path = Path(cfg.output).with_suffix(".ensemble.json")
+    write_json(path, report)
+    closing([f"OOF report: {path.resolve()}"])
+    return report
 
 
 def check_routes(cfg: Any, routes: ensemble.Routes, languages: np.ndarray) -> None:
@@ -240,5 +284,5 @@ def write_submission(
         output.with_suffix(".ensemble.json"),
     )
     share_a = float((submission["winner"] == "model_a").mean())
-    print(f"submission: {output} ({len(submission)} rows; model_a {share_a:.3f})")
+    closing([f"submission: {output.resolve()} ({len(submission)} rows; A predicted for {share_a:.0%} of them)"])
     return submission

@@ -21,6 +21,10 @@ from omegaconf import DictConfig, OmegaConf
 
 from duelist.core import plots
 from duelist.core.errors import DuelistError
+from duelist.core.files import shown
+from duelist.core.logs import closing
+from duelist.core.metrics import longer_answer_p_a
+from duelist.core.progress import duration
 from duelist.core.tracking import NullTracker, make_tracker
 from duelist.data.pairs import prompt_keys
 from duelist.data.splits import fingerprints, load_train_valid
@@ -137,9 +141,12 @@ def write_outputs(
     """What every finished run leaves besides its checkpoint: oof.parquet, history.json, the charts, the tracker's
     summary, and metrics.json last (its presence marks the run finished)."""
     oof = valid[["id", "winner", "language", "source", "fold"]].assign(
-        p_a=fitted.p_a, target=valid["p_a"].to_numpy(), prompt_key=prompt_keys(valid["prompt"]).to_numpy()
+        p_a=fitted.p_a,
+        target=valid["p_a"].to_numpy(),
+        prompt_key=prompt_keys(valid["prompt"]).to_numpy(),
+        rule_p_a=longer_answer_p_a(valid["response_a"], valid["response_b"]),  # the longer-answer rule on each row
     )
-    oof = oof[["id", "p_a", "winner", "language", "fold", "source", "target", "prompt_key"]]
+    oof = oof[["id", "p_a", "winner", "language", "fold", "source", "target", "prompt_key", "rule_p_a"]]
     run.write_oof(oof)
     curves = {"train/loss": [list(point) for point in fitted.train_curve]}
     for key in ("val/accuracy", "val/log_loss"):
@@ -164,10 +171,17 @@ def write_outputs(
 
 
 def report(cfg: DictConfig, run: RunDir, metrics: dict[str, Any]) -> float:
-    value = float(metrics[cfg.optimized_metric])
-    print(
-        f"{cfg.optimized_metric}={value:.4f} (val/accuracy={metrics['val/accuracy']:.4f}, "
-        f"longer-wins baseline={metrics['val/baseline_longer_wins']:.4f}, val/log_loss={metrics['val/log_loss']:.4f}); "
-        f"run dir: {run.path}"
+    """The closing block: the metric against the longer-answer rule, the time, the run dir and the next command."""
+    accuracy, rule = metrics["val/accuracy"], metrics["val/baseline_longer_wins"]
+    gap = f"{abs(accuracy - rule) * 100:.1f} points {'above' if accuracy > rule else 'below'}"
+    where = shown(run.path)
+    closing(
+        [
+            f"val/accuracy {accuracy:.4f}: {gap if accuracy != rule else 'level with'} the longer-answer rule "
+            f"({rule:.4f}) on {metrics['val/rows']} validation pairs; val/log_loss {metrics['val/log_loss']:.4f}",
+            f"time: {duration(metrics['runtime_s'])}",
+            f"run dir: {run.path.resolve()}",
+            f"next: python infer.py runs=[{where}] data.test=test.parquet output=submission.csv",
+        ]
     )
-    return value
+    return float(metrics[cfg.optimized_metric])

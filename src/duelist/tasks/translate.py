@@ -1,4 +1,4 @@
-"""task=translate: a pair file in other languages, by an instruction-tuned LLM (the plan's last-resort lever).
+"""task=translate: a pair file in other languages, by an instruction-tuned LLM (a last lever for a scarce language).
 
 ``python infer.py task=translate generate=hf data.test=pairs.parquet output=translated.parquet
 +translate.to=[Russian,Vietnamese]`` reads pairs in any supported layout (labels kept when the file has them), and for
@@ -27,11 +27,11 @@ from typing import Any
 import numpy as np
 import pandas as pd
 from omegaconf import OmegaConf
-from tqdm.auto import tqdm
 
 from duelist.core.files import open_shard_folder, write_parquet
 from duelist.core.hardware import pick_device
 from duelist.core.languages import language_name
+from duelist.core.progress import progress
 from duelist.data.pairs import CANONICAL_COLUMNS, TEXT_COLUMNS, pair_keys, prompt_keys
 from duelist.data.reading import canonicalize, read_table
 from duelist.tasks.generate import chat_text, check_backend, make_backend
@@ -142,7 +142,7 @@ def translate(cfg: Any) -> pd.DataFrame:
             gen, OmegaConf.merge(g, {"max_new_tokens": t.max_new_tokens, "temperature": 0.0}), device
         )
         log.info("translator: %s (%s backend, greedy)", gen.name, g.backend)
-        for shard, language in tqdm(todo, desc="translate", unit="shard"):
+        for shard, language in progress(todo, "translate", "shards"):
             rows = pairs[(pairs["shard"] == shard) & (pairs["language"] != language)]
             write_parquet(
                 shard_file(shard, language),
