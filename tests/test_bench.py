@@ -45,20 +45,13 @@ def test_token_budget_computes_far_fewer_padded_tokens_than_naive_padding(tmp_pa
     out = tmp_path / "bench.json"
     report = bench.main(
         [
-            "--model",
-            "tiny_gemma2",
-            "--rows",
-            str(rows),
-            "--max-length",
-            str(max_length),
-            "--median-tokens",
-            "250",
-            "--batch-size",
-            str(batch),
-            "--max-batch-tokens",
-            "8192",
-            "--out",
-            str(out),
+            "model=tiny_gemma2",
+            f"rows={rows}",
+            f"max_length={max_length}",
+            "median_tokens=250",
+            f"batch_size={batch}",
+            "max_batch_tokens=8192",
+            f"out={out}",
         ]
     )
     saved = json.loads(out.read_text())
@@ -85,21 +78,14 @@ def test_token_budget_computes_far_fewer_padded_tokens_than_naive_padding(tmp_pa
 def test_training_benchmark_reports_tokens(tmp_path) -> None:
     report = bench.main(
         [
-            "--model",
-            "tiny_gemma2",
-            "--rows",
-            "16",
-            "--max-length",
-            "256",
-            "--median-tokens",
-            "100",
-            "--train",
-            "--train-steps",
-            "1",
-            "--train-batch",
-            "2",
-            "--out",
-            str(tmp_path / "b.json"),
+            "model=tiny_gemma2",
+            "rows=16",
+            "max_length=256",
+            "median_tokens=100",
+            "train=true",
+            "train_steps=1",
+            "train_batch=2",
+            f"out={tmp_path / 'b.json'}",
         ]
     )
     assert report["training"]["tokens_per_s"] > 0 and report["training"]["lora_r"] == 64
@@ -109,18 +95,13 @@ def test_bench_runs_the_default_model_file_and_refuses_a_length_it_cannot_cover(
     # conf/model/minilm.yaml once set other groups and the bench could not load it
     report = bench.main(
         [
-            "--model",
-            "minilm",
-            "--rows",
-            "16",
-            "--max-length",
-            "128",
-            "--median-tokens",
-            "60",
-            "--out",
-            str(tmp_path / "m.json"),
+            "model=minilm",
+            "rows=16",
+            "max_length=128",
+            "median_tokens=60",
+            f"out={tmp_path / 'm.json'}",
         ]
     )
     assert report["model"] == "minilm" and report["inference"]["rows"] == 16
-    with pytest.raises(bench.DuelistError, match="--max-length 1024: model minilm covers at most 512 positions"):
-        bench.run(bench.parse(["--model", "minilm", "--max-length", "1024", "--out", str(tmp_path / "n.json")]))
+    with pytest.raises(bench.DuelistError, match="max_length=1024: model minilm covers at most 512 positions"):
+        bench.run(bench.parse(["model=minilm", "max_length=1024", f"out={tmp_path / 'n.json'}"]))

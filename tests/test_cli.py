@@ -25,7 +25,7 @@ def test_without_a_command_it_lists_them_and_fails() -> None:
 
 def test_help_lists_the_commands_and_succeeds() -> None:
     res = duelist("--help")
-    assert res.returncode == 0 and "python -m duelist export RUN --out DIR" in res.stdout
+    assert res.returncode == 0 and "python -m duelist export run=RUN out=DIR" in res.stdout
 
 
 def test_an_unknown_command_is_one_line_and_exit_2() -> None:
@@ -37,8 +37,25 @@ def test_an_unknown_command_is_one_line_and_exit_2() -> None:
 
 
 def test_each_command_has_its_own_help_and_runs(tmp_path) -> None:
-    assert "usage: python -m duelist runs" in duelist("runs", "--help").stdout
-    res = duelist("runs", "--root", str(tmp_path))
-    assert res.returncode == 0 and res.stdout.strip() == "no finished runs found"
-    res = duelist("example-data", "--out", str(tmp_path))
+    shown = duelist("runs", "--help").stdout
+    assert shown.startswith("python -m duelist runs [key=value ...]") and "  sort=str  (default: val/accuracy)" in shown
+    res = duelist("runs", f"roots=[{tmp_path}]")
+    assert res.returncode == 0 and res.stdout.strip() == f"no finished runs under {tmp_path}"
+    res = duelist("example-data", f"out={tmp_path}")
     assert res.returncode == 0 and (tmp_path / "train.parquet").is_file() and (tmp_path / "test.parquet").is_file()
+
+
+@pytest.mark.parametrize(
+    "args, says",
+    [
+        (["runs", "--sort", "val/log_loss"], "'--sort' is not key=value (as key=value: sort=...)"),
+        (["runs", "sortt=val/log_loss"], "no option sortt"),
+        (["runs", "top=many"], "top"),
+        (["kaggle", "runs=[a]", "out=b", "quantization=int4"], "quantization"),
+        (["export", "out=b"], "give run=..."),
+    ],
+)
+def test_every_command_takes_key_value_options_and_a_wrong_one_is_one_line(args, says) -> None:
+    res = duelist(*args)
+    assert res.returncode == 2 and len(res.stderr.strip().splitlines()) == 1, res.stderr
+    assert says in res.stderr and "known options:" in res.stderr

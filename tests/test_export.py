@@ -17,7 +17,7 @@ def test_merged_model_matches_adapter_plus_base(tmp_path) -> None:
     res = run_cli("train.py", [*TINY, "lora.dropout=0.0", f"hydra.run.dir={run}"])
     assert res.returncode == 0, res.stderr[-2000:]
     res = subprocess.run(
-        [sys.executable, "-m", "duelist", "export", str(run), "--out", str(merged)], capture_output=True, text=True
+        [sys.executable, "-m", "duelist", "export", f"run={run}", f"out={merged}"], capture_output=True, text=True
     )
     assert res.returncode == 0, res.stderr[-2000:]
     with safe_open(str(merged / "checkpoint" / "model" / "model.safetensors"), "pt") as f:
@@ -42,7 +42,7 @@ def test_merged_model_matches_adapter_plus_base(tmp_path) -> None:
     ).is_file()  # still usable in a tuned ensemble
 
     bad = subprocess.run(
-        [sys.executable, "-m", "duelist", "export", str(merged), "--out", str(tmp_path / "again")],
+        [sys.executable, "-m", "duelist", "export", f"run={merged}", f"out={tmp_path / 'again'}"],
         capture_output=True,
         text=True,
     )

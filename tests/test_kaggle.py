@@ -13,9 +13,8 @@ import pytest
 
 from conftest import TINY, WSDM_EXAMPLE, run_cli
 
-pytestmark = pytest.mark.slow
 
-
+@pytest.mark.slow
 def test_package_installs_offline_and_runs_infer(tmp_path) -> None:
     from duelist.tools.kaggle import needed_packages
 
@@ -29,9 +28,9 @@ def test_package_installs_offline_and_runs_infer(tmp_path) -> None:
     res = run_cli("infer.py", [members, "ensemble=stack", f"data.test={WSDM_EXAMPLE}", f"output={here}"])
     assert res.returncode == 0, res.stderr[-2000:]
     pkg = tmp_path / "pkg"
-    args = ["--run", str(lora), "--run", str(trees), "--merge", "--stacker", str(here.with_suffix(".stacker"))]
+    args = [f"runs=[{lora},{trees}]", "merge=true", f"stacker={here.with_suffix('.stacker')}"]
     res = subprocess.run(
-        [sys.executable, "-m", "duelist", "kaggle", *args, "--out", str(pkg)],
+        [sys.executable, "-m", "duelist", "kaggle", *args, f"out={pkg}"],
         capture_output=True,
         text=True,
         timeout=900,
@@ -48,6 +47,23 @@ def test_package_installs_offline_and_runs_infer(tmp_path) -> None:
     assert {"transformers", "peft", "hydra_core", "pandas", "pyarrow", "safetensors", "lightgbm", "scipy"} <= shipped
     size = sum(f.stat().st_size for f in pkg.rglob("*") if f.is_file()) / 1e6
     print(f"package: {size:.0f} MB, {len(shipped)} wheels")
+    here_python = f"{sys.version_info.major}.{sys.version_info.minor}"
+    assert f"{size:,.0f} MB: {len(shipped)} wheels for Python {here_python}" in res.stdout
+    # its compiled wheels fit one Python: another one is refused in one line, before anything is installed
+    fake = tmp_path / "fake-bin"
+    fake.mkdir()
+    (fake / "python").write_text("#!/bin/sh\necho 3.9\n")
+    (fake / "python").chmod(0o755)
+    other = subprocess.run(
+        ["bash", str(pkg / "run.sh"), str(WSDM_EXAMPLE)],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "PATH": f"{fake}:{os.environ['PATH']}"},
+    )
+    assert other.returncode == 2 and other.stderr.strip() == (
+        f"error: this package's wheels are for Python {here_python} and this is Python 3.9: build it with Python 3.9 "
+        "(python -m duelist kaggle ...)"
+    )
 
     # a fresh venv that has only what a Kaggle image has for us: torch (installed here from the local wheel/index)
     venv = tmp_path / "venv"
@@ -86,3 +102,14 @@ def test_package_installs_offline_and_runs_infer(tmp_path) -> None:
     offline, again = pd.read_parquet(tmp_path / "submission.parquet"), pd.read_parquet(tmp_path / "again.parquet")
     np.testing.assert_allclose(offline["p_a"], again["p_a"], atol=1e-9)
     np.testing.assert_allclose(offline["p_a_run0"], again["p_a_run0"], atol=1e-5)
+
+
+@pytest.mark.fast
+def test_the_python_of_compiled_wheels_is_read_from_their_names(tmp_path) -> None:
+    from duelist.tools.kaggle import wheels_python
+
+    for name in ("peft-0.21.2-py3-none-any.whl", "tokenizers-0.23.3-cp310-abi3-manylinux_2_17_x86_64.whl"):
+        (tmp_path / name).touch()
+    assert wheels_python(tmp_path) is None  # pure and abi3 wheels install on any Python
+    (tmp_path / "numpy-2.4.6-cp312-cp312-manylinux_2_27_x86_64.whl").touch()
+    assert wheels_python(tmp_path) == "3.12"

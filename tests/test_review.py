@@ -74,7 +74,7 @@ def test_plain_multirun_writes_a_review_page_and_groups_wandb_runs(tmp_path) -> 
     assert [c.metric.name for c in grid.panels[2].columns] == ["lora.r", "val/accuracy"]
     assert grid.panels[0].y == ["val/accuracy"] and grid.panels[3].with_respect_to == "val/accuracy"
     offline = subprocess.run(
-        [sys.executable, "-m", "duelist", "review", str(sweep), "--wandb-report"], capture_output=True, text=True
+        [sys.executable, "-m", "duelist", "review", f"dir={sweep}", "wandb_report=true"], capture_output=True, text=True
     )
     assert (
         offline.returncode == 2
@@ -85,7 +85,7 @@ def test_plain_multirun_writes_a_review_page_and_groups_wandb_runs(tmp_path) -> 
 
     # on demand, for the same folder
     again = subprocess.run(
-        [sys.executable, "-m", "duelist", "review", str(sweep), "--out", str(tmp_path / "again.html")],
+        [sys.executable, "-m", "duelist", "review", f"dir={sweep}", f"out={tmp_path / 'again.html'}"],
         capture_output=True,
         text=True,
         cwd=tmp_path,
@@ -93,7 +93,7 @@ def test_plain_multirun_writes_a_review_page_and_groups_wandb_runs(tmp_path) -> 
     assert again.returncode == 0, again.stderr
     assert html_tables((tmp_path / "again.html").read_text())["runs"] == rows
     parent = subprocess.run(
-        [sys.executable, "-m", "duelist", "review", str(tmp_path)],
+        [sys.executable, "-m", "duelist", "review", f"dir={tmp_path}"],
         capture_output=True,
         text=True,
         cwd=tmp_path / "m" / "0",
@@ -102,7 +102,7 @@ def test_plain_multirun_writes_a_review_page_and_groups_wandb_runs(tmp_path) -> 
         parent.returncode == 0 and len(html_tables((tmp_path / "review.html").read_text())["runs"]) == 2
     )  # runs at any depth
     nothing = subprocess.run(
-        [sys.executable, "-m", "duelist", "review", str(sweep / "0" / ".hydra")], capture_output=True, text=True
+        [sys.executable, "-m", "duelist", "review", f"dir={sweep / '0' / '.hydra'}"], capture_output=True, text=True
     )
     assert nothing.returncode == 2 and "no finished run" in nothing.stderr
 

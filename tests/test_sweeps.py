@@ -109,14 +109,9 @@ def test_study_persists_records_failures_and_resumes(tmp_path) -> None:
             "-m",
             "duelist",
             "review",
-            "--study",
-            "t",
-            "--storage",
-            storage,
-            "--root",
-            "m1",
-            "--root",
-            "m2",
+            "study=t",
+            f"storage={storage}",
+            "roots=[m1,m2]",
         ],
         capture_output=True,
         text=True,
@@ -132,14 +127,14 @@ def test_study_persists_records_failures_and_resumes(tmp_path) -> None:
     complete = sum(t.state.name == "COMPLETE" for t in trials)  # the resumed TPE trial may draw the failing lr too
     assert len(html_tables(page)["runs"]) == complete >= 1 and len(html_tables(page)["trials"]) == len(trials) == 3
     missing = subprocess.run(
-        [sys.executable, "-m", "duelist", "review", "--study", "nope", "--storage", storage],
+        [sys.executable, "-m", "duelist", "review", "study=nope", f"storage={storage}"],
         capture_output=True,
         text=True,
         cwd=tmp_path,
     )
     assert missing.returncode == 2 and "study 'nope' not found" in missing.stderr
     nodb = subprocess.run(
-        [sys.executable, "-m", "duelist", "review", "--study", "t"], capture_output=True, text=True, cwd=tmp_path
+        [sys.executable, "-m", "duelist", "review", "study=t"], capture_output=True, text=True, cwd=tmp_path
     )
     assert (
         nodb.returncode == 2 and "no study database" in nodb.stderr and not (tmp_path / "sweeps" / "optuna.db").exists()

@@ -1,13 +1,15 @@
 """``python -m duelist COMMAND [ARGS]``: duelist's tools, one command each (``train.py`` and ``infer.py`` train and
 score; these look after runs and ship them).
 
-    python -m duelist runs [--sort M] [--model NAME] [--root DIR]   the finished runs, best first
-    python -m duelist review DIR | --study NAME                      the review page of a multirun or an Optuna study
-    python -m duelist export RUN --out DIR                           LoRA adapters merged into the weights
-    python -m duelist kaggle --run RUN [--run RUN] --out DIR         the offline Kaggle package
-    python -m duelist bench --model NAME [--train]                   inference and training speed, MFU
-    python -m duelist eda data=files data.train=FILE                 a data report (train.py's config and overrides)
-    python -m duelist example-data [--out DIR]                       example files from the bundled sample
+    python -m duelist runs [sort=METRIC] [model=NAME] [roots=[DIR,...]]   the finished runs, best first
+    python -m duelist review dir=DIR | study=NAME                         the review page of a multirun or a study
+    python -m duelist export run=RUN out=DIR                              LoRA adapters merged into the weights
+    python -m duelist kaggle runs=[RUN,...] out=DIR                       the offline Kaggle package
+    python -m duelist bench model=NAME [train=true]                       inference and training speed, MFU
+    python -m duelist eda data=files data.train=FILE                      a data report (train.py's config groups)
+    python -m duelist example-data [out=DIR]                              example files from the bundled sample
+
+Every command takes key=value options, as train.py and infer.py do (lists as key=[a,b]); COMMAND --help lists them.
 """
 
 from __future__ import annotations

@@ -3,23 +3,27 @@
 A finished run is what :meth:`duelist.runs.run_dir.RunDir.is_finished` says (metrics.json is written last
 by ``train()``). ``infer.py`` picks ensemble members with the same code.
 
-    python -m duelist runs --sort val/accuracy --model gemma2_9b [--root outputs --root multirun --root runs]
+    python -m duelist runs sort=val/accuracy model=gemma2_9b [roots=[outputs,multirun,runs]]
 """
 
 from __future__ import annotations
 
-import argparse
 import hashlib
+import json
 import logging
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable, Optional
+from typing import Any, Iterable, List, Optional
 
 import numpy as np
 import pandas as pd
 from omegaconf import OmegaConf
 
+from duelist.core import options
+from duelist.core.config import flatten
 from duelist.core.errors import DuelistError, exit_cleanly_on_user_error
 from duelist.core.metrics import LOWER_IS_BETTER
+from duelist.core.options import option
 from duelist.runs.run_dir import RunDir, finished_runs
 
 log = logging.getLogger(__name__)
@@ -87,7 +91,7 @@ def find_runs(
             df = df[df[key] == value]
     if sort not in df.columns:
         raise DuelistError(
-            f"--sort {sort}: no run has this metric; known: {', '.join(c for c in df.columns if '/' in c)}"
+            f"sort={sort}: no run has this metric; known: {', '.join(c for c in df.columns if '/' in c)}"
         )
     df = df.sort_values(sort, ascending=sort in LOWER_IS_BETTER, kind="stable", na_position="last")
     return df[[c for c in COLUMNS if c in df.columns] + [c for c in df.columns if c not in COLUMNS]].reset_index(
@@ -201,25 +205,89 @@ def _checked(runs: Iterable[str]) -> list[Path]:
     return [RunDir(run).require_checkpoint().path for run in runs]
 
 
+IGNORED = ("logger.", "cache_dir", "hydra.")  # settings that cannot change a result
+
+
+def differing_settings(configs: list[dict[str, Any]]) -> pd.DataFrame:
+    """One row per config (a run's config.yaml as a dict), one column per setting whose value is not the same in every
+    one (a setting one run lacks differs too)."""
+    flat = pd.DataFrame(
+        [
+            {k: json.dumps(v) if isinstance(v, (list, dict)) else v for k, v in flatten(c, sep=".").items()}
+            for c in configs
+        ]
+    )
+    keep = [c for c in flat.columns if not c.startswith(IGNORED) and flat[c].astype(str).nunique(dropna=False) > 1]
+    return flat[keep]
+
+
+def table(runs: pd.DataFrame, sort: str) -> pd.DataFrame:
+    """What ``python -m duelist runs`` prints: per run its metric beside the longer-answer rule's on the same rows,
+    minutes, when it finished (to the minute), and what sets it apart (the settings that differ between the runs
+    shown); no empty cells."""
+    configs = [OmegaConf.to_container(RunDir(r).read_config(), resolve=False) for r in runs["run_dir"]]
+    settings = differing_settings(configs)
+    mirrored = ~settings.columns.isin(["model.name", "model.arch"])  # the model column shows them
+    settings = settings.loc[:, settings.notna().all() & mirrored]  # what every run has a value for
+
+    def shown(column: str, how: str = "{:.4f}", scale: float = 1.0) -> pd.Series:  # a number a run lacks: no text
+        values = runs[column] if column in runs else pd.Series([None] * len(runs))
+        return values.map(
+            lambda v: "" if v is None or pd.isna(v) else how.format(v / scale) if isinstance(v, float) else v
+        )
+
+    out = pd.DataFrame(
+        {
+            "run dir": runs["run_dir"],
+            "model": runs["model"],
+            "val/accuracy": shown("val/accuracy"),
+            "rule": shown("val/baseline_longer_wins"),
+            "val/log_loss": shown("val/log_loss"),
+        }
+    )
+    if sort not in out.columns:
+        out[sort] = shown(sort)
+    out["minutes"] = shown("runtime_s", "{:.1f}", 60.0)
+    out["finished"] = runs["finished"].dt.strftime("%Y-%m-%d %H:%M")
+    out["settings that differ"] = [
+        ", ".join(f"{k}={v}" for k, v in row.items() if not pd.isna(v)) for _, row in settings.iterrows()
+    ]
+    if "languages" in runs and runs["languages"].notna().any():
+        out.insert(2, "languages", runs["languages"].fillna("all"))
+    return out
+
+
+def aligned(table: pd.DataFrame) -> str:
+    """A table as text: numbers right-aligned, words left-aligned, two spaces between columns."""
+    numeric = [bool(c.startswith(("val/", "rule", "minutes", "best_step"))) for c in table.columns]
+    cells = [[str(c) for c in table.columns]] + [[str(v) for v in row] for row in table.itertuples(index=False)]
+    widths = [max(len(row[i]) for row in cells) for i in range(len(table.columns))]
+    return "\n".join(
+        "  ".join(v.rjust(w) if num else v.ljust(w) for v, w, num in zip(row, widths, numeric)).rstrip()
+        for row in cells
+    )
+
+
+@dataclass
+class RunsOptions:
+    roots: List[str] = option(list(DEFAULT_ROOTS), "folders to search")
+    sort: str = option("val/accuracy", "metric to sort by (val/log_loss sorts ascending)")
+    model: Optional[str] = option(None, "only runs of this model (model.name)")
+    study: Optional[str] = option(None, "only runs of this study (logger.group)")
+    data: Optional[str] = option(None, "only runs on this data config (data.name)")
+    top: int = option(20, "show at most this many runs")
+
+
 @exit_cleanly_on_user_error
 def main(argv: Optional[list[str]] = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m duelist runs", description="List finished duelist runs.")
-    parser.add_argument(
-        "--root", action="append", help="folder to search (repeatable; default: outputs, multirun and runs)"
-    )
-    parser.add_argument("--sort", default="val/accuracy", help="metric to sort by (val/log_loss sorts ascending)")
-    parser.add_argument("--model", help="only runs of this model (model.name)")
-    parser.add_argument("--study", help="only runs of this study (logger.group)")
-    parser.add_argument("--data", help="only runs on this data config (data.name)")
-    parser.add_argument("--top", type=int, default=20, help="show at most this many runs")
-    args = parser.parse_args(argv)
-    runs = find_runs(args.root or DEFAULT_ROOTS, model=args.model, study=args.study, data=args.data, sort=args.sort)
+    args = options.parse(RunsOptions, argv, "python -m duelist runs", "List finished duelist runs, best first.")
+    runs = find_runs(args.roots, model=args.model, study=args.study, data=args.data, sort=args.sort)
     if runs.empty:
-        print("no finished runs found")
+        print(f"no finished runs under {', '.join(args.roots)}")
         return 0
-    shown = runs.head(args.top)[
-        [c for c in COLUMNS if c in runs.columns] + ([args.sort] if args.sort not in COLUMNS else [])
-    ]
-    with pd.option_context("display.max_colwidth", 80, "display.width", 200, "display.float_format", "{:.4f}".format):
-        print(shown.to_string(index=False))
+    shown = table(runs.head(args.top).reset_index(drop=True), args.sort)
+    print(aligned(shown))
+    if len(runs) > args.top:
+        print(f"({len(runs) - args.top} more: top={len(runs)} shows them)")
+    print("rule: the longer-answer rule's accuracy on the run's validation rows")
     return 0

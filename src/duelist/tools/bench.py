@@ -1,15 +1,15 @@
 """Measure inference and training speed on synthetic pairs: ``python -m duelist bench``.
 
-    python -m duelist bench --model tiny_gemma2 --max-length 1024 --median-tokens 250 --rows 256   # CPU, seconds
-    python -m duelist bench --model gemma2_9b_random --rows 2000 --train                        # one GPU
+    python -m duelist bench model=tiny_gemma2 max_length=1024 median_tokens=250 rows=256   # CPU, seconds
+    python -m duelist bench model=gemma2_9b_random rows=2000 train=true                   # one GPU
 
 Rows are random token ids whose lengths follow a documented long-tailed mix like the WSDM Cup data
-(prompt + both responses): lognormal with median ``--median-tokens`` (default 1000) and sigma
-``--sigma`` (0.8: about 4% of pairs past 4096 tokens), at least 64 tokens, cut at ``--max-length``.
+(prompt + both responses): lognormal with median ``median_tokens`` (default 1000) and sigma
+``sigma`` (0.8: about 4% of pairs past 4096 tokens), at least 64 tokens, cut at ``max_length``.
 
 Inference, two ways over the same rows: *naive* (every row padded to max_length, a fixed batch of
-``--batch-size`` rows: how public notebooks do it) and *token budget* (rows sorted by length, batches
-of at most ``--max-batch-tokens`` padded tokens). Training (``--train``): LoRA r=64 on sequences of
+``batch_size`` rows: how public notebooks do it) and *token budget* (rows sorted by length, batches
+of at most ``max_batch_tokens`` padded tokens). Training (``train=true``): LoRA r=64 on sequences of
 max_length with gradient checkpointing, AdamW, tokens/s and peak memory.
 
 MFU = useful model FLOPs per second / peak FLOPs of the device. FLOPs counted (see ``forward_flops``):
@@ -19,28 +19,30 @@ Training counts forward + backward as 3× the forward (the usual 6·N) plus one 
 checkpointing recomputes activations — an upper-bound convention for LoRA, stated as such in the JSON.
 Peak: the vendor's dense number for known GPUs, and the measured matmul ceiling of this device.
 
-Writes JSON (device, versions, git commit, settings, numbers) to ``--out`` (default
-``outputs/bench/<device>-<model>.json``; results worth keeping are committed under ``bench/results/`` with ``--out``)
+Writes JSON (device, versions, git commit, settings, numbers) to ``out`` (default
+``outputs/bench/<device>-<model>.json``; results worth keeping are committed under ``bench/results/`` with ``out=``)
 and prints a table. On a GPU it also prints a projection of the time to score 25k rows on Kaggle's 2×T4 (fp16, 65 TFLOPS
 each) at the MFU measured here.
 """
 
 from __future__ import annotations
 
-import argparse
 import math
 import platform
 import subprocess
 import time
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Optional, Sequence
 
 import numpy as np
 import torch
 
+from duelist.core import options
 from duelist.core.errors import DuelistError, exit_cleanly_on_user_error
 from duelist.core.files import write_json
 from duelist.core.logs import quiet_library_logs
+from duelist.core.options import option
 
 # dense tensor-core peaks (bf16, fp16 on the T4) from the vendors' data sheets
 NOMINAL_PEAK_FLOPS = {"H100": 989e12, "H200": 989e12, "A100": 312e12, "L4": 121e12, "A10": 125e12, "T4": 65e12}
@@ -117,7 +119,7 @@ def timed(fn: Callable[[], Any], device: torch.device) -> tuple[Any, float]:
 
 def build(model_name: str, device: torch.device, lora: bool, gradient_checkpointing: bool = False) -> Any:
     """The model of ``conf/model/<model_name>.yaml`` (random-init configs need no download), with LoRA r=64 as
-    ``conf/lora/default.yaml`` has it (the plan's setting, without dropout) or without adapters."""
+    ``conf/lora/default.yaml`` has it (the WSDM recipe's, without dropout) or without adapters."""
     from hydra import compose, initialize_config_dir
 
     from duelist.core.config import conf_dir, model_schema, register_configs
@@ -126,17 +128,17 @@ def build(model_name: str, device: torch.device, lora: bool, gradient_checkpoint
     conf = conf_dir()
     if not (conf / "model" / f"{model_name}.yaml").is_file():
         known = ", ".join(sorted(p.stem for p in (conf / "model").glob("*.yaml")))
-        raise DuelistError(f"--model {model_name}: no conf/model/{model_name}.yaml; known: {known}")
+        raise DuelistError(f"model={model_name}: no conf/model/{model_name}.yaml; known: {known}")
     register_configs()
     with initialize_config_dir(str(conf), version_base="1.3"):
         cfg = compose("train", overrides=[f"model={model_name}", "lora=default" if lora else "lora=none"])
     if model_schema(cfg.model) != "network":
-        raise DuelistError(f"--model {model_name}: the benchmark measures networks; {model_name} has none")
+        raise DuelistError(f"model={model_name}: the benchmark measures networks; {model_name} has none")
     cfg.lora.dropout = 0.0
     return build_model(cfg.model, cfg.lora, device, seed=0, gradient_checkpointing=gradient_checkpointing)
 
 
-def bench_inference(args: argparse.Namespace, device: torch.device, amp: torch.dtype | None) -> dict[str, Any]:
+def bench_inference(args: BenchOptions, device: torch.device, amp: torch.dtype | None) -> dict[str, Any]:
     from duelist.models.network_scoring import predict_p_a
 
     built = build(args.model, device, lora=False)
@@ -144,7 +146,7 @@ def bench_inference(args: argparse.Namespace, device: torch.device, amp: torch.d
     limit = getattr(model.config, "max_position_embeddings", None)
     if limit is not None and args.max_length > limit:
         raise DuelistError(
-            f"--max-length {args.max_length}: model {args.model} covers at most {limit} positions; pass --max-length "
+            f"max_length={args.max_length}: model {args.model} covers at most {limit} positions; pass max_length="
             f"{limit} or less"
         )
     lengths = synthetic_lengths(args.rows, args.max_length, args.median_tokens, args.sigma, args.seed)
@@ -183,7 +185,7 @@ def bench_inference(args: argparse.Namespace, device: torch.device, amp: torch.d
     return result
 
 
-def bench_training(args: argparse.Namespace, device: torch.device, amp: torch.dtype | None) -> dict[str, Any]:
+def bench_training(args: BenchOptions, device: torch.device, amp: torch.dtype | None) -> dict[str, Any]:
     from duelist.core.batching import pad
     from duelist.models.network_training import pair_losses
 
@@ -258,7 +260,7 @@ def projection(inference: dict[str, Any], mfu: float, rows: int) -> dict[str, fl
     return {"one_model_h": one_pass, "one_model_tta_h": 2 * one_pass, "two_models_tta_h": 4 * one_pass}
 
 
-def run(args: argparse.Namespace) -> dict[str, Any]:
+def run(args: BenchOptions) -> dict[str, Any]:
     from duelist.core.hardware import autocast_dtype
 
     device = torch.device("cuda" if torch.cuda.is_available() and args.device != "cpu" else "cpu")
@@ -341,32 +343,27 @@ def print_report(r: dict[str, Any], out: Path) -> None:
     print(f"wrote {out}")
 
 
-def parse(argv: Sequence[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="python -m duelist bench", description=__doc__.split("\n\n")[0])
-    parser.add_argument(
-        "--model", default="tiny_gemma2", help="a conf/model name (gemma2_9b_random: the 9B shape, random weights)"
+@dataclass
+class BenchOptions:
+    model: str = option("tiny_gemma2", "a conf/model name (gemma2_9b_random: the 9B shape, random weights)")
+    rows: int = option(256, "synthetic pairs to score")
+    max_length: int = option(1024, "tokens per pair at most (rows are cut here)")
+    median_tokens: float = option(1000.0, "median pair length of the synthetic mix")
+    sigma: float = option(0.8, "lognormal sigma of the pair lengths (0.8: ~4% past 4x the median)")
+    batch_size: int = option(8, "naive: rows per batch")
+    max_batch_tokens: int = option(8192, "token budget: padded tokens per batch at most")
+    train: bool = option(False, "also measure LoRA training at max_length")
+    train_batch: int = option(2, "training rows per step")
+    train_steps: int = option(3, "timed training steps (after one warm-up step)")
+    device: str = option("auto", "auto | cpu")
+    seed: int = option(0, "seed of the synthetic rows")
+    out: Optional[str] = option(
+        None, "JSON path (default outputs/bench/<device>-<model>.json; bench/results/... to commit a result)"
     )
-    parser.add_argument("--rows", type=int, default=256, help="synthetic pairs to score")
-    parser.add_argument("--max-length", type=int, default=1024, help="tokens per pair at most (rows are cut here)")
-    parser.add_argument("--median-tokens", type=float, default=1000.0, help="median pair length of the synthetic mix")
-    parser.add_argument(
-        "--sigma", type=float, default=0.8, help="lognormal sigma of the pair lengths (0.8: ~4%% past 4x the median)"
-    )
-    parser.add_argument("--batch-size", type=int, default=8, help="naive: rows per batch")
-    parser.add_argument(
-        "--max-batch-tokens", type=int, default=8192, help="token budget: padded tokens per batch at most"
-    )
-    parser.add_argument("--train", action="store_true", help="also measure LoRA training at max_length")
-    parser.add_argument("--train-batch", type=int, default=2, help="training rows per step")
-    parser.add_argument("--train-steps", type=int, default=3, help="timed training steps (after one warm-up step)")
-    parser.add_argument("--device", default="auto", help="auto | cpu")
-    parser.add_argument("--seed", type=int, default=0, help="seed of the synthetic rows")
-    parser.add_argument(
-        "--out",
-        default=None,
-        help="JSON path (default outputs/bench/<device>-<model>.json; pass bench/results/... to commit a result)",
-    )
-    return parser.parse_args(argv)
+
+
+def parse(argv: Sequence[str] | None = None) -> BenchOptions:
+    return options.parse(BenchOptions, argv, "python -m duelist bench", __doc__.split("\n\n")[0])
 
 
 @exit_cleanly_on_user_error

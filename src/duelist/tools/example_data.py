@@ -1,6 +1,6 @@
 """Small example files to follow the README with, from the bundled real sample (see assets/sample/ATTRIBUTION.md):
 
-    python -m duelist example-data [--out .]
+    python -m duelist example-data [out=.]
 
 writes ``train.parquet`` (labelled pairs, the WSDM train layout), ``test.parquet`` (other pairs, the WSDM test
 layout: id, prompt, response_a, response_b) and ``extra_prompts.parquet`` (prompts only, for ``task=generate``).
@@ -8,15 +8,17 @@ layout: id, prompt, response_a, response_b) and ``extra_prompts.parquet`` (promp
 
 from __future__ import annotations
 
-import argparse
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
 import numpy as np
 import pandas as pd
 
+from duelist.core import options
 from duelist.core.errors import exit_cleanly_on_user_error
 from duelist.core.files import write_parquet
+from duelist.core.options import option
 from duelist.data.pairs import normalized
 from duelist.data.reading import load_pairs
 
@@ -53,10 +55,13 @@ def write_examples(
     return files
 
 
+@dataclass
+class ExampleDataOptions:
+    out: str = option(".", "folder to write the three files into")
+
+
 @exit_cleanly_on_user_error
 def main(argv: Sequence[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m duelist example-data", description=__doc__.splitlines()[0])
-    parser.add_argument("--out", default=".", help="folder to write the three files into (default: here)")
-    args = parser.parse_args(argv)
+    args = options.parse(ExampleDataOptions, argv, "python -m duelist example-data", __doc__.splitlines()[0])
     for name, path in write_examples(args.out).items():
         print(f"{name}: {path}")

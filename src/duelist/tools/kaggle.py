@@ -1,14 +1,14 @@
 """Everything ``infer.py`` needs on Kaggle, offline, in one folder to upload as a dataset.
 
-    python -m duelist kaggle --run RUN_A --run RUN_B --out kaggle/duelist-pkg [--merge] [--quantization int8|nf4]
+    python -m duelist kaggle runs=[RUN_A,RUN_B] out=kaggle/duelist-pkg [merge=true] [quantization=int8|nf4]
 
 writes::
 
     wheels/        duelist and every package scoring needs, at the versions installed here (torch excepted:
                    Kaggle's image has a CUDA build; sweep, tracking and review packages left out); sdists are
-                   built into wheels; bitsandbytes too when the package scores quantized (--quantization) or
+                   built into wheels; bitsandbytes too when the package scores quantized (quantization=) or
                    ships an unmerged QLoRA run
-    runs/r0, r1    the run dirs (checkpoint/, oof.parquet, metrics.json, config.yaml); --merge folds LoRA
+    runs/r0, r1    the run dirs (checkpoint/, oof.parquet, metrics.json, config.yaml); merge=true folds LoRA
                    adapters into the weights first (no adapter overhead at inference)
     infer.py conf/ the entry point and its configs
     run.sh         the ready command lines (install offline, then score test.parquet)
@@ -18,20 +18,22 @@ On Kaggle: attach the dataset, then ``bash /kaggle/input/<dataset>/run.sh /kaggl
 
 from __future__ import annotations
 
-import argparse
 import shutil
 import subprocess
 import sys
+from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
-from typing import Sequence
+from typing import List, Optional, Sequence
 
 from packaging.requirements import Requirement
 
-from duelist.core.config import conf_dir
+from duelist.core import options
+from duelist.core.config import Quantization, conf_dir
 from duelist.core.errors import DuelistError, exit_cleanly_on_user_error
 from duelist.core.files import atomic_dir
 from duelist.core.logs import quiet_library_logs
+from duelist.core.options import option
 from duelist.models.kinds import run_kind
 from duelist.models.network import MINILM_WHEEL
 from duelist.predict import stacking
@@ -136,6 +138,16 @@ def build(
             names.append(f"r{i}")
         shutil.copy2(root / "infer.py", tmp / "infer.py")
         shutil.copytree(root / "conf", tmp / "conf")
+        python = wheels_python(tmp / "wheels")
+        check_python = (
+            f'HAVE="$(python -c \'import sys; print("%d.%d" % sys.version_info[:2])\')"\n'
+            f'if [ "$HAVE" != "{python}" ]; then\n'
+            f"  echo \"error: this package's wheels are for Python {python} and this is Python $HAVE: build it with "
+            f'Python $HAVE (python -m duelist kaggle ...)" >&2; exit 2\n'
+            "fi\n"
+            if python
+            else ""
+        )
         run_list = ",".join(f"$HERE/runs/{n}" for n in names)
         stack = ""
         if stacker:
@@ -148,9 +160,10 @@ def build(
             "set -euo pipefail\n"
             'HERE="$(cd "$(dirname "$0")" && pwd)"\n'
             'TEST="$1"; OUT="${2:-submission.csv}"; shift $(( $# < 2 ? $# : 2 ))\n'
+            + check_python
             # what scoring needs (requirements.txt), then duelist itself without the training-only rest of its
             # dependencies
-            'pip install --no-index --find-links "$HERE/wheels" -r "$HERE/requirements.txt"\n'
+            + 'pip install --no-index --find-links "$HERE/wheels" -r "$HERE/requirements.txt"\n'
             'pip install --no-index --find-links "$HERE/wheels" --no-deps duelist\n'
             'HF_HUB_OFFLINE=1 WANDB_MODE=disabled python "$HERE/infer.py" '
             f'"runs=[{run_list}]" "data.test=$TEST" "output=$OUT" '
@@ -160,39 +173,41 @@ def build(
             + '"$@"\n'
         )
     n_wheels = len(list((out / "wheels").glob("*.whl")))
+    size = sum(f.stat().st_size for f in out.rglob("*") if f.is_file())
+    python = wheels_python(out / "wheels")
     print(
-        f"Kaggle package: {out} ({n_wheels} wheels, {len(runs)} run(s)); on Kaggle: bash {out.name}/run.sh "
-        "TEST.parquet submission.csv"
+        f"Kaggle package: {out} ({size / 1e6:,.0f} MB: {n_wheels} wheels"
+        + (f" for Python {python}" if python else "")
+        + f", {len(runs)} run(s)); on Kaggle: bash /kaggle/input/DATASET/run.sh TEST.parquet submission.csv"
     )
     return out
+
+
+def wheels_python(folder: Path) -> str | None:
+    """The Python version the compiled wheels of ``folder`` are for (``cp311-cp311`` -> ``3.11``; abi3 and pure wheels
+    install on any), or None when none is tied to one."""
+    import re
+
+    tags = {m.groups() for w in folder.glob("*.whl") if (m := re.search(r"-cp(\d)(\d+)-cp\1\2-", w.name))}
+    versions = sorted(f"{major}.{minor}" for major, minor in tags)
+    return versions[0] if versions else None
+
+
+@dataclass
+class KaggleOptions:
+    runs: List[str] = option(help="run dirs to include, in the order of infer.py's runs=[...] (one for a single model)")
+    out: str = option(help="folder to write (replaced atomically)")
+    merge: bool = option(False, "merge LoRA adapters into the weights first (python -m duelist export)")
+    quantization: Quantization = option(
+        Quantization.none, "score with the weights quantized (int8 | nf4: a 9B model on a 16 GB T4); ships bitsandbytes"
+    )
+    stacker: Optional[str] = option(
+        None, "a fitted stacker (SUBMISSION.stacker of infer.py ensemble=stack on these runs, in this order)"
+    )
 
 
 @exit_cleanly_on_user_error
 def main(argv: Sequence[str] | None = None) -> Path:
     quiet_library_logs()
-    parser = argparse.ArgumentParser(prog="python -m duelist kaggle", description=__doc__.splitlines()[0])
-    parser.add_argument(
-        "--run",
-        action="append",
-        required=True,
-        help="run dir to include (repeat for an ensemble; order = runs=[...] order)",
-    )
-    parser.add_argument("--out", required=True, help="folder to write (replaced atomically)")
-    parser.add_argument(
-        "--merge", action="store_true", help="merge LoRA adapters into the weights (python -m duelist export)"
-    )
-    parser.add_argument(
-        "--quantization",
-        default="none",
-        choices=["none", "int8", "nf4"],
-        help="score with the weights quantized (int8 | nf4: a 9B model on a 16 GB T4); ships bitsandbytes and sets it "
-        "in run.sh",
-    )
-    parser.add_argument(
-        "--stacker",
-        help="a fitted stacker (the SUBMISSION.stacker folder of infer.py ensemble=stack on these runs, in this "
-        "order): "
-        "the package scores with it",
-    )
-    args = parser.parse_args(argv)
-    return build(args.run, args.out, args.merge, args.quantization, args.stacker)
+    args = options.parse(KaggleOptions, argv, "python -m duelist kaggle", __doc__.splitlines()[0])
+    return build(args.runs, args.out, args.merge, args.quantization.name, args.stacker)

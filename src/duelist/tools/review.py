@@ -9,38 +9,37 @@ study its optimisation history, parameter importance and parallel coordinates; t
 Written when any multirun ends (:class:`ReviewCallback`, set in ``conf/train.yaml``: the basic and the
 Optuna sweeper both call it) as ``<sweep dir>/review.html``, and on demand:
 
-    python -m duelist review multirun/2026-11-26/10-00-00   # -> that folder's review.html
-    python -m duelist review --study lora [--storage URL]   # -> sweeps/lora.html (another storage: lora-<hash>.html)
+    python -m duelist review dir=multirun/2026-11-26/10-00-00   # -> that folder's review.html
+    python -m duelist review study=lora [storage=URL]         # -> sweeps/lora.html (another storage: lora-<hash>.html)
 """
 
 from __future__ import annotations
 
-import argparse
 import hashlib
 import html
-import json
 import logging
 import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable, Optional
+from typing import Any, Iterable, List, Optional
 
 import numpy as np
 import pandas as pd
 from hydra.experimental.callback import Callback
 from omegaconf import OmegaConf
 
-from duelist.core.config import flatten
+from duelist.core import options
 from duelist.core.errors import DuelistError, exit_cleanly_on_user_error
 from duelist.core.files import write_text
 from duelist.core.metrics import LOWER_IS_BETTER
+from duelist.core.options import option
+from duelist.runs import registry
 from duelist.runs.run_dir import RunDir, finished_runs
 
 log = logging.getLogger(__name__)
 
 DEFAULT_STORAGE = "sqlite:///sweeps/optuna.db"
-IGNORED = ("logger.", "cache_dir")  # settings that cannot change a result
 
 
 @dataclass
@@ -78,19 +77,25 @@ def load_runs(roots: Iterable[str | Path], study: Optional[str] = None) -> list[
 
 def differing_settings(runs: list[Run]) -> pd.DataFrame:
     """One row per run, one column per setting whose value is not the same in every run."""
-    flat = pd.DataFrame(
-        [
-            {k: json.dumps(v) if isinstance(v, (list, dict)) else v for k, v in flatten(r.config, sep=".").items()}
-            for r in runs
-        ]
-    )
-    keep = [c for c in flat.columns if not c.startswith(IGNORED) and flat[c].astype(str).nunique(dropna=False) > 1]
-    return flat[keep]
+    return registry.differing_settings([r.config for r in runs])
 
 
-def label(settings: pd.Series, fallback: str) -> str:
-    parts = [f"{k}={v}" for k, v in settings.items()]
-    return ", ".join(parts) if parts else fallback
+MIN_LANGUAGE_ROWS = 30  # per-language accuracy on fewer validation rows is drawn grey: a few rows say little
+
+
+def label(settings: pd.Series, run: Run) -> str:
+    """A run's name on the page: the settings that set it apart, else its model and folder."""
+    parts = [f"{k}={v}" for k, v in settings.items() if not pd.isna(v)]
+    return ", ".join(parts) if parts else f"{run.config.get('model', {}).get('name', 'run')} ({run.name})"
+
+
+def language_rows(run: Run) -> dict[str, int]:
+    """Validation rows with a winner per language (what its accuracy is over); older runs: counted from oof.parquet."""
+    counts = run.metrics.get("val/rows_by_language")
+    if counts is None:
+        oof = run.run.read_oof()
+        counts = oof.loc[oof["winner"].isin(["model_a", "model_b"]), "language"].astype(str).value_counts().to_dict()
+    return {str(k): int(v) for k, v in counts.items()}
 
 
 def runs_table(runs: list[Run]) -> pd.DataFrame:
@@ -99,7 +104,7 @@ def runs_table(runs: list[Run]) -> pd.DataFrame:
     rows = []
     for i, r in enumerate(runs):
         m = r.metrics
-        row: dict[str, Any] = {"run": label(settings.iloc[i], r.name), **settings.iloc[i].to_dict()}
+        row: dict[str, Any] = {"run": label(settings.iloc[i], r), **settings.iloc[i].to_dict()}
         row["accuracy"] = m.get("val/accuracy")
         row["longer-wins rule"] = m.get("val/baseline_longer_wins")
         row["log loss"] = m.get("val/log_loss")
@@ -190,10 +195,11 @@ def _accuracy_figure(table: pd.DataFrame) -> Any:
             marker=dict(symbol="line-ew-open", size=40, line=dict(width=3, color="#e45756")),
         )
     )
-    low = float(np.nanmin(np.r_[table["accuracy"], table["longer-wins rule"]]))
+    values = np.r_[table["accuracy"], table["longer-wins rule"]].astype(float)
+    low, high = float(np.nanmin(values)), float(np.nanmax(values))
     fig.update_layout(
         title="Validation accuracy per run (red: the longer-answer rule on the same rows)",
-        yaxis=dict(title="accuracy", range=[max(0.0, low - 0.05), None]),
+        yaxis=dict(title="accuracy", range=[max(0.0, low - 0.05), min(1.0, high + 0.05)]),
         xaxis_title="run",
     )
     return fig
@@ -214,8 +220,19 @@ def _curves_figure(runs: list[Run], labels: list[str], metric: str) -> Any:
         evals = r.history.get(metric, [])
         if evals:
             steps, values = zip(*evals)
+            once = len(evals) == 1  # one evaluation (at the end): a point, not a curve
             fig.add_trace(
-                go.Scatter(x=steps, y=values, mode="lines+markers", name=name, legendgroup=name, line_color=color), 1, 1
+                go.Scatter(
+                    x=steps,
+                    y=values,
+                    mode="markers" if once else "lines+markers",
+                    marker_size=10 if once else 6,
+                    name=f"{name} (evaluated once)" if once else name,
+                    legendgroup=name,
+                    line_color=color,
+                ),
+                1,
+                1,
             )
         train = r.history.get("train/loss", [])
         if train:
@@ -239,11 +256,30 @@ def _language_figure(runs: list[Run], labels: list[str]) -> Any:
     import plotly.graph_objects as go
 
     fig = go.Figure()
+    counts = [language_rows(r) for r in runs]
+    total: dict[str, int] = {}
+    for c in counts:
+        for lang, n in c.items():
+            total[lang] = max(total.get(lang, 0), n)
+    order = sorted(total, key=lambda lang: (-total[lang], lang))  # most rows first
     for i, (r, name) in enumerate(zip(runs, labels)):
         by = r.metrics.get("val/accuracy_by_language") or {}
-        fig.add_trace(go.Bar(x=list(by), y=list(by.values()), name=name, marker_color=_color(i, len(runs))))
+        langs = [lang for lang in order if lang in by]
+        n = [counts[i].get(lang, 0) for lang in langs]
+        fig.add_trace(
+            go.Bar(
+                x=[f"{lang} (n={total[lang]})" for lang in langs],
+                y=[by[lang] for lang in langs],
+                name=name,
+                marker_color=[_color(i, len(runs)) if k >= MIN_LANGUAGE_ROWS else "#bbbbbb" for k in n],
+                hovertext=[f"{lang}: {by[lang]:.3f} on {k} rows" for lang, k in zip(langs, n)],
+            )
+        )
     fig.update_layout(
-        title="Validation accuracy per language", barmode="group", xaxis_title="language", yaxis_title="accuracy"
+        title=f"Validation accuracy per language (n: validation rows; grey: fewer than {MIN_LANGUAGE_ROWS})",
+        barmode="group",
+        xaxis_title="language",
+        yaxis=dict(title="accuracy", range=[0.0, 1.0]),
     )
     return fig
 
@@ -256,13 +292,13 @@ def _study_figures(study_name: str, storage: str) -> tuple[list[tuple[str, Any]]
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     if storage.startswith("sqlite:///") and not Path(storage.removeprefix("sqlite:///")).is_file():
         raise DuelistError(
-            f"study {study_name!r}: no study database {storage.removeprefix('sqlite:///')}; pass --storage URL"
+            f"study {study_name!r}: no study database {storage.removeprefix('sqlite:///')}; pass storage=URL"
         )
     try:
         study = optuna.load_study(study_name=study_name, storage=storage)
     except KeyError as err:
         raise DuelistError(
-            f"study {study_name!r} not found in {_masked(storage)}; pass --storage URL or check the name"
+            f"study {study_name!r} not found in {_masked(storage)}; pass storage=URL or check the name"
         ) from err
     complete = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
     states = pd.Series([t.state.name for t in study.trials]).value_counts().to_dict()
@@ -304,7 +340,8 @@ def _masked(storage: str) -> str:
 STYLE = """body{font-family:system-ui,sans-serif;margin:1.5em 2em;color:#222}
 table{border-collapse:collapse;font-size:13px}td,th{border:1px solid #ccc;padding:3px 7px;text-align:right}
 th{background:#f0f0f0}td:first-child,th:first-child{text-align:left}tr.best td{background:#e8f4e8;font-weight:600}
-code{background:#f4f4f4;padding:1px 4px}.cmd{background:#f4f4f4;padding:8px;white-space:pre-wrap;font-family:monospace}
+code{background:#f4f4f4;padding:1px 4px}.note{color:#777;font-size:12px}
+.cmd{background:#f4f4f4;padding:8px;white-space:pre-wrap;font-family:monospace}
 """
 
 
@@ -352,6 +389,12 @@ def review_html(title: str, runs: list[Run], study: Optional[tuple[list[tuple[st
         + summary
         + study_line
         + ("<h2>Charts</h2>" + "".join(parts) if parts else "")
+        + (
+            "<p class=note>This page carries its own copy of the plotly chart library (about 4.7 MB) so that it opens "
+            "offline and can be mailed or archived as one file; the runs themselves add little to it.</p>"
+            if parts
+            else ""
+        )
         + "</body></html>"
     )
 
@@ -383,12 +426,12 @@ def wandb_report(runs: list[Run], title: str) -> Any:
     try:
         import wandb_workspaces.reports.v2 as wr
     except ImportError as err:
-        raise DuelistError("--wandb-report needs wandb-workspaces: pip install 'duelist[report]'") from err
+        raise DuelistError("wandb_report=true needs wandb-workspaces: pip install 'duelist[report]'") from err
     logger = runs[0].config.get("logger", {})
     groups = {r.config.get("logger", {}).get("group") for r in runs}
     if logger.get("name") != "wandb" or len(groups) != 1 or None in groups:
         raise DuelistError(
-            "--wandb-report needs the runs of one multirun logged to W&B (logger=wandb): they share one W&B group"
+            "wandb_report=true needs the runs of one multirun logged to W&B (logger=wandb): they share one W&B group"
         )
     group = groups.pop()
     metric = runs[0].metrics.get("optimized_metric", "val/accuracy")
@@ -475,32 +518,31 @@ class ReviewCallback(Callback):
             return None
 
 
+@dataclass
+class ReviewOptions:
+    dir: Optional[str] = option(None, "a folder of run dirs (a multirun's sweep dir); the page goes to DIR/review.html")
+    study: Optional[str] = option(None, "an Optuna study (hydra.sweeper.study_name): its runs and its Optuna charts")
+    storage: str = option(
+        os.environ.get("OPTUNA_STORAGE", DEFAULT_STORAGE), "the study's Optuna storage URL (default: $OPTUNA_STORAGE)"
+    )
+    roots: Optional[List[str]] = option(
+        None, "with study=: folders with its run dirs (default: multirun, outputs, runs)"
+    )
+    out: Optional[str] = option(None, "where to write the page (default: DIR/review.html, or sweeps/<study>.html)")
+    wandb_report: bool = option(
+        False, "also publish a W&B Report with the same panels (runs logged with logger.mode=online; needs wandb login)"
+    )
+
+
 @exit_cleanly_on_user_error
 def main(argv: Optional[list[str]] = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="python -m duelist review", description="Write the review page of a multirun or an Optuna study."
+    args = options.parse(
+        ReviewOptions, argv, "python -m duelist review", "Write the review page of a multirun or an Optuna study."
     )
-    parser.add_argument(
-        "dir", nargs="?", help="a folder of run dirs (a multirun's sweep dir); the page goes to DIR/review.html"
-    )
-    parser.add_argument("--study", help="an Optuna study (hydra.sweeper.study_name): its runs and its Optuna charts")
-    parser.add_argument(
-        "--storage", default=os.environ.get("OPTUNA_STORAGE", DEFAULT_STORAGE), help="the study's Optuna storage URL"
-    )
-    parser.add_argument(
-        "--root", action="append", help="with --study: folders with its run dirs (default: multirun, outputs, runs)"
-    )
-    parser.add_argument("--out", help="where to write the page (default: DIR/review.html, or sweeps/<study>.html)")
-    parser.add_argument(
-        "--wandb-report",
-        action="store_true",
-        help="also publish a W&B Report with the same panels (runs logged with logger.mode=online; needs wandb login)",
-    )
-    args = parser.parse_args(argv)
     if not args.dir and not args.study:
-        parser.error("give a folder of runs (DIR) or --study NAME")
+        raise DuelistError("python -m duelist review: give dir=FOLDER (a folder of runs) or study=NAME")
     if args.study:
-        roots = [args.dir] if args.dir else (args.root or ["multirun", "outputs", "runs"])
+        roots = [args.dir] if args.dir else (args.roots or ["multirun", "outputs", "runs"])
         suffix = (
             "" if args.storage == DEFAULT_STORAGE else "-" + hashlib.sha256(args.storage.encode()).hexdigest()[:8]
         )  # one page per storage
@@ -512,13 +554,13 @@ def main(argv: Optional[list[str]] = None) -> int:
         path = write_review([args.dir], args.out or Path(args.dir) / "review.html", args.dir)
     print(f"review page: {path}")
     if args.wandb_report:
-        runs = load_runs([args.dir] if args.dir else (args.root or ["multirun", "outputs", "runs"]), args.study)
+        runs = load_runs([args.dir] if args.dir else (args.roots or ["multirun", "outputs", "runs"]), args.study)
         report = wandb_report(runs, args.study or args.dir)
         try:
             report.save()
         except Exception as err:  # not logged in, no network, runs not uploaded
             raise DuelistError(
-                f"--wandb-report: publishing failed ({str(err).splitlines()[0]}); log in (wandb login) and upload "
+                f"wandb_report=true: publishing failed ({str(err).splitlines()[0]}); log in (wandb login) and upload "
                 f"offline runs first (wandb sync DIR/*/wandb/offline-run-*)"
             ) from err
         print(f"W&B report: {report.url}")
