@@ -24,7 +24,7 @@ EXPECTED = re.compile(r"dropped \d+ of \d+ rows with bad values")
 
 
 # the pages with walked blocks, in the order a reader follows them (later blocks use what earlier ones made)
-WALKED = ["README.md", "docs/train-and-infer.md", "docs/gpu-and-kaggle.md", "docs/extra-data.md"]
+WALKED = ["README.md", "docs/train-and-infer.md", "docs/gpu-and-kaggle.md", "docs/extra-data.md", "docs/kaggle.md"]
 
 
 def walked_commands(page: str) -> list[str]:
@@ -90,5 +90,6 @@ def test_readme_cpu_path_runs_as_written(tmp_path) -> None:
     print(*timings, sep="\n")
     test_ids = list(pd.read_parquet(tmp_path / "test.parquet")["id"])
     assert list(pd.read_csv(tmp_path / "submission.csv")["id"].astype(str)) == [str(i) for i in test_ids]
-    assert (tmp_path / "pl2.summary.json").is_file() and (tmp_path / "kaggle" / "duelist-pkg" / "run.sh").is_file()
+    assert (tmp_path / "pl2.summary.json").is_file() and (tmp_path / "kaggle" / "wsdm-pkg" / "run.sh").is_file()
+    assert (tmp_path / "kaggle-oof.ensemble.json").is_file()  # the Kaggle page's OOF-only report
     assert (tmp_path / "runs" / "a-merged" / "exported_from.json").is_file()

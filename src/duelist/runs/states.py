@@ -336,9 +336,10 @@ def check_same_config(
 
 
 def check_same_data(state: SavedState, current: dict[str, str]) -> None:
-    """Refuse to resume on other rows: a data file rewritten since the state was saved (the January workflow
-    regenerates its pseudo-labelled files) would train on other rows, and the saved best predictions would be paired
-    with other validation rows. ``current``: :func:`duelist.data.splits.fingerprints` of the rows loaded now."""
+    """Refuse to resume on other rows: a data file rewritten since the state was saved (the extra-data workflow
+    of docs/extra-data.md regenerates its pseudo-labelled files) would train on other rows, and the saved best
+    predictions would be paired with other validation rows. ``current``: :func:`duelist.data.splits.fingerprints`
+    of the rows loaded now."""
     if not state.data:  # written before states recorded their data
         return
     changed = sorted(f for f in set(state.data) | set(current) if state.data.get(f) != current.get(f))
