@@ -11,9 +11,8 @@ from omegaconf import OmegaConf
 
 from conftest import TINY, html_tables, run_cli
 
-pytestmark = pytest.mark.slow
 
-
+@pytest.mark.slow
 def test_plain_multirun_writes_a_review_page_and_groups_wandb_runs(tmp_path) -> None:
     sweep = tmp_path / "m"
     args = [
@@ -107,6 +106,7 @@ def test_plain_multirun_writes_a_review_page_and_groups_wandb_runs(tmp_path) -> 
     assert nothing.returncode == 2 and "no finished run" in nothing.stderr
 
 
+@pytest.mark.slow
 def test_a_multirun_that_stops_at_a_failed_job_still_has_its_review_page(tmp_path) -> None:
     sweep = tmp_path / "m"
     args = [
@@ -122,3 +122,38 @@ def test_a_multirun_that_stops_at_a_failed_job_still_has_its_review_page(tmp_pat
     assert len(rows) == 1 and float(rows[0]["accuracy"]) == pytest.approx(
         json.loads((sweep / "0" / "metrics.json").read_text())["val/accuracy"], abs=1e-4
     )
+
+
+@pytest.mark.fast
+def test_a_page_of_one_run_names_it_counts_rows_per_language_and_keeps_accuracy_below_one(tmp_path) -> None:
+    from duelist.runs.run_dir import RunDir
+    from duelist.tools.review import (
+        MIN_LANGUAGE_ROWS,
+        Run,
+        _accuracy_figure,
+        _curves_figure,
+        _language_figure,
+        review_html,
+        runs_table,
+    )
+
+    metrics = {
+        "val/accuracy": 0.97,
+        "val/baseline_longer_wins": 0.95,
+        "val/log_loss": 0.3,
+        "val/accuracy_by_language": {"Chinese": 0.7, "Catalan": 1.0},
+        "val/rows_by_language": {"Chinese": 161, "Catalan": 2},
+        "runtime_s": 60.0,
+    }
+    config = {"model": {"name": "minilm"}, "lora": {"r": 64}}
+    run = Run(RunDir(tmp_path / "07-30-13"), config, metrics, {"val/accuracy": [[40, 0.97]], "train/loss": [[1, 0.7]]})
+    table = runs_table([run])
+    assert list(table["run"]) == ["minilm (07-30-13)"]  # not "0", not the folder's time alone
+    bars = _language_figure([run], list(table["run"])).data[0]
+    assert list(bars.x) == ["Chinese (n=161)", "Catalan (n=2)"]  # most rows first, each with its n
+    assert bars.marker.color[1] == "#bbbbbb" and bars.marker.color[0] != "#bbbbbb" and MIN_LANGUAGE_ROWS > 2
+    assert _language_figure([run], ["x"]).layout.yaxis.range == (0.0, 1.0)
+    assert _accuracy_figure(table).layout.yaxis.range[1] <= 1.0  # 0.97 with its label: the axis still ends at 1
+    point = _curves_figure([run], ["x"], "val/accuracy").data[0]
+    assert point.mode == "markers" and point.name == "x (evaluated once)"  # one evaluation is a point, not a curve
+    assert "opens offline" in review_html("one run", [run])
