@@ -59,3 +59,9 @@ def test_every_command_takes_key_value_options_and_a_wrong_one_is_one_line(args,
     res = duelist(*args)
     assert res.returncode == 2 and len(res.stderr.strip().splitlines()) == 1, res.stderr
     assert says in res.stderr and "known options:" in res.stderr
+
+
+def test_eda_has_its_own_help() -> None:
+    res = duelist("eda", "--help")
+    assert res.returncode == 0 and res.stdout.startswith("Exploratory report of a preference dataset")
+    assert "python train.py [GROUP=OPTION" not in res.stdout

@@ -166,11 +166,12 @@ def test_two_model_ensemble_end_to_end(tmp_path) -> None:
         "infer.py", ["ensemble=two_model", f"ensemble.roots=[{root}]", f"data.test={WSDM_EXAMPLE}", f"output={out}"]
     )  # members: auto
     assert res.returncode == 0, res.stderr[-3000:]
-    assert re.search(r"OOF +ensemble: accuracy", res.stdout) and re.search(r"OOF +member0: accuracy", res.stdout)
-    assert re.search(
-        r"OOF +ensemble_cross_fitted: accuracy .* grouped by prompt, scored with weights tuned", res.stdout
-    )
-    assert re.search(r"OOF cascade \(cross-fitted\), member 2 on the +25% least certain rows", res.stdout)
+    number = r" +[01]\.[0-9]{4}"
+    for row in ("tiny_gemma2", "tiny_llama", "longer-answer rule", r"ensemble", r"ensemble, cross-fitted"):
+        assert re.search(rf"^ +(\S*/)?{row}{number}", res.stdout, re.M), (row, res.stdout)  # members named by run
+    assert re.search(rf"ensemble, cross-fitted{number}{number} +\(each part scored with weights tuned", res.stdout)
+    assert "cross-fitting: 5 parts (grouped by prompt)" in res.stdout
+    assert re.search(rf"cascade 25%{number}{number} +\(cross-fitted; \S*tiny_\w+ on the 25% rows", res.stdout)
     report = json.loads(out.with_suffix(".ensemble.json").read_text())
     assert sorted(report["runs"]) == [str(root / "tiny_gemma2"), str(root / "tiny_llama")]
     assert set(report["oof/cascade_cross_fitted"]) == {"25%", "50%", "100%"}

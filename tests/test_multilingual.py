@@ -348,7 +348,7 @@ def test_stack_is_cross_fitted(runs, tmp_path, monkeypatch) -> None:
         ["ensemble=stack", f"runs=[{members[0]},{members[1]}]", f"data.test={WSDM_EXAMPLE}", f"output={out}"],
     )
     assert res.returncode == 0, res.stderr[-3000:]
-    assert re.search(r"OOF +stack_cross_fitted: accuracy [0-9.]+ .*the honest estimate", res.stdout)
+    assert re.search(r"stack, cross-fitted +[01]\.[0-9]{4} .*scored by a stacker trained on the others", res.stdout)
     assert (out.with_suffix(".stacker") / "booster.txt").is_file() and len(pd.read_csv(out)) == 3
     from duelist.core.errors import DuelistError
 

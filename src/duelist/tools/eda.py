@@ -319,6 +319,11 @@ def main(argv: list[str]) -> None:
     from duelist.core.config import conf_dir, register_configs
     from duelist.core.errors import exit_cleanly_on_user_error
 
+    if any(a in ("-h", "--help") for a in argv):  # its own page, not train.py's (whose config it composes)
+        print(__doc__.strip())
+        print("\nGroups that matter here: data (data=files data.train=FILE,...), model (the tokenizer), logger.")
+        print("Their options: python train.py --help; their keys: conf/GROUP/OPTION.yaml.")
+        return
     register_configs()
 
     @hydra.main(version_base="1.3", config_path=str(conf_dir()), config_name="train")

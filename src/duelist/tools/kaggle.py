@@ -162,9 +162,10 @@ def build(
             'TEST="$1"; OUT="${2:-submission.csv}"; shift $(( $# < 2 ? $# : 2 ))\n'
             + check_python
             # what scoring needs (requirements.txt), then duelist itself without the training-only rest of its
-            # dependencies
-            + 'pip install --no-index --find-links "$HERE/wheels" -r "$HERE/requirements.txt"\n'
-            'pip install --no-index --find-links "$HERE/wheels" --no-deps duelist\n'
+            # dependencies; Kaggle runs as root, so pip's warning about root is only noise
+            + 'PIP=(pip install --root-user-action=ignore --no-index --find-links "$HERE/wheels")\n'
+            '"${PIP[@]}" -r "$HERE/requirements.txt"\n'
+            '"${PIP[@]}" --no-deps duelist\n'
             'HF_HUB_OFFLINE=1 WANDB_MODE=disabled python "$HERE/infer.py" '
             f'"runs=[{run_list}]" "data.test=$TEST" "output=$OUT" '
             '"hydra.run.dir=${TMPDIR:-/tmp}/duelist-infer" '
