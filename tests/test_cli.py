@@ -19,7 +19,7 @@ def duelist(*args: str, cwd=None) -> subprocess.CompletedProcess:
 def test_without_a_command_it_lists_them_and_fails() -> None:
     res = duelist()
     assert res.returncode == 2
-    for command in ("runs", "review", "export", "kaggle", "bench", "eda", "example-data"):
+    for command in ("runs", "review", "export", "kaggle", "bench", "footprint", "plan", "eda", "example-data"):
         assert f"python -m duelist {command}" in res.stdout
 
 

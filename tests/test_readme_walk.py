@@ -23,8 +23,15 @@ MARK = "<!-- readme-walk"
 EXPECTED = re.compile(r"dropped \d+ of \d+ rows with bad values")
 
 
-# the pages with walked blocks, in the order a reader follows them (later blocks use what earlier ones made)
-WALKED = ["README.md", "docs/train-and-infer.md", "docs/gpu-and-kaggle.md", "docs/extra-data.md", "docs/kaggle.md"]
+# the pages with walked blocks, in the order a reader follows them, as walks that need nothing from each other but the
+# example files (so they run side by side); within a walk, later blocks use what earlier ones made
+WALKS = {
+    "train-and-infer": ["README.md", "docs/train-and-infer.md", "docs/gpu-and-kaggle.md"],
+    "extra-data": ["docs/extra-data.md"],
+    "kaggle": ["docs/kaggle.md"],
+}
+WALKED = [page for pages in WALKS.values() for page in pages]
+EXAMPLE_DATA = "python -m duelist example-data"
 
 
 def walked_commands(page: str) -> list[str]:
@@ -46,8 +53,12 @@ def walked_commands(page: str) -> list[str]:
     return commands
 
 
-def all_commands() -> list[str]:
-    return [command for page in WALKED for command in walked_commands((ROOT / page).read_text())]
+def all_commands(walk: str | None = None) -> list[str]:
+    """The commands of one walk (all of them without ``walk``); each walk starts from the example files."""
+    if walk is None:
+        return [command for name in WALKS for command in all_commands(name)]
+    commands = [command for page in WALKS[walk] for command in walked_commands((ROOT / page).read_text())]
+    return commands if commands[:1] == [EXAMPLE_DATA] else [EXAMPLE_DATA, *commands]
 
 
 @pytest.mark.fast
@@ -61,14 +72,16 @@ def test_every_page_with_walked_blocks_is_walked() -> None:
 @pytest.mark.fast
 def test_the_commands_are_found_and_substituted() -> None:
     commands = all_commands()
-    assert commands[0] == "python -m duelist example-data"
+    assert all(all_commands(walk)[0] == EXAMPLE_DATA for walk in WALKS)
+    assert all_commands("train-and-infer").count(EXAMPLE_DATA) == 1  # the page's own, not one more
     parallel = [c for c in commands if "devices=" in c]
     assert parallel and all("devices=[cpu,cpu]" in c for c in parallel)
     assert any("runs=[runs/student2_a,runs/student2_b]" in c for c in commands)
 
 
 @pytest.mark.slow
-def test_readme_cpu_path_runs_as_written(tmp_path) -> None:
+@pytest.mark.parametrize("walk", list(WALKS))
+def test_docs_run_as_written(walk, tmp_path) -> None:
     # a fresh clone's files (the commands run from a checkout; the Kaggle packager builds duelist's wheel from src/)
     for name in ("train.py", "infer.py", "pyproject.toml", "README.md"):
         shutil.copy2(ROOT / name, tmp_path / name)
@@ -76,7 +89,7 @@ def test_readme_cpu_path_runs_as_written(tmp_path) -> None:
         shutil.copytree(ROOT / folder, tmp_path / folder, ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
     env = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}", "PYTHONUNBUFFERED": "1"}
     timings = []
-    for command in all_commands():
+    for command in all_commands(walk):
         start = time.perf_counter()
         res = subprocess.run(
             ["bash", "-c", command], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=900
@@ -88,8 +101,12 @@ def test_readme_cpu_path_runs_as_written(tmp_path) -> None:
         noise = [line for line in output.splitlines() if re.search(r"warn", line, re.I) and not EXPECTED.search(line)]
         assert not noise, f"{command}\n" + "\n".join(noise[:10])
     print(*timings, sep="\n")
-    test_ids = list(pd.read_parquet(tmp_path / "test.parquet")["id"])
+    test_ids = list(pd.read_parquet(tmp_path / "test.parquet")["id"])  # every walk ends with a submission
     assert list(pd.read_csv(tmp_path / "submission.csv")["id"].astype(str)) == [str(i) for i in test_ids]
-    assert (tmp_path / "pl2.summary.json").is_file() and (tmp_path / "kaggle" / "wsdm-pkg" / "run.sh").is_file()
-    assert (tmp_path / "kaggle-oof.ensemble.json").is_file()  # the Kaggle page's OOF-only report
-    assert (tmp_path / "runs" / "a-merged" / "exported_from.json").is_file()
+    made = {
+        "train-and-infer": ["runs/a-merged/exported_from.json"],
+        "extra-data": ["pl2.summary.json"],
+        "kaggle": ["kaggle/wsdm-pkg/run.sh", "kaggle-oof.ensemble.json"],  # the package; the OOF-only report
+    }
+    for path in made[walk]:
+        assert (tmp_path / path).is_file(), path

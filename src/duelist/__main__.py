@@ -6,6 +6,8 @@ score; these look after runs and ship them).
     python -m duelist export run=RUN out=DIR                              LoRA adapters merged into the weights
     python -m duelist kaggle runs=[RUN,...] out=DIR                       the offline Kaggle package
     python -m duelist bench model=NAME [train=true]                       inference and training speed, MFU
+    python -m duelist footprint model=NAME layers=2                       FLOPs, memory at real width, projected
+    python -m duelist plan runs=[RUN,...] test=FILE hardware=t4x2         infer.py's hours on that machine
     python -m duelist eda data=files data.train=FILE                      a data report (train.py's config groups)
     python -m duelist example-data [out=DIR]                              example files from the bundled sample
 
@@ -23,6 +25,8 @@ COMMANDS = {
     "export": "duelist.tools.export",
     "kaggle": "duelist.tools.kaggle",
     "bench": "duelist.tools.bench",
+    "footprint": "duelist.tools.footprint",
+    "plan": "duelist.tools.plan",
     "eda": "duelist.tools.eda",
     "example-data": "duelist.tools.example_data",
 }

@@ -10,6 +10,7 @@ behind the test-only switch ``DUELIST_CPU_BNB=1`` (:func:`cpu_bnb`).
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
 from typing import Any, Optional
 
 import torch
@@ -123,3 +124,20 @@ def quantized_device_map(device: torch.device) -> dict[str, Any]:
     if device.type == "cuda":
         return {"": device.index if device.index is not None else torch.cuda.current_device()}
     return {"": "cpu"}
+
+
+@dataclass(frozen=True)
+class Throughput:
+    """A machine the projections of ``footprint`` and ``plan`` time work on."""
+
+    devices: int  # GPUs working on one job's rows (infer.py devices=[...])
+    flops: float  # sustained FLOP/s of one device in ``precision``
+    precision: str  # the dtype scoring runs in there
+    memory_gb: float  # memory of one device
+    source: str  # where ``flops`` comes from
+
+
+THROUGHPUT = {
+    "t4x2": Throughput(2, 24e12, "fp16", 15.0, "Kaggle's 2×T4: fp16 sustained at the T4's 70 W cap (65 nominal)"),
+    "h100": Throughput(1, 790e12, "bf16", 80.0, "one H100: bf16 dense matmul as measured earlier (989 nominal)"),
+}

@@ -72,7 +72,7 @@ class RunDir:
     def require_checkpoint(self) -> "RunDir":
         if not self.path.is_dir():
             raise DuelistError(
-                f"{self.path}: no such run dir; pass the Hydra run dir of a train.py run (python -m duelist.runs lists "
+                f"{self.path}: no such run dir; pass the Hydra run dir of a train.py run (python -m duelist runs lists "
                 "them)"
             )
         if not self.has_checkpoint():

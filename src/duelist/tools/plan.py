@@ -1,0 +1,183 @@
+"""How long ``infer.py`` will take on a machine you do not have: ``python -m duelist plan``.
+
+    python -m duelist plan runs=[runs/a,runs/b] test=test.parquet hardware=t4x2 time_budget_min=690
+
+For each run, the test file's rows are tokenized as the run scores them (its own tokenizer from its checkpoint, its
+token budget ``model.max_length``), the forward FLOPs of each row are counted at the model's full depth (a·L + b·L²
+for a row of L tokens, two counts on the meta device: ``footprint``'s curve), and their sum is timed at the hardware's
+sustained FLOP/s (:data:`duelist.core.hardware.THROUGHPUT`, each figure with its source); swap TTA (``tta=swap``)
+doubles it. Then whether every member fits ``time_budget_min``, and if not, the share of rows the second member can
+score in what the first leaves (``infer.py ensemble.cascade=true``: the first member on every row, the second on the
+rows the first is least sure of). Feature-model runs score in seconds on a CPU: counted as zero. A projection from
+counted FLOPs at a sustained rate: padding, tokenization and loading are not in it (``infer.py``'s own time budget
+measures as it goes).
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Optional, Sequence
+
+import numpy as np
+
+from duelist.core import options
+from duelist.core.errors import DuelistError, exit_cleanly_on_user_error
+from duelist.core.files import shown, write_json
+from duelist.core.hardware import THROUGHPUT
+from duelist.core.logs import quiet_library_logs
+from duelist.core.options import option
+
+
+@dataclass
+class PlanOptions:
+    runs: list = option(help="run dirs, in the order infer.py gets them (the cascade's first member first)")
+    test: str = option(help="the test file infer.py will score (parquet, csv or jsonl)")
+    hardware: str = option("t4x2", f"the machine: {' | '.join(THROUGHPUT)}")
+    tta: str = option("swap", "swap (each row scored twice, A and B exchanged) | none")
+    time_budget_min: float = option(690.0, "minutes infer.py may take (Kaggle: 12 h, less loading and margin)")
+    rows: int = option(0, "project to this many rows, lengths drawn from the file's (0: the file's own rows)")
+    out: Optional[str] = option(None, "JSON path (default: outputs/plan/<test file>-<hardware>.json)")
+
+
+def row_lengths(run_dir: Path, test: Any) -> tuple[np.ndarray, Any]:
+    """Tokens per row as the run scores them, and the run's saved config."""
+    from duelist.data.encoding import PairEncoder
+    from duelist.models.network_build import load_tokenizer
+    from duelist.runs.run_dir import RunDir
+
+    run = RunDir(run_dir).require_checkpoint()
+    cfg = run.read_checkpoint_config()
+    tokenizer = load_tokenizer(str(run.checkpoint / "tokenizer"), what="tokenizer")
+    encoder = PairEncoder.for_model(tokenizer, cfg.model)
+    return np.array([len(ids) for ids in encoder.encode(test, desc=f"tokenize {shown(run_dir)}")]), cfg
+
+
+def base_config(run_dir: Path, cfg: Any) -> Any:
+    """The Hugging Face config of the run's network at full depth: a merged model's own, a random-init shape's, or
+    the base model's (from a local folder or the Hugging Face cache; nothing is downloaded)."""
+    from transformers import AutoConfig
+
+    from duelist.core.files import resolve_path
+    from duelist.tools.footprint import hf_config
+
+    merged = Path(run_dir) / "checkpoint" / "model" / "config.json"
+    if merged.is_file():
+        return AutoConfig.from_pretrained(str(merged.parent))
+    if cfg.model.init == "random":
+        return hf_config(cfg)
+    try:
+        return AutoConfig.from_pretrained(resolve_path(cfg.model.name_or_path), local_files_only=True, num_labels=2)
+    except OSError as err:
+        raise DuelistError(
+            f"{shown(run_dir)}: the config of its base {cfg.model.name_or_path} is not on this machine; plan on the "
+            "machine that trained it (the Hugging Face cache has it), or on the merged export (python -m duelist "
+            "export)"
+        ) from err
+
+
+def plan_member(run_dir: Path, test: Any, opts: PlanOptions, rng: np.random.Generator) -> dict[str, Any]:
+    from duelist.models.kinds import kind_of
+    from duelist.runs.run_dir import RunDir
+    from duelist.tools.footprint import flops_curve, row_flops
+
+    cfg = RunDir(run_dir).require_checkpoint().read_checkpoint_config()
+    if kind_of(cfg.model).name != "network":
+        return {"run": str(run_dir), "model": cfg.model.name, "hours": 0.0, "note": "trees: seconds on a CPU"}
+    lengths, cfg = row_lengths(run_dir, test)
+    if opts.rows:
+        lengths = rng.choice(lengths, size=opts.rows, replace=True)
+    curve = flops_curve(cfg, config=base_config(run_dir, cfg))
+    flops = float(row_flops(curve, lengths).sum()) * (2 if opts.tta == "swap" else 1)
+    hw = THROUGHPUT[opts.hardware]
+    return {
+        "run": str(run_dir),
+        "model": cfg.model.name,
+        "rows": int(len(lengths)),
+        "tokens": int(lengths.sum()),
+        "tokens_p50_p99_max": [int(np.percentile(lengths, 50)), int(np.percentile(lengths, 99)), int(lengths.max())],
+        "max_length": int(cfg.model.max_length),
+        "flops_curve": curve,
+        "forward_flops": flops,
+        "hours": flops / (hw.devices * hw.flops) / 3600,
+    }
+
+
+def cascade(hours: list[float], budget_h: float) -> dict[str, Any]:
+    """What fits: every member on every row, or the first on every row and the second on a share of them."""
+    if sum(hours) <= budget_h:
+        return {"fits": True, "second_member_share": 1.0 if len(hours) > 1 else None, "spare_h": budget_h - sum(hours)}
+    if len(hours) < 2 or hours[0] > budget_h:
+        return {"fits": False, "second_member_share": 0.0 if len(hours) > 1 else None, "spare_h": budget_h - sum(hours)}
+    return {"fits": False, "second_member_share": (budget_h - hours[0]) / hours[1], "spare_h": 0.0}
+
+
+def run(opts: PlanOptions) -> dict[str, Any]:
+    from duelist.data.reading import load_test
+
+    if opts.hardware not in THROUGHPUT:
+        raise DuelistError(f"hardware={opts.hardware}: one of {', '.join(THROUGHPUT)}")
+    if opts.tta not in ("swap", "none"):
+        raise DuelistError(f"tta={opts.tta}: swap | none")
+    if not opts.runs:
+        raise DuelistError("runs=[RUN_DIR,...]: the runs infer.py will score with")
+    test = load_test(opts.test)
+    rng = np.random.default_rng(0)
+    members = [plan_member(Path(r), test, opts, rng) for r in opts.runs]
+    hw = THROUGHPUT[opts.hardware]
+    report = {
+        "time": time.strftime("%Y-%m-%dT%H:%M:%S"),
+        "test": opts.test,
+        "hardware": {"name": opts.hardware, **vars(hw)},
+        "tta": opts.tta,
+        "time_budget_min": opts.time_budget_min,
+        "members": members,
+        "plan": cascade([m["hours"] for m in members], opts.time_budget_min / 60),
+        "what_it_is": "a projection: counted forward FLOPs at a sustained FLOP/s; padding, tokenizing and loading "
+        "are not in it",
+    }
+    out = Path(opts.out or f"outputs/plan/{Path(opts.test).stem}-{opts.hardware}.json")
+    write_json(out, report)
+    print_plan(report, out)
+    return report
+
+
+def print_plan(report: dict[str, Any], out: Path) -> None:
+    hw = report["hardware"]
+    rows = next((m["rows"] for m in report["members"] if "rows" in m), 0)
+    print(
+        f"plan for {rows} rows of {report['test']} on {hw['name']} ({hw['devices']} × {hw['flops'] / 1e12:.0f} TFLOP/s "
+        f"{hw['precision']}: {hw['source']}), tta={report['tta']}, budget {report['time_budget_min']:.0f} min"
+    )
+    for m in report["members"]:
+        if "rows" not in m:
+            print(f"  {shown(m['run'])} ({m['model']}): {m['note']}")
+            continue
+        p50, p99, top = m["tokens_p50_p99_max"]
+        print(
+            f"  {shown(m['run'])} ({m['model']}): {m['hours']:.2f} h for all rows; tokens per row p50 {p50}, p99 {p99},"
+            f" max {top} (cut at {m['max_length']})"
+        )
+    plan = report["plan"]
+    if plan["fits"]:
+        print(f"  fits: {plan['spare_h']:.2f} h to spare")
+    elif plan["second_member_share"]:
+        print(
+            f"  does not fit: the first member on every row, the second on the {plan['second_member_share']:.0%} of"
+            " rows the first is least sure of (the cascade)"
+        )
+    else:
+        print(f"  does not fit: {-plan['spare_h']:.2f} h over, even the first member alone")
+    print(f"  {report['what_it_is']}")
+    print(f"wrote {out}")
+
+
+def parse(argv: Sequence[str] | None = None) -> PlanOptions:
+    return options.parse(PlanOptions, argv, "python -m duelist plan", __doc__.split("\n\n")[0])
+
+
+@exit_cleanly_on_user_error
+def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
+    quiet_library_logs()
+    return run(parse(argv))
