@@ -43,7 +43,14 @@ TINY = [
 
 
 # the longest test files (minutes each) go first, so with `-n 2` they do not end up running alone at the end
-FIRST = ("test_readme_walk.py", "test_kaggle.py", "test_minilm.py", "test_distributed.py")
+FIRST = (
+    "test_walk_extra_data.py",
+    "test_walk_train_and_infer.py",
+    "test_walk_kaggle.py",
+    "test_kaggle.py",
+    "test_minilm.py",
+    "test_distributed.py",
+)
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:

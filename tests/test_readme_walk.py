@@ -79,9 +79,9 @@ def test_the_commands_are_found_and_substituted() -> None:
     assert any("runs=[runs/student2_a,runs/student2_b]" in c for c in commands)
 
 
-@pytest.mark.slow
-@pytest.mark.parametrize("walk", list(WALKS))
-def test_docs_run_as_written(walk, tmp_path) -> None:
+def walk_docs(walk: str, tmp_path: Path) -> None:
+    """One walk, run in ``tmp_path`` (each walk has its own test file, so that ``-n 2 --dist loadfile`` runs them
+    side by side: tests/test_walk_*.py)."""
     # a fresh clone's files (the commands run from a checkout; the Kaggle packager builds duelist's wheel from src/)
     for name in ("train.py", "infer.py", "pyproject.toml", "README.md"):
         shutil.copy2(ROOT / name, tmp_path / name)

@@ -55,10 +55,7 @@ from duelist.tools.bench import KAGGLE_ROWS, device_name, git_commit, slug, synt
 
 REST = "rest"
 LAYER = re.compile(r"(?:^|\.)(?:layers|layer|h)\.(\d+)(?:\.|$)")
-RECIPES = {  # training recipes: the lora group and the base weights' precision
-    "qlora": ("qlora", "bf16"),
-    "lora_bf16": ("default", "bf16"),
-}
+RECIPES = {"qlora": "qlora", "lora": "default"}  # training recipes: the lora group they compose
 PRECISIONS = ("fp16", "bf16", "int8", "nf4")  # scoring: weights' dtype, or bitsandbytes quantization (fp16 compute)
 GB = 1e9
 
@@ -388,7 +385,7 @@ def measure_scoring(cfg: Any, folder: str, precision: str, batch: int, length: i
         weights=folder,
         quantization=precision if quantized else "none",
     )
-    model.eval()
+    model.eval().requires_grad_(False)  # scoring: nothing trains
     amp = autocast_dtype("auto", device, half_weights(model))
     ids, _ = synthetic_batch(batch, length, model.config.vocab_size, tokenizer.pad_token_id)
     rows = ids.tolist()
@@ -464,6 +461,14 @@ def project_parts(parts: dict[str, float], layers: int) -> float:
     return float(parts.get(REST, 0.0) + first + (layers - 1) * typical)
 
 
+BASE_OF = {"qlora": "nf4", "lora": "bf16"}  # the scoring build whose frozen weights are the recipe's base
+
+
+def frozen(weights: dict[str, dict[str, int]]) -> dict[str, dict[str, int]]:
+    """The weights without the trainable ones (the base a recipe trains on)."""
+    return {part: {k: v for k, v in kinds.items() if not k.startswith("trainable")} for part, kinds in weights.items()}
+
+
 def weights_at_depth(weights: dict[str, dict[str, int]], measured: int, layers: int) -> int:
     return int(total(weights[REST]) + total(weights["layer"]) / measured * layers)
 
@@ -487,6 +492,10 @@ def projection(
             "saved_activations": project_parts(step["saved_activation_bytes"], layers),
             "recomputed_layer": recompute or 0.0,
         }
+        base = BASE_OF[name.removesuffix("_checkpointing")]
+        if step["autocast"] == "none" and base in measured["scoring"]:  # fp32 compute: the recipe's half base too
+            half = weights_at_depth(frozen(measured["scoring"][base]["weights_bytes"]), n, layers)
+            parts["weights"] += half - weights_at_depth(frozen(step["weights_bytes"]), n, layers)
         training[name] = {
             "peak_gb": sum(parts.values()) / GB,
             "parts_gb": {k: v / GB for k, v in parts.items()},
@@ -494,6 +503,11 @@ def projection(
             "step_flops": project_parts(step["flops"], layers),
             "saved_activation_bytes_per_token": project_parts(step["saved_activation_bytes"], layers) / step["tokens"],
         }
+        if step["autocast"] == "none":
+            training[name]["note"] = (
+                f"trained in fp32 (no autocast); weights with the recipe's half-precision base (the {base} scoring "
+                "build's); saved activations in fp32: an upper bound of bf16 autocast's"
+            )
         if step["checkpointing"] and recompute is None:
             training[name]["note"] = "recomputed layer unknown: measure checkpointing=[false,true] together"
     scoring = out["scoring"] = {}
@@ -581,7 +595,9 @@ class FootprintOptions:
     batch: int = option(1, "rows per training step and per scoring pass")
     recipes: list = option(list(RECIPES), f"training recipes to run: {', '.join(RECIPES)} ([] for none)")
     precisions: list = option(list(PRECISIONS), f"scoring precisions to run: {', '.join(PRECISIONS)} ([] for none)")
-    lengths: list = option([], "measure at these (3+) lengths, fit c + a·L + b·L² to max_length ([]: at max_length)")
+    precision: str = option("bf16", "training: bf16 (autocast; the lora recipe's base in bf16) | fp32 (no autocast)")
+    lengths: list = option([], "train at these (3+) lengths, fit c + a·L + b·L² to max_length ([]: at max_length)")
+    score_length: int = option(0, "tokens of the scoring pass (0: max_length); its weights do not depend on it")
     checkpointing: list = option([False, True], "gradient checkpointing settings to measure")
     check_layers: list = option([], "depths to build too, measured beside the projection from `layers`")
     hardware: list = option(list(THROUGHPUT), "devices to project the time of 25k rows on")
@@ -595,8 +611,7 @@ def measure(opts: FootprintOptions, layers: int) -> dict[str, Any]:
     report: dict[str, Any] = {"layers": layers, "training": {}, "scoring": {}}
     runs: dict[str, dict[int, dict[str, Any]]] = defaultdict(dict)
     for recipe in opts.recipes:
-        lora, dtype = RECIPES[recipe]
-        cfg = compose(opts.model, layers, lora, dtype)
+        cfg = compose(opts.model, layers, RECIPES[recipe], opts.precision)
         for ckpt in opts.checkpointing:
             name = f"{recipe}{'_checkpointing' if ckpt else ''}"
             print(f"  train {name}, {layers} layers, {opts.batch} × {lengths} tokens ...", flush=True)
@@ -605,9 +620,9 @@ def measure(opts: FootprintOptions, layers: int) -> dict[str, Any]:
         cfg = compose(opts.model, layers)
         with random_weights_folder(cfg) as folder:
             for precision in opts.precisions:
-                for length in lengths:
-                    print(f"  score {precision}, {layers} layers, {opts.batch} × {length} tokens ...", flush=True)
-                    runs[f"scoring/{precision}"][length] = measure_scoring(cfg, folder, precision, opts.batch, length)
+                length = opts.score_length or opts.max_length
+                print(f"  score {precision}, {layers} layers, {opts.batch} × {length} tokens ...", flush=True)
+                report["scoring"][precision] = measure_scoring(cfg, folder, precision, opts.batch, length)
     for key, by_length in runs.items():
         group, name = key.split("/")
         report[group][name] = fit_length(by_length, opts.max_length, opts.batch)
@@ -648,6 +663,8 @@ def fit_length(by_length: dict[int, dict[str, Any]], target: int, batch: int) ->
 
 def run(opts: FootprintOptions) -> dict[str, Any]:
     unknown = [r for r in opts.recipes if r not in RECIPES] + [p for p in opts.precisions if p not in PRECISIONS]
+    if opts.precision not in ("bf16", "fp32"):
+        unknown.append(opts.precision)
     if unknown:
         raise DuelistError(f"unknown recipe or precision {unknown}; recipes: {list(RECIPES)}, precisions: {PRECISIONS}")
     os.environ["DUELIST_CPU_BNB"] = "1"  # the bitsandbytes paths on this CPU

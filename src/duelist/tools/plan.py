@@ -32,7 +32,10 @@ from duelist.core.options import option
 
 @dataclass
 class PlanOptions:
-    runs: list = option(help="run dirs, in the order infer.py gets them (the cascade's first member first)")
+    runs: list = option([], "run dirs, in the order infer.py gets them (the cascade's first member first)")
+    models: list = option(
+        [], "model files (conf/model) to plan before any run exists, e.g. gemma2_9b_random: tokens from characters"
+    )
     test: str = option(help="the test file infer.py will score (parquet, csv or jsonl)")
     hardware: str = option("t4x2", f"the machine: {' | '.join(THROUGHPUT)}")
     tta: str = option("swap", "swap (each row scored twice, A and B exchanged) | none")
@@ -77,31 +80,78 @@ def base_config(run_dir: Path, cfg: Any) -> Any:
         ) from err
 
 
+CHARS_PER_TOKEN = "pkg:duelist/assets/chars_per_token.json"
+CJK = ("Chinese", "Japanese", "Korean")
+
+
+def estimated_lengths(test: Any, max_length: int) -> tuple[np.ndarray, str]:
+    """Tokens per row without the model's tokenizer: the row's characters (prompt and both responses) over the
+    characters per token of its language (Qwen2.5's tokenizer on the bundled sample: English, Chinese; other
+    languages as the table says), cut at the token budget; the template's few tokens are not counted."""
+    import json
+
+    from duelist.core.files import resolve_path
+    from duelist.core.languages import detect_languages, language_names
+
+    table = json.loads(Path(resolve_path(CHARS_PER_TOKEN)).read_text())
+    ratios = table["chars_per_token"]
+    if "language" in test and test["language"].notna().all():
+        languages = language_names(test["language"])
+    else:
+        languages = detect_languages(test["prompt"].fillna("").astype(str))
+    ratio = languages.map(lambda lang: ratios.get(lang, ratios["Chinese" if lang in CJK else "English"]))
+    chars = sum(test[c].fillna("").astype(str).str.len() for c in ("prompt", "response_a", "response_b"))
+    tokens = np.minimum(np.ceil(chars.to_numpy() / ratio.to_numpy()), max_length).astype(int)
+    how = f"characters / characters per token of the row's language ({table['tokenizer']}), cut at {max_length}"
+    return tokens, how
+
+
+def plan_model(name: str, test: Any, opts: PlanOptions, rng: np.random.Generator) -> dict[str, Any]:
+    """A model file's plan before any run: its shape from the file, its tokens estimated from characters."""
+    from duelist.tools.footprint import compose, flops_curve
+
+    try:
+        cfg = compose(name, None)
+    except DuelistError as err:
+        raise DuelistError(f"models=[{name}]: {err}; a real shape without download: {name}_random") from err
+    lengths, how = estimated_lengths(test, int(cfg.model.max_length))
+    return timed(name, cfg.model.name, lengths, flops_curve(cfg), opts, rng, how)
+
+
+def timed(
+    member: str, model: str, lengths: np.ndarray, curve: dict, opts: PlanOptions, rng: np.random.Generator, how: str
+) -> dict[str, Any]:
+    from duelist.tools.footprint import row_flops
+
+    if opts.rows:
+        lengths = rng.choice(lengths, size=opts.rows, replace=True)
+    flops = float(row_flops(curve, lengths).sum()) * (2 if opts.tta == "swap" else 1)
+    hw = THROUGHPUT[opts.hardware]
+    return {
+        "run": member,
+        "model": model,
+        "rows": int(len(lengths)),
+        "tokens": int(lengths.sum()),
+        "tokens_counted": how,
+        "tokens_p50_p99_max": [int(np.percentile(lengths, 50)), int(np.percentile(lengths, 99)), int(lengths.max())],
+        "flops_curve": curve,
+        "forward_flops": flops,
+        "hours": flops / (hw.devices * hw.flops) / 3600,
+    }
+
+
 def plan_member(run_dir: Path, test: Any, opts: PlanOptions, rng: np.random.Generator) -> dict[str, Any]:
     from duelist.models.kinds import kind_of
     from duelist.runs.run_dir import RunDir
-    from duelist.tools.footprint import flops_curve, row_flops
+    from duelist.tools.footprint import flops_curve
 
     cfg = RunDir(run_dir).require_checkpoint().read_checkpoint_config()
     if kind_of(cfg.model).name != "network":
         return {"run": str(run_dir), "model": cfg.model.name, "hours": 0.0, "note": "trees: seconds on a CPU"}
     lengths, cfg = row_lengths(run_dir, test)
-    if opts.rows:
-        lengths = rng.choice(lengths, size=opts.rows, replace=True)
     curve = flops_curve(cfg, config=base_config(run_dir, cfg))
-    flops = float(row_flops(curve, lengths).sum()) * (2 if opts.tta == "swap" else 1)
-    hw = THROUGHPUT[opts.hardware]
-    return {
-        "run": str(run_dir),
-        "model": cfg.model.name,
-        "rows": int(len(lengths)),
-        "tokens": int(lengths.sum()),
-        "tokens_p50_p99_max": [int(np.percentile(lengths, 50)), int(np.percentile(lengths, 99)), int(lengths.max())],
-        "max_length": int(cfg.model.max_length),
-        "flops_curve": curve,
-        "forward_flops": flops,
-        "hours": flops / (hw.devices * hw.flops) / 3600,
-    }
+    how = f"the run's tokenizer and token budget (max_length {cfg.model.max_length})"
+    return timed(str(run_dir), cfg.model.name, lengths, curve, opts, rng, how)
 
 
 def cascade(hours: list[float], budget_h: float) -> dict[str, Any]:
@@ -120,11 +170,14 @@ def run(opts: PlanOptions) -> dict[str, Any]:
         raise DuelistError(f"hardware={opts.hardware}: one of {', '.join(THROUGHPUT)}")
     if opts.tta not in ("swap", "none"):
         raise DuelistError(f"tta={opts.tta}: swap | none")
-    if not opts.runs:
-        raise DuelistError("runs=[RUN_DIR,...]: the runs infer.py will score with")
+    if not opts.runs and not opts.models:
+        raise DuelistError(
+            "runs=[RUN_DIR,...]: the runs infer.py will score with (or models=[NAME,...] before any run)"
+        )
     test = load_test(opts.test)
     rng = np.random.default_rng(0)
     members = [plan_member(Path(r), test, opts, rng) for r in opts.runs]
+    members += [plan_model(name, test, opts, rng) for name in opts.models]
     hw = THROUGHPUT[opts.hardware]
     report = {
         "time": time.strftime("%Y-%m-%dT%H:%M:%S"),
@@ -156,8 +209,8 @@ def print_plan(report: dict[str, Any], out: Path) -> None:
             continue
         p50, p99, top = m["tokens_p50_p99_max"]
         print(
-            f"  {shown(m['run'])} ({m['model']}): {m['hours']:.2f} h for all rows; tokens per row p50 {p50}, p99 {p99},"
-            f" max {top} (cut at {m['max_length']})"
+            f"  {shown(m['run']) if Path(m['run']).exists() else m['run']}: {m['hours']:.2f} h for all rows; tokens "
+            f"per row p50 {p50}, p99 {p99}, max {top} ({m['tokens_counted']})"
         )
     plan = report["plan"]
     if plan["fits"]:
