@@ -103,7 +103,7 @@ def test_flops_curve_is_exact_at_a_third_length() -> None:
 def test_resident_memory_growth_of_a_step_is_projected_within_tolerance() -> None:
     """A wider model, so the step's growth (activations, gradients, optimizer state) dwarfs the allocator's noise:
     the growth projected from 2 layers is within 35% of the resident growth measured at 6 layers."""
-    opts = options(model="tiny_llama", precisions=[], max_length=512)
+    opts = options(model="tiny_llama", precisions=[], max_length=512, precision="fp32")
     wide = {"hidden_size": 512, "intermediate_size": 1536, "num_attention_heads": 8, "num_key_value_heads": 4}
     original = footprint.compose
 

@@ -1,30 +1,31 @@
 """A network at its real width and reduced depth, measured, and projected to full depth: ``python -m duelist
 footprint``.
 
-    python -m duelist footprint model=gemma2_9b_random layers=2 max_length=2048     # the 9B shape on a CPU, minutes
-    python -m duelist footprint model=tiny_gemma2 layers=2 check_layers=[4,8]      # the method against real depths
+    python -m duelist footprint model=gemma2_9b_random layers=2 precision=fp32 score_length=128 check_layers=[4]
+    python -m duelist footprint model=tiny_gemma2 layers=2 max_length=256 check_layers=[4,8]
 
 The model file's architecture is built at its real width with ``layers`` decoder layers (random weights) and run
 through duelist's own code on this machine: the training step of each recipe (``qlora``: the 4-bit nf4 base through
-bitsandbytes, ``lora_bf16``: a bf16 base; both with r=64 adapters and the head in fp32 and bf16 autocast; gradient
-checkpointing off and on) and the scoring pass in each precision (fp16, bf16, int8, nf4). On a CPU the bitsandbytes
-paths run behind ``DUELIST_CPU_BNB=1``, which this command sets for itself. Per decoder layer and for the rest of
-the model (embedding, final norm, head), it records:
+bitsandbytes, ``lora``: the base in ``precision``; r=64 adapters and the head in fp32; bf16 autocast, or none with
+``precision=fp32``; gradient checkpointing off and on) and the scoring pass in each precision (fp16, bf16, int8,
+nf4). On a CPU the bitsandbytes paths run behind ``DUELIST_CPU_BNB=1``, which this command sets for itself. Per
+decoder layer and for the rest of the model (embedding, final norm, head), it records:
 
-- FLOPs, counted by ``torch.utils.flop_counter.FlopCounterMode`` (beside ``bench``'s 2·N + attention formula);
+- FLOPs, counted by ``torch.utils.flop_counter.FlopCounterMode``;
 - saved activations: the bytes autograd keeps for the backward pass, seen by
-  ``torch.autograd.graph.saved_tensors_hooks`` (with checkpointing a layer keeps only its inputs, which the
-  checkpoint holds: counted from the layer's arguments); a tensor several layers keep counts once, in the rest;
+  ``torch.autograd.graph.saved_tensors_hooks`` (with checkpointing a layer keeps its input, which the checkpoint
+  saves); a tensor several layers keep, or the model hands every layer, counts once, in the rest;
 - weight bytes by dtype (4-bit and 8-bit weights as their packed bytes plus their quantization state), gradient
   bytes of the trainable parameters, optimizer-state bytes after one AdamW step;
-- wall time here.
+- wall time and the growth of the resident memory during the step.
 
-The projection to the model's full depth D is rest + D × (the mean measured layer), for FLOPs, weights, gradients,
-optimizer state and saved activations. Peak training memory = weights + gradients + optimizer state + saved
-activations, plus with checkpointing one layer's activations while backward recomputes it. Time to score rows on a
-device = their forward FLOPs / its sustained FLOP/s (:data:`duelist.core.hardware.THROUGHPUT`): counted FLOPs of a
-row of L tokens are a·L + b·L², both fitted from two counts of the full-depth model on the meta device (no memory,
-no arithmetic). ``check_layers`` builds those depths too and puts measured beside projected.
+The projection to the model's full depth D is rest + first layer + (D − 1) × a later layer, for FLOPs, weights,
+gradients, optimizer state and saved activations. Peak training memory = weights + gradients + optimizer state +
+saved activations, plus with checkpointing one layer's activations while backward recomputes it. Time to score
+rows on a device = their forward FLOPs / its sustained FLOP/s (:data:`duelist.core.hardware.THROUGHPUT`): counted
+FLOPs of a row of L tokens are a·L + b·L², fitted from two counts of the full-depth model on the meta device (no
+memory, no arithmetic). ``check_layers`` builds those depths too and puts measured beside projected; ``lengths``
+trains at several short lengths and fits them to ``max_length`` (for CPUs too slow at full length).
 """
 
 from __future__ import annotations
@@ -291,7 +292,7 @@ def measure_training(cfg: Any, batch: int, lengths: Sequence[int], checkpointing
     memory (the first step's growth includes the optimizer state it creates)."""
     from torch.utils.flop_counter import FlopCounterMode
 
-    from duelist.core.hardware import autocast_dtype, half_weights
+    from duelist.core.hardware import autocast_dtype
     from duelist.models.network_build import build_model
     from duelist.models.network_training import pair_losses
 
@@ -299,7 +300,7 @@ def measure_training(cfg: Any, batch: int, lengths: Sequence[int], checkpointing
     built = build_model(cfg.model, cfg.lora, device, seed=0, gradient_checkpointing=checkpointing)
     model = built.model
     model.train()
-    amp = autocast_dtype("auto", device, half_weights(model))
+    amp = autocast_dtype(cfg.model.dtype, device)  # as trainer.precision=bf16 | fp32 would train it
     named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
     opt = torch.optim.AdamW([p for _, p in named], lr=1e-5)
     out = {}
@@ -430,7 +431,7 @@ def _count(model: torch.nn.Module, lengths: Sequence[int], device: str) -> list[
         ids = torch.full((1, int(length)), 3, dtype=torch.long, device=device)
         counter = FlopCounterMode(display=False)
         with counter, torch.no_grad():
-            model(input_ids=ids, attention_mask=torch.ones_like(ids))
+            model(input_ids=ids)  # no padding: no mask (building one reads values, which the meta device has not)
         out.append(int(counter.get_total_flops()))
     return out
 

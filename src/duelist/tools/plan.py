@@ -208,9 +208,10 @@ def print_plan(report: dict[str, Any], out: Path) -> None:
             print(f"  {shown(m['run'])} ({m['model']}): {m['note']}")
             continue
         p50, p99, top = m["tokens_p50_p99_max"]
+        name = shown(m["run"]) if Path(m["run"]).exists() else m["run"]
         print(
-            f"  {shown(m['run']) if Path(m['run']).exists() else m['run']}: {m['hours']:.2f} h for all rows; tokens "
-            f"per row p50 {p50}, p99 {p99}, max {top} ({m['tokens_counted']})"
+            f"  {name}: {m['hours']:.2f} h ({m['hours'] * 60:.1f} min) for all rows; tokens per row p50 {p50}, p99 "
+            f"{p99}, max {top} ({m['tokens_counted']})"
         )
     plan = report["plan"]
     if plan["fits"]:
