@@ -60,8 +60,8 @@ def check_table() -> list[str]:
     r = load("gemma2_9b_random")
     lines = [
         "| gemma2_9b_random, 4 layers | FLOPs projected from 2 | counted at 4 | saved activations projected (B/token) "
-        "| measured at 4 |",
-        "| --- | --- | --- | --- | --- |",
+        "| measured at 4 | step's growth projected (GB) | resident growth measured (GB) |",
+        "| --- | --- | --- | --- | --- | --- | --- |",
     ]
     check = r["check"]["4"]
     for name, step in check["projected"]["training"].items():
@@ -69,7 +69,8 @@ def check_table() -> list[str]:
         measured_saved = sum(got["saved_activation_bytes"].values()) / got["tokens"]
         lines.append(
             f"| {name} | {step['step_flops']:.6g} | {sum(got['flops'].values()):.6g} | "
-            f"{step['saved_activation_bytes_per_token']:.0f} | {measured_saved:.0f} |"
+            f"{step['saved_activation_bytes_per_token']:.0f} | {measured_saved:.0f} | "
+            f"{step['growth_in_step_gb']:.2f} | {got['rss_growth_gb_in_step']:.2f} |"
         )
     return lines
 

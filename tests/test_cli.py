@@ -32,7 +32,8 @@ def test_an_unknown_command_is_one_line_and_exit_2() -> None:
     res = duelist("exprot")
     assert res.returncode == 2
     assert res.stderr.strip().splitlines()[-1] == (
-        "error: unknown command 'exprot'; one of runs, review, export, kaggle, bench, eda, example-data"
+        "error: unknown command 'exprot'; one of runs, review, export, kaggle, bench, footprint, plan, eda, "
+        "example-data"
     )
 
 
