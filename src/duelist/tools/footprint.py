@@ -126,10 +126,6 @@ def hf_config(cfg: Any) -> Any:
     return config
 
 
-def depth(config: Any) -> int:
-    return int(config.num_hidden_layers)
-
-
 # ---------------------------------------------------------------- counting
 class SavedActivations:
     """Bytes autograd saves for backward during a forward pass, by the decoder layer that saved them (storages
@@ -209,11 +205,6 @@ def flops_by_part(counter: Any) -> dict[str, int]:
             out[f"layer{index}"] = int(sum(ops.values()))
     out[REST] = int(counter.get_total_flops()) - sum(out.values())
     return out
-
-
-def layer_mean(parts: dict[str, float]) -> float:
-    layers = [v for k, v in parts.items() if k != REST]
-    return float(np.mean(layers)) if layers else 0.0
 
 
 def weight_bytes(model: torch.nn.Module) -> dict[str, dict[str, int]]:
@@ -671,7 +662,7 @@ def run(opts: FootprintOptions) -> dict[str, Any]:
     os.environ["DUELIST_CPU_BNB"] = "1"  # the bitsandbytes paths on this CPU
     full_cfg = compose(opts.model, None)
     config = hf_config(full_cfg)
-    full = depth(config)
+    full = int(config.num_hidden_layers)
     report: dict[str, Any] = {
         "device": device_name(torch.device("cpu")),
         "versions": versions(),
