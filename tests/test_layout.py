@@ -86,7 +86,7 @@ def test_every_import_names_a_module_that_exists() -> None:
 def test_only_the_two_kinds_ask_which_kind_a_model_is() -> None:
     """The model-kind seam: ``arch == "features"`` (or any test of the model's schema) appears in the config schema
     and in :mod:`duelist.models.kinds` alone; everything else calls the kind's methods."""
-    allowed = {"core.config", "models.kinds", "models.trees", "tools.bench", "tools.footprint"}  # they measure networks
+    allowed = {"core.config", "models.kinds", "models.trees", "tools.bench"}  # bench: it measures networks only
     asking = re.compile(r"""arch\W*(==|!=)\W*["']features|model_schema\(|is_feature_run""")
     found = [m for m, p in modules().items() if m not in allowed and asking.search(p.read_text())]
     assert not found, found

@@ -117,13 +117,12 @@ def timed(fn: Callable[[], Any], device: torch.device) -> tuple[Any, float]:
     return out, time.perf_counter() - start
 
 
-def build(model_name: str, device: torch.device, lora: bool, gradient_checkpointing: bool = False) -> Any:
-    """The model of ``conf/model/<model_name>.yaml`` (random-init configs need no download), with LoRA r=64 as
-    ``conf/lora/default.yaml`` has it (the WSDM recipe's, without dropout) or without adapters."""
+def compose_network(model_name: str, lora: str) -> Any:
+    """train.py's config composed with ``model=<model_name>`` (a network) and ``lora=<lora>``, adapter dropout off
+    (a measurement wants the same numbers every step)."""
     from hydra import compose, initialize_config_dir
 
     from duelist.core.config import conf_dir, model_schema, register_configs
-    from duelist.models.network_build import build_model
 
     conf = conf_dir()
     if not (conf / "model" / f"{model_name}.yaml").is_file():
@@ -131,10 +130,19 @@ def build(model_name: str, device: torch.device, lora: bool, gradient_checkpoint
         raise DuelistError(f"model={model_name}: no conf/model/{model_name}.yaml; known: {known}")
     register_configs()
     with initialize_config_dir(str(conf), version_base="1.3"):
-        cfg = compose("train", overrides=[f"model={model_name}", "lora=default" if lora else "lora=none"])
+        cfg = compose("train", overrides=[f"model={model_name}", f"lora={lora}"])
     if model_schema(cfg.model) != "network":
         raise DuelistError(f"model={model_name}: the benchmark measures networks; {model_name} has none")
     cfg.lora.dropout = 0.0
+    return cfg
+
+
+def build(model_name: str, device: torch.device, lora: bool, gradient_checkpointing: bool = False) -> Any:
+    """The model of ``conf/model/<model_name>.yaml`` (random-init configs need no download), with LoRA r=64 as
+    ``conf/lora/default.yaml`` has it (the WSDM recipe's, without dropout) or without adapters."""
+    from duelist.models.network_build import build_model
+
+    cfg = compose_network(model_name, "default" if lora else "none")
     return build_model(cfg.model, cfg.lora, device, seed=0, gradient_checkpointing=gradient_checkpointing)
 
 

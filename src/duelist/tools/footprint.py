@@ -52,7 +52,15 @@ from duelist.core.files import write_json
 from duelist.core.hardware import THROUGHPUT
 from duelist.core.logs import quiet_library_logs
 from duelist.core.options import option
-from duelist.tools.bench import KAGGLE_ROWS, device_name, git_commit, slug, synthetic_lengths, versions
+from duelist.tools.bench import (
+    KAGGLE_ROWS,
+    compose_network,
+    device_name,
+    git_commit,
+    slug,
+    synthetic_lengths,
+    versions,
+)
 
 REST = "rest"
 LAYER = re.compile(r"(?:^|\.)(?:layers|layer|h)\.(\d+)(?:\.|$)")
@@ -73,21 +81,10 @@ def layer_index(name: str) -> Optional[int]:
 
 def compose(model: str, layers: Optional[int], lora: str = "none", dtype: Optional[str] = None) -> Any:
     """train.py's composed config for ``model`` with ``layers`` decoder layers (None: the file's own depth)."""
-    from hydra import compose as hydra_compose
-    from hydra import initialize_config_dir
     from omegaconf import open_dict
 
-    from duelist.core.config import conf_dir, model_schema, register_configs
-
-    conf = conf_dir()
-    if not (conf / "model" / f"{model}.yaml").is_file():
-        known = ", ".join(sorted(p.stem for p in (conf / "model").glob("*.yaml")))
-        raise DuelistError(f"model={model}: no conf/model/{model}.yaml; known: {known}")
-    register_configs()
-    overrides = [f"model={model}", f"lora={lora}"]
-    with initialize_config_dir(str(conf), version_base="1.3"):
-        cfg = hydra_compose("train", overrides=overrides)
-    if model_schema(cfg.model) != "network" or not (cfg.model.init == "random" or local_weights(cfg.model)):
+    cfg = compose_network(model, lora)
+    if not (cfg.model.init == "random" or local_weights(cfg.model)):
         raise DuelistError(
             f"model={model}: footprint builds networks without a download: a random-init real shape (e.g. "
             "gemma2_9b_random) or weights in a local folder (minilm)"
@@ -97,7 +94,6 @@ def compose(model: str, layers: Optional[int], lora: str = "none", dtype: Option
             cfg.model.config_overrides.num_hidden_layers = layers
     if dtype is not None:
         cfg.model.dtype = dtype
-    cfg.lora.dropout = 0.0
     return cfg
 
 
