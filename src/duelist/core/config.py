@@ -79,6 +79,14 @@ class Pooling(Choice):
     mean = "mean"
 
 
+class Head(Choice):
+    """``model.head``: ``pair`` reads both responses in one sequence into a 2-label head; ``reward`` scores prompt +
+    response A and prompt + response B as two sequences with a one-output head, ``p_a = sigmoid(r_a - r_b)``."""
+
+    pair = "pair"
+    reward = "reward"
+
+
 class LengthHint(Choice):
     none = "none"
     buckets = "buckets"
@@ -201,6 +209,7 @@ class NetworkModelConfig:
     attn_implementation: Attention = MISSING
     dtype: Precision = MISSING
     pooling: Pooling = MISSING
+    head: Head = MISSING
     template: Template = MISSING
     length_hint: LengthHint = MISSING
     language_tag: bool = MISSING
@@ -219,7 +228,7 @@ class TreesModelConfig:
 
 MODEL_SCHEMAS = {"network": NetworkModelConfig, "trees": TreesModelConfig}  # the name in conf/model/*.yaml defaults
 # network keys added after runs were first written, with the value every run written before them was trained with
-ADDED_NETWORK_KEYS = {"pooling": "model", "length_hint": "none", "language_tag": False}
+ADDED_NETWORK_KEYS = {"pooling": "model", "head": "pair", "length_hint": "none", "language_tag": False}
 
 
 def model_schema(model: Any) -> str:

@@ -28,10 +28,12 @@ from typing import Any, Sequence
 import numpy as np
 import pandas as pd
 
+from duelist.core.batching import Duo
 from duelist.core.errors import DuelistError
 from duelist.core.files import write_parquet
 from duelist.core.languages import CODES
 from duelist.core.progress import Progress
+from duelist.data.reading import split_turns
 
 log = logging.getLogger(__name__)
 
@@ -105,6 +107,15 @@ def _ids(tokenizer: Any, text: str) -> tuple[int, ...]:
     return tuple(tokenizer(text, add_special_tokens=False)["input_ids"]) if text else ()
 
 
+def _special_wrap(tokenizer: Any) -> tuple[tuple[int, ...], tuple[int, ...]]:
+    """The special tokens the tokenizer puts before and after a text (BERT: [CLS] ... [SEP]; Gemma: <bos>)."""
+    probe = "a"
+    bare = list(_ids(tokenizer, probe))
+    wrapped = list(tokenizer(probe, add_special_tokens=True)["input_ids"])
+    at = next(i for i in range(len(wrapped) - len(bare) + 1) if wrapped[i : i + len(bare)] == bare)
+    return tuple(wrapped[:at]), tuple(wrapped[at + len(bare) :])
+
+
 def build_frame(tokenizer: Any, template: str) -> Frame:
     """Tokenise the fixed text of the chosen template once."""
     content = PLAIN_FRAME.format(hint=SLOTS[0], prompt=SLOTS[1], a=SLOTS[2], b=SLOTS[3])
@@ -118,11 +129,7 @@ def build_frame(tokenizer: Any, template: str) -> Frame:
         tail: tuple[int, ...] = ()  # the chat template writes its own special tokens
     elif template == "plain":
         text = content
-        probe = "a"
-        bare = list(_ids(tokenizer, probe))
-        wrapped = list(tokenizer(probe, add_special_tokens=True)["input_ids"])
-        at = next(i for i in range(len(wrapped) - len(bare) + 1) if wrapped[i : i + len(bare)] == bare)
-        head, tail = tuple(wrapped[:at]), tuple(wrapped[at + len(bare) :])
+        head, tail = _special_wrap(tokenizer)
     else:
         raise DuelistError(f"model.template={template!r}: use plain or chat")
     before, rest = text.split(SLOTS[0])
@@ -325,3 +332,247 @@ class PairEncoder:
         if cache_file is not None:
             write_parquet(cache_file, pd.DataFrame({"input_ids": [np.asarray(x, dtype=np.int32) for x in out]}))
         return out
+
+
+# ---- head=reward: each response with the prompt, as its own sequence ----------------------------------------------
+
+PLAIN_TURN = "Prompt:\n{prompt}\n\nResponse:\n{response}"
+HINT_SLOT = "\x00HINT\x00"
+
+
+def _slot(kind: str, turn: int) -> str:
+    return f"\x00{kind}{turn}\x00"
+
+
+def response_length_hint(mode: str, own: int, other: int) -> str:
+    """:func:`length_hint` as one response's sequence sees it: its length against the other's (``own``, ``other``:
+    character counts). Each sequence gets the mirror of the other's, so swapping A and B swaps the two sequences."""
+    if mode == "none":
+        return ""
+    if mode == "chars":
+        return f"Length: {own:,} chars (the other: {other:,})\n\n"
+    ratio = (own + 1) / (other + 1)
+    if ratio >= MUCH_LONGER:
+        return "Length: much longer than the other\n\n"
+    if ratio >= LONGER:
+        return "Length: longer than the other\n\n"
+    if 1 / ratio >= MUCH_LONGER:
+        return "Length: much shorter than the other\n\n"
+    if 1 / ratio >= LONGER:
+        return "Length: shorter than the other\n\n"
+    return "Length: similar to the other\n\n"
+
+
+@dataclass(frozen=True)
+class TurnFrame:
+    """Token ids around the slots of a ``turns``-turn conversation (hint, then prompt 1, response 1, prompt 2, ...):
+    ``pieces[i]`` comes before slot i, the last piece after the last slot."""
+
+    pieces: tuple[tuple[int, ...], ...]
+    special_head: tuple[int, ...]
+    special_tail: tuple[int, ...]
+    marker: tuple[int, ...]
+
+    @property
+    def overhead(self) -> int:
+        return sum(len(p) for p in self.pieces) + len(self.special_head) + len(self.special_tail)
+
+    @property
+    def min_part(self) -> int:
+        return len(self.marker) + 2
+
+
+def build_turn_frame(tokenizer: Any, template: str, turns: int) -> TurnFrame:
+    """The fixed text of a conversation of ``turns`` prompt/response turns: the tokenizer's chat template (user and
+    assistant messages, no generation prompt: what a reward model reads) or plain ``Prompt:``/``Response:`` markers."""
+    slots = [HINT_SLOT] + [_slot(k, t) for t in range(turns) for k in ("P", "R")]
+    if template == "chat":
+        if not getattr(tokenizer, "chat_template", None):
+            raise DuelistError("model.template=chat but the tokenizer has no chat template; use model.template=plain")
+        messages = []
+        for t in range(turns):
+            messages.append({"role": "user", "content": (HINT_SLOT if t == 0 else "") + _slot("P", t)})
+            messages.append({"role": "assistant", "content": _slot("R", t)})
+        text = tokenizer.apply_chat_template(messages, tokenize=False)
+        head: tuple[int, ...] = ()
+        tail: tuple[int, ...] = ()
+    elif template == "plain":
+        text = HINT_SLOT + "\n\n".join(
+            PLAIN_TURN.format(prompt=_slot("P", t), response=_slot("R", t)) for t in range(turns)
+        )
+        head, tail = _special_wrap(tokenizer)
+    else:
+        raise DuelistError(f"model.template={template!r}: use plain or chat")
+    pieces, rest = [], text
+    for slot in slots:
+        if rest.count(slot) != 1:
+            raise DuelistError(
+                f"the {template} template of this tokenizer does not keep every message of a {turns}-turn conversation "
+                "once; use model.template=plain"
+            )
+        before, rest = rest.split(slot)
+        pieces.append(_ids(tokenizer, before))
+    pieces.append(_ids(tokenizer, rest))
+    return TurnFrame(tuple(pieces), head, tail, _ids(tokenizer, CUT_MARKER))
+
+
+def share(lengths: Sequence[int], budget: int, min_part: int) -> list[int]:
+    """Budgets for parts of ``lengths`` tokens that sum to ``budget`` (or to their lengths, when they fit): every part
+    keeps ``min(length, min_part)``, the rest goes in proportion to what each part has beyond that."""
+    if sum(lengths) <= budget:
+        return list(lengths)
+    floors = [min(n, min_part) for n in lengths]
+    room = [n - f for n, f in zip(lengths, floors)]
+    rest = budget - sum(floors)
+    give = [rest * r // sum(room) for r in room]
+    for i in sorted(range(len(room)), key=lambda i: -(rest * room[i] % sum(room)))[: rest - sum(give)]:
+        give[i] += 1
+    return [f + g for f, g in zip(floors, give)]
+
+
+class ResponseEncoder:
+    """``model.head=reward``: each row becomes a :class:`Duo`, the conversation with response A and with response B,
+    each within ``max_length`` tokens. A multi-turn pair (LMSYS: ``[Turn i]`` texts with as many prompts as
+    responses) is written as its turns. Budget of a sequence: the prompts together capped at ``prompt_max_tokens``,
+    the response(s) get the rest, space they don't need goes back to the prompts; several turns share their side's
+    budget in proportion to their lengths; cut parts keep head and tail around the cut marker."""
+
+    def __init__(
+        self,
+        tokenizer: Any,
+        template: str,
+        max_length: int,
+        prompt_max_tokens: int,
+        length_hint: str = "none",
+        language_tag: bool = False,
+    ):
+        self.tokenizer, self.template = tokenizer, template
+        self.max_length, self.prompt_max_tokens = int(max_length), int(prompt_max_tokens)
+        self.length_hint, self.language_tag = str(length_hint), bool(language_tag)
+        if self.length_hint not in LENGTH_HINTS:
+            raise ValueError(f"length_hint={length_hint!r}: one of {LENGTH_HINTS}")
+        self._frames: dict[int, TurnFrame] = {}
+        self._hints: dict[str, tuple[int, ...]] = {}
+        frame = self.frame(1)
+        ending = list(frame.pieces[-1]) + list(frame.special_tail)
+        if ending and ending[-1] == tokenizer.pad_token_id:
+            raise DuelistError(
+                f"the {template} template of this tokenizer ends in its pad token (id {tokenizer.pad_token_id}): "
+                f"the reward head would read an earlier token; give the tokenizer a pad token of its own"
+            )
+        tags = sorted(TAG_NAMES | {"other"}) if self.language_tag else [None]
+        extremes = [(10**9, 10**9), (10**9, 1), (1, 10**9), (150, 100), (100, 150), (100, 100)]
+        longest_hint = max(len(self._hint_ids(a, b, tag)) for a, b in extremes for tag in tags)
+        needed = frame.overhead + longest_hint + 2 * frame.min_part
+        if self.max_length < needed:
+            raise DuelistError(
+                f"model.max_length={self.max_length} is too small for the {template} template of this tokenizer with "
+                f"model.head=reward: it needs at least {needed} tokens per sequence (frame {frame.overhead} + length "
+                f"hint {longest_hint} + 2 parts of {frame.min_part})"
+            )
+
+    @classmethod
+    def for_model(cls, tokenizer: Any, model_cfg: Any) -> "ResponseEncoder":
+        return cls(
+            tokenizer,
+            model_cfg.template,
+            model_cfg.max_length,
+            model_cfg.prompt_max_tokens,
+            model_cfg.length_hint,
+            bool(model_cfg.get("language_tag") or False),
+        )
+
+    def frame(self, turns: int) -> TurnFrame:
+        if turns not in self._frames:
+            self._frames[turns] = build_turn_frame(self.tokenizer, self.template, turns)
+        return self._frames[turns]
+
+    def _hint_ids(self, own: int, other: int, language: Any = None) -> tuple[int, ...]:
+        text = (language_tag(language) if self.language_tag else "") + response_length_hint(
+            self.length_hint, own, other
+        )
+        if text not in self._hints:
+            self._hints[text] = _ids(self.tokenizer, text)
+        return self._hints[text]
+
+    def sequence(
+        self, prompts: Sequence[Sequence[int]], responses: Sequence[Sequence[int]], hint: Sequence[int]
+    ) -> list[int]:
+        """One conversation's tokens: ``prompts[i]`` and ``responses[i]`` are turn i's token ids."""
+        frame = self.frame(len(prompts))
+        available = self.max_length - frame.overhead - len(hint)
+        floors = [min(len(x), frame.min_part) for x in (*prompts, *responses)]
+        if sum(floors) > available:  # too many turns for the budget: one turn of the joined texts fits (checked)
+            gap = list(_ids(self.tokenizer, "\n\n"))
+            joined = [
+                [t for i, part in enumerate(side) for t in (gap if i else []) + list(part)]
+                for side in (prompts, responses)
+            ]
+            return self.sequence([joined[0]], [joined[1]], hint)
+        n_p, n_r = sum(map(len, prompts)), sum(map(len, responses))
+        floor_p, floor_r = sum(floors[: len(prompts)]), sum(floors[len(prompts) :])
+        bp = max(floor_p, min(n_p, self.prompt_max_tokens, available - floor_r))
+        br = min(n_r, available - bp)
+        bp = min(n_p, available - br)  # space the responses don't need goes back to the prompts
+        cut_p = [cut(p, b, frame.marker) for p, b in zip(prompts, share([len(p) for p in prompts], bp, frame.min_part))]
+        cut_r = [
+            cut(r, b, frame.marker) for r, b in zip(responses, share([len(r) for r in responses], br, frame.min_part))
+        ]
+        parts = [list(hint)] + [part for pair in zip(cut_p, cut_r) for part in pair]
+        body = [t for piece, part in zip(frame.pieces, parts) for t in (*piece, *part)] + list(frame.pieces[-1])
+        return list(frame.special_head) + body + list(frame.special_tail)
+
+    def encode_row(self, prompt: str, a: str, b: str, language: Any = None, ids: Any = None) -> Duo:
+        """The two sequences of one pair; ``ids`` (text -> token ids) reuses tokenised texts."""
+        ids = ids or (lambda text: _ids(self.tokenizer, text))
+        prompts = split_turns(prompt)
+        out = []
+        for own, other in ((a, b), (b, a)):
+            responses = split_turns(own)
+            turns = (prompts, responses) if len(prompts) == len(responses) > 1 else ([prompt], [own])
+            hint = self._hint_ids(len(own), len(other), language)
+            out.append(self.sequence([ids(p) for p in turns[0]], [ids(r) for r in turns[1]], hint))
+        return Duo(out[0], out[1])
+
+    def fingerprint(self) -> str:
+        tok = self.tokenizer
+        backend = getattr(tok, "backend_tokenizer", None)
+        vocab = backend.to_str() if backend is not None else repr(sorted(tok.get_vocab().items()))
+        parts = ["reward", vocab, repr(self.frame(1)), str(self.max_length), str(self.prompt_max_tokens)]
+        parts += [self.template, self.length_hint] + (["language_tag"] if self.language_tag else [])
+        return hashlib.sha256("\x1f".join(parts).encode()).hexdigest()[:16]
+
+    def encode(self, df: pd.DataFrame, cache_dir: str | None = None, desc: str = "tokenize") -> list[Duo]:
+        """The two sequences of every row of ``df`` (same order); cached under ``cache_dir`` when given."""
+        cache_file = None
+        if cache_dir:
+            columns = ["prompt", "response_a", "response_b"] + (
+                ["language"] if self.language_tag and "language" in df else []
+            )
+            text_hash = pd.util.hash_pandas_object(df[columns], index=False).to_numpy()
+            key = hashlib.sha256(self.fingerprint().encode() + text_hash.tobytes()).hexdigest()[:24]
+            cache_file = Path(cache_dir) / "tokenized" / f"{key}.parquet"
+            if cache_file.exists():
+                cached = pd.read_parquet(cache_file)
+                if len(cached) == len(df):
+                    log.info("%s: reused cached tokens %s", desc, cache_file)
+                    return [Duo(a.tolist(), b.tolist()) for a, b in zip(cached["input_ids_a"], cached["input_ids_b"])]
+        out: list[Duo] = []
+        languages = df["language"] if self.language_tag and "language" in df else [None] * len(df)
+        with Progress(len(df), desc, "rows") as bar:
+            for prompt, a, b, language in zip(df["prompt"], df["response_a"], df["response_b"], languages):
+                out.append(self.encode_row(prompt, a, b, language))
+                bar.update(1)
+        if cache_file is not None:
+            table = {
+                "input_ids_a": [np.asarray(d.a, dtype=np.int32) for d in out],
+                "input_ids_b": [np.asarray(d.b, dtype=np.int32) for d in out],
+            }
+            write_parquet(cache_file, pd.DataFrame(table))
+        return out
+
+
+def encoder_for_model(tokenizer: Any, model_cfg: Any) -> PairEncoder | ResponseEncoder:
+    """The encoder of ``model.head``: one sequence per pair (``pair``) or two (``reward``)."""
+    head = str(model_cfg.get("head") or "pair")
+    return (ResponseEncoder if head == "reward" else PairEncoder).for_model(tokenizer, model_cfg)

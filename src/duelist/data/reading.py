@@ -20,6 +20,7 @@ import json
 import logging
 import math
 import os
+import re
 from pathlib import Path
 from typing import Any, Callable, Iterable
 
@@ -242,6 +243,19 @@ def _join_turns(texts: list[str]) -> str:
     if len(texts) == 1:
         return texts[0]
     return "\n\n".join(f"[Turn {i + 1}]\n{t}" for i, t in enumerate(texts))
+
+
+def split_turns(text: str) -> list[str]:
+    """The turns of a text written by :func:`_join_turns` (``[Turn 1]``, ``[Turn 2]``, ... in order); any other text
+    is one turn."""
+    first = "[Turn 1]\n"
+    if not text.startswith(first):
+        return [text]
+    parts = re.split(r"\n\n\[Turn (\d+)\]\n", text[len(first) :])
+    numbers = [int(n) for n in parts[1::2]]
+    if len(parts) < 3 or numbers != list(range(2, len(numbers) + 2)):
+        return [text]
+    return parts[0::2]
 
 
 def _messages(value: Any, role: str) -> Any:

@@ -17,9 +17,9 @@ from duelist.core.errors import DuelistError
 from duelist.core.files import atomic_dir
 from duelist.core.hardware import autocast_dtype, check_8bit_optimizer, half_weights, pick_device
 from duelist.core.metrics import compute_metrics
-from duelist.data.encoding import PairEncoder
+from duelist.data.encoding import encoder_for_model
 from duelist.data.splits import load_train_valid
-from duelist.models.network_build import check_model_config, merge_adapters, save_checkpoint
+from duelist.models.network_build import check_model_config, is_zero_shot, merge_adapters, save_checkpoint
 from duelist.models.network_scoring import network_scorer, predict_p_a
 from duelist.models.network_training import NetworkTraining
 from duelist.runs.run_dir import RunDir
@@ -50,6 +50,13 @@ class NetworkKind:
             raise DuelistError("augment.same_batch=true needs trainer.batch_size >= 2 (a pair and its swap)")
         if t.optimizer == "adamw_8bit":
             check_8bit_optimizer(t.device)
+        if t.epochs < 0:
+            raise DuelistError(f"trainer.epochs={t.epochs}: must be >= 0 (0: a reward model's zero-shot run)")
+        if is_zero_shot(cfg) and (cfg.model.head != "reward" or cfg.model.init != "pretrained"):
+            raise DuelistError(
+                "trainer.epochs=0 is a zero-shot run: a pretrained reward model scores with its own head. Use "
+                "model.head=reward with a reward model (e.g. model=skywork_reward_v2_qwen3_8b), or trainer.epochs > 0"
+            )
         if not cfg.distillation.temperature > 0:
             raise DuelistError(f"distillation.temperature={cfg.distillation.temperature}: must be > 0")
         check_model_config(cfg.model, cfg.lora, pick_device(t.device, "trainer.device"))
@@ -76,7 +83,7 @@ class NetworkKind:
                 f"(the data files changed since training); export where the run's training data is as it was"
             )
         valid = valid.set_index("id").loc[oof["id"]].reset_index()  # oof.parquet's row order
-        ids = PairEncoder.for_model(built.tokenizer, cfg.model).encode(valid, cfg.cache_dir, desc="tokenize valid")
+        ids = encoder_for_model(built.tokenizer, cfg.model).encode(valid, cfg.cache_dir, desc="tokenize valid")
         weights = next(built.model.parameters()).dtype
         amp = autocast_dtype(cfg.trainer.precision, device, half_weights(built.model))
         pad_id, batch = built.tokenizer.pad_token_id, cfg.trainer.eval_batch_size

@@ -9,6 +9,9 @@ architecture (``init: random`` + ``config_overrides``) for fast tests. Checkpoin
     checkpoint/adapter/           LoRA adapter + the trained classification head (modules_to_save)
     checkpoint/base/              the random-init base weights (random-init models with LoRA only)
     checkpoint/model/             full weights (lora=none)
+
+A zero-shot run (``model.head=reward trainer.epochs=0``: a reward model's own judgement, no training) saves only
+config.yaml and tokenizer/: its weights are the base's, at ``model.name_or_path``.
 """
 
 from __future__ import annotations
@@ -40,6 +43,23 @@ log = logging.getLogger(__name__)
 logging.getLogger("transformers.tokenization_utils_base").setLevel(logging.ERROR)
 
 HEAD_NAMES = ("classifier", "score")  # names of the sequence-classification heads in HF models
+
+
+def num_labels(model_cfg: Any) -> int:
+    """Outputs of the head: 2 for ``model.head=pair`` (A wins, B wins), 1 for ``reward`` (a reward per sequence)."""
+    return 1 if str(model_cfg.get("head") or "pair") == "reward" else 2
+
+
+def pair_logits(logits: torch.Tensor) -> torch.Tensor:
+    """Two logits per pair, whose softmax is ``[P(A wins), P(B wins)]``: a pair head's as they are; a reward head's
+    ``[r_a, r_b]`` (its batch holds two rows per pair, A then B: :func:`duelist.core.batching.pad`), so the softmax is
+    ``sigmoid(r_a - r_b)``, Bradley-Terry."""
+    return logits.reshape(-1, 2) if logits.shape[-1] == 1 else logits
+
+
+def is_zero_shot(cfg: Any) -> bool:
+    """``trainer.epochs=0`` (and no ``max_steps``): a reward model scores the validation rows as it is, untrained."""
+    return float(cfg.trainer.epochs) == 0 and int(cfg.trainer.max_steps) <= 0
 
 
 def _gemma2_options(model_cfg: Any) -> dict[str, Any]:
@@ -129,6 +149,7 @@ class Built:
     model: torch.nn.Module
     tokenizer: Any
     init_state: Optional[dict[str, torch.Tensor]] = None  # random-init base weights, saved with the checkpoint
+    zero_shot: bool = False  # the pretrained model as it is: its checkpoint points at model.name_or_path
 
 
 @contextlib.contextmanager
@@ -245,7 +266,12 @@ def _random_model(model_cfg: Any, tokenizer: Any, dtype: torch.dtype, seed: int)
     # overrides may set a real vocab size
     config = AutoConfig.for_model(
         model_cfg.arch,
-        **{"vocab_size": len(tokenizer), "num_labels": 2, "pad_token_id": tokenizer.pad_token_id, **extra},
+        **{
+            "vocab_size": len(tokenizer),
+            "num_labels": num_labels(model_cfg),
+            "pad_token_id": tokenizer.pad_token_id,
+            **extra,
+        },
     )
     config._attn_implementation = attention(model_cfg)
     torch.manual_seed(seed)
@@ -262,12 +288,17 @@ def build_base(
     weights: Optional[str] = None,
     quantization: str = "none",
     device_map: Optional[str] = None,
+    require_head: bool = False,
 ) -> torch.nn.Module:
-    """The sequence-classification model (2 labels) without adapters.
+    """The sequence-classification model (2 labels, or 1 with ``model.head=reward``) without adapters.
 
     ``weights``: a folder of saved base weights (a random-init checkpoint's base/); ``quantization``: int8 | nf4
     loading for inference (QLoRA runs load nf4 anyway); quantized weights are placed on ``device`` as they load;
-    ``device_map``: auto | balanced spreads the layers over the visible GPUs (a model too big for one).
+    ``device_map``: auto | balanced spreads the layers over the visible GPUs (a model too big for one);
+    ``require_head``: the pretrained weights must hold a head of this shape (a zero-shot run scores with it).
+
+    A pretrained head of the right shape is kept (``head=reward`` on a reward model: training starts from its
+    judgement); one of another shape (a reward model under ``head=pair``) is replaced by a fresh head.
     """
     from transformers import AutoModelForSequenceClassification
 
@@ -280,24 +311,40 @@ def build_base(
         return apply_pooling(model, model_cfg)
     extra = config_extras(model_cfg)
     source = weights or resolve_path(model_cfg.name_or_path)
+    labels = num_labels(model_cfg)
     try:
         with quiet_load_report():  # "classifier MISSING": the 2-label head is new by design (or comes from the adapter)
-            model = AutoModelForSequenceClassification.from_pretrained(
+            model, info = AutoModelForSequenceClassification.from_pretrained(
                 source,
                 dtype=dtype,
                 attn_implementation=attention(model_cfg),
                 quantization_config=quant,
                 device_map=device_map or (quantized_device_map(device) if quant else None),
-                # a reward model's 1-output head (or any other head shape) is replaced by a fresh 2-label head
+                # a head of another shape (a reward model's 1 output under head=pair) is replaced by a fresh one
                 ignore_mismatched_sizes=weights is None,
-                num_labels=2,
+                num_labels=labels,
                 pad_token_id=tokenizer.pad_token_id,
+                output_loading_info=True,
                 **({} if weights else extra),
             )
     except Exception as err:
         raise _load_error("name_or_path", model_cfg.name_or_path, err) from err
+    fresh = [k for k in [*info["missing_keys"], *(m[0] for m in info.get("mismatched_keys", []))] if _is_head(k)]
+    if weights is None and model_cfg.init == "pretrained":
+        if fresh and require_head:
+            raise DuelistError(
+                f"model.name_or_path={model_cfg.name_or_path} has no {labels}-output head to score with: a zero-shot "
+                "run (trainer.epochs=0) needs a reward model (e.g. model=skywork_reward_v2_qwen3_8b); train it instead "
+                "(trainer.epochs > 0)"
+            )
+        if not fresh:
+            log.info("kept the pretrained %d-output head of %s", labels, model_cfg.name_or_path)
     model.config.pad_token_id = tokenizer.pad_token_id
     return apply_pooling(model, model_cfg)
+
+
+def _is_head(key: str) -> bool:
+    return any(h in key.split(".") for h in HEAD_NAMES)
 
 
 def add_lora(model: torch.nn.Module, lora_cfg: Any, gradient_checkpointing: bool) -> torch.nn.Module:
@@ -325,9 +372,15 @@ def add_lora(model: torch.nn.Module, lora_cfg: Any, gradient_checkpointing: bool
 
 
 def build_model(
-    model_cfg: Any, lora_cfg: Any, device: torch.device, seed: int, gradient_checkpointing: bool = False
+    model_cfg: Any,
+    lora_cfg: Any,
+    device: torch.device,
+    seed: int,
+    gradient_checkpointing: bool = False,
+    zero_shot: bool = False,
 ) -> Built:
-    """The model to train: base weights in ``model.dtype`` (4-bit with QLoRA), every trainable parameter in fp32."""
+    """The model to train: base weights in ``model.dtype`` (4-bit with QLoRA), every trainable parameter in fp32.
+    ``zero_shot``: the pretrained model with its own head, nothing to train (no adapters)."""
     check_model_config(model_cfg, lora_cfg, device)
     tokenizer = load_tokenizer(model_cfg.name_or_path)
     dtype = torch_dtype(model_cfg.dtype, device)
@@ -344,6 +397,11 @@ def build_model(
             del random_model
             model = build_base(model_cfg, lora_cfg, tokenizer, dtype, seed, device, weights=tmp)
         model.config.name_or_path = model.name_or_path = ""  # a from-config model, not the deleted temporary folder
+    elif zero_shot:
+        model = build_base(model_cfg, lora_cfg, tokenizer, dtype, seed, device, require_head=True).requires_grad_(False)
+        if not (lora_cfg.enabled and lora_cfg.qlora):
+            model.to(device)
+        return Built(model, tokenizer, zero_shot=True)
     else:
         model = build_base(model_cfg, lora_cfg, tokenizer, dtype, seed, device)
         if model_cfg.init == "random" and lora_cfg.enabled:  # the random base is saved with the checkpoint
@@ -438,7 +496,9 @@ def save_checkpoint(
         OmegaConf.save(run_config, tmp / CONFIG, resolve=True)
         built.tokenizer.save_pretrained(tmp / "tokenizer")
         model = built.model
-        if hasattr(model, "peft_config"):
+        if built.zero_shot:
+            pass  # the base's weights, loaded from model.name_or_path
+        elif hasattr(model, "peft_config"):
             model.save_pretrained(tmp / "adapter", safe_serialization=True, state_dict=state_dict)
             settings = json.loads((tmp / "adapter" / "adapter_config.json").read_text())
             m = run_config.model  # random weights: the base/ folder beside the adapter
@@ -483,7 +543,8 @@ def load_checkpoint(
     if "model" not in cfg or "lora" not in cfg:
         raise DuelistError(f"{run.checkpoint_config_file}: not a duelist run config (no model/lora section)")
     has_adapter, has_full = (ckpt / "adapter").is_dir(), (ckpt / "model").is_dir()
-    if not (has_adapter or has_full) or not (ckpt / "tokenizer").is_dir():
+    zero_shot = is_zero_shot(cfg) and not (has_adapter or has_full)
+    if not (has_adapter or has_full or zero_shot) or not (ckpt / "tokenizer").is_dir():
         raise DuelistError(f"{ckpt}: incomplete checkpoint (needs tokenizer/ and adapter/ or model/)")
     qlora = bool(cfg.lora.enabled and cfg.lora.qlora)
     if dequantize and qlora:
@@ -494,7 +555,16 @@ def load_checkpoint(
         check_model_config(cfg.model, cfg.lora, device)
     tokenizer = load_tokenizer(str(ckpt / "tokenizer"), what="tokenizer")
     dtype = torch_dtype(dtype_name if dtype_name != "auto" else cfg.model.dtype, device)
-    if has_adapter:
+    if zero_shot:
+        model = build_base(
+            cfg.model, cfg.lora, tokenizer, dtype, 0, device, quantization=quantization, device_map=device_map
+        )
+        if qlora and dequantize:
+            with quiet_load_report():
+                model = model.dequantize().to(dtype)
+        elif qlora:
+            upcast_unquantized(model)
+    elif has_adapter:
         from peft import PeftModel
 
         if cfg.model.init == "random" and not (ckpt / "base").is_dir():
@@ -542,21 +612,23 @@ def load_checkpoint(
     if not (qlora and not dequantize) and quantization == "none" and device_map is None:
         model.to(device)  # quantized or split weights were placed as they loaded
     model.eval()
-    return Built(model, tokenizer), cfg
+    return Built(model, tokenizer, zero_shot=zero_shot), cfg
 
 
 def merge_adapters(run_dir: str | Path, device: torch.device, dtype_name: str = "auto") -> tuple[Built, DictConfig]:
     """A LoRA run's model with the adapters merged into the weights, and the config of the merged run (full weights,
     ``lora=none``). A QLoRA run is merged into its dequantized NF4 base, the weights it trained against: merging into
-    the original 16-bit weights would move predictions (measured on tiny models: up to 0.04 in p_a)."""
+    the original 16-bit weights would move predictions (measured on tiny models: up to 0.04 in p_a). A zero-shot run's
+    "merge" is its base's weights, written out."""
     run = RunDir(run_dir).require_checkpoint()
-    if not (run.checkpoint / "adapter").is_dir():
+    zero_shot = not (run.checkpoint / "model").is_dir() and is_zero_shot(run.read_checkpoint_config())
+    if not (run.checkpoint / "adapter").is_dir() and not zero_shot:
         raise DuelistError(
             f"{run_dir}: no checkpoint/adapter/ to merge (pass the run dir of a LoRA run; full fine-tuning runs need "
             "no merge)"
         )
     built, cfg = load_checkpoint(run_dir, device, dtype_name, dequantize=True)
-    merged = built.model.merge_and_unload()
+    merged = built.model if zero_shot else built.model.merge_and_unload()  # zero-shot: the base's own weights
     merged.config.pad_token_id = built.tokenizer.pad_token_id
     if getattr(merged.config, "quantization_config", None) is not None:
         del merged.config.quantization_config  # the weights are plain 16/32-bit numbers now

@@ -19,7 +19,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from duelist.core.batching import pad, sorted_batches
+from duelist.core.batching import Row, pad, sorted_batches
 from duelist.core.config import Precision, precision
 from duelist.core.errors import DuelistError
 from duelist.core.files import shown
@@ -27,18 +27,27 @@ from duelist.core.hardware import autocast_dtype, half_weights, require_vllm, vl
 from duelist.core.metrics import least_confident_first
 from duelist.core.progress import Progress
 from duelist.core.time_budget import Deadline
-from duelist.data.encoding import PairEncoder
+from duelist.data.encoding import encoder_for_model
 from duelist.data.pairs import swap_pairs
-from duelist.models.network_build import load_checkpoint, load_tokenizer
+from duelist.models.network_build import load_checkpoint, load_tokenizer, pair_logits
 from duelist.runs.run_dir import RunDir
 
 log = logging.getLogger(__name__)
 
 
+def p_a_of(logits: torch.Tensor) -> np.ndarray:
+    """P(A wins) from two logits per pair (:func:`~duelist.models.network_build.pair_logits`), in float64:
+    ``sigmoid(d)`` for ``d = l_a - l_b >= 0`` and ``1 - sigmoid(-d)`` below, so exchanging the two logits gives
+    ``1 - p_a`` exactly (a reward head's swap symmetry survives rounding)."""
+    d = (logits[:, 0].double() - logits[:, 1].double()).cpu().numpy()
+    up = 1.0 / (1.0 + np.exp(-np.abs(d)))
+    return np.where(d >= 0, up, 1.0 - up)
+
+
 @torch.no_grad()
 def predict_p_a(
     model: torch.nn.Module,
-    seqs: Sequence[Sequence[int]],
+    seqs: Sequence[Row],
     pad_id: int,
     batch_size: int,
     device: torch.device,
@@ -65,8 +74,8 @@ def predict_p_a(
                 break
             began = deadline.clock() if deadline is not None else 0.0
             with torch.autocast(device.type, dtype=amp, enabled=amp is not None):
-                logits = model(input_ids=ids.to(device), attention_mask=mask.to(device)).logits
-            out[idx] = torch.softmax(logits.float(), dim=-1)[:, 0].cpu().numpy()
+                logits = pair_logits(model(input_ids=ids.to(device), attention_mask=mask.to(device)).logits)
+            out[idx] = p_a_of(logits)
             if deadline is not None:
                 deadline.record(ids.numel(), deadline.clock() - began)
             tokens += int(mask.sum())
@@ -94,7 +103,8 @@ class HFScorer:
     def __init__(self, run_dir: Path, cfg: Any, device: torch.device):
         self.run_dir, self.cfg, self.device, self.cache_dir = Path(run_dir), cfg, device, cfg.cache_dir
         self.built, run_cfg = load_checkpoint(run_dir, device, quantization=cfg.quantization, device_map=cfg.device_map)
-        self.encoder = PairEncoder.for_model(self.built.tokenizer, run_cfg.model)
+        self.encoder = encoder_for_model(self.built.tokenizer, run_cfg.model)
+        self.symmetric = run_cfg.model.get("head") == "reward"  # swapping A and B gives 1 - p_a exactly
         self.amp = autocast_dtype(cfg.precision, device, half_weights(self.built.model))
 
     def predict(self, seqs: Sequence[Sequence[int]], desc: str, deadline: Deadline | None = None) -> np.ndarray:
@@ -126,6 +136,9 @@ class HFScorer:
         (a cascade's second member: the rows the first is least sure of first)."""
         tta = self.cfg.tta if tta is None else tta
         name = f"score {shown(self.run_dir)}"
+        if tta == "swap" and self.symmetric:
+            log.info("%s: a reward head is swap-symmetric (p_a(B, A) = 1 - p_a(A, B)): swap-TTA adds nothing", name)
+            tta = "none"
         chunk = max(4 * self.cfg.batch_size, 64)
 
         def predict(seqs: Sequence[Sequence[int]], desc: str) -> np.ndarray:
@@ -187,7 +200,8 @@ class VllmScorer:
         from vllm import LLM
 
         self.cfg = cfg
-        self.encoder = PairEncoder.for_model(load_tokenizer(str(ckpt / "tokenizer"), what="tokenizer"), run_cfg.model)
+        self.encoder = encoder_for_model(load_tokenizer(str(ckpt / "tokenizer"), what="tokenizer"), run_cfg.model)
+        self.reward = run_cfg.model.get("head") == "reward"
         self.llm = LLM(
             model=str(ckpt / "model"),
             tokenizer=str(ckpt / "tokenizer"),
@@ -197,17 +211,23 @@ class VllmScorer:
         )
 
     def classify(self, rows: pd.DataFrame) -> np.ndarray:
-        from vllm import TokensPrompt
+        from vllm import PoolingParams, TokensPrompt
 
         ids = self.encoder.encode(rows, self.cfg.cache_dir)
-        outputs = self.llm.classify([TokensPrompt(prompt_token_ids=list(i)) for i in ids], use_tqdm=True)
-        return np.array([o.outputs.probs[0] for o in outputs], dtype=np.float64)
+        if not self.reward:
+            outputs = self.llm.classify([TokensPrompt(prompt_token_ids=list(i)) for i in ids], use_tqdm=True)
+            return np.array([o.outputs.probs[0] for o in outputs], dtype=np.float64)
+        # a reward head: the raw reward of each sequence (no sigmoid: a reward of 20 would round to 1.0), A then B
+        seqs = [TokensPrompt(prompt_token_ids=list(s)) for duo in ids for s in (duo.a, duo.b)]
+        outputs = self.llm.classify(seqs, pooling_params=PoolingParams(use_activation=False), use_tqdm=True)
+        rewards = torch.tensor([o.outputs.probs[0] for o in outputs], dtype=torch.float64)
+        return p_a_of(rewards.reshape(-1, 2))
 
     def score(
         self, rows: pd.DataFrame, tta: str | None = None, deadline: Deadline | None = None, order: Any = None
     ) -> np.ndarray:
         p_a = self.classify(rows)
-        if (self.cfg.tta if tta is None else tta) == "swap":
+        if (self.cfg.tta if tta is None else tta) == "swap" and not self.reward:  # a reward head is swap-symmetric
             p_a = (p_a + (1.0 - self.classify(swap_pairs(rows)))) / 2.0
         return p_a
 

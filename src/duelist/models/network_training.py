@@ -26,7 +26,7 @@ from duelist.core.errors import DuelistError
 from duelist.core.hardware import autocast_dtype, half_weights
 from duelist.core.metrics import compute_metrics, is_better
 from duelist.core.progress import Progress, duration
-from duelist.data.encoding import PairEncoder
+from duelist.data.encoding import encoder_for_model
 from duelist.data.splits import augment, fingerprints
 from duelist.models.distributed import (
     barrier,
@@ -40,7 +40,14 @@ from duelist.models.distributed import (
     wrap,
 )
 from duelist.models.interface import Fitted
-from duelist.models.network_build import Built, build_model, head_and_body_parameters, save_checkpoint
+from duelist.models.network_build import (
+    Built,
+    build_model,
+    head_and_body_parameters,
+    is_zero_shot,
+    pair_logits,
+    save_checkpoint,
+)
 from duelist.models.network_scoring import predict_p_a, split_by_length
 from duelist.runs.run_dir import RunDir
 from duelist.runs.states import SavedState, TrainingState, resolved, rng_state, save_state, set_rng_state
@@ -127,10 +134,11 @@ class NetworkTraining:
 
     def fit(self, train: pd.DataFrame, valid: pd.DataFrame, tracker: Any, resume: SavedState | None) -> Fitted:
         cfg = self.cfg
-        built = build_model(cfg.model, cfg.lora, self.device, cfg.trainer.seed, cfg.trainer.gradient_checkpointing)
-        encoder = PairEncoder.for_model(built.tokenizer, cfg.model)
+        t = cfg.trainer
+        built = build_model(cfg.model, cfg.lora, self.device, t.seed, t.gradient_checkpointing, is_zero_shot(cfg))
+        encoder = encoder_for_model(built.tokenizer, cfg.model)
         rows = augment(train, cfg.augment.swap, cfg.augment.same_batch)
-        ids = encoder.encode(rows, cfg.cache_dir, desc="tokenize train")
+        ids = [] if is_zero_shot(cfg) else encoder.encode(rows, cfg.cache_dir, desc="tokenize train")
         valid_ids = encoder.encode(valid, cfg.cache_dir, desc="tokenize valid")
         trainable = sum(p.numel() for p in built.model.parameters() if p.requires_grad)
         log.info(
@@ -178,6 +186,12 @@ class NetworkTraining:
         lengths = [len(s) for s in ids]
         units = rows["pair"].to_numpy() if self.cfg.augment.same_batch else np.arange(len(rows))
         per_epoch = self.steps_per_epoch(lengths, units)
+        if is_zero_shot(self.cfg):  # the pretrained reward model's own judgement of the validation rows
+            log.info(
+                "zero-shot run (trainer.epochs=0): scoring %d validation rows with %s", len(valid), self.cfg.model.name
+            )
+            self.evaluate(built, valid, valid_ids, tracker)
+            return
         total = t.max_steps if t.max_steps > 0 else max(1, math.ceil(per_epoch * t.epochs))
         if resume is not None and self.dist.main and not self.dist.sharded:  # the trainable weights as saved, on
             self.load_trainable(model, resume)  # rank 0: DDP's start copies rank 0's parameters to every process
@@ -216,7 +230,9 @@ class NetworkTraining:
             for idx in mine[state.position :]:
                 batch, mask = pad([ids[i] for i in idx], built.tokenizer.pad_token_id)
                 with torch.autocast(self.device.type, dtype=self.amp, enabled=self.amp is not None):
-                    logits = forward(input_ids=batch.to(self.device), attention_mask=mask.to(self.device)).logits
+                    logits = pair_logits(
+                        forward(input_ids=batch.to(self.device), attention_mask=mask.to(self.device)).logits
+                    )
                 loss = losses(logits, idx)
                 if not torch.isfinite(loss):
                     raise FloatingPointError(
@@ -333,7 +349,7 @@ class NetworkTraining:
             if self.dist.sharded:  # all follow rank 0's decision, so all join the gather below
                 better = broadcast(better, self.dist)
             if better:
-                speed = state.tokens / state.elapsed_s
+                speed = state.tokens / state.elapsed_s if state.elapsed_s else 0.0
                 state.best = {"step": state.step, "metrics": metrics, "p_a": p_a, "train/tokens_per_s": speed}
                 weights = full_state_dict(built.model) if self.dist.sharded else None  # collective: every process
                 if self.dist.main:

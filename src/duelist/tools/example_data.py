@@ -1,9 +1,12 @@
 """Small example files to follow the README with, from the bundled real sample (see assets/sample/ATTRIBUTION.md):
 
-    python -m duelist example-data [out=.]
+    python -m duelist example-data [out=.] [reward_model=true]
 
 writes ``train.parquet`` (labelled pairs, the WSDM train layout), ``test.parquet`` (other pairs, the WSDM test
-layout: id, prompt, response_a, response_b) and ``extra_prompts.parquet`` (prompts only, for ``task=generate``).
+layout: id, prompt, response_a, response_b) and ``extra_prompts.parquet`` (prompts only, for ``task=generate``);
+``reward_model=true`` also writes ``tiny_qwen3_rm/``: a tiny random Qwen3 reward model (one output) as a downloaded
+reward model looks (config.json, model.safetensors, a tokenizer with a Qwen-style chat template), for
+``model=tiny_qwen3_rm`` (docs/reward-models.md). It judges nothing: its weights are random.
 """
 
 from __future__ import annotations
@@ -55,9 +58,55 @@ def write_examples(
     return files
 
 
+QWEN_CHAT_TEMPLATE = (
+    "{% for message in messages %}<|im_start|>{{ message['role'] }}\n{{ message['content'] }}<|im_end|>\n{% endfor %}"
+    "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
+TINY_QWEN3 = {  # the tiny architecture: Qwen3's layout at hidden 64
+    "hidden_size": 64,
+    "intermediate_size": 128,
+    "num_hidden_layers": 2,
+    "num_attention_heads": 4,
+    "num_key_value_heads": 2,
+    "head_dim": 16,
+    "max_position_embeddings": 1024,
+}
+
+
+def write_tiny_reward_model(out: str | Path, seed: int = 0) -> Path:
+    """A Qwen3ForSequenceClassification with one output and random weights, saved as a reward model download looks:
+    config.json and model.safetensors beside the tokenizer files (duelist's byte-level tokenizer with Qwen's
+    ``<|im_start|>``/``<|im_end|>`` chat markers and an ``<|endoftext|>`` pad token)."""
+    import torch
+    from transformers import AutoTokenizer, Qwen3Config, Qwen3ForSequenceClassification
+
+    from duelist.core.files import atomic_dir, resolve_path
+
+    tokenizer = AutoTokenizer.from_pretrained(resolve_path("pkg:duelist/assets/tiny_tokenizer"))
+    tokenizer.add_special_tokens({"additional_special_tokens": ["<|im_start|>", "<|im_end|>"]})
+    tokenizer.add_special_tokens({"pad_token": "<|endoftext|>", "eos_token": "<|im_end|>"})
+    tokenizer.chat_template = QWEN_CHAT_TEMPLATE
+    config = Qwen3Config(
+        vocab_size=len(tokenizer),
+        num_labels=1,
+        pad_token_id=tokenizer.pad_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        **TINY_QWEN3,
+    )
+    torch.manual_seed(seed)
+    model = Qwen3ForSequenceClassification(config)
+    with torch.no_grad():  # a reward model's head spreads its rewards over a few units, not 0.02
+        model.score.weight.normal_(0.0, 1.0)
+    with atomic_dir(out) as tmp:
+        model.save_pretrained(tmp, safe_serialization=True)
+        tokenizer.save_pretrained(tmp)
+    return Path(out)
+
+
 @dataclass
 class ExampleDataOptions:
-    out: str = option(".", "folder to write the three files into")
+    out: str = option(".", "folder to write the files into")
+    reward_model: bool = option(False, "also write tiny_qwen3_rm/: a tiny random Qwen3 reward model (one output)")
 
 
 @exit_cleanly_on_user_error
@@ -65,3 +114,5 @@ def main(argv: Sequence[str] | None = None) -> None:
     args = options.parse(ExampleDataOptions, argv, "python -m duelist example-data", __doc__.splitlines()[0])
     for name, path in write_examples(args.out).items():
         print(f"{name}: {path}")
+    if args.reward_model:
+        print(f"reward model: {write_tiny_reward_model(Path(args.out) / 'tiny_qwen3_rm')}")

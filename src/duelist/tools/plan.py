@@ -45,16 +45,18 @@ class PlanOptions:
 
 
 def row_lengths(run_dir: Path, test: Any) -> tuple[np.ndarray, Any]:
-    """Tokens per row as the run scores them, and the run's saved config."""
-    from duelist.data.encoding import PairEncoder
+    """Tokens per row as the run scores them (a reward head: the two sequences' lengths, one column each), and the
+    run's saved config."""
+    from duelist.core.batching import Duo
+    from duelist.data.encoding import encoder_for_model
     from duelist.models.network_build import load_tokenizer
     from duelist.runs.run_dir import RunDir
 
     run = RunDir(run_dir).require_checkpoint()
     cfg = run.read_checkpoint_config()
     tokenizer = load_tokenizer(str(run.checkpoint / "tokenizer"), what="tokenizer")
-    encoder = PairEncoder.for_model(tokenizer, cfg.model)
-    return np.array([len(ids) for ids in encoder.encode(test, desc=f"tokenize {shown(run_dir)}")]), cfg
+    encoded = encoder_for_model(tokenizer, cfg.model).encode(test, desc=f"tokenize {shown(run_dir)}")
+    return np.array([[len(s.a), len(s.b)] if isinstance(s, Duo) else len(s) for s in encoded]), cfg
 
 
 def base_config(run_dir: Path, cfg: Any) -> Any:
@@ -125,15 +127,17 @@ def timed(
 
     if opts.rows:
         lengths = rng.choice(lengths, size=opts.rows, replace=True)
-    flops = float(row_flops(curve, lengths).sum()) * (2 if opts.tta == "swap" else 1)
+    reward = lengths.ndim == 2  # two sequences per row: swap-symmetric, TTA adds nothing
+    flops = float(row_flops(curve, lengths).sum()) * (2 if opts.tta == "swap" and not reward else 1)
     hw = THROUGHPUT[opts.hardware]
+    per_row = lengths.sum(axis=1) if reward else lengths
     return {
         "run": member,
         "model": model,
         "rows": int(len(lengths)),
         "tokens": int(lengths.sum()),
         "tokens_counted": how,
-        "tokens_p50_p99_max": [int(np.percentile(lengths, 50)), int(np.percentile(lengths, 99)), int(lengths.max())],
+        "tokens_p50_p99_max": [int(np.percentile(per_row, 50)), int(np.percentile(per_row, 99)), int(per_row.max())],
         "flops_curve": curve,
         "forward_flops": flops,
         "hours": flops / (hw.devices * hw.flops) / 3600,

@@ -1,0 +1,237 @@
+"""model.head=reward: two sequences per pair through a one-output head, p_a = sigmoid(r_a - r_b) (Bradley-Terry).
+
+A tiny random Qwen3 reward model saved as a downloaded one looks (``python -m duelist example-data
+reward_model=true``) stands in for Skywork-Reward-V2: its zero-shot scores are checked against transformers run by
+hand on the chat-formatted texts, its swap symmetry exactly, its head kept and saved through LoRA and QLoRA, and a
+zero-shot run is used as a pseudo-label teacher and a stack member."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from conftest import TINY, WSDM_EXAMPLE, compose_train, run_cli
+from duelist.data.encoding import ResponseEncoder, encoder_for_model
+from duelist.data.pairs import swap_pairs
+from duelist.data.splits import load_train_valid
+from duelist.models.network_build import build_model, load_checkpoint, load_tokenizer
+from duelist.models.network_scoring import predict_p_a
+from duelist.runs.run_dir import RunDir
+from duelist.tasks.train import train
+from duelist.tools.example_data import write_tiny_reward_model
+
+CPU = torch.device("cpu")
+SMALL = ["logger=none", "data.max_rows=200", "trainer.eval_batch_size=32"]
+
+
+@pytest.fixture(scope="module")
+def rm(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return write_tiny_reward_model(tmp_path_factory.mktemp("rm") / "tiny_qwen3_rm")
+
+
+def rm_args(rm: Path) -> list[str]:
+    return ["model=tiny_qwen3_rm", f"model.name_or_path={rm}", *SMALL]
+
+
+@pytest.fixture(scope="module")
+def zero_shot(rm: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """``python train.py model=tiny_qwen3_rm trainer.epochs=0`` with budgets wide enough that no row is cut."""
+    run = tmp_path_factory.mktemp("zero-shot") / "run"
+    res = run_cli(
+        "train.py",
+        [
+            *rm_args(rm),
+            "trainer.epochs=0",
+            "model.max_length=1024",
+            "model.prompt_max_tokens=512",
+            f"hydra.run.dir={run}",
+        ],
+    )
+    assert res.returncode == 0, res.stderr[-3000:]
+    return run
+
+
+def chat_ids(tokenizer, prompt: str, response: str) -> list[int]:
+    out = tokenizer.apply_chat_template(
+        [{"role": "user", "content": prompt}, {"role": "assistant", "content": response}], tokenize=True
+    )
+    return list(out["input_ids"] if hasattr(out, "keys") else out)
+
+
+def valid_rows(run: Path) -> pd.DataFrame:
+    """The run's validation rows in oof.parquet's order."""
+    oof = RunDir(run).read_oof()
+    _, valid = load_train_valid(RunDir(run).read_checkpoint_config().data)
+    return valid.set_index("id").loc[oof["id"]].reset_index()
+
+
+def rescore(run: Path, rows: pd.DataFrame) -> np.ndarray:
+    built, cfg = load_checkpoint(run, CPU)
+    ids = encoder_for_model(built.tokenizer, cfg.model).encode(rows, None)
+    batch = cfg.trainer.eval_batch_size  # the batches validation scored in: padding moves sdpa's last digits
+    return predict_p_a(built.model, ids, built.tokenizer.pad_token_id, batch, CPU)
+
+
+def test_zero_shot_scores_are_bradley_terry_on_the_reward_models_own_head(zero_shot: Path, rm: Path) -> None:
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(rm)
+    model = AutoModelForSequenceClassification.from_pretrained(rm).eval()
+    oof, rows = RunDir(zero_shot).read_oof(), valid_rows(zero_shot)
+    compared = 0
+    for row, p_a in zip(rows.itertuples(), oof["p_a"]):
+        if "[Turn " in row.prompt + row.response_a + row.response_b:
+            continue  # multi-turn rows are written as turns: checked in the encoder test below
+        seqs = [chat_ids(tokenizer, row.prompt, r) for r in (row.response_a, row.response_b)]
+        if max(map(len, seqs)) > 1024 or len(tokenizer(row.prompt, add_special_tokens=False)["input_ids"]) > 512:
+            continue  # would be cut to the budget
+        with torch.no_grad():
+            r_a, r_b = (model(input_ids=torch.tensor([s])).logits[0, 0].item() for s in seqs)
+        assert p_a == pytest.approx(1 / (1 + np.exp(-(r_a - r_b))), abs=1e-5)
+        compared += 1
+    assert compared >= 30
+    checkpoint = RunDir(zero_shot).checkpoint
+    assert sorted(p.name for p in checkpoint.iterdir()) == ["config.yaml", "tokenizer"]  # points at the base
+    metrics = json.loads((zero_shot / "metrics.json").read_text())
+    assert metrics["val/rows"] == len(oof) and metrics["best_step"] == 0
+
+
+def test_the_reward_head_is_exactly_swap_symmetric(zero_shot: Path) -> None:
+    rows = valid_rows(zero_shot)
+    p, swapped = rescore(zero_shot, rows), rescore(zero_shot, swap_pairs(rows))
+    assert np.array_equal(p + swapped, np.ones(len(rows)))
+    assert np.array_equal(p, RunDir(zero_shot).read_oof()["p_a"].to_numpy())  # the reload is the OOF, bit for bit
+    assert len(np.unique(p.round(6))) > len(p) // 2  # it judges: not one value for every row
+
+
+def test_zero_shot_needs_a_reward_model(rm: Path, tmp_path: Path) -> None:
+    res = run_cli("train.py", [*TINY, "trainer.epochs=0", "trainer.max_steps=-1"])
+    assert res.returncode != 0 and "zero-shot run" in res.stderr and "Traceback" not in res.stderr
+    # a base without a one-output head: a classifier with two labels, saved as a download looks
+    cfg = compose_train([*TINY, "model=tiny_qwen2", "lora=none"])
+    built = build_model(cfg.model, cfg.lora, CPU, seed=0)
+    built.model.save_pretrained(tmp_path / "two_labels")
+    built.tokenizer.save_pretrained(tmp_path / "two_labels")
+    args = [*SMALL, "model=tiny_qwen3_rm", "model.arch=qwen2", f"model.name_or_path={tmp_path / 'two_labels'}"]
+    res = run_cli("train.py", [*args, "trainer.epochs=0"])
+    assert res.returncode != 0 and "has no 1-output head" in res.stderr.splitlines()[-1]
+
+
+def test_training_starts_from_the_reward_head_and_lora_saves_it(rm: Path, tmp_path: Path) -> None:
+    from safetensors.torch import load_file
+
+    cfg = compose_train([*rm_args(rm), "lora=default", "lora.r=8", "trainer.max_steps=6", "trainer.batch_size=8"])
+    built = build_model(cfg.model, cfg.lora, CPU, seed=0)
+    pretrained = load_file(str(rm / "model.safetensors"))["score.weight"]
+    trained_copy = [p for n, p in built.model.named_parameters() if p.requires_grad and "score" in n]
+    assert len(trained_copy) == 1 and torch.equal(trained_copy[0].detach(), pretrained)  # not a fresh head
+    run = tmp_path / "run"
+    train(cfg, run)
+    saved = load_file(str(run / "checkpoint" / "adapter" / "adapter_model.safetensors"))
+    head = [v for k, v in saved.items() if "score" in k]
+    assert len(head) == 1 and head[0].shape == (1, 64) and not torch.equal(head[0], pretrained)  # trained and saved
+    assert np.array_equal(rescore(run, valid_rows(run)), RunDir(run).read_oof()["p_a"].to_numpy())
+
+
+def test_a_reward_head_learns_a_separable_task(tmp_path: Path) -> None:
+    rng = np.random.default_rng(0)
+    n = 240
+    words = ["river", "stone", "cloud", "paper", "green", "seven"]
+    filler = [" ".join(rng.choice(words, size=rng.integers(2, 6))) for _ in range(2 * n)]
+    good = [f"Certainly, {f}." for f in filler[:n]]  # the preferred answer always opens with "Certainly"
+    bad = [f"No. {f}." for f in filler[n:]]
+    a_wins = rng.random(n) < 0.5
+    pd.DataFrame(
+        {
+            "id": [f"toy{i}" for i in range(n)],
+            "prompt": [f"Question {i}: {' '.join(rng.choice(words, size=3))}?" for i in range(n)],
+            "response_a": np.where(a_wins, good, bad),
+            "response_b": np.where(a_wins, bad, good),
+            "winner": np.where(a_wins, "model_a", "model_b"),
+        }
+    ).to_parquet(tmp_path / "toy.parquet")
+    args = ["model=tiny_qwen2", "model.head=reward", "lora=none", "logger=none", "data=files"]
+    args += [
+        f"data.train={tmp_path / 'toy.parquet'}",
+        "trainer.max_steps=60",
+        "trainer.lr=1e-3",
+        "trainer.batch_size=8",
+    ]
+    args += ["trainer.eval_every=60", "trainer.warmup_ratio=0.05"]
+    run = tmp_path / "run"
+    train(compose_train(args), run)
+    metrics = RunDir(run).read_metrics()
+    assert metrics["val/accuracy"] >= 0.95, metrics
+
+
+def test_qlora_reward_run_reloads_and_merges_with_its_head(rm: Path, tmp_path: Path, monkeypatch) -> None:
+    from duelist.tools.export import export_run
+
+    monkeypatch.setenv("DUELIST_CPU_BNB", "1")
+    args = [*rm_args(rm), "lora=qlora", "lora.r=8", "lora.dropout=0.0", "trainer.max_steps=4", "trainer.batch_size=8"]
+    run, merged = tmp_path / "run", tmp_path / "merged"
+    train(compose_train([*args, "trainer.lr=1e-3"]), run)
+    rows = valid_rows(run)
+    oof = RunDir(run).read_oof()["p_a"].to_numpy()
+    np.testing.assert_allclose(rescore(run, rows), oof, atol=1e-6)
+    export_run(run, merged)
+    config = json.loads((merged / "checkpoint" / "model" / "config.json").read_text())
+    assert config["num_labels"] == 1 if "num_labels" in config else len(config["id2label"]) == 1
+    merged_p = rescore(merged, rows)
+    assert np.abs(merged_p - oof).max() <= 5e-3  # the bound the pair head's QLoRA export holds
+    np.testing.assert_allclose(RunDir(merged).read_oof()["p_a"].to_numpy(), merged_p, atol=1e-6)
+
+
+def test_a_zero_shot_reward_model_teaches_and_stacks(zero_shot: Path, rm: Path, tmp_path: Path) -> None:
+    # as a teacher: task=pseudolabel labels pairs with its scores (the submission path gives the reference)
+    res = run_cli("infer.py", [f"runs=[{zero_shot}]", f"data.test={WSDM_EXAMPLE}", f"output={tmp_path / 'ref.csv'}"])
+    assert res.returncode == 0, res.stderr[-2000:]
+    reference = pd.read_parquet(tmp_path / "ref.parquet").set_index("id")["p_a"]
+    args = ["task=pseudolabel", "labeling=all", f"runs=[{zero_shot}]", f"data.test={WSDM_EXAMPLE}"]
+    res = run_cli("infer.py", [*args, f"output={tmp_path / 'pl.parquet'}"])
+    assert res.returncode == 0, res.stderr[-2000:]
+    labelled = pd.read_parquet(tmp_path / "pl.parquet").set_index("id")
+    np.testing.assert_allclose(labelled["p_a_teacher0"], reference.loc[labelled.index], atol=1e-9)
+    assert len(labelled) == 3
+    # as a stack member beside a trained run on the same validation rows
+    member = tmp_path / "member"
+    res = run_cli("train.py", [*TINY, f"hydra.run.dir={member}"])
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert set(RunDir(member).read_oof()["id"]) == set(RunDir(zero_shot).read_oof()["id"])
+    out = tmp_path / "sub.csv"
+    res = run_cli(
+        "infer.py", ["ensemble=stack", f"runs=[{zero_shot},{member}]", f"data.test={WSDM_EXAMPLE}", f"output={out}"]
+    )
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert len(pd.read_csv(out)) == 3 and (out.with_suffix(".stacker") / "booster.txt").is_file()
+
+
+@pytest.mark.fast
+def test_each_response_gets_its_own_sequence_and_multi_turn_pairs_are_turns(rm: Path) -> None:
+    tokenizer = load_tokenizer(str(rm))
+    enc = ResponseEncoder(tokenizer, "chat", 1024, 512)
+    prompt = "[Turn 1]\nHello there\n\n[Turn 2]\nAnd a second question?"
+    a = "[Turn 1]\nHi!\n\n[Turn 2]\nA second answer."
+    b = "[Turn 1]\nGood day.\n\n[Turn 2]\nAnother one."
+    duo = enc.encode_row(prompt, a, b)
+    for seq, answers in ((duo.a, ["Hi!", "A second answer."]), (duo.b, ["Good day.", "Another one."])):
+        messages = []
+        for question, answer in zip(["Hello there", "And a second question?"], answers):
+            messages += [{"role": "user", "content": question}, {"role": "assistant", "content": answer}]
+        out = tokenizer.apply_chat_template(messages, tokenize=True)
+        assert seq == list(out["input_ids"] if hasattr(out, "keys") else out)
+    swapped = enc.encode_row(prompt, b, a)
+    assert (swapped.a, swapped.b) == (duo.b, duo.a)
+    # a long pair: every sequence within the budget, the prompt capped, both ends of a cut response kept
+    small = ResponseEncoder(tokenizer, "chat", 96, 24, length_hint="buckets")
+    long_a, short_b = "alpha " * 300 + "omega", "fine"
+    duo = small.encode_row("why " * 100, long_a, short_b)
+    text_a, text_b = tokenizer.decode(duo.a), tokenizer.decode(duo.b)
+    assert len(duo.a) == len(duo.b) == 96 and text_a.rstrip().endswith("omega<|im_end|>")
+    assert text_b.count("why") > text_a.count("why")  # the room the short answer leaves goes to the prompt
+    assert "much longer than the other" in text_a and "much shorter than the other" in text_b and "fine" in text_b
