@@ -1,5 +1,6 @@
-"""The Kaggle package installs offline into a fresh venv and scores the WSDM example test file: a merged LoRA run and a
-feature-model run, stacked by a stacker fitted here (where the training data is) and shipped in the package."""
+"""The Kaggle package installs offline into a fresh venv and scores the WSDM example test file: a merged LoRA run (a
+reward head: two sequences per pair) and a feature-model run, stacked by a stacker fitted here (where the training
+data is) and shipped in the package."""
 
 from __future__ import annotations
 
@@ -19,7 +20,10 @@ def test_package_installs_offline_and_runs_infer(tmp_path) -> None:
     from duelist.tools.kaggle import needed_packages
 
     lora, trees = tmp_path / "lora", tmp_path / "trees"
-    for run, overrides in ((lora, TINY), (trees, ["model=features", "logger=none", "data.max_rows=200"])):
+    for run, overrides in (
+        (lora, [*TINY, "model.head=reward"]),
+        (trees, ["model=features", "logger=none", "data.max_rows=200"]),
+    ):
         res = run_cli("train.py", [*overrides, f"hydra.run.dir={run}"])  # the same 200 rows: shared validation rows
         assert res.returncode == 0, res.stderr[-2000:]
     assert needed_packages([str(lora)], merge=True, quantization="none") == set()  # a merged tiny run: nothing more
@@ -37,6 +41,7 @@ def test_package_installs_offline_and_runs_infer(tmp_path) -> None:
     )
     assert res.returncode == 0, res.stderr[-2000:]
     assert (pkg / "runs" / "r0" / "checkpoint" / "model" / "model.safetensors").is_file()  # merged weights
+    assert '"LABEL_0"' in (pkg / "runs" / "r0" / "checkpoint" / "model" / "config.json").read_text()  # one output
     assert (pkg / "stacker" / "booster.txt").is_file() and "ensemble=stack" in (pkg / "run.sh").read_text()
     assert not list((pkg / "wheels").glob("torch-*")) and list((pkg / "wheels").glob("duelist-*.whl"))
     # only what scoring needs: no sweep, tracking or review packages, no MiniLM weights (a merged tiny run needs none);

@@ -29,6 +29,7 @@ WALKS = {
     "train-and-infer": ["README.md", "docs/train-and-infer.md", "docs/gpu-and-kaggle.md"],
     "extra-data": ["docs/extra-data.md"],
     "kaggle": ["docs/kaggle.md"],
+    "reward-models": ["docs/reward-models.md"],
 }
 WALKED = [page for pages in WALKS.values() for page in pages]
 EXAMPLE_DATA = "python -m duelist example-data"

@@ -19,7 +19,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from duelist.core.batching import Row, pad, sorted_batches
+from duelist.core.batching import Duo, Row, pad, sorted_batches
 from duelist.core.config import Precision, precision
 from duelist.core.errors import DuelistError
 from duelist.core.files import shown
@@ -74,7 +74,15 @@ def predict_p_a(
                 break
             began = deadline.clock() if deadline is not None else 0.0
             with torch.autocast(device.type, dtype=amp, enabled=amp is not None):
-                logits = pair_logits(model(input_ids=ids.to(device), attention_mask=mask.to(device)).logits)
+                logits = model(input_ids=ids.to(device), attention_mask=mask.to(device)).logits
+            duos = isinstance(seqs[0], Duo)
+            if (logits.shape[-1] == 1) != duos:
+                raise DuelistError(
+                    f"a {logits.shape[-1]}-output head got {'two sequences' if duos else 'one sequence'} per pair: a "
+                    "reward head (one output) scores the Duo rows of ResponseEncoder, a pair head one sequence per "
+                    "pair (data.encoding.encoder_for_model picks the encoder of a model config)"
+                )
+            logits = pair_logits(logits)
             out[idx] = p_a_of(logits)
             if deadline is not None:
                 deadline.record(ids.numel(), deadline.clock() - began)

@@ -36,6 +36,7 @@ DEFAULT_ROOTS = (
 COLUMNS = [
     "run_dir",
     "model",
+    "head",
     "data",
     "languages",
     "study",
@@ -59,6 +60,7 @@ def _row(run: RunDir) -> Optional[dict]:
         **flat,
         "run_dir": str(run.path),
         "model": cfg.model.name,
+        "head": OmegaConf.select(cfg, "model.head", default=None),  # pair | reward (networks); None: trees
         "data": cfg.data.name,
         "languages": ",".join(map(str, cfg.data.languages))
         if OmegaConf.select(cfg, "data.languages", default=None)

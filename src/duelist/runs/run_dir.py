@@ -65,6 +65,12 @@ class RunDir:
         """Its checkpoint holds LoRA adapters (over a base it names), not full weights."""
         return (self.checkpoint / "adapter").is_dir()
 
+    def needs_base(self) -> bool:
+        """Scoring loads the base model its config names: LoRA adapters, or a zero-shot reward model's checkpoint
+        (config and tokenizer, no weights of its own). A merge (``python -m duelist export``) writes full weights."""
+        ckpt = self.checkpoint
+        return self.has_adapter() or ((ckpt / "tokenizer").is_dir() and not (ckpt / "model").is_dir())
+
     def is_finished(self) -> bool:
         """train() wrote every output (metrics.json is written last)."""
         return self.metrics_file.is_file() and self.config_file.is_file() and self.has_checkpoint()

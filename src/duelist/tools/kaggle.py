@@ -131,7 +131,7 @@ def build(
         for i, run in enumerate(runs):
             target = tmp / "runs" / f"r{i}"
             target.parent.mkdir(exist_ok=True)
-            if merge and RunDir(run).has_adapter():
+            if merge and RunDir(run).needs_base():
                 export_run(run, target)
             else:
                 shutil.copytree(run, target, ignore=shutil.ignore_patterns("wandb", ".hydra", "*.png", "train.log"))

@@ -1,0 +1,146 @@
+"""The two heads' cost on the same pairs: ``model.head=pair`` (one sequence per pair) against ``model.head=reward``
+(prompt + A and prompt + B, two sequences), one model, measured in one process, alternating.
+
+    python bench/heads.py                              # tiny_qwen2 and minilm on 256 pairs of the bundled sample
+    python bench/heads.py models=[minilm] rows=512
+
+For each head: tokens per pair (real, unpadded), scoring (``predict_p_a`` as infer.py runs it: sorted batches) and
+training steps (the loop's forward, pair loss, backward and AdamW on LoRA, batches of 8 pairs) in pairs/s and
+tokens/s; the best of ``repeats`` timings. Writes ``bench/results/heads-<machine>.json`` with device, versions and
+commit.
+"""
+
+from __future__ import annotations
+
+import platform
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from importlib.metadata import version
+from pathlib import Path
+from typing import List
+
+import numpy as np
+import torch
+
+from duelist.core import options
+from duelist.core.batching import pad
+from duelist.core.files import write_json
+from duelist.core.logs import quiet_library_logs
+from duelist.core.options import option
+from duelist.data.encoding import encoder_for_model
+from duelist.data.reading import load_pairs
+from duelist.models.network_build import build_model, pair_logits
+from duelist.models.network_scoring import predict_p_a
+from duelist.models.network_training import pair_losses
+from duelist.tools.bench import compose_network, device_name
+from duelist.tools.example_data import SAMPLE
+
+ROOT = Path(__file__).resolve().parents[1]
+CPU = torch.device("cpu")
+
+
+@dataclass
+class HeadsOptions:
+    models: List[str] = option(["tiny_qwen2", "minilm"], "model files to measure")
+    rows: int = option(256, "pairs of the bundled sample (a seeded random draw)")
+    train_steps: int = option(6, "training steps per timing (8 pairs each)")
+    repeats: int = option(2, "timings per head; the best is kept")
+    out: str = option(str(ROOT / "bench" / "results" / f"heads-{platform.machine()}.json"), "JSON path")
+
+
+def seconds_of(fn) -> float:
+    start = time.perf_counter()
+    fn()
+    return time.perf_counter() - start
+
+
+def measure(model_name: str, rows, opts: HeadsOptions) -> dict:
+    setups = {}
+    for head in ("pair", "reward"):
+        cfg = compose_network(model_name, "default")
+        cfg.model.head = head
+        built = build_model(cfg.model, cfg.lora, CPU, seed=0)
+        ids = encoder_for_model(built.tokenizer, cfg.model).encode(rows, None, desc=f"tokenize {head}")
+        tokens = [len(s.a) + len(s.b) if head == "reward" else len(s) for s in ids]
+        setups[head] = (built, ids, int(np.sum(tokens)), cfg)
+    for head, (built, ids, tokens, cfg) in setups.items():  # warm-up, both heads, before any timing
+        predict_p_a(built.model, ids[:8], built.tokenizer.pad_token_id, 8, CPU, quiet=True)
+    results = {head: {} for head in setups}
+    for _ in range(opts.repeats):  # alternate the heads: drift in the machine's speed hits both alike
+        for head, (built, ids, tokens, cfg) in setups.items():
+            pad_id = built.tokenizer.pad_token_id
+            seconds = seconds_of(
+                lambda: predict_p_a(built.model, ids, pad_id, cfg.trainer.eval_batch_size, CPU, quiet=True)
+            )
+            results[head]["score_s"] = min(results[head].get("score_s", np.inf), seconds)
+            model = built.model
+            model.train()
+            opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-5)
+            batches = [list(range(i * 8, i * 8 + 8)) for i in range(opts.train_steps)]
+            trained_tokens = 0
+
+            def steps() -> None:
+                nonlocal trained_tokens
+                trained_tokens = 0
+                for idx in batches:
+                    batch, mask = pad([ids[i] for i in idx], pad_id)
+                    logits = pair_logits(model(input_ids=batch, attention_mask=mask).logits)
+                    pair_losses(logits, torch.full((len(idx),), 0.7)).mean().backward()
+                    opt.step()
+                    opt.zero_grad(set_to_none=True)
+                    trained_tokens += int(mask.sum())
+
+            seconds = seconds_of(steps)
+            model.eval()
+            results[head]["train_s"] = min(results[head].get("train_s", np.inf), seconds)
+            results[head]["train_tokens"] = trained_tokens
+    out = {}
+    for head, (built, ids, tokens, cfg) in setups.items():
+        r = results[head]
+        out[head] = {
+            "sequences_per_pair": 2 if head == "reward" else 1,
+            "max_length_per_sequence": int(cfg.model.max_length),
+            "tokens_per_pair": tokens / len(ids),
+            "score_pairs_per_s": len(ids) / r["score_s"],
+            "score_tokens_per_s": tokens / r["score_s"],
+            "train_pairs_per_s": 8 * opts.train_steps / r["train_s"],
+            "train_tokens_per_s": r["train_tokens"] / r["train_s"],
+        }
+    out["reward_over_pair"] = {
+        k: out["reward"][k] / out["pair"][k]
+        for k in ("tokens_per_pair", "score_pairs_per_s", "score_tokens_per_s", "train_pairs_per_s")
+    }
+    return out
+
+
+def main(argv=None) -> None:
+    quiet_library_logs()
+    opts = options.parse(HeadsOptions, argv, "python bench/heads.py", __doc__.split("\n\n")[0])
+    rows = load_pairs(SAMPLE, on_bad_rows="drop")
+    rows = rows.iloc[np.random.default_rng(0).permutation(len(rows))[: opts.rows]].reset_index(drop=True)
+    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=ROOT).stdout
+    report = {
+        "what": "model.head=pair vs reward on the same pairs of the bundled sample, one process, best of repeats",
+        "device": device_name(CPU),
+        "versions": {p: version(p) for p in ("torch", "transformers", "peft")} | {"python": sys.version.split()[0]},
+        "commit": commit.strip(),
+        "rows": opts.rows,
+        "models": {name: measure(name, rows, opts) for name in opts.models},
+    }
+    write_json(Path(opts.out), report)
+    for name, m in report["models"].items():
+        for head in ("pair", "reward"):
+            h = m[head]
+            print(
+                f"{name:11s} {head:6s} {h['tokens_per_pair']:6.0f} tokens/pair  score {h['score_pairs_per_s']:7.1f} "
+                f"pairs/s {h['score_tokens_per_s']:9,.0f} tok/s  train {h['train_pairs_per_s']:6.1f} pairs/s "
+                f"{h['train_tokens_per_s']:8,.0f} tok/s"
+            )
+        print(f"{name:11s} reward/pair: " + ", ".join(f"{k} {v:.2f}" for k, v in m["reward_over_pair"].items()))
+    print(f"wrote {opts.out}")
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
