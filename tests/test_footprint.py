@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 import subprocess
 import sys
 
@@ -13,8 +14,9 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 from transformers import AutoModelForSequenceClassification
 
-from conftest import TINY, WSDM_EXAMPLE, compose_train
+from conftest import TINY, WSDM_EXAMPLE, compose_train, run_cli
 from duelist.core.hardware import THROUGHPUT
+from duelist.models import network_flops
 from duelist.tools import footprint, plan
 
 
@@ -62,7 +64,7 @@ def test_bytes_and_flops_against_independent_counts() -> None:
     opts = options(model="tiny_llama", checkpointing=[False])
     two = footprint.measure(opts, 2)
     cfg = footprint.compose("tiny_llama", 2)
-    reference = AutoModelForSequenceClassification.from_config(footprint.hf_config(cfg))  # plain transformers, fp32
+    reference = AutoModelForSequenceClassification.from_config(network_flops.hf_config(cfg))  # plain transformers, fp32
     layer_params = sum(p.numel() for n, p in reference.named_parameters() if ".layers." in n)
     fp16 = two["scoring"]["fp16"]["weights_bytes"]["layer"]
     assert fp16 == {"float16": 2 * layer_params}
@@ -93,9 +95,9 @@ def test_bytes_and_flops_against_independent_counts() -> None:
 
 def test_flops_curve_is_exact_at_a_third_length() -> None:
     cfg = footprint.compose("tiny_gemma2", None)
-    curve = footprint.flops_curve(cfg)
-    (counted,) = footprint.counted_flops(cfg, [384])
-    assert footprint.row_flops(curve, [384])[0] == pytest.approx(counted, rel=1e-9)
+    curve = network_flops.flops_curve(cfg)
+    (counted,) = network_flops.counted_flops(cfg, [384])
+    assert network_flops.row_flops(curve, [384])[0] == pytest.approx(counted, rel=1e-9)
     assert curve["per_token_squared"] > 0  # attention's L² term
 
 
@@ -155,13 +157,23 @@ def test_plan_of_a_tiny_run_on_the_wsdm_example(tmp_path) -> None:
     cfg = RunDir(run).read_checkpoint_config()
     encoder = PairEncoder.for_model(load_tokenizer(str(run / "checkpoint" / "tokenizer")), cfg.model)
     lengths = sorted({len(ids) for ids in encoder.encode(load_test(str(WSDM_EXAMPLE)))})
-    counted = dict(zip(lengths, footprint.counted_flops(cfg, lengths)))
+    counted = dict(zip(lengths, network_flops.counted_flops(cfg, lengths)))
     assert member["tokens_p50_p99_max"][2] == max(lengths)
     mean_row = member["forward_flops"] / 2 / member["rows"]  # swap TTA: every row twice
     assert min(counted.values()) * 0.999 <= mean_row <= max(counted.values()) * 1.001
     t4 = THROUGHPUT["t4x2"]
     assert member["hours"] == pytest.approx(member["forward_flops"] / (t4.devices * t4.flops) / 3600)
     assert "plan for 25000 rows" in res.stdout and "fits:" in res.stdout
+    # infer.py's time budget starts from the same figures: its projection of the 3 rows is the plan's (unsampled)
+    res = duelist("plan", f"runs=[{run}]", f"test={WSDM_EXAMPLE}", f"out={out}")
+    hours = json.loads(out.read_text())["members"][0]["hours"]
+    args = [f"runs=[{run}]", f"data.test={WSDM_EXAMPLE}", f"output={tmp_path / 'sub.csv'}", "tta=swap"]
+    res = run_cli("infer.py", [*args, "time_budget_min=30", "hardware=t4x2"])
+    assert res.returncode == 0, res.stderr[-2000:]
+    logged = re.search(r"projected ([0-9.e+-]+) s for 3 rows on t4x2", res.stderr + res.stdout)
+    assert logged and float(logged.group(1)) == pytest.approx(hours * 3600, rel=1e-3)
+    res = run_cli("infer.py", [*args, "hardware=t4x2"])
+    assert res.returncode != 0 and "set time_budget_min too" in res.stderr
 
 
 def test_plan_errors_are_one_line(tmp_path) -> None:

@@ -56,6 +56,29 @@ def test_deadline_learns_throughput_and_never_starts_what_does_not_fit() -> None
     assert d.tokens == 1500  # what a child measures counts for its parent
 
 
+@pytest.mark.fast
+def test_a_projected_speed_is_the_first_estimate_until_a_batch_is_measured() -> None:
+    clock = FakeClock()
+    d = Deadline(10.0, clock, prior=0.01)  # projected: 10 ms per token
+    assert d.fits(1000) and not d.fits(1001)  # the first batch is judged by the projection
+    d.record(1000, 1.0)  # measured: 1 ms per token, 10x faster than projected
+    assert d.fits(10_000) and not d.fits(10_001)  # the measurement replaced the projection
+    part = d.portion(0.25, fresh=True, prior=0.002)  # a quarter of the time left, another model: its own projection
+    assert part.remaining() == pytest.approx(2.5) and part.fits(1250) and not part.fits(1251)
+    assert Deadline(1.0, clock).share(4).remaining() == pytest.approx(0.25)  # share(k) is portion(1/k)
+
+
+@pytest.mark.fast
+def test_the_budget_is_split_by_projected_cost() -> None:
+    from duelist.tasks.submit import fraction, rate
+
+    projected = [(300.0, 1000), (100.0, 1000), None]  # run 2: a feature model, not projected
+    needed = [True, True, False]
+    assert fraction(projected, needed, 0) == pytest.approx(0.75) and fraction(projected, needed, 1) == 1.0
+    assert fraction([None, (1.0, 1)], [True, True], 0) == 0.5  # a run without a projection: equal parts
+    assert rate(projected[0]) == pytest.approx(0.3) and rate(None) is None
+
+
 @pytest.fixture()
 def setup(tmp_path, monkeypatch):
     clock = FakeClock()

