@@ -12,7 +12,7 @@ import sys
 from pathlib import Path
 
 RESULTS = Path(__file__).parent / "results"
-MODELS = ("gemma2_9b_random", "qwen2_5_14b_random", "llama3_1_8b_random")
+MODELS = ("gemma2_9b_random", "qwen2_5_14b_random", "llama3_1_8b_random", "qwen3_8b_random")
 
 
 def load(model: str) -> dict:
