@@ -16,6 +16,7 @@ import pytest
 import torch
 
 from conftest import TINY, WSDM_EXAMPLE, compose_train, run_cli
+from duelist.core.errors import DuelistError
 from duelist.data.encoding import ResponseEncoder, encoder_for_model
 from duelist.data.pairs import swap_pairs
 from duelist.data.splits import load_train_valid
@@ -209,6 +210,57 @@ def test_a_zero_shot_reward_model_teaches_and_stacks(zero_shot: Path, rm: Path, 
     )
     assert res.returncode == 0, res.stderr[-3000:]
     assert len(pd.read_csv(out)) == 3 and (out.with_suffix(".stacker") / "booster.txt").is_file()
+
+
+def test_a_zero_shot_run_exports_its_base_weights(zero_shot: Path, tmp_path: Path) -> None:
+    from duelist.tools.export import export_run
+
+    assert RunDir(zero_shot).needs_base()
+    merged = export_run(zero_shot, tmp_path / "merged")
+    assert (merged / "checkpoint" / "model" / "model.safetensors").is_file() and not RunDir(merged).needs_base()
+    rows = valid_rows(zero_shot)
+    np.testing.assert_allclose(rescore(merged, rows), RunDir(zero_shot).read_oof()["p_a"].to_numpy(), atol=1e-6)
+
+
+@pytest.mark.fast
+def test_swap_augmentation_of_a_reward_head_is_refused() -> None:
+    from duelist.models.network import NetworkKind
+
+    with pytest.raises(DuelistError, match="same loss at twice the cost"):
+        NetworkKind().check(compose_train([*TINY, "model.head=reward", "augment=swap"]))
+
+
+@pytest.mark.fast
+@pytest.mark.parametrize(
+    "template",
+    [
+        "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] | trim }}<|im_end|>\n{% endfor %}",
+        "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{% if loop.last %}<think>\n\n</think>\n\n"
+        "{{ m['content'].lstrip('\\n') }}{% else %}{{ m['content'] }}{% endif %}<|im_end|>\n{% endfor %}",
+    ],
+    ids=["trim", "qwen3-lstrip"],
+)
+def test_texts_are_written_as_the_chat_template_writes_them(rm: Path, template: str) -> None:
+    tokenizer = load_tokenizer(str(rm))
+    tokenizer.chat_template = template
+    duo = ResponseEncoder(tokenizer, "chat", 1024, 512).encode_row("  Hi there  \n", "\n\nAn answer.\n", " b ")
+    for seq, answer in ((duo.a, "\n\nAn answer.\n"), (duo.b, " b ")):
+        messages = [{"role": "user", "content": "  Hi there  \n"}, {"role": "assistant", "content": answer}]
+        assert tokenizer.decode(seq) == tokenizer.apply_chat_template(messages, tokenize=False)
+
+
+@pytest.mark.fast
+def test_a_tokenizer_without_a_pad_token_gets_a_spare_one_not_eos(rm: Path, tmp_path: Path) -> None:
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(rm)  # a Llama 3.1 look: no pad, eos ends every message
+    tokenizer.add_special_tokens({"additional_special_tokens": ["<|finetune_right_pad_id|>"]})
+    tokenizer.pad_token = None
+    tokenizer.save_pretrained(tmp_path / "tok")
+    loaded = load_tokenizer(str(tmp_path / "tok"))
+    assert loaded.pad_token == "<|finetune_right_pad_id|>" and loaded.pad_token != loaded.eos_token
+    duo = ResponseEncoder(loaded, "chat", 256, 64).encode_row("q", "a", "b")  # ends in eos: refused were eos the pad
+    assert duo.a[-2] == loaded.eos_token_id
 
 
 @pytest.mark.fast

@@ -23,7 +23,7 @@ import hashlib
 import logging
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Optional, Sequence
 
 import numpy as np
 import pandas as pd
@@ -372,10 +372,21 @@ class TurnFrame:
     special_head: tuple[int, ...]
     special_tail: tuple[int, ...]
     marker: tuple[int, ...]
+    strips: tuple[tuple[Optional[str], Optional[str]], ...] = ()  # per message slot: what the template strips
 
     @property
     def overhead(self) -> int:
         return sum(len(p) for p in self.pieces) + len(self.special_head) + len(self.special_tail)
+
+    def as_template_writes(self, slot: int, text: str, opens: bool = True) -> str:
+        """``text`` as the chat template writes it into message slot ``slot`` (1: the first prompt, 2: its response,
+        ...): Llama's and Gemma's ``| trim``, Qwen3's ``lstrip('\n')`` of the last answer. ``opens``: the text opens
+        its message (not so for a prompt after a hint)."""
+        if slot >= len(self.strips):
+            return text
+        left, right = self.strips[slot]
+        text = text if left is None or not opens else text.lstrip(left or None)
+        return text if right is None else text.rstrip(right or None)
 
     @property
     def min_part(self) -> int:
@@ -396,11 +407,15 @@ def build_turn_frame(tokenizer: Any, template: str, turns: int) -> TurnFrame:
         text = tokenizer.apply_chat_template(messages, tokenize=False)
         head: tuple[int, ...] = ()
         tail: tuple[int, ...] = ()
+        strips = tuple(
+            [(None, None)] + [_stripped(tokenizer, messages, i) for i in range(len(messages))]
+        )  # slot 0 is the hint
     elif template == "plain":
         text = HINT_SLOT + "\n\n".join(
             PLAIN_TURN.format(prompt=_slot("P", t), response=_slot("R", t)) for t in range(turns)
         )
         head, tail = _special_wrap(tokenizer)
+        strips = ()
     else:
         raise DuelistError(f"model.template={template!r}: use plain or chat")
     pieces, rest = [], text
@@ -413,7 +428,25 @@ def build_turn_frame(tokenizer: Any, template: str, turns: int) -> TurnFrame:
         before, rest = rest.split(slot)
         pieces.append(_ids(tokenizer, before))
     pieces.append(_ids(tokenizer, rest))
-    return TurnFrame(tuple(pieces), head, tail, _ids(tokenizer, CUT_MARKER))
+    return TurnFrame(tuple(pieces), head, tail, _ids(tokenizer, CUT_MARKER), strips)
+
+
+def _stripped(tokenizer: Any, messages: list[dict[str, str]], i: int) -> tuple[Optional[str], Optional[str]]:
+    """What the chat template strips from the ends of message ``i``'s content, found by writing it between
+    whitespace: ``(left, right)``, each None (kept), ``"\n"`` (newlines only) or ``""`` (all whitespace)."""
+    plain = [{**m, "content": m["content"].replace(HINT_SLOT, "")} for m in messages]
+    slot = plain[i]["content"]
+    probe = [dict(m) for m in plain]
+    probe[i]["content"] = "\n " + slot + " \n"
+    base = tokenizer.apply_chat_template(plain, tokenize=False)
+    text = tokenizer.apply_chat_template(probe, tokenize=False)
+    at, found = base.index(slot), text.index(slot)
+    kept_left = text[at:found]
+    after = base[at + len(slot) :]
+    rest = text[found + len(slot) :]
+    kept_right = rest[: len(rest) - len(after)] if rest.endswith(after) else " \n"
+    modes = {"\n ": None, " ": "\n", "": ""}
+    return modes.get(kept_left), modes.get(kept_right[::-1])
 
 
 def share(lengths: Sequence[int], budget: int, min_part: int) -> list[int]:
@@ -531,7 +564,13 @@ class ResponseEncoder:
             responses = split_turns(own)
             turns = (prompts, responses) if len(prompts) == len(responses) > 1 else ([prompt], [own])
             hint = self._hint_ids(len(own), len(other), language)
-            out.append(self.sequence([ids(p) for p in turns[0]], [ids(r) for r in turns[1]], hint))
+            frame = self.frame(len(turns[0]))
+            written = [
+                frame.as_template_writes(2 * t + 1 + k, text, opens=bool(t or k or not hint))
+                for t, pair in enumerate(zip(*turns))
+                for k, text in enumerate(pair)
+            ]  # a hint opens the first prompt's message: the template's left strip reaches the hint, not the prompt
+            out.append(self.sequence([ids(p) for p in written[0::2]], [ids(r) for r in written[1::2]], hint))
         return Duo(out[0], out[1])
 
     def fingerprint(self) -> str:

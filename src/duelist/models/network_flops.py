@@ -87,7 +87,7 @@ def row_flops(curve: dict[str, float], lengths: np.ndarray) -> np.ndarray:
     return curve["per_token"] * lengths + curve["per_token_squared"] * lengths**2
 
 
-def row_lengths(run_dir: Path, test: Any) -> tuple[np.ndarray, Any]:
+def row_lengths(run_dir: Path, test: Any, cache_dir: Optional[str] = None) -> tuple[np.ndarray, Any]:
     """Tokens per row as the run scores them (a reward head: the two sequences' lengths, one column each), and the
     run's saved config."""
     from duelist.core.batching import Duo
@@ -98,7 +98,7 @@ def row_lengths(run_dir: Path, test: Any) -> tuple[np.ndarray, Any]:
     run = RunDir(run_dir).require_checkpoint()
     cfg = run.read_checkpoint_config()
     tokenizer = load_tokenizer(str(run.checkpoint / "tokenizer"), what="tokenizer")
-    encoded = encoder_for_model(tokenizer, cfg.model).encode(test, desc=f"tokenize {shown(run_dir)}")
+    encoded = encoder_for_model(tokenizer, cfg.model).encode(test, cache_dir, desc=f"tokenize {shown(run_dir)}")
     return np.array([[len(s.a), len(s.b)] if isinstance(s, Duo) else len(s) for s in encoded]), cfg
 
 
@@ -124,11 +124,13 @@ def base_config(run_dir: Path, cfg: Any) -> Any:
         ) from err
 
 
-def projected_seconds(run_dir: Path, test: Any, flops_per_s: float, tta: str) -> tuple[float, int]:
+def projected_seconds(
+    run_dir: Path, test: Any, flops_per_s: float, tta: str, cache_dir: Optional[str] = None
+) -> tuple[float, int]:
     """Seconds a run's forward passes over ``test`` take at a sustained ``flops_per_s`` (its rows as it encodes them,
     its counted FLOP curve; swap-TTA doubles a pair head's work, a reward head's is symmetric), and the real tokens
     they read: what ``python -m duelist plan`` prints, and ``infer.py``'s first estimate of speed."""
-    lengths, cfg = row_lengths(run_dir, test)
+    lengths, cfg = row_lengths(run_dir, test, cache_dir)
     flops = float(row_flops(flops_curve(cfg, config=base_config(run_dir, cfg)), lengths).sum())
     passes = 2 if tta == "swap" and lengths.ndim == 1 else 1
     return passes * flops / flops_per_s, passes * int(lengths.sum())

@@ -248,12 +248,19 @@ def split_by_length(lengths: Sequence[int], parts: int) -> list[np.ndarray]:
 
 
 def _score_share(
-    run_dir: str, rows: pd.DataFrame, cfg_dict: dict, device: str, tta: str | None, seconds: float | None
+    run_dir: str,
+    rows: pd.DataFrame,
+    cfg_dict: dict,
+    device: str,
+    tta: str | None,
+    seconds: float | None,
+    prior: float | None = None,
 ) -> np.ndarray:
-    """One worker process of data-parallel scoring (module level: it is started with ``spawn``)."""
+    """One worker process of data-parallel scoring (module level: it is started with ``spawn``); ``prior``: its
+    device's projected seconds per token (``infer.py hardware=...``)."""
     from omegaconf import OmegaConf
 
-    deadline = Deadline(seconds) if seconds is not None else None
+    deadline = Deadline(seconds, prior=prior) if seconds is not None else None
     place = torch.device(device)
     if place.type == "cuda":
         torch.cuda.set_device(place)  # this worker's GPU for everything it allocates (a fresh process starts on GPU 0)
@@ -280,11 +287,20 @@ class ParallelScorer:
         parts = split_by_length(text.to_numpy(), len(self.devices))  # characters: a proxy for tokens
         cfg_dict = OmegaConf.to_container(self.cfg, resolve=True)
         seconds = deadline.remaining() if deadline is not None else None
+        # the projection is the whole machine's: each worker has one of its devices
+        prior = deadline.prior * len(self.devices) if deadline is not None and deadline.prior else None
         out = np.full(len(rows), np.nan)
         with ProcessPoolExecutor(len(self.devices), mp_context=multiprocessing.get_context("spawn")) as pool:
             jobs = [
                 pool.submit(
-                    _score_share, str(self.run_dir), rows.iloc[idx].reset_index(drop=True), cfg_dict, dev, tta, seconds
+                    _score_share,
+                    str(self.run_dir),
+                    rows.iloc[idx].reset_index(drop=True),
+                    cfg_dict,
+                    dev,
+                    tta,
+                    seconds,
+                    prior,
                 )
                 for idx, dev in zip(parts, self.devices)
             ]

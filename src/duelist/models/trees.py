@@ -324,5 +324,5 @@ class TreesKind:
     def packages(self, run: RunDir, merge: bool, quantization: str) -> set[str]:
         return {"lightgbm"}
 
-    def projected(self, run: RunDir, rows: pd.DataFrame, flops_per_s: float, tta: str) -> None:
+    def projected(self, run: RunDir, rows: pd.DataFrame, flops_per_s: float, tta: str, cache_dir: str | None) -> None:
         return None  # LightGBM on hand-made features: seconds on a CPU

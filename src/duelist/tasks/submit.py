@@ -265,7 +265,12 @@ def score_members(
                     run, rows, cfg, device, tta="none" if first else None, deadline=own, order=order
                 )
             else:
-                share = deadline.portion(fraction(projected, needed, i), prior=rate(projected[i])) if deadline else None
+                fresh = projected[i] is not None  # its own projection, not the previous run's measured speed
+                share = (
+                    deadline.portion(fraction(projected, needed, i), fresh=fresh, prior=rate(projected[i]))
+                    if deadline
+                    else None
+                )
                 column[mine] = score_run(run, rows, cfg, device, deadline=share)
         probs[f"p_a_run{i}"] = column
     return probs
@@ -288,7 +293,8 @@ def projections(
             continue
         rows = test if mine.all() else test[mine].reset_index(drop=True)
         tta = "none" if cfg.ensemble.cascade and i == 0 else cfg.tta
-        out.append(run_kind(RunDir(run)).projected(RunDir(run), rows, throughput.devices * throughput.flops, tta))
+        flops_per_s = throughput.devices * throughput.flops
+        out.append(run_kind(RunDir(run)).projected(RunDir(run), rows, flops_per_s, tta, cfg.cache_dir))
         if out[-1] is not None:
             log.info(
                 "%s: projected %.4g s for %d rows on %s (counted FLOPs at %s); measured speed takes over after "
