@@ -203,6 +203,38 @@ def assemble(
     return list(frame.special_head) + body + list(frame.special_tail)
 
 
+def vocabulary(tokenizer: Any) -> str:
+    """The tokenizer as text (its vocabulary and rules): part of every encoder's fingerprint."""
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    return backend.to_str() if backend is not None else repr(sorted(tokenizer.get_vocab().items()))
+
+
+def digest(parts: Sequence[str]) -> str:
+    """An encoder's fingerprint: a short hash of what decides its tokens."""
+    return hashlib.sha256("\x1f".join(parts).encode()).hexdigest()[:16]
+
+
+def cache_file_of(fingerprint: str, df: pd.DataFrame, language_tag: bool, cache_dir: str | None) -> Path | None:
+    """Where the tokens of ``df``'s texts under an encoder of this fingerprint are cached (None: no cache)."""
+    if not cache_dir:
+        return None
+    columns = ["prompt", "response_a", "response_b"] + (["language"] if language_tag and "language" in df else [])
+    text_hash = pd.util.hash_pandas_object(df[columns], index=False).to_numpy()
+    key = hashlib.sha256(fingerprint.encode() + text_hash.tobytes()).hexdigest()[:24]
+    return Path(cache_dir) / "tokenized" / f"{key}.parquet"
+
+
+def read_cache(cache_file: Path | None, rows: int, desc: str) -> pd.DataFrame | None:
+    """The cached token table, if it is there and whole."""
+    if cache_file is None or not cache_file.exists():
+        return None
+    cached = pd.read_parquet(cache_file)
+    if len(cached) != rows:
+        return None
+    log.info("%s: reused cached tokens %s", desc, cache_file)
+    return cached
+
+
 class PairEncoder:
     """Encodes canonical rows for one tokenizer, template and budget."""
 
@@ -282,35 +314,15 @@ class PairEncoder:
         )
 
     def fingerprint(self) -> str:
-        tok = self.tokenizer
-        backend = getattr(tok, "backend_tokenizer", None)
-        vocab = backend.to_str() if backend is not None else repr(sorted(tok.get_vocab().items()))
-        parts = [
-            vocab,
-            repr(self.frame),
-            str(self.max_length),
-            str(self.prompt_max_tokens),
-            self.template,
-            self.length_hint,
-        ]
-        parts += ["language_tag"] if self.language_tag else []
-        return hashlib.sha256("\x1f".join(parts).encode()).hexdigest()[:16]
+        parts = [repr(self.frame), str(self.max_length), str(self.prompt_max_tokens), self.template, self.length_hint]
+        return digest([vocabulary(self.tokenizer), *parts] + (["language_tag"] if self.language_tag else []))
 
     def encode(self, df: pd.DataFrame, cache_dir: str | None = None, desc: str = "tokenize") -> list[list[int]]:
         """Token ids for every row of ``df`` (same order); cached under ``cache_dir`` when given."""
-        cache_file = None
-        if cache_dir:
-            columns = ["prompt", "response_a", "response_b"] + (
-                ["language"] if self.language_tag and "language" in df else []
-            )
-            text_hash = pd.util.hash_pandas_object(df[columns], index=False).to_numpy()
-            key = hashlib.sha256(self.fingerprint().encode() + text_hash.tobytes()).hexdigest()[:24]
-            cache_file = Path(cache_dir) / "tokenized" / f"{key}.parquet"
-            if cache_file.exists():
-                cached = pd.read_parquet(cache_file)
-                if len(cached) == len(df):
-                    log.info("%s: reused cached tokens %s", desc, cache_file)
-                    return [x.tolist() for x in cached["input_ids"]]  # numpy int32 -> Python ints, at C speed
+        cache_file = cache_file_of(self.fingerprint(), df, self.language_tag, cache_dir)
+        cached = read_cache(cache_file, len(df), desc)
+        if cached is not None:
+            return [x.tolist() for x in cached["input_ids"]]  # numpy int32 -> Python ints, at C speed
         out: list[list[int]] = []
         tok = self.tokenizer
         chunk = 512
@@ -555,9 +567,15 @@ class ResponseEncoder:
         body = [t for piece, part in zip(frame.pieces, parts) for t in (*piece, *part)] + list(frame.pieces[-1])
         return list(frame.special_head) + body + list(frame.special_tail)
 
-    def encode_row(self, prompt: str, a: str, b: str, language: Any = None, ids: Any = None) -> Duo:
-        """The two sequences of one pair; ``ids`` (text -> token ids) reuses tokenised texts."""
-        ids = ids or (lambda text: _ids(self.tokenizer, text))
+    def encode_row(self, prompt: str, a: str, b: str, language: Any = None) -> Duo:
+        """The two sequences of one pair (the prompt's texts are tokenized once for both)."""
+        tokenized: dict[str, tuple[int, ...]] = {}
+
+        def ids(text: str) -> tuple[int, ...]:
+            if text not in tokenized:
+                tokenized[text] = _ids(self.tokenizer, text)
+            return tokenized[text]
+
         prompts = split_turns(prompt)
         out = []
         for own, other in ((a, b), (b, a)):
@@ -574,28 +592,21 @@ class ResponseEncoder:
         return Duo(out[0], out[1])
 
     def fingerprint(self) -> str:
-        tok = self.tokenizer
-        backend = getattr(tok, "backend_tokenizer", None)
-        vocab = backend.to_str() if backend is not None else repr(sorted(tok.get_vocab().items()))
-        parts = ["reward", vocab, repr(self.frame(1)), str(self.max_length), str(self.prompt_max_tokens)]
-        parts += [self.template, self.length_hint] + (["language_tag"] if self.language_tag else [])
-        return hashlib.sha256("\x1f".join(parts).encode()).hexdigest()[:16]
+        parts = [
+            repr(self.frame(1)),
+            str(self.max_length),
+            str(self.prompt_max_tokens),
+            self.template,
+            self.length_hint,
+        ]
+        return digest(["reward", vocabulary(self.tokenizer), *parts] + (["language_tag"] if self.language_tag else []))
 
     def encode(self, df: pd.DataFrame, cache_dir: str | None = None, desc: str = "tokenize") -> list[Duo]:
         """The two sequences of every row of ``df`` (same order); cached under ``cache_dir`` when given."""
-        cache_file = None
-        if cache_dir:
-            columns = ["prompt", "response_a", "response_b"] + (
-                ["language"] if self.language_tag and "language" in df else []
-            )
-            text_hash = pd.util.hash_pandas_object(df[columns], index=False).to_numpy()
-            key = hashlib.sha256(self.fingerprint().encode() + text_hash.tobytes()).hexdigest()[:24]
-            cache_file = Path(cache_dir) / "tokenized" / f"{key}.parquet"
-            if cache_file.exists():
-                cached = pd.read_parquet(cache_file)
-                if len(cached) == len(df):
-                    log.info("%s: reused cached tokens %s", desc, cache_file)
-                    return [Duo(a.tolist(), b.tolist()) for a, b in zip(cached["input_ids_a"], cached["input_ids_b"])]
+        cache_file = cache_file_of(self.fingerprint(), df, self.language_tag, cache_dir)
+        cached = read_cache(cache_file, len(df), desc)
+        if cached is not None:
+            return [Duo(a.tolist(), b.tolist()) for a, b in zip(cached["input_ids_a"], cached["input_ids_b"])]
         out: list[Duo] = []
         languages = df["language"] if self.language_tag and "language" in df else [None] * len(df)
         with Progress(len(df), desc, "rows") as bar:

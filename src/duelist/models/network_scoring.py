@@ -64,6 +64,7 @@ def predict_p_a(
     was_training = model.training
     model.eval()
     out = np.full(len(seqs), np.nan, dtype=np.float64)
+    duos = len(seqs) > 0 and isinstance(seqs[0], Duo)  # a reward head's rows: two sequences each
     tokens = 0
     start = time.perf_counter()
     with Progress(len(seqs), desc, "rows", quiet=quiet) as bar:
@@ -75,7 +76,6 @@ def predict_p_a(
             began = deadline.clock() if deadline is not None else 0.0
             with torch.autocast(device.type, dtype=amp, enabled=amp is not None):
                 logits = model(input_ids=ids.to(device), attention_mask=mask.to(device)).logits
-            duos = isinstance(seqs[0], Duo)
             if (logits.shape[-1] == 1) != duos:
                 raise DuelistError(
                     f"a {logits.shape[-1]}-output head got {'two sequences' if duos else 'one sequence'} per pair: a "

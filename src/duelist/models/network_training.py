@@ -182,16 +182,16 @@ class NetworkTraining:
     ) -> None:
         t, model = self.t, built.model
         self.amp = self.autocast(model)
-        rng = np.random.default_rng(t.seed)
-        lengths = [len(s) for s in ids]
-        units = rows["pair"].to_numpy() if self.cfg.augment.same_batch else np.arange(len(rows))
-        per_epoch = self.steps_per_epoch(lengths, units)
         if is_zero_shot(self.cfg):  # the pretrained reward model's own judgement of the validation rows
             log.info(
                 "zero-shot run (trainer.epochs=0): scoring %d validation rows with %s", len(valid), self.cfg.model.name
             )
             self.evaluate(built, valid, valid_ids, tracker)
             return
+        rng = np.random.default_rng(t.seed)
+        lengths = [len(s) for s in ids]
+        units = rows["pair"].to_numpy() if self.cfg.augment.same_batch else np.arange(len(rows))
+        per_epoch = self.steps_per_epoch(lengths, units)
         total = t.max_steps if t.max_steps > 0 else max(1, math.ceil(per_epoch * t.epochs))
         if resume is not None and self.dist.main and not self.dist.sharded:  # the trainable weights as saved, on
             self.load_trainable(model, resume)  # rank 0: DDP's start copies rank 0's parameters to every process

@@ -245,17 +245,18 @@ def score_members(
     second the rows the first is least sure of first, in the time left, at its own speed."""
     cascade = bool(cfg.ensemble.cascade)
     device = pick_device(cfg.device)
-    projected = projections(cfg, runs, test, routes, needed) if deadline is not None else [None] * len(runs)
+    languages = test["language"].astype(str).to_numpy()
+    routed = [routes.scores(i, languages) & needed[i] for i in range(len(runs))]  # a specialist: its languages only
+    member_rows = [test if mine.all() else test[mine].reset_index(drop=True) for mine in routed]
+    projected = projections(cfg, runs, member_rows, routed) if deadline is not None else [None] * len(runs)
     log.info("scoring %d test rows with %d run(s) on %s, tta=%s", len(test), sum(needed), device, cfg.tta)
     if len(cfg.devices) > 1:
         log.info("data parallel over %s: rows dealt by length so the processes finish together", ", ".join(cfg.devices))
-    languages = test["language"].astype(str).to_numpy()
     probs = pd.DataFrame({"id": test["id"], "language": test["language"]})
     for i, run in enumerate(runs):
         column = np.full(len(test), np.nan)
-        mine = routes.scores(i, languages)  # a specialist scores the rows of its languages only
-        if needed[i] and mine.any():
-            rows = test if mine.all() else test[mine].reset_index(drop=True)
+        mine, rows = routed[i], member_rows[i]
+        if mine.any():
             log.info("%s: scoring %d of %d rows", run, len(rows), len(test))
             if cascade:
                 first = i == 0
@@ -277,21 +278,18 @@ def score_members(
 
 
 def projections(
-    cfg: Any, runs: list[Path], test: pd.DataFrame, routes: ensemble.Routes, needed: list[bool]
+    cfg: Any, runs: list[Path], member_rows: list[pd.DataFrame], routed: list[np.ndarray]
 ) -> list[tuple[float, int] | None]:
     """Each run's projected (seconds, tokens) for its rows at ``hardware``'s sustained FLOP/s (None: no
     ``hardware``, a run not scored, or a kind not worth projecting)."""
     if cfg.hardware is None:
         return [None] * len(runs)
     throughput = THROUGHPUT[str(cfg.hardware)]
-    languages = test["language"].astype(str).to_numpy()
     out: list[tuple[float, int] | None] = []
-    for i, run in enumerate(runs):
-        mine = routes.scores(i, languages)
-        if not (needed[i] and mine.any()):
+    for i, (run, rows) in enumerate(zip(runs, member_rows)):
+        if not routed[i].any():
             out.append(None)
             continue
-        rows = test if mine.all() else test[mine].reset_index(drop=True)
         tta = "none" if cfg.ensemble.cascade and i == 0 else cfg.tta
         flops_per_s = throughput.devices * throughput.flops
         out.append(run_kind(RunDir(run)).projected(RunDir(run), rows, flops_per_s, tta, cfg.cache_dir))
