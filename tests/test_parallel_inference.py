@@ -68,3 +68,14 @@ def test_two_cpu_workers_and_device_map_give_the_same_submission(tmp_path, monke
     assert passed == ["balanced", None]
     assert list(two["id"]) == list(rows["id"])  # input order restored
     np.testing.assert_allclose(two["p_a"], one["p_a"], atol=1e-6)
+    # infer.py hardware=...: each worker gets the projection as its first estimate of speed. A projection of 1 s per
+    # token leaves every first batch unstarted in a 60 s budget; without one, the first batch always runs
+    from conftest import compose_infer
+    from duelist.core.time_budget import Deadline
+    from duelist.models.network_scoring import ParallelScorer
+
+    cfg = compose_infer([f"runs=[{run}]", "data.test=t.parquet", "devices=[cpu,cpu]", "batch_size=8"])
+    scorer = ParallelScorer(run, cfg, ["cpu", "cpu"])
+    test = rows[["id", "prompt", "response_a", "response_b"]].reset_index(drop=True)
+    assert np.isnan(scorer.score(test, "none", Deadline(60.0, prior=1.0))).all()
+    assert not np.isnan(scorer.score(test, "none", Deadline(60.0))).any()

@@ -212,6 +212,15 @@ def test_a_zero_shot_reward_model_teaches_and_stacks(zero_shot: Path, rm: Path, 
     assert len(pd.read_csv(out)) == 3 and (out.with_suffix(".stacker") / "booster.txt").is_file()
 
 
+def test_a_qlora_zero_shot_run_on_bf16_weights_reloads_to_its_oof(rm: Path, tmp_path: Path, monkeypatch) -> None:
+    # the 4-bit path of a T4/GPU, on the CPU: the non-4-bit weights (norms, embeddings, head) must be in fp32 when the
+    # run scores its validation rows, as they are when the run is reloaded
+    monkeypatch.setenv("DUELIST_CPU_BNB", "1")
+    run = tmp_path / "run"
+    train(compose_train([*rm_args(rm), "lora=qlora", "model.dtype=bf16", "trainer.epochs=0"]), run)
+    np.testing.assert_allclose(rescore(run, valid_rows(run)), RunDir(run).read_oof()["p_a"].to_numpy(), atol=1e-6)
+
+
 def test_a_zero_shot_run_exports_its_base_weights(zero_shot: Path, tmp_path: Path) -> None:
     from duelist.tools.export import export_run
 
