@@ -12,7 +12,7 @@ from pathlib import Path
 import hydra
 from omegaconf import DictConfig
 
-from duelist.core.config import check_command_line, register_configs
+from duelist.core.config import TRUSTED_TARGETS, check_command_line, register_configs
 from duelist.core.errors import exit_cleanly_on_user_error
 from duelist.core.logs import quiet_library_logs
 from duelist.tasks.infer import infer
@@ -21,7 +21,7 @@ register_configs()
 quiet_library_logs()
 
 
-@hydra.main(version_base="1.3", config_path="conf", config_name="infer")
+@hydra.main(config_path="conf", config_name="infer", execution_whitelist=TRUSTED_TARGETS)
 @exit_cleanly_on_user_error
 def main(cfg: DictConfig) -> None:
     infer(cfg)

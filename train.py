@@ -7,19 +7,21 @@ import hydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
-from duelist.core.config import check_command_line, register_configs
+from duelist.core.config import TRUSTED_TARGETS, check_command_line, register_configs
 from duelist.core.errors import exit_cleanly_on_user_error
 from duelist.core.logs import quiet_library_logs
 from duelist.tasks.train import train
+from duelist.tools.sweeper import sweep_trial
 
 register_configs()
 quiet_library_logs()
 
 
-@hydra.main(version_base="1.3", config_path="conf", config_name="train")
+@hydra.main(config_path="conf", config_name="train", execution_whitelist=TRUSTED_TARGETS)
 @exit_cleanly_on_user_error
 def main(cfg: DictConfig) -> float:
-    return train(cfg, HydraConfig.get().runtime.output_dir)
+    run_dir = HydraConfig.get().runtime.output_dir
+    return train(cfg, run_dir, trial=sweep_trial(HydraConfig.get(), run_dir))  # None outside an Optuna sweep
 
 
 if __name__ == "__main__":

@@ -37,7 +37,7 @@ def main() -> None:
     args = parser.parse_args()
     register_configs()
     folds = []
-    with tempfile.TemporaryDirectory() as tmp, initialize_config_dir(str(ROOT / "conf"), version_base="1.3"):
+    with tempfile.TemporaryDirectory() as tmp, initialize_config_dir(str(ROOT / "conf")):
         for fold in range(5):
             overrides = [
                 "model=features",

@@ -107,12 +107,12 @@ def html_tables(page: str) -> dict[str, list[dict[str, str]]]:
 
 
 def compose_train(overrides: list[str]):
-    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+    with initialize_config_dir(config_dir=str(CONF)):
         return compose(config_name="train", overrides=overrides)
 
 
 def compose_infer(overrides: list[str]):
-    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+    with initialize_config_dir(config_dir=str(CONF)):
         return compose(config_name="infer", overrides=overrides)
 
 

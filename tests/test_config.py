@@ -131,7 +131,7 @@ def test_infer_config_composes() -> None:
 
 @pytest.mark.parametrize("option", options("ensemble"))
 def test_every_ensemble_option_composes(option: str) -> None:
-    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+    with initialize_config_dir(config_dir=str(CONF)):
         choices = compose(
             config_name="infer", overrides=[f"ensemble={option}", "data.test=t.parquet"], return_hydra_config=True
         ).hydra.runtime.choices

@@ -28,7 +28,7 @@ def postgres_url():
     initdb, pg_ctl = server_binary("initdb"), server_binary("pg_ctl")
     if not initdb or not pg_ctl:
         pytest.skip("no PostgreSQL server binary (initdb/pg_ctl); .ci/run installs Debian's postgresql package")
-    pytest.importorskip("psycopg2")
+    pytest.importorskip("psycopg")
     as_user: list[str] = []
     data = Path(tempfile.mkdtemp(prefix="duelist-pg-"))
     if os.geteuid() == 0:  # the server refuses to run as root: run it as the postgres user
@@ -69,7 +69,7 @@ def test_two_workers_share_one_study(tmp_path, postgres_url) -> None:
     import optuna
 
     # create the study once, before the workers start (the documented way to avoid a creation race)
-    subprocess.run(
+    created = subprocess.run(
         [
             str(Path(sys.executable).parent / "optuna"),
             "create-study",
@@ -81,9 +81,10 @@ def test_two_workers_share_one_study(tmp_path, postgres_url) -> None:
             "maximize",
             "--skip-if-exists",
         ],
-        check=True,
         capture_output=True,
+        text=True,
     )
+    assert created.returncode == 0, created.stderr[-3000:]
     space = (
         "hydra.sweeper.params={trainer.lr: 'choice(1e-4, 3e-4, 1e-3)', trainer.head_lr: 'choice(1e-3)', "
         "trainer.epochs: 'choice(1)', trainer.grad_accum: 'choice(1, 2)'}"

@@ -17,7 +17,7 @@ pytestmark = pytest.mark.slow
 @pytest.mark.parametrize("name", ["lora", "optim", "data"])
 @pytest.mark.parametrize("metric,direction", [("val/accuracy", "maximize"), ("val/log_loss", "minimize")])
 def test_sweep_configs_compose_with_direction_from_metric(name: str, metric: str, direction: str) -> None:
-    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+    with initialize_config_dir(config_dir=str(CONF)):
         cfg = compose(
             config_name="train",
             overrides=[f"sweep={name}", f"optimized_metric={metric}", "model=tiny_gemma2"],
@@ -34,7 +34,7 @@ def test_sweep_configs_compose_with_direction_from_metric(name: str, metric: str
 
 def test_slurm_launcher_composes() -> None:
     pytest.importorskip("hydra_plugins.hydra_submitit_launcher")
-    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+    with initialize_config_dir(config_dir=str(CONF)):
         cfg = compose(
             config_name="train",
             overrides=["sweep=lora", "hydra/launcher=slurm", "hydra.launcher.partition=gpu", "model=tiny_gemma2"],
@@ -215,22 +215,18 @@ def test_two_workers_that_find_the_same_dead_trial_retry_it_once(tmp_path) -> No
 
     import optuna
 
-    from duelist.tools.sweeper import fail_stale_trials
+    from duelist.tools.sweeper import fail_stale_trials, rdb_storage
 
     url = f"sqlite:///{tmp_path / 'study.db'}"
     warnings.simplefilter("ignore")
 
-    def worker() -> optuna.Study:
-        storage = optuna.storages.RDBStorage(
-            url,
-            heartbeat_interval=1,
-            grace_period=2,
-            failed_trial_callback=optuna.storages.RetryFailedTrialCallback(max_retry=2),
-        )
+    def worker() -> optuna.Study:  # what the sweeper builds: heartbeats, retries in the run dir
+        storage = rdb_storage(url, heartbeat_interval=1, grace_period=2, max_retry=2)
         return optuna.create_study(study_name="s", storage=storage, load_if_exists=True)
 
     first, second = worker(), worker()
     dead = first.ask()  # a running trial whose worker died after its last heartbeat
+    first._storage._backend.set_trial_system_attr(dead._trial_id, "run_dir", str(tmp_path / "0"))
     first._storage.record_heartbeat(dead._trial_id)
     time.sleep(3)  # past the grace period
     backend = second._storage._backend
@@ -239,4 +235,5 @@ def test_two_workers_that_find_the_same_dead_trial_retry_it_once(tmp_path) -> No
     backend._get_stale_trial_ids = lambda study_id: seen
     assert fail_stale_trials(second) == []  # already failed by the other worker: not an error, not a second retry
     states = [t.state.name for t in second.get_trials(deepcopy=False)]
-    assert states == ["FAIL", "WAITING"]  # one retry queued
+    assert states == ["FAIL", "WAITING"]  # one retry queued, in the dead trial's run dir
+    assert second.get_trials()[1].system_attrs["run_dir"] == str(tmp_path / "0")

@@ -491,6 +491,11 @@ def conf_dir() -> Path:
     )
 
 
+# what Hydra may instantiate from our configs (hydra.main's execution_whitelist): our callbacks and plugins, Hydra's
+# launchers and Optuna's samplers, and the logging handlers of Hydra's job_logging
+TRUSTED_TARGETS = ("duelist.*", "hydra_plugins.*", "hydra._internal.*", "optuna.samplers.*", "logging.*")
+
+
 def multirun_group() -> Optional[str]:
     """Resolver ``duelist_multirun_group``: the W&B group of a multirun job (the Optuna study name, else the sweep
     dir, so every multirun is one group); None outside a multirun."""
@@ -537,13 +542,13 @@ def register_configs() -> None:
     from duelist.core.metrics import direction
 
     if not OmegaConf.has_resolver("duelist_direction"):
-        OmegaConf.register_new_resolver("duelist_direction", direction)
+        OmegaConf.register_resolver("duelist_direction", direction)
     for name, resolver in (
         ("duelist_multirun_group", multirun_group),
         ("duelist_multirun_job_name", multirun_job_name),
     ):
         if not OmegaConf.has_resolver(name):
-            OmegaConf.register_new_resolver(name, resolver)
+            OmegaConf.register_resolver(name, resolver)
     cs = ConfigStore.instance()
     cs.store(name="train_schema", node=TrainConfig)
     cs.store(name="infer_schema", node=InferConfig)
@@ -590,7 +595,7 @@ def _one_line(err: Exception, overrides: list[str], config_dir: Path, config_nam
         try:
             from hydra import compose, initialize_config_dir
 
-            with initialize_config_dir(str(config_dir), version_base="1.3"):
+            with initialize_config_dir(str(config_dir)):
                 cfg = compose(config_name, overrides=[o for o in overrides if not o.split("=")[0].lstrip("+~") == key])
             node = OmegaConf.select(cfg, parent) if parent else cfg
             if node is not None and hasattr(node, "keys"):
@@ -645,7 +650,7 @@ def check_command_line(config_dir: str | Path, config_name: str, argv: list[str]
         else:
             overrides.append(override.input_line)
     try:
-        with initialize_config_dir(str(Path(config_dir).resolve()), version_base="1.3"):
+        with initialize_config_dir(str(Path(config_dir).resolve())):
             cfg = compose(config_name, overrides=overrides)
     except Exception as err:
         raise DuelistError(_one_line(err, overrides, Path(config_dir).resolve(), config_name)) from err

@@ -20,9 +20,9 @@ LOWER_IS_BETTER = {"val/log_loss"}
 HARD = ("model_a", "model_b")  # labels that have a right answer (ties and soft labels count in log loss only)
 
 
-def direction(metric: str) -> str:
-    """Optuna direction for an optimised metric (OmegaConf resolver ``duelist_direction``)."""
-    return "minimize" if metric in LOWER_IS_BETTER else "maximize"
+def direction(metric: Any) -> str:
+    """Optuna direction for an optimised metric, its name or the config's choice (resolver ``duelist_direction``)."""
+    return "minimize" if str(getattr(metric, "value", metric)) in LOWER_IS_BETTER else "maximize"
 
 
 def predicted_winner(p_a: np.ndarray) -> np.ndarray:

@@ -35,13 +35,51 @@ class Fitted:
     step_name: str = "optimizer step"  # what a step is, for the charts' x axis
 
 
+class Trial(Protocol):
+    """The sweep trial a training job runs as (an Optuna trial: :class:`duelist.tools.sweeper.SweepTrial`): it is told
+    the validation metric at every evaluation and says whether to stop there."""
+
+    def should_stop(self, step: int, value: float) -> bool:
+        """Report ``value`` (the optimized metric) at optimizer ``step``; True: the study's pruner stops the run."""
+        ...
+
+    def pruned(self, step: int) -> None:
+        """Record the trial as pruned after ``step`` (called once the run dir is marked)."""
+        ...
+
+
+class Pruned(Exception):
+    """Raised by a training loop that its :class:`Trial` stopped; the run protocol marks the run dir pruned."""
+
+    def __init__(
+        self,
+        step: int,
+        value: float,
+        train_curve: list[tuple[int, float]],
+        evals: list[tuple[int, dict[str, Any]]],
+    ) -> None:
+        super().__init__(f"pruned at step {step} (value {value:.4f})")
+        self.step, self.value = step, value
+        self.train_curve, self.evals = train_curve, evals  # the curves so far (history.json of the pruned run)
+
+
 class TrainingJob(Protocol):
     """One ``train.py`` run of a kind, in this process (one of several under a multi-process launch)."""
 
     dist: Distributed  # this process's place in the launch (one process: rank 0 of 1)
     device: torch.device
 
-    def fit(self, train: pd.DataFrame, valid: pd.DataFrame, tracker: Any, resume: SavedState | None) -> Fitted: ...
+    def fit(
+        self,
+        train: pd.DataFrame,
+        valid: pd.DataFrame,
+        tracker: Any,
+        resume: SavedState | None,
+        trial: Trial | None = None,
+    ) -> Fitted:
+        """Train and keep the best model; ``trial``: report each validation to it and raise :class:`Pruned` when it
+        says stop (a kind without intermediate validations reports nothing)."""
+        ...
 
 
 class Scorer(Protocol):

@@ -39,7 +39,7 @@ from duelist.models.distributed import (
     set_sharded_weights,
     wrap,
 )
-from duelist.models.interface import Fitted
+from duelist.models.interface import Fitted, Pruned, Trial
 from duelist.models.network_build import (
     Built,
     build_model,
@@ -131,9 +131,18 @@ class NetworkTraining:
             )
         self.amp: torch.dtype | None = None  # set by fit(), from the precision and the model's weights
         self.state = TrainingState()
+        self.trial: Trial | None = None  # the sweep trial this run reports its validations to (set by fit)
 
-    def fit(self, train: pd.DataFrame, valid: pd.DataFrame, tracker: Any, resume: SavedState | None) -> Fitted:
+    def fit(
+        self,
+        train: pd.DataFrame,
+        valid: pd.DataFrame,
+        tracker: Any,
+        resume: SavedState | None,
+        trial: Trial | None = None,
+    ) -> Fitted:
         cfg = self.cfg
+        self.trial = trial
         t = cfg.trainer
         built = build_model(cfg.model, cfg.lora, self.device, t.seed, t.gradient_checkpointing, is_zero_shot(cfg))
         encoder = encoder_for_model(built.tokenizer, cfg.model)
@@ -252,13 +261,21 @@ class NetworkTraining:
                 bar.still_to_come = evals_left * (float(np.mean(eval_seconds)) if eval_seconds else 0.0)
                 self.log_step(tracker, bar, sched)
                 bar.pause()  # the training rate and ETA count training steps; the ETA adds the validations left
-                if (t.eval_every > 0 and state.step % t.eval_every == 0) or state.step == total:
+                evaluated = (t.eval_every > 0 and state.step % t.eval_every == 0) or state.step == total
+                if evaluated:
                     began = time.perf_counter()
                     self.evaluate(built, valid, valid_ids, tracker)
                     eval_seconds.append(time.perf_counter() - began)
                     evals_left -= 1
-                if t.save_every > 0 and state.step % t.save_every == 0 and state.step < total:
+                saved = t.save_every > 0 and state.step % t.save_every == 0 and state.step < total
+                if saved:
                     self.save_state(model, opt, sched, scaler, rng, tracker)
+                if evaluated and self.stop_here() and state.step < total:  # the last validation is reported too
+                    if not saved:  # a pruned run can be resumed if asked (trainer.resume=PATH of this state)
+                        self.save_state(model, opt, sched, scaler, rng, tracker)
+                    bar.close()
+                    value = float(state.evals[-1][1][self.metric]) if state.evals else float("nan")  # nan: rank > 0
+                    raise Pruned(state.step, value, state.train_curve, state.evals)
                 bar.resume()
                 if state.step >= total:
                     break
@@ -328,6 +345,14 @@ class NetworkTraining:
         )
         eta = bar.eta()
         bar.update(1, loss=f"{loss:.4f}", tok_s=f"{speed:,.0f}", run_ETA=duration(eta) if eta is not None else "?")
+
+    def stop_here(self) -> bool:
+        """Tell the sweep trial (if any) this validation's metric; True: its pruner stops the run here. Rank 0 asks,
+        every process follows."""
+        stop = False
+        if self.trial is not None and self.dist.main and self.state.evals:
+            stop = self.trial.should_stop(self.state.step, float(self.state.evals[-1][1][self.metric]))
+        return bool(broadcast(stop, self.dist))
 
     def evaluate(self, built: Built, valid: pd.DataFrame, valid_ids: list[list[int]], tracker: Any) -> None:
         """Validation: every process takes part (DDP: each scores its share of the rows; FSDP: the whole fold, its

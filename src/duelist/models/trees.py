@@ -31,7 +31,7 @@ from duelist.core.metrics import accuracy, compute_metrics
 from duelist.core.time_budget import Deadline
 from duelist.data.features import CATEGORICAL, LANGUAGES, pair_features
 from duelist.models.distributed import Distributed
-from duelist.models.interface import Fitted
+from duelist.models.interface import Fitted, Trial
 from duelist.runs.run_dir import RunDir
 from duelist.runs.states import SavedState
 
@@ -214,7 +214,15 @@ class TreesTraining:
         self.cfg, self.run = cfg, run
         self.dist, self.device = Distributed(), torch.device("cpu")
 
-    def fit(self, train: pd.DataFrame, valid: pd.DataFrame, tracker: Any, resume: SavedState | None) -> Fitted:
+    def fit(
+        self,
+        train: pd.DataFrame,
+        valid: pd.DataFrame,
+        tracker: Any,
+        resume: SavedState | None,
+        trial: Trial | None = None,
+    ) -> Fitted:
+        """Boosting has one validation, at the end: nothing to report to a sweep trial on the way."""
         cfg = self.cfg
         x, x_swapped = FeatureModel.features(train)
         target, weight = train["p_a"].to_numpy(dtype=float), train["weight"].to_numpy(dtype=float)

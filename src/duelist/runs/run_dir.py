@@ -5,6 +5,8 @@
     RUN/oof.parquet           validation predictions of that checkpoint (id, p_a, winner, language, ..., prompt_key)
     RUN/history.json          the curves: [step, value] pairs of train/loss and of every validation metric
     RUN/metrics.json          final numbers; written last, so its presence marks a finished run
+    RUN/pruned.json           only in a sweep trial its pruner stopped: the step, the metric there, the state to
+                              resume from (such a run is not finished: no metrics.json, oof.parquet)
     RUN/exported_from.json    only in copies written by ``python -m duelist export``: which run it was made from
 
 Every write is atomic (see :mod:`duelist.core.files`). train(), the registry, infer.py, export, the
@@ -30,6 +32,7 @@ OOF = "oof.parquet"
 HISTORY = "history.json"
 CHECKPOINT = "checkpoint"
 EXPORTED_FROM = "exported_from.json"
+PRUNED = "pruned.json"
 
 
 class RunDir:
@@ -72,8 +75,21 @@ class RunDir:
         return self.has_adapter() or ((ckpt / "tokenizer").is_dir() and not (ckpt / "model").is_dir())
 
     def is_finished(self) -> bool:
-        """train() wrote every output (metrics.json is written last)."""
-        return self.metrics_file.is_file() and self.config_file.is_file() and self.has_checkpoint()
+        """train() wrote every output (metrics.json is written last); a pruned run never is."""
+        return (
+            self.metrics_file.is_file()
+            and self.config_file.is_file()
+            and self.has_checkpoint()
+            and not self.pruned_file.is_file()
+        )
+
+    @property
+    def pruned_file(self) -> Path:
+        return self.path / PRUNED
+
+    def read_pruned(self) -> dict[str, Any] | None:
+        """What :meth:`mark_pruned` wrote (step, metric, value, state), or None for a run no pruner stopped."""
+        return json.loads(self.pruned_file.read_text()) if self.pruned_file.is_file() else None
 
     def require_checkpoint(self) -> "RunDir":
         if not self.path.is_dir():
@@ -138,6 +154,13 @@ class RunDir:
     def write_metrics(self, metrics: dict[str, Any]) -> None:
         """Write metrics.json; call it last: it marks the run finished."""
         write_json(self.metrics_file, metrics)
+
+    def mark_pruned(self, info: dict[str, Any]) -> None:
+        """Mark the run stopped by its sweep trial's pruner (not finished; resumable only from a named state)."""
+        write_json(self.pruned_file, info)
+
+    def unmark_pruned(self) -> None:
+        self.pruned_file.unlink(missing_ok=True)
 
     def write_exported_from(self, source: "RunDir") -> None:
         write_json(self.path / EXPORTED_FROM, {"run": str(source.path.resolve())})  # absolute: found from any directory

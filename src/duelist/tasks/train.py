@@ -29,9 +29,9 @@ from duelist.core.tracking import NullTracker, make_tracker
 from duelist.data.pairs import prompt_keys
 from duelist.data.splits import fingerprints, load_train_valid
 from duelist.models.distributed import broadcast
-from duelist.models.interface import Fitted, ModelKind
+from duelist.models.interface import Fitted, ModelKind, Pruned, Trial
 from duelist.models.kinds import kind_of
-from duelist.runs.run_dir import RunDir
+from duelist.runs.run_dir import PRUNED, RunDir
 from duelist.runs.states import (
     SavedState,
     check_same_config,
@@ -42,6 +42,7 @@ from duelist.runs.states import (
     remove_states,
     resolved,
     restore_best,
+    state_dirs,
 )
 from duelist.tasks.checks import check_train_config
 
@@ -55,24 +56,38 @@ def seed_everything(seed: int) -> None:
 
 
 def start_point(
-    cfg: DictConfig, run: RunDir, kind: ModelKind, processes: int
+    cfg: DictConfig, run: RunDir, kind: ModelKind, processes: int, sweeping: bool = False
 ) -> tuple[dict[str, Any], SavedState | None]:
     """Where training starts: ``{"finished": metric}`` (``trainer.resume=auto`` on a finished run with the same
-    settings), ``{"state": path}`` (a saved state, also returned loaded) or ``{}`` (from scratch). The run dir is made
+    settings), ``{"pruned": pruned.json}`` (a sweep trial retried after its pruner stopped it; outside a sweep
+    ``auto`` refuses a pruned run: it is continued only from a named state), ``{"state": path}`` (a saved state, also
+    returned loaded) or ``{}`` (from scratch). The run dir is made
     consistent with it: states of an abandoned attempt (newer than the one resumed, or all when starting over),
     half-written states and a stale ``metrics.json`` are removed, so they can neither be resumed nor mark the run
     finished later. Settings the kind does not use may differ."""
     if cfg.trainer.resume == "auto" and run.is_finished():
         check_same_config(resolved(run.read_config()), cfg, run.path, processes, processes, kind.unused)
         return {"finished": float(run.read_metrics()[cfg.optimized_metric])}, None
+    pruned = run.read_pruned()
+    if pruned is not None and cfg.trainer.resume == "auto":
+        if sweeping:  # the retry of a trial whose worker died after its pruner stopped it: the decision stands
+            return {"pruned": pruned}, None
+        raise DuelistError(
+            f"{run.path}: its sweep's pruner stopped it at step {pruned['step']} ({pruned['metric']}="
+            f"{pruned['value']:.4f}); trainer.resume={run.path / pruned['state']} continues it, "
+            "trainer.resume=never starts over"
+        )
     state = find_state(cfg, run, processes, kind.unused)
+    run.unmark_pruned()  # asked to continue (or start over): no longer a pruned run
     clean_states(run, keep_up_to=state.path if state is not None else None)
     run.metrics_file.unlink(missing_ok=True)
     return ({"state": str(state.path)} if state is not None else {}), state
 
 
-def train(cfg: DictConfig, run_dir: str | Path) -> float:
-    """Train one model as configured; returns ``cfg.optimized_metric`` of the kept model."""
+def train(cfg: DictConfig, run_dir: str | Path, trial: Trial | None = None) -> float:
+    """Train one model as configured; returns ``cfg.optimized_metric`` of the kept model. ``trial``: the sweep trial
+    this run is (:mod:`duelist.tools.sweeper`); it hears every validation and may stop the run (pruned: the run dir
+    is marked, not finished, and the metric where it stopped is returned)."""
     check_train_config(cfg)
     run = RunDir(run_dir)
     run.path.mkdir(parents=True, exist_ok=True)
@@ -89,7 +104,7 @@ def train(cfg: DictConfig, run_dir: str | Path) -> float:
     resume: SavedState | None = None
     if main:
         try:
-            decision, resume = start_point(cfg, run, kind, job.dist.world)
+            decision, resume = start_point(cfg, run, kind, job.dist.world, sweeping=trial is not None)
         except DuelistError as err:
             decision = {"error": str(err)}
     decision = broadcast(decision, job.dist)
@@ -104,13 +119,22 @@ def train(cfg: DictConfig, run_dir: str | Path) -> float:
             value,
         )
         return value if main else float("nan")
+    if "pruned" in decision:
+        pruned = decision["pruned"]
+        log.info("%s: already pruned at step %d; the trial is recorded pruned again", run.path, pruned["step"])
+        if main and trial is not None:
+            trial.pruned(pruned["step"])
+        return float(pruned["value"]) if main else float("nan")
     if decision.get("state") and not main:
         resume = load_state(Path(decision["state"]), tensors=False)  # rank 0 sends the weights and optimizer
     train_rows, valid = load_train_valid(cfg.data)
     if resume is not None:  # every process holds the state: all refuse together
         check_same_data(resume, fingerprints(train_rows, valid))
     if not main:
-        job.fit(train_rows, valid, NullTracker(), resume)
+        try:
+            job.fit(train_rows, valid, NullTracker(), resume, trial)
+        except Pruned:
+            pass  # rank 0 marks the run dir
         return float("nan")  # rank 0 writes the run dir and reports the metric
     run.write_config(cfg)
     if resume is not None:
@@ -119,7 +143,10 @@ def train(cfg: DictConfig, run_dir: str | Path) -> float:
     wandb_id = resume.wandb_id if resume is not None else None  # a resumed run continues its W&B run
     tracker = make_tracker(cfg.logger, str(run.path), config, name=run.path.name, tags=kind.tags(cfg), run_id=wandb_id)
     try:
-        fitted = job.fit(train_rows, valid, tracker, resume)
+        try:
+            fitted = job.fit(train_rows, valid, tracker, resume, trial)
+        except Pruned as stop:
+            return end_pruned(cfg, run, stop, tracker, trial)
         metrics = {
             **fitted.metrics,
             "optimized_metric": cfg.optimized_metric,
@@ -135,6 +162,32 @@ def train(cfg: DictConfig, run_dir: str | Path) -> float:
     return report(cfg, run, metrics)
 
 
+def end_pruned(cfg: DictConfig, run: RunDir, stop: Pruned, tracker: Any, trial: Trial | None) -> float:
+    """A run its sweep trial stopped: the curves so far, ``pruned.json`` (the run is not finished: no metrics.json,
+    never picked by the registry), the trial recorded pruned, the tracker told. Returns the metric where it stopped."""
+    run.write_history(curves(stop.train_curve, stop.evals))
+    newest = next(iter(state_dirs(run)), None)
+    run.mark_pruned(
+        {
+            "step": stop.step,
+            "metric": cfg.optimized_metric,
+            "value": stop.value,
+            "state": str(newest.relative_to(run.path)) if newest else None,
+        }
+    )
+    if trial is not None:
+        trial.pruned(stop.step)
+    tracker.summary({"pruned": True, "pruned_at_step": stop.step, cfg.optimized_metric: stop.value})
+    tracker.finish(exit_code=0)
+    closing(
+        [
+            f"pruned at step {stop.step}: {cfg.optimized_metric} {stop.value:.4f} was behind the study's other trials",
+            f"run dir: {run.path.resolve()} (marked pruned: {PRUNED}; not a finished run)",
+        ]
+    )
+    return stop.value
+
+
 def write_outputs(
     cfg: DictConfig, run: RunDir, valid: pd.DataFrame, fitted: Fitted, metrics: dict[str, Any], tracker: Any
 ) -> None:
@@ -148,10 +201,7 @@ def write_outputs(
     )
     oof = oof[["id", "p_a", "winner", "language", "fold", "source", "target", "prompt_key", "rule_p_a"]]
     run.write_oof(oof)
-    curves = {"train/loss": [list(point) for point in fitted.train_curve]}
-    for key in ("val/accuracy", "val/log_loss"):
-        curves[key] = [[step, m[key]] for step, m in fitted.evals]
-    run.write_history(curves)
+    run.write_history(curves(fitted.train_curve, fitted.evals))
     plots.training_curves(
         run.path / "curves.png", fitted.train_curve, fitted.evals, cfg.optimized_metric, fitted.step_name
     )
@@ -168,6 +218,14 @@ def write_outputs(
         worst = worst.merge(valid[["id", "prompt", "response_a", "response_b"]], on="id")
         tracker.table("val/worst_predictions", worst)
     run.write_metrics(metrics)  # last: its presence marks a finished run
+
+
+def curves(train_curve: list[tuple[int, float]], evals: list[tuple[int, dict[str, Any]]]) -> dict[str, list]:
+    """history.json: ``[step, value]`` pairs of the training loss and of the validation accuracy and log loss."""
+    out = {"train/loss": [list(point) for point in train_curve]}
+    for key in ("val/accuracy", "val/log_loss"):
+        out[key] = [[step, m[key]] for step, m in evals]
+    return out
 
 
 def report(cfg: DictConfig, run: RunDir, metrics: dict[str, Any]) -> float:

@@ -129,7 +129,7 @@ def compose_network(model_name: str, lora: str) -> Any:
         known = ", ".join(sorted(p.stem for p in (conf / "model").glob("*.yaml")))
         raise DuelistError(f"model={model_name}: no conf/model/{model_name}.yaml; known: {known}")
     register_configs()
-    with initialize_config_dir(str(conf), version_base="1.3"):
+    with initialize_config_dir(str(conf)):
         cfg = compose("train", overrides=[f"model={model_name}", f"lora={lora}"])
     if model_schema(cfg.model) != "network":
         raise DuelistError(f"model={model_name}: the benchmark measures networks; {model_name} has none")

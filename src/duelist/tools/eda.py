@@ -316,7 +316,7 @@ def main(argv: list[str]) -> None:
     import hydra
     from hydra.core.hydra_config import HydraConfig
 
-    from duelist.core.config import conf_dir, register_configs
+    from duelist.core.config import TRUSTED_TARGETS, conf_dir, register_configs
     from duelist.core.errors import exit_cleanly_on_user_error
 
     if any(a in ("-h", "--help") for a in argv):  # its own page, not train.py's (whose config it composes)
@@ -326,7 +326,7 @@ def main(argv: list[str]) -> None:
         return
     register_configs()
 
-    @hydra.main(version_base="1.3", config_path=str(conf_dir()), config_name="train")
+    @hydra.main(config_path=str(conf_dir()), config_name="train", execution_whitelist=TRUSTED_TARGETS)
     @exit_cleanly_on_user_error
     def run(cfg: Any) -> None:
         run_eda(cfg, HydraConfig.get().runtime.output_dir)

@@ -294,8 +294,10 @@ def _study_figures(study_name: str, storage: str) -> tuple[list[tuple[str, Any]]
         raise DuelistError(
             f"study {study_name!r}: no study database {storage.removeprefix('sqlite:///')}; pass storage=URL"
         )
+    from duelist.tools.sweeper import rdb_storage
+
     try:
-        study = optuna.load_study(study_name=study_name, storage=storage)
+        study = optuna.load_study(study_name=study_name, storage=rdb_storage(storage))
     except KeyError as err:
         raise DuelistError(
             f"study {study_name!r} not found in {_masked(storage)}; pass storage=URL or check the name"
@@ -309,6 +311,7 @@ def _study_figures(study_name: str, storage: str) -> tuple[list[tuple[str, Any]]
                 "state": t.state.name,
                 "value": t.value,
                 **t.params,
+                "steps": max(t.intermediate_values, default=None),  # the last validation it reported
                 "seconds": (t.datetime_complete - t.datetime_start).total_seconds() if t.datetime_complete else None,
             }
             for t in study.trials
@@ -318,19 +321,39 @@ def _study_figures(study_name: str, storage: str) -> tuple[list[tuple[str, Any]]
         f"<h2>Optuna study <code>{html.escape(study_name)}</code></h2><p>Storage "
         f"<code>{html.escape(_masked(storage))}</code>, "
         f"direction {study.direction.name.lower()}, trials {html.escape(str(states))}.</p>"
+        + _pruning_line(study)
         + _table_html(trials, -1, "trials")
+        + f'<p class="note">Every trial, its curve and the pruner\'s cuts, live: '
+        f"<code>pip install -e '.[dashboard]' &amp;&amp; optuna-dashboard {html.escape(_masked(storage))}</code></p>"
     )
     figures = []
+    if any(t.intermediate_values for t in study.trials):
+        figures.append(("Validation curves of the trials", vis.plot_intermediate_values(study)))
     if complete:
         figures.append(("Optimisation history", vis.plot_optimization_history(study)))
         varied = {k for t in complete for k in t.params if len({str(u.params.get(k)) for u in complete}) > 1}
         if len(complete) >= 2 and varied:
-            evaluator = optuna.importance.MeanDecreaseImpurityImportanceEvaluator(
-                seed=0
-            )  # fANOVA of optuna 2.x fails on numpy 2
+            evaluator = optuna.importance.FanovaImportanceEvaluator(seed=0)
             figures.append(("Parameter importance", vis.plot_param_importances(study, evaluator=evaluator)))
             figures.append(("Parallel coordinates", vis.plot_parallel_coordinate(study)))
     return figures, line
+
+
+def _pruning_line(study: Any) -> str:
+    """What pruning saved: the steps the pruned trials ran against what whole trials ran ("" when none was pruned)."""
+    import optuna
+
+    pruned = [t for t in study.trials if t.state == optuna.trial.TrialState.PRUNED]
+    whole = [max(t.intermediate_values) for t in study.trials if t.state.name == "COMPLETE" and t.intermediate_values]
+    if not pruned:
+        return ""
+    used = sum(max(t.intermediate_values, default=0) for t in pruned)
+    full = f", where whole trials would have run {max(whole) * len(pruned)}" if whole else ""
+    return (
+        f"<p>Pruned: {len(pruned)} trial{'s' if len(pruned) > 1 else ''}, {used} optimizer steps in all{full} "
+        "(column <code>steps</code>: where each stopped; their run dirs hold <code>pruned.json</code> and are "
+        "never picked by <code>python -m duelist runs</code> or an ensemble).</p>"
+    )
 
 
 def _masked(storage: str) -> str:

@@ -1,0 +1,169 @@
+"""Pruning in Optuna sweeps (``hydra.sweeper.pruner``), and studies written by Optuna 2.10."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from omegaconf import OmegaConf
+
+from conftest import ROOT, TINY, html_tables, run_cli
+
+OLD_STUDY = ROOT / "tests" / "data" / "optuna-2.10.1-lora-study.db"
+
+# one trial clearly worse than the other: head_lr=10 sends the head's logits far out, so its validation log loss is
+# about 7 at the first validation, against 0.69 for head_lr=1e-3
+SPACE = (
+    "hydra.sweeper.params={trainer.lr: 'choice(3e-4)', trainer.head_lr: 'choice(1e-3, 10.0)', "
+    "trainer.epochs: 'choice(1)', trainer.grad_accum: 'choice(1)'}"
+)
+COMMON = [
+    *[a for a in TINY if not a.startswith("trainer.lr=")],
+    "trainer.eval_every=2",
+    "trainer.save_every=0",
+    "optimized_metric=val/log_loss",
+]
+
+
+@pytest.mark.slow
+def test_median_pruner_stops_the_worse_trial_and_marks_its_run_dir(tmp_path) -> None:
+    import optuna
+
+    from duelist.runs.registry import find_runs
+
+    storage = f"sqlite:///{tmp_path / 'study.db'}"
+    study = optuna.create_study(study_name="p", storage=storage, direction="minimize")
+    study.enqueue_trial({"trainer.head_lr": 1e-3})  # first the good trial (it completes: the median's reference) ...
+    study.enqueue_trial({"trainer.head_lr": 10.0})  # ... then the bad one
+    res = run_cli(
+        "train.py",
+        [
+            "-m",
+            "sweep=optim",
+            *COMMON,
+            SPACE,
+            "hydra.sweeper.n_trials=2",
+            "hydra.sweeper.study_name=p",
+            f"hydra.sweeper.storage={storage}",
+            "hydra.sweeper.pruner.type=median",
+            "hydra.sweeper.pruner.n_startup_trials=1",
+            f"hydra.sweep.dir={tmp_path / 'm'}",
+        ],
+        cwd=tmp_path,
+    )
+    assert res.returncode == 0, res.stderr[-3000:]
+    good, bad = optuna.load_study(study_name="p", storage=storage).trials
+    assert (good.state.name, bad.state.name) == ("COMPLETE", "PRUNED")
+    assert sorted(good.intermediate_values) == [2, 4, 6]  # every validation reported, the last one included
+    assert list(bad.intermediate_values) == [2] and bad.user_attrs["steps"] == 2 and bad.value > 3
+    assert bad.intermediate_values[2] > good.intermediate_values[2]
+
+    run = tmp_path / "m" / "1"
+    marked = json.loads((run / "pruned.json").read_text())
+    assert marked["step"] == 2 and marked["metric"] == "val/log_loss" and marked["value"] == bad.value
+    assert (run / marked["state"] / "state.json").is_file()  # resumable if asked: the state at the pruned step
+    assert not (run / "metrics.json").exists() and not (run / "oof.parquet").exists()
+    assert json.loads((run / "history.json").read_text())["val/log_loss"] == [[2, bad.value]]
+    assert (tmp_path / "m" / "0" / "metrics.json").is_file()
+    assert list(find_runs([str(tmp_path / "m")])["run_dir"]) == [str(tmp_path / "m" / "0")]  # the pruned run: never
+
+    page = (tmp_path / "m" / "review.html").read_text()
+    trials = {row["trial"]: row for row in html_tables(page)["trials"]}
+    assert trials["1"]["state"] == "PRUNED" and trials["1"]["steps"] == "2" and trials["0"]["steps"] == "6"
+    assert "Pruned: 1 trial, 2 optimizer steps in all, where whole trials would have run 6" in page
+    assert f"optuna-dashboard {storage}" in page
+
+    # outside the sweep the pruned run is not resumed by trainer.resume=auto: one line says how to go on
+    again = [*COMMON, "trainer.lr=3e-4", "trainer.head_lr=10.0", "trainer.epochs=1", "trainer.grad_accum=1"]
+    refused = run_cli("train.py", [*again, f"hydra.run.dir={run}"], cwd=tmp_path)
+    assert refused.returncode == 2 and len(refused.stderr.strip().splitlines()) == 1, refused.stderr[-3000:]
+    assert f"trainer.resume={run / marked['state']} continues it" in refused.stderr
+    resumed = run_cli(
+        "train.py", [*again, f"hydra.run.dir={run}", f"trainer.resume={run / marked['state']}"], cwd=tmp_path
+    )
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert "step-00000002 (step 2, epoch 0)" in resumed.stdout + resumed.stderr
+    assert (run / "metrics.json").is_file() and not (run / "pruned.json").exists()
+    assert json.loads((run / "metrics.json").read_text())["best_step"] in (2, 4, 6)
+
+
+@pytest.mark.fast
+def test_only_jobs_of_an_optuna_sweep_are_trials(tmp_path) -> None:
+    """A plain run and a ``-m`` multirun (basic sweeper) report to no study."""
+    from hydra.types import RunMode
+
+    from duelist.tools.sweeper import sweep_trial
+
+    basic = {"_target_": "hydra._internal.core_plugins.basic_sweeper.BasicSweeper", "max_batch_size": None}
+    for mode, sweeper in ((RunMode.RUN, basic), (RunMode.MULTIRUN, basic)):
+        hydra_cfg = OmegaConf.create({"mode": mode, "sweeper": sweeper})
+        assert sweep_trial(hydra_cfg, tmp_path) is None
+
+
+@pytest.mark.fast
+def test_pruners_from_the_config() -> None:
+    import optuna
+    from hydra import compose, initialize_config_dir
+
+    from conftest import CONF
+    from duelist.tools.sweeper import make_pruner
+
+    def pruner(*overrides: str) -> optuna.pruners.BasePruner:
+        with initialize_config_dir(config_dir=str(CONF)):
+            cfg = compose(config_name="train", overrides=["sweep=lora", *overrides], return_hydra_config=True)
+        return make_pruner(cfg.hydra.sweeper.pruner)
+
+    assert isinstance(pruner(), optuna.pruners.NopPruner)  # the default: every trial runs to the end
+    median = pruner("hydra.sweeper.pruner.type=median", "hydra.sweeper.pruner.n_warmup_steps=50")
+    assert isinstance(median, optuna.pruners.MedianPruner) and median._n_warmup_steps == 50
+    band = pruner("hydra.sweeper.pruner.type=hyperband", "hydra.sweeper.pruner.max_resource=900")
+    assert isinstance(band, optuna.pruners.HyperbandPruner) and band._max_resource == 900
+    with pytest.raises(Exception, match="hyperbnd"):  # a typo in a fixed choice fails at compose time
+        pruner("hydra.sweeper.pruner.type=hyperbnd")
+
+
+@pytest.mark.slow
+def test_a_study_of_optuna_2_10_is_upgraded_by_one_command_then_resumed(tmp_path) -> None:
+    """A study file written by Optuna 2.10.1 (three trials of a ``sweep=lora`` study, one FAIL; made with optuna 2.10.1
+    and SQLAlchemy 1.4, the stack before this one): refused in one line naming the command, upgraded by it, then the
+    review reads its trials and a sweep adds one."""
+    db = tmp_path / "optuna.db"
+    shutil.copy(OLD_STUDY, db)
+    storage = f"sqlite:///{db}"
+    review = [sys.executable, "-m", "duelist", "review", "study=lora", f"storage={storage}"]
+    old = subprocess.run(review, capture_output=True, text=True, cwd=tmp_path)
+    assert old.returncode == 2 and len(old.stderr.strip().splitlines()) == 1, old.stderr[-3000:]
+    assert f"optuna storage upgrade --storage {storage}" in old.stderr
+    sweep = [
+        "-m",
+        "sweep=lora",
+        *TINY,
+        "trainer.max_steps=2",
+        "hydra.sweeper.n_trials=1",
+        f"hydra.sweeper.storage={storage}",
+        f"hydra.sweep.dir={tmp_path / 'm'}",
+    ]
+    refused = run_cli("train.py", sweep, cwd=tmp_path)
+    assert refused.returncode == 2 and "optuna storage upgrade" in refused.stderr.strip().splitlines()[-1]
+    assert len(refused.stderr.strip().splitlines()) == 1, refused.stderr[-3000:]
+
+    upgrade = subprocess.run(
+        [str(Path(sys.executable).parent / "optuna"), "storage", "upgrade", "--storage", storage],
+        capture_output=True,
+        text=True,
+    )
+    assert upgrade.returncode == 0, upgrade.stderr[-3000:]
+    res = run_cli("train.py", sweep, cwd=tmp_path)
+    assert res.returncode == 0, res.stderr[-3000:]
+    import optuna
+
+    trials = optuna.load_study(study_name="lora", storage=storage).trials
+    assert [t.state.name for t in trials] == ["COMPLETE", "FAIL", "COMPLETE", "COMPLETE"]
+    assert trials[0].system_attrs["run_dir"] == "/old/multirun/lora/0" and trials[0].params["lora.r"] in (16, 32, 64)
+    assert trials[3].system_attrs["run_dir"] == str(tmp_path / "m" / "3")
+    page = subprocess.run(review, capture_output=True, text=True, cwd=tmp_path)
+    assert page.returncode == 0, page.stderr[-3000:]
