@@ -31,6 +31,8 @@ COMMON = [
 
 @pytest.mark.slow
 def test_median_pruner_stops_the_worse_trial_and_marks_its_run_dir(tmp_path) -> None:
+    """Through hydra-submitit-launcher's local executor: every trial runs in a process of its own, as on SLURM, and
+    finds its trial in the study's storage."""
     import optuna
 
     from duelist.runs.registry import find_runs
@@ -51,6 +53,8 @@ def test_median_pruner_stops_the_worse_trial_and_marks_its_run_dir(tmp_path) -> 
             f"hydra.sweeper.storage={storage}",
             "hydra.sweeper.pruner.type=median",
             "hydra.sweeper.pruner.n_startup_trials=1",
+            "hydra/launcher=submitit_local",
+            "hydra.launcher.timeout_min=10",
             f"hydra.sweep.dir={tmp_path / 'm'}",
         ],
         cwd=tmp_path,
@@ -167,3 +171,55 @@ def test_a_study_of_optuna_2_10_is_upgraded_by_one_command_then_resumed(tmp_path
     assert trials[3].system_attrs["run_dir"] == str(tmp_path / "m" / "3")
     page = subprocess.run(review, capture_output=True, text=True, cwd=tmp_path)
     assert page.returncode == 0, page.stderr[-3000:]
+
+
+@pytest.mark.fast
+def test_the_dashboard_serves_a_study_and_its_pruned_trial(tmp_path) -> None:
+    """``optuna-dashboard STORAGE`` (the ``dashboard`` extra), the command the docs and the review page give."""
+    pytest.importorskip("optuna_dashboard")
+    import socket
+    import time
+    import urllib.request
+
+    import optuna
+
+    storage = f"sqlite:///{tmp_path / 'optuna.db'}"
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    study = optuna.create_study(study_name="lora", storage=storage, direction="maximize")
+    whole = study.ask()
+    for step, value in ((10, 0.60), (20, 0.62)):
+        whole.report(value, step)
+    study.tell(whole, 0.62)
+    cut = study.ask()
+    cut.report(0.50, 10)
+    study.tell(cut, state=optuna.trial.TrialState.PRUNED)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    server = subprocess.Popen(
+        [str(Path(sys.executable).parent / "optuna-dashboard"), storage, "--host", "127.0.0.1", "--port", str(port)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        for _ in range(100):  # the server starts in about a second
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/studies", timeout=2) as r:
+                    summaries = json.load(r)["study_summaries"]
+                break
+            except OSError:
+                time.sleep(0.2)
+        else:
+            pytest.fail(f"optuna-dashboard did not answer: {server.stderr.read() if server.poll() is not None else ''}")
+        (summary,) = summaries
+        assert summary["study_name"] == "lora"
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/studies/{summary['study_id']}?after=0") as r:
+            trials = json.load(r)["trials"]
+        assert [(t["state"], [v["step"] for v in t["intermediate_values"]]) for t in trials] == [
+            ("Complete", [10, 20]),
+            ("Pruned", [10]),
+        ]
+    finally:
+        server.terminate()
+        server.wait(timeout=10)

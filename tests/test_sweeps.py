@@ -30,6 +30,27 @@ def test_sweep_configs_compose_with_direction_from_metric(name: str, metric: str
         cfg.hydra.sweeper._target_ == "hydra_plugins.duelist_sweeper.DuelistOptunaSweeper"
         and cfg.hydra.sweeper.heartbeat_interval == 60
     )
+    assert cfg.hydra.sweeper.sampler.multivariate and cfg.hydra.sweeper.sampler.constant_liar
+    assert cfg.hydra.sweeper.pruner.type.name == "none"
+
+
+@pytest.mark.fast
+@pytest.mark.parametrize(
+    "choice,sampler", [("tpe_multivariate", "TPESampler"), ("gp", "GPSampler"), ("qmc", "QMCSampler")]
+)
+def test_samplers_of_optuna_5_are_built(choice: str, sampler: str) -> None:
+    from hydra.utils import instantiate
+
+    from duelist.core.config import TRUSTED_TARGETS
+
+    with initialize_config_dir(config_dir=str(CONF)):
+        cfg = compose(
+            config_name="train",
+            overrides=["sweep=lora", f"hydra/sweeper/sampler={choice}", "hydra.sweeper.sampler.seed=3"],
+            return_hydra_config=True,
+        )
+    built = instantiate(cfg.hydra.sweeper.sampler, _execution_whitelist_=TRUSTED_TARGETS)
+    assert type(built).__name__ == sampler
 
 
 def test_slurm_launcher_composes() -> None:
@@ -62,9 +83,8 @@ def test_study_persists_records_failures_and_resumes(tmp_path) -> None:
         "hydra.sweeper.study_name=t",
         f"hydra.sweeper.storage={storage}",
     ]
-    # two trials of a seeded random sampler (it draws lr=1e12, then 3e-4); lr=1e12 blows the loss up to NaN:
-    # that trial fails and the study goes on. (The grid sampler is avoided: optuna 2.x raises when its last
-    # grid point is told as failed.)
+    # the two points of a grid; lr=1e12 blows the loss up to NaN: that trial fails and the study goes on (also when
+    # it is the grid's last point, which stops the grid sampler's study)
     space = (
         "hydra.sweeper.params={trainer.lr: 'choice(3e-4, 1e12)', trainer.head_lr: 'choice(1e-3)', "
         "trainer.epochs: 'choice(1)', trainer.grad_accum: 'choice(1)'}"
@@ -74,8 +94,7 @@ def test_study_persists_records_failures_and_resumes(tmp_path) -> None:
         [
             *common,
             space,
-            "hydra/sweeper/sampler=random",
-            "hydra.sweeper.sampler.seed=0",
+            "hydra/sweeper/sampler=grid",
             "hydra.sweeper.n_trials=2",
             f"hydra.sweep.dir={tmp_path / 'm1'}",
         ],

@@ -195,8 +195,8 @@ def sweep_trial(hydra_config: Any, run_dir: str | Path) -> SweepTrial | None:
     if hydra_config.mode != RunMode.MULTIRUN or sweeper.get("_target_") != DuelistOptunaSweeperConf._target_:
         return None
     storage = sweeper.storage
-    if not isinstance(storage, str) or storage.startswith("redis"):
-        return None  # an in-memory study lives in the sweeper alone
+    if not isinstance(storage, str) or storage.startswith("redis") or not sweeper.study_name:
+        return None  # an in-memory study, or one Optuna named itself, is the sweeper's alone
     study = optuna.load_study(
         study_name=sweeper.study_name, storage=rdb_storage(storage), pruner=make_pruner(sweeper.pruner)
     )
@@ -370,14 +370,15 @@ class RetryingSweeperImpl(OptunaSweeperImpl):
             study.tell(trial, state=TrialState.FAIL, skip_if_finished=True)
             log.warning("trial %d failed: %s", trial.number, err)
             return err
+        told = study._storage.get_trial(trial._trial_id)
+        if told.state == TrialState.PRUNED:  # its job told the study
+            log.info("trial %d was pruned after %s steps", trial.number, told.user_attrs.get(STEPS, "?"))
+            return None
         try:
-            frozen = study.tell(trial, values=values, skip_if_finished=True)
+            study.tell(trial, values=values, skip_if_finished=True)
         except RuntimeError as err:  # the grid sampler stops the study at its last point
             if "Study.stop" not in str(err):
                 raise
-            return None
-        if frozen.state == TrialState.PRUNED:
-            log.info("trial %d was pruned after %s steps", trial.number, frozen.user_attrs.get(STEPS, "?"))
         return None
 
     def _write_results(self, study: optuna.Study, objectives: int) -> None:
