@@ -99,6 +99,9 @@ def test_two_workers_share_one_study(tmp_path, postgres_url) -> None:
                 "sweep=optim",
                 *[a for a in TINY if not a.startswith("trainer.lr=")],
                 "trainer.max_steps=2",
+                "trainer.eval_every=1",
+                "hydra.sweeper.pruner.type=median",  # every job reports each validation to its own trial ...
+                "hydra.sweeper.pruner.n_startup_trials=100",  # ... and none is cut: the values stay comparable
                 space,
                 "hydra.sweeper.study_name=shared",
                 "hydra.sweeper.n_trials=2",
@@ -125,3 +128,6 @@ def test_two_workers_share_one_study(tmp_path, postgres_url) -> None:
 
     values = sorted(json.loads(p.read_text())["val/accuracy"] for p in tmp_path.glob("w*/*/metrics.json"))
     assert values == sorted(t.value for t in trials)
+    for t in trials:  # with two workers at once, each job found its own trial: the curve it reported is its run's
+        curve = json.loads((Path(t.system_attrs["run_dir"]) / "history.json").read_text())["val/accuracy"]
+        assert [[step, value] for step, value in sorted(t.intermediate_values.items())] == curve

@@ -223,3 +223,63 @@ def test_the_dashboard_serves_a_study_and_its_pruned_trial(tmp_path) -> None:
     finally:
         server.terminate()
         server.wait(timeout=10)
+
+
+@pytest.mark.fast
+def test_hyperband_prunes_from_the_jobs_side_with_its_default_settings(tmp_path) -> None:
+    """The pruner as a job sees it: a study loaded from the storage with ``make_pruner`` of the config, reporting
+    through :class:`SweepTrial`. Good trials (0.7) are never cut; some bad ones (0.3) are."""
+    import warnings
+
+    import optuna
+    from hydra import compose, initialize_config_dir
+
+    from conftest import CONF
+    from duelist.tools.sweeper import SweepTrial, make_pruner
+
+    warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+    with initialize_config_dir(config_dir=str(CONF)):
+        cfg = compose(
+            config_name="train",
+            overrides=["sweep=lora", "hydra.sweeper.pruner.type=hyperband"],
+            return_hydra_config=True,
+        )
+    conf = cfg.hydra.sweeper.pruner
+    url = f"sqlite:///{tmp_path / 'study.db'}"
+    sweeper = optuna.create_study(study_name="h", storage=url, direction="maximize", pruner=make_pruner(conf))
+    stopped = {}
+    for n in range(12):
+        trial = sweeper.ask()
+        job = SweepTrial(optuna.load_study(study_name="h", storage=url, pruner=make_pruner(conf)), trial._trial_id)
+        level = 0.7 if n % 2 == 0 else 0.3
+        for step in range(1, 28):
+            if job.should_stop(step, level + step / 1000):
+                job.pruned(step)
+                stopped[n] = step
+                break
+        else:
+            sweeper.tell(trial, level)
+    assert stopped and all(n % 2 == 1 for n in stopped)
+    states = {t.number: t.state.name for t in sweeper.get_trials()}
+    assert all(states[n] == "PRUNED" for n in stopped) and list(states.values()).count("COMPLETE") == 12 - len(stopped)
+
+
+@pytest.mark.fast
+def test_a_pruned_run_dir_resumes_only_when_asked(tmp_path) -> None:
+    """``trainer.resume=auto``: refused in one line outside a sweep; inside one (a retry of a trial whose worker died
+    after its pruner stopped it) the decision stands and the trial is recorded pruned again."""
+    from duelist.core.errors import DuelistError
+    from duelist.runs.run_dir import RunDir
+    from duelist.tasks.train import start_point
+
+    run = RunDir(tmp_path / "run")
+    run.path.mkdir()
+    info = {"step": 30, "metric": "val/accuracy", "value": 0.4786, "state": "states/step-00000030"}
+    run.mark_pruned(info)
+    cfg = OmegaConf.create({"trainer": {"resume": "auto"}})
+    assert start_point(cfg, run, None, 1, sweeping=True) == ({"pruned": info}, None)
+    with pytest.raises(
+        DuelistError, match=r"stopped it at step 30 \(val/accuracy=0.4786\); trainer.resume=.*step-00000030"
+    ):
+        start_point(cfg, run, None, 1)
+    assert not run.is_finished() and run.read_pruned() == info

@@ -550,10 +550,10 @@ def register_configs() -> None:
         if not OmegaConf.has_resolver(name):
             OmegaConf.register_resolver(name, resolver)
     cs = ConfigStore.instance()
-    cs.store(name="train_schema", node=TrainConfig)
-    cs.store(name="infer_schema", node=InferConfig)
+    cs.store(name="train_schema", node=TrainConfig, replace=True)
+    cs.store(name="infer_schema", node=InferConfig, replace=True)
     for name, schema in MODEL_SCHEMAS.items():
-        cs.store(group="schemas", name=name, node=schema)
+        cs.store(group="schemas", name=name, node=schema, replace=True)
 
 
 # Hydra's own flags that take a value (the next argument is not an override)

@@ -351,7 +351,12 @@ class NetworkTraining:
         every process follows."""
         stop = False
         if self.trial is not None and self.dist.main and self.state.evals:
-            stop = self.trial.should_stop(self.state.step, float(self.state.evals[-1][1][self.metric]))
+            try:
+                stop = self.trial.should_stop(self.state.step, float(self.state.evals[-1][1][self.metric]))
+            except Exception as exc:  # a locked or unreachable study: the run goes on (and every process with it)
+                log.warning(
+                    "step %d: could not report to the sweep trial (%s: %s)", self.state.step, type(exc).__name__, exc
+                )
         return bool(broadcast(stop, self.dist))
 
     def evaluate(self, built: Built, valid: pd.DataFrame, valid_ids: list[list[int]], tracker: Any) -> None:

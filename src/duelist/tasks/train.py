@@ -72,10 +72,10 @@ def start_point(
     if pruned is not None and cfg.trainer.resume == "auto":
         if sweeping:  # the retry of a trial whose worker died after its pruner stopped it: the decision stands
             return {"pruned": pruned}, None
+        go_on = f"trainer.resume={run.path / pruned['state']} continues it, " if pruned.get("state") else ""
         raise DuelistError(
             f"{run.path}: its sweep's pruner stopped it at step {pruned['step']} ({pruned['metric']}="
-            f"{pruned['value']:.4f}); trainer.resume={run.path / pruned['state']} continues it, "
-            "trainer.resume=never starts over"
+            f"{pruned['value']:.4f}); {go_on}trainer.resume=never starts over"
         )
     state = find_state(cfg, run, processes, kind.unused)
     run.unmark_pruned()  # asked to continue (or start over): no longer a pruned run

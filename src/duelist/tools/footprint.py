@@ -82,7 +82,7 @@ def layer_index(name: str) -> Optional[int]:
 
 def compose(model: str, layers: Optional[int], lora: str = "none", dtype: Optional[str] = None) -> Any:
     """train.py's composed config for ``model`` with ``layers`` decoder layers (None: the file's own depth)."""
-    from omegaconf import open_dict
+    from omegaconf import OmegaConf, open_dict
 
     cfg = compose_network(model, lora)
     if not (cfg.model.init == "random" or local_weights(cfg.model)):
@@ -94,7 +94,7 @@ def compose(model: str, layers: Optional[int], lora: str = "none", dtype: Option
         with open_dict(cfg.model.config_overrides):
             cfg.model.config_overrides.num_hidden_layers = layers
     if dtype is not None:
-        cfg.model.dtype = dtype
+        OmegaConf.update(cfg, "model.dtype", dtype)  # validated against the schema's choices
     return cfg
 
 

@@ -7,7 +7,7 @@ a heartbeat to the study's storage while it runs (``heartbeat_interval`` seconds
 ``grace_period`` seconds is failed by the next sweep command on that study (any worker), and queued again with the
 same parameters (Optuna's ``RetryHeartbeatStaleTrialCallback``, up to ``max_retry`` times). The retry runs in the run
 dir of the trial it repeats, so training continues from that run's last saved state (``trainer.resume=auto``,
-:mod:`duelist.runs.states`), and it inherits the curve the failed trial reported.
+:mod:`duelist.runs.states`).
 
 **Pruning.** Every training job of a sweep is its trial (:class:`SweepTrial`, found by its run dir): it reports the
 optimized metric at each validation, and stops when the study's pruner (``hydra.sweeper.pruner``: none | median |
@@ -60,8 +60,8 @@ class PrunerConf:
     n_warmup_steps: int = 0  # median: a trial is not pruned before this optimizer step
     interval_steps: int = 1  # median: compare at every n-th reported step
     n_min_trials: int = 1  # median: trials that reported a step before it is compared
-    min_resource: Any = "auto"  # hyperband: steps every trial gets ("auto": from the first finished trial)
-    max_resource: Any = "auto"  # hyperband: steps of a whole trial ("auto": the most a finished trial ran)
+    min_resource: int = 1  # hyperband: optimizer steps every trial gets before its first rung
+    max_resource: Any = "auto"  # hyperband: steps of a whole trial ("auto": the most the first finished trial ran)
     reduction_factor: int = 3  # hyperband: 1 in reduction_factor trials goes on at each rung
 
 
@@ -105,6 +105,11 @@ def make_pruner(conf: Any) -> optuna.pruners.BasePruner:
     return optuna.pruners.NopPruner()
 
 
+def is_rdb_url(storage: Any) -> bool:
+    """A database URL (sqlite, postgresql, mysql): the storage that heartbeats and the training jobs' reports need."""
+    return isinstance(storage, str) and not storage.startswith("redis")
+
+
 def rdb_storage(url: str, heartbeat_interval: int = 0, grace_period: int = 0, max_retry: int = 0) -> Any:
     """The study storage at ``url`` (heartbeats when ``heartbeat_interval`` > 0). A storage written by an older Optuna
     (2.x) is refused in one line that gives the one command that upgrades it."""
@@ -129,11 +134,11 @@ def rdb_storage(url: str, heartbeat_interval: int = 0, grace_period: int = 0, ma
 
 
 class RetryInRunDir(optuna.storages.RetryHeartbeatStaleTrialCallback):
-    """Optuna's retry of a trial whose heartbeat stopped: a WAITING copy with its parameters, its system attributes
-    (the run dir) and the curve it reported; each retry is logged, and remembered for :func:`fail_stale_trials`."""
+    """Optuna's retry of a trial whose heartbeat stopped: a WAITING copy with its parameters and system attributes (the
+    run dir); each retry is logged, and remembered for :func:`fail_stale_trials`."""
 
     def __init__(self, max_retry: int) -> None:
-        super().__init__(max_retry=max_retry, inherit_intermediate_values=True)
+        super().__init__(max_retry=max_retry)  # its curve starts again from the state it resumes
         self.max_retry = max_retry
         self.failed: list[int] = []
 
@@ -195,7 +200,7 @@ def sweep_trial(hydra_config: Any, run_dir: str | Path) -> SweepTrial | None:
     if hydra_config.mode != RunMode.MULTIRUN or sweeper.get("_target_") != DuelistOptunaSweeperConf._target_:
         return None
     storage = sweeper.storage
-    if not isinstance(storage, str) or storage.startswith("redis") or not sweeper.study_name:
+    if not is_rdb_url(storage) or not sweeper.study_name:
         return None  # an in-memory study, or one Optuna named itself, is the sweeper's alone
     study = optuna.load_study(
         study_name=sweeper.study_name, storage=rdb_storage(storage), pruner=make_pruner(sweeper.pruner)
@@ -221,7 +226,7 @@ class RetryingSweeperImpl(OptunaSweeperImpl):
         super().__init__(storage=storage, **kwargs)
         self.heartbeat_interval = heartbeat_interval
         self.pruner = pruner
-        rdb = isinstance(storage, str) and not storage.startswith("redis")
+        rdb = is_rdb_url(storage)
         if heartbeat_interval > 0 and not rdb:
             log.warning(
                 "hydra.sweeper.storage=%s: heartbeats need an RDB URL (sqlite, postgresql, mysql); a trial whose "
@@ -307,6 +312,9 @@ class RetryingSweeperImpl(OptunaSweeperImpl):
         threading.Thread(target=beat, name=f"optuna-heartbeat-{trial_id}", daemon=True).start()
 
     def sweep(self, arguments: List[str]) -> None:
+        """Hydra's sweep (the 1.4 line's ``OptunaSweeperImpl.sweep``, re-checked when it changes): the search space
+        from the params and the command line, the grid sampler's size, then ask / launch / tell in batches of
+        ``n_jobs``; ours adds the pruner, the stale trials first, and tells that keep a pruned trial PRUNED."""
         assert self.config is not None and self.launcher is not None and self.job_idx is not None
         self._process_searchspace_config()
         distributions, fixed_params, fixed_overrides = create_params_from_overrides(
@@ -322,6 +330,17 @@ class RetryingSweeperImpl(OptunaSweeperImpl):
                 points *= len(choices)
             self.n_trials = min(self.n_trials, points)
         directions = self._get_directions()
+        if len(directions) != 1:
+            raise DuelistError(
+                f"hydra.sweeper.direction={directions}: train.py returns one value (optimized_metric): give one"
+            )
+        if pruner_type(self.pruner) != PrunerType.none and {"trainer.grad_accum", "trainer.batch_size"} & set(
+            distributions
+        ):
+            log.warning(
+                "the pruner compares trials at the same optimizer step, and this search space varies the rows per step "
+                "(trainer.grad_accum / trainer.batch_size): a step of one trial is not a step of another"
+            )
         study = optuna.create_study(
             study_name=self.study_name,
             storage=self.storage,
@@ -348,7 +367,7 @@ class RetryingSweeperImpl(OptunaSweeperImpl):
             overrides = self._configure_trials(trials, distributions, fixed_params, fixed_overrides)
             returns = self.launcher.launch(overrides, initial_job_idx=self.job_idx)
             self.job_idx += len(returns)
-            failures = [e for e in (self._tell(study, t, r, len(directions)) for t, r in zip(trials, returns)) if e]
+            failures = [e for e in (self._tell(study, t, r) for t, r in zip(trials, returns)) if e]
             if len(failures) / len(returns) > self.max_failure_rate:
                 log.error(
                     "%d of %d trials failed; max_failure_rate=%s", len(failures), len(returns), self.max_failure_rate
@@ -356,16 +375,13 @@ class RetryingSweeperImpl(OptunaSweeperImpl):
                 for ret in returns:
                     ret.return_value  # noqa: B018 (raises the job's own exception, with its traceback)
             left -= len(trials)
-        self._write_results(study, len(directions))
+        self._write_results(study)
 
-    def _tell(self, study: optuna.Study, trial: optuna.trial.Trial, ret: Any, objectives: int) -> Exception | None:
-        """Record a finished job: COMPLETE with its value(s), FAIL when it raised or returned no number; a trial its
-        job recorded PRUNED stays PRUNED. Returns the failure, if any."""
+    def _tell(self, study: optuna.Study, trial: optuna.trial.Trial, ret: Any) -> Exception | None:
+        """Record a finished job: COMPLETE with its value, FAIL when it raised or returned no number; a trial its job
+        recorded PRUNED stays PRUNED. Returns the failure, if any."""
         try:
-            value = ret.return_value
-            values = [float(value)] if objectives == 1 else [float(v) for v in value]
-            if len(values) != objectives:
-                raise ValueError(f"{len(values)} values for {objectives} objectives")
+            value = float(ret.return_value)
         except Exception as err:
             study.tell(trial, state=TrialState.FAIL, skip_if_finished=True)
             log.warning("trial %d failed: %s", trial.number, err)
@@ -375,26 +391,19 @@ class RetryingSweeperImpl(OptunaSweeperImpl):
             log.info("trial %d was pruned after %s steps", trial.number, told.user_attrs.get(STEPS, "?"))
             return None
         try:
-            study.tell(trial, values=values, skip_if_finished=True)
+            study.tell(trial, values=value, skip_if_finished=True)
         except RuntimeError as err:  # the grid sampler stops the study at its last point
             if "Study.stop" not in str(err):
                 raise
         return None
 
-    def _write_results(self, study: optuna.Study, objectives: int) -> None:
-        """``optimization_results.yaml`` in the sweep dir: the best parameters and value (the Pareto front for
-        several objectives), from the COMPLETE trials."""
+    def _write_results(self, study: optuna.Study) -> None:
+        """``optimization_results.yaml`` in the sweep dir: the best parameters and value of the COMPLETE trials."""
         done = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
         if not done:
             log.warning("study %s has no COMPLETE trial yet", study.study_name)
             return
-        if objectives == 1:
-            best = study.best_trial
-            results = {"name": "optuna", "best_params": best.params, "best_value": best.value}
-            log.info("best parameters: %s; best value: %s", best.params, best.value)
-        else:
-            results = {
-                "name": "optuna",
-                "solutions": [{"params": t.params, "values": t.values} for t in study.best_trials],
-            }
+        best = study.best_trial
+        results = {"name": "optuna", "best_params": best.params, "best_value": best.value}
+        log.info("best parameters: %s; best value: %s", best.params, best.value)
         OmegaConf.save(OmegaConf.create(results), f"{self.config.hydra.sweep.dir}/optimization_results.yaml")
