@@ -283,3 +283,64 @@ def test_a_pruned_run_dir_resumes_only_when_asked(tmp_path) -> None:
     ):
         start_point(cfg, run, None, 1)
     assert not run.is_finished() and run.read_pruned() == info
+
+
+WORKER = """
+import json, sys
+sys.path.insert(0, {tests!r})
+from conftest import compose_train
+from duelist.core.config import register_configs
+from duelist.tasks.train import train
+
+class StopAtTwo:  # rank 0's trial says stop at the first validation (step 2)
+    def should_stop(self, step, value):
+        return step == 2
+    def pruned(self, step):
+        open({told!r}, "a").write(str(step))
+
+register_configs()
+cfg = compose_train({overrides!r})
+print(json.dumps({{"returned": train(cfg, {run!r}, trial=StopAtTwo())}}))
+"""
+
+
+@pytest.mark.slow
+def test_two_processes_stop_together_when_rank_0s_trial_says_so(tmp_path) -> None:
+    """DDP (2 CPU processes, gloo; the 2-GPU path): rank 0 alone asks its trial, every process follows. Without the
+    broadcast rank 1 would train on alone and wait in the next gradient all-reduce until the timeout."""
+    import os
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    overrides = [*TINY, "trainer.batch_size=4", "trainer.eval_every=2", "trainer.save_every=0"]
+    overrides += ["trainer.strategy=ddp", "trainer.dist_timeout_min=1"]
+    script = WORKER.format(
+        tests=str(ROOT / "tests"), told=str(tmp_path / "told"), overrides=overrides, run=str(tmp_path / "run")
+    )
+    workers = [
+        subprocess.Popen(
+            [sys.executable, "-c", script],
+            env={
+                **os.environ,
+                "RANK": str(rank),
+                "LOCAL_RANK": str(rank),
+                "WORLD_SIZE": "2",
+                "MASTER_ADDR": "127.0.0.1",
+                "MASTER_PORT": str(port),
+            },
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for rank in (0, 1)
+    ]
+    outs = [w.communicate(timeout=300) for w in workers]
+    for w, (out, err) in zip(workers, outs):
+        assert w.returncode == 0, err[-3000:]
+    pruned = json.loads((tmp_path / "run" / "pruned.json").read_text())
+    assert pruned["step"] == 2 and (tmp_path / "run" / pruned["state"] / "state.json").is_file()
+    assert (tmp_path / "told").read_text() == "2"  # told once, by rank 0
+    assert json.loads(outs[0][0].strip().splitlines()[-1])["returned"] == pruned["value"]
+    assert not (tmp_path / "run" / "metrics.json").exists()

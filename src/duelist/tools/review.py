@@ -343,8 +343,9 @@ def _pruning_line(study: Any) -> str:
     """What pruning saved: the steps the pruned trials ran against what whole trials ran ("" when none was pruned)."""
     import optuna
 
-    pruned = [t for t in study.trials if t.state == optuna.trial.TrialState.PRUNED]
-    whole = [max(t.intermediate_values) for t in study.trials if t.state.name == "COMPLETE" and t.intermediate_values]
+    state = optuna.trial.TrialState
+    pruned = [t for t in study.trials if t.state == state.PRUNED]
+    whole = [max(t.intermediate_values) for t in study.trials if t.state == state.COMPLETE and t.intermediate_values]
     if not pruned:
         return ""
     used = sum(max(t.intermediate_values, default=0) for t in pruned)
