@@ -12,8 +12,9 @@ from pathlib import Path
 import hydra
 from omegaconf import DictConfig
 
-from duelist.core.config import TRUSTED_TARGETS, check_command_line, register_configs
+from duelist.core.command_line import check_command_line
 from duelist.core.errors import exit_cleanly_on_user_error
+from duelist.core.hydra_setup import TRUSTED_TARGETS, register_configs
 from duelist.core.logs import quiet_library_logs
 from duelist.tasks.infer import infer
 

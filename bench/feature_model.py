@@ -25,7 +25,7 @@ ROOT = Path(__file__).resolve().parents[1]
 def main() -> None:
     from hydra import compose, initialize_config_dir
 
-    from duelist.core.config import register_configs
+    from duelist.core.hydra_setup import register_configs
     from duelist.tasks.train import train
     from duelist.tools.bench import git_commit, versions
 

@@ -39,21 +39,32 @@ def memory_table() -> list[str]:
 
 
 def scoring_table() -> list[str]:
+    """Weights as measured; hours of 25k rows with swap TTA where the model and a batch fit (derived from the measured
+    weights and counted FLOPs by the rules plan and infer.py use: duelist.tools.plan.hours_by_placement)."""
+    from duelist.core.hydra_setup import compose_train
+    from duelist.tools.footprint import kaggle_hours
+
     lines = [
-        "| shape | weights fp16 GB | bf16 | int8 | nf4 | 25k rows on 2×T4, one pass (h) | with swap TTA (h) | "
-        "on one H100, with swap TTA (h) |",
+        "| shape | weights fp16 GB | int8 | nf4 | 25k rows with swap TTA on 2×T4 (h): fp16 | int8 | nf4 | on one H100, "
+        "bf16 (h) |",
         "| --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     for model in MODELS:
         p = load(model)["projection"]
         w = {k: v["weights_gb"] for k, v in p["scoring"].items()}
-        hours = p["kaggle_rows"]["hours"]
-        lines.append(
-            f"| {model} | {w['fp16']:.1f} | {w['bf16']:.1f} | {w['int8']:.1f} | {w['nf4']:.1f} | "
-            f"{hours['t4x2']['one_pass']:.1f} | {hours['t4x2']['with_swap_tta']:.1f} | "
-            f"{hours['h100']['with_swap_tta']:.2f} |"
-        )
+        flops = 2 * p["kaggle_rows"]["forward_flops"]
+        hours = kaggle_hours(compose_train([f"model={model}"]), p["scoring"], p["max_length"], flops, ["t4x2", "h100"])
+        cells = [_hours(hours["t4x2"][q]) for q in ("none", "int8", "nf4")] + [_hours(hours["h100"]["none"], 2)]
+        lines.append(f"| {model} | {w['fp16']:.1f} | {w['int8']:.1f} | {w['nf4']:.1f} | " + " | ".join(cells) + " |")
     return lines
+
+
+def _hours(h: dict, digits: int = 1) -> str:
+    """Hours and where: a copy per device, split over the devices (one busy at a time), or does not fit."""
+    if h["hours"] is None:
+        return "does not fit"
+    where = "" if h["devices_busy"] > 1 or "split" not in h["placement"] else " (split)"
+    return f"{h['hours']:.{digits}f}{where}"
 
 
 def check_table() -> list[str]:

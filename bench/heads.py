@@ -23,15 +23,16 @@ from typing import List
 
 import numpy as np
 import torch
+from omegaconf import OmegaConf
 
 from duelist.core import options
 from duelist.core.batching import pad
 from duelist.core.files import write_json
 from duelist.core.logs import quiet_library_logs
 from duelist.core.options import option
-from duelist.data.encoding import encoder_for_model
 from duelist.data.reading import load_pairs
-from duelist.models.network_build import build_model, pair_logits
+from duelist.models.heads import HEADS
+from duelist.models.network_build import build_model
 from duelist.models.network_scoring import predict_p_a
 from duelist.models.network_training import pair_losses
 from duelist.tools.bench import compose_network, device_name
@@ -58,21 +59,20 @@ def seconds_of(fn) -> float:
 
 def measure(model_name: str, rows, opts: HeadsOptions) -> dict:
     setups = {}
-    for head in ("pair", "reward"):
+    for name, head in HEADS.items():
         cfg = compose_network(model_name, "default")
-        cfg.model.head = head
+        OmegaConf.update(cfg, "model.head", name)
         built = build_model(cfg.model, cfg.lora, CPU, seed=0)
-        ids = encoder_for_model(built.tokenizer, cfg.model).encode(rows, None, desc=f"tokenize {head}")
-        tokens = [len(s.a) + len(s.b) if head == "reward" else len(s) for s in ids]
-        setups[head] = (built, ids, int(np.sum(tokens)), cfg)
-    for head, (built, ids, tokens, cfg) in setups.items():  # warm-up, both heads, before any timing
-        predict_p_a(built.model, ids[:8], built.tokenizer.pad_token_id, 8, CPU, quiet=True)
+        ids = head.encoder(built.tokenizer, cfg.model).encode(rows, None, desc=f"tokenize {name}")
+        setups[name] = (built, ids, int(head.sequence_tokens(ids).sum()), cfg)
+    for name, (built, ids, tokens, cfg) in setups.items():  # warm-up, both heads, before any timing
+        predict_p_a(built.model, HEADS[name], ids[:8], built.tokenizer.pad_token_id, 8, CPU, quiet=True)
     results = {head: {} for head in setups}
     for _ in range(opts.repeats):  # alternate the heads: drift in the machine's speed hits both alike
         for head, (built, ids, tokens, cfg) in setups.items():
             pad_id = built.tokenizer.pad_token_id
             seconds = seconds_of(
-                lambda: predict_p_a(built.model, ids, pad_id, cfg.trainer.eval_batch_size, CPU, quiet=True)
+                lambda: predict_p_a(built.model, HEADS[head], ids, pad_id, cfg.trainer.eval_batch_size, CPU, quiet=True)
             )
             results[head]["score_s"] = min(results[head].get("score_s", np.inf), seconds)
             model = built.model
@@ -85,8 +85,8 @@ def measure(model_name: str, rows, opts: HeadsOptions) -> dict:
                 nonlocal trained_tokens
                 trained_tokens = 0
                 for idx in batches:
-                    batch, mask = pad([ids[i] for i in idx], pad_id)
-                    logits = pair_logits(model(input_ids=batch, attention_mask=mask).logits)
+                    batch, mask = pad(HEADS[head].sequences([ids[i] for i in idx]), pad_id)
+                    logits = HEADS[head].pair_logits(model(input_ids=batch, attention_mask=mask).logits)
                     pair_losses(logits, torch.full((len(idx),), 0.7)).mean().backward()
                     opt.step()
                     opt.zero_grad(set_to_none=True)
@@ -100,7 +100,7 @@ def measure(model_name: str, rows, opts: HeadsOptions) -> dict:
     for head, (built, ids, tokens, cfg) in setups.items():
         r = results[head]
         out[head] = {
-            "sequences_per_pair": 2 if head == "reward" else 1,
+            "sequences_per_pair": HEADS[head].sequences_per_pair,
             "max_length_per_sequence": int(cfg.model.max_length),
             "tokens_per_pair": tokens / len(ids),
             "score_pairs_per_s": len(ids) / r["score_s"],

@@ -9,6 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from duelist.core.batching import pad, sorted_batches, train_batches
+from duelist.models.heads import PairHead
 from duelist.models.network_scoring import predict_p_a
 
 pytestmark = pytest.mark.fast  # the developer tier: python -m pytest -m fast
@@ -61,7 +62,7 @@ class LastTokenModel(torch.nn.Module):
     batch_size=st.integers(1, 16),
 )
 def test_predictions_come_back_in_input_order(seqs, batch_size) -> None:
-    p = predict_p_a(LastTokenModel(), seqs, pad_id=0, batch_size=batch_size, device=torch.device("cpu"))
+    p = predict_p_a(LastTokenModel(), PairHead(), seqs, pad_id=0, batch_size=batch_size, device=torch.device("cpu"))
     expected = torch.sigmoid(torch.tensor([s[-1] / 100.0 for s in seqs], dtype=torch.float64)).numpy()
     np.testing.assert_allclose(p, expected, rtol=1e-5)
 
@@ -97,7 +98,8 @@ def test_token_budget_batches(lengths, batch_size, max_tokens) -> None:
     max_tokens=st.integers(1, 400),
 )
 def test_token_budget_predictions_come_back_in_input_order(seqs, max_tokens) -> None:
-    p = predict_p_a(LastTokenModel(), seqs, pad_id=0, batch_size=64, device=torch.device("cpu"), max_tokens=max_tokens)
+    cpu = torch.device("cpu")
+    p = predict_p_a(LastTokenModel(), PairHead(), seqs, pad_id=0, batch_size=64, device=cpu, max_tokens=max_tokens)
     expected = torch.sigmoid(torch.tensor([s[-1] / 100.0 for s in seqs], dtype=torch.float64)).numpy()
     np.testing.assert_allclose(p, expected, rtol=1e-5)
 

@@ -42,8 +42,9 @@ def test_each_command_has_its_own_help_and_runs(tmp_path) -> None:
     assert shown.startswith("python -m duelist runs [key=value ...]") and "  sort=str  (default: val/accuracy)" in shown
     res = duelist("runs", f"roots=[{tmp_path}]")
     assert res.returncode == 0 and res.stdout.strip() == f"no finished runs under {tmp_path}"
-    res = duelist("example-data", f"out={tmp_path}")
+    res = duelist("example-data", f"out={tmp_path}", "reward_model=true")
     assert res.returncode == 0 and (tmp_path / "train.parquet").is_file() and (tmp_path / "test.parquet").is_file()
+    assert "\r" not in res.stdout + res.stderr  # no library progress bar redrawn into redirected output
 
 
 @pytest.mark.parametrize(

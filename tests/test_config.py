@@ -158,7 +158,7 @@ def test_every_yaml_key_has_a_comment() -> None:
 
 
 def test_translate_targets_are_added_with_plus_and_typos_fail() -> None:
-    from duelist.core.config import check_command_line
+    from duelist.core.command_line import check_command_line
     from duelist.core.errors import DuelistError
 
     cfg = compose_infer(
@@ -212,8 +212,8 @@ def test_attention_auto_never_picks_sdpa_for_gemma2(monkeypatch) -> None:
 
 
 def test_conf_dir_is_found_without_the_source_layout(tmp_path, monkeypatch) -> None:
-    from duelist.core.config import conf_dir
     from duelist.core.errors import DuelistError
+    from duelist.core.hydra_setup import conf_dir
 
     monkeypatch.chdir(tmp_path)  # not a checkout: the installed package's checkout is the fallback
     assert conf_dir() == CONF
@@ -225,8 +225,8 @@ def test_conf_dir_is_found_without_the_source_layout(tmp_path, monkeypatch) -> N
     monkeypatch.setenv("DUELIST_CONF", str(tmp_path / "nowhere"))
     monkeypatch.chdir(tmp_path / "conf")
     monkeypatch.setattr(
-        "duelist.core.config.__file__",
-        str(tmp_path / "venv" / "lib" / "site-packages" / "duelist" / "core" / "config.py"),
+        "duelist.core.hydra_setup.__file__",
+        str(tmp_path / "venv" / "lib" / "site-packages" / "duelist" / "core" / "hydra_setup.py"),
     )  # a wheel install
     with pytest.raises(DuelistError, match="no conf/ folder with train.yaml .*set DUELIST_CONF"):
         conf_dir()

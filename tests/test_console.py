@@ -15,7 +15,7 @@ import pytest
 from omegaconf import OmegaConf
 
 from conftest import CONF, TINY, WSDM_EXAMPLE, compose_infer, compose_train, run_cli
-from duelist.core.config import entry_point_groups
+from duelist.core.command_line import entry_point_groups
 from duelist.core.errors import DuelistError
 from duelist.core.progress import Progress
 

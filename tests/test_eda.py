@@ -10,6 +10,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from browser import open_page
 from conftest import ROOT, html_tables
 from duelist.models.network_build import load_tokenizer
 
@@ -31,6 +32,10 @@ def test_eda_report_matches_pandas(tmp_path) -> None:
     assert res.returncode == 0, res.stderr[-3000:]
     eda = json.loads((out / "eda.json").read_text())
     assert "<img src='data:image/png;base64," in (out / "eda.html").read_text()
+    # as a user sees it: in a real browser, offline, no error, every chart drawn, not a blank page
+    page = open_page(out / "eda.html", tmp_path / "browser")
+    assert page.errors == [] and page.images >= 3 and page.images_drawn == page.images, page
+    assert page.distinct_colours > 50, page
 
     q = eda["quality"]
     assert q["rows_read"] == len(raw)

@@ -193,6 +193,7 @@ def test_language_filter_and_quota_apply_to_training_rows_only(tmp_path) -> None
 def test_zero_loss_weight_leaves_the_model_untouched(tmp_path) -> None:
     """Per-source weights reach the loss: with every row at weight 0 (and no weight decay) training changes nothing."""
     from duelist.data.encoding import PairEncoder
+    from duelist.models.heads import PairHead
     from duelist.models.network_scoring import predict_p_a
 
     rows = pd.read_parquet("src/duelist/assets/sample/pandalm_test.parquet").iloc[:120]
@@ -213,7 +214,7 @@ def test_zero_loss_weight_leaves_the_model_untouched(tmp_path) -> None:
     built = build_model(cfg.model, cfg.lora, torch.device("cpu"), cfg.trainer.seed)  # the untrained model
     _, valid = load_train_valid(cfg.data)
     ids = PairEncoder.for_model(built.tokenizer, cfg.model).encode(valid, None)
-    untrained = predict_p_a(built.model, ids, built.tokenizer.pad_token_id, 32, torch.device("cpu"))
+    untrained = predict_p_a(built.model, PairHead(), ids, built.tokenizer.pad_token_id, 32, torch.device("cpu"))
     np.testing.assert_allclose(oof.set_index("id").loc[valid["id"], "p_a"].to_numpy(), untrained, atol=1e-6)
     train(
         compose_train(

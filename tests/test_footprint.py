@@ -14,7 +14,7 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 from transformers import AutoModelForSequenceClassification
 
-from conftest import TINY, WSDM_EXAMPLE, compose_train, run_cli
+from conftest import ROOT, TINY, WSDM_EXAMPLE, compose_train, run_cli
 from duelist.core.hardware import THROUGHPUT
 from duelist.models import network_flops
 from duelist.tools import footprint, plan
@@ -170,8 +170,9 @@ def test_plan_of_a_tiny_run_on_the_wsdm_example(tmp_path) -> None:
     args = [f"runs=[{run}]", f"data.test={WSDM_EXAMPLE}", f"output={tmp_path / 'sub.csv'}", "tta=swap"]
     res = run_cli("infer.py", [*args, "time_budget_min=30", "hardware=t4x2"])
     assert res.returncode == 0, res.stderr[-2000:]
-    logged = re.search(r"projected ([0-9.e+-]+) s for 3 rows on t4x2", res.stderr + res.stdout)
-    assert logged and float(logged.group(1)) == pytest.approx(hours * 3600, rel=1e-3)
+    logged = re.search(r"projected ([0-9.e+-]+) s for 3 rows on t4x2, 1 device\(s\) busy", res.stderr + res.stdout)
+    # one device (no devices=[...]): half the rate of the plan's, where the tiny model runs a copy on each T4
+    assert logged and float(logged.group(1)) == pytest.approx(2 * hours * 3600, rel=1e-3)
     res = run_cli("infer.py", [*args, "hardware=t4x2"])
     assert res.returncode != 0 and "set time_budget_min too" in res.stderr
 
@@ -181,6 +182,61 @@ def test_plan_errors_are_one_line(tmp_path) -> None:
     assert res.returncode != 0 and "Traceback" not in res.stderr and "runs=[RUN_DIR" in res.stderr
     res = duelist("plan", f"runs=[{tmp_path}]", f"test={WSDM_EXAMPLE}", "hardware=tpu")
     assert res.returncode != 0 and "hardware=tpu: one of t4x2, h100" in res.stderr
+    res = duelist("plan", f"test={WSDM_EXAMPLE}", "models=[gemma2_9bb]")
+    assert (
+        res.returncode != 0
+        and "plan models=[gemma2_9bb]: model=gemma2_9bb: no conf/model/gemma2_9bb.yaml" in res.stderr
+    )
+    res = duelist("plan", f"test={WSDM_EXAMPLE}", "models=[features]")
+    assert res.returncode != 0 and "plan models=[features]: model=features scores in seconds" in res.stderr
+
+
+def test_plan_puts_each_model_where_it_fits_and_times_it_at_its_quantizations_rate(tmp_path) -> None:
+    """The model files a user has (pretrained hub ids: their shape from the random-init twin model.shape names, no
+    download). Weights against what footprint measured on the built model; the rate of the placement: a copy per T4
+    where it fits one, one T4 busy where it is split over both, nothing where it fits neither."""
+    out = tmp_path / "plan.json"
+
+    def plan_of(*args: str) -> dict:
+        res = duelist("plan", f"test={WSDM_EXAMPLE}", "tta=none", f"out={out}", *args)
+        assert res.returncode == 0, res.stderr[-2000:]
+        return json.loads(out.read_text())
+
+    measured = json.loads((ROOT / "bench" / "results" / "footprint-gemma2_9b_random-x86_64.json").read_text())
+    t4 = THROUGHPUT["t4x2"]
+    for quantization, busy, rate in (("none", 1, t4.flops), ("nf4", 2, t4.rates["nf4"].flops)):
+        report = plan_of("models=[gemma2_9b,qwen2_5_14b]", f"quantization={quantization}")
+        gemma, qwen = report["members"]
+        assert gemma["weights_gb"] == pytest.approx(
+            measured["projection"]["scoring"][quantization.replace("none", "fp16")]["weights_gb"], rel=0.01
+        )
+        assert gemma["devices_busy"] == busy and gemma["hours"] == pytest.approx(
+            gemma["forward_flops"] / (busy * rate) / 3600
+        )
+        if quantization == "none":  # 28 GB of fp16 weights fit neither T4 nor both
+            assert qwen["hours"] is None and "does not fit in memory" in qwen["placement"]
+            assert report["plan"]["fits"] is False and report["plan"]["memory"] is False
+
+
+def test_plan_of_a_reward_model_counts_its_two_sequences_and_no_swap_pass(tmp_path) -> None:
+    out = tmp_path / "plan.json"
+    res = duelist("plan", "models=[skywork_reward_v2_qwen3_0_6b]", f"test={WSDM_EXAMPLE}", "tta=swap", f"out={out}")
+    assert res.returncode == 0, res.stderr[-2000:]
+    member = json.loads(out.read_text())["members"][0]
+    import pandas as pd
+
+    test = pd.read_parquet(WSDM_EXAMPLE)
+    length = {c: test[c].fillna("").str.len() for c in ("prompt", "response_a", "response_b")}
+    english = 4.3303723686434505  # bench/chars_per_token.py's table (Spanish, English, Portuguese take English's)
+    sequences = [
+        min(math.ceil(n / english), 2048)
+        for side in ("response_a", "response_b")
+        for n in length["prompt"] + length[side]
+    ]  # prompt + A and prompt + B, each within the model's 2048 tokens
+    assert member["head"] == "reward" and member["passes"] == 1 and member["tokens"] == sum(sequences)
+    curve = member["flops_curve"]
+    flops = sum(curve["per_token"] * n + curve["per_token_squared"] * n * n for n in sequences)
+    assert member["forward_flops"] == pytest.approx(flops)  # once: a reward head needs no swap pass
 
 
 def test_fitted_lengths_equal_a_measurement_at_the_target() -> None:
@@ -215,8 +271,6 @@ def test_plan_of_model_files_counts_tokens_from_characters(tmp_path) -> None:
 @pytest.mark.fast
 def test_the_docs_carry_the_committed_results() -> None:
     import importlib.util
-
-    from conftest import ROOT
 
     spec = importlib.util.spec_from_file_location("footprint_table", ROOT / "bench" / "footprint_table.py")
     table = importlib.util.module_from_spec(spec)

@@ -60,6 +60,7 @@ def test_quantized_inference_close_to_16_bit(tmp_path, kind: str) -> None:
     from conftest import WSDM_EXAMPLE
     from duelist.data.encoding import PairEncoder
     from duelist.data.reading import load_test
+    from duelist.models.heads import PairHead
     from duelist.models.network_scoring import predict_p_a
     from duelist.tools.export import export_run
 
@@ -71,7 +72,7 @@ def test_quantized_inference_close_to_16_bit(tmp_path, kind: str) -> None:
     for q in ("none", kind):
         built, cfg = load_checkpoint(tmp_path / "merged", gpu, quantization=q)
         ids = PairEncoder.for_model(built.tokenizer, cfg.model).encode(rows, None)
-        out[q] = predict_p_a(built.model, ids, built.tokenizer.pad_token_id, 8, gpu, torch.float16)
+        out[q] = predict_p_a(built.model, PairHead(), ids, built.tokenizer.pad_token_id, 8, gpu, torch.float16)
     import bitsandbytes as bnb
 
     assert any(isinstance(m, (bnb.nn.Linear8bitLt, bnb.nn.Linear4bit)) for m in built.model.modules())

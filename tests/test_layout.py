@@ -15,7 +15,8 @@ pytestmark = pytest.mark.fast
 
 ROOT = Path(__file__).resolve().parents[1]
 SRC = ROOT / "src" / "duelist"
-LAYERS = ["core", "data", "runs", "models", "predict", "tasks", "tools"]  # lowest first: the README's map of the house
+# lowest first: the README's map of the house
+LAYERS = ["core", "data", "runs", "models", "predict", "tasks", "sweeps", "tools"]
 
 
 def modules() -> dict[str, Path]:
@@ -90,6 +91,41 @@ def test_only_the_two_kinds_ask_which_kind_a_model_is() -> None:
     asking = re.compile(r"""arch\W*(==|!=)\W*["']features|model_schema\(|is_feature_run""")
     found = [m for m, p in modules().items() if m not in allowed and asking.search(p.read_text())]
     assert not found, found
+
+
+def test_only_the_heads_ask_which_head_a_model_has() -> None:
+    """The head seam: a comparison of ``model.head`` or of a head's name, a test for a reward head's two sequences
+    (``isinstance(..., Duo)``) or an array's shape read for it appear in :mod:`duelist.models.heads` alone; everything
+    else asks the head of :func:`duelist.models.heads.head_of`."""
+    asking = re.compile(
+        r"""\.head\b\s*(==|!=)|(==|!=)\s*["'](reward|pair)["']|["'](reward|pair)["']\s*(==|!=)|isinstance\([^)]*\bDuo\b"""
+        r"""|\.ndim\b|get\(\s*["']head["']|\bhead\s+in\s*\("""
+    )
+    found = [m for m, p in modules().items() if m != "models.heads" and asking.search(p.read_text())]
+    assert not found, found
+
+
+def test_only_the_kinds_module_turns_a_kind_into_a_decision() -> None:
+    """A kind's name is for display: ``kind_of(...).name == ...`` decides what the kind's methods should."""
+    deciding = re.compile(r"""\.name\s*(==|!=)\s*["'](network|trees)["']""")
+    found = [
+        m for m, p in modules().items() if m not in {"models.kinds", "tools.bench"} and deciding.search(p.read_text())
+    ]
+    assert not found, found
+
+
+def test_functions_read_top_to_bottom() -> None:
+    """No function runs over 80 lines (docstring included): a long one is split at its natural sections, each a
+    function named after what it does."""
+    import ast
+
+    long = [
+        f"{module}.{node.name} ({node.end_lineno - node.lineno + 1} lines)"
+        for module, path in modules().items()
+        for node in ast.walk(ast.parse(path.read_text()))
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) and node.end_lineno - node.lineno + 1 > 80
+    ]
+    assert not long, long
 
 
 def test_training_does_not_load_the_inference_tasks() -> None:

@@ -100,7 +100,7 @@ def test_only_jobs_of_an_optuna_sweep_are_trials(tmp_path) -> None:
     """A plain run and a ``-m`` multirun (basic sweeper) report to no study."""
     from hydra.types import RunMode
 
-    from duelist.tools.sweeper import sweep_trial
+    from duelist.sweeps.sweeper import sweep_trial
 
     basic = {"_target_": "hydra._internal.core_plugins.basic_sweeper.BasicSweeper", "max_batch_size": None}
     for mode, sweeper in ((RunMode.RUN, basic), (RunMode.MULTIRUN, basic)):
@@ -114,7 +114,7 @@ def test_pruners_from_the_config() -> None:
     from hydra import compose, initialize_config_dir
 
     from conftest import CONF
-    from duelist.tools.sweeper import make_pruner
+    from duelist.sweeps.sweeper import make_pruner
 
     def pruner(*overrides: str) -> optuna.pruners.BasePruner:
         with initialize_config_dir(config_dir=str(CONF)):
@@ -227,21 +227,22 @@ def test_the_dashboard_serves_a_study_and_its_pruned_trial(tmp_path) -> None:
 
 @pytest.mark.fast
 def test_hyperband_prunes_from_the_jobs_side_with_its_default_settings(tmp_path) -> None:
-    """The pruner as a job sees it: a study loaded from the storage with ``make_pruner`` of the config, reporting
-    through :class:`SweepTrial`. Good trials (0.7) are never cut; some bad ones (0.3) are."""
+    """The pruner as a job sees it: a study loaded from the storage with ``make_pruner`` of the config (its defaults,
+    and the steps of a whole trial), reporting through :class:`SweepTrial`. Good trials (0.7) are never cut; some bad
+    ones (0.3) are."""
     import warnings
 
     import optuna
     from hydra import compose, initialize_config_dir
 
     from conftest import CONF
-    from duelist.tools.sweeper import SweepTrial, make_pruner
+    from duelist.sweeps.sweeper import SweepTrial, make_pruner
 
     warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
     with initialize_config_dir(config_dir=str(CONF)):
         cfg = compose(
             config_name="train",
-            overrides=["sweep=lora", "hydra.sweeper.pruner.type=hyperband"],
+            overrides=["sweep=lora", "hydra.sweeper.pruner.type=hyperband", "hydra.sweeper.pruner.max_resource=27"],
             return_hydra_config=True,
         )
     conf = cfg.hydra.sweeper.pruner
@@ -262,6 +263,72 @@ def test_hyperband_prunes_from_the_jobs_side_with_its_default_settings(tmp_path)
     assert stopped and all(n % 2 == 1 for n in stopped)
     states = {t.number: t.state.name for t in sweeper.get_trials()}
     assert all(states[n] == "PRUNED" for n in stopped) and list(states.values()).count("COMPLETE") == 12 - len(stopped)
+
+
+@pytest.mark.fast
+def test_hyperband_brackets_do_not_move_as_trials_finish(tmp_path) -> None:
+    """Every job loads the study with a pruner of its own: a trial's bracket must be the same in every one of them,
+    whatever has finished since. With max_resource 'auto' each job derived the brackets from the longest trial that
+    had finished by then (51 of 100 trials changed bracket after one longer trial finished); it is refused now."""
+    import warnings
+
+    import optuna
+
+    from duelist.core.errors import DuelistError
+    from duelist.sweeps.sweeper import PrunerConf, PrunerType, make_pruner
+
+    warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+    with pytest.raises(DuelistError, match="max_resource=None: hyperband needs the optimizer steps of a whole trial"):
+        make_pruner(PrunerConf(type=PrunerType.hyperband))
+    conf = PrunerConf(type=PrunerType.hyperband, max_resource=30)
+    url = f"sqlite:///{tmp_path / 'study.db'}"
+    study = optuna.create_study(study_name="b", storage=url, direction="maximize", pruner=make_pruner(conf))
+    trials = [study.ask() for _ in range(100)]
+
+    def brackets() -> list[int]:  # as a new job sees them: its own pruner over the study as it is now
+        job = optuna.load_study(study_name="b", storage=url, pruner=make_pruner(conf))
+        job.pruner._try_initialization(job)
+        return [job.pruner._get_bracket_id(job, t) for t in job.get_trials(deepcopy=False)]
+
+    before = brackets()
+    for step in range(1, 91):  # one trial runs three times longer than the others will
+        trials[0].report(0.5, step)
+    study.tell(trials[0], 0.5)
+    study.tell(trials[1], 0.4)
+    assert brackets() == before and len(set(before)) > 1
+
+
+@pytest.mark.fast
+def test_a_pruned_job_whose_report_failed_is_recorded_pruned_by_the_sweeper(tmp_path, monkeypatch) -> None:
+    """A locked database when the job tells the study PRUNED: the job logs it and returns (its run dir is marked
+    pruned); the sweeper then records PRUNED from the run dir instead of COMPLETE (or FAIL)."""
+    import optuna
+
+    from duelist.runs.run_dir import RunDir
+    from duelist.sweeps.sweeper import RUN_DIR, STEPS, RetryingSweeperImpl, SweepTrial
+
+    url = f"sqlite:///{tmp_path / 'study.db'}"
+    study = optuna.create_study(study_name="p", storage=url, direction="maximize")
+    trial = study.ask()
+    run = RunDir(tmp_path / "run")
+    run.path.mkdir()
+    study._storage.set_trial_system_attr(trial._trial_id, RUN_DIR, str(run.path))
+    job = SweepTrial(optuna.load_study(study_name="p", storage=url), trial._trial_id)
+
+    def locked(*args, **kwargs):
+        raise RuntimeError("database is locked")
+
+    monkeypatch.setattr(job.study, "tell", locked)
+    run.mark_pruned({"step": 4, "metric": "val/accuracy", "value": 0.41, "state": None})
+    job.pruned(4)  # logged, not raised: the run protocol goes on to return the metric
+    assert study._storage.get_trial(trial._trial_id).state.name == "RUNNING"
+
+    class Returned:
+        return_value = 0.41
+
+    RetryingSweeperImpl._tell(None, study, trial, Returned())
+    told = study._storage.get_trial(trial._trial_id)
+    assert told.state.name == "PRUNED" and told.user_attrs[STEPS] == 4
 
 
 @pytest.mark.fast
@@ -289,7 +356,7 @@ WORKER = """
 import json, sys
 sys.path.insert(0, {tests!r})
 from conftest import compose_train
-from duelist.core.config import register_configs
+from duelist.core.hydra_setup import register_configs
 from duelist.tasks.train import train
 
 class StopAtTwo:  # rank 0's trial says stop at the first validation (step 2)

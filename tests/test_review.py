@@ -9,6 +9,7 @@ import sys
 import pytest
 from omegaconf import OmegaConf
 
+from browser import open_page
 from conftest import TINY, html_tables, run_cli
 
 
@@ -38,9 +39,12 @@ def test_plain_multirun_writes_a_review_page_and_groups_wandb_runs(tmp_path) -> 
         assert float(row["longer-wins rule"]) == pytest.approx(metrics["val/baseline_longer_wins"], abs=1e-4)
         for lang, acc in metrics["val/accuracy_by_language"].items():
             assert float(row[f"acc {lang}"]) == pytest.approx(acc, abs=1e-4)
-        assert float(row["minutes"]) == pytest.approx(metrics["runtime_s"] / 60, abs=1e-4)
+        assert row["minutes"] == f"{metrics['runtime_s'] / 60:.1f}"  # minutes to a tenth
     assert page.count("<tr class=best>") == 1
     assert "Curves of every run" in page and page.count("plotly.js") >= 1  # charts inline: the page opens offline
+    opened = open_page(sweep / "review.html", tmp_path / "browser")  # as a user sees it, in a real browser, offline
+    assert opened.errors == [] and opened.charts >= 2 and opened.charts_drawn == opened.charts, opened
+    assert opened.distinct_colours > 50, opened
     acc = {job: json.loads((sweep / job / "metrics.json").read_text())["val/accuracy"] for job in ("0", "1")}
     first, second = sorted(acc, key=lambda job: -acc[job]) if acc["0"] != acc["1"] else ("0", "1")
     assert f"ensemble=weighted runs=[{sweep / first},{sweep / second}]" in page  # the ensemble command: best run first

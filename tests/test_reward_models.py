@@ -17,9 +17,10 @@ import torch
 
 from conftest import TINY, WSDM_EXAMPLE, compose_train, run_cli
 from duelist.core.errors import DuelistError
-from duelist.data.encoding import ResponseEncoder, encoder_for_model
+from duelist.data.encoding import ResponseEncoder
 from duelist.data.pairs import swap_pairs
 from duelist.data.splits import load_train_valid
+from duelist.models.heads import head_of
 from duelist.models.network_build import build_model, load_checkpoint, load_tokenizer
 from duelist.models.network_scoring import predict_p_a
 from duelist.runs.run_dir import RunDir
@@ -73,9 +74,10 @@ def valid_rows(run: Path) -> pd.DataFrame:
 
 def rescore(run: Path, rows: pd.DataFrame) -> np.ndarray:
     built, cfg = load_checkpoint(run, CPU)
-    ids = encoder_for_model(built.tokenizer, cfg.model).encode(rows, None)
+    head = head_of(cfg.model)
+    ids = head.encoder(built.tokenizer, cfg.model).encode(rows, None)
     batch = cfg.trainer.eval_batch_size  # the batches validation scored in: padding moves sdpa's last digits
-    return predict_p_a(built.model, ids, built.tokenizer.pad_token_id, batch, CPU)
+    return predict_p_a(built.model, head, ids, built.tokenizer.pad_token_id, batch, CPU)
 
 
 def test_zero_shot_scores_are_bradley_terry_on_the_reward_models_own_head(zero_shot: Path, rm: Path) -> None:
@@ -184,7 +186,9 @@ def test_qlora_reward_run_reloads_and_merges_with_its_head(rm: Path, tmp_path: P
     config = json.loads((merged / "checkpoint" / "model" / "config.json").read_text())
     assert config["num_labels"] == 1 if "num_labels" in config else len(config["id2label"]) == 1
     merged_p = rescore(merged, rows)
-    assert np.abs(merged_p - oof).max() <= 5e-3  # the bound the pair head's QLoRA export holds
+    # fp32 on both sides: 0.7e-6 to 1.3e-6 under every CPU kernel setting bench/qlora_kernels.py reaches; 9.5e-3 when
+    # bitsandbytes scored the 4-bit layers in bf16 with bf16 scales (CPUs with AVX-512 BF16)
+    assert np.abs(merged_p - oof).max() <= 1e-5
     np.testing.assert_allclose(RunDir(merged).read_oof()["p_a"].to_numpy(), merged_p, atol=1e-6)
 
 
@@ -256,6 +260,57 @@ def test_texts_are_written_as_the_chat_template_writes_them(rm: Path, template: 
     for seq, answer in ((duo.a, "\n\nAn answer.\n"), (duo.b, " b ")):
         messages = [{"role": "user", "content": "  Hi there  \n"}, {"role": "assistant", "content": answer}]
         assert tokenizer.decode(seq) == tokenizer.apply_chat_template(messages, tokenize=False)
+
+
+# the assistant branch of Qwen3's chat template as it behaves (written from that behaviour for this test): an answer's
+# text up to its last </think> is its reasoning; the last answer's goes into a think block of its own (empty if none),
+# earlier answers keep only what follows </think>
+QWEN3_THINKING = (
+    "{%- for m in messages %}{%- if m['role'] == 'assistant' %}{%- set c = m['content'] %}{%- set r = '' %}"
+    "{%- if '</think>' in c %}{%- set r = c.split('</think>')[0].rstrip('\\n').split('<think>')[-1].lstrip('\\n') %}"
+    "{%- set c = c.split('</think>')[-1].lstrip('\\n') %}{%- endif %}"
+    "{%- if loop.last %}{{- '<|im_start|>assistant\\n<think>\\n' + r.strip('\\n') + '\\n</think>\\n\\n' }}"
+    "{{- c.lstrip('\\n') }}"
+    "{%- else %}{{- '<|im_start|>assistant\\n' + c }}{%- endif %}{{- '<|im_end|>\\n' }}"
+    "{%- else %}{{- '<|im_start|>' + m['role'] + '\\n' + m['content'] + '<|im_end|>\\n' }}{%- endif %}{%- endfor %}"
+)
+
+
+@pytest.mark.fast
+@pytest.mark.parametrize("template", ["qwen3", "verbatim"])
+def test_an_answer_with_a_think_block_is_written_as_the_template_writes_it(rm: Path, template: str) -> None:
+    """Qwen3's template moves the last answer's reasoning into its own think block and drops it from earlier answers;
+    a template without such rules writes the text as it is. The encoder's tokens are the template's, rendered."""
+    tokenizer = load_tokenizer(str(rm))
+    if template == "qwen3":
+        tokenizer.chat_template = QWEN3_THINKING
+    enc = ResponseEncoder(tokenizer, "chat", 1024, 512)
+    assert (enc.think is not None) == (template == "qwen3")
+    thinking = "<think>\nFirst I check the sum.\n\n</think>\n\nIt is 4."
+    one = enc.encode_row("What is 2+2?", thinking, "Four.")
+    prompt = "[Turn 1]\nWhat is 2+2?\n\n[Turn 2]\nAnd 3+3?"
+    two = enc.encode_row(
+        prompt, f"[Turn 1]\n{thinking}\n\n[Turn 2]\n<think>Add.</think>6.", "[Turn 1]\n4\n\n[Turn 2]\n6"
+    )
+    for seq, messages in (
+        (one.a, [("user", "What is 2+2?"), ("assistant", thinking)]),
+        (one.b, [("user", "What is 2+2?"), ("assistant", "Four.")]),
+        (
+            two.a,
+            [
+                ("user", "What is 2+2?"),
+                ("assistant", thinking),
+                ("user", "And 3+3?"),
+                ("assistant", "<think>Add.</think>6."),
+            ],
+        ),
+    ):
+        rendered = tokenizer.apply_chat_template([{"role": r, "content": c} for r, c in messages], tokenize=False)
+        assert tokenizer.decode(seq) == rendered
+    text = tokenizer.decode(one.a)
+    if template == "qwen3":  # one think block, holding the reasoning; the earlier turn's reasoning is gone
+        assert text.count("<think>") == 1 and "<think>\nFirst I check the sum.\n</think>\n\nIt is 4." in text
+        assert "First I check" not in tokenizer.decode(two.a) and tokenizer.decode(two.a).count("<think>") == 1
 
 
 @pytest.mark.fast

@@ -41,7 +41,7 @@ def test_sweep_configs_compose_with_direction_from_metric(name: str, metric: str
 def test_samplers_of_optuna_5_are_built(choice: str, sampler: str) -> None:
     from hydra.utils import instantiate
 
-    from duelist.core.config import TRUSTED_TARGETS
+    from duelist.core.hydra_setup import TRUSTED_TARGETS
 
     with initialize_config_dir(config_dir=str(CONF)):
         cfg = compose(
@@ -217,7 +217,7 @@ def test_trial_of_a_killed_worker_is_retried_and_resumes_in_its_run_dir(tmp_path
 def test_paths_in_sweep_overrides_stay_literal() -> None:
     from hydra.core.override_parser.overrides_parser import OverridesParser
 
-    from duelist.tools.sweeper import quoted
+    from duelist.sweeps.sweeper import quoted
 
     parser = OverridesParser.create()
     for path in ("/tmp/a b/c", "/tmp/it's/x=1,2", "/tmp/back\\slash"):
@@ -234,7 +234,7 @@ def test_two_workers_that_find_the_same_dead_trial_retry_it_once(tmp_path) -> No
 
     import optuna
 
-    from duelist.tools.sweeper import fail_stale_trials, rdb_storage
+    from duelist.sweeps.sweeper import fail_stale_trials, rdb_storage
 
     url = f"sqlite:///{tmp_path / 'study.db'}"
     warnings.simplefilter("ignore")

@@ -12,6 +12,7 @@ import torch
 from conftest import TINY, compose_train, run_cli
 from duelist.data.encoding import PairEncoder
 from duelist.data.reading import load_pairs
+from duelist.models.heads import PairHead
 from duelist.models.network_build import build_model, load_checkpoint, save_checkpoint
 from duelist.models.network_scoring import predict_p_a
 from duelist.models.network_training import pair_losses
@@ -128,7 +129,7 @@ def test_tta_swap_averages_both_orders(tmp_path) -> None:
     test = load_pairs(str(WSDM_EXAMPLE), labelled=False)
     enc = PairEncoder.for_model(built.tokenizer, run_cfg.model)
     swapped = [enc.encode_one(p, b, a) for p, a, b in zip(test["prompt"], test["response_a"], test["response_b"])]
-    p_swapped = predict_p_a(built.model, swapped, built.tokenizer.pad_token_id, 8, torch.device("cpu"))
+    p_swapped = predict_p_a(built.model, PairHead(), swapped, built.tokenizer.pad_token_id, 8, torch.device("cpu"))
     np.testing.assert_allclose(swap["p_a"], (plain["p_a"] + 1 - p_swapped) / 2, atol=1e-6)
 
 

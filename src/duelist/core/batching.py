@@ -1,38 +1,17 @@
-"""Batches of token sequences: length-grouped for training, length-sorted for prediction.
-
-A row is one token sequence (``model.head=pair``) or a :class:`Duo`: the two sequences of a pair that a reward head
-scores one by one (``model.head=reward``); a batch of duos is padded as two rows each, A then B.
-"""
+"""Batches of token sequences: length-grouped for training, length-sorted for prediction. A row's length (``len``)
+is the padded tokens it takes in a batch (a pair read as two sequences counts both: :class:`duelist.data.encoding.
+Duo`)."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Sequence, Union
+from typing import Sequence
 
 import numpy as np
 import torch
 
 
-@dataclass(frozen=True, eq=False)
-class Duo:
-    """The two sequences of one pair for a reward head: prompt + response A, prompt + response B."""
-
-    a: Sequence[int]
-    b: Sequence[int]
-
-    def __len__(self) -> int:
-        """The padded tokens the two take in a batch: what sorting, token budgets and timing count."""
-        return 2 * max(len(self.a), len(self.b))
-
-
-Row = Union[Sequence[int], Duo]
-
-
-def pad(seqs: Sequence[Row], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Right-pad to the longest sequence; returns input_ids and attention_mask. Duos become two rows each (A, B), in
-    order, so a one-output model's logits reshape to ``[r_a, r_b]`` per pair."""
-    if seqs and isinstance(seqs[0], Duo):
-        seqs = [s for duo in seqs for s in (duo.a, duo.b)]
+def pad(seqs: Sequence[Sequence[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Right-pad to the longest sequence; returns input_ids and attention_mask."""
     width = max(len(s) for s in seqs)
     ids = torch.full((len(seqs), width), pad_id, dtype=torch.long)
     mask = torch.zeros((len(seqs), width), dtype=torch.long)

@@ -10,14 +10,11 @@ default values (and carry the comments users read); these classes carry no defau
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 from enum import Enum
-from pathlib import Path
 from typing import Any, Dict, List, Optional
 
-from hydra.core.config_store import ConfigStore
-from omegaconf import MISSING, OmegaConf
+from omegaconf import MISSING
 
 
 class Choice(str, Enum):
@@ -222,6 +219,7 @@ class NetworkModelConfig:
     language_tag: bool = MISSING
     max_length: int = MISSING
     prompt_max_tokens: int = MISSING
+    shape: Optional[str] = MISSING  # a model file of this network's shape with random weights (plan without download)
 
 
 @dataclass
@@ -234,36 +232,6 @@ class TreesModelConfig:
 
 
 MODEL_SCHEMAS = {"network": NetworkModelConfig, "trees": TreesModelConfig}  # the name in conf/model/*.yaml defaults
-# network keys added after runs were first written, with the value every run written before them was trained with
-ADDED_NETWORK_KEYS = {"pooling": "model", "head": "pair", "length_hint": "none", "language_tag": False}
-
-
-def model_schema(model: Any) -> str:
-    """``trees`` or ``network``: the schema a model config follows (a composed config knows its type; a saved one is
-    told by its ``arch``). The one place that reads it: :func:`duelist.models.kinds.kind_of` builds on it."""
-    typed = OmegaConf.get_type(model) if OmegaConf.is_config(model) else None
-    if typed in (NetworkModelConfig, TreesModelConfig):
-        return "trees" if typed is TreesModelConfig else "network"
-    return "trees" if str(model.get("arch")) == TreesArch.features.value else "network"
-
-
-# top-level keys renamed since runs were first written: old name -> new name
-RENAMED_KEYS = {"pseudolabel": "distillation"}
-
-
-def upgraded(cfg: Any) -> Any:
-    """A run's saved config (a DictConfig or a plain dict) as this version names it, with the values its run was
-    trained with: renamed keys (:data:`RENAMED_KEYS`) under their new names, and network keys added after the run was
-    written (:data:`ADDED_NETWORK_KEYS`) with their old values. Changed in place and returned."""
-    for old, new in RENAMED_KEYS.items():
-        if old in cfg and new not in cfg:
-            cfg[new] = cfg.pop(old)
-    model = cfg.get("model")
-    if model is not None and hasattr(model, "keys") and model_schema(model) == "network":
-        for key, value in ADDED_NETWORK_KEYS.items():
-            if key not in model:
-                model[key] = value
-    return cfg
 
 
 def flatten(values: dict[str, Any], sep: str = ".", prefix: str = "") -> dict[str, Any]:
@@ -473,201 +441,3 @@ class InferConfig:
     precision: Precision = MISSING
     shard_rows: int = MISSING
     cache_dir: str = MISSING
-
-
-def conf_dir() -> Path:
-    """The ``conf/`` folder: ``$DUELIST_CONF`` if set, else ``./conf`` (a checkout, or the Kaggle package next to its
-    infer.py), else the checkout this package is installed from (``pip install -e .``). Works for wheel installs too."""
-    candidates = [Path(os.environ["DUELIST_CONF"])] if os.environ.get("DUELIST_CONF") else []
-    candidates += [Path.cwd() / "conf", Path(__file__).resolve().parents[3] / "conf"]
-    for folder in candidates:
-        if (folder / "train.yaml").is_file():
-            return folder
-    from duelist.core.errors import DuelistError
-
-    raise DuelistError(
-        f"no conf/ folder with train.yaml in {', '.join(map(str, candidates))}: run from a duelist checkout or set "
-        "DUELIST_CONF=PATH/conf"
-    )
-
-
-# what Hydra may instantiate from our configs (hydra.main's execution_whitelist): our callbacks and plugins, Hydra's
-# launchers and Optuna's samplers, and the logging handlers of Hydra's job_logging
-TRUSTED_TARGETS = ("duelist.*", "hydra_plugins.*", "hydra._internal.*", "optuna.samplers.*", "logging.*")
-
-
-def multirun_group() -> Optional[str]:
-    """Resolver ``duelist_multirun_group``: the W&B group of a multirun job (the Optuna study name, else the sweep
-    dir, so every multirun is one group); None outside a multirun."""
-    from hydra.core.hydra_config import HydraConfig
-    from hydra.types import RunMode
-
-    if not HydraConfig.initialized() or HydraConfig.get().mode != RunMode.MULTIRUN:
-        return None
-    hc = HydraConfig.get()
-    return str(hc.sweeper.get("study_name") or hc.sweep.dir)
-
-
-def multirun_job_name() -> Optional[str]:
-    """Resolver ``duelist_multirun_job_name``: what sets a multirun job apart, its overrides that the command line did
-    not give every job (``lora.r=16`` from ``-m lora.r=16,32,64``; an Optuna trial's sampled values); None outside a
-    multirun."""
-    import sys
-
-    from hydra.core.hydra_config import HydraConfig
-    from hydra.core.override_parser.overrides_parser import OverridesParser
-    from hydra.types import RunMode
-
-    if not HydraConfig.initialized() or HydraConfig.get().mode != RunMode.MULTIRUN:
-        return None
-    hc = HydraConfig.get()
-    parser = OverridesParser.create()
-    try:  # the local launcher runs every job in the process the command started: its argv holds the common overrides
-        common = {
-            o.get_key_element()
-            for o in parser.parse_overrides([a for a in sys.argv[1:] if "=" in a and not a.startswith("-")])
-            if not o.is_sweep_override()
-        }
-    except Exception:  # another launcher's entry point: keep every override
-        common = set()
-    own = [
-        str(o.input_line) for o in parser.parse_overrides(list(hc.overrides.task)) if o.get_key_element() not in common
-    ]
-    return ",".join(own) if own else f"job{hc.job.num}"
-
-
-def register_configs() -> None:
-    """Register the two top-level schemas (every group is typed through them), the two model schemas (under
-    ``schemas/``, named by each model file's defaults list; not a group of train.yaml) and our resolvers."""
-    from duelist.core.metrics import direction
-
-    if not OmegaConf.has_resolver("duelist_direction"):
-        OmegaConf.register_resolver("duelist_direction", direction)
-    for name, resolver in (
-        ("duelist_multirun_group", multirun_group),
-        ("duelist_multirun_job_name", multirun_job_name),
-    ):
-        if not OmegaConf.has_resolver(name):
-            OmegaConf.register_resolver(name, resolver)
-    cs = ConfigStore.instance()
-    cs.store(name="train_schema", node=TrainConfig, replace=True)
-    cs.store(name="infer_schema", node=InferConfig, replace=True)
-    for name, schema in MODEL_SCHEMAS.items():
-        cs.store(group="schemas", name=name, node=schema, replace=True)
-
-
-# Hydra's own flags that take a value (the next argument is not an override)
-_FLAGS_WITH_VALUE = {"--cfg", "-c", "--package", "-p", "--info", "-i", "--experimental-rerun"}
-_OTHER_CONFIG = {"--config-path", "-cp", "--config-name", "-cn", "--config-dir", "-cd"}
-
-
-def entry_point_groups(config_dir: Path) -> dict[str, list[str]]:
-    """The config groups each entry point composes (``train``, ``infer``: the groups of its defaults list)."""
-    import yaml
-
-    groups = {}
-    for name in ("train", "infer"):
-        defaults = yaml.safe_load((Path(config_dir) / f"{name}.yaml").read_text()).get("defaults", [])
-        groups[name] = [next(iter(d)) for d in defaults if isinstance(d, dict) and not next(iter(d)).startswith("over")]
-    return groups
-
-
-def _one_line(err: Exception, overrides: list[str], config_dir: Path, config_name: str) -> str:
-    """Hydra's several-line composition error as one line that names the setting and what is allowed."""
-    import re
-
-    text, cause = str(err), err.__cause__
-    missing_option = re.search(r"Could not find '([^']+)/([^']+)'", text)
-    if missing_option:
-        group, option = missing_option.groups()
-        options = re.findall(r"^\t(\S+)$", text, flags=re.M)
-        return f"{group}={option}: no such option in conf/{group}/; available: {', '.join(options)}"
-    key = re.search(r"Could not override '([^']+)'", text) or re.search(r"Error merging override ([^=\s]+)=", text)
-    key = key.group(1) if key else None
-    if key and "No match in the defaults list" in text:  # a group of the other entry point
-        groups = entry_point_groups(config_dir)
-        owner = next((f"; it is a group of {name}.py" for name, own in groups.items() if key in own), "")
-        own = ", ".join(groups[config_name])
-        return f"{key}: not a group of {config_name}.py{owner}; {config_name}.py's groups: {own}"
-    if key and cause is not None and type(cause).__name__ in ("ConfigKeyError", "ConfigAttributeError"):
-        parent, _, leaf = key.rpartition(".")
-        known = ""
-        try:
-            from hydra import compose, initialize_config_dir
-
-            with initialize_config_dir(str(config_dir)):
-                cfg = compose(config_name, overrides=[o for o in overrides if not o.split("=")[0].lstrip("+~") == key])
-            node = OmegaConf.select(cfg, parent) if parent else cfg
-            if node is not None and hasattr(node, "keys"):
-                known = f"; {parent or config_name} has: {', '.join(map(str, node.keys()))}"
-        except Exception:  # the list of keys is a courtesy; the line stands without it
-            pass
-        return f"{key}: no such setting{known} (every key is in conf/, with a comment)"
-    if key and cause is not None:
-        first = str(cause).strip().splitlines()[0]
-        value = next(
-            (o.split("=", 1)[1] for o in overrides if o.split("=", 1)[0].lstrip("+~") == key and "=" in o), None
-        )
-        return f"{key}={value}: {first}" if value is not None else f"{key}: {first}"
-    lines = [line.strip() for line in text.splitlines() if line.strip() and not line.startswith("To append")]
-    return "; ".join(lines)
-
-
-def check_command_line(config_dir: str | Path, config_name: str, argv: list[str]) -> None:
-    """Compose ``config_dir/config_name`` (the entry point's own ``conf/``) with the command line's overrides before
-    Hydra runs (the first value of each sweep), so a typo in a key, a group option or a fixed-choice value stops with
-    one ``error:`` line and exit code 2, like every other input error (Hydra itself prints several lines, suggests
-    ``+key=value`` and exits 1). ``hydra.*`` settings, Hydra's own flags and commands with another config are left to
-    Hydra."""
-    from hydra import compose, initialize_config_dir
-    from hydra.core.override_parser.overrides_parser import OverridesParser
-
-    from duelist.core.errors import DuelistError
-
-    args, skip = [], False
-    for arg in argv:
-        if skip:
-            skip = False
-        elif arg in _OTHER_CONFIG or arg.split("=")[0] in _OTHER_CONFIG:
-            return
-        elif arg.startswith("-"):
-            skip = arg in _FLAGS_WITH_VALUE
-        else:
-            args.append(arg)
-    try:
-        parsed = OverridesParser.create().parse_overrides(args)
-    except Exception:
-        return  # a syntax error: Hydra reports it with the position
-    overrides = []
-    for override in parsed:
-        if override.key_or_group.split("/")[0].split(".")[0] == "hydra":
-            continue
-        if override.is_sweep_override():
-            try:
-                overrides.append(f"{override.get_key_element()}={next(iter(override.sweep_string_iterator()))}")
-            except Exception:  # interval(...) and other sweeper-only syntax: the sweeper checks it
-                continue
-        else:
-            overrides.append(override.input_line)
-    try:
-        with initialize_config_dir(str(Path(config_dir).resolve())):
-            cfg = compose(config_name, overrides=overrides)
-    except Exception as err:
-        raise DuelistError(_one_line(err, overrides, Path(config_dir).resolve(), config_name)) from err
-    import dataclasses
-
-    for override in parsed:  # +key / ++key add keys to open maps (data.language_quota); a typed group has none to add
-        parent, _, leaf = override.key_or_group.rpartition(".")
-        if (override.is_add() or override.is_force_add()) and parent and parent.split(".")[0] != "hydra":
-            node = OmegaConf.select(cfg, parent)
-            schema = OmegaConf.get_type(node) if node is not None else None
-            if (
-                schema is not None
-                and dataclasses.is_dataclass(schema)
-                and leaf not in {f.name for f in dataclasses.fields(schema)}
-            ):
-                known = ", ".join(k for k in node.keys() if k != leaf)
-                raise DuelistError(
-                    f"{override.input_line}: {parent} has no setting {leaf} to add ({parent} has: {known}); "
-                    f"+ adds keys only to open maps such as data.language_quota"
-                )

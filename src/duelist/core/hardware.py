@@ -118,6 +118,19 @@ def require_vllm(what: str, instead: str) -> None:
         raise DuelistError(f"{what} needs a CUDA GPU; on this machine use {instead}")
 
 
+def plain_4bit_kernels(model: torch.nn.Module) -> int:
+    """Every 4-bit layer of ``model`` computes as it trains, on every CPU: its nf4 weights dequantized to the compute
+    dtype, then a plain matmul (what a GPU does for a batch). On a CPU with AVX-512 BF16, bitsandbytes instead repacks
+    a 4-bit layer the first time it runs without gradients and from then on computes it in bf16 with bf16 block scales,
+    whatever the compute dtype, in training too: the validation pass then scores another function than the one that
+    trains and that the merged export holds (a tiny Qwen3 reward model: merged vs adapters 9.5e-3 in p_a with it, 7e-7
+    without), and the result depends on the CPU. Returns the number of 4-bit layers."""
+    layers = [m for m in model.modules() if hasattr(m, "support_avx512bf16_for_cpu")]
+    for layer in layers:
+        layer.support_avx512bf16_for_cpu = False
+    return len(layers)
+
+
 def quantized_device_map(device: torch.device) -> dict[str, Any]:
     """Where bitsandbytes places a quantized model: all of it on ``device`` (a data-parallel worker's own GPU, not
     the current one, which is GPU 0 in every freshly spawned process)."""
@@ -127,17 +140,91 @@ def quantized_device_map(device: torch.device) -> dict[str, Any]:
 
 
 @dataclass(frozen=True)
-class Throughput:
-    """A machine the projections of ``footprint`` and ``plan`` time work on."""
+class Rate:
+    """The sustained speed of one device at one way of holding the weights."""
 
-    devices: int  # GPUs working on one job's rows (infer.py devices=[...])
-    flops: float  # sustained FLOP/s of one device in ``precision``
-    precision: str  # the dtype scoring runs in there
-    memory_gb: float  # memory of one device
-    source: str  # where ``flops`` comes from
+    flops: float  # FLOP/s of one device
+    source: str  # measured where and when, or assumed and why
+
+
+@dataclass(frozen=True)
+class Throughput:
+    """A machine the projections of ``footprint``, ``plan`` and ``infer.py hardware=`` time work on: its devices, the
+    memory of one, and one device's sustained rate for each ``quantization`` (none: 16-bit weights in ``precision``)."""
+
+    devices: int  # GPUs of the machine
+    precision: str  # the 16-bit dtype weights load in there (infer.py precision=auto: bf16 where the GPU has it)
+    memory_gb: float  # what one device holds for weights and activations
+    memory_source: str
+    rates: dict  # quantization (none | int8 | nf4) -> Rate
+
+    @property
+    def flops(self) -> float:
+        """One device's rate with 16-bit weights."""
+        return self.rates["none"].flops
+
+    @property
+    def source(self) -> str:
+        return self.rates["none"].source
+
+
+# bitsandbytes on a T4, 149M and 494M models (a public Kaggle T4 benchmark, 2026: "Your int8 quantization is 2.5x
+# slower than fp16", earino.github.io): LLM.int8 2.5x the fp16 latency, nf4 1.4-1.6x. Not measured on a 9B model yet:
+# the ratios below are assumptions until a GPU measures them (bench/footprint on a lent GPU).
+INT8_SHARE, NF4_SHARE = 0.4, 0.65
+QUANTIZED_SOURCE = (
+    "assumed: {share} x the 16-bit rate (bitsandbytes {kind} on a Kaggle T4, small models: a public benchmark; "
+    "not yet measured for this model size)"
+)
+
+
+def _rates(flops: float, source: str) -> dict[str, Rate]:
+    return {
+        "none": Rate(flops, source),
+        "int8": Rate(INT8_SHARE * flops, QUANTIZED_SOURCE.format(share=INT8_SHARE, kind="LLM.int8")),
+        "nf4": Rate(NF4_SHARE * flops, QUANTIZED_SOURCE.format(share=NF4_SHARE, kind="nf4")),
+    }
 
 
 THROUGHPUT = {
-    "t4x2": Throughput(2, 24e12, "fp16", 15.0, "Kaggle's 2×T4: fp16 sustained at the T4's 70 W cap (65 nominal)"),
-    "h100": Throughput(1, 790e12, "bf16", 80.0, "one H100: bf16 dense matmul as measured earlier (989 nominal)"),
+    "t4x2": Throughput(
+        2,
+        "fp16",
+        15.0,
+        "a T4's 16 GB less the CUDA context",
+        _rates(24e12, "Kaggle's 2xT4: fp16 dense matmul held to about 24 TFLOP/s by the T4's 70 W cap (65 nominal)"),
+    ),
+    "h100": Throughput(
+        1,
+        "bf16",
+        80.0,
+        "an H100's 80 GB",
+        _rates(790e12, "one H100: a plain bf16 matmul measured on a lent H100 in 2026-11 (989 nominal)"),
+    ),
 }
+
+
+@dataclass(frozen=True)
+class Placement:
+    """Where a model scores on a machine: one copy per device (data parallel: every device busy), its layers split over
+    the devices (``device_map``: one device busy at a time), or nowhere (it does not fit in memory)."""
+
+    busy: int  # devices computing at once; 0: does not fit
+    how: str
+    flops_per_s: float
+
+
+def placement(hw: Throughput, quantization: str, weights_gb: float, working_gb: float) -> Placement:
+    """How a model of ``weights_gb`` (at ``quantization``) that needs ``working_gb`` beside them for a batch runs on
+    ``hw``, and at which rate."""
+    rate = hw.rates[quantization].flops
+    held = f"{weights_gb:.1f} GB of weights ({quantization if quantization != 'none' else hw.precision})"
+    if weights_gb + working_gb <= hw.memory_gb:
+        return Placement(hw.devices, f"{held} fit one device: one copy per device ({hw.devices})", hw.devices * rate)
+    if hw.devices > 1 and weights_gb / hw.devices + working_gb <= hw.memory_gb:
+        return Placement(1, f"{held} split over {hw.devices} devices (device_map=auto): one busy at a time", rate)
+    return Placement(
+        0,
+        f"does not fit in memory: {held} + {working_gb:.1f} GB for a batch, {hw.devices} x {hw.memory_gb:.0f} GB",
+        0.0,
+    )

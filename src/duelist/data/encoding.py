@@ -28,7 +28,6 @@ from typing import Any, Optional, Sequence
 import numpy as np
 import pandas as pd
 
-from duelist.core.batching import Duo
 from duelist.core.errors import DuelistError
 from duelist.core.files import write_parquet
 from duelist.core.languages import CODES
@@ -258,8 +257,7 @@ class PairEncoder:
         self.frame = build_frame(tokenizer, template)
         ending = list(self.frame.suffix) + list(self.frame.special_tail)
         if ending and ending[-1] == tokenizer.pad_token_id:
-            # Hugging Face classifies from the rightmost non-pad token, vLLM from the last one: they must be the same
-            # token
+            # Hugging Face classifies from the rightmost non-pad token, vLLM from the last one: they must be one token
             raise DuelistError(
                 f"the {template} template of this tokenizer ends in its pad token (id {tokenizer.pad_token_id}): "
                 f"the classifier would read an earlier token; give the tokenizer a pad token of its own"
@@ -348,6 +346,19 @@ class PairEncoder:
 
 # ---- head=reward: each response with the prompt, as its own sequence ----------------------------------------------
 
+
+@dataclass(frozen=True, eq=False)
+class Duo:
+    """The two sequences of one pair for a reward head: prompt + response A, prompt + response B."""
+
+    a: Sequence[int]
+    b: Sequence[int]
+
+    def __len__(self) -> int:
+        """The padded tokens the two take in a batch: what sorting, token budgets and timing count."""
+        return 2 * max(len(self.a), len(self.b))
+
+
 PLAIN_TURN = "Prompt:\n{prompt}\n\nResponse:\n{response}"
 HINT_SLOT = "\x00HINT\x00"
 
@@ -405,10 +416,14 @@ class TurnFrame:
         return len(self.marker) + 2
 
 
-def build_turn_frame(tokenizer: Any, template: str, turns: int) -> TurnFrame:
+def build_turn_frame(tokenizer: Any, template: str, turns: int, reasoning: bool = False) -> TurnFrame:
     """The fixed text of a conversation of ``turns`` prompt/response turns: the tokenizer's chat template (user and
-    assistant messages, no generation prompt: what a reward model reads) or plain ``Prompt:``/``Response:`` markers."""
+    assistant messages, no generation prompt: what a reward model reads) or plain ``Prompt:``/``Response:`` markers.
+    ``reasoning``: the last answer holds a think block, written as the template writes one (a slot for the
+    reasoning before the last response's: :func:`think_rules`)."""
     slots = [HINT_SLOT] + [_slot(k, t) for t in range(turns) for k in ("P", "R")]
+    if reasoning:
+        slots.insert(len(slots) - 1, THINK_SLOT)
     if template == "chat":
         if not getattr(tokenizer, "chat_template", None):
             raise DuelistError("model.template=chat but the tokenizer has no chat template; use model.template=plain")
@@ -416,12 +431,14 @@ def build_turn_frame(tokenizer: Any, template: str, turns: int) -> TurnFrame:
         for t in range(turns):
             messages.append({"role": "user", "content": (HINT_SLOT if t == 0 else "") + _slot("P", t)})
             messages.append({"role": "assistant", "content": _slot("R", t)})
-        text = tokenizer.apply_chat_template(messages, tokenize=False)
-        head: tuple[int, ...] = ()
-        tail: tuple[int, ...] = ()
         strips = tuple(
             [(None, None)] + [_stripped(tokenizer, messages, i) for i in range(len(messages))]
         )  # slot 0 is the hint
+        if reasoning:
+            messages[-1]["content"] = THINK_OPEN + THINK_SLOT + THINK_CLOSE + messages[-1]["content"]
+        text = tokenizer.apply_chat_template(messages, tokenize=False)
+        head: tuple[int, ...] = ()
+        tail: tuple[int, ...] = ()
     elif template == "plain":
         text = HINT_SLOT + "\n\n".join(
             PLAIN_TURN.format(prompt=_slot("P", t), response=_slot("R", t)) for t in range(turns)
@@ -441,6 +458,48 @@ def build_turn_frame(tokenizer: Any, template: str, turns: int) -> TurnFrame:
         pieces.append(_ids(tokenizer, before))
     pieces.append(_ids(tokenizer, rest))
     return TurnFrame(tuple(pieces), head, tail, _ids(tokenizer, CUT_MARKER), strips)
+
+
+THINK_SLOT = "\x00THINK\x00"
+THINK_OPEN, THINK_CLOSE = "<think>\n", "\n</think>\n\n"  # a think block as Qwen3's chat template writes one
+
+
+@dataclass(frozen=True)
+class ThinkRules:
+    """How a chat template writes an answer that holds ``<think>...</think>``: Qwen3's moves the last answer's
+    reasoning into a think block of its own (``<think>\nREASONING\n</think>\n\nANSWER``) and drops the reasoning
+    of earlier answers; most templates write the text as it is (no rules)."""
+
+    last: bool  # the last answer's reasoning is rewritten into the template's think block
+    earlier: bool  # earlier answers keep only what follows </think>
+
+
+def think_rules(tokenizer: Any, template: str) -> Optional[ThinkRules]:
+    """The template's :class:`ThinkRules`, found by writing answers that hold a think block (None: it writes them as
+    they are, or a plain template)."""
+    if template != "chat" or not getattr(tokenizer, "chat_template", None):
+        return None
+    answer = "<think>REASONING</think>ANSWER"
+    one = tokenizer.apply_chat_template(
+        [{"role": "user", "content": "Q"}, {"role": "assistant", "content": answer}], tokenize=False
+    )
+    two = tokenizer.apply_chat_template(
+        [
+            {"role": "user", "content": "Q"},
+            {"role": "assistant", "content": answer},
+            {"role": "user", "content": "Q2"},
+            {"role": "assistant", "content": "A2"},
+        ],
+        tokenize=False,
+    )
+    rules = ThinkRules(last=answer not in one and "REASONING" in one, earlier="REASONING" not in two)
+    return rules if rules.last or rules.earlier else None
+
+
+def split_reasoning(text: str) -> tuple[str, str]:
+    """An answer's reasoning and what follows it, as Qwen3's chat template splits them at the last ``</think>``."""
+    reasoning = text.split("</think>")[0].rstrip("\n").split("<think>")[-1].lstrip("\n")
+    return reasoning.strip("\n"), text.split("</think>")[-1].lstrip("\n")
 
 
 def _stripped(tokenizer: Any, messages: list[dict[str, str]], i: int) -> tuple[Optional[str], Optional[str]]:
@@ -496,8 +555,9 @@ class ResponseEncoder:
         self.length_hint, self.language_tag = str(length_hint), bool(language_tag)
         if self.length_hint not in LENGTH_HINTS:
             raise ValueError(f"length_hint={length_hint!r}: one of {LENGTH_HINTS}")
-        self._frames: dict[int, TurnFrame] = {}
+        self._frames: dict[tuple[int, bool], TurnFrame] = {}
         self._hints: dict[str, tuple[int, ...]] = {}
+        self.think = think_rules(tokenizer, template)  # how the template writes an answer's <think> block
         frame = self.frame(1)
         ending = list(frame.pieces[-1]) + list(frame.special_tail)
         if ending and ending[-1] == tokenizer.pad_token_id:
@@ -527,10 +587,10 @@ class ResponseEncoder:
             bool(model_cfg.get("language_tag") or False),
         )
 
-    def frame(self, turns: int) -> TurnFrame:
-        if turns not in self._frames:
-            self._frames[turns] = build_turn_frame(self.tokenizer, self.template, turns)
-        return self._frames[turns]
+    def frame(self, turns: int, reasoning: bool = False) -> TurnFrame:
+        if (turns, reasoning) not in self._frames:
+            self._frames[turns, reasoning] = build_turn_frame(self.tokenizer, self.template, turns, reasoning)
+        return self._frames[turns, reasoning]
 
     def _hint_ids(self, own: int, other: int, language: Any = None) -> tuple[int, ...]:
         text = (language_tag(language) if self.language_tag else "") + response_length_hint(
@@ -541,29 +601,37 @@ class ResponseEncoder:
         return self._hints[text]
 
     def sequence(
-        self, prompts: Sequence[Sequence[int]], responses: Sequence[Sequence[int]], hint: Sequence[int]
+        self,
+        prompts: Sequence[Sequence[int]],
+        responses: Sequence[Sequence[int]],
+        hint: Sequence[int],
+        reasoning: Optional[Sequence[int]] = None,
     ) -> list[int]:
-        """One conversation's tokens: ``prompts[i]`` and ``responses[i]`` are turn i's token ids."""
-        frame = self.frame(len(prompts))
+        """One conversation's tokens: ``prompts[i]`` and ``responses[i]`` are turn i's token ids; ``reasoning``: the
+        last answer's think block, where the template gives it one (it shares the responses' budget)."""
+        frame = self.frame(len(prompts), reasoning is not None)
+        answers = [*responses[:-1], *([reasoning] if reasoning is not None else []), responses[-1]]
         available = self.max_length - frame.overhead - len(hint)
-        floors = [min(len(x), frame.min_part) for x in (*prompts, *responses)]
+        floors = [min(len(x), frame.min_part) for x in (*prompts, *answers)]
         if sum(floors) > available:  # too many turns for the budget: one turn of the joined texts fits (checked)
             gap = list(_ids(self.tokenizer, "\n\n"))
             joined = [
                 [t for i, part in enumerate(side) for t in (gap if i else []) + list(part)]
                 for side in (prompts, responses)
             ]
-            return self.sequence([joined[0]], [joined[1]], hint)
-        n_p, n_r = sum(map(len, prompts)), sum(map(len, responses))
+            return self.sequence([joined[0]], [joined[1]], hint, reasoning)
+        n_p, n_r = sum(map(len, prompts)), sum(map(len, answers))
         floor_p, floor_r = sum(floors[: len(prompts)]), sum(floors[len(prompts) :])
         bp = max(floor_p, min(n_p, self.prompt_max_tokens, available - floor_r))
         br = min(n_r, available - bp)
         bp = min(n_p, available - br)  # space the responses don't need goes back to the prompts
         cut_p = [cut(p, b, frame.marker) for p, b in zip(prompts, share([len(p) for p in prompts], bp, frame.min_part))]
-        cut_r = [
-            cut(r, b, frame.marker) for r, b in zip(responses, share([len(r) for r in responses], br, frame.min_part))
-        ]
-        parts = [list(hint)] + [part for pair in zip(cut_p, cut_r) for part in pair]
+        cut_r = [cut(r, b, frame.marker) for r, b in zip(answers, share([len(r) for r in answers], br, frame.min_part))]
+        parts = (
+            [list(hint)]
+            + [part for pair in zip(cut_p[:-1], cut_r) for part in pair]
+            + [cut_p[-1], *cut_r[len(cut_p) - 1 :]]
+        )
         body = [t for piece, part in zip(frame.pieces, parts) for t in (*piece, *part)] + list(frame.pieces[-1])
         return list(frame.special_head) + body + list(frame.special_tail)
 
@@ -582,18 +650,34 @@ class ResponseEncoder:
             responses = split_turns(own)
             turns = (prompts, responses) if len(prompts) == len(responses) > 1 else ([prompt], [own])
             hint = self._hint_ids(len(own), len(other), language)
+            answers, reasoning = self._thought_through(list(turns[1]))
             frame = self.frame(len(turns[0]))
             written = [
                 frame.as_template_writes(2 * t + 1 + k, text, opens=bool(t or k or not hint))
-                for t, pair in enumerate(zip(*turns))
+                for t, pair in enumerate(zip(turns[0], answers))
                 for k, text in enumerate(pair)
             ]  # a hint opens the first prompt's message: the template's left strip reaches the hint, not the prompt
-            out.append(self.sequence([ids(p) for p in written[0::2]], [ids(r) for r in written[1::2]], hint))
+            think = ids(reasoning) if reasoning is not None else None
+            out.append(self.sequence([ids(p) for p in written[0::2]], [ids(r) for r in written[1::2]], hint, think))
         return Duo(out[0], out[1])
+
+    def _thought_through(self, answers: list[str]) -> tuple[list[str], Optional[str]]:
+        """Answers that hold ``<think>...</think>`` as the chat template writes them (:class:`ThinkRules`): earlier
+        answers without their reasoning, the last one's reasoning apart (for the template's think block)."""
+        rules, reasoning = self.think, None
+        if rules is None:
+            return answers, None
+        for i, text in enumerate(answers):
+            last = i == len(answers) - 1
+            if "</think>" in text and (rules.last if last else rules.earlier):
+                thought, answers[i] = split_reasoning(text)
+                reasoning = thought if last else reasoning
+        return answers, reasoning
 
     def fingerprint(self) -> str:
         parts = [
             repr(self.frame(1)),
+            repr(self.think),
             str(self.max_length),
             str(self.prompt_max_tokens),
             self.template,
@@ -620,9 +704,3 @@ class ResponseEncoder:
             }
             write_parquet(cache_file, pd.DataFrame(table))
         return out
-
-
-def encoder_for_model(tokenizer: Any, model_cfg: Any) -> PairEncoder | ResponseEncoder:
-    """The encoder of ``model.head``: one sequence per pair (``pair``) or two (``reward``)."""
-    head = str(model_cfg.get("head") or "pair")
-    return (ResponseEncoder if head == "reward" else PairEncoder).for_model(tokenizer, model_cfg)

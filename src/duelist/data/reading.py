@@ -394,103 +394,18 @@ def canonicalize(
         raise DuelistError(f"{path}: the file has no rows")
     layout = detect_layout(raw.columns, path)
     df = LAYOUTS[layout][1](raw, seed).reset_index(drop=True)
-    if "id" not in df or df["id"].isna().all():
-        # ids unique across sources (the file's name and a digest of its texts as written: not of the A/B placement,
-        # which is seeded) and the same on every run
-        texts = raw[[c for c in ID_TEXTS if c in raw]].astype(str)
-        digest = hashlib.sha256(pd.util.hash_pandas_object(texts, index=False).to_numpy().tobytes()).hexdigest()[:8]
-        df["id"] = [f"{Path(path).stem}-{digest}-{i}" for i in range(len(df))]
-    missing = df["id"].isna().to_numpy()
-    if missing.any():
-        i = int(np.flatnonzero(missing)[0])
-        raise DuelistError(
-            f"{path}: row {i} has no id ({int(missing.sum())} row(s) in all); give every row an id, or leave the id "
-            "column out and duelist makes them"
-        )
-    df["id"] = [id_text(v) for v in df["id"]]
-    if "source" not in df:
-        df["source"] = Path(path).stem
+    df["id"] = _ids(df, raw, path)
     detect = "language" not in df  # a file without languages (the WSDM test file, extra data): detected below
-    df["language"] = (
-        "unknown" if detect else language_names(df["language"])
-    )  # one vocabulary: the WSDM names (da -> Danish)
-    for col in ("model_a", "model_b"):
-        if col not in df:
-            df[col] = None
-    # rows written by `infer.py task=pseudolabel` carry pseudo_label=True: they train but never validate
-    df["pseudo_label"] = df["pseudo_label"].fillna(False).astype(bool) if "pseudo_label" in df else False
-    # rows written by `infer.py task=translate` carry translated=True and the id of the row they translate: they train
-    # but never validate
-    df["translated"] = df["translated"].fillna(False).astype(bool) if "translated" in df else False
-    for col in ("source_id", "source_pair", "source_prompt"):  # a translation's source (see data.pairs)
-        df[col] = [None if is_null(x) else id_text(x) for x in df[col]] if col in df else None
-
+    df = _provenance(df, path)
     bad: list[tuple[int, str]] = []
-    empty: dict[str, int] = {}
-    for col in TEXT_COLUMNS:
-        df[col], empty[col] = _texts(df[col], col, bad)
-        if col != "prompt" and empty[col] == len(df):
-            raise DuelistError(
-                f"{path}: column {col} is null or empty on every row; is this the right file (or the right column)?"
-            )
-    if any(empty.values()):
-        counts = ", ".join(f"{n} {col}" for col, n in empty.items() if n)
-        log.info("%s: empty texts kept as data (%s): a model that answered nothing is a response", path, counts)
-
+    _read_texts(df, path, bad)
     if labelled:
-        if "winner" not in df and "p_a" not in df:
-            raise DuelistError(
-                f"{path}: no labels: expected a 'winner' column (model_a/model_b/tie) or a soft label 'p_a'"
-            )
-        if "winner" not in df:
-            df["winner"] = None
-        p_a = []
-        for i, (winner, soft) in enumerate(zip(df["winner"], df["p_a"] if "p_a" in df else [None] * len(df))):
-            if soft is not None and not (isinstance(soft, float) and math.isnan(soft)):
-                if not isinstance(soft, (int, float, np.number)) or not 0.0 <= float(soft) <= 1.0:
-                    bad.append((i, f"p_a={soft!r} is not a probability in [0, 1]"))
-                    p_a.append(math.nan)
-                else:
-                    p_a.append(float(soft))
-            elif isinstance(winner, str) and winner in WINNERS:
-                p_a.append(WINNERS[winner])
-            else:
-                bad.append((i, f"winner={winner!r} is not one of model_a, model_b, tie"))
-                p_a.append(math.nan)
-        df["p_a"] = p_a
-        df["winner"] = [w if isinstance(w, str) and w in WINNERS else None for w in df["winner"]]
+        _read_labels(df, path, bad)
     else:
-        df["winner"] = None
-        df["p_a"] = math.nan
-
-    dup = df["id"].duplicated(keep=False)
-    if dup.any():
-        first = df.loc[dup, "id"].iloc[0]
-        rows = list(np.flatnonzero(df["id"].to_numpy() == first)[:2])
-        raise DuelistError(f"{path}: duplicate id {first} (rows {rows[0]} and {rows[1]}); ids must be unique")
-
+        df["winner"], df["p_a"] = None, math.nan
+    _refuse_duplicate_ids(df, path)
     if bad:
-        if on_bad_rows == "fail":
-            i, what = bad[0]
-            fix = (
-                "fix the file or set data.on_bad_rows=drop to skip such rows"
-                if labelled
-                else "fix the file: every test row is scored"
-            )
-            raise DuelistError(
-                f"{path}: row {i} (id={df['id'].iloc[i]}): {what}; {len(bad)} bad value(s) in all ({fix})"
-            )
-        drop = sorted({i for i, _ in bad})
-        log.warning(
-            "%s: dropped %d of %d rows with bad values (first: row %d, %s)",
-            path,
-            len(drop),
-            len(df),
-            bad[0][0],
-            bad[0][1],
-        )
-        df = df.drop(index=drop).reset_index(drop=True)
-
+        df = _drop_bad_rows(df, path, bad, on_bad_rows, labelled)
     if labelled and ties == "drop":
         n_ties = int((df["p_a"] == 0.5).sum())
         if n_ties:
@@ -510,6 +425,104 @@ def canonicalize(
             ", ".join(f"{k} {v:.0%}" for k, v in shares.items()),
         )
     return df[CANONICAL_COLUMNS]
+
+
+def _ids(df: pd.DataFrame, raw: pd.DataFrame, path: str) -> list[str]:
+    """The rows' ids as text; a file without ids gets ids unique across sources (the file's name and a digest of its
+    texts as written: not of the A/B placement, which is seeded) and the same on every run."""
+    if "id" not in df or df["id"].isna().all():
+        texts = raw[[c for c in ID_TEXTS if c in raw]].astype(str)
+        digest = hashlib.sha256(pd.util.hash_pandas_object(texts, index=False).to_numpy().tobytes()).hexdigest()[:8]
+        return [f"{Path(path).stem}-{digest}-{i}" for i in range(len(df))]
+    missing = df["id"].isna().to_numpy()
+    if missing.any():
+        i = int(np.flatnonzero(missing)[0])
+        raise DuelistError(
+            f"{path}: row {i} has no id ({int(missing.sum())} row(s) in all); give every row an id, or leave the id "
+            "column out and duelist makes them"
+        )
+    return [id_text(v) for v in df["id"]]
+
+
+def _provenance(df: pd.DataFrame, path: str) -> pd.DataFrame:
+    """Where each row comes from: its source (the file's name unless given), language in the WSDM names (da ->
+    Danish; "unknown" until detected), the models, and the marks of rows duelist wrote: pseudo-labelled rows
+    (``infer.py task=pseudolabel``) and translations with the row they translate (``task=translate``) train but never
+    validate."""
+    if "source" not in df:
+        df["source"] = Path(path).stem
+    df["language"] = language_names(df["language"]) if "language" in df else "unknown"
+    for col in ("model_a", "model_b"):
+        if col not in df:
+            df[col] = None
+    for mark in ("pseudo_label", "translated"):
+        df[mark] = df[mark].fillna(False).astype(bool) if mark in df else False
+    for col in ("source_id", "source_pair", "source_prompt"):  # a translation's source (see data.pairs)
+        df[col] = [None if is_null(x) else id_text(x) for x in df[col]] if col in df else None
+    return df
+
+
+def _read_texts(df: pd.DataFrame, path: str, bad: list[tuple[int, str]]) -> None:
+    """The three text columns as read (:func:`_texts`): empty texts are data and kept; a column empty on every row is
+    the wrong file or column."""
+    empty: dict[str, int] = {}
+    for col in TEXT_COLUMNS:
+        df[col], empty[col] = _texts(df[col], col, bad)
+        if col != "prompt" and empty[col] == len(df):
+            raise DuelistError(
+                f"{path}: column {col} is null or empty on every row; is this the right file (or the right column)?"
+            )
+    if any(empty.values()):
+        counts = ", ".join(f"{n} {col}" for col, n in empty.items() if n)
+        log.info("%s: empty texts kept as data (%s): a model that answered nothing is a response", path, counts)
+
+
+def _read_labels(df: pd.DataFrame, path: str, bad: list[tuple[int, str]]) -> None:
+    """``p_a`` from a soft label in [0, 1] where given, else from ``winner`` (model_a/model_b/tie)."""
+    if "winner" not in df and "p_a" not in df:
+        raise DuelistError(f"{path}: no labels: expected a 'winner' column (model_a/model_b/tie) or a soft label 'p_a'")
+    if "winner" not in df:
+        df["winner"] = None
+    p_a = []
+    for i, (winner, soft) in enumerate(zip(df["winner"], df["p_a"] if "p_a" in df else [None] * len(df))):
+        if soft is not None and not (isinstance(soft, float) and math.isnan(soft)):
+            if not isinstance(soft, (int, float, np.number)) or not 0.0 <= float(soft) <= 1.0:
+                bad.append((i, f"p_a={soft!r} is not a probability in [0, 1]"))
+                p_a.append(math.nan)
+            else:
+                p_a.append(float(soft))
+        elif isinstance(winner, str) and winner in WINNERS:
+            p_a.append(WINNERS[winner])
+        else:
+            bad.append((i, f"winner={winner!r} is not one of model_a, model_b, tie"))
+            p_a.append(math.nan)
+    df["p_a"] = p_a
+    df["winner"] = [w if isinstance(w, str) and w in WINNERS else None for w in df["winner"]]
+
+
+def _refuse_duplicate_ids(df: pd.DataFrame, path: str) -> None:
+    dup = df["id"].duplicated(keep=False)
+    if dup.any():
+        first = df.loc[dup, "id"].iloc[0]
+        rows = list(np.flatnonzero(df["id"].to_numpy() == first)[:2])
+        raise DuelistError(f"{path}: duplicate id {first} (rows {rows[0]} and {rows[1]}); ids must be unique")
+
+
+def _drop_bad_rows(
+    df: pd.DataFrame, path: str, bad: list[tuple[int, str]], on_bad_rows: str, labelled: bool
+) -> pd.DataFrame:
+    """``on_bad_rows``: fail at the first bad row (named, with what to do), or drop them all (counted)."""
+    if on_bad_rows == "fail":
+        i, what = bad[0]
+        fix = (
+            "fix the file or set data.on_bad_rows=drop to skip such rows"
+            if labelled
+            else "fix the file: every test row is scored"
+        )
+        raise DuelistError(f"{path}: row {i} (id={df['id'].iloc[i]}): {what}; {len(bad)} bad value(s) in all ({fix})")
+    drop = sorted({i for i, _ in bad})
+    log.warning("%s: dropped %d of %d rows with bad values (first: row %d, %s)", path, len(drop), len(df), *bad[0])
+    return df.drop(index=drop).reset_index(drop=True)
 
 
 def as_list(paths: Any) -> list[str]:

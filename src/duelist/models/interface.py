@@ -36,7 +36,7 @@ class Fitted:
 
 
 class Trial(Protocol):
-    """The sweep trial a training job runs as (an Optuna trial: :class:`duelist.tools.sweeper.SweepTrial`): it is told
+    """The sweep trial a training job runs as (an Optuna trial: :class:`duelist.sweeps.sweeper.SweepTrial`): it is told
     the validation metric at every evaluation and says whether to stop there."""
 
     def should_stop(self, step: int, value: float) -> bool:
@@ -96,6 +96,7 @@ class Scorer(Protocol):
 
 class ModelKind(Protocol):
     name: str  # network | trees
+    timed_by_flops: bool  # its scoring time is projected from counted FLOPs (plan, infer.py hardware=): a network
     unused: tuple[str, ...]  # config keys (or prefixes ending in ".") this kind never reads: they may change freely
 
     def check(self, cfg: DictConfig) -> None:

@@ -7,8 +7,9 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from omegaconf import OmegaConf
 
-from duelist.core.config import model_schema
+from duelist.core.config import NetworkModelConfig, TreesArch, TreesModelConfig
 from duelist.models.interface import ModelKind, Scorer
 from duelist.models.network import NetworkKind
 from duelist.models.trees import TreesKind
@@ -18,8 +19,12 @@ KINDS: dict[str, ModelKind] = {"network": NetworkKind(), "trees": TreesKind()}
 
 
 def kind_of(model_cfg: Any) -> ModelKind:
-    """The kind of a ``model`` config (composed, or saved in a run dir)."""
-    return KINDS[model_schema(model_cfg)]
+    """The kind of a ``model`` config: a composed one knows its schema (each model file names it); a saved one is told
+    by its ``arch``."""
+    typed = OmegaConf.get_type(model_cfg) if OmegaConf.is_config(model_cfg) else None
+    if typed in (NetworkModelConfig, TreesModelConfig):
+        return KINDS["trees" if typed is TreesModelConfig else "network"]
+    return KINDS["trees" if str(model_cfg.get("arch")) == TreesArch.features.value else "network"]
 
 
 def run_kind(run: RunDir) -> ModelKind:

@@ -17,8 +17,8 @@ from duelist.core.errors import DuelistError
 from duelist.core.files import atomic_dir
 from duelist.core.hardware import autocast_dtype, check_8bit_optimizer, half_weights, pick_device
 from duelist.core.metrics import compute_metrics
-from duelist.data.encoding import encoder_for_model
 from duelist.data.splits import load_train_valid
+from duelist.models.heads import head_of
 from duelist.models.network_build import check_model_config, is_zero_shot, merge_adapters, save_checkpoint
 from duelist.models.network_scoring import network_scorer, predict_p_a
 from duelist.models.network_training import NetworkTraining
@@ -33,6 +33,7 @@ class NetworkKind:
     """Every model but ``model=features``."""
 
     name = "network"
+    timed_by_flops = True  # forward FLOPs on a GPU: plan and infer.py hardware= project its time
     unused: tuple[str, ...] = ()
 
     def check(self, cfg: DictConfig) -> None:
@@ -44,11 +45,6 @@ class NetworkKind:
                 f"trainer.save_every={t.save_every}, trainer.keep_states={t.keep_states}: save_every must be >= 0 "
                 f"(0 = never), keep_states >= 1"
             )
-        if cfg.augment.swap and cfg.model.head == "reward":
-            raise DuelistError(
-                "augment=swap with model.head=reward: a swapped pair is the same two sequences with the label flipped, "
-                "the same loss at twice the cost (the reward head is swap-symmetric); drop augment=swap"
-            )
         if cfg.augment.same_batch and not cfg.augment.swap:
             raise DuelistError("augment.same_batch=true needs augment.swap=true")
         if cfg.augment.same_batch and t.batch_size < 2:
@@ -57,11 +53,7 @@ class NetworkKind:
             check_8bit_optimizer(t.device)
         if t.epochs < 0:
             raise DuelistError(f"trainer.epochs={t.epochs}: must be >= 0 (0: a reward model's zero-shot run)")
-        if is_zero_shot(cfg) and (cfg.model.head != "reward" or cfg.model.init != "pretrained"):
-            raise DuelistError(
-                "trainer.epochs=0 is a zero-shot run: a pretrained reward model scores with its own head. Use "
-                "model.head=reward with a reward model (e.g. model=skywork_reward_v2_qwen3_8b), or trainer.epochs > 0"
-            )
+        head_of(cfg.model).check(cfg, is_zero_shot(cfg))
         if not cfg.distillation.temperature > 0:
             raise DuelistError(f"distillation.temperature={cfg.distillation.temperature}: must be > 0")
         check_model_config(cfg.model, cfg.lora, pick_device(t.device, "trainer.device"))
@@ -89,11 +81,12 @@ class NetworkKind:
                 f"(the data files changed since training); export where the run's training data is as it was"
             )
         valid = valid.set_index("id").loc[oof["id"]].reset_index()  # oof.parquet's row order
-        ids = encoder_for_model(built.tokenizer, cfg.model).encode(valid, cfg.cache_dir, desc="tokenize valid")
+        head = head_of(cfg.model)
+        ids = head.encoder(built.tokenizer, cfg.model).encode(valid, cfg.cache_dir, desc="tokenize valid")
         weights = next(built.model.parameters()).dtype
         amp = autocast_dtype(cfg.trainer.precision, device, half_weights(built.model))
         pad_id, batch = built.tokenizer.pad_token_id, cfg.trainer.eval_batch_size
-        p_a = predict_p_a(built.model, ids, pad_id, batch, device, amp, desc="re-score valid (merged)")
+        p_a = predict_p_a(built.model, head, ids, pad_id, batch, device, amp, desc="re-score valid (merged)")
         moved = float(np.abs(p_a - oof["p_a"].to_numpy()).max())
         log.info(
             "merged model re-scored %d validation rows: max |p_a(merged) - p_a(adapters)| = %.2e", len(valid), moved

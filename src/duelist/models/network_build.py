@@ -32,10 +32,12 @@ from duelist.core.files import atomic_dir, resolve_path
 from duelist.core.hardware import (
     bnb_device_ok,
     check_quantization,
+    plain_4bit_kernels,
     quantized_device_map,
     require_bitsandbytes,
     torch_dtype,
 )
+from duelist.models.heads import head_of
 from duelist.runs.run_dir import CONFIG, RunDir
 
 log = logging.getLogger(__name__)
@@ -43,18 +45,6 @@ log = logging.getLogger(__name__)
 logging.getLogger("transformers.tokenization_utils_base").setLevel(logging.ERROR)
 
 HEAD_NAMES = ("classifier", "score")  # names of the sequence-classification heads in HF models
-
-
-def num_labels(model_cfg: Any) -> int:
-    """Outputs of the head: 2 for ``model.head=pair`` (A wins, B wins), 1 for ``reward`` (a reward per sequence)."""
-    return 1 if str(model_cfg.get("head") or "pair") == "reward" else 2
-
-
-def pair_logits(logits: torch.Tensor) -> torch.Tensor:
-    """Two logits per pair, whose softmax is ``[P(A wins), P(B wins)]``: a pair head's as they are; a reward head's
-    ``[r_a, r_b]`` (its batch holds two rows per pair, A then B: :func:`duelist.core.batching.pad`), so the softmax is
-    ``sigmoid(r_a - r_b)``, Bradley-Terry."""
-    return logits.reshape(-1, 2) if logits.shape[-1] == 1 else logits
 
 
 def is_zero_shot(cfg: Any) -> bool:
@@ -280,7 +270,7 @@ def _random_model(model_cfg: Any, tokenizer: Any, dtype: torch.dtype, seed: int)
         model_cfg.arch,
         **{
             "vocab_size": len(tokenizer),
-            "num_labels": num_labels(model_cfg),
+            "num_labels": head_of(model_cfg).outputs,
             "pad_token_id": tokenizer.pad_token_id,
             **extra,
         },
@@ -302,7 +292,7 @@ def build_base(
     device_map: Optional[str] = None,
     require_head: bool = False,
 ) -> torch.nn.Module:
-    """The sequence-classification model (2 labels, or 1 with ``model.head=reward``) without adapters.
+    """The sequence-classification model (its head's outputs: :mod:`duelist.models.heads`) without adapters.
 
     ``weights``: a folder of saved base weights (a random-init checkpoint's base/); ``quantization``: int8 | nf4
     loading for inference (QLoRA runs load nf4 anyway); quantized weights are placed on ``device`` as they load;
@@ -323,7 +313,7 @@ def build_base(
         return apply_pooling(model, model_cfg)
     extra = config_extras(model_cfg)
     source = weights or resolve_path(model_cfg.name_or_path)
-    labels = num_labels(model_cfg)
+    labels = head_of(model_cfg).outputs
     try:
         with quiet_load_report():  # "classifier MISSING": the 2-label head is new by design (or comes from the adapter)
             model, info = AutoModelForSequenceClassification.from_pretrained(
@@ -341,6 +331,7 @@ def build_base(
             )
     except Exception as err:
         raise _load_error("name_or_path", model_cfg.name_or_path, err) from err
+    plain_4bit_kernels(model)
     fresh = [k for k in [*info["missing_keys"], *(m[0] for m in info.get("mismatched_keys", []))] if _is_head(k)]
     if weights is None and model_cfg.init == "pretrained":
         if fresh and require_head:
@@ -537,6 +528,51 @@ def save_checkpoint(
             model.save_pretrained(tmp / "model", safe_serialization=True, state_dict=state_dict)
 
 
+@dataclass
+class Loading:
+    """How :func:`load_checkpoint` rebuilds a run's model: its checkpoint's parts and the loading options."""
+
+    ckpt: Path
+    cfg: DictConfig
+    device: torch.device
+    dtype: torch.dtype
+    dequantize: bool  # a QLoRA run's 4-bit base as 16/32-bit numbers (to merge the adapters into it)
+    quantization: str  # none | int8 | nf4: the weights quantized for inference
+    device_map: Optional[str]  # auto | balanced: the layers split over the GPUs
+
+    @property
+    def qlora(self) -> bool:
+        return bool(self.cfg.lora.enabled and self.cfg.lora.qlora)
+
+    def base(
+        self, tokenizer: Any, weights: Optional[str] = None, require_head: bool = False, fp32_head: bool = False
+    ) -> torch.nn.Module:
+        """The base network as the run trained over it: its 4-bit layers as they were (with their other parameters in
+        fp32, as training had them) or dequantized. ``fp32_head``: the head as it trained (make_trainable_fp32), for
+        the saved copy to load into."""
+        model = build_base(
+            self.cfg.model,
+            self.cfg.lora,
+            tokenizer,
+            self.dtype,
+            0,
+            self.device,
+            weights=weights,
+            quantization=self.quantization,
+            device_map=self.device_map,
+            require_head=require_head,
+        )
+        for name in HEAD_NAMES if fp32_head else ():
+            if isinstance(getattr(model, name, None), torch.nn.Module):
+                getattr(model, name).float()
+        if self.qlora and self.dequantize:
+            with quiet_load_report():
+                return model.dequantize().to(self.dtype)  # the NF4-rounded weights the adapters learnt against
+        if self.qlora:
+            upcast_unquantized(model)
+        return model
+
+
 def load_checkpoint(
     run_dir: str | Path,
     device: torch.device,
@@ -552,89 +588,67 @@ def load_checkpoint(
     ``device_map`` (auto | balanced) splits the layers over the GPUs."""
     check_quantization(quantization, device)
     run = RunDir(run_dir).require_checkpoint()
-    ckpt = run.checkpoint
     cfg = run.read_checkpoint_config()
+    saved = _saved_parts(run, cfg)
+    lora = OmegaConf.merge(cfg.lora, {"qlora": False}) if dequantize and cfg.lora.qlora else cfg.lora
+    if dequantize and cfg.lora.enabled and cfg.lora.qlora:
+        # quantizing once to reproduce the NF4 rounding works on any device (bitsandbytes has CPU kernels)
+        require_bitsandbytes("merging a QLoRA run (it reproduces the 4-bit base)")
+    check_model_config(cfg.model, lora, device)
+    tokenizer = load_tokenizer(str(run.checkpoint / "tokenizer"), what="tokenizer")
+    dtype = torch_dtype(dtype_name if dtype_name != "auto" else cfg.model.dtype, device)
+    how = Loading(run.checkpoint, cfg, device, dtype, dequantize, quantization, device_map)
+    if saved == "zero-shot":  # the base at name_or_path must still be the reward model that scored the OOF
+        model = how.base(tokenizer, require_head=True)
+    elif saved == "adapter":
+        model = _with_adapters(how, tokenizer)
+    else:
+        model = _full_weights(how)
+    if not (how.qlora and not dequantize) and quantization == "none" and device_map is None:
+        model.to(device)  # quantized or split weights were placed as they loaded
+    model.eval()
+    return Built(model, tokenizer, zero_shot=saved == "zero-shot"), cfg
+
+
+def _saved_parts(run: RunDir, cfg: DictConfig) -> str:
+    """What the checkpoint holds: ``adapter`` (LoRA adapters and the head), ``model`` (full weights) or ``zero-shot``
+    (nothing but the config and tokenizer: the base's own weights); one line when it is incomplete."""
+    ckpt = run.checkpoint
     if "model" not in cfg or "lora" not in cfg:
         raise DuelistError(f"{run.checkpoint_config_file}: not a duelist run config (no model/lora section)")
     has_adapter, has_full = (ckpt / "adapter").is_dir(), (ckpt / "model").is_dir()
     zero_shot = is_zero_shot(cfg) and not (has_adapter or has_full)
     if not (has_adapter or has_full or zero_shot) or not (ckpt / "tokenizer").is_dir():
         raise DuelistError(f"{ckpt}: incomplete checkpoint (needs tokenizer/ and adapter/ or model/)")
-    qlora = bool(cfg.lora.enabled and cfg.lora.qlora)
-    if dequantize and qlora:
-        # quantizing once to reproduce the NF4 rounding works on any device (bitsandbytes has CPU kernels)
-        require_bitsandbytes("merging a QLoRA run (it reproduces the 4-bit base)")
-        check_model_config(cfg.model, OmegaConf.merge(cfg.lora, {"qlora": False}), device)
-    else:
-        check_model_config(cfg.model, cfg.lora, device)
-    tokenizer = load_tokenizer(str(ckpt / "tokenizer"), what="tokenizer")
-    dtype = torch_dtype(dtype_name if dtype_name != "auto" else cfg.model.dtype, device)
-    if zero_shot:
-        model = build_base(  # the base at name_or_path must still be the reward model that scored the OOF
-            cfg.model,
-            cfg.lora,
-            tokenizer,
-            dtype,
-            0,
-            device,
-            quantization=quantization,
-            device_map=device_map,
-            require_head=True,
-        )
-        if qlora and dequantize:
-            with quiet_load_report():
-                model = model.dequantize().to(dtype)
-        elif qlora:
-            upcast_unquantized(model)
-    elif has_adapter:
-        from peft import PeftModel
+    if has_adapter and cfg.model.init == "random" and not (ckpt / "base").is_dir():
+        raise DuelistError(f"{ckpt}: random-init model without base/ weights; cannot rebuild")
+    return "adapter" if has_adapter else "model" if has_full else "zero-shot"
 
-        if cfg.model.init == "random" and not (ckpt / "base").is_dir():
-            raise DuelistError(f"{ckpt}: random-init model without base/ weights; cannot rebuild")
-        weights = str(ckpt / "base") if cfg.model.init == "random" else None
-        base = build_base(
-            cfg.model,
-            cfg.lora,
-            tokenizer,
-            dtype,
-            0,
-            device,
-            weights=weights,
-            quantization=quantization,
-            device_map=device_map,
-        )
-        for (
-            name
-        ) in HEAD_NAMES:  # the head trained in fp32 (make_trainable_fp32): its saved copy is loaded into fp32 too
-            if isinstance(getattr(base, name, None), torch.nn.Module):
-                getattr(base, name).float()
-        if qlora and dequantize:
-            with quiet_load_report():
-                base = base.dequantize().to(
-                    dtype
-                )  # the 4-bit weights as 16/32-bit numbers: what the adapters learnt against
-        elif qlora:
-            upcast_unquantized(base)
-        model = PeftModel.from_pretrained(base, str(ckpt / "adapter"))
-    else:
-        from transformers import AutoModelForSequenceClassification
 
-        quant = _quantization(cfg.lora, quantization, compute=dtype)
-        with quiet_load_report():  # a mean-pooled run saved no [CLS] pooler: "pooler MISSING" is by design
-            model = apply_pooling(
-                AutoModelForSequenceClassification.from_pretrained(
-                    str(ckpt / "model"),
-                    dtype=dtype,
-                    attn_implementation=attention(cfg.model),
-                    quantization_config=quant,
-                    device_map=device_map or (quantized_device_map(device) if quant else None),
-                ),
-                cfg.model,
-            )
-    if not (qlora and not dequantize) and quantization == "none" and device_map is None:
-        model.to(device)  # quantized or split weights were placed as they loaded
-    model.eval()
-    return Built(model, tokenizer, zero_shot=zero_shot), cfg
+def _with_adapters(how: Loading, tokenizer: Any) -> torch.nn.Module:
+    """The base (pretrained, or a random init's saved base/) with the run's adapters and trained head on it."""
+    from peft import PeftModel
+
+    weights = str(how.ckpt / "base") if how.cfg.model.init == "random" else None
+    base = how.base(tokenizer, weights=weights, fp32_head=True)
+    return PeftModel.from_pretrained(base, str(how.ckpt / "adapter"))
+
+
+def _full_weights(how: Loading) -> torch.nn.Module:
+    """Every weight from checkpoint/model (full fine-tuning, or a merged export)."""
+    from transformers import AutoModelForSequenceClassification
+
+    quant = _quantization(how.cfg.lora, how.quantization, compute=how.dtype)
+    with quiet_load_report():  # a mean-pooled run saved no [CLS] pooler: "pooler MISSING" is by design
+        model = AutoModelForSequenceClassification.from_pretrained(
+            str(how.ckpt / "model"),
+            dtype=how.dtype,
+            attn_implementation=attention(how.cfg.model),
+            quantization_config=quant,
+            device_map=how.device_map or (quantized_device_map(how.device) if quant else None),
+        )
+    plain_4bit_kernels(model)
+    return apply_pooling(model, how.cfg.model)
 
 
 def merge_adapters(run_dir: str | Path, device: torch.device, dtype_name: str = "auto") -> tuple[Built, DictConfig]:

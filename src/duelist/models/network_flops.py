@@ -24,13 +24,17 @@ def local_weights(model_cfg: Any) -> Optional[str]:
 
 
 def hf_config(cfg: Any) -> Any:
-    """The Hugging Face config the model file describes (the depth as composed)."""
+    """The Hugging Face config the model file describes (the depth as composed): a random-init shape's, the config of
+    weights on this machine, or, for weights that are not, that of the model file ``model.shape`` names (the same
+    network with random weights); nothing is downloaded."""
     from transformers import AutoConfig
 
     from duelist.models.network_build import attention, config_extras, load_tokenizer
 
-    tokenizer = load_tokenizer(cfg.model.name_or_path)
     folder = local_weights(cfg.model)
+    if cfg.model.init == "pretrained" and not folder:
+        return hf_config(shape_twin(cfg.model))
+    tokenizer = load_tokenizer(cfg.model.name_or_path)
     if folder:
         config = AutoConfig.from_pretrained(folder, num_labels=2, **config_extras(cfg.model))
     else:
@@ -38,6 +42,20 @@ def hf_config(cfg: Any) -> Any:
         config = AutoConfig.for_model(cfg.model.arch, **{**extra, **config_extras(cfg.model)})
     config._attn_implementation = attention(cfg.model)
     return config
+
+
+def shape_twin(model_cfg: Any) -> Any:
+    """train.py's config for the model file ``model.shape`` names: this network's shape with random weights, for
+    counting without its weights; one line when there is none."""
+    from duelist.core.hydra_setup import compose_train
+
+    if not model_cfg.get("shape"):
+        raise DuelistError(
+            f"model={model_cfg.name}: its weights ({model_cfg.name_or_path}) are not on this machine and model.shape "
+            "names no model file of its shape; download them (hf download ... --local-dir DIR, model.name_or_path=DIR) "
+            "or set model.shape to a random-init model file of the same shape"
+        )
+    return compose_train([f"model={model_cfg.shape}"])
 
 
 def counted_flops(cfg: Any, lengths: Sequence[int], config: Any = None) -> list[int]:
@@ -88,23 +106,24 @@ def row_flops(curve: dict[str, float], lengths: np.ndarray) -> np.ndarray:
 
 
 def row_lengths(run_dir: Path, test: Any, cache_dir: Optional[str] = None) -> tuple[np.ndarray, Any]:
-    """Tokens per row as the run scores them (a reward head: the two sequences' lengths, one column each), and the
-    run's saved config."""
-    from duelist.core.batching import Duo
-    from duelist.data.encoding import encoder_for_model
+    """Tokens of each row's sequences as the run scores them (rows x its head's sequences per pair), and the run's
+    saved config."""
+    from duelist.models.heads import head_of
     from duelist.models.network_build import load_tokenizer
     from duelist.runs.run_dir import RunDir
 
     run = RunDir(run_dir).require_checkpoint()
     cfg = run.read_checkpoint_config()
     tokenizer = load_tokenizer(str(run.checkpoint / "tokenizer"), what="tokenizer")
-    encoded = encoder_for_model(tokenizer, cfg.model).encode(test, cache_dir, desc=f"tokenize {shown(run_dir)}")
-    return np.array([[len(s.a), len(s.b)] if isinstance(s, Duo) else len(s) for s in encoded]), cfg
+    head = head_of(cfg.model)
+    encoded = head.encoder(tokenizer, cfg.model).encode(test, cache_dir, desc=f"tokenize {shown(run_dir)}")
+    return head.sequence_tokens(encoded), cfg
 
 
 def base_config(run_dir: Path, cfg: Any) -> Any:
-    """The Hugging Face config of the run's network at full depth: a merged model's own, a random-init shape's, or
-    the base model's (from a local folder or the Hugging Face cache; nothing is downloaded)."""
+    """The Hugging Face config of the run's network at full depth: a merged model's own, a random-init shape's, the
+    base model's (from a local folder or the Hugging Face cache), or its ``model.shape`` twin's; nothing is
+    downloaded."""
     from transformers import AutoConfig
 
     from duelist.core.files import resolve_path
@@ -116,21 +135,68 @@ def base_config(run_dir: Path, cfg: Any) -> Any:
         return hf_config(cfg)
     try:
         return AutoConfig.from_pretrained(resolve_path(cfg.model.name_or_path), local_files_only=True, num_labels=2)
-    except OSError as err:
-        raise DuelistError(
-            f"{shown(run_dir)}: the config of its base {cfg.model.name_or_path} is not on this machine; plan on the "
-            "machine that trained it (the Hugging Face cache has it), or on the merged export (python -m duelist "
-            "export)"
-        ) from err
+    except OSError:
+        return hf_config(shape_twin(cfg.model))
 
 
 def projected_seconds(
     run_dir: Path, test: Any, flops_per_s: float, tta: str, cache_dir: Optional[str] = None
 ) -> tuple[float, int]:
     """Seconds a run's forward passes over ``test`` take at a sustained ``flops_per_s`` (its rows as it encodes them,
-    its counted FLOP curve; swap-TTA doubles a pair head's work, a reward head's is symmetric), and the real tokens
-    they read: what ``python -m duelist plan`` prints, and ``infer.py``'s first estimate of speed."""
+    its counted FLOP curve, the passes its head makes with ``tta``), and the real tokens they read: what ``python -m
+    duelist plan`` prints, and ``infer.py``'s first estimate of speed."""
+    from duelist.models.heads import head_of
+
     lengths, cfg = row_lengths(run_dir, test, cache_dir)
     flops = float(row_flops(flops_curve(cfg, config=base_config(run_dir, cfg)), lengths).sum())
-    passes = 2 if tta == "swap" and lengths.ndim == 1 else 1
+    passes = head_of(cfg.model).passes(tta)
     return passes * flops / flops_per_s, passes * int(lengths.sum())
+
+
+GB = 1e9
+
+
+def weight_gb(config: Any, quantization: str) -> float:
+    """Bytes of the weights scoring holds, counted from the model's shape on the meta device: every weight in 16 bit,
+    or the linear layers bitsandbytes quantizes (all but the head) at 1 byte and a 4-byte scale per output row
+    (``int8``) or half a byte, a 1-byte scale per 64 and a 4-byte one per 256 of those (``nf4``, double-quantized),
+    the rest (embeddings, norms, head) in 16 bit. Matches what ``footprint`` measures on the built model (Gemma-2-9B:
+    18.5, 10.2 and 6.1 GB)."""
+    from transformers import AutoModelForSequenceClassification
+
+    from duelist.models.network_build import HEAD_NAMES  # bitsandbytes leaves the head in 16 bit
+
+    with torch.device("meta"):
+        model = AutoModelForSequenceClassification.from_config(config)
+    linear = rows = 0
+    for name, module in model.named_modules():
+        if isinstance(module, torch.nn.Linear) and name.split(".")[-1] not in HEAD_NAMES:
+            linear += module.weight.numel()
+            rows += module.weight.shape[0]
+    other = sum(p.numel() for p in model.parameters()) - linear
+    quantized = {
+        "none": 2.0 * linear,
+        "int8": linear + 4.0 * rows,
+        "nf4": linear / 2 + linear / 64 + 4.0 * linear / 64 / 256,
+    }[quantization]
+    return (quantized + 2.0 * other) / GB
+
+
+def working_gb(config: Any, batch_tokens: int, max_length: int, eager_attention: bool) -> float:
+    """Memory a scoring batch of ``batch_tokens`` padded tokens (rows of ``max_length``) takes beside the weights,
+    estimated: one decoder layer's activations in 16 bit at a time (the hidden states in and out and normed, the MLP's
+    gate, up and product), eager attention's scores (16-bit scores and their fp32 softmax per head and row), and
+    half a GB of CUDA workspace. Not measured on a GPU yet."""
+    hidden, inner = config.hidden_size, getattr(config, "intermediate_size", 4 * config.hidden_size)
+    layer = 2.0 * batch_tokens * (3 * hidden + 3 * inner)
+    rows = max(1, batch_tokens // max(1, max_length))
+    scores = rows * config.num_attention_heads * max_length**2 * (2 + 4) if eager_attention else 0.0
+    return (layer + scores) / GB + 0.5
+
+
+def scoring_quantization(run: Any, cfg: Any, asked: str) -> str:
+    """How scoring holds a run's weights: as ``infer.py quantization=`` asks, or, unasked, an unmerged QLoRA run's
+    4-bit base (nf4)."""
+    if asked == "none" and cfg.lora.enabled and cfg.lora.qlora and run.has_adapter():
+        return "nf4"
+    return asked

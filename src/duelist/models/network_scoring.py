@@ -19,7 +19,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from duelist.core.batching import Duo, Row, pad, sorted_batches
+from duelist.core.batching import pad, sorted_batches
 from duelist.core.config import Precision, precision
 from duelist.core.errors import DuelistError
 from duelist.core.files import shown
@@ -27,16 +27,16 @@ from duelist.core.hardware import autocast_dtype, half_weights, require_vllm, vl
 from duelist.core.metrics import least_confident_first
 from duelist.core.progress import Progress
 from duelist.core.time_budget import Deadline
-from duelist.data.encoding import encoder_for_model
 from duelist.data.pairs import swap_pairs
-from duelist.models.network_build import load_checkpoint, load_tokenizer, pair_logits
+from duelist.models.heads import Head, head_of
+from duelist.models.network_build import load_checkpoint, load_tokenizer
 from duelist.runs.run_dir import RunDir
 
 log = logging.getLogger(__name__)
 
 
 def p_a_of(logits: torch.Tensor) -> np.ndarray:
-    """P(A wins) from two logits per pair (:func:`~duelist.models.network_build.pair_logits`), in float64:
+    """P(A wins) from two logits per pair (a head's :meth:`~duelist.models.heads.Head.pair_logits`), in float64:
     ``sigmoid(d)`` for ``d = l_a - l_b >= 0`` and ``1 - sigmoid(-d)`` below, so exchanging the two logits gives
     ``1 - p_a`` exactly (a reward head's swap symmetry survives rounding)."""
     d = (logits[:, 0].double() - logits[:, 1].double()).cpu().numpy()
@@ -47,7 +47,8 @@ def p_a_of(logits: torch.Tensor) -> np.ndarray:
 @torch.no_grad()
 def predict_p_a(
     model: torch.nn.Module,
-    seqs: Sequence[Row],
+    head: Head,
+    seqs: Sequence[Any],
     pad_id: int,
     batch_size: int,
     device: torch.device,
@@ -57,33 +58,30 @@ def predict_p_a(
     deadline: Deadline | None = None,
     quiet: bool = False,
 ) -> np.ndarray:
-    """P(A wins) for each sequence, in input order; batches are sorted by length to cut padding and
-    hold at most ``batch_size`` rows and (when given) ``max_tokens`` padded tokens. With a ``deadline``,
+    """P(A wins) for each row (as ``head``'s encoder wrote it), in input order; batches are sorted by length to cut
+    padding and hold at most ``batch_size`` rows and (when given) ``max_tokens`` padded tokens. With a ``deadline``,
     a batch predicted not to fit is not started: its rows stay NaN. ``quiet``: no progress lines off a terminal (a
     validation pass)."""
     was_training = model.training
     model.eval()
     out = np.full(len(seqs), np.nan, dtype=np.float64)
-    duos = len(seqs) > 0 and isinstance(seqs[0], Duo)  # a reward head's rows: two sequences each
     tokens = 0
     start = time.perf_counter()
     with Progress(len(seqs), desc, "rows", quiet=quiet) as bar:
         for idx in sorted_batches([len(s) for s in seqs], batch_size, max_tokens):
-            ids, mask = pad([seqs[i] for i in idx], pad_id)
+            ids, mask = pad(head.sequences([seqs[i] for i in idx]), pad_id)
             if deadline is not None and not deadline.fits(ids.numel()):
                 log.warning("%s: time budget reached, %d rows left unscored", desc, int(np.isnan(out).sum()))
                 break
             began = deadline.clock() if deadline is not None else 0.0
             with torch.autocast(device.type, dtype=amp, enabled=amp is not None):
                 logits = model(input_ids=ids.to(device), attention_mask=mask.to(device)).logits
-            if (logits.shape[-1] == 1) != duos:
+            if logits.shape[-1] != head.outputs:
                 raise DuelistError(
-                    f"a {logits.shape[-1]}-output head got {'two sequences' if duos else 'one sequence'} per pair: a "
-                    "reward head (one output) scores the Duo rows of ResponseEncoder, a pair head one sequence per "
-                    "pair (data.encoding.encoder_for_model picks the encoder of a model config)"
+                    f"a model with {logits.shape[-1]} outputs scored as model.head={head.name} ({head.outputs}); "
+                    "score a run with the head of its own config (duelist.models.heads.head_of)"
                 )
-            logits = pair_logits(logits)
-            out[idx] = p_a_of(logits)
+            out[idx] = p_a_of(head.pair_logits(logits))
             if deadline is not None:
                 deadline.record(ids.numel(), deadline.clock() - began)
             tokens += int(mask.sum())
@@ -111,14 +109,15 @@ class HFScorer:
     def __init__(self, run_dir: Path, cfg: Any, device: torch.device):
         self.run_dir, self.cfg, self.device, self.cache_dir = Path(run_dir), cfg, device, cfg.cache_dir
         self.built, run_cfg = load_checkpoint(run_dir, device, quantization=cfg.quantization, device_map=cfg.device_map)
-        self.encoder = encoder_for_model(self.built.tokenizer, run_cfg.model)
-        self.symmetric = run_cfg.model.get("head") == "reward"  # swapping A and B gives 1 - p_a exactly
+        self.head = head_of(run_cfg.model)
+        self.encoder = self.head.encoder(self.built.tokenizer, run_cfg.model)
         self.amp = autocast_dtype(cfg.precision, device, half_weights(self.built.model))
 
     def predict(self, seqs: Sequence[Sequence[int]], desc: str, deadline: Deadline | None = None) -> np.ndarray:
         cfg = self.cfg
         return predict_p_a(
             self.built.model,
+            self.head,
             seqs,
             self.built.tokenizer.pad_token_id,
             cfg.batch_size,
@@ -144,8 +143,12 @@ class HFScorer:
         (a cascade's second member: the rows the first is least sure of first)."""
         tta = self.cfg.tta if tta is None else tta
         name = f"score {shown(self.run_dir)}"
-        if tta == "swap" and self.symmetric:
-            log.info("%s: a reward head is swap-symmetric (p_a(B, A) = 1 - p_a(A, B)): swap-TTA adds nothing", name)
+        if tta == "swap" and self.head.passes("swap") == 1:
+            log.info(
+                "%s: a %s head is swap-symmetric (p_a(B, A) = 1 - p_a(A, B)): swap-TTA adds nothing",
+                name,
+                self.head.name,
+            )
             tta = "none"
         chunk = max(4 * self.cfg.batch_size, 64)
 
@@ -208,8 +211,8 @@ class VllmScorer:
         from vllm import LLM
 
         self.cfg = cfg
-        self.encoder = encoder_for_model(load_tokenizer(str(ckpt / "tokenizer"), what="tokenizer"), run_cfg.model)
-        self.reward = run_cfg.model.get("head") == "reward"
+        self.head = head_of(run_cfg.model)
+        self.encoder = self.head.encoder(load_tokenizer(str(ckpt / "tokenizer"), what="tokenizer"), run_cfg.model)
         self.llm = LLM(
             model=str(ckpt / "model"),
             tokenizer=str(ckpt / "tokenizer"),
@@ -222,20 +225,18 @@ class VllmScorer:
         from vllm import PoolingParams, TokensPrompt
 
         ids = self.encoder.encode(rows, self.cfg.cache_dir)
-        if not self.reward:
-            outputs = self.llm.classify([TokensPrompt(prompt_token_ids=list(i)) for i in ids], use_tqdm=True)
-            return np.array([o.outputs.probs[0] for o in outputs], dtype=np.float64)
-        # a reward head: the raw reward of each sequence (no sigmoid: a reward of 20 would round to 1.0), A then B
-        seqs = [TokensPrompt(prompt_token_ids=list(s)) for duo in ids for s in (duo.a, duo.b)]
+        # the model's raw outputs (no softmax or sigmoid: a reward of 20 would round to 1.0), then the head's logits of
+        # each pair, as the HF path computes them
+        seqs = [TokensPrompt(prompt_token_ids=list(s)) for s in self.head.sequences(ids)]
         outputs = self.llm.classify(seqs, pooling_params=PoolingParams(use_activation=False), use_tqdm=True)
-        rewards = torch.tensor([o.outputs.probs[0] for o in outputs], dtype=torch.float64)
-        return p_a_of(rewards.reshape(-1, 2))
+        logits = torch.tensor([list(o.outputs.probs) for o in outputs], dtype=torch.float64)
+        return p_a_of(self.head.pair_logits(logits))
 
     def score(
         self, rows: pd.DataFrame, tta: str | None = None, deadline: Deadline | None = None, order: Any = None
     ) -> np.ndarray:
         p_a = self.classify(rows)
-        if (self.cfg.tta if tta is None else tta) == "swap" and not self.reward:  # a reward head is swap-symmetric
+        if self.head.passes(self.cfg.tta if tta is None else tta) == 2:  # swap-TTA, where the head is not symmetric
             p_a = (p_a + (1.0 - self.classify(swap_pairs(rows)))) / 2.0
         return p_a
 

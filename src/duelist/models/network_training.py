@@ -14,7 +14,8 @@ import math
 import os
 import signal
 import time
-from typing import Any
+from dataclasses import dataclass, field
+from typing import Any, Iterator
 
 import numpy as np
 import pandas as pd
@@ -26,7 +27,6 @@ from duelist.core.errors import DuelistError
 from duelist.core.hardware import autocast_dtype, half_weights
 from duelist.core.metrics import compute_metrics, is_better
 from duelist.core.progress import Progress, duration
-from duelist.data.encoding import encoder_for_model
 from duelist.data.splits import augment, fingerprints
 from duelist.models.distributed import (
     barrier,
@@ -39,13 +39,13 @@ from duelist.models.distributed import (
     set_sharded_weights,
     wrap,
 )
+from duelist.models.heads import head_of
 from duelist.models.interface import Fitted, Pruned, Trial
 from duelist.models.network_build import (
     Built,
     build_model,
     head_and_body_parameters,
     is_zero_shot,
-    pair_logits,
     save_checkpoint,
 )
 from duelist.models.network_scoring import predict_p_a, split_by_length
@@ -117,12 +117,36 @@ class RowLosses:
         return (per_row * self.weights[idx].to(dev)).mean()
 
 
+@dataclass
+class Optimization:
+    """What takes an optimizer step: the parameter groups (adapters or backbone, and the head with its own lr), AdamW,
+    its schedule, and the loss scaler (enabled for fp16)."""
+
+    groups: list[dict[str, Any]]
+    opt: torch.optim.Optimizer
+    sched: Any
+    scaler: torch.amp.GradScaler
+
+
+@dataclass
+class Clock:
+    """The loop's progress bar and what its ETA needs: the seconds trained before this process (a resumed state's),
+    when it started, and the validations left at their measured cost."""
+
+    bar: Progress
+    before: float
+    start: float
+    evals_left: int
+    eval_seconds: list[float] = field(default_factory=list)
+
+
 class NetworkTraining:
     """The network kind's :class:`~duelist.models.interface.TrainingJob`: this process's part of one run."""
 
     def __init__(self, cfg: DictConfig, run: RunDir):
         self.cfg, self.run, self.t = cfg, run, cfg.trainer
         self.metric = cfg.optimized_metric
+        self.head = head_of(cfg.model)
         self.dist, self.device = init_distributed(self.t.device, self.t.strategy, self.t.dist_timeout_min)
         if self.dist.sharded and cfg.lora.enabled and cfg.lora.qlora:
             raise DuelistError(
@@ -145,7 +169,7 @@ class NetworkTraining:
         self.trial = trial
         t = cfg.trainer
         built = build_model(cfg.model, cfg.lora, self.device, t.seed, t.gradient_checkpointing, is_zero_shot(cfg))
-        encoder = encoder_for_model(built.tokenizer, cfg.model)
+        encoder = self.head.encoder(built.tokenizer, cfg.model)
         rows = augment(train, cfg.augment.swap, cfg.augment.same_batch)
         ids = [] if is_zero_shot(cfg) else encoder.encode(rows, cfg.cache_dir, desc="tokenize train")
         valid_ids = encoder.encode(valid, cfg.cache_dir, desc="tokenize valid")
@@ -183,12 +207,15 @@ class NetworkTraining:
         self,
         built: Built,
         rows: pd.DataFrame,
-        ids: list[list[int]],
+        ids: list[Any],
         valid: pd.DataFrame,
-        valid_ids: list[list[int]],
+        valid_ids: list[Any],
         tracker: Any,
         resume: SavedState | None,
     ) -> None:
+        """A zero-shot run scores the validation rows once. Otherwise: epochs of batches, an optimizer step every
+        ``grad_accum`` batches, and after each step its log line, a validation, a saved state and the pruner's word
+        (:meth:`after_step`)."""
         t, model = self.t, built.model
         self.amp = self.autocast(model)
         if is_zero_shot(self.cfg):  # the pretrained reward model's own judgement of the validation rows
@@ -202,17 +229,51 @@ class NetworkTraining:
         units = rows["pair"].to_numpy() if self.cfg.augment.same_batch else np.arange(len(rows))
         per_epoch = self.steps_per_epoch(lengths, units)
         total = t.max_steps if t.max_steps > 0 else max(1, math.ceil(per_epoch * t.epochs))
-        if resume is not None and self.dist.main and not self.dist.sharded:  # the trainable weights as saved, on
-            self.load_trainable(model, resume)  # rank 0: DDP's start copies rank 0's parameters to every process
-        forward = wrap(model, self.dist, self.device)  # DDP replicas, or FSDP2 shards in place: optimizer after it
-        if resume is not None and self.dist.sharded:  # rank 0's copy, sent to every process's shards
+        forward = self.distribute(model, resume)  # DDP replicas, or FSDP2 shards in place: the optimizer after it
+        optim = self.optimization(model, total, resume, rng)
+        losses = RowLosses(rows, self.cfg.distillation, self.device)
+        log.info("training %d rows (%d optimizer steps, %d per epoch) on %s", len(rows), total, per_epoch, self.device)
+        clock = self.clock(total)
+        state, running = self.state, []
+        model.train()
+        while state.step < total:
+            for idx in self.epoch_batches(lengths, units, rng):
+                running.append(self.forward_backward(forward, built, ids, idx, losses, optim.scaler))
+                if len(running) < t.grad_accum:
+                    continue
+                self.optimizer_step(optim)
+                state.step += 1
+                state.train_curve.append((state.step, float(np.mean(running))))
+                running = []
+                self.after_step(built, valid, valid_ids, tracker, optim, rng, clock, total)
+                if state.step >= total:
+                    break
+            state.epoch += 1
+            state.batches, state.position = None, 0
+        clock.bar.close()
+
+    # the loop's steps -------------------------------------------------------------------------------
+    def distribute(self, model: torch.nn.Module, resume: SavedState | None) -> Any:
+        """The forward of this process's model: DDP replicas or FSDP2 shards (:func:`wrap`), with a resumed state's
+        trainable weights in place on every process."""
+        # a resumed state's trainable weights: DDP's start copies rank 0's parameters to every process, FSDP2's shards
+        # are sent rank 0's copy
+        if resume is not None and self.dist.main and not self.dist.sharded:
+            self.load_trainable(model, resume)
+        forward = wrap(model, self.dist, self.device)
+        if resume is not None and self.dist.sharded:
             if self.dist.main:
                 self.load_trainable(model, resume, check_only=True)
             set_sharded_weights(model, resume.weights, self.dist)
+        return forward
+
+    def optimization(
+        self, model: torch.nn.Module, total: int, resume: SavedState | None, rng: np.random.Generator
+    ) -> Optimization:
+        """AdamW, its schedule and the loss scaler (fp16 needs loss scaling); a resumed state's, with the loop's
+        progress and random state."""
         groups, opt, sched = self.optimizer(model, total)
-        scaler = torch.amp.GradScaler(self.device.type, enabled=self.amp == torch.float16)  # fp16 needs loss scaling
-        losses = RowLosses(rows, self.cfg.distillation, self.device)
-        log.info("training %d rows (%d optimizer steps, %d per epoch) on %s", len(rows), total, per_epoch, self.device)
+        scaler = torch.amp.GradScaler(self.device.type, enabled=self.amp == torch.float16)
         if resume is not None:
             set_optimizer_state(model, opt, resume.optimizer, self.dist)  # from rank 0 alone
             sched.load_state_dict(resume.scheduler)
@@ -220,70 +281,80 @@ class NetworkTraining:
             set_rng_state(resume.rng[self.dist.rank], rng)
             self.state = resume.progress
             resume.weights, resume.optimizer = {}, {}  # loaded: free the copies (a 9B model's are gigabytes)
-        state, running, before = self.state, [], self.state.elapsed_s
-        model.train()
-        start = time.perf_counter()
-        bar = Progress(
-            total, "train", "steps", initial=state.step, enabled=self.dist.main
-        )  # one bar, not one per process
+        return Optimization(groups, opt, sched, scaler)
+
+    def clock(self, total: int) -> Clock:
+        """One progress bar (not one per process) from the step the run is at; its ETA adds the validations left."""
+        t, state = self.t, self.state
         evals_left = sum(
             1 for s in range(state.step + 1, total + 1) if (t.eval_every > 0 and s % t.eval_every == 0) or s == total
         )
-        eval_seconds: list[float] = []
-        while state.step < total:
-            if state.batches is None:  # a new epoch: the same order on every process
-                state.batches = train_batches(lengths, units, t.batch_size, t.group_by_length, rng)
-            mine = state.batches[
-                self.dist.rank : len(state.batches) // self.dist.world * self.dist.world : self.dist.world
-            ]
-            for idx in mine[state.position :]:
-                batch, mask = pad([ids[i] for i in idx], built.tokenizer.pad_token_id)
-                with torch.autocast(self.device.type, dtype=self.amp, enabled=self.amp is not None):
-                    logits = pair_logits(
-                        forward(input_ids=batch.to(self.device), attention_mask=mask.to(self.device)).logits
-                    )
-                loss = losses(logits, idx)
-                if not torch.isfinite(loss):
-                    raise FloatingPointError(
-                        f"loss is {loss.item()} at step {state.step}; lower trainer.lr or check the data"
-                    )
-                scaler.scale(loss / t.grad_accum).backward()
-                running.append(loss.item())
-                state.tokens += int(mask.sum())
-                state.position += 1
-                if len(running) < t.grad_accum:
-                    continue
-                self.optimizer_step(groups, opt, sched, scaler)
-                state.step += 1
-                state.train_curve.append((state.step, float(np.mean(running))))
-                running = []
-                state.elapsed_s = before + time.perf_counter() - start
-                bar.still_to_come = evals_left * (float(np.mean(eval_seconds)) if eval_seconds else 0.0)
-                self.log_step(tracker, bar, sched)
-                bar.pause()  # the training rate and ETA count training steps; the ETA adds the validations left
-                evaluated = (t.eval_every > 0 and state.step % t.eval_every == 0) or state.step == total
-                if evaluated:
-                    began = time.perf_counter()
-                    self.evaluate(built, valid, valid_ids, tracker)
-                    eval_seconds.append(time.perf_counter() - began)
-                    evals_left -= 1
-                saved = t.save_every > 0 and state.step % t.save_every == 0 and state.step < total
-                if saved:
-                    self.save_state(model, opt, sched, scaler, rng, tracker)
-                if evaluated and self.stop_here() and state.step < total:  # the last validation is reported too
-                    if not saved:  # a pruned run can be resumed if asked (trainer.resume=PATH of this state)
-                        self.save_state(model, opt, sched, scaler, rng, tracker)
-                    bar.close()
-                    value = float(state.evals[-1][1][self.metric]) if state.evals else float("nan")  # nan: rank > 0
-                    raise Pruned(state.step, value, state.train_curve, state.evals)
-                bar.resume()
-                if state.step >= total:
-                    break
-            state.epoch += 1
-            state.batches, state.position = None, 0
-        bar.close()
+        bar = Progress(total, "train", "steps", initial=state.step, enabled=self.dist.main)
+        return Clock(bar, state.elapsed_s, time.perf_counter(), evals_left)
 
-    # the loop's steps -------------------------------------------------------------------------------
+    def epoch_batches(self, lengths: list[int], units: np.ndarray, rng: np.random.Generator) -> Iterator[np.ndarray]:
+        """This process's batches of the current epoch (the same order on every process), from where a resumed state
+        left off."""
+        state, world = self.state, self.dist.world
+        if state.batches is None:  # a new epoch
+            state.batches = train_batches(lengths, units, self.t.batch_size, self.t.group_by_length, rng)
+        mine = state.batches[self.dist.rank : len(state.batches) // world * world : world]
+        yield from mine[state.position :]
+
+    def forward_backward(
+        self, forward: Any, built: Built, ids: list[Any], idx: np.ndarray, losses: RowLosses, scaler: Any
+    ) -> float:
+        """One batch: the forward pass under autocast, the rows' loss, backward (scaled for fp16 and grad_accum).
+        Returns the loss."""
+        batch, mask = pad(self.head.sequences([ids[i] for i in idx]), built.tokenizer.pad_token_id)
+        with torch.autocast(self.device.type, dtype=self.amp, enabled=self.amp is not None):
+            out = forward(input_ids=batch.to(self.device), attention_mask=mask.to(self.device))
+        loss = losses(self.head.pair_logits(out.logits), idx)
+        if not torch.isfinite(loss):
+            raise FloatingPointError(
+                f"loss is {loss.item()} at step {self.state.step}; lower trainer.lr or check the data"
+            )
+        scaler.scale(loss / self.t.grad_accum).backward()
+        self.state.tokens += int(mask.sum())
+        self.state.position += 1
+        return loss.item()
+
+    def after_step(
+        self,
+        built: Built,
+        valid: pd.DataFrame,
+        valid_ids: list[Any],
+        tracker: Any,
+        optim: Optimization,
+        rng: np.random.Generator,
+        clock: Clock,
+        total: int,
+    ) -> None:
+        """After an optimizer step: the log line, a validation every ``eval_every`` steps and at the end, a saved state
+        every ``save_every`` steps, and after a validation the sweep trial's word: :class:`Pruned` when it says stop
+        (a pruned run saves a state it can be continued from)."""
+        t, state = self.t, self.state
+        state.elapsed_s = clock.before + time.perf_counter() - clock.start
+        clock.bar.still_to_come = clock.evals_left * (float(np.mean(clock.eval_seconds)) if clock.eval_seconds else 0.0)
+        self.log_step(tracker, clock.bar, optim.sched)
+        clock.bar.pause()  # the training rate and ETA count training steps; the ETA adds the validations left
+        evaluated = (t.eval_every > 0 and state.step % t.eval_every == 0) or state.step == total
+        if evaluated:
+            began = time.perf_counter()
+            self.evaluate(built, valid, valid_ids, tracker)
+            clock.eval_seconds.append(time.perf_counter() - began)
+            clock.evals_left -= 1
+        saved = t.save_every > 0 and state.step % t.save_every == 0 and state.step < total
+        if saved:
+            self.save_state(built.model, optim, rng, tracker)
+        if evaluated and self.stop_here() and state.step < total:  # the last validation is reported too
+            if not saved:  # a pruned run can be resumed if asked (trainer.resume=PATH of this state)
+                self.save_state(built.model, optim, rng, tracker)
+            clock.bar.close()
+            value = float(state.evals[-1][1][self.metric]) if state.evals else float("nan")  # nan: rank > 0
+            raise Pruned(state.step, value, state.train_curve, state.evals)
+        clock.bar.resume()
+
     def autocast(self, model: torch.nn.Module) -> torch.dtype | None:
         """The forward pass's autocast dtype; a half-precision base needs one (the trainable parameters are fp32)."""
         half = half_weights(model)
@@ -292,8 +363,7 @@ class NetworkTraining:
             raise DuelistError(
                 f"trainer.precision={self.t.precision} with {str(half).removeprefix('torch.')} weights "
                 f"(model.dtype={self.cfg.model.dtype}): the fp32 trainable parameters meet the half-precision base "
-                "only "
-                f"under autocast; use trainer.precision=auto, bf16 or fp16"
+                "only under autocast; use trainer.precision=auto, bf16 or fp16"
             )
         return amp
 
@@ -320,14 +390,15 @@ class NetworkTraining:
         opt = make_optimizer(t.optimizer, groups, t.weight_decay)
         return groups, opt, get_cosine_schedule_with_warmup(opt, int(t.warmup_ratio * total), total)
 
-    def optimizer_step(self, groups: list[dict[str, Any]], opt: Any, sched: Any, scaler: torch.amp.GradScaler) -> None:
+    def optimizer_step(self, optim: Optimization) -> None:
+        opt, scaler = optim.opt, optim.scaler
         scaler.unscale_(opt)
-        torch.nn.utils.clip_grad_norm_([p for g in groups for p in g["params"]], self.t.max_grad_norm)
+        torch.nn.utils.clip_grad_norm_([p for g in optim.groups for p in g["params"]], self.t.max_grad_norm)
         scale = scaler.get_scale()
         scaler.step(opt)  # fp16: skipped when the scaled gradients overflowed (then the scale shrinks)
         scaler.update()
         if not scaler.is_enabled() or scaler.get_scale() >= scale:
-            sched.step()  # the schedule follows the steps the optimizer took
+            optim.sched.step()  # the schedule follows the steps the optimizer took
         opt.zero_grad(set_to_none=True)
 
     def log_step(self, tracker: Any, bar: Any, sched: Any) -> None:
@@ -394,7 +465,15 @@ class NetworkTraining:
         def score(seqs: list[list[int]]) -> np.ndarray:
             pad_id = built.tokenizer.pad_token_id
             return predict_p_a(
-                built.model, seqs, pad_id, self.t.eval_batch_size, self.device, self.amp, desc="validate", quiet=True
+                built.model,
+                self.head,
+                seqs,
+                pad_id,
+                self.t.eval_batch_size,
+                self.device,
+                self.amp,
+                desc="validate",
+                quiet=True,
             )
 
         if self.dist.world == 1 or self.dist.sharded:
@@ -410,9 +489,7 @@ class NetworkTraining:
             p_a[rows] = values
         return p_a
 
-    def save_state(
-        self, model: torch.nn.Module, opt: Any, sched: Any, scaler: Any, rng: np.random.Generator, tracker: Any
-    ) -> None:
+    def save_state(self, model: torch.nn.Module, optim: Optimization, rng: np.random.Generator, tracker: Any) -> None:
         """Write a resumable state (:mod:`duelist.runs.states`). Every process takes part: under FSDP the weights and
         the optimizer state are gathered, and each process's RNG states go to rank 0, which alone writes."""
         started = time.perf_counter()
@@ -421,14 +498,14 @@ class NetworkTraining:
             weights = {k: v for k, v in full_state_dict(model).items() if k in trainable}
         else:
             weights = {k: p.detach() for k, p in trainable.items()}
-        optimizer = optimizer_state(model, opt)
+        optimizer = optimizer_state(model, optim.opt)
         rngs = gather(rng_state(rng), self.dist)
         if self.dist.main:
             saved = SavedState(
                 path=self.run.path,
                 progress=self.state,
-                scheduler=sched.state_dict(),
-                scaler=scaler.state_dict(),
+                scheduler=optim.sched.state_dict(),
+                scaler=optim.scaler.state_dict(),
                 rng=rngs,
                 wandb_id=tracker.run_id,
                 config=resolved(self.cfg),

@@ -300,6 +300,7 @@ class TreesKind:
     """``model=features``: see :class:`~duelist.models.interface.ModelKind`."""
 
     name = "trees"
+    timed_by_flops = False  # LightGBM on hand-made features: seconds on a CPU
     # what a feature model never reads: adapters, the network's optimisation, distillation (pseudo-labels are learnt
     # as given); trainer.seed seeds LightGBM
     unused = (

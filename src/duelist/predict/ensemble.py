@@ -280,9 +280,8 @@ def fit(
     validated; a member's own score over those of them it scored."""
     routes = Routes(specialties if specialties is not None else [None] * len(runs))
     table = read_oof(runs)
-    k, how = len(runs), tuning.combine
     every = Oof(
-        table[[f"p_a_{i}" for i in range(k)]].to_numpy(),
+        table[[f"p_a_{i}" for i in range(len(runs))]].to_numpy(),
         table["target"].to_numpy(),
         table["winner"].to_numpy(),
         table["language"].astype(str).to_numpy(),
@@ -302,57 +301,67 @@ def fit(
             "ensemble that represents them, train the members on the same data, data.split_seed and data.fold",
             100 * shared,
         )
-    p, target, winner, languages = oof.p, oof.target, oof.winner, oof.languages
     weights = tune(oof, tuning, routes)
-    ensemble_p = apply(p, languages, weights, how)
-    scored = [~np.isnan(p[:, i]) for i in range(k)]
-    report: dict[str, Any] = {
+    report = {
         "runs": [str(r) for r in runs],
-        "combine": how,
-        "shared_oof_rows": int(len(p)),
+        "combine": tuning.combine,
+        "shared_oof_rows": int(len(oof.p)),
         "shared_share": shared,  # of the validation rows of the generalist that validated most
         "weights": {lang: [float(x) for x in w] for lang, w in weights.items()},
-        "oof/accuracy": {
-            **{f"member{i}": accuracy(p[scored[i], i], winner[scored[i]]) for i in range(k)},
-            "ensemble": accuracy(ensemble_p, winner),
-        },
-        "oof/log_loss": {
-            **{f"member{i}": log_loss(p[scored[i], i], target[scored[i]]) for i in range(k)},
-            "ensemble": log_loss(ensemble_p, target),
-        },
+        **scores(oof, weights, routes, tuning.combine),
     }
-    if k > 1:  # every member with the same weight (ensemble=mean)
-        mean = apply(p, languages, routes.equal_weights(), how)
-        report["oof/accuracy"]["mean"], report["oof/log_loss"]["mean"] = accuracy(mean, winner), log_loss(mean, target)
     rule = table["rule_p_a"].to_numpy(dtype=float)[rows]
     if not np.isnan(rule).any():  # the longer-answer rule on the same rows (older oof.parquet files lack it)
-        report["oof/rule_accuracy"] = accuracy(rule, winner)
+        report["oof/rule_accuracy"] = accuracy(rule, oof.winner)
     if routes.has_specialists:
         report["specialists"] = {str(runs[i]): sorted(s) for i, s in enumerate(routes.specialties) if s is not None}
-        report["oof/rows"] = {f"member{i}": int(scored[i].sum()) for i in range(k)}
+        report["oof/rows"] = {f"member{i}": int((~np.isnan(oof.p[:, i])).sum()) for i in range(len(runs))}
         if routes.generalists:  # a specialist's validation rows should be the generalists' rows of its languages
             report["specialist_coverage"] = specialist_coverage(runs, every, routes)
+    cross_fitted_scores(report, oof, tuning, routes)
+    return report
+
+
+def scores(oof: Oof, weights: dict[str, np.ndarray], routes: Routes, how: str) -> dict[str, dict[str, float]]:
+    """Accuracy and log loss of each member (on the rows it scored), of the ensemble as tuned, and of every member
+    with the same weight (``mean``, for more than one member)."""
+    p, target, winner, k = oof.p, oof.target, oof.winner, oof.p.shape[1]
+    ensemble_p = apply(p, oof.languages, weights, how)
+    scored = [~np.isnan(p[:, i]) for i in range(k)]
+    out = {
+        "oof/accuracy": {f"member{i}": accuracy(p[scored[i], i], winner[scored[i]]) for i in range(k)},
+        "oof/log_loss": {f"member{i}": log_loss(p[scored[i], i], target[scored[i]]) for i in range(k)},
+    }
+    out["oof/accuracy"]["ensemble"] = accuracy(ensemble_p, winner)
+    out["oof/log_loss"]["ensemble"] = log_loss(ensemble_p, target)
+    if k > 1:  # every member with the same weight (ensemble=mean)
+        mean = apply(p, oof.languages, routes.equal_weights(), how)
+        out["oof/accuracy"]["mean"], out["oof/log_loss"]["mean"] = accuracy(mean, winner), log_loss(mean, target)
+    return out
+
+
+def cross_fitted_scores(report: dict[str, Any], oof: Oof, tuning: Tuning, routes: Routes) -> None:
+    """The ensemble's cross-fitted scores into ``report`` (each part of the rows combined with weights tuned on the
+    others), and for two generalists the cascade's: the second member on the 25/50/100% of rows the first is least
+    sure of, cross-fitted too."""
+    how, p, target, winner = tuning.combine, oof.p, oof.target, oof.winner
     folds = cross_fitted(oof, tuning, routes)
     honest = combined(oof, folds, how)
     report["oof/accuracy"]["ensemble_cross_fitted"] = accuracy(honest, winner)
     report["oof/log_loss"]["ensemble_cross_fitted"] = log_loss(honest, target)
-    report["cross_fitting"] = {
-        "parts": CROSS_FIT_PARTS,
-        "rows": oof.parts()[1],
-        "not_accounted_for": NOT_ACCOUNTED_FOR,
-    }
-    if k == 2 and not routes.has_specialists:  # cross-fitted too: each part with the weights of the other parts
-        order = least_confident_first(p[:, 0])
-        report["oof/cascade_cross_fitted"] = {}
-        for share in CASCADE_COVERAGE:
-            reached = np.zeros(len(p), dtype=bool)
-            reached[order[: int(round(share * len(p)))]] = True
-            q = combined(oof, folds, how, reached)
-            report["oof/cascade_cross_fitted"][f"{int(share * 100)}%"] = {
-                "accuracy": accuracy(q, winner),
-                "log_loss": log_loss(q, target),
-            }
-    return report
+    report["cross_fitting"] = {"parts": CROSS_FIT_PARTS, "rows": oof.parts()[1], "not_accounted_for": NOT_ACCOUNTED_FOR}
+    if p.shape[1] != 2 or routes.has_specialists:
+        return
+    order = least_confident_first(p[:, 0])
+    report["oof/cascade_cross_fitted"] = {}
+    for share in CASCADE_COVERAGE:
+        reached = np.zeros(len(p), dtype=bool)
+        reached[order[: int(round(share * len(p)))]] = True
+        q = combined(oof, folds, how, reached)
+        report["oof/cascade_cross_fitted"][f"{int(share * 100)}%"] = {
+            "accuracy": accuracy(q, winner),
+            "log_loss": log_loss(q, target),
+        }
 
 
 def shared_share(every: Oof, routes: Routes) -> float:

@@ -1,2 +1,2 @@
-"""runs: the run dir (its layout, reads and atomic writes), the registry of finished runs, and resumable training
-states. Needs core."""
+"""runs: the run dir (its layout, reads and atomic writes; old saved configs upgraded as they are read), the registry
+of finished runs, and resumable training states. Needs core."""

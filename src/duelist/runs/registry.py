@@ -217,7 +217,8 @@ def differing_settings(configs: list[dict[str, Any]]) -> pd.DataFrame:
         [
             {k: json.dumps(v) if isinstance(v, (list, dict)) else v for k, v in flatten(c, sep=".").items()}
             for c in configs
-        ]
+        ],
+        dtype=object,  # a setting keeps its type (lora.r=16, not 16.0) where another run lacks it
     )
     keep = [c for c in flat.columns if not c.startswith(IGNORED) and flat[c].astype(str).nunique(dropna=False) > 1]
     return flat[keep]

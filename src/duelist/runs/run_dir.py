@@ -22,9 +22,9 @@ from typing import Any, Iterator
 import pandas as pd
 from omegaconf import DictConfig, OmegaConf
 
-from duelist.core.config import upgraded
 from duelist.core.errors import DuelistError
 from duelist.core.files import write_json, write_parquet, write_text
+from duelist.runs.upgrade import upgraded
 
 CONFIG = "config.yaml"
 METRICS = "metrics.json"

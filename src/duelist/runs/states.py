@@ -33,10 +33,11 @@ import numpy as np
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from duelist.core.config import flatten, upgraded
+from duelist.core.config import flatten
 from duelist.core.errors import DuelistError
 from duelist.core.files import atomic_dir
 from duelist.runs.run_dir import RunDir
+from duelist.runs.upgrade import upgraded
 
 log = logging.getLogger(__name__)
 

@@ -262,57 +262,62 @@ def fingerprint(prompts: pd.DataFrame, cfg: Any) -> str:
 
 
 def generate(cfg: Any) -> pd.DataFrame:
-    """Generate the response pairs described by ``cfg.generate`` for the prompts in ``cfg.data.test``."""
+    """Generate the response pairs described by ``cfg.generate`` for the prompts in ``cfg.data.test``: each generator
+    writes its responses shard by shard, each shard's parts are joined into pairs, the shards into ``cfg.output``."""
     g = cfg.generate
-    output = Path(cfg.output)
-    names = [gen.name for gen in g.generators]
-    prompts = choose_prompts(
-        load_prompts(cfg.data.test, cfg.data.on_bad_rows), g.max_prompts, dict(g.language_quota), g.seed
-    )
-    a, b = assign_pairs(len(prompts), len(names), g.seed)
-    prompts = prompts.assign(gen_a=a, gen_b=b, shard=np.arange(len(prompts)) // g.shard_size)
-    n_shards = int(prompts["shard"].max()) + 1 if len(prompts) else 0
-    folder = output.with_suffix(".shards")
+    prompts = planned_prompts(cfg)
+    shards = Shards(Path(cfg.output).with_suffix(".shards"), [gen.name for gen in g.generators], prompts)
     check_backend(g)
     device = pick_device(cfg.device)
-    open_shard_folder(folder, fingerprint(prompts[["id"]], g), "generation")
-
-    def part_file(shard: int, gen: int) -> Path:
-        return folder / f"shard-{shard:05d}.{names[gen]}.parquet"
-
+    open_shard_folder(shards.folder, fingerprint(prompts[["id"]], g), "generation")
     log.info(
         "generating responses for %d prompts in %d shards with %s (%s backend)",
         len(prompts),
-        n_shards,
-        ", ".join(names),
+        shards.count,
+        ", ".join(shards.names),
         g.backend,
     )
     for k, gen in enumerate(g.generators):
-        mine = prompts[(prompts["gen_a"] == k) | (prompts["gen_b"] == k)]
-        todo = [
-            s
-            for s in range(n_shards)
-            if not part_file(s, k).is_file() and not (folder / f"shard-{s:05d}.parquet").is_file()
-        ]
-        if not todo:
-            log.info("%s: every shard already done", gen.name)
-            continue
-        backend = make_backend(gen, g, device)
-        for shard in progress(todo, f"generate {gen.name}", "shards"):
-            rows = mine[mine["shard"] == shard]
-            texts = backend.generate(list(rows["prompt"]), seed=g.seed + 1000 * shard + k) if len(rows) else []
-            write_parquet(part_file(shard, k), pd.DataFrame({"id": rows["id"].to_numpy(), "response": texts}))
-        del backend
+        generate_parts(shards, k, gen, g, device)
+    for shard in range(shards.count):
+        shards.join(shard)
+    return write_pairs(cfg, shards, len(prompts))
 
-    for shard in range(n_shards):  # join each shard's parts into pairs
-        final = folder / f"shard-{shard:05d}.parquet"
-        if final.is_file():
-            continue
-        rows = prompts[prompts["shard"] == shard]
+
+def planned_prompts(cfg: Any) -> pd.DataFrame:
+    """The prompts to answer (``generate.max_prompts``, ``language_quota``), each with its two generators (``gen_a``,
+    ``gen_b``: indices, seeded) and its shard."""
+    g = cfg.generate
+    prompts = choose_prompts(
+        load_prompts(cfg.data.test, cfg.data.on_bad_rows), g.max_prompts, dict(g.language_quota), g.seed
+    )
+    a, b = assign_pairs(len(prompts), len(g.generators), g.seed)
+    return prompts.assign(gen_a=a, gen_b=b, shard=np.arange(len(prompts)) // g.shard_size)
+
+
+class Shards:
+    """The work folder (``OUTPUT.shards/``): ``shard-N.GENERATOR.parquet`` holds one generator's responses of shard N,
+    ``shard-N.parquet`` the shard's pairs once joined (its parts are then removed)."""
+
+    def __init__(self, folder: Path, names: list[str], prompts: pd.DataFrame):
+        self.folder, self.names, self.prompts = folder, names, prompts
+        self.count = int(prompts["shard"].max()) + 1 if len(prompts) else 0
+
+    def part(self, shard: int, gen: int) -> Path:
+        return self.folder / f"shard-{shard:05d}.{self.names[gen]}.parquet"
+
+    def joined(self, shard: int) -> Path:
+        return self.folder / f"shard-{shard:05d}.parquet"
+
+    def join(self, shard: int) -> None:
+        """Shard ``shard``'s parts as pairs: each prompt with its A and B generators' responses."""
+        if self.joined(shard).is_file():
+            return
+        rows = self.prompts[self.prompts["shard"] == shard]
         parts = {
-            k: pd.read_parquet(part_file(shard, k)).set_index("id")["response"]
-            for k in range(len(names))
-            if part_file(shard, k).is_file()
+            k: pd.read_parquet(self.part(shard, k)).set_index("id")["response"]
+            for k in range(len(self.names))
+            if self.part(shard, k).is_file()
         }
         pairs = pd.DataFrame(
             {
@@ -320,19 +325,38 @@ def generate(cfg: Any) -> pd.DataFrame:
                 "prompt": rows["prompt"].to_numpy(),
                 "response_a": [parts[k][i] for k, i in zip(rows["gen_a"], rows["id"])],
                 "response_b": [parts[k][i] for k, i in zip(rows["gen_b"], rows["id"])],
-                "model_a": [names[k] for k in rows["gen_a"]],
-                "model_b": [names[k] for k in rows["gen_b"]],
+                "model_a": [self.names[k] for k in rows["gen_a"]],
+                "model_b": [self.names[k] for k in rows["gen_b"]],
                 "language": rows["language"].to_numpy(),
             }
         )
-        write_parquet(final, pairs)
-        for k in range(len(names)):
-            part_file(shard, k).unlink(missing_ok=True)
+        write_parquet(self.joined(shard), pairs)
+        for k in range(len(self.names)):
+            self.part(shard, k).unlink(missing_ok=True)
 
-    shards = [pd.read_parquet(folder / f"shard-{s:05d}.parquet") for s in range(n_shards)]
+
+def generate_parts(shards: Shards, k: int, gen: Any, g: Any, device: torch.device) -> None:
+    """Generator ``k``'s responses to its prompts, shard by shard; shards already written (or joined) are skipped."""
+    prompts = shards.prompts
+    mine = prompts[(prompts["gen_a"] == k) | (prompts["gen_b"] == k)]
+    todo = [s for s in range(shards.count) if not shards.part(s, k).is_file() and not shards.joined(s).is_file()]
+    if not todo:
+        log.info("%s: every shard already done", gen.name)
+        return
+    backend = make_backend(gen, g, device)
+    for shard in progress(todo, f"generate {gen.name}", "shards"):
+        rows = mine[mine["shard"] == shard]
+        texts = backend.generate(list(rows["prompt"]), seed=g.seed + 1000 * shard + k) if len(rows) else []
+        write_parquet(shards.part(shard, k), pd.DataFrame({"id": rows["id"].to_numpy(), "response": texts}))
+
+
+def write_pairs(cfg: Any, shards: Shards, n_prompts: int) -> pd.DataFrame:
+    """The joined shards as one canonical pair file, without the pairs that have an empty response."""
+    g, output = cfg.generate, Path(cfg.output)
+    joined = [pd.read_parquet(shards.joined(s)) for s in range(shards.count)]
     pairs = (
-        pd.concat(shards, ignore_index=True)
-        if shards
+        pd.concat(joined, ignore_index=True)
+        if joined
         else pd.DataFrame(columns=["id", "prompt", "response_a", "response_b", "model_a", "model_b", "language"])
     )
     empty = ~(pairs["response_a"].str.strip().ne("") & pairs["response_b"].str.strip().ne(""))
@@ -351,5 +375,5 @@ def generate(cfg: Any) -> pd.DataFrame:
     )[CANONICAL_COLUMNS]
     write_parquet(output, pairs)
     counts = pairs.groupby(["model_a", "model_b"]).size().to_dict()
-    print(f"generated {len(pairs)} pairs from {len(prompts)} prompts -> {output} (pairs per generator pair: {counts})")
+    print(f"generated {len(pairs)} pairs from {n_prompts} prompts -> {output} (pairs per generator pair: {counts})")
     return pairs

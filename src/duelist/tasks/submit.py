@@ -211,8 +211,7 @@ def check_routes(cfg: Any, routes: ensemble.Routes, languages: np.ndarray) -> No
     if uncovered:
         raise DuelistError(
             f"{cfg.data.test}: rows in {', '.join(uncovered)} would be left unscored: every run is a specialist of "
-            "other "
-            f"languages; add a generalist run (trained without data.languages) to runs=[...]"
+            "other languages; add a generalist run (trained without data.languages) to runs=[...]"
         )
     if cfg.ensemble.cascade and routes.has_specialists:
         raise DuelistError(
@@ -280,29 +279,36 @@ def score_members(
 def projections(
     cfg: Any, runs: list[Path], member_rows: list[pd.DataFrame], routed: list[np.ndarray]
 ) -> list[tuple[float, int] | None]:
-    """Each run's projected (seconds, tokens) for its rows at ``hardware``'s sustained FLOP/s (None: no
-    ``hardware``, a run not scored, or a kind not worth projecting)."""
+    """Each run's projected (seconds, tokens) for its rows at ``hardware``'s sustained FLOP/s for the run's weights
+    (``quantization``; an unmerged QLoRA run's 4-bit base) on the devices this command scores with: several
+    ``devices`` all busy, one device (or ``device_map``'s split layers) one busy at a time. None: no ``hardware``, a
+    run not scored, or a kind not worth projecting."""
+    from duelist.models.network_flops import scoring_quantization
+
     if cfg.hardware is None:
         return [None] * len(runs)
     throughput = THROUGHPUT[str(cfg.hardware)]
+    busy = max(1, len(cfg.devices))
     out: list[tuple[float, int] | None] = []
     for i, (run, rows) in enumerate(zip(runs, member_rows)):
-        if not routed[i].any():
+        rundir = RunDir(run)
+        if not routed[i].any() or not run_kind(rundir).timed_by_flops:
             out.append(None)
             continue
         tta = "none" if cfg.ensemble.cascade and i == 0 else cfg.tta
-        flops_per_s = throughput.devices * throughput.flops
-        out.append(run_kind(RunDir(run)).projected(RunDir(run), rows, flops_per_s, tta, cfg.cache_dir))
-        if out[-1] is not None:
-            log.info(
-                "%s: projected %.4g s for %d rows on %s (counted FLOPs at %s); measured speed takes over after "
-                "the first batch",
-                run,
-                out[-1][0],
-                len(rows),
-                cfg.hardware,
-                throughput.source,
-            )
+        rate = throughput.rates[scoring_quantization(rundir, rundir.read_checkpoint_config(), cfg.quantization)]
+        out.append(run_kind(rundir).projected(rundir, rows, busy * rate.flops, tta, cfg.cache_dir))
+        log.info(
+            "%s: projected %.4g s for %d rows on %s, %d device(s) busy (counted FLOPs at %.3g TFLOP/s a device: %s); "
+            "measured speed takes over after the first batch",
+            run,
+            out[-1][0],
+            len(rows),
+            cfg.hardware,
+            busy,
+            rate.flops / 1e12,
+            rate.source,
+        )
     return out
 
 

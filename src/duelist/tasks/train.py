@@ -86,7 +86,7 @@ def start_point(
 
 def train(cfg: DictConfig, run_dir: str | Path, trial: Trial | None = None) -> float:
     """Train one model as configured; returns ``cfg.optimized_metric`` of the kept model. ``trial``: the sweep trial
-    this run is (:mod:`duelist.tools.sweeper`); it hears every validation and may stop the run (pruned: the run dir
+    this run is (:mod:`duelist.sweeps.sweeper`); it hears every validation and may stop the run (pruned: the run dir
     is marked, not finished, and the metric where it stopped is returned)."""
     check_train_config(cfg)
     run = RunDir(run_dir)

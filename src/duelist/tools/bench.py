@@ -37,12 +37,14 @@ from typing import Any, Callable, Optional, Sequence
 
 import numpy as np
 import torch
+from omegaconf import OmegaConf
 
 from duelist.core import options
 from duelist.core.errors import DuelistError, exit_cleanly_on_user_error
 from duelist.core.files import write_json
 from duelist.core.logs import quiet_library_logs
 from duelist.core.options import option
+from duelist.models.heads import PairHead
 
 # dense tensor-core peaks (bf16, fp16 on the T4) from the vendors' data sheets
 NOMINAL_PEAK_FLOPS = {"H100": 989e12, "H200": 989e12, "A100": 312e12, "L4": 121e12, "A10": 125e12, "T4": 65e12}
@@ -119,21 +121,17 @@ def timed(fn: Callable[[], Any], device: torch.device) -> tuple[Any, float]:
 
 def compose_network(model_name: str, lora: str) -> Any:
     """train.py's config composed with ``model=<model_name>`` (a network) and ``lora=<lora>``, adapter dropout off
-    (a measurement wants the same numbers every step)."""
-    from hydra import compose, initialize_config_dir
+    (a measurement wants the same numbers every step), read through the pair head: one sequence per row, which is
+    what the measurements time (a head's few outputs cost nothing measurable; a reward head's two sequences per pair
+    are counted where a row's sequences are, in ``plan``)."""
+    from duelist.core.hydra_setup import compose_train
+    from duelist.models.kinds import kind_of
 
-    from duelist.core.config import conf_dir, model_schema, register_configs
-
-    conf = conf_dir()
-    if not (conf / "model" / f"{model_name}.yaml").is_file():
-        known = ", ".join(sorted(p.stem for p in (conf / "model").glob("*.yaml")))
-        raise DuelistError(f"model={model_name}: no conf/model/{model_name}.yaml; known: {known}")
-    register_configs()
-    with initialize_config_dir(str(conf)):
-        cfg = compose("train", overrides=[f"model={model_name}", f"lora={lora}"])
-    if model_schema(cfg.model) != "network":
+    cfg = compose_train([f"model={model_name}", f"lora={lora}"])
+    if kind_of(cfg.model).name != "network":
         raise DuelistError(f"model={model_name}: the benchmark measures networks; {model_name} has none")
     cfg.lora.dropout = 0.0
+    OmegaConf.update(cfg, "model.head", PairHead.name)
     return cfg
 
 
@@ -149,6 +147,8 @@ def build(model_name: str, device: torch.device, lora: bool, gradient_checkpoint
 def bench_inference(args: BenchOptions, device: torch.device, amp: torch.dtype | None) -> dict[str, Any]:
     from duelist.models.network_scoring import predict_p_a
 
+    head = PairHead()  # compose_network's: one sequence per row
+
     built = build(args.model, device, lora=False)
     model, pad_id = built.model, built.tokenizer.pad_token_id
     limit = getattr(model.config, "max_position_embeddings", None)
@@ -162,14 +162,14 @@ def bench_inference(args: BenchOptions, device: torch.device, amp: torch.dtype |
     n_params = body_parameters(model)
     useful = forward_flops(n_params, model.config, lengths)
     warm = rows[: max(1, args.batch_size)]
-    predict_p_a(model, warm, pad_id, args.batch_size, device, amp, desc="warm-up")
+    predict_p_a(model, head, warm, pad_id, args.batch_size, device, amp, desc="warm-up")
     naive_rows = [r + [pad_id] * (args.max_length - len(r)) for r in rows]  # padded to max_length, as in the notebooks
     _, naive_s = timed(
-        lambda: predict_p_a(model, naive_rows, pad_id, args.batch_size, device, amp, desc="naive"), device
+        lambda: predict_p_a(model, head, naive_rows, pad_id, args.batch_size, device, amp, desc="naive"), device
     )
     _, budget_s = timed(
         lambda: predict_p_a(
-            model, rows, pad_id, 10**9, device, amp, desc="token budget", max_tokens=args.max_batch_tokens
+            model, head, rows, pad_id, 10**9, device, amp, desc="token budget", max_tokens=args.max_batch_tokens
         ),
         device,
     )

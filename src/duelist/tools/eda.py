@@ -210,8 +210,7 @@ def key_facts(numbers: dict[str, Any]) -> list[str]:
     t = numbers["truncation"]
     facts = [
         f"<b>{t['share_truncated']:.0%}</b> of pairs are longer than model.max_length={t['max_length']} tokens and get "
-        "cut "
-        f"(those lose {t['mean_share_of_tokens_cut']:.0%} of their tokens on average)"
+        f"cut (those lose {t['mean_share_of_tokens_cut']:.0%} of their tokens on average)"
         + (
             ": the model cannot see which answer is longer; consider model.length_hint=buckets or a longer max_length"
             if t["share_truncated"] > 0.2
@@ -316,8 +315,8 @@ def main(argv: list[str]) -> None:
     import hydra
     from hydra.core.hydra_config import HydraConfig
 
-    from duelist.core.config import TRUSTED_TARGETS, conf_dir, register_configs
     from duelist.core.errors import exit_cleanly_on_user_error
+    from duelist.core.hydra_setup import TRUSTED_TARGETS, conf_dir, register_configs
 
     if any(a in ("-h", "--help") for a in argv):  # its own page, not train.py's (whose config it composes)
         print(__doc__.strip())

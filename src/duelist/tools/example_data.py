@@ -21,6 +21,7 @@ import pandas as pd
 from duelist.core import options
 from duelist.core.errors import exit_cleanly_on_user_error
 from duelist.core.files import write_parquet
+from duelist.core.logs import quiet_library_logs
 from duelist.core.options import option
 from duelist.data.pairs import normalized
 from duelist.data.reading import load_pairs
@@ -111,6 +112,7 @@ class ExampleDataOptions:
 
 @exit_cleanly_on_user_error
 def main(argv: Sequence[str] | None = None) -> None:
+    quiet_library_logs()
     args = options.parse(ExampleDataOptions, argv, "python -m duelist example-data", __doc__.splitlines()[0])
     for name, path in write_examples(args.out).items():
         print(f"{name}: {path}")

@@ -67,6 +67,7 @@ REST = "rest"
 LAYER = re.compile(r"(?:^|\.)(?:layers|layer|h)\.(\d+)(?:\.|$)")
 RECIPES = {"qlora": "qlora", "lora": "default"}  # training recipes: the lora group they compose
 PRECISIONS = ("fp16", "bf16", "int8", "nf4")  # scoring: weights' dtype, or bitsandbytes quantization (fp16 compute)
+QUANTIZATIONS = ("none", "int8", "nf4")  # how scoring holds the weights (infer.py quantization=)
 GB = 1e9
 
 
@@ -329,6 +330,7 @@ def measure_scoring(cfg: Any, folder: str, precision: str, batch: int, length: i
     from torch.utils.flop_counter import FlopCounterMode
 
     from duelist.core.hardware import autocast_dtype, half_weights, torch_dtype
+    from duelist.models.heads import head_of
     from duelist.models.network_build import build_base, load_tokenizer
     from duelist.models.network_scoring import predict_p_a
 
@@ -355,7 +357,17 @@ def measure_scoring(cfg: Any, folder: str, precision: str, batch: int, length: i
     counter = FlopCounterMode(display=False)
     start = time.perf_counter()
     with counter:
-        predict_p_a(model, rows, tokenizer.pad_token_id, batch, device, amp, desc=f"score {precision}", quiet=True)
+        predict_p_a(
+            model,
+            head_of(cfg.model),
+            rows,
+            tokenizer.pad_token_id,
+            batch,
+            device,
+            amp,
+            f"score {precision}",
+            quiet=True,
+        )
     return {
         "autocast": str(amp).replace("torch.", "") if amp else "none",
         "weights_bytes": weight_bytes(model),
@@ -443,16 +455,27 @@ def projection(
             "rows": KAGGLE_ROWS,
             "lengths": f"lognormal(median=1000, sigma=0.8) clipped to [64, {opts.max_length}] (bench's mix)",
             "forward_flops": flops,
-            "hours": {
-                name: {
-                    "one_pass": flops / (hw.devices * hw.flops) / 3600,
-                    "with_swap_tta": 2 * flops / (hw.devices * hw.flops) / 3600,
-                    "assumes": f"{hw.devices} × {hw.flops / 1e12:.0f} TFLOP/s {hw.precision}: {hw.source}",
-                }
-                for name, hw in THROUGHPUT.items()
-                if name in opts.hardware
-            },
+            "hours_with_swap_tta": kaggle_hours(full_cfg, scoring, opts.max_length, 2 * flops, opts.hardware),
         }
+    return out
+
+
+def kaggle_hours(
+    cfg: Any, scoring: dict[str, dict[str, float]], max_length: int, flops: float, hardware: Sequence[str]
+) -> dict[str, dict[str, Any]]:
+    """Hours of ``flops`` on each machine of ``hardware`` for each way scoring holds the weights (the machine's 16-bit
+    dtype, int8, nf4: their measured ``weights_gb``), where the model and a batch of
+    :data:`~duelist.tools.plan.BATCH_TOKENS` fit (:func:`duelist.tools.plan.hours_by_placement`)."""
+    from duelist.models.network_build import attention
+    from duelist.models.network_flops import working_gb
+    from duelist.tools.plan import BATCH_TOKENS, hours_by_placement
+
+    working = working_gb(hf_config(cfg), BATCH_TOKENS, max_length, attention(cfg.model) == "eager")
+    out = {}
+    for name in hardware:
+        held = {q: THROUGHPUT[name].precision if q == "none" else q for q in QUANTIZATIONS}
+        weights = {q: scoring[how]["weights_gb"] for q, how in held.items() if how in scoring}
+        out[name] = hours_by_placement(name, weights, working, flops)
     return out
 
 
@@ -479,11 +502,10 @@ def print_report(report: dict[str, Any], out: Path) -> None:
         print(f"  score {precision:<24} weights {run['weights_gb']:6.1f} GB at {full} layers; pass here {took}")
     if "kaggle_rows" in p:
         k = p["kaggle_rows"]
-        for name, hours in k["hours"].items():
-            print(
-                f"  {k['rows']} rows on {name}: {hours['one_pass']:.1f} h one pass, {hours['with_swap_tta']:.1f} h with"
-                f" swap TTA ({hours['assumes']})"
-            )
+        for name, by_quantization in k["hours_with_swap_tta"].items():
+            for quantization, h in by_quantization.items():
+                hours = f"{h['hours']:.1f} h with swap TTA" if h["hours"] is not None else "-"
+                print(f"  {k['rows']} rows on {name}, quantization={quantization}: {hours}; {h['placement']}")
     for layers, check in report.get("check", {}).items():
         for name, step in check["projected"]["training"].items():
             got = check["measured"]["training"][name]

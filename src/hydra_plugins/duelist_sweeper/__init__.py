@@ -1,5 +1,5 @@
 """``hydra/sweeper=duelist_optuna``: Hydra finds sweepers in ``hydra_plugins`` only; the work is in
-:mod:`duelist.tools.sweeper`. Also the sampler option ``hydra/sweeper/sampler=tpe_multivariate`` (the sweeper's
+:mod:`duelist.sweeps.sweeper`. Also the sampler option ``hydra/sweeper/sampler=tpe_multivariate`` (the sweeper's
 default). Without hydra-optuna-sweeper (a scoring-only install, such as the Kaggle package) there is nothing to
 register."""
 
@@ -12,9 +12,9 @@ if find_spec("hydra_plugins.hydra_optuna_sweeper") is not None and find_spec("op
     from hydra_plugins.hydra_optuna_sweeper.config import TPESamplerConfig
     from hydra_plugins.hydra_optuna_sweeper.optuna_sweeper import OptunaSweeper
 
-    from duelist.core.config import TRUSTED_TARGETS
     from duelist.core.errors import exit_cleanly_on_user_error
-    from duelist.tools.sweeper import DuelistOptunaSweeperConf, RetryingSweeperImpl
+    from duelist.core.hydra_setup import TRUSTED_TARGETS
+    from duelist.sweeps.sweeper import DuelistOptunaSweeperConf, RetryingSweeperImpl
 
     class DuelistOptunaSweeper(OptunaSweeper):
         @exit_cleanly_on_user_error

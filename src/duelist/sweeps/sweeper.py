@@ -37,6 +37,7 @@ from optuna.exceptions import ExperimentalWarning
 from optuna.trial import TrialState
 
 from duelist.core.errors import DuelistError
+from duelist.runs.run_dir import RunDir
 
 log = logging.getLogger(__name__)
 
@@ -61,7 +62,7 @@ class PrunerConf:
     interval_steps: int = 1  # median: compare at every n-th reported step
     n_min_trials: int = 1  # median: trials that reported a step before it is compared
     min_resource: int = 1  # hyperband: optimizer steps every trial gets before its first rung
-    max_resource: Any = "auto"  # hyperband: steps of a whole trial ("auto": the most the first finished trial ran)
+    max_resource: Optional[int] = None  # hyperband: the optimizer steps of a whole trial (required: its brackets)
     reduction_factor: int = 3  # hyperband: 1 in reduction_factor trials goes on at each rung
 
 
@@ -99,6 +100,12 @@ def make_pruner(conf: Any) -> optuna.pruners.BasePruner:
             n_min_trials=conf.n_min_trials,
         )
     if kind == PrunerType.hyperband:
+        if not isinstance(conf.max_resource, int) or conf.max_resource < 1:
+            raise DuelistError(
+                f"hydra.sweeper.pruner.max_resource={conf.max_resource}: hyperband needs the optimizer steps of a "
+                "whole trial (trainer.max_steps, or the 'optimizer steps' a run's log shows): every job builds the "
+                "pruner again, and with 'auto' each recomputed its brackets from whatever trials had finished by then"
+            )
         return optuna.pruners.HyperbandPruner(
             min_resource=conf.min_resource, max_resource=conf.max_resource, reduction_factor=conf.reduction_factor
         )
@@ -186,8 +193,20 @@ class SweepTrial:
         return self.trial.should_prune()
 
     def pruned(self, step: int) -> None:
-        self.trial.set_user_attr(STEPS, step)
-        self.study.tell(self.trial, state=TrialState.PRUNED, skip_if_finished=True)
+        """Tell the study; a failed report (a locked or unreachable database) is logged and left to the sweeper, which
+        finds the run dir marked pruned (``pruned.json``) when the job returns."""
+        try:
+            self.trial.set_user_attr(STEPS, step)
+            self.study.tell(self.trial, state=TrialState.PRUNED, skip_if_finished=True)
+        except Exception as exc:
+            log.warning(
+                "trial %d: could not record PRUNED at step %d (%s: %s); the sweeper records it from the run dir",
+                self.trial.number,
+                step,
+                type(exc).__name__,
+                exc,
+            )
+            return
         log.info("trial %d: recorded PRUNED at step %d", self.trial.number, step)
 
 
@@ -242,6 +261,7 @@ class RetryingSweeperImpl(OptunaSweeperImpl):
                 f"hydra.sweeper.pruner.type={pruner_type(pruner).name} needs hydra.sweeper.storage to be an RDB URL "
                 "(sqlite, postgresql, mysql): the training jobs report to the study there"
             )
+        make_pruner(pruner)  # its settings, checked before the first trial
         if rdb:
             self.storage = rdb_storage(storage, heartbeat_interval, grace_period, max_retry)
 
@@ -389,6 +409,12 @@ class RetryingSweeperImpl(OptunaSweeperImpl):
         told = study._storage.get_trial(trial._trial_id)
         if told.state == TrialState.PRUNED:  # its job told the study
             log.info("trial %d was pruned after %s steps", trial.number, told.user_attrs.get(STEPS, "?"))
+            return None
+        pruned = RunDir(told.system_attrs[RUN_DIR]).read_pruned() if RUN_DIR in told.system_attrs else None
+        if pruned is not None:  # its job stopped it but could not tell the study
+            study._storage.set_trial_user_attr(trial._trial_id, STEPS, pruned["step"])
+            study.tell(trial, state=TrialState.PRUNED, skip_if_finished=True)
+            log.info("trial %d was pruned after %d steps (recorded from its run dir)", trial.number, pruned["step"])
             return None
         try:
             study.tell(trial, values=value, skip_if_finished=True)
