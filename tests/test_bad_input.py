@@ -110,6 +110,22 @@ def test_train_cli_hub_id_without_network_says_how_to_point_at_a_local_copy(tmp_
     assert_one_line_error(res, "google/gemma-2-9b-it", "model.name_or_path=DIR")
 
 
+def test_an_unreachable_hub_fails_at_once_without_retrying(tmp_path) -> None:
+    """Not offline by setting, but the hub does not answer (a closed port): one probe, then the cache alone, and the
+    clear line at once; transformers on its own retried the dead connection for about 50 s first."""
+    import time
+
+    started = time.monotonic()
+    res = run_cli(
+        "train.py",
+        [*TINY, "model=qwen3_8b", f"hydra.run.dir={tmp_path}"],
+        env={"HF_HUB_OFFLINE": "", "HF_ENDPOINT": "http://127.0.0.1:9", "HF_HOME": str(tmp_path / "hf")},
+    )
+    took = time.monotonic() - started
+    assert_one_line_error(res, "Qwen/Qwen3-8B", "the hub cannot be reached", "model.name_or_path=DIR")
+    assert "Retrying" not in res.stderr and took < 30, (took, res.stderr[-2000:])
+
+
 def test_infer_cli_empty_test_file_writes_nothing(tmp_path) -> None:
     empty = tmp_path / "test.parquet"
     pd.read_parquet(WSDM_EXAMPLE).iloc[:0].to_parquet(empty)

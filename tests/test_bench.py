@@ -75,7 +75,7 @@ def test_token_budget_computes_far_fewer_padded_tokens_than_naive_padding(tmp_pa
     assert report["model"] == "tiny_gemma2"
 
 
-def test_training_benchmark_reports_tokens(tmp_path) -> None:
+def test_training_benchmark_reports_tokens(tmp_path, capfd) -> None:
     report = bench.main(
         [
             "model=tiny_gemma2",
@@ -89,6 +89,8 @@ def test_training_benchmark_reports_tokens(tmp_path) -> None:
         ]
     )
     assert report["training"]["tokens_per_s"] > 0 and report["training"]["lora_r"] == 64
+    said = capfd.readouterr()
+    assert "incompatible with gradient checkpointing" not in said.out + said.err  # a classifier keeps no KV cache
 
 
 def test_bench_runs_the_default_model_file_and_refuses_a_length_it_cannot_cover(tmp_path) -> None:

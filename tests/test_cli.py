@@ -25,6 +25,7 @@ def test_without_a_command_it_lists_them_and_fails() -> None:
 
 def test_help_lists_the_commands_and_succeeds() -> None:
     res = duelist("--help")
+    assert "``" not in res.stdout  # plain text, not reStructuredText
     assert res.returncode == 0 and "python -m duelist export run=RUN out=DIR" in res.stdout
 
 
@@ -61,6 +62,14 @@ def test_every_command_takes_key_value_options_and_a_wrong_one_is_one_line(args,
     res = duelist(*args)
     assert res.returncode == 2 and len(res.stderr.strip().splitlines()) == 1, res.stderr
     assert says in res.stderr and "known options:" in res.stderr
+
+
+@pytest.mark.parametrize(
+    "command", ["runs", "review", "export", "kaggle", "bench", "footprint", "plan", "eda", "example-data"]
+)
+def test_every_help_page_is_plain_text(command: str) -> None:
+    res = duelist(command, "--help")
+    assert res.returncode == 0 and "``" not in res.stdout and "[str  " not in res.stdout, res.stdout
 
 
 def test_eda_has_its_own_help() -> None:

@@ -6,18 +6,23 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import os
 import re
+import subprocess
+import sys
 import time
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
 from omegaconf import OmegaConf
 
-from conftest import CONF, TINY, WSDM_EXAMPLE, compose_infer, compose_train, run_cli
+from conftest import CONF, ROOT, TINY, WSDM_EXAMPLE, compose_infer, compose_train, run_cli
 from duelist.core.command_line import entry_point_groups
 from duelist.core.errors import DuelistError
 from duelist.core.progress import Progress
+from duelist.models.kinds import kind_of
 
 
 def accuracy(p_a: np.ndarray, winner: np.ndarray) -> float:
@@ -49,6 +54,23 @@ def test_a_group_of_the_other_entry_point_is_named_in_one_line() -> None:
     assert "ensemble: not a group of train.py; it is a group of infer.py" in res.stderr
 
 
+@pytest.mark.fast
+def test_the_next_command_scores_a_test_file_that_is_there(tmp_path, monkeypatch) -> None:
+    from duelist.tasks.train import next_command
+
+    monkeypatch.chdir(ROOT)  # a checkout: its WSDM example file
+    assert (
+        next_command("run")
+        == f"python infer.py runs=[run] data.test={WSDM_EXAMPLE.relative_to(ROOT)} output=submission.csv"
+    )
+    monkeypatch.chdir(tmp_path)  # nothing to score yet: the example files first
+    assert next_command("run").startswith(
+        "python -m duelist example-data && python infer.py runs=[run] data.test=test.parquet"
+    )
+    (tmp_path / "test.parquet").write_bytes(WSDM_EXAMPLE.read_bytes())
+    assert next_command("run") == "python infer.py runs=[run] data.test=test.parquet output=submission.csv"
+
+
 def test_train_and_infer_end_with_a_closing_block_and_plain_progress_off_a_terminal(tmp_path) -> None:
     run = tmp_path / "run"
     res = run_cli("train.py", [*TINY, f"hydra.run.dir={run}"], cwd=tmp_path)
@@ -62,7 +84,11 @@ def test_train_and_infer_end_with_a_closing_block_and_plain_progress_off_a_termi
         f"{metrics['val/rows']} validation pairs; val/log_loss {metrics['val/log_loss']:.4f}"
     )
     assert re.fullmatch(r"time: \d+ s", block[1]) and block[2] == f"run dir: {run.resolve()}"
-    assert block[3] == "next: python infer.py runs=[run] data.test=test.parquet output=submission.csv"
+    # no test file here: the next command writes the example files first, so it runs as printed
+    assert block[3] == (
+        "next: python -m duelist example-data && python infer.py runs=[run] data.test=test.parquet "
+        "output=submission.csv"
+    )
     log_lines = (run / "train.log").read_text().strip().splitlines()
     assert [line.split(" - ", 1)[-1] for line in log_lines[-4:]] == block  # the log file ends the same way
     # redirected output: no bar redraws or cursor escapes, one plain line per bar at its end (the run is short)
@@ -77,15 +103,17 @@ def test_train_and_infer_end_with_a_closing_block_and_plain_progress_off_a_termi
     assert f"accuracy {acc:.4f} (the longer-answer rule: {rule:.4f})" in card and "python infer.py runs=" in card
     assert f"step {metrics['best_step']}:" in card
 
-    # the next command, as printed (with the example test file)
-    command = block[3].removeprefix("next: python infer.py ").replace("test.parquet", str(WSDM_EXAMPLE)).split()
-    res = run_cli("infer.py", command, cwd=tmp_path)
+    # the next command, as printed (this interpreter, and infer.py where the checkout has it)
+    command = block[3].removeprefix("next: ").replace("python infer.py", f"python {ROOT / 'infer.py'}")
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
+    res = subprocess.run(["bash", "-c", command], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
     assert res.returncode == 0, res.stderr[-3000:]
+    rows = len(pd.read_parquet(tmp_path / "test.parquet"))
     share = float((pd.read_csv(tmp_path / "submission.csv")["winner"] == "model_a").mean())
     assert res.stdout.strip().splitlines()[-1] == (
-        f"submission: {tmp_path.resolve() / 'submission.csv'} (3 rows; A predicted for {share:.0%} of them)"
+        f"submission: {tmp_path.resolve() / 'submission.csv'} ({rows} rows; A predicted for {share:.0%} of them)"
     )
-    assert "score run: 3/3 rows" in res.stdout + res.stderr  # the bar names the run
+    assert f"score run: {rows}/{rows} rows" in res.stdout + res.stderr  # the bar names the run
     assert "Loading weights" not in res.stdout + res.stderr
 
 
@@ -147,6 +175,7 @@ def fake_runs(root, specs: dict[str, dict]) -> list:
             "val/baseline_longer_wins": accuracy(rule, winner),
             "runtime_s": spec["seconds"],
             "best_step": 1,
+            "unused_settings": list(kind_of(cfg.model).unused),  # as train() writes it
         }
         (run / "metrics.json").write_text(json.dumps(metrics))
         runs.append((run, p_a, winner, rule))
@@ -169,6 +198,25 @@ def test_the_registry_table_names_what_sets_runs_apart(tmp_path, capsys) -> None
     header = "run dir  model  val/accuracy  rule  val/log_loss  minutes  finished  settings that differ"
     assert lines[0].split() == header.split()
     best, other = lines[1], lines[2]
+    # a feature model among them: none of the adapters' settings (it has none), and at most 4 settings a row
+    fake_runs(tmp_path, {"f": {"overrides": ["model=features", "lora.r=32"], "skill": 0.1, "seconds": 10.0}})
+    fake_runs(
+        tmp_path,
+        {
+            "wide": {
+                "overrides": [
+                    "model=tiny_gemma2",
+                    *(f"trainer.{k}=0.5" for k in ("lr", "head_lr", "weight_decay", "warmup_ratio")),
+                ],
+                "skill": 0.0,
+                "seconds": 10.0,
+            }
+        },
+    )
+    assert registry.main([f"roots=[{tmp_path}]"]) == 0
+    rows = {line.split()[0].rsplit("/", 1)[-1]: line for line in capsys.readouterr().out.splitlines()[1:-1]}
+    assert "lora." not in rows["f"] and "trainer." not in rows["f"] and "lora.r=8, " in rows["r8"]
+    assert rows["wide"].rstrip().endswith("+1 more")  # lora.r, trainer.lr, head_lr, weight_decay, warmup_ratio
     assert best.split()[0].endswith("r8") and best.rstrip().endswith("lora.r=8")  # best first, its own setting
     assert other.rstrip().endswith("lora.r=16") and " 2.5 " in other and " 1.5 " in best  # minutes
     assert re.search(r"  \d{4}-\d\d-\d\d \d\d:\d\d  ", best)  # to the minute
@@ -188,6 +236,7 @@ def test_the_oof_task_scores_an_ensemble_without_a_test_file(tmp_path, capsys, m
             "b": {"overrides": ["model=tiny_llama"], "skill": 0.3, "seconds": 60.0},
         },
     )
+    (tmp_path / "ens.ensemble.json").write_text('{"weights": "of the submission ens.csv"}')  # a submission's own
     cfg = compose_infer(["task=oof", "runs=[a,b]", "ensemble=weighted", "output=ens.csv"])
     report = infer(cfg)
     out = capsys.readouterr().out
@@ -201,7 +250,10 @@ def test_the_oof_task_scores_an_ensemble_without_a_test_file(tmp_path, capsys, m
     assert table == [["weights", "a", "b"], ["*", f"{w[0]:.2f}", f"{w[1]:.2f}"]]  # the weights, one row per language
     assert float(rows["ensemble"][0]) == pytest.approx(accuracy(w[0] * p_a + w[1] * p_b, winner), abs=5e-5)
     assert "ensemble, cross-fitted" in out and "member0" not in out
-    assert json.loads((tmp_path / "ens.ensemble.json").read_text())["weights"] == report["weights"]
+    assert json.loads((tmp_path / "ens.oof.json").read_text())["weights"] == report["weights"]
+    assert (
+        json.loads((tmp_path / "ens.ensemble.json").read_text())["weights"] == "of the submission ens.csv"
+    )  # untouched
     assert not (tmp_path / "ens.csv").exists()  # no submission
     with pytest.raises(DuelistError, match="task=oof: which runs?"):
         infer(compose_infer(["task=oof"]))

@@ -294,6 +294,33 @@ def test_cross_fitted_score_and_cascade_recomputed_independently(tmp_path, group
 
 
 @pytest.mark.fast
+def test_two_model_says_why_it_passed_over_each_run(tmp_path, caplog) -> None:
+    import logging
+
+    from duelist.runs.registry import pick_runs
+
+    fake_run(tmp_path, "g1", "tiny_gemma2", 0.61, 0.66)
+    fake_run(tmp_path, "g2", "tiny_gemma2", 0.66, 0.64)
+    fake_run(tmp_path, "l1", "tiny_llama", 0.60, 0.69)
+    fake_run(tmp_path, "q1", "tiny_qwen2", 0.64, 0.65)
+    fake_run(tmp_path, "g9", "tiny_gemma2", 0.90, 0.50, fold=3)
+    fake_run(tmp_path, "zh", "tiny_gemma2", 0.79, 0.50, extra=("data.languages=[Chinese]",))
+    cfg = compose_infer(["ensemble=two_model", f"ensemble.roots=[{tmp_path}]", "data.test=x.parquet"])
+    with caplog.at_level(logging.INFO, logger="duelist.runs.registry"):
+        assert [p.name for p in pick_runs(cfg)] == ["g2", "q1"]
+    said = {m.split(" (")[0].rsplit("/", 1)[-1]: m for m in caplog.messages if "passed over" in m}
+    assert any(
+        m.startswith("ensemble.members: picked ") and "g2 (tiny_gemma2, val/accuracy 0.6600)" in m
+        for m in caplog.messages
+    )
+    assert "val/accuracy 0.6100, the picked tiny_gemma2 run has 0.6600" in said["g1"]
+    assert "validated on other rows than the picked runs" in said["g9"]
+    assert "a specialist (data.languages=Chinese)" in said["zh"]
+    assert "its model is not among the two best on these rows" in said["l1"]
+    assert len(said) == 4
+
+
+@pytest.mark.fast
 def test_the_registry_never_picks_a_specialist_as_a_member(tmp_path) -> None:
     fake_run(tmp_path, "general", "tiny_gemma2", 0.61, 0.66)
     fake_run(

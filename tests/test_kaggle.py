@@ -92,6 +92,7 @@ def test_package_installs_offline_and_runs_infer(tmp_path) -> None:
     )
     assert res.returncode == 0, res.stdout[-2000:] + res.stderr[-3000:]
     assert "fitted on" in res.stdout  # the shipped stacker was loaded, not fitted
+    assert "Processing " not in res.stdout + res.stderr  # pip installs quietly: no line per wheel
     where = [str(venv / "bin" / "python"), "-c", "import duelist; print(duelist.__file__)"]
     assert str(venv) in subprocess.run(where, capture_output=True, text=True, env=env).stdout  # the venv's own copy
     assert list(pd.read_csv(out)["id"]) == list(pd.read_parquet(WSDM_EXAMPLE)["id"])

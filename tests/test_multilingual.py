@@ -29,6 +29,13 @@ def runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     return {"features": root / "features", "features_small": root / "features_small", "zh": root / "zh"}
 
 
+def test_a_run_records_the_settings_its_kind_never_read(runs) -> None:
+    from duelist.models.trees import TreesKind
+
+    assert json.loads((runs["features"] / "metrics.json").read_text())["unused_settings"] == list(TreesKind.unused)
+    assert json.loads((runs["zh"] / "metrics.json").read_text())["unused_settings"] == []
+
+
 @pytest.mark.fast
 def test_runs_written_before_the_new_model_keys_still_resume_and_count_as_finished() -> None:
     from duelist.runs.states import config_differences, resolved

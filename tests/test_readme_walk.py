@@ -107,7 +107,7 @@ def walk_docs(walk: str, tmp_path: Path) -> None:
     made = {
         "train-and-infer": ["runs/a-merged/exported_from.json"],
         "extra-data": ["pl2.summary.json"],
-        "kaggle": ["kaggle/wsdm-pkg/run.sh", "kaggle-oof.ensemble.json"],  # the package; the OOF-only report
+        "kaggle": ["kaggle/wsdm-pkg/run.sh", "submission.oof.json"],  # the package; the OOF-only report
         "reward-models": [
             "runs/rm0/oof.parquet",
             "runs/rm1/checkpoint/adapter/adapter_model.safetensors",

@@ -1,5 +1,5 @@
-"""``python -m duelist COMMAND [ARGS]``: duelist's tools, one command each (``train.py`` and ``infer.py`` train and
-score; these look after runs and ship them).
+"""python -m duelist COMMAND [ARGS]: duelist's tools, one command each (train.py and infer.py train and score;
+these look after runs and ship them).
 
     python -m duelist runs [sort=METRIC] [model=NAME] [roots=[DIR,...]]   the finished runs, best first
     python -m duelist review dir=DIR | study=NAME                         the review page of a multirun or a study

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from enum import Enum
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, Iterable, List, Optional
 
 from omegaconf import MISSING
 
@@ -232,6 +232,11 @@ class TreesModelConfig:
 
 
 MODEL_SCHEMAS = {"network": NetworkModelConfig, "trees": TreesModelConfig}  # the name in conf/model/*.yaml defaults
+
+
+def names_one_of(key: str, names: Iterable[str]) -> bool:
+    """The setting ``key`` (dotted) is one of ``names``: keys, or prefixes ending in ``.`` (``lora.``: all of lora)."""
+    return any(key == name or (name.endswith(".") and key.startswith(name)) for name in names)
 
 
 def flatten(values: dict[str, Any], sep: str = ".", prefix: str = "") -> dict[str, Any]:

@@ -51,6 +51,33 @@ def resolve_path(path: str) -> str:
     return str(Path(list(spec.submodule_search_locations)[0]) / sub)
 
 
+_HUB: dict[str, bool] = {}  # endpoint -> it answered (asked once a process)
+
+
+def hub_offline() -> bool:
+    """True when the Hugging Face Hub cannot be reached from here: ``HF_HUB_OFFLINE`` is set, or one TCP connection
+    to its endpoint (``HF_ENDPOINT``, or the proxy of ``HTTPS_PROXY``) fails within 3 s. Loads of hub ids then read
+    the local cache alone and fail at once when it lacks them: transformers would retry a dead connection for about
+    50 s before saying so."""
+    import socket
+    from urllib.parse import urlparse
+
+    if os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on"):
+        return True
+    endpoint = os.environ.get("HF_ENDPOINT") or "https://huggingface.co"
+    via = os.environ.get("HTTPS_PROXY") or os.environ.get("https_proxy") or endpoint
+    if via not in _HUB:
+        url = urlparse(via if "://" in via else f"http://{via}")
+        try:
+            socket.create_connection(
+                (url.hostname or "", url.port or (443 if url.scheme == "https" else 80)), 3
+            ).close()
+            _HUB[via] = True
+        except OSError:
+            _HUB[via] = False
+    return not _HUB[via]
+
+
 @contextmanager
 def atomic_path(final: str | Path, suffix: str = "") -> Iterator[Path]:
     """Yield a temporary path next to ``final``; rename it onto ``final`` only if the block succeeds."""

@@ -32,10 +32,17 @@ def option(default: Any = MISSING, help: str = "", **kwargs: Any) -> Any:
     return dataclasses.field(default=default, metadata={"help": help}, **kwargs)
 
 
+def plain(text: str) -> str:
+    """A docstring as a terminal shows it: without reStructuredText's double backticks."""
+    return text.replace("``", "")
+
+
 def help_text(schema: type, prog: str, about: str) -> str:
+    about = plain(about)
     lines = [f"{prog} [key=value ...]", "", about.strip(), "", "options (key=value; lists as key=[a,b]):"]
     for f in dataclasses.fields(schema):
-        kind = getattr(f.type, "__name__", str(f.type)).replace("Optional[", "").rstrip("]")
+        kind = getattr(f.type, "__name__", str(f.type))
+        kind = kind[len("Optional[") : -1] if kind.startswith("Optional[") else kind
         if isinstance(f.type, type) and issubclass(f.type, enum.Enum):
             kind = " | ".join(f.type.__members__)
         if f.default is not dataclasses.MISSING and f.default is not MISSING:

@@ -28,7 +28,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from duelist.core.errors import DuelistError
-from duelist.core.files import atomic_dir, resolve_path
+from duelist.core.files import atomic_dir, hub_offline, resolve_path
 from duelist.core.hardware import (
     bnb_device_ok,
     check_quantization,
@@ -120,7 +120,11 @@ class MeanPooler(torch.nn.Module):
 
 def apply_pooling(model: torch.nn.Module, model_cfg: Any) -> torch.nn.Module:
     """``model.pooling``: ``model`` keeps the architecture's own head input ([CLS] pooler for BERT, last token for
-    decoders); ``mean`` (BERT-style encoders only) replaces the pooler with :class:`MeanPooler`."""
+    decoders); ``mean`` (BERT-style encoders only) replaces the pooler with :class:`MeanPooler`. Every model built
+    goes through here: a classifier reads each sequence once, so it keeps no KV cache either (``use_cache``: off; with
+    gradient checkpointing transformers would warn that it turned it off)."""
+    if hasattr(model.config, "use_cache"):
+        model.config.use_cache = False
     if model_cfg.pooling == "model":
         return model
     encoder = model.base_model
@@ -160,6 +164,11 @@ def _looks_local(path: str) -> bool:
     return os.path.isabs(path) or path.startswith((".", "~", "pkg:")) or os.path.exists(path)
 
 
+def from_cache_only(path: str) -> bool:
+    """A hub id loads from the local cache alone when the hub cannot be reached (one probe, not 50 s of retries)."""
+    return not _looks_local(path) and hub_offline()
+
+
 def _load_error(what: str, path: str, err: Exception) -> DuelistError:
     if _looks_local(path):
         return DuelistError(f"model.{what}={path}: cannot load from this local path ({str(err).splitlines()[0]})")
@@ -173,7 +182,7 @@ def load_tokenizer(path: str, what: str = "name_or_path") -> Any:
     from transformers import AutoTokenizer
 
     try:
-        tok = AutoTokenizer.from_pretrained(resolve_path(path))
+        tok = AutoTokenizer.from_pretrained(resolve_path(path), local_files_only=from_cache_only(path))
     except Exception as err:  # OSError, HF hub errors, connection errors ...
         raise _load_error(what, path, err) from err
     if tok.pad_token_id is None:
@@ -327,6 +336,7 @@ def build_base(
                 num_labels=labels,
                 pad_token_id=tokenizer.pad_token_id,
                 output_loading_info=True,
+                local_files_only=weights is None and from_cache_only(model_cfg.name_or_path),
                 **({} if weights else extra),
             )
     except Exception as err:

@@ -20,8 +20,9 @@ import pandas as pd
 from omegaconf import OmegaConf
 
 from duelist.core import options
-from duelist.core.config import flatten
+from duelist.core.config import flatten, names_one_of
 from duelist.core.errors import DuelistError, exit_cleanly_on_user_error
+from duelist.core.files import shown
 from duelist.core.metrics import LOWER_IS_BETTER
 from duelist.core.options import option
 from duelist.runs.run_dir import RunDir, finished_runs
@@ -69,6 +70,7 @@ def _row(run: RunDir) -> Optional[dict]:
         "lora_r": cfg.lora.r if run.has_adapter() else None,  # a LoRA run: its checkpoint holds adapters
         "augment_swap": bool(cfg.augment.swap),
         "exported_from": run.exported_from(),
+        "unused_settings": tuple(metrics.get("unused_settings") or ()),  # a feature model's lora.*, ...
         "finished": pd.Timestamp(run.metrics_file.stat().st_mtime, unit="s"),
     }
 
@@ -140,7 +142,8 @@ def pick_members(members: Any, roots: Iterable[str], sort: str) -> list[str]:
     another group) and the members come from one group, the one where their best runs score best together (with every
     fold trained, that is picking per fold). Names without runs in one shared group: one line."""
     auto = members == "auto"
-    runs = candidates(find_runs(roots, sort=sort))
+    found = find_runs(roots, sort=sort)
+    runs = candidates(found)
     names = list(dict.fromkeys(runs["model"])) if not runs.empty else []
     if auto and len(names) < 2:
         found = f"only {', '.join(names)}" if names else "none"
@@ -177,7 +180,41 @@ def pick_members(members: Any, roots: Iterable[str], sort: str) -> list[str]:
             "members score best together",
             len(options),
         )
-    return options[0][1]
+    picked = options[0][1]
+    for line in passed_over(found, runs, picked, sort, auto):
+        log.info("ensemble.members: %s", line)
+    return picked
+
+
+def passed_over(found: pd.DataFrame, runs: pd.DataFrame, picked: list[str], sort: str, auto: bool) -> list[str]:
+    """Why each finished run under the roots that was not picked was passed over: a specialist, an exported copy
+    stands for it, validated on other rows than the picked runs, a worse score than its model's picked run, or its
+    model name not among the members."""
+    by_dir = runs.set_index("run_dir")
+    best = {by_dir.loc[r, "model"]: by_dir.loc[r] for r in picked}
+    rows, shared = by_dir["validation"], by_dir.loc[picked[0], "validation"]
+    lines = [
+        "picked "
+        + ", ".join(f"{shown(r)} ({by_dir.loc[r, 'model']}, {sort} {by_dir.loc[r, sort]:.4f})" for r in picked)
+    ]
+    for _, row in found.iterrows():
+        run, model = str(row["run_dir"]), row["model"]
+        if run in picked:
+            continue
+        if run not in rows.index:
+            why = (
+                f"a specialist (data.languages={row['languages']}): pass it with runs=[...]"
+                if isinstance(row.get("languages"), str)
+                else "an exported copy of it stands for it"
+            )
+        elif rows[run] != shared:
+            why = "validated on other rows than the picked runs (another fold, data.split_seed or data files)"
+        elif model in best:
+            why = f"{sort} {row[sort]:.4f}, the picked {model} run has {best[model][sort]:.4f}"
+        else:
+            why = "its model is not among the two best on these rows" if auto else "its model is not a member"
+        lines.append(f"passed over {shown(run)} ({model}): {why}")
+    return lines
 
 
 def pick_runs(cfg: Any, members: list[str] | None = None, what: str = "ensemble.members") -> list[Path]:
@@ -252,12 +289,22 @@ def table(runs: pd.DataFrame, sort: str) -> pd.DataFrame:
         out[sort] = shown(sort)
     out["minutes"] = shown("runtime_s", "{:.1f}", 60.0)
     out["finished"] = runs["finished"].dt.strftime("%Y-%m-%d %H:%M")
+    unused = runs["unused_settings"] if "unused_settings" in runs else [()] * len(runs)
     out["settings that differ"] = [
-        ", ".join(f"{k}={v}" for k, v in row.items() if not pd.isna(v)) for _, row in settings.iterrows()
+        settings_cell([(k, v) for k, v in row.items() if not pd.isna(v) and not names_one_of(k, skip)])
+        for (_, row), skip in zip(settings.iterrows(), unused)
     ]
     if "languages" in runs and runs["languages"].notna().any():
         out.insert(2, "languages", runs["languages"].fillna("all"))
     return out
+
+
+MAX_SETTINGS = 4  # settings a row of `runs` shows; the rest are counted
+
+
+def settings_cell(settings: list[tuple[str, Any]]) -> str:
+    shown = ", ".join(f"{k}={v}" for k, v in settings[:MAX_SETTINGS])
+    return shown + (f", +{len(settings) - MAX_SETTINGS} more" if len(settings) > MAX_SETTINGS else "")
 
 
 def aligned(table: pd.DataFrame) -> str:

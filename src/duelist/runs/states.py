@@ -33,7 +33,7 @@ import numpy as np
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from duelist.core.config import flatten
+from duelist.core.config import flatten, names_one_of
 from duelist.core.errors import DuelistError
 from duelist.core.files import atomic_dir
 from duelist.runs.run_dir import RunDir
@@ -308,7 +308,7 @@ def config_differences(saved: dict[str, Any], current: dict[str, Any], ignore: I
     saved = upgraded({**saved, "model": dict(saved["model"])} if isinstance(saved.get("model"), dict) else dict(saved))
     a, b = flatten(saved), flatten(current)
     skip = (*IGNORED, *ignore)
-    keys = sorted(k for k in set(a) | set(b) if not any(k == i or (i.endswith(".") and k.startswith(i)) for i in skip))
+    keys = sorted(k for k in set(a) | set(b) if not names_one_of(k, skip))
     return [f"{k}: {a.get(k, '(absent)')} -> {b.get(k, '(absent)')}" for k in keys if a.get(k) != b.get(k)]
 
 

@@ -36,7 +36,7 @@ from duelist.core.languages import detect_languages, language_names
 from duelist.core.progress import progress
 from duelist.data.pairs import CANONICAL_COLUMNS, is_text, normalized
 from duelist.data.reading import canonicalize, find_layout, read_table
-from duelist.models.network_build import load_tokenizer
+from duelist.models.network_build import from_cache_only, load_tokenizer
 
 log = logging.getLogger(__name__)
 
@@ -154,7 +154,9 @@ class HFBackend:
             self.model = AutoModelForCausalLM.from_config(config, dtype=dtype)
         elif gen.init == "pretrained":
             try:
-                self.model = AutoModelForCausalLM.from_pretrained(resolve_path(gen.name_or_path), dtype=dtype)
+                self.model = AutoModelForCausalLM.from_pretrained(
+                    resolve_path(gen.name_or_path), dtype=dtype, local_files_only=from_cache_only(gen.name_or_path)
+                )
             except Exception as err:
                 raise DuelistError(
                     f"generator {gen.name}: cannot load {gen.name_or_path} ({str(err).splitlines()[0]}); pass a local "

@@ -187,7 +187,7 @@ def submit(cfg: Any) -> pd.DataFrame:
 def oof_report(cfg: Any) -> dict[str, Any]:
     """``task=oof``: how the chosen runs do together on their validation rows, without a test file: each member, the
     longer-answer rule, their mean, the tuned weights as tuned and cross-fitted (or the cross-fitted stacker), written
-    next to ``output`` as ``.ensemble.json`` (the report ``task=submit`` writes there)."""
+    to ``OUTPUT.oof.json`` (named after the task: a submission's own ``.ensemble.json`` beside it stays as it is)."""
     runs = pick_runs(cfg)
     ens = cfg.ensemble
     if ens.weights == "stack":
@@ -199,7 +199,7 @@ def oof_report(cfg: Any) -> dict[str, Any]:
             report["weights"] = ensemble.Routes(specialties).equal_weights()
         how = f"{report['shared_oof_rows']} shared OOF rows, {ens.combine} of p_a, weights {ens.weights}"
         show_report(report, how, runs)
-    path = Path(cfg.output).with_suffix(".ensemble.json")
+    path = Path(cfg.output).with_suffix(".oof.json")
     write_json(path, report)
     closing([f"OOF report: {path.resolve()}"])
     return report

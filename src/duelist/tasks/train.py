@@ -150,6 +150,7 @@ def train(cfg: DictConfig, run_dir: str | Path, trial: Trial | None = None) -> f
         metrics = {
             **fitted.metrics,
             "optimized_metric": cfg.optimized_metric,
+            "unused_settings": list(kind.unused),  # what this kind of model never read: the registry leaves them out
             "peak_rss_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6,  # Linux reports KiB
             "runtime_s": time.perf_counter() - started,
         }
@@ -239,7 +240,20 @@ def report(cfg: DictConfig, run: RunDir, metrics: dict[str, Any]) -> float:
             f"({rule:.4f}) on {metrics['val/rows']} validation pairs; val/log_loss {metrics['val/log_loss']:.4f}",
             f"time: {duration(metrics['runtime_s'])}",
             f"run dir: {run.path.resolve()}",
-            f"next: python infer.py runs=[{where}] data.test=test.parquet output=submission.csv",
+            f"next: {next_command(where)}",
         ]
     )
     return float(metrics[cfg.optimized_metric])
+
+
+EXAMPLE_TEST = "tests/data/wsdm_test_example.parquet"  # the real 3-row WSDM example test file of a checkout
+
+
+def next_command(run: str) -> str:
+    """The infer.py command that scores with ``run``, runnable as printed here: on ``test.parquet`` if there is one,
+    else on the checkout's WSDM example file, else after writing the example files (``example-data``)."""
+    score = f"python infer.py runs=[{run}] data.test={{}} output=submission.csv"
+    for test in ("test.parquet", EXAMPLE_TEST):
+        if Path(test).is_file():
+            return score.format(test)
+    return "python -m duelist example-data && " + score.format("test.parquet")

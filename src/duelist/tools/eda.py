@@ -317,9 +317,10 @@ def main(argv: list[str]) -> None:
 
     from duelist.core.errors import exit_cleanly_on_user_error
     from duelist.core.hydra_setup import TRUSTED_TARGETS, conf_dir, register_configs
+    from duelist.core.options import plain
 
     if any(a in ("-h", "--help") for a in argv):  # its own page, not train.py's (whose config it composes)
-        print(__doc__.strip())
+        print(plain(__doc__.strip()))
         print("\nGroups that matter here: data (data=files data.train=FILE,...), model (the tokenizer), logger.")
         print("Their options: python train.py --help; their keys: conf/GROUP/OPTION.yaml.")
         return

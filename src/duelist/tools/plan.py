@@ -37,7 +37,7 @@ from duelist.core.options import option
 class PlanOptions:
     runs: list = option([], "run dirs, in the order infer.py gets them (the cascade's first member first)")
     models: list = option(
-        [], "model files (conf/model) to plan before any run exists, e.g. gemma2_9b_random: tokens from characters"
+        [], "model files (conf/model) to plan before any run, e.g. gemma2_9b (no download): tokens from characters"
     )
     test: str = option(help="the test file infer.py will score (parquet, csv or jsonl)")
     hardware: str = option("t4x2", f"the machine: {' | '.join(THROUGHPUT)}")
