@@ -14,6 +14,7 @@ from omegaconf import DictConfig
 
 from duelist.core.command_line import check_command_line
 from duelist.core.errors import exit_cleanly_on_user_error
+from duelist.core.hardware import leave_after_vllm
 from duelist.core.hydra_setup import TRUSTED_TARGETS, register_configs
 from duelist.core.logs import quiet_library_logs
 from duelist.tasks.infer import infer
@@ -26,6 +27,7 @@ quiet_library_logs()
 @exit_cleanly_on_user_error
 def main(cfg: DictConfig) -> None:
     infer(cfg)
+    leave_after_vllm()  # a job that ran vLLM ends here: its CPU build can abort at the interpreter's teardown
 
 
 if __name__ == "__main__":

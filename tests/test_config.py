@@ -103,11 +103,12 @@ def test_precision_has_one_vocabulary_with_torch_aliases() -> None:
     from duelist.core.hardware import torch_dtype, vllm_dtype
 
     cpu = torch.device("cpu")
-    assert (vllm_dtype("auto"), vllm_dtype("fp16"), vllm_dtype("bfloat16")) == (
-        "auto",
+    # the names vLLM takes; with auto, the dtype the HF backend loads those weights in on that device
+    assert (vllm_dtype("auto", "auto", cpu), vllm_dtype("fp16", "auto", cpu), vllm_dtype("auto", "bf16", cpu)) == (
+        "float32",
         "float16",
         "bfloat16",
-    )  # the names vLLM takes
+    )
     for short, long, dtype in (
         ("fp32", "float32", torch.float32),
         ("bf16", "bfloat16", torch.bfloat16),

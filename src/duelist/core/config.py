@@ -410,6 +410,7 @@ class GenerateConfig:
     shard_size: int = MISSING
     dtype: Precision = MISSING
     gpu_memory_utilization: float = MISSING
+    cpu_kv_cache_gb: int = MISSING
 
 
 @dataclass
@@ -444,5 +445,6 @@ class InferConfig:
     device_map: Optional[DeviceMap] = MISSING
     device: Device = MISSING
     precision: Precision = MISSING
+    cpu_kv_cache_gb: int = MISSING
     shard_rows: int = MISSING
     cache_dir: str = MISSING

