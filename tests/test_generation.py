@@ -54,11 +54,11 @@ def test_resume_after_a_crash_skips_finished_shards(tmp_path, monkeypatch) -> No
     crash_at = [3]  # the third shard fails
     real = generation.HFBackend.generate
 
-    def crashing(self, texts, seed):
-        calls.append(seed)
+    def crashing(self, texts, seeds):
+        calls.append(seeds[0])
         if len(calls) == crash_at[0]:
             raise RuntimeError("simulated crash (CUDA out of memory)")
-        return real(self, texts, seed)
+        return real(self, texts, seeds)
 
     monkeypatch.setattr(generation.HFBackend, "generate", crashing)
     out = tmp_path / "pairs.parquet"

@@ -272,9 +272,10 @@ def test_vllm_refuses_a_gemma2_run_on_a_gpu_without_bf16(tmp_path, monkeypatch) 
 
     run = tmp_path / "run"
     (run / "checkpoint" / "model").mkdir(parents=True)
+    # weights in model.dtype=auto, as the 9B model files have them: fp16 on a GPU without bf16 (the HF backend's choice)
     for model, refused in (("tiny_gemma2", True), ("tiny_qwen2", False)):
-        OmegaConf.save(compose_train([f"model={model}"]), run / "checkpoint" / "config.yaml")
-        infer_cfg = OmegaConf.create({"precision": "auto", "cache_dir": None})
+        OmegaConf.save(compose_train([f"model={model}", "model.dtype=auto"]), run / "checkpoint" / "config.yaml")
+        infer_cfg = OmegaConf.create({"precision": "auto", "cache_dir": None, "cpu_kv_cache_gb": 2})
         monkeypatch.setattr(torch.cuda, "is_available", lambda: True)  # a T4: CUDA without bf16
         monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: False)
         with pytest.raises(DuelistError) as err:

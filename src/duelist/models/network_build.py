@@ -536,6 +536,7 @@ def save_checkpoint(
                 )
         else:
             model.save_pretrained(tmp / "model", safe_serialization=True, state_dict=state_dict)
+            built.tokenizer.save_pretrained(tmp / "model")  # a folder as a download looks: vLLM loads it whole
 
 
 @dataclass

@@ -11,6 +11,7 @@ pseudo-labelling and the submission all use.
 from __future__ import annotations
 
 import logging
+import sys
 import time
 from pathlib import Path
 from typing import Any, Callable, Sequence
@@ -23,7 +24,14 @@ from duelist.core.batching import pad, sorted_batches
 from duelist.core.config import Precision, precision
 from duelist.core.errors import DuelistError
 from duelist.core.files import shown
-from duelist.core.hardware import autocast_dtype, half_weights, require_vllm, vllm_dtype
+from duelist.core.hardware import (
+    autocast_dtype,
+    half_weights,
+    require_vllm,
+    vllm_dtype,
+    vllm_engine_settings,
+    vllm_started,
+)
 from duelist.core.metrics import least_confident_first
 from duelist.core.progress import Progress
 from duelist.core.time_budget import Deadline
@@ -197,28 +205,34 @@ class VllmScorer:
                 f"{run_dir}: backend=vllm pools the way the architecture does; this run uses "
                 f"model.pooling={run_cfg.model.pooling}: use backend=hf"
             )
-        bf16 = torch.cuda.is_available() and torch.cuda.is_bf16_supported()
-        asked = precision(cfg.precision)
-        if run_cfg.model.arch == "gemma2" and (
-            asked == Precision.fp16 or (asked == Precision.auto and torch.cuda.is_available() and not bf16)
-        ):
-            why = "this GPU has no bf16 (T4, V100)" if not bf16 else "precision=fp16 was asked for"
+        device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        dtype = vllm_dtype(cfg.precision, run_cfg.model.dtype, device)
+        if run_cfg.model.arch == "gemma2" and dtype == "float16":
+            why = (
+                "precision=fp16 was asked for" if precision(cfg.precision) == Precision.fp16 else "this GPU has no bf16"
+            )
             raise DuelistError(
-                f"{run_dir}: backend=vllm refuses float16 for Gemma-2 and {why}: use backend=hf (precision=fp16, or "
-                f"quantization=int8 to fit a 9B model on a 16 GB GPU), or backend=vllm with a Qwen/Llama run"
+                f"{run_dir}: backend=vllm refuses float16 for Gemma-2 and {why} (T4, V100): use backend=hf "
+                "(precision=fp16, or quantization=int8|nf4 to fit a 9B model on a 16 GB GPU), or backend=vllm with a "
+                "Qwen/Llama run"
             )
         require_vllm("backend=vllm", "backend=hf")
         from vllm import LLM
 
+        log.info("%s: backend=vllm on %s, weights in %s (as backend=hf scores this run here)", run_dir, device, dtype)
         self.cfg = cfg
         self.head = head_of(run_cfg.model)
         self.encoder = self.head.encoder(load_tokenizer(str(ckpt / "tokenizer"), what="tokenizer"), run_cfg.model)
-        self.llm = LLM(
-            model=str(ckpt / "model"),
-            tokenizer=str(ckpt / "tokenizer"),
-            runner="pooling",
-            max_model_len=run_cfg.model.max_length + 8,
-            dtype=vllm_dtype(cfg.precision),
+        beside = (ckpt / "model" / "tokenizer_config.json").is_file()  # runs merged before it was: checkpoint/tokenizer
+        self.llm = vllm_started(
+            LLM(
+                model=str(ckpt / "model"),
+                tokenizer=str(ckpt / ("model" if beside else "tokenizer")),
+                runner="pooling",
+                max_model_len=run_cfg.model.max_length + 8,
+                dtype=dtype,
+                **vllm_engine_settings(cfg.cpu_kv_cache_gb),
+            )
         )
 
     def classify(self, rows: pd.DataFrame) -> np.ndarray:
@@ -228,7 +242,8 @@ class VllmScorer:
         # the model's raw outputs (no softmax or sigmoid: a reward of 20 would round to 1.0), then the head's logits of
         # each pair, as the HF path computes them
         seqs = [TokensPrompt(prompt_token_ids=list(s)) for s in self.head.sequences(ids)]
-        outputs = self.llm.classify(seqs, pooling_params=PoolingParams(use_activation=False), use_tqdm=True)
+        raw = PoolingParams(use_activation=False)
+        outputs = self.llm.classify(seqs, pooling_params=raw, use_tqdm=sys.stderr.isatty())  # bars: a terminal only
         logits = torch.tensor([list(o.outputs.probs) for o in outputs], dtype=torch.float64)
         return p_a_of(self.head.pair_logits(logits))
 

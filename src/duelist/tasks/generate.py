@@ -21,6 +21,7 @@ import hashlib
 import json
 import logging
 import math
+import sys
 from pathlib import Path
 from typing import Any, Protocol, Sequence
 
@@ -31,7 +32,16 @@ from omegaconf import OmegaConf
 
 from duelist.core.errors import DuelistError
 from duelist.core.files import open_shard_folder, resolve_path, write_parquet
-from duelist.core.hardware import pick_device, require_vllm, torch_dtype, vllm_dtype
+from duelist.core.hardware import (
+    pick_device,
+    require_vllm,
+    shut_down_vllm,
+    torch_dtype,
+    vllm_dtype,
+    vllm_engine_settings,
+    vllm_on_cpu,
+    vllm_started,
+)
 from duelist.core.languages import detect_languages, language_names
 from duelist.core.progress import progress
 from duelist.data.pairs import CANONICAL_COLUMNS, is_text, normalized
@@ -103,13 +113,17 @@ def assign_pairs(n: int, n_generators: int, seed: int) -> tuple[np.ndarray, np.n
 
 
 class Backend(Protocol):
-    """``generate`` returns one text per prompt; afterwards ``at_limit[i]`` says whether text i stopped at
-    ``max_new_tokens`` (cut) rather than at the end of its answer."""
+    """``generate`` returns one text per prompt, prompt i sampled with ``seeds[i]`` (where the backend can seed each
+    prompt: vLLM; transformers seeds each batch with its first prompt's); afterwards ``at_limit[i]`` says whether text
+    i stopped at ``max_new_tokens`` (cut) rather than at the end of its answer."""
 
     tokenizer: Any
     at_limit: list[bool]
 
-    def generate(self, prompts: Sequence[str], seed: int) -> list[str]: ...
+    def generate(self, prompts: Sequence[str], seeds: Sequence[int]) -> list[str]: ...
+
+    def close(self) -> None:
+        """Free the model (a vLLM engine's process) before the next generator loads."""
 
 
 def chat_text(tokenizer: Any, prompt: str) -> str:
@@ -166,14 +180,17 @@ class HFBackend:
             raise DuelistError(f"generator {gen.name}: init={gen.init!r}; use pretrained or random")
         self.model.to(device).eval()
 
+    def close(self) -> None:
+        del self.model
+
     @torch.no_grad()
-    def generate(self, prompts: Sequence[str], seed: int) -> list[str]:
+    def generate(self, prompts: Sequence[str], seeds: Sequence[int]) -> list[str]:
         cfg, tok = self.cfg, self.tokenizer
         encoded = [prompt_ids(tok, p, cfg.max_prompt_tokens) for p in prompts]
         order = np.argsort([len(e) for e in encoded], kind="stable")  # similar lengths share a batch: little padding
         out: list[str] = [""] * len(prompts)
         self.at_limit = [False] * len(prompts)
-        torch.manual_seed(seed)
+        torch.manual_seed(int(seeds[0]) if len(seeds) else cfg.seed)
         for start in range(0, len(order), cfg.batch_size):
             idx = order[start : start + cfg.batch_size]
             batch = tok.pad({"input_ids": [encoded[i] for i in idx]}, return_tensors="pt", padding=True)
@@ -208,27 +225,44 @@ class VLLMBackend:
         from vllm import LLM  # check_backend() made sure it imports
 
         self.cfg = cfg
-        self.llm = LLM(
-            model=resolve_path(gen.name_or_path),
-            dtype=vllm_dtype(cfg.dtype),
-            seed=cfg.seed,
-            gpu_memory_utilization=cfg.gpu_memory_utilization,
-            max_model_len=cfg.max_prompt_tokens + cfg.max_new_tokens,
+        on = torch.device("cpu") if vllm_on_cpu() else device
+        self.llm = vllm_started(
+            LLM(
+                model=resolve_path(gen.name_or_path),
+                dtype=vllm_dtype(cfg.dtype, cfg.dtype, on),
+                seed=cfg.seed,
+                gpu_memory_utilization=cfg.gpu_memory_utilization,
+                max_model_len=cfg.max_prompt_tokens + cfg.max_new_tokens,
+                **vllm_engine_settings(cfg.cpu_kv_cache_gb),
+            )
         )
         self.tokenizer = self.llm.get_tokenizer()
 
-    def generate(self, prompts: Sequence[str], seed: int) -> list[str]:
+    def close(self) -> None:
+        shut_down_vllm(self.llm)
+
+    def generate(self, prompts: Sequence[str], seeds: Sequence[int]) -> list[str]:
+        """Prompt i is sampled with its own seed ``seeds[i]``: the same prompt gives the same text on every run, and
+        no two prompts share a random stream (one seed for every prompt gave a near-flat model the same text for
+        different prompts). The text is the generated token ids decoded by the generator's tokenizer, as with
+        transformers."""
         from vllm import SamplingParams
 
         cfg = self.cfg
         ids = [prompt_ids(self.tokenizer, p, cfg.max_prompt_tokens) for p in prompts]
         order = np.argsort([len(i) for i in ids], kind="stable")
-        params = SamplingParams(temperature=cfg.temperature, top_p=cfg.top_p, max_tokens=cfg.max_new_tokens, seed=seed)
-        results = self.llm.generate([{"prompt_token_ids": ids[i]} for i in order], params, use_tqdm=True)
+        params = [
+            SamplingParams(
+                temperature=cfg.temperature, top_p=cfg.top_p, max_tokens=cfg.max_new_tokens, seed=int(seeds[i])
+            )
+            for i in order
+        ]
+        prompts_ids = [{"prompt_token_ids": ids[i]} for i in order]
+        results = self.llm.generate(prompts_ids, params, use_tqdm=sys.stderr.isatty())  # bars: a terminal only
         out: list[str] = [""] * len(prompts)
         self.at_limit = [False] * len(prompts)
         for i, result in zip(order, results):
-            out[i] = result.outputs[0].text.strip()
+            out[i] = self.tokenizer.decode(result.outputs[0].token_ids, skip_special_tokens=True).strip()
             self.at_limit[i] = result.outputs[0].finish_reason == "length"
         return out
 
@@ -348,8 +382,10 @@ def generate_parts(shards: Shards, k: int, gen: Any, g: Any, device: torch.devic
     backend = make_backend(gen, g, device)
     for shard in progress(todo, f"generate {gen.name}", "shards"):
         rows = mine[mine["shard"] == shard]
-        texts = backend.generate(list(rows["prompt"]), seed=g.seed + 1000 * shard + k) if len(rows) else []
+        seeds = g.seed + k * len(prompts) + rows.index.to_numpy()  # one per prompt and generator, none shared
+        texts = backend.generate(list(rows["prompt"]), seeds.tolist()) if len(rows) else []
         write_parquet(shards.part(shard, k), pd.DataFrame({"id": rows["id"].to_numpy(), "response": texts}))
+    backend.close()  # the next generator gets the memory
 
 
 def write_pairs(cfg: Any, shards: Shards, n_prompts: int) -> pd.DataFrame:

@@ -90,7 +90,7 @@ def translate_rows(
         for x, ask in asks.items()
     }
     sent = [x for x in texts if fits[x]]
-    outputs = backend.generate([asks[x] for x in sent], seed=seed) if sent else []
+    outputs = backend.generate([asks[x] for x in sent], [seed + j for j in range(len(sent))]) if sent else []
     done = dict(zip(sent, outputs))
     problem_of = {x: "too_long" for x in texts if not fits[x]}
     for x, cut in zip(sent, backend.at_limit if sent else []):
