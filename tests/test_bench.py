@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sys
 
 import numpy as np
 import pytest
@@ -107,3 +108,19 @@ def test_bench_runs_the_default_model_file_and_refuses_a_length_it_cannot_cover(
     assert report["model"] == "minilm" and report["inference"]["rows"] == 16
     with pytest.raises(bench.DuelistError, match="max_length=1024: model minilm covers at most 512 positions"):
         bench.run(bench.parse(["model=minilm", "max_length=1024", f"out={tmp_path / 'n.json'}"]))
+
+
+@pytest.mark.fast
+def test_the_vllm_page_carries_the_committed_results() -> None:
+    import importlib.util
+
+    from conftest import ROOT
+
+    spec = importlib.util.spec_from_file_location("vllm_vs_hf", ROOT / "bench" / "vllm_vs_hf.py")
+    bench_module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = bench_module  # its dataclass looks its module up
+    spec.loader.exec_module(bench_module)
+    report = json.loads((ROOT / "bench" / "results" / "vllm-vs-hf-x86_64.json").read_text())
+    page = (ROOT / "docs" / "vllm.md").read_text()
+    shown = page.split("<!-- vllm-table -->\n", 1)[1].split("<!-- /vllm-table -->", 1)[0]
+    assert shown.strip().splitlines() == bench_module.table(report)

@@ -30,6 +30,7 @@ WALKS = {
     "extra-data": ["docs/extra-data.md"],
     "kaggle": ["docs/kaggle.md"],
     "reward-models": ["docs/reward-models.md"],
+    "vllm": ["docs/vllm.md"],  # in the vLLM environment (tests/test_walk_vllm.py)
 }
 WALKED = [page for pages in WALKS.values() for page in pages]
 EXAMPLE_DATA = "python -m duelist example-data"
@@ -113,6 +114,7 @@ def walk_docs(walk: str, tmp_path: Path) -> None:
             "runs/rm1/checkpoint/adapter/adapter_model.safetensors",
             "pl.parquet",
         ],
+        "vllm": ["runs/rm-merged/checkpoint/model/tokenizer_config.json", "pairs.parquet", "pl.parquet"],
     }
     for path in made[walk]:
         assert (tmp_path / path).is_file(), path
