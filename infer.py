@@ -27,7 +27,6 @@ quiet_library_logs()
 @exit_cleanly_on_user_error
 def main(cfg: DictConfig) -> None:
     infer(cfg)
-    leave_after_vllm()  # a job that ran vLLM ends here: its CPU build can abort at the interpreter's teardown
 
 
 if __name__ == "__main__":
@@ -35,3 +34,4 @@ if __name__ == "__main__":
         Path(__file__).parent / "conf", "infer", sys.argv[1:]
     )  # a typo: exit 2
     main()
+    leave_after_vllm()  # after every job (a -m sweep too): vLLM's CPU build can abort at the interpreter's teardown

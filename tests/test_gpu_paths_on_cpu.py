@@ -282,7 +282,37 @@ def test_vllm_refuses_a_gemma2_run_on_a_gpu_without_bf16(tmp_path, monkeypatch) 
             VllmScorer(run, infer_cfg)
         assert ("refuses float16 for Gemma-2" in str(err.value)) == refused, str(err.value)
         if refused:
-            assert "backend=hf" in str(err.value)
+            assert "backend=hf" in str(err.value) and "this GPU has no bf16" in str(err.value)
+
+
+@pytest.mark.fast
+def test_a_closed_vllm_engine_is_shut_down_once_and_the_process_leaves_after_the_rest(monkeypatch) -> None:
+    """A scorer or generator that closes its vLLM engine frees it at once (the next run gets the memory); the job's
+    end shuts down the engines still running, then leaves with exit code 0 before the interpreter's teardown."""
+    import os
+    from types import SimpleNamespace
+
+    from duelist.core import hardware
+
+    stopped: list[str] = []
+
+    def engine(name: str) -> SimpleNamespace:
+        return SimpleNamespace(
+            llm_engine=SimpleNamespace(engine_core=SimpleNamespace(shutdown=lambda: stopped.append(name)))
+        )
+
+    left: list[int] = []
+    monkeypatch.setattr(hardware, "_VLLM", {"running": [], "ran": False})
+    monkeypatch.setattr(os, "_exit", left.append)
+    hardware.leave_after_vllm()
+    assert left == []  # a job that started no engine ends as any other
+    first = hardware.vllm_started(engine("first"))
+    hardware.vllm_started(engine("second"))
+    hardware.shut_down_vllm(first)
+    hardware.shut_down_vllm(first)
+    assert stopped == ["first"] and left == []
+    hardware.leave_after_vllm()
+    assert stopped == ["first", "second"] and left == [0]
 
 
 @pytest.mark.parametrize("model", ["tiny_gemma2", "tiny_qwen2", "tiny_llama"])

@@ -39,7 +39,10 @@ def teacher(work: Path) -> Path:
     return work / "runs" / "rm0-merged"
 
 
-def test_greedy_generation_is_transformers_generate_token_for_token(work: Path) -> None:
+def test_greedy_generation_writes_the_text_of_transformers_generate(work: Path) -> None:
+    """Both generators, every prompt: the text equals transformers' greedy ``generate`` on the same prompt ids, its
+    new tokens decoded as the backend decodes them (12 texts of up to 24 tokens from random weights: one token apart
+    anywhere and the texts differ, unless two token sequences spell the same bytes)."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from duelist.tasks.generate import prompt_ids

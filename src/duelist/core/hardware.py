@@ -152,7 +152,7 @@ def vllm_on_cpu() -> bool:
 def vllm_engine_settings(kv_cache_gb: int) -> dict[str, Any]:
     """What vLLM's engine needs on this machine beyond the model: on a CPU, the RAM of
     its KV cache (``VLLM_CPU_KVCACHE_SPACE``, whole GiB; unset, vLLM reserves 90% of the RAM and refuses to start) and
-    eager execution (no graph compilation: 15-20 s to start instead of 30-50 s, the same results)."""
+    eager execution (no graph compilation: 15-25 s to start instead of 30-50 s, the same results)."""
     if not vllm_on_cpu():
         return {}
     os.environ["VLLM_CPU_KVCACHE_SPACE"] = str(int(kv_cache_gb))
@@ -172,24 +172,36 @@ def plain_4bit_kernels(model: torch.nn.Module) -> int:
     return len(layers)
 
 
-_ENGINES: list[Any] = []  # the vLLM engines this process started (vllm_started)
+_VLLM: dict[str, Any] = {"running": [], "ran": False}  # this process's vLLM engines (vllm_started)
 
 
 def vllm_started(llm: Any) -> Any:
-    """Remember ``llm`` (a ``vllm.LLM``) so that it is shut down before the process ends, even on an error (atexit).
-    Returns ``llm``."""
+    """Remember ``llm`` (a ``vllm.LLM``) so that it is shut down before the process ends, even on an error (atexit),
+    and that this process ran vLLM (:func:`leave_after_vllm`). Returns ``llm``."""
     import atexit
 
-    _ENGINES.append(llm)
-    atexit.register(shut_down_vllm, llm)
+    if not _VLLM["ran"]:
+        atexit.register(shut_down_every_vllm)
+    _VLLM["running"].append(llm)
+    _VLLM["ran"] = True
     return llm
 
 
 def shut_down_vllm(llm: Any) -> None:
-    """Stop ``llm``'s engine process now (a second call does nothing)."""
+    """Stop ``llm``'s engine process now and forget it (a second call does nothing): its memory is free for the next
+    model."""
+    if llm not in _VLLM["running"]:
+        return
+    _VLLM["running"].remove(llm)
     engine = getattr(getattr(llm, "llm_engine", None), "engine_core", None)
     if engine is not None:
         engine.shutdown()
+
+
+def shut_down_every_vllm() -> None:
+    """Stop every engine this process still runs."""
+    for llm in list(_VLLM["running"]):
+        shut_down_vllm(llm)
 
 
 def leave_after_vllm() -> None:
@@ -198,13 +210,12 @@ def leave_after_vllm() -> None:
     down (``terminate called without an active exception``, exit code 134, seen with a bare ``LLM`` too) after
     everything was written; leaving before the teardown ends the job as it succeeded. Nothing happens in a process
     that started no vLLM engine."""
-    if not _ENGINES:
+    if not _VLLM["ran"]:
         return
     import logging
     import sys
 
-    for llm in _ENGINES:
-        shut_down_vllm(llm)
+    shut_down_every_vllm()
     logging.shutdown()
     sys.stdout.flush()
     sys.stderr.flush()

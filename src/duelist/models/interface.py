@@ -93,6 +93,10 @@ class Scorer(Protocol):
         order: np.ndarray | None = None,
     ) -> np.ndarray: ...
 
+    def close(self) -> None:
+        """Free what it holds now (the model; a vLLM engine's process and its memory), for the next run to load; the
+        scorer is not used after."""
+
 
 class ModelKind(Protocol):
     name: str  # network | trees

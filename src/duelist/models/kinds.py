@@ -40,4 +40,8 @@ def load_scorer(run_dir: str | Path, cfg: Any, device: torch.device) -> Scorer:
 
 def score_run(run_dir: str | Path, rows: Any, cfg: Any, device: torch.device, **how: Any) -> Any:
     """P(A wins) of one run for every row (``how``: ``tta``, ``deadline``, ``order``), the run loaded for this call."""
-    return load_scorer(run_dir, cfg, device).score(rows, **how)
+    scorer = load_scorer(run_dir, cfg, device)
+    try:
+        return scorer.score(rows, **how)
+    finally:
+        scorer.close()

@@ -28,6 +28,7 @@ from duelist.core.hardware import (
     autocast_dtype,
     half_weights,
     require_vllm,
+    shut_down_vllm,
     vllm_dtype,
     vllm_engine_settings,
     vllm_started,
@@ -121,6 +122,11 @@ class HFScorer:
         self.encoder = self.head.encoder(self.built.tokenizer, run_cfg.model)
         self.amp = autocast_dtype(cfg.precision, device, half_weights(self.built.model))
 
+    def close(self) -> None:
+        del self.built
+        if self.device.type == "cuda":
+            torch.cuda.empty_cache()
+
     def predict(self, seqs: Sequence[Sequence[int]], desc: str, deadline: Deadline | None = None) -> np.ndarray:
         cfg = self.cfg
         return predict_p_a(
@@ -208,11 +214,14 @@ class VllmScorer:
         device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
         dtype = vllm_dtype(cfg.precision, run_cfg.model.dtype, device)
         if run_cfg.model.arch == "gemma2" and dtype == "float16":
-            why = (
-                "precision=fp16 was asked for" if precision(cfg.precision) == Precision.fp16 else "this GPU has no bf16"
-            )
+            if precision(cfg.precision) == Precision.fp16:
+                why = "precision=fp16 was asked for"
+            elif device.type == "cuda":
+                why = "this GPU has no bf16 (T4, V100)"
+            else:
+                why = f"the run's weights are float16 (model.dtype={run_cfg.model.dtype})"
             raise DuelistError(
-                f"{run_dir}: backend=vllm refuses float16 for Gemma-2 and {why} (T4, V100): use backend=hf "
+                f"{run_dir}: backend=vllm refuses float16 for Gemma-2 and {why}: use backend=hf "
                 "(precision=fp16, or quantization=int8|nf4 to fit a 9B model on a 16 GB GPU), or backend=vllm with a "
                 "Qwen/Llama run"
             )
@@ -234,6 +243,9 @@ class VllmScorer:
                 **vllm_engine_settings(cfg.cpu_kv_cache_gb),
             )
         )
+
+    def close(self) -> None:
+        shut_down_vllm(self.llm)
 
     def classify(self, rows: pd.DataFrame) -> np.ndarray:
         from vllm import PoolingParams, TokensPrompt
@@ -290,6 +302,9 @@ class ParallelScorer:
 
     def __init__(self, run_dir: Path, cfg: Any, devices: Sequence[str]):
         self.run_dir, self.cfg, self.devices = Path(run_dir), cfg, list(devices)
+
+    def close(self) -> None:
+        """Nothing to free: the processes, and the run they load, end with each call."""
 
     def score(
         self, rows: pd.DataFrame, tta: str | None = None, deadline: Deadline | None = None, order: Any = None

@@ -289,6 +289,9 @@ class TreesScorer:
     def __init__(self, run: RunDir, cfg: Any):
         self.model, self.cfg = FeatureModel.load(run.checkpoint), cfg
 
+    def close(self) -> None:
+        del self.model
+
     def score(
         self, rows: pd.DataFrame, tta: str | None = None, deadline: Deadline | None = None, order: Any = None
     ) -> np.ndarray:

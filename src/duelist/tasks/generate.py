@@ -226,10 +226,12 @@ class VLLMBackend:
 
         self.cfg = cfg
         on = torch.device("cpu") if vllm_on_cpu() else device
+        dtype = vllm_dtype(cfg.dtype, cfg.dtype, on)
+        log.info("generator %s: vllm on %s, weights in %s", gen.name, on.type, dtype)
         self.llm = vllm_started(
             LLM(
                 model=resolve_path(gen.name_or_path),
-                dtype=vllm_dtype(cfg.dtype, cfg.dtype, on),
+                dtype=dtype,
                 seed=cfg.seed,
                 gpu_memory_utilization=cfg.gpu_memory_utilization,
                 max_model_len=cfg.max_prompt_tokens + cfg.max_new_tokens,
@@ -292,7 +294,8 @@ def make_backend(gen: Any, cfg: Any, device: torch.device) -> Backend:
 def fingerprint(prompts: pd.DataFrame, cfg: Any) -> str:
     """What a shard folder belongs to: the chosen prompts and every setting that changes the output."""
     settings = OmegaConf.to_container(cfg, resolve=True)
-    settings.pop("batch_size", None)  # batching changes nothing in the output's meaning
+    for how in ("batch_size", "cpu_kv_cache_gb"):  # how it batches and what memory it takes change no text
+        settings.pop(how, None)
     blob = json.dumps({"ids": list(prompts["id"]), "settings": settings}, sort_keys=True, default=str)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 

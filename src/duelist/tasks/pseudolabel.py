@@ -115,7 +115,7 @@ def teacher_scores(cfg: Any, teachers: list[Path], rows: pd.DataFrame, device: A
                     files[s],
                     pd.DataFrame({"id": part["id"].to_numpy(), "p_a": scorer.score(part, tta=cfg.labeling.tta)}),
                 )
-            del scorer
+            scorer.close()  # the next teacher gets the memory
         scored = pd.concat([pd.read_parquet(f) for f in files], ignore_index=True)
         assert scored["id"].tolist() == rows["id"].tolist()
         columns.append(scored["p_a"].to_numpy())

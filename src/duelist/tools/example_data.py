@@ -149,5 +149,5 @@ def main(argv: Sequence[str] | None = None) -> None:
     if args.reward_model:
         print(f"reward model: {write_tiny_reward_model(Path(args.out) / 'tiny_qwen3_rm')}")
     if args.generators:
-        for name, arch in GENERATORS.items():
-            print(f"generator: {write_tiny_model(Path(args.out) / name, arch, 'lm', seed=len(name))}")
+        for seed, (name, arch) in enumerate(GENERATORS.items(), start=1):  # each its own random weights
+            print(f"generator: {write_tiny_model(Path(args.out) / name, arch, 'lm', seed=seed)}")
