@@ -303,6 +303,7 @@ def test_two_model_says_why_it_passed_over_each_run(tmp_path, caplog) -> None:
     fake_run(tmp_path, "g2", "tiny_gemma2", 0.66, 0.64)
     fake_run(tmp_path, "l1", "tiny_llama", 0.60, 0.69)
     fake_run(tmp_path, "q1", "tiny_qwen2", 0.64, 0.65)
+    fake_run(tmp_path, "g3", "tiny_gemma2", 0.66, 0.64)
     fake_run(tmp_path, "g9", "tiny_gemma2", 0.90, 0.50, fold=3)
     fake_run(tmp_path, "zh", "tiny_gemma2", 0.79, 0.50, extra=("data.languages=[Chinese]",))
     cfg = compose_infer(["ensemble=two_model", f"ensemble.roots=[{tmp_path}]", "data.test=x.parquet"])
@@ -314,10 +315,11 @@ def test_two_model_says_why_it_passed_over_each_run(tmp_path, caplog) -> None:
         for m in caplog.messages
     )
     assert "val/accuracy 0.6100, the picked tiny_gemma2 run has 0.6600" in said["g1"]
+    assert "0.6600, a tie with the picked tiny_gemma2 run (the first found wins a tie)" in said["g3"]
     assert "validated on other rows than the picked runs" in said["g9"]
     assert "a specialist (data.languages=Chinese)" in said["zh"]
     assert "its model is not among the two best on these rows" in said["l1"]
-    assert len(said) == 4
+    assert len(said) == 5
 
 
 @pytest.mark.fast
@@ -345,6 +347,7 @@ def test_members_auto_picks_the_best_run_of_the_two_best_model_names(tmp_path) -
     assert cfg.ensemble.members == "auto"
     assert [p.name for p in pick_runs(cfg)] == ["g2", "q1"]
     # members are compared only with runs validated on the same rows: a luckier run of another fold is not picked
+    fake_run(tmp_path, "g3", "tiny_gemma2", 0.66, 0.64)
     fake_run(tmp_path, "g9", "tiny_gemma2", 0.90, 0.50, fold=3)
     assert [p.name for p in pick_runs(cfg)] == ["g2", "q1"]
     fake_run(tmp_path, "q9", "tiny_qwen2", 0.85, 0.55, fold=3)  # with both families on fold 3, fold 3 scores best

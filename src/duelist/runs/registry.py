@@ -209,6 +209,8 @@ def passed_over(found: pd.DataFrame, runs: pd.DataFrame, picked: list[str], sort
             )
         elif rows[run] != shared:
             why = "validated on other rows than the picked runs (another fold, data.split_seed or data files)"
+        elif model in best and row[sort] == best[model][sort]:
+            why = f"{sort} {row[sort]:.4f}, a tie with the picked {model} run (the first found wins a tie)"
         elif model in best:
             why = f"{sort} {row[sort]:.4f}, the picked {model} run has {best[model][sort]:.4f}"
         else:
