@@ -4,10 +4,10 @@
     python bench/heads.py                              # tiny_qwen2 and minilm on 256 pairs of the bundled sample
     python bench/heads.py models=[minilm] rows=512
 
-For each head: tokens per pair (real, unpadded), scoring (``predict_p_a`` as infer.py runs it: sorted batches) and
-training steps (the loop's forward, pair loss, backward and AdamW on LoRA, batches of 8 pairs) in pairs/s and
-tokens/s; the best of ``repeats`` timings. Writes ``bench/results/heads-<machine>.json`` with device, versions and
-commit.
+For each head: tokens per pair (real, unpadded), scoring (``predict_p_a`` as infer.py runs it: sequences sorted by
+length) and training steps (the loop's forward of a batch, ``pair_logits_of_batch``: sequences grouped by length;
+pair loss, backward and AdamW on LoRA, ``batch_pairs`` pairs a step) in pairs/s and tokens/s; the best of ``repeats``
+timings. Writes ``bench/results/heads-<machine>.json`` with device, versions and commit.
 """
 
 from __future__ import annotations
@@ -26,7 +26,6 @@ import torch
 from omegaconf import OmegaConf
 
 from duelist.core import options
-from duelist.core.batching import pad
 from duelist.core.files import write_json
 from duelist.core.logs import quiet_library_logs
 from duelist.core.options import option
@@ -34,7 +33,7 @@ from duelist.data.reading import load_pairs
 from duelist.models.heads import HEADS
 from duelist.models.network_build import build_model
 from duelist.models.network_scoring import predict_p_a
-from duelist.models.network_training import pair_losses
+from duelist.models.network_training import pair_logits_of_batch, pair_losses
 from duelist.tools.bench import compose_network, device_name
 from duelist.tools.example_data import SAMPLE
 
@@ -46,7 +45,8 @@ CPU = torch.device("cpu")
 class HeadsOptions:
     models: List[str] = option(["tiny_qwen2", "minilm"], "model files to measure")
     rows: int = option(256, "pairs of the bundled sample (a seeded random draw)")
-    train_steps: int = option(6, "training steps per timing (8 pairs each)")
+    train_steps: int = option(6, "training steps per timing")
+    batch_pairs: int = option(16, "pairs per training step (the default job's trainer.batch_size)")
     repeats: int = option(2, "timings per head; the best is kept")
     out: str = option(str(ROOT / "bench" / "results" / f"heads-{platform.machine()}.json"), "JSON path")
 
@@ -78,19 +78,19 @@ def measure(model_name: str, rows, opts: HeadsOptions) -> dict:
             model = built.model
             model.train()
             opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-5)
-            batches = [list(range(i * 8, i * 8 + 8)) for i in range(opts.train_steps)]
+            b = opts.batch_pairs
+            batches = [list(range(i * b, i * b + b)) for i in range(opts.train_steps)]
             trained_tokens = 0
 
             def steps() -> None:
                 nonlocal trained_tokens
                 trained_tokens = 0
                 for idx in batches:
-                    batch, mask = pad(HEADS[head].sequences([ids[i] for i in idx]), pad_id)
-                    logits = HEADS[head].pair_logits(model(input_ids=batch, attention_mask=mask).logits)
+                    logits, tokens = pair_logits_of_batch(model, HEADS[head], [ids[i] for i in idx], pad_id, CPU)
                     pair_losses(logits, torch.full((len(idx),), 0.7)).mean().backward()
                     opt.step()
                     opt.zero_grad(set_to_none=True)
-                    trained_tokens += int(mask.sum())
+                    trained_tokens += tokens
 
             seconds = seconds_of(steps)
             model.eval()
@@ -105,13 +105,11 @@ def measure(model_name: str, rows, opts: HeadsOptions) -> dict:
             "tokens_per_pair": tokens / len(ids),
             "score_pairs_per_s": len(ids) / r["score_s"],
             "score_tokens_per_s": tokens / r["score_s"],
-            "train_pairs_per_s": 8 * opts.train_steps / r["train_s"],
+            "train_pairs_per_s": opts.batch_pairs * opts.train_steps / r["train_s"],
             "train_tokens_per_s": r["train_tokens"] / r["train_s"],
         }
-    out["reward_over_pair"] = {
-        k: out["reward"][k] / out["pair"][k]
-        for k in ("tokens_per_pair", "score_pairs_per_s", "score_tokens_per_s", "train_pairs_per_s")
-    }
+    ratios = ("tokens_per_pair", "score_pairs_per_s", "score_tokens_per_s", "train_pairs_per_s", "train_tokens_per_s")
+    out["reward_over_pair"] = {k: out["reward"][k] / out["pair"][k] for k in ratios}
     return out
 
 

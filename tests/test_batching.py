@@ -8,7 +8,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from duelist.core.batching import pad, sorted_batches, train_batches
+from duelist.core.batching import length_groups, pad, sorted_batches, train_batches
 from duelist.models.heads import PairHead
 from duelist.models.network_scoring import predict_p_a
 
@@ -33,6 +33,28 @@ def test_train_batches_cover_every_row_once(lengths, batch_size, group, paired, 
     if paired:
         for b in batches:  # a pair and its swap share a batch
             assert all((units[b] == u).sum() == (units == u).sum() for u in set(units[b].tolist()))
+
+
+@settings(max_examples=200, deadline=None)
+@given(lengths=st.lists(st.integers(1, 400), min_size=1, max_size=10), overhead=st.integers(0, 2000))
+def test_length_groups_cost_what_the_best_cut_costs(lengths, overhead) -> None:
+    """Every position once, longest first, groups in length order; their padded tokens plus the overhead per group
+    equal the cheapest of every way to cut the sorted batch (enumerated)."""
+    import itertools
+
+    groups = length_groups(lengths, overhead)
+    flat = np.concatenate(groups)
+    assert sorted(flat.tolist()) == list(range(len(lengths)))
+    ordered = np.asarray(lengths)[flat]
+    assert (np.diff(ordered) <= 0).all()
+    cost = sum(len(g) * max(lengths[i] for i in g) + overhead for g in groups)
+    desc = sorted(lengths, reverse=True)
+    best = min(
+        sum((b - a) * desc[a] + overhead for a, b in zip((0, *cuts), (*cuts, len(desc))))
+        for k in range(len(desc))
+        for cuts in itertools.combinations(range(1, len(desc)), k)
+    )
+    assert cost == best
 
 
 @settings(max_examples=200, deadline=None)

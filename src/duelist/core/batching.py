@@ -21,6 +21,28 @@ def pad(seqs: Sequence[Sequence[int]], pad_id: int) -> tuple[torch.Tensor, torch
     return ids, mask
 
 
+def length_groups(lengths: Sequence[int], overhead: int) -> list[np.ndarray]:
+    """The positions of one batch's sequences, longest first, cut into consecutive groups so that the padded tokens
+    of all groups (each group: its rows x its longest row) plus ``overhead`` tokens per group (what one more forward
+    call costs) are fewest. A batch whose sequences differ in length then reads far less padding as a few forward
+    calls than as one: a reward head's batch holds both responses of every pair, short and long together."""
+    lengths = np.asarray(lengths)
+    order = np.argsort(-lengths, kind="stable")
+    longest = lengths[order]
+    n = len(order)
+    cost = np.zeros(n + 1)
+    start = np.zeros(n + 1, dtype=np.int64)
+    for end in range(1, n + 1):  # cost[end]: the cheapest cut of the first `end` sequences; a group i..end pads to i
+        options = [cost[i] + (end - i) * longest[i] + overhead for i in range(end)]
+        start[end] = int(np.argmin(options))
+        cost[end] = options[start[end]]
+    groups, end = [], n
+    while end > 0:
+        groups.append(order[start[end] : end])
+        end = int(start[end])
+    return groups[::-1]
+
+
 def sorted_batches(lengths: Sequence[int], batch_size: int, max_tokens: int | None = None) -> list[np.ndarray]:
     """Rows sorted longest first and cut into batches of at most ``batch_size`` rows and, with
     ``max_tokens``, at most ``max_tokens`` padded tokens (rows x longest row); every row appears

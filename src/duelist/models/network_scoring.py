@@ -67,20 +67,24 @@ def predict_p_a(
     deadline: Deadline | None = None,
     quiet: bool = False,
 ) -> np.ndarray:
-    """P(A wins) for each row (as ``head``'s encoder wrote it), in input order; batches are sorted by length to cut
-    padding and hold at most ``batch_size`` rows and (when given) ``max_tokens`` padded tokens. With a ``deadline``,
-    a batch predicted not to fit is not started: its rows stay NaN. ``quiet``: no progress lines off a terminal (a
-    validation pass)."""
+    """P(A wins) for each row (as ``head``'s encoder wrote it), in input order. The rows' sequences (one per pair, or
+    two for a reward head) are sorted by length on their own, so short ones are not padded to a long partner, and cut
+    into batches of at most ``batch_size`` rows' worth of sequences and (when given) ``max_tokens`` padded tokens.
+    With a ``deadline``, a batch predicted not to fit is not started: rows not wholly scored stay NaN. ``quiet``: no
+    progress lines off a terminal (a validation pass)."""
     was_training = model.training
     model.eval()
-    out = np.full(len(seqs), np.nan, dtype=np.float64)
+    seqs = head.sequences(list(seqs))  # row-major: a row's sequences follow one another
+    per_row = head.sequences_per_pair
+    raw = torch.full((len(seqs), head.outputs), float("nan"), dtype=torch.float32)
     tokens = 0
     start = time.perf_counter()
-    with Progress(len(seqs), desc, "rows", quiet=quiet) as bar:
-        for idx in sorted_batches([len(s) for s in seqs], batch_size, max_tokens):
-            ids, mask = pad(head.sequences([seqs[i] for i in idx]), pad_id)
+    unit = "rows" if per_row == 1 else "sequences"
+    with Progress(len(seqs), desc, unit, quiet=quiet) as bar:
+        for idx in sorted_batches([len(s) for s in seqs], batch_size * per_row, max_tokens):
+            ids, mask = pad([seqs[i] for i in idx], pad_id)
             if deadline is not None and not deadline.fits(ids.numel()):
-                log.warning("%s: time budget reached, %d rows left unscored", desc, int(np.isnan(out).sum()))
+                log.warning("%s: time budget reached, %d %s left unscored", desc, int(raw[:, 0].isnan().sum()), unit)
                 break
             began = deadline.clock() if deadline is not None else 0.0
             with torch.autocast(device.type, dtype=amp, enabled=amp is not None):
@@ -90,13 +94,13 @@ def predict_p_a(
                     f"a model with {logits.shape[-1]} outputs scored as model.head={head.name} ({head.outputs}); "
                     "score a run with the head of its own config (duelist.models.heads.head_of)"
                 )
-            out[idx] = p_a_of(head.pair_logits(logits))
+            raw[torch.as_tensor(idx)] = logits.detach().float().cpu()
             if deadline is not None:
                 deadline.record(ids.numel(), deadline.clock() - began)
             tokens += int(mask.sum())
             bar.update(len(idx), tok_s=f"{tokens / max(time.perf_counter() - start, 1e-9):,.0f}")
     model.train(was_training)
-    return out
+    return p_a_of(head.pair_logits(raw))
 
 
 def _least_confident_chunks(

@@ -15,14 +15,14 @@ import os
 import signal
 import time
 from dataclasses import dataclass, field
-from typing import Any, Iterator
+from typing import Any, Iterator, Sequence
 
 import numpy as np
 import pandas as pd
 import torch
 from omegaconf import DictConfig
 
-from duelist.core.batching import pad, train_batches
+from duelist.core.batching import length_groups, pad, train_batches
 from duelist.core.errors import DuelistError
 from duelist.core.hardware import autocast_dtype, half_weights
 from duelist.core.metrics import compute_metrics, is_better
@@ -39,7 +39,7 @@ from duelist.models.distributed import (
     set_sharded_weights,
     wrap,
 )
-from duelist.models.heads import head_of
+from duelist.models.heads import Head, head_of
 from duelist.models.interface import Fitted, Pruned, Trial
 from duelist.models.network_build import (
     Built,
@@ -54,7 +54,10 @@ from duelist.runs.states import SavedState, TrainingState, resolved, rng_state, 
 
 log = logging.getLogger(__name__)
 
-KILL_SWITCH = "DUELIST_TEST_KILL_AT_BATCH"  # tests only: N = SIGKILL this process after its N-th training pass
+# what one more forward call is taken to cost, in padded tokens, when a batch's sequences are grouped by length: a
+# round figure, not tuned (bench/heads.py measures the grouping against one call per batch)
+FORWARD_OVERHEAD_TOKENS = 256
+KILL_SWITCH = "DUELIST_TEST_KILL_AT_BATCH"  # tests only: N = SIGKILL this process after its N-th training batch
 
 
 def pair_losses(
@@ -84,21 +87,39 @@ def make_optimizer(name: str, groups: list[dict[str, Any]], weight_decay: float)
     return bnb.optim.AdamW8bit(groups, weight_decay=weight_decay)
 
 
-def install_kill_switch(model: torch.nn.Module) -> None:
-    """Tests only (``DUELIST_TEST_KILL_AT_BATCH=N``): this process SIGKILLs itself as its training pass N + 1 starts,
-    i.e. right after pass N, so a test can kill a run at a known point. A hook on the model: the loop knows nothing."""
-    after = int(os.environ.get(KILL_SWITCH, "0"))
-    if after <= 0:
-        return
-    passes = [0]
+def pair_logits_of_batch(
+    forward: Any, head: Head, rows: Sequence[Any], pad_id: int, device: torch.device, grouped: bool = True
+) -> tuple[torch.Tensor, int]:
+    """A training batch's pair logits (``head.pair_logits``, rows in order) and its real tokens: the head's sequences
+    grouped by length (:func:`length_groups`), one forward call per group, so short sequences are not padded to the
+    longest of the batch; the loss and its gradients are the batch's as one call would give them. ``grouped=False``:
+    one call (several processes: each forward of DDP or FSDP2 is a collective, so every process makes as many)."""
+    seqs = head.sequences(rows)
+    if grouped:
+        groups = length_groups([len(s) for s in seqs], FORWARD_OVERHEAD_TOKENS)
+    else:
+        groups = [np.arange(len(seqs))]
+    outputs, tokens = [], 0
+    for group in groups:
+        batch, mask = pad([seqs[i] for i in group], pad_id)
+        outputs.append(forward(input_ids=batch.to(device), attention_mask=mask.to(device)).logits)
+        tokens += int(mask.sum())
+    in_order = torch.as_tensor(np.argsort(np.concatenate(groups)), device=outputs[0].device)
+    return head.pair_logits(torch.cat(outputs)[in_order]), tokens
 
-    def count(module: torch.nn.Module, args: Any) -> None:
-        if module.training:
-            passes[0] += 1
-            if passes[0] > after:
-                os.kill(os.getpid(), signal.SIGKILL)
 
-    model.register_forward_pre_hook(count)
+class KillSwitch:
+    """Tests only (``DUELIST_TEST_KILL_AT_BATCH=N``): this process SIGKILLs itself as its training batch N + 1 starts,
+    i.e. right after batch N, so a test can kill a run at a known point (:meth:`batch` is called as each starts)."""
+
+    def __init__(self) -> None:
+        self.after = int(os.environ.get(KILL_SWITCH, "0"))
+        self.batches = 0
+
+    def batch(self) -> None:
+        self.batches += 1
+        if 0 < self.after < self.batches:
+            os.kill(os.getpid(), signal.SIGKILL)
 
 
 class RowLosses:
@@ -155,6 +176,7 @@ class NetworkTraining:
             )
         self.amp: torch.dtype | None = None  # set by fit(), from the precision and the model's weights
         self.state = TrainingState()
+        self.kill_switch = KillSwitch()
         self.trial: Trial | None = None  # the sweep trial this run reports its validations to (set by fit)
 
     def fit(
@@ -182,7 +204,6 @@ class NetworkTraining:
             trainable,
         )
         self.data = fingerprints(train, valid)  # saved with every state: a resume checks it trains on the same rows
-        install_kill_switch(built.model)
         self.loop(built, rows, ids, valid, valid_ids, tracker, resume)
         best = self.state.best
         if best is None:  # a DDP process other than rank 0: rank 0 scored the validation rows and keeps the best
@@ -304,18 +325,21 @@ class NetworkTraining:
     def forward_backward(
         self, forward: Any, built: Built, ids: list[Any], idx: np.ndarray, losses: RowLosses, scaler: Any
     ) -> float:
-        """One batch: the forward pass under autocast, the rows' loss, backward (scaled for fp16 and grad_accum).
-        Returns the loss."""
-        batch, mask = pad(self.head.sequences([ids[i] for i in idx]), built.tokenizer.pad_token_id)
+        """One batch: the forward pass under autocast (its sequences grouped by length, one call per group: far less
+        padding, the same loss), the rows' loss, backward (scaled for fp16 and grad_accum). Returns the loss."""
+        self.kill_switch.batch()
+        rows = [ids[i] for i in idx]
         with torch.autocast(self.device.type, dtype=self.amp, enabled=self.amp is not None):
-            out = forward(input_ids=batch.to(self.device), attention_mask=mask.to(self.device))
-        loss = losses(self.head.pair_logits(out.logits), idx)
+            logits, tokens = pair_logits_of_batch(
+                forward, self.head, rows, built.tokenizer.pad_token_id, self.device, grouped=self.dist.world == 1
+            )
+        self.state.tokens += tokens
+        loss = losses(logits, idx)
         if not torch.isfinite(loss):
             raise FloatingPointError(
                 f"loss is {loss.item()} at step {self.state.step}; lower trainer.lr or check the data"
             )
         scaler.scale(loss / self.t.grad_accum).backward()
-        self.state.tokens += int(mask.sum())
         self.state.position += 1
         return loss.item()
 
