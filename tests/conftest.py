@@ -44,7 +44,8 @@ TINY = [
 
 # the longest test files, longest first (`pytest -n 2 --durations=80`, 2026-12-06: 400 s down to 90 s each): they start
 # first, so with `-n 2` the two workers finish together instead of one running a long file alone at the end (pyproject's
-# --no-loadscope-reorder keeps this order; xdist would otherwise start the files with the most tests first)
+# --no-loadscope-reorder keeps this order; xdist would otherwise start the files with the most tests first). xdist
+# hands a worker its next file once its current one has 2 tests or fewer left to run
 FIRST = (
     "test_walk_extra_data.py",
     "test_resume.py",
@@ -62,9 +63,9 @@ FIRST = (
     "test_parallel_inference.py",
     "test_walk_reward_models.py",
     "test_walk_kaggle.py",
-    "test_walk_vllm.py",
+    "test_vllm_generation.py",  # the vLLM tier: its 4 tests keep one worker, the other takes the two one-test files
     "test_vllm_scoring.py",
-    "test_vllm_generation.py",
+    "test_walk_vllm.py",
 )
 
 
