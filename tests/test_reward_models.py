@@ -351,3 +351,36 @@ def test_each_response_gets_its_own_sequence_and_multi_turn_pairs_are_turns(rm: 
     assert len(duo.a) == len(duo.b) == 96 and text_a.rstrip().endswith("omega<|im_end|>")
     assert text_b.count("why") > text_a.count("why")  # the room the short answer leaves goes to the prompt
     assert "much longer than the other" in text_a and "much shorter than the other" in text_b and "fine" in text_b
+
+
+@pytest.mark.parametrize("head", ["pair", "reward"])
+def test_a_batch_grouped_by_length_gives_the_loss_and_gradients_of_one_padded_call(head: str) -> None:
+    """Training's forward of a batch (its sequences grouped by length, one call per group) against one padded call of
+    the whole batch, computed here by hand: the same pair logits and the same LoRA gradients."""
+    from duelist.core.batching import pad
+    from duelist.models.network_training import pair_logits_of_batch, pair_losses
+
+    cfg = compose_train([*TINY, "model=tiny_qwen2", f"model.head={head}", "lora.dropout=0.0"])
+    built = build_model(cfg.model, cfg.lora, CPU, seed=0)
+    model, tok = built.model.train(), built.tokenizer
+    rows = load_train_valid(cfg.data)[0].iloc[:16]
+    ids = head_of(cfg.model).encoder(tok, cfg.model).encode(rows, None, desc="tokenize")
+    target = torch.full((16,), 0.7)
+
+    def gradients(logits: torch.Tensor) -> dict[str, torch.Tensor]:
+        model.zero_grad(set_to_none=True)
+        pair_losses(logits, target).mean().backward()
+        return {n: p.grad.clone() for n, p in model.named_parameters() if p.requires_grad}
+
+    calls: list[int] = []
+    hook = model.register_forward_pre_hook(lambda module, args: calls.append(1))
+    grouped, tokens = pair_logits_of_batch(model, head_of(cfg.model), ids, tok.pad_token_id, CPU)
+    hook.remove()
+    assert len(calls) > 1  # the batch was read as several calls, not one
+    batch, mask = pad(head_of(cfg.model).sequences(ids), tok.pad_token_id)
+    whole = head_of(cfg.model).pair_logits(model(input_ids=batch, attention_mask=mask).logits)
+    assert tokens == int(mask.sum())
+    torch.testing.assert_close(grouped, whole, atol=1e-5, rtol=1e-5)
+    g_grouped, g_whole = gradients(grouped), gradients(whole)
+    for name, g in g_whole.items():
+        torch.testing.assert_close(g_grouped[name], g, atol=1e-5, rtol=1e-4)

@@ -55,7 +55,7 @@ from duelist.runs.states import SavedState, TrainingState, resolved, rng_state, 
 log = logging.getLogger(__name__)
 
 # what one more forward call is taken to cost, in padded tokens, when a batch's sequences are grouped by length: a
-# round figure, not tuned (bench/heads.py measures the grouping against one call per batch)
+# round figure, not tuned (bench/heads.py measures training through it; docs/measurements.md has before and after)
 FORWARD_OVERHEAD_TOKENS = 256
 KILL_SWITCH = "DUELIST_TEST_KILL_AT_BATCH"  # tests only: N = SIGKILL this process after its N-th training batch
 
