@@ -6,6 +6,8 @@ import os
 import subprocess
 import sys
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 # one share of the cores per xdist worker, for the worker and every process it starts (inherited): two workers whose
@@ -80,12 +82,36 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             item.add_marker(skip)
 
 
-@pytest.fixture(autouse=True)
-def _isolated_env(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> None:
+def _set_test_env(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("DUELIST_CACHE_DIR", str(tmp_path_factory.getbasetemp() / "cache"))
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setenv("WANDB_SILENT", "true")
     monkeypatch.delenv("HYDRA_FULL_ERROR", raising=False)
+
+
+@pytest.fixture(autouse=True)
+def _isolated_env(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> None:
+    _set_test_env(tmp_path_factory, monkeypatch)
+
+
+@contextmanager
+def isolated_env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """The environment every test runs in, for a module-scoped fixture (set up before the autouse one above)."""
+    with pytest.MonkeyPatch.context() as monkeypatch:
+        _set_test_env(tmp_path_factory, monkeypatch)
+        yield
+
+
+@pytest.fixture(scope="session")
+def tiny_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A finished run of the TINY settings, trained once per test process and shared by the tests (of any file) that
+    only read a trained run: scoring, labelling and planning with it write nothing into it, and no test may."""
+    from duelist.tasks.train import train
+
+    run = tmp_path_factory.mktemp("tiny-run") / "run"
+    with isolated_env(tmp_path_factory):
+        train(compose_train(TINY), run)
+    return run
 
 
 def html_tables(page: str) -> dict[str, list[dict[str, str]]]:

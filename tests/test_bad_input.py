@@ -126,11 +126,10 @@ def test_an_unreachable_hub_fails_at_once_without_retrying(tmp_path) -> None:
     assert "Retrying" not in res.stderr and took < 30, (took, res.stderr[-2000:])
 
 
-def test_infer_cli_empty_test_file_writes_nothing(tmp_path) -> None:
+def test_infer_cli_empty_test_file_writes_nothing(tmp_path, tiny_run) -> None:
     empty = tmp_path / "test.parquet"
     pd.read_parquet(WSDM_EXAMPLE).iloc[:0].to_parquet(empty)
-    run = tmp_path / "run"
-    train(compose_train([*TINY, "trainer.max_steps=1"]), run)
+    run = tiny_run
     out = tmp_path / "submission.csv"
     res = run_cli("infer.py", [f"runs=[{run}]", f"data.test={empty}", f"output={out}"])
     assert_one_line_error(res, "test.parquet", "no rows")
@@ -220,9 +219,8 @@ def test_empty_and_null_texts_are_data_in_training_and_test_files(tmp_path, capl
     assert list(test["id"]) == list(df["id"]) and test["winner"].isna().all()
 
 
-def test_a_test_file_never_loses_a_row(tmp_path) -> None:
-    run = tmp_path / "run"
-    train(compose_train([*TINY, "trainer.max_steps=1"]), run)
+def test_a_test_file_never_loses_a_row(tmp_path, tiny_run) -> None:
+    run = tiny_run
     test = pd.read_parquet(WSDM_EXAMPLE).astype({"id": str})
     test = pd.concat([test, test.assign(id=test["id"] + "x", response_a=[None, "", "  "])], ignore_index=True)
     test.to_parquet(tmp_path / "test.parquet")
@@ -349,10 +347,8 @@ def test_lora_rank_without_adapters_is_refused() -> None:
         check_model_config(cfg.model, cfg.lora, torch.device("cpu"))
 
 
-def test_infer_vllm_backend_errors_are_one_line(tmp_path) -> None:
-    run = tmp_path / "run"
-    res = run_cli("train.py", [*TINY, "trainer.max_steps=1", f"hydra.run.dir={run}"])
-    assert res.returncode == 0, res.stderr[-2000:]
+def test_infer_vllm_backend_errors_are_one_line(tmp_path, tiny_run) -> None:
+    run = tiny_run
     out = tmp_path / "submission.csv"
     res = run_cli("infer.py", [f"runs=[{run}]", f"data.test={WSDM_EXAMPLE}", f"output={out}", "backend=vllm"])
     assert_one_line_error(res, "backend=vllm needs full weights", "python -m duelist export")

@@ -14,7 +14,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from conftest import ROOT, TINY, run_cli
+from conftest import ROOT, TINY, compose_infer, compose_train
+from duelist.tasks.infer import infer
+from duelist.tasks.train import train
 
 pytestmark = pytest.mark.slow
 
@@ -53,8 +55,7 @@ def launch(mode: str, args: list[str], cwd: Path, env: dict[str, str] | None = N
 def test_two_processes_match_one_within_tolerance(tmp_path) -> None:
     two = launch("--multi_gpu", [*COMMON, "trainer.batch_size=4", f"hydra.run.dir={tmp_path / 'two'}"], tmp_path)
     assert two.returncode == 0, two.stderr[-3000:]
-    one = run_cli("train.py", [*COMMON, "trainer.batch_size=8", f"hydra.run.dir={tmp_path / 'one'}"])
-    assert one.returncode == 0, one.stderr[-3000:]
+    train(compose_train([*COMMON, "trainer.batch_size=8"]), tmp_path / "one")  # one process: this one
 
     m1, m2 = (json.loads((tmp_path / r / "metrics.json").read_text()) for r in ("one", "two"))
     assert (m1["processes"], m2["processes"]) == (1, 2)
@@ -98,8 +99,7 @@ def test_fsdp_full_fine_tuning_matches_one_process(tmp_path) -> None:
     full = [*COMMON, "lora=none", "trainer.lr=1e-4"]
     two = launch("--use_fsdp", [*full, "trainer.batch_size=4", f"hydra.run.dir={tmp_path / 'two'}"], tmp_path)
     assert two.returncode == 0, two.stderr[-3000:]
-    one = run_cli("train.py", [*full, "trainer.batch_size=8", f"hydra.run.dir={tmp_path / 'one'}"])
-    assert one.returncode == 0, one.stderr[-3000:]
+    train(compose_train([*full, "trainer.batch_size=8"]), tmp_path / "one")  # one process: this one
 
     m1, m2 = (json.loads((tmp_path / r / "metrics.json").read_text()) for r in ("one", "two"))
     assert (m2["processes"], m2["strategy"]) == (2, "fsdp") and m2["train/trainable_parameters"] == m1[
@@ -117,15 +117,6 @@ def test_fsdp_full_fine_tuning_matches_one_process(tmp_path) -> None:
         pd.read_parquet(ROOT / "src/duelist/assets/sample" / f)
         for f in ("hh_rlhf_harmless_test.parquet", "pandalm_test.parquet", "oasst1_zh_rank.parquet")
     ).loc[lambda d: d["id"].isin(ids)].to_parquet(valid)
-    res = run_cli(
-        "infer.py",
-        [
-            f"runs=[{tmp_path / 'two'}]",
-            f"data.test={valid}",
-            f"output={tmp_path / 'sub.csv'}",
-            f"hydra.run.dir={tmp_path / 'h'}",
-        ],
-    )
-    assert res.returncode == 0, res.stderr[-3000:]
+    infer(compose_infer([f"runs=[{tmp_path / 'two'}]", f"data.test={valid}", f"output={tmp_path / 'sub.csv'}"]))
     scored = pd.read_parquet(tmp_path / "sub.parquet").set_index("id")["p_a"]
     np.testing.assert_allclose(scored.loc[p2["id"]].to_numpy(), p2["p_a"].to_numpy(), atol=1e-5)

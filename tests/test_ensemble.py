@@ -157,10 +157,12 @@ def test_per_language_weights(tmp_path) -> None:
     )
 
 
-def test_two_model_ensemble_end_to_end(tmp_path) -> None:
+def test_two_model_ensemble_end_to_end(tmp_path, tiny_run) -> None:
+    import shutil
+
     root = tmp_path / "runs"
-    for model in ("tiny_gemma2", "tiny_llama"):
-        train(compose_train([*TINY, f"model={model}"]), root / model)
+    shutil.copytree(tiny_run, root / "tiny_gemma2")  # a finished run of the TINY settings (model=tiny_gemma2)
+    train(compose_train([*TINY, "model=tiny_llama"]), root / "tiny_llama")
     out = tmp_path / "submission.csv"
     res = run_cli(
         "infer.py", ["ensemble=two_model", f"ensemble.roots=[{root}]", f"data.test={WSDM_EXAMPLE}", f"output={out}"]

@@ -14,7 +14,7 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 from transformers import AutoModelForSequenceClassification
 
-from conftest import ROOT, TINY, WSDM_EXAMPLE, compose_train, run_cli
+from conftest import ROOT, WSDM_EXAMPLE, run_cli
 from duelist.core.hardware import THROUGHPUT
 from duelist.models import network_flops
 from duelist.tools import footprint, plan
@@ -137,11 +137,8 @@ def test_cascade_share() -> None:
     assert plan.cascade([12.0, 1.0], 11.5)["second_member_share"] == 0.0
 
 
-def test_plan_of_a_tiny_run_on_the_wsdm_example(tmp_path) -> None:
-    from duelist.tasks.train import train
-
-    run = tmp_path / "run"
-    train(compose_train(TINY), run)
+def test_plan_of_a_tiny_run_on_the_wsdm_example(tmp_path, tiny_run) -> None:
+    run = tiny_run  # a finished run of the TINY settings
     out = tmp_path / "plan.json"
     res = duelist("plan", f"runs=[{run}]", f"test={WSDM_EXAMPLE}", "rows=25000", f"out={out}")
     assert res.returncode == 0, res.stderr[-2000:]

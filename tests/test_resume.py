@@ -68,9 +68,10 @@ def killed(args: list[str], run: Path, env: dict[str, str] = KILL) -> list[str]:
 
 @pytest.mark.slow
 def test_killed_lora_run_resumes_to_the_same_results(tmp_path) -> None:
+    from duelist.tasks.train import train
+
     args = [*ARGS, "lora=default"]
-    ref = run_cli("train.py", [*args, "logger=none", f"hydra.run.dir={tmp_path / 'ref'}"])
-    assert ref.returncode == 0, ref.stderr[-2000:]
+    train(compose_train([*args, "logger=none"]), tmp_path / "ref")  # the uninterrupted run, in this process
     assert not (tmp_path / "ref" / "states").exists()  # removed when the run finished
 
     run = tmp_path / "run"
@@ -94,8 +95,6 @@ def test_killed_lora_run_resumes_to_the_same_results(tmp_path) -> None:
     assert len(list((run / "wandb").glob("offline-run-*"))) == 2 and len(ids) == 1
 
     # the same command after the end: nothing to do, the finished run's metric is returned
-    from duelist.tasks.train import train
-
     done = json.loads((run / "metrics.json").read_text())
     assert train(compose_train([*args, "logger=none"]), run) == done["val/accuracy"]
     assert json.loads((run / "metrics.json").read_text()) == done
@@ -105,9 +104,10 @@ def test_killed_lora_run_resumes_to_the_same_results(tmp_path) -> None:
 def test_killed_full_fine_tuning_resumes_past_a_damaged_state(tmp_path) -> None:
     """Full fine-tuning; the newest state is damaged (as a disk error would leave it): the previous one is used, and the
     replay from step 2 crosses the epoch boundary."""
+    from duelist.tasks.train import train
+
     args = [*ARGS, "lora=none", "trainer.lr=1e-4", "logger=none", "trainer.save_every=2", "trainer.eval_every=3"]
-    ref = run_cli("train.py", [*args, f"hydra.run.dir={tmp_path / 'ref'}"])
-    assert ref.returncode == 0, ref.stderr[-2000:]
+    train(compose_train(args), tmp_path / "ref")  # the uninterrupted run, in this process
     run = tmp_path / "run"
     assert killed(args, run, {"DUELIST_TEST_KILL_AT_BATCH": "11"}) == [
         "step-00000002",
@@ -233,8 +233,9 @@ def test_a_state_resumes_only_on_the_rows_it_was_trained_on_and_from_another_run
         "trainer.save_every=2",
         "trainer.eval_batch_size=32",
     ]
-    ref = run_cli("train.py", [*args, f"hydra.run.dir={tmp_path / 'ref'}"])
-    assert ref.returncode == 0, ref.stderr[-2000:]
+    from duelist.tasks.train import train
+
+    train(compose_train(args), tmp_path / "ref")  # the uninterrupted run, in this process
     first = tmp_path / "first"
     assert killed(args, first, {"DUELIST_TEST_KILL_AT_BATCH": "5"}) == ["step-00000002", "step-00000004"]
 

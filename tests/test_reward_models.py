@@ -42,19 +42,14 @@ def rm_args(rm: Path) -> list[str]:
 
 @pytest.fixture(scope="module")
 def zero_shot(rm: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """``python train.py model=tiny_qwen3_rm trainer.epochs=0`` with budgets wide enough that no row is cut."""
+    """``python train.py model=tiny_qwen3_rm trainer.epochs=0`` (its train(), in this process) with budgets wide enough
+    that no row is cut."""
+    from conftest import isolated_env
+
     run = tmp_path_factory.mktemp("zero-shot") / "run"
-    res = run_cli(
-        "train.py",
-        [
-            *rm_args(rm),
-            "trainer.epochs=0",
-            "model.max_length=1024",
-            "model.prompt_max_tokens=512",
-            f"hydra.run.dir={run}",
-        ],
-    )
-    assert res.returncode == 0, res.stderr[-3000:]
+    overrides = [*rm_args(rm), "trainer.epochs=0", "model.max_length=1024", "model.prompt_max_tokens=512"]
+    with isolated_env(tmp_path_factory):
+        train(compose_train(overrides), run)
     return run
 
 
@@ -192,10 +187,13 @@ def test_qlora_reward_run_reloads_and_merges_with_its_head(rm: Path, tmp_path: P
     np.testing.assert_allclose(RunDir(merged).read_oof()["p_a"].to_numpy(), merged_p, atol=1e-6)
 
 
-def test_a_zero_shot_reward_model_teaches_and_stacks(zero_shot: Path, rm: Path, tmp_path: Path) -> None:
-    # as a teacher: task=pseudolabel labels pairs with its scores (the submission path gives the reference)
-    res = run_cli("infer.py", [f"runs=[{zero_shot}]", f"data.test={WSDM_EXAMPLE}", f"output={tmp_path / 'ref.csv'}"])
-    assert res.returncode == 0, res.stderr[-2000:]
+def test_a_zero_shot_reward_model_teaches_and_stacks(zero_shot: Path, rm: Path, tmp_path: Path, tiny_run: Path) -> None:
+    # as a teacher: task=pseudolabel labels pairs with its scores (the submission path, in this process, gives the
+    # reference)
+    from conftest import compose_infer
+    from duelist.tasks.infer import infer
+
+    infer(compose_infer([f"runs=[{zero_shot}]", f"data.test={WSDM_EXAMPLE}", f"output={tmp_path / 'ref.csv'}"]))
     reference = pd.read_parquet(tmp_path / "ref.parquet").set_index("id")["p_a"]
     args = ["task=pseudolabel", "labeling=all", f"runs=[{zero_shot}]", f"data.test={WSDM_EXAMPLE}"]
     res = run_cli("infer.py", [*args, f"output={tmp_path / 'pl.parquet'}"])
@@ -203,10 +201,8 @@ def test_a_zero_shot_reward_model_teaches_and_stacks(zero_shot: Path, rm: Path, 
     labelled = pd.read_parquet(tmp_path / "pl.parquet").set_index("id")
     np.testing.assert_allclose(labelled["p_a_teacher0"], reference.loc[labelled.index], atol=1e-9)
     assert len(labelled) == 3
-    # as a stack member beside a trained run on the same validation rows
-    member = tmp_path / "member"
-    res = run_cli("train.py", [*TINY, f"hydra.run.dir={member}"])
-    assert res.returncode == 0, res.stderr[-2000:]
+    # as a stack member beside a trained run (the TINY settings) on the same validation rows
+    member = tiny_run
     assert set(RunDir(member).read_oof()["id"]) == set(RunDir(zero_shot).read_oof()["id"])
     out = tmp_path / "sub.csv"
     res = run_cli(

@@ -33,9 +33,20 @@ def labels_from_source_files() -> pd.Series:
     return raw.set_index("id")["winner"]
 
 
-def test_train_then_infer_cli_and_accuracy_checked_independently(tmp_path) -> None:
-    run = tmp_path / "run"
-    res = run_cli("train.py", [*TINY, "trainer.eval_every=3", f"hydra.run.dir={run}"])
+@pytest.fixture(scope="module")
+def cli_run(tmp_path_factory: pytest.TempPathFactory):
+    """``python train.py`` of a tiny run, shared by the tests of this file that read a trained run (infer.py writes
+    nothing into a run dir)."""
+    from conftest import isolated_env
+
+    run = tmp_path_factory.mktemp("cli") / "run"
+    with isolated_env(tmp_path_factory):
+        res = run_cli("train.py", [*TINY, "trainer.eval_every=3", f"hydra.run.dir={run}"])
+    return run, res
+
+
+def test_train_then_infer_cli_and_accuracy_checked_independently(tmp_path, cli_run) -> None:
+    run, res = cli_run
     assert res.returncode == 0, res.stderr[-3000:]
     assert f"run dir: {run}" in res.stdout
     for name in (
@@ -91,41 +102,28 @@ def test_train_then_infer_cli_and_accuracy_checked_independently(tmp_path) -> No
     assert abs(sub_acc - metrics["val/accuracy"]) <= close.mean() + 1e-9
 
 
-def test_tta_swap_averages_both_orders(tmp_path) -> None:
-    cfg = compose_train(TINY)
-    train(cfg, tmp_path / "run")
-    from conftest import WSDM_EXAMPLE
+def test_tta_swap_averages_both_orders(tmp_path, cli_run) -> None:
+    run, trained = cli_run
+    assert trained.returncode == 0, trained.stderr[-3000:]
+    from conftest import WSDM_EXAMPLE, compose_infer
+    from duelist.tasks.infer import infer
 
-    for tta in ("none", "swap"):
-        res = run_cli(
-            "infer.py",
-            [
-                f"runs=[{tmp_path / 'run'},{tmp_path / 'run'}]",
-                f"data.test={WSDM_EXAMPLE}",
-                f"output={tmp_path / tta}.csv",
-                f"tta={tta}",
-            ],
-        )
-        assert res.returncode == 0, res.stderr[-2000:]
+    # tta=swap through infer.py; the plain scores and the token-budget ones through infer.py's scoring in this process
+    both = [f"runs=[{run},{run}]", f"data.test={WSDM_EXAMPLE}"]
+    res = run_cli("infer.py", [*both, f"output={tmp_path / 'swap'}.csv", "tta=swap"])
+    assert res.returncode == 0, res.stderr[-2000:]
+    infer(compose_infer([*both, f"output={tmp_path / 'none'}.csv", "tta=none"]))
     plain = pd.read_parquet(tmp_path / "none.parquet")
     swap = pd.read_parquet(tmp_path / "swap.parquet")
-    res = run_cli(
-        "infer.py",
-        [
-            f"runs=[{tmp_path / 'run'}]",
-            f"data.test={WSDM_EXAMPLE}",
-            f"output={tmp_path / 'budget'}.csv",
-            "max_batch_tokens=400",
-        ],
-    )
-    assert res.returncode == 0, res.stderr[-2000:]
+    budget = [f"runs=[{run}]", f"data.test={WSDM_EXAMPLE}", f"output={tmp_path / 'budget'}.csv", "max_batch_tokens=400"]
+    infer(compose_infer(budget))
     np.testing.assert_allclose(
         pd.read_parquet(tmp_path / "budget.parquet")["p_a"], plain["p_a_run0"], atol=1e-5
     )  # token budget: same answers
     assert list(plain["id"]) == [str(i) for i in pd.read_parquet(WSDM_EXAMPLE)["id"]]
     np.testing.assert_allclose(plain["p_a_run0"], plain["p_a_run1"])  # two runs averaged
     # independent swap score: reload the checkpoint and score B-vs-A directly
-    built, run_cfg = load_checkpoint(tmp_path / "run", torch.device("cpu"))
+    built, run_cfg = load_checkpoint(run, torch.device("cpu"))
     test = load_pairs(str(WSDM_EXAMPLE), labelled=False)
     enc = PairEncoder.for_model(built.tokenizer, run_cfg.model)
     swapped = [enc.encode_one(p, b, a) for p, a, b in zip(test["prompt"], test["response_a"], test["response_b"])]
