@@ -68,31 +68,52 @@ def _key(text: str) -> str:
 
 
 class EmbeddingCache:
-    """The vectors already computed by one encoder at one version, by text."""
+    """The vectors already computed by one encoder at one version, by text: the parts of its folder read once per
+    process (training embeds its training rows, then its validation rows), a new part read when another process
+    wrote it."""
 
-    def __init__(self, cache_dir: str | None, encoder: str):
-        version = metadata.version(package_of(encoder))
-        self.folder = Path(cache_dir) / "embeddings" / f"{encoder}-{version}" if cache_dir else None
+    def __init__(self, folder: Path | None):
+        self.folder = folder
         self.vectors: dict[str, np.ndarray] = {}
+        self.read: set[Path] = set()
+
+    def refresh(self) -> "EmbeddingCache":
         for part in sorted(self.folder.glob("part-*.npz")) if self.folder and self.folder.is_dir() else []:
+            if part in self.read:
+                continue
+            self.read.add(part)
             try:
                 with np.load(part, allow_pickle=False) as saved:
                     self.vectors.update(zip(saved["keys"].tolist(), saved["vectors"]))
             except (OSError, ValueError, KeyError):
                 log.warning("%s: unreadable embedding cache part, ignored (it is recomputed)", part)
+        return self
 
     def add(self, keys: list[str], vectors: np.ndarray) -> None:
         self.vectors.update(zip(keys, vectors))
         if self.folder is not None and keys:
-            with atomic_path(self.folder / f"part-{uuid.uuid4().hex}.npz", ".npz") as tmp:
+            part = self.folder / f"part-{uuid.uuid4().hex}.npz"
+            with atomic_path(part, ".npz") as tmp:
                 with open(tmp, "wb") as f:
                     np.savez(f, keys=np.array(keys), vectors=vectors)
+            self.read.add(part)
+
+
+_CACHES: dict[Path, EmbeddingCache] = {}  # folder -> its vectors, in this process
+
+
+def embedding_cache(cache_dir: str | None, encoder: str) -> EmbeddingCache:
+    """The cache of ``encoder`` under ``cache_dir`` (none: vectors kept for this call only), up to date."""
+    if not cache_dir:
+        return EmbeddingCache(None)
+    folder = Path(cache_dir) / "embeddings" / f"{encoder}-{metadata.version(package_of(encoder))}"
+    return _CACHES.setdefault(folder, EmbeddingCache(folder)).refresh()
 
 
 def embed(texts: Sequence[str], encoder: str, cache_dir: str | None) -> np.ndarray:
     """Unit-length vectors of ``texts`` (one row each, in order; an empty text is embedded as a blank), computed by
     ``encoder`` for the texts the cache does not hold yet."""
-    cache = EmbeddingCache(cache_dir, encoder)
+    cache = embedding_cache(cache_dir, encoder)
     keys = [_key(text) for text in texts]
     missing = list({k: text for k, text in zip(keys, texts) if k not in cache.vectors}.items())
     if missing:

@@ -89,7 +89,7 @@ class FeatureModel:
     ) -> tuple[pd.DataFrame, pd.DataFrame]:
         """Feature tables of ``df`` as given and A/B-exchanged (with ``encoder``'s similarities, its embeddings cached
         in ``cache_dir``); ``extra`` columns are p_a values, so their swapped copies are ``1 - p_a``."""
-        given, swapped = pair_features(df, str(encoder), cache_dir)
+        given, swapped = pair_features(df, encoder, cache_dir)
         if extra is not None and len(extra.columns):
             given = pd.concat([given, extra.reset_index(drop=True)], axis=1)
             swapped = pd.concat([swapped, 1.0 - extra.reset_index(drop=True)], axis=1)
