@@ -9,7 +9,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from duelist.core.batching import length_groups, pad, sorted_batches, train_batches
-from duelist.models.heads import PairHead
+from duelist.data.encoding import Duo
+from duelist.models.heads import PairHead, RewardHead
 from duelist.models.network_scoring import predict_p_a
 
 pytestmark = pytest.mark.fast  # the developer tier: python -m pytest -m fast
@@ -87,6 +88,38 @@ def test_predictions_come_back_in_input_order(seqs, batch_size) -> None:
     p = predict_p_a(LastTokenModel(), PairHead(), seqs, pad_id=0, batch_size=batch_size, device=torch.device("cpu"))
     expected = torch.sigmoid(torch.tensor([s[-1] / 100.0 for s in seqs], dtype=torch.float64)).numpy()
     np.testing.assert_allclose(p, expected, rtol=1e-5)
+
+
+class RecordingModel(LastTokenModel):
+    """Remembers the shape of every forward pass."""
+
+    def __init__(self, outputs: int):
+        super().__init__()
+        self.shapes, self.outputs = [], outputs
+
+    def forward(self, input_ids, attention_mask):
+        self.shapes.append(tuple(input_ids.shape))
+        return self.Out(super().forward(input_ids, attention_mask).logits[:, : self.outputs])
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    lengths=st.lists(st.tuples(st.integers(1, 60), st.integers(1, 60)), min_size=1, max_size=50),
+    batch_size=st.integers(1, 16),
+)
+def test_a_forward_pass_holds_batch_size_sequences_for_either_head(lengths, batch_size) -> None:
+    """``batch_size`` counts sequences: a reward head's batch of two sequences per row holds as many as a pair
+    head's, not twice as many (the same memory and about the same tokens per pass)."""
+    rows = [Duo(a=list(range(1, a + 1)), b=list(range(1, b + 1))) for a, b in lengths]
+    reward, pair = RecordingModel(outputs=1), RecordingModel(outputs=2)
+    p_reward = predict_p_a(reward, RewardHead(), rows, pad_id=0, batch_size=batch_size, device=torch.device("cpu"))
+    predict_p_a(pair, PairHead(), [r.a for r in rows], pad_id=0, batch_size=batch_size, device=torch.device("cpu"))
+    assert max(n for n, _ in reward.shapes) <= batch_size and max(n for n, _ in pair.shapes) <= batch_size
+    assert sum(n for n, _ in reward.shapes) == 2 * len(rows)
+    assert len(reward.shapes) == -(-2 * len(rows) // batch_size)
+    # the rewards are the last tokens / 100 (column 0 of LastTokenModel): p_a = sigmoid((a - b) / 100)
+    expected = 1 / (1 + np.exp(-np.array([(a - b) / 100.0 for a, b in lengths])))
+    np.testing.assert_allclose(p_reward, expected, rtol=1e-6)
 
 
 def test_pad_right_with_mask() -> None:

@@ -69,19 +69,19 @@ def predict_p_a(
 ) -> np.ndarray:
     """P(A wins) for each row (as ``head``'s encoder wrote it), in input order. The rows' sequences (one per pair, or
     two for a reward head) are sorted by length on their own, so short ones are not padded to a long partner, and cut
-    into batches of at most ``batch_size`` rows' worth of sequences and (when given) ``max_tokens`` padded tokens.
+    into batches of at most ``batch_size`` sequences and (when given) ``max_tokens`` padded tokens: a forward pass
+    holds as many sequences, and about as many tokens, whichever head reads the rows.
     With a ``deadline``, a batch predicted not to fit is not started: rows not wholly scored stay NaN. ``quiet``: no
     progress lines off a terminal (a validation pass)."""
     was_training = model.training
     model.eval()
     seqs = head.sequences(list(seqs))  # row-major: a row's sequences follow one another
-    per_row = head.sequences_per_pair
     raw = torch.full((len(seqs), head.outputs), float("nan"), dtype=torch.float32)
     tokens = 0
     start = time.perf_counter()
-    unit = "rows" if per_row == 1 else "sequences"
+    unit = "rows" if head.sequences_per_pair == 1 else "sequences"
     with Progress(len(seqs), desc, unit, quiet=quiet) as bar:
-        for idx in sorted_batches([len(s) for s in seqs], batch_size * per_row, max_tokens):
+        for idx in sorted_batches([len(s) for s in seqs], batch_size, max_tokens):
             ids, mask = pad([seqs[i] for i in idx], pad_id)
             if deadline is not None and not deadline.fits(ids.numel()):
                 log.warning("%s: time budget reached, %d %s left unscored", desc, int(raw[:, 0].isnan().sum()), unit)
