@@ -214,6 +214,8 @@ class NetworkTraining:
             "train/rows": len(rows),
             "train/trainable_parameters": trainable,
             "train/tokens_per_s": best["train/tokens_per_s"],
+            "train/tokens": best.get("train/tokens"),  # absent from a state saved before they were recorded
+            "train/seconds": best.get("train/seconds"),
             "train/peak_gpu_memory_gb": torch.cuda.max_memory_allocated(self.device) / 1e9
             if self.device.type == "cuda"
             else None,
@@ -475,7 +477,14 @@ class NetworkTraining:
                 better = broadcast(better, self.dist)
             if better:
                 speed = state.tokens / state.elapsed_s if state.elapsed_s else 0.0
-                state.best = {"step": state.step, "metrics": metrics, "p_a": p_a, "train/tokens_per_s": speed}
+                state.best = {
+                    "step": state.step,
+                    "metrics": metrics,
+                    "p_a": p_a,
+                    "train/tokens_per_s": speed,
+                    "train/tokens": state.tokens,  # real (unpadded) tokens read by training so far
+                    "train/seconds": state.elapsed_s,  # the training steps' wall time, validations not counted
+                }
                 weights = full_state_dict(built.model) if self.dist.sharded else None  # collective: every process
                 if self.dist.main:
                     save_checkpoint(built, self.cfg, self.run.checkpoint, weights, metrics, state.step)

@@ -157,7 +157,7 @@ class TrainingState:
     elapsed_s: float = 0.0  # training seconds before this process started (a resumed run's earlier attempts)
     train_curve: list[tuple[int, float]] = field(default_factory=list)  # (step, mean loss)
     evals: list[tuple[int, dict[str, Any]]] = field(default_factory=list)  # (step, validation metrics)
-    best: dict[str, Any] | None = None  # the best evaluation: step, metrics, p_a, train/tokens_per_s
+    best: dict[str, Any] | None = None  # the best evaluation: step, metrics, p_a, train/tokens_per_s, tokens, seconds
 
 
 @dataclass
