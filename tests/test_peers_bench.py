@@ -72,3 +72,4 @@ def test_peers_fast_path_trains_every_arm_and_the_scorers_agree(tmp_path) -> Non
     for name in ("naive", "sorted_fixed_batch", "duelist"):
         assert scoring[name]["rows_per_s"] > 0 and scoring[name]["tokens_per_s"] > 0
     assert scoring["sorted_fixed_batch"]["batch"] in (2, 4)
+    assert scoring["duelist"]["max_batch_tokens"] in (1024, 2048, 4096, 8192)
