@@ -67,7 +67,7 @@ class PeersOptions:
     naive_batch: int = option(8, "the naive scorer's fixed batch")
     batch_sizes: List[int] = option([1, 2, 4, 8, 16], "the sorted fixed batches tried; the fastest is kept")
     max_batch_tokens: List[int] = option([1024, 2048, 4096, 8192], "duelist's token budgets tried; the fastest is kept")
-    repeats: int = option(2, "scoring timings per scorer; the best is kept")
+    repeats: int = option(3, "scoring timings per scorer, taken in turn; the best is kept")
     work: Optional[str] = option(None, "a folder for the arms' runs, kept; null: a temporary one, removed at the end")
     out: str = option(str(ROOT / "bench" / "results" / f"peers-{platform.machine()}.json"), "JSON path")
 
@@ -397,37 +397,41 @@ def scoring(opts: PeersOptions) -> dict:
     def entry(seconds: float, n: int, n_tokens: int, **extra) -> dict:
         return {"rows_per_s": n / seconds, "tokens_per_s": n_tokens / seconds, **extra}
 
-    s, naive = best_seconds(
-        lambda: naive_scores(model, naive_rows, pad_id, opts.naive_batch, opts.score_max_length), opts.repeats
-    )
-    out = {"naive": entry(s, len(naive_rows), int(lengths[: len(naive_rows)].sum()), batch=opts.naive_batch)}
-    sorted_fixed = {}
-    for b in opts.batch_sizes:
-        s, p = best_seconds(lambda: torch.softmax(scores(model, rows, pad_id, b), -1)[:, 0].numpy(), opts.repeats)
-        sorted_fixed[b] = (s, p)
-    fastest = min(sorted_fixed, key=lambda b: sorted_fixed[b][0])
-    s, p_sorted = sorted_fixed[fastest]
-    out["sorted_fixed_batch"] = entry(
-        s,
-        len(rows),
-        tokens,
-        batch=fastest,
-        rows_per_s_by_batch={str(b): len(rows) / v[0] for b, v in sorted_fixed.items()},
-    )
-    budgets = {}
-    for budget in opts.max_batch_tokens:
-        budgets[budget] = best_seconds(
-            lambda: predict_p_a(model, PairHead(), rows, pad_id, 10**6, CPU, max_tokens=budget, quiet=True),
-            opts.repeats,
+    scorers: dict[tuple[str, int], Callable[[], np.ndarray]] = {
+        ("naive", opts.naive_batch): lambda: naive_scores(
+            model, naive_rows, pad_id, opts.naive_batch, opts.score_max_length
         )
-    fastest = min(budgets, key=lambda b: budgets[b][0])
-    s, p_duelist = budgets[fastest]
-    by_budget = {str(b): len(rows) / v[0] for b, v in budgets.items()}
-    out["duelist"] = entry(s, len(rows), tokens, max_batch_tokens=fastest, rows_per_s_by_budget=by_budget)
+    }
+    for b in opts.batch_sizes:
+        scorers["sorted", b] = lambda b=b: torch.softmax(scores(model, rows, pad_id, b), -1)[:, 0].numpy()
+    for budget in opts.max_batch_tokens:
+        scorers["duelist", budget] = lambda budget=budget: predict_p_a(
+            model, PairHead(), rows, pad_id, 10**6, CPU, max_tokens=budget, quiet=True
+        )
+    timed = {key: (np.inf, None) for key in scorers}
+    for _ in range(opts.repeats):  # round robin: drift in the machine's speed hits every scorer alike
+        for key, fn in scorers.items():
+            seconds, p = best_seconds(fn, 1)
+            timed[key] = (min(timed[key][0], seconds), p)
+    ((s, naive),) = [v for k, v in timed.items() if k[0] == "naive"]
+    out = {"naive": entry(s, len(naive_rows), int(lengths[: len(naive_rows)].sum()), batch=opts.naive_batch)}
+    for name, setting, by in (
+        ("sorted", "batch", "rows_per_s_by_batch"),
+        ("duelist", "max_batch_tokens", "rows_per_s_by_budget"),
+    ):
+        mine = {k[1]: v for k, v in timed.items() if k[0] == name}
+        fastest = min(mine, key=lambda k: mine[k][0])
+        rates = {str(k): len(rows) / v[0] for k, v in mine.items()}
+        out["sorted_fixed_batch" if name == "sorted" else name] = entry(
+            mine[fastest][0], len(rows), tokens, **{setting: fastest, by: rates}
+        )
+    p_duelist = timed["duelist", out["duelist"]["max_batch_tokens"]][1]
     out["max_abs_p_a_difference"] = {
         "naive": float(np.abs(naive - p_duelist[: len(naive_rows)]).max()),
-        "sorted_fixed_batch": float(max(np.abs(p - p_duelist).max() for _, p in sorted_fixed.values())),
-        "duelist_budgets": float(max(np.abs(p - p_duelist).max() for _, p in budgets.values())),
+        "sorted_fixed_batch": float(
+            max(np.abs(p - p_duelist).max() for k, (_, p) in timed.items() if k[0] == "sorted")
+        ),
+        "duelist_budgets": float(max(np.abs(p - p_duelist).max() for k, (_, p) in timed.items() if k[0] == "duelist")),
     }
     out["duelist_over_sorted_fixed_batch_rows_per_s"] = (
         out["duelist"]["rows_per_s"] / out["sorted_fixed_batch"]["rows_per_s"]
