@@ -89,7 +89,7 @@ def test_two_processes_match_one_within_tolerance(tmp_path) -> None:
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert "step-00000004 (step 4, epoch 0)" in resumed.stdout + resumed.stderr
     m3 = json.loads((tmp_path / "killed" / "metrics.json").read_text())
-    timing = {"runtime_s", "train/tokens_per_s", "peak_rss_gb"}
+    timing = {"runtime_s", "train/tokens_per_s", "train/seconds", "peak_rss_gb"}
     assert {k: v for k, v in m3.items() if k not in timing} == {k: v for k, v in m2.items() if k not in timing}
     pd.testing.assert_frame_equal(pd.read_parquet(tmp_path / "killed" / "oof.parquet"), p2, check_exact=True)
 
