@@ -45,7 +45,7 @@ CPU = torch.device("cpu")
 class HeadsOptions:
     models: List[str] = option(["tiny_qwen2", "minilm"], "model files to measure")
     rows: int = option(256, "pairs of the bundled sample (a seeded random draw)")
-    train_steps: int = option(6, "training steps per timing")
+    train_steps: int = option(12, "training steps per timing")
     batch_pairs: int = option(16, "pairs per training step (the default job's trainer.batch_size)")
     repeats: int = option(5, "timings per head; the best is kept")
     out: str = option(str(ROOT / "bench" / "results" / f"heads-{platform.machine()}.json"), "JSON path")
