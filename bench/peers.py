@@ -103,6 +103,7 @@ def in_own_process(fn: Callable, *args: Any, isolate: bool) -> dict:
 
 def overrides(model: str, head: str, opts: PeersOptions, work: Path) -> list[str]:
     out = [f"model={model}", f"model.head={head}", f"data.max_rows={opts.rows}", "logger=none"]
+    out += ["trainer.save_every=0", "trainer.resume=never"]  # the peers save no resumable states and start afresh
     if model == TINY_RM:
         out.append(f"model.name_or_path={work / TINY_RM}")
     if opts.fast:

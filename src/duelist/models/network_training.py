@@ -483,7 +483,7 @@ class NetworkTraining:
                     "p_a": p_a,
                     "train/tokens_per_s": speed,
                     "train/tokens": state.tokens,  # real (unpadded) tokens read by training so far
-                    "train/seconds": state.elapsed_s,  # the training steps' wall time, validations not counted
+                    "train/seconds": state.elapsed_s,  # wall time since training began (earlier validations in it)
                 }
                 weights = full_state_dict(built.model) if self.dist.sharded else None  # collective: every process
                 if self.dist.main:
