@@ -27,7 +27,6 @@ from __future__ import annotations
 import json
 import multiprocessing
 import platform
-import resource
 import subprocess
 import sys
 import tempfile
@@ -46,6 +45,7 @@ from duelist.core.files import resolve_path, write_json
 from duelist.core.hydra_setup import compose_train
 from duelist.core.logs import quiet_library_logs
 from duelist.core.options import option
+from duelist.data.splits import load_train_valid
 
 ROOT = Path(__file__).resolve().parents[1]
 CPU = torch.device("cpu")
@@ -86,10 +86,6 @@ def _installed(package: str) -> bool:
     return True
 
 
-def peak_rss_gb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6  # Linux: kilobytes
-
-
 def in_own_process(fn: Callable, *args: Any, isolate: bool) -> dict:
     """``fn(*args)`` in a fresh spawned process (its peak RSS is the arm's alone) or here."""
     if not isolate:
@@ -115,17 +111,16 @@ def model_path(cfg: Any) -> str:
     return resolve_path(str(cfg.model.name_or_path))
 
 
-def split(cfg: Any):
-    from duelist.data.splits import load_train_valid
-
-    return load_train_valid(cfg.data)
-
-
-def figures(valid_p_a: np.ndarray, valid, pairs_kept: int, pairs_seen: int, tokens: int, seconds: float) -> dict:
+def figures(
+    valid_p_a: np.ndarray, target: np.ndarray, pairs_kept: int, pairs_seen: int, tokens: int, seconds: float
+) -> dict:
+    """An arm's figures; ``target``: the validation rows' p_a (0 or 1: ties are dropped by data.ties=drop)."""
     from sklearn.metrics import accuracy_score
     from sklearn.metrics import log_loss as sk_log_loss
 
-    a_won = valid["p_a"].to_numpy() >= 0.5  # ties are dropped (data.ties=drop): every target is 0 or 1
+    from duelist.tools.footprint import peak_rss
+
+    valid_p_a, a_won = np.asarray(valid_p_a, dtype=float), np.asarray(target) >= 0.5
     return {
         "val_accuracy": float(accuracy_score(a_won, valid_p_a >= 0.5)),
         "val_log_loss": float(sk_log_loss(a_won, np.clip(valid_p_a, 1e-15, 1 - 1e-15), labels=[False, True])),
@@ -136,7 +131,7 @@ def figures(valid_p_a: np.ndarray, valid, pairs_kept: int, pairs_seen: int, toke
         "train_seconds": float(seconds),
         "train_pairs_per_s": pairs_seen / seconds,
         "train_tokens_per_s": tokens / seconds,
-        "peak_rss_gb": peak_rss_gb(),
+        "peak_rss_gb": peak_rss() / 1e9,  # VmHWM: this process's own, not a parent's before the spawn
     }
 
 
@@ -153,10 +148,9 @@ def duelist_arm(model: str, head: str, opts: PeersOptions, work: Path) -> dict:
     run = work / "runs" / f"duelist-{model}-{head}"
     train(cfg, run)
     m = json.loads((run / "metrics.json").read_text())
-    train_rows, valid = split(cfg)
-    oof = pd.read_parquet(run / "oof.parquet").set_index("id").loc[valid["id"]]
+    oof = pd.read_parquet(run / "oof.parquet")  # the validation rows, scored by the best (= last) checkpoint
     pairs_seen = int(m["best_step"]) * int(cfg.trainer.batch_size) * int(cfg.trainer.grad_accum)
-    return figures(oof["p_a"].to_numpy(), valid, len(train_rows), pairs_seen, m["train/tokens"], m["train/seconds"])
+    return figures(oof["p_a"], oof["target"], m["train/rows"], pairs_seen, m["train/tokens"], m["train/seconds"])
 
 
 # ---- the peers -----------------------------------------------------------------------------------------------------
@@ -258,7 +252,7 @@ def trl_arm(model_name: str, opts: PeersOptions, work: Path) -> dict:
 
     quiet_library_logs()
     cfg = compose_train(overrides(model_name, "reward", opts, work))
-    train_rows, valid = split(cfg)
+    train_rows, valid = load_train_valid(cfg.data)
     path, chat = model_path(cfg), cfg.model.template == "chat"
     tok = AutoTokenizer.from_pretrained(path)
     eos = None if tok.eos_token else tok.sep_token  # BERT has no eos: its [SEP] ends a sequence
@@ -299,7 +293,7 @@ def trl_arm(model_name: str, opts: PeersOptions, work: Path) -> dict:
         seqs += [trl_tokens(tok, chat, p, a, max_length), trl_tokens(tok, chat, p, b, max_length)]
     rewards = scores(trainer.model, seqs, tok.pad_token_id, int(cfg.trainer.eval_batch_size)).reshape(-1, 2)
     p_a = torch.sigmoid(rewards[:, 0] - rewards[:, 1]).numpy()
-    return figures(p_a, valid, kept, pairs_seen(trainer, cfg), collator.tokens, seconds)
+    return figures(p_a, valid["p_a"], kept, pairs_seen(trainer, cfg), collator.tokens, seconds)
 
 
 def notebook_text(prompt: str, a: str, b: str) -> str:
@@ -320,7 +314,7 @@ def trainer_arm(model_name: str, opts: PeersOptions, work: Path) -> dict:
 
     quiet_library_logs()
     cfg = compose_train(overrides(model_name, "pair", opts, work))
-    train_rows, valid = split(cfg)
+    train_rows, valid = load_train_valid(cfg.data)
     path, max_length = model_path(cfg), int(cfg.model.max_length)
     tok = AutoTokenizer.from_pretrained(path)
     if tok.pad_token is None:
@@ -349,7 +343,7 @@ def trainer_arm(model_name: str, opts: PeersOptions, work: Path) -> dict:
     seconds = trainer.train().metrics["train_runtime"]
     logits = scores(trainer.model, encode(valid), tok.pad_token_id, int(cfg.trainer.eval_batch_size))
     p_a = torch.softmax(logits, dim=-1)[:, 0].numpy()
-    return figures(p_a, valid, len(train_rows), pairs_seen(trainer, cfg), collator.tokens, seconds)
+    return figures(p_a, valid["p_a"], len(train_rows), pairs_seen(trainer, cfg), collator.tokens, seconds)
 
 
 # ---- scoring -------------------------------------------------------------------------------------------------------
