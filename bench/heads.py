@@ -86,7 +86,9 @@ def measure(model_name: str, rows, opts: HeadsOptions) -> dict:
                 nonlocal trained_tokens
                 trained_tokens = 0
                 for idx in batches:
-                    logits, tokens = pair_logits_of_batch(model, HEADS[head], [ids[i] for i in idx], pad_id, CPU)
+                    logits, tokens = pair_logits_of_batch(
+                        model, HEADS[head], [ids[i] for i in idx], pad_id, CPU, cfg.trainer.max_batch_tokens
+                    )
                     pair_losses(logits, torch.full((len(idx),), 0.7)).mean().backward()
                     opt.step()
                     opt.zero_grad(set_to_none=True)

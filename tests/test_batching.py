@@ -37,13 +37,22 @@ def test_train_batches_cover_every_row_once(lengths, batch_size, group, paired, 
 
 
 @settings(max_examples=200, deadline=None)
-@given(lengths=st.lists(st.integers(1, 400), min_size=1, max_size=10), overhead=st.integers(0, 2000))
-def test_length_groups_cost_what_the_best_cut_costs(lengths, overhead) -> None:
-    """Every position once, longest first, groups in length order; their padded tokens plus the overhead per group
-    equal the cheapest of every way to cut the sorted batch (enumerated)."""
+@given(
+    lengths=st.lists(st.integers(1, 400), min_size=1, max_size=10),
+    overhead=st.integers(0, 2000),
+    budget=st.one_of(st.none(), st.integers(1, 2000)),
+)
+def test_length_groups_cost_what_the_best_cut_costs(lengths, overhead, budget) -> None:
+    """Every position once, longest first, groups in length order, none over the token budget unless it is one
+    sequence; their padded tokens plus the overhead per group equal the cheapest of every way to cut the sorted batch
+    within the budget (enumerated)."""
     import itertools
 
-    groups = length_groups(lengths, overhead)
+    def fits(size: int, width: int) -> bool:
+        return budget is None or size == 1 or size * width <= budget
+
+    groups = length_groups(lengths, overhead, budget)
+    assert all(fits(len(g), max(lengths[i] for i in g)) for g in groups)
     flat = np.concatenate(groups)
     assert sorted(flat.tolist()) == list(range(len(lengths)))
     ordered = np.asarray(lengths)[flat]
@@ -54,6 +63,7 @@ def test_length_groups_cost_what_the_best_cut_costs(lengths, overhead) -> None:
         sum((b - a) * desc[a] + overhead for a, b in zip((0, *cuts), (*cuts, len(desc))))
         for k in range(len(desc))
         for cuts in itertools.combinations(range(1, len(desc)), k)
+        if all(fits(b - a, desc[a]) for a, b in zip((0, *cuts), (*cuts, len(desc))))
     )
     assert cost == best
 

@@ -10,6 +10,7 @@ import pytest
 import torch
 from transformers import AutoConfig
 
+from conftest import ROOT
 from duelist.tools import bench
 
 
@@ -114,8 +115,6 @@ def test_bench_runs_the_default_model_file_and_refuses_a_length_it_cannot_cover(
 def test_the_vllm_page_carries_the_committed_results() -> None:
     import importlib.util
 
-    from conftest import ROOT
-
     spec = importlib.util.spec_from_file_location("vllm_vs_hf", ROOT / "bench" / "vllm_vs_hf.py")
     bench_module = importlib.util.module_from_spec(spec)
     sys.modules[spec.name] = bench_module  # its dataclass looks its module up
@@ -124,3 +123,19 @@ def test_the_vllm_page_carries_the_committed_results() -> None:
     page = (ROOT / "docs" / "vllm.md").read_text()
     shown = page.split("<!-- vllm-table -->\n", 1)[1].split("<!-- /vllm-table -->", 1)[0]
     assert shown.strip().splitlines() == bench_module.table(report)
+
+
+def test_forward_calls_bench_times_every_shape_and_writes_its_json(tmp_path, monkeypatch) -> None:
+    """bench/forward_calls.py on a tiny model: one entry per rows x width within max_length, tokens counted by
+    hand, rates positive and finite, the JSON's provenance present."""
+    monkeypatch.syspath_prepend(str(ROOT / "bench"))
+    import forward_calls
+
+    out = tmp_path / "calls.json"
+    forward_calls.main(["models=[tiny_qwen2]", "rows=[1,3]", "widths=[32,48,4096]", "repeats=1", f"out={out}"])
+    report = json.loads(out.read_text())
+    shapes = report["models"]["tiny_qwen2"]["shapes"]
+    assert [(s["rows"], s["width"]) for s in shapes] == [(1, 32), (1, 48), (3, 32), (3, 48)]  # 4096 > max_length
+    assert [s["tokens"] for s in shapes] == [32, 48, 96, 144]
+    assert all(np.isfinite(s["tokens_per_s"]) and s["tokens_per_s"] > 0 for s in shapes)
+    assert report["device"] and report["commit"] and report["versions"]["torch"]

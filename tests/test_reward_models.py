@@ -351,7 +351,8 @@ def test_each_response_gets_its_own_sequence_and_multi_turn_pairs_are_turns(rm: 
 
 @pytest.mark.parametrize("head", ["pair", "reward"])
 def test_a_batch_grouped_by_length_gives_the_loss_and_gradients_of_one_padded_call(head: str) -> None:
-    """Training's forward of a batch (its sequences grouped by length, one call per group) against one padded call of
+    """Training's forward of a batch (its sequences grouped by length, one call per group within a token budget)
+    against one padded call of
     the whole batch, computed here by hand: the same pair logits and the same LoRA gradients."""
     from duelist.core.batching import pad
     from duelist.models.network_training import pair_logits_of_batch, pair_losses
@@ -368,11 +369,15 @@ def test_a_batch_grouped_by_length_gives_the_loss_and_gradients_of_one_padded_ca
         pair_losses(logits, target).mean().backward()
         return {n: p.grad.clone() for n, p in model.named_parameters() if p.requires_grad}
 
-    calls: list[int] = []
-    hook = model.register_forward_pre_hook(lambda module, args: calls.append(1))
-    grouped, tokens = pair_logits_of_batch(model, head_of(cfg.model), ids, tok.pad_token_id, CPU)
+    calls: list[int] = []  # padded tokens of each forward call
+    hook = model.register_forward_pre_hook(
+        lambda module, args, kwargs: calls.append(kwargs["input_ids"].numel()), with_kwargs=True
+    )
+    grouped, tokens = pair_logits_of_batch(model, head_of(cfg.model), ids, tok.pad_token_id, CPU, max_tokens=1024)
     hook.remove()
     assert len(calls) > 1  # the batch was read as several calls, not one
+    longest = max(len(s) for s in head_of(cfg.model).sequences(ids))
+    assert all(c <= max(1024, longest) for c in calls), calls  # each within the budget (a longer sequence: alone)
     batch, mask = pad(head_of(cfg.model).sequences(ids), tok.pad_token_id)
     whole = head_of(cfg.model).pair_logits(model(input_ids=batch, attention_mask=mask).logits)
     assert tokens == int(mask.sum())

@@ -21,11 +21,12 @@ def pad(seqs: Sequence[Sequence[int]], pad_id: int) -> tuple[torch.Tensor, torch
     return ids, mask
 
 
-def length_groups(lengths: Sequence[int], overhead: int) -> list[np.ndarray]:
+def length_groups(lengths: Sequence[int], overhead: int, max_tokens: int | None = None) -> list[np.ndarray]:
     """The positions of one batch's sequences, longest first, cut into consecutive groups so that the padded tokens
     of all groups (each group: its rows x its longest row) plus ``overhead`` tokens per group (what one more forward
     call costs) are fewest. A batch whose sequences differ in length then reads far less padding as a few forward
-    calls than as one: a reward head's batch holds both responses of every pair, short and long together."""
+    calls than as one: a reward head's batch holds both responses of every pair, short and long together. With
+    ``max_tokens``, no group holds more padded tokens than that (a sequence longer than it is a group of its own)."""
     lengths = np.asarray(lengths)
     order = np.argsort(-lengths, kind="stable")
     longest = lengths[order]
@@ -33,7 +34,12 @@ def length_groups(lengths: Sequence[int], overhead: int) -> list[np.ndarray]:
     cost = np.zeros(n + 1)
     start = np.zeros(n + 1, dtype=np.int64)
     for end in range(1, n + 1):  # cost[end]: the cheapest cut of the first `end` sequences; a group i..end pads to i
-        options = [cost[i] + (end - i) * longest[i] + overhead for i in range(end)]
+        options = [
+            cost[i] + (end - i) * longest[i] + overhead
+            if not max_tokens or end - i == 1 or (end - i) * longest[i] <= max_tokens
+            else np.inf
+            for i in range(end)
+        ]
         start[end] = int(np.argmin(options))
         cost[end] = options[start[end]]
     groups, end = [], n

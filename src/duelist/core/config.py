@@ -308,6 +308,7 @@ class TrainerConfig:
     precision: Precision = MISSING
     gradient_checkpointing: bool = MISSING
     group_by_length: bool = MISSING
+    max_batch_tokens: Optional[int] = MISSING
     device: Device = MISSING
     strategy: Strategy = MISSING
     dist_timeout_min: float = MISSING

@@ -88,15 +88,22 @@ def make_optimizer(name: str, groups: list[dict[str, Any]], weight_decay: float)
 
 
 def pair_logits_of_batch(
-    forward: Any, head: Head, rows: Sequence[Any], pad_id: int, device: torch.device, grouped: bool = True
+    forward: Any,
+    head: Head,
+    rows: Sequence[Any],
+    pad_id: int,
+    device: torch.device,
+    max_tokens: int | None,
+    grouped: bool = True,
 ) -> tuple[torch.Tensor, int]:
     """A training batch's pair logits (``head.pair_logits``, rows in order) and its real tokens: the head's sequences
-    grouped by length (:func:`length_groups`), one forward call per group, so short sequences are not padded to the
-    longest of the batch; the loss and its gradients are the batch's as one call would give them. ``grouped=False``:
+    grouped by length (:func:`length_groups`), one forward call per group of at most ``max_tokens`` padded tokens
+    (``trainer.max_batch_tokens``), so short sequences are not padded to the longest of the batch and no call is
+    larger than the budget; the loss and its gradients are the batch's as one call would give them. ``grouped=False``:
     one call (several processes: each forward of DDP or FSDP2 is a collective, so every process makes as many)."""
     seqs = head.sequences(rows)
     if grouped:
-        groups = length_groups([len(s) for s in seqs], FORWARD_OVERHEAD_TOKENS)
+        groups = length_groups([len(s) for s in seqs], FORWARD_OVERHEAD_TOKENS, max_tokens)
     else:
         groups = [np.arange(len(seqs))]
     outputs, tokens = [], 0
@@ -333,7 +340,13 @@ class NetworkTraining:
         rows = [ids[i] for i in idx]
         with torch.autocast(self.device.type, dtype=self.amp, enabled=self.amp is not None):
             logits, tokens = pair_logits_of_batch(
-                forward, self.head, rows, built.tokenizer.pad_token_id, self.device, grouped=self.dist.world == 1
+                forward,
+                self.head,
+                rows,
+                built.tokenizer.pad_token_id,
+                self.device,
+                self.t.max_batch_tokens,
+                grouped=self.dist.world == 1,
             )
         self.state.tokens += tokens
         loss = losses(logits, idx)
