@@ -54,6 +54,7 @@ FIRST = (
     "test_training.py",
     "test_walk_train_and_infer.py",
     "test_kaggle.py",
+    "test_peers_bench.py",
     "test_distributed.py",
     "test_footprint.py",
     "test_minilm.py",
