@@ -259,3 +259,13 @@ def test_any_hugging_face_sequence_classifier_type_is_a_model_arch_and_a_typo_na
         check_train_config(compose_train(["model=tiny_qwen2", "model.arch=qwen33", "logger=none"]))
     with pytest.raises(DuelistError, match=r"close: qwen3, "):
         check_train_config(compose_train(["model=tiny_qwen2", "model.arch=qwen33", "logger=none"]))
+
+
+def test_a_training_token_budget_below_one_is_one_line() -> None:
+    from duelist.core.errors import DuelistError
+    from duelist.tasks.checks import check_train_config
+
+    check_train_config(compose_train(["model=tiny_qwen2", "trainer.max_batch_tokens=null", "logger=none"]))
+    check_train_config(compose_train(["model=tiny_qwen2", "trainer.max_batch_tokens=1", "logger=none"]))
+    with pytest.raises(DuelistError, match=r"trainer.max_batch_tokens=0: must be > 0 padded tokens"):
+        check_train_config(compose_train(["model=tiny_qwen2", "trainer.max_batch_tokens=0", "logger=none"]))

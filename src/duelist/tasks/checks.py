@@ -33,6 +33,9 @@ def check_nothing_missing(cfg: DictConfig, keys: list[str]) -> None:
 def check_train_config(cfg: DictConfig) -> None:
     """train.py: every required setting given, and the model kind's rules (see its ``check``)."""
     check_nothing_missing(cfg, ["data.train"])
+    budget = cfg.trainer.max_batch_tokens
+    if budget is not None and budget <= 0:
+        raise DuelistError(f"trainer.max_batch_tokens={budget}: must be > 0 padded tokens a call (null = no cap)")
     kind_of(cfg.model).check(cfg)
 
 
