@@ -68,6 +68,12 @@ def test_length_groups_cost_what_the_best_cut_costs(lengths, overhead, budget) -
     assert cost == best
 
 
+@pytest.mark.parametrize("budget", [0, -5])
+def test_length_groups_refuse_a_budget_below_one_token(budget) -> None:
+    with pytest.raises(ValueError, match=f"max_tokens={budget}"):
+        length_groups([3, 2, 1], 0, budget)
+
+
 @settings(max_examples=200, deadline=None)
 @given(lengths=st.lists(st.integers(1, 500), min_size=1, max_size=300), batch_size=st.integers(1, 64))
 def test_sorted_batches_cover_every_row_once_longest_first(lengths, batch_size) -> None:

@@ -377,7 +377,7 @@ def test_a_batch_grouped_by_length_gives_the_loss_and_gradients_of_one_padded_ca
     hook.remove()
     assert len(calls) > 1  # the batch was read as several calls, not one
     longest = max(len(s) for s in head_of(cfg.model).sequences(ids))
-    assert all(c <= max(1024, longest) for c in calls), calls  # each within the budget (a longer sequence: alone)
+    assert all(c <= 1024 or c == longest for c in calls), calls  # each within the budget (a longer one: alone)
     batch, mask = pad(head_of(cfg.model).sequences(ids), tok.pad_token_id)
     whole = head_of(cfg.model).pair_logits(model(input_ids=batch, attention_mask=mask).logits)
     assert tokens == int(mask.sum())

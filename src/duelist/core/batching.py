@@ -27,6 +27,8 @@ def length_groups(lengths: Sequence[int], overhead: int, max_tokens: int | None 
     call costs) are fewest. A batch whose sequences differ in length then reads far less padding as a few forward
     calls than as one: a reward head's batch holds both responses of every pair, short and long together. With
     ``max_tokens``, no group holds more padded tokens than that (a sequence longer than it is a group of its own)."""
+    if max_tokens is not None and max_tokens < 1:
+        raise ValueError(f"max_tokens={max_tokens}: at least 1 padded token a group, or None for no cap")
     lengths = np.asarray(lengths)
     order = np.argsort(-lengths, kind="stable")
     longest = lengths[order]
@@ -36,7 +38,7 @@ def length_groups(lengths: Sequence[int], overhead: int, max_tokens: int | None 
     for end in range(1, n + 1):  # cost[end]: the cheapest cut of the first `end` sequences; a group i..end pads to i
         options = [
             cost[i] + (end - i) * longest[i] + overhead
-            if not max_tokens or end - i == 1 or (end - i) * longest[i] <= max_tokens
+            if max_tokens is None or end - i == 1 or (end - i) * longest[i] <= max_tokens
             else np.inf
             for i in range(end)
         ]
