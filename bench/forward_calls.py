@@ -12,11 +12,9 @@ timings per shape.
 from __future__ import annotations
 
 import platform
-import subprocess
 import sys
 import time
 from dataclasses import dataclass
-from importlib.metadata import version
 from pathlib import Path
 from typing import List
 
@@ -28,7 +26,7 @@ from duelist.core.files import write_json
 from duelist.core.logs import quiet_library_logs
 from duelist.core.options import option
 from duelist.models.network_build import build_model
-from duelist.tools.bench import compose_network, device_name
+from duelist.tools.bench import compose_network, device_name, git_commit, versions
 
 ROOT = Path(__file__).resolve().parents[1]
 CPU = torch.device("cpu")
@@ -74,12 +72,11 @@ def measure(model_name: str, opts: ForwardCallsOptions) -> dict:
 def main(argv=None) -> None:
     quiet_library_logs()
     opts = options.parse(ForwardCallsOptions, argv, "python bench/forward_calls.py", __doc__.split("\n\n")[0])
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=ROOT).stdout
     report = {
         "what": "one forward + backward call (LoRA, reward head) by rows x width, best of repeats, tokens per second",
         "device": device_name(CPU),
-        "versions": {p: version(p) for p in ("torch", "transformers", "peft")} | {"python": sys.version.split()[0]},
-        "commit": commit.strip(),
+        "versions": versions(),
+        "commit": git_commit(),
         "models": {name: measure(name, opts) for name in opts.models},
     }
     write_json(Path(opts.out), report)

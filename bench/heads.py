@@ -13,11 +13,9 @@ timings. Writes ``bench/results/heads-<machine>.json`` with device, versions and
 from __future__ import annotations
 
 import platform
-import subprocess
 import sys
 import time
 from dataclasses import dataclass
-from importlib.metadata import version
 from pathlib import Path
 from typing import List
 
@@ -34,7 +32,7 @@ from duelist.models.heads import HEADS
 from duelist.models.network_build import build_model
 from duelist.models.network_scoring import predict_p_a
 from duelist.models.network_training import pair_logits_of_batch, pair_losses
-from duelist.tools.bench import compose_network, device_name
+from duelist.tools.bench import compose_network, device_name, git_commit, versions
 from duelist.tools.example_data import SAMPLE
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -120,12 +118,11 @@ def main(argv=None) -> None:
     opts = options.parse(HeadsOptions, argv, "python bench/heads.py", __doc__.split("\n\n")[0])
     rows = load_pairs(SAMPLE, on_bad_rows="drop")
     rows = rows.iloc[np.random.default_rng(0).permutation(len(rows))[: opts.rows]].reset_index(drop=True)
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=ROOT).stdout
     report = {
         "what": "model.head=pair vs reward on the same pairs of the bundled sample, one process, best of repeats",
         "device": device_name(CPU),
-        "versions": {p: version(p) for p in ("torch", "transformers", "peft")} | {"python": sys.version.split()[0]},
-        "commit": commit.strip(),
+        "versions": versions(),
+        "commit": git_commit(),
         "rows": opts.rows,
         "models": {name: measure(name, rows, opts) for name in opts.models},
     }
